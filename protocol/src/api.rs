@@ -1,0 +1,461 @@
+//! JSON bodies of the HTTP API v1 (DESIGN.md section 4).
+//!
+//! Field names are the contract. Times are RFC 3339 UTC; durations in
+//! [`Policy`] are whole seconds so that any client can read them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::lease::SignedLease;
+use crate::ErrorCode;
+
+/// `{"error":{"code","message"}}`, the body of every 4xx/5xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ApiError {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub server_time: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------- rate sheet
+
+/// How a product is charged (R1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum ChargeModel {
+    /// `tokens` per 24-hour window.
+    Daily { tokens: u64 },
+    /// `ceil(n / per) * tokens` per job of `n` results.
+    PerResult { tokens: u64, per: u64 },
+}
+
+impl ChargeModel {
+    /// Tokens for a job of `results` results; `None` for a daily product.
+    pub fn per_result_cost(&self, results: u64) -> Option<u64> {
+        match *self {
+            ChargeModel::Daily { .. } => None,
+            ChargeModel::PerResult { tokens, per } => {
+                Some(results.div_ceil(per.max(1)).saturating_mul(tokens))
+            }
+        }
+    }
+}
+
+/// Executable file names that identify a product, per OS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executables {
+    #[serde(default)]
+    pub linux: Vec<String>,
+    #[serde(default)]
+    pub macos: Vec<String>,
+    #[serde(default)]
+    pub windows: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub charge: ChargeModel,
+    #[serde(default)]
+    pub executables: Executables,
+    /// True for the illustrative rates shipped with the server.
+    #[serde(default)]
+    pub sample: bool,
+}
+
+/// `GET /v1/admin/products`, `GET /v1/agent/products`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductList {
+    pub products: Vec<Product>,
+}
+
+// ---------------------------------------------------------------- users
+
+/// `POST /v1/admin/users`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewUser {
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub flex_assigned: bool,
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<User>,
+}
+
+/// `POST /v1/admin/users/import` (R12).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub created: u64,
+    pub updated: u64,
+    pub assigned: u64,
+    #[serde(default)]
+    pub errors: Vec<ImportError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportError {
+    /// Line in the file, the header being line 1.
+    pub line: u64,
+    pub message: String,
+}
+
+/// `PUT /v1/admin/users/{email}/flex`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlexAssignment {
+    pub assigned: bool,
+}
+
+/// `POST /v1/admin/subscriptions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewSubscription {
+    pub email: String,
+    pub product: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub email: String,
+    pub product: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// R7 mode of the default assignments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentMode {
+    All,
+    Allow,
+    Deny,
+}
+
+/// `PUT /v1/admin/default-assignments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultAssignments {
+    pub mode: AssignmentMode,
+    #[serde(default)]
+    pub products: Vec<String>,
+}
+
+impl DefaultAssignments {
+    /// Whether a Flex user may open `product` under these defaults.
+    pub fn allows(&self, product: &str) -> bool {
+        let listed = self.products.iter().any(|p| p == product);
+        match self.mode {
+            AssignmentMode::All => true,
+            AssignmentMode::Allow => listed,
+            AssignmentMode::Deny => !listed,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tokens
+
+/// `POST /v1/admin/token-lots`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuyTokens {
+    pub tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lot {
+    pub id: i64,
+    pub tokens: u64,
+    pub remaining: u64,
+    pub purchased_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `GET /v1/admin/balance`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Balance {
+    pub balance: u64,
+    pub low_balance_threshold: u64,
+    pub lots: Vec<Lot>,
+}
+
+/// Whether a window or charge is paid by a subscription or by tokens (R4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Subscription,
+    Tokens,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Subscription => "subscription",
+            Source::Tokens => "tokens",
+        }
+    }
+}
+
+/// Why a ledger row exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeKind {
+    /// A launch opened a new window.
+    Window,
+    /// A product still running at window end started the next window.
+    Renewal,
+    /// A per-result job.
+    PerResult,
+}
+
+/// A lot's share of one charge (R3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotShare {
+    pub lot_id: i64,
+    pub tokens: u64,
+}
+
+/// A 24-hour charge window `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// One row of `GET /v1/admin/charges`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    pub id: i64,
+    pub claim_id: String,
+    pub user: String,
+    pub product: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub kind: ChargeKind,
+    pub source: Source,
+    #[serde(default)]
+    pub window: Option<Window>,
+    #[serde(default)]
+    pub results: Option<u64>,
+    pub tokens: u64,
+    pub lots: Vec<LotShare>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChargeList {
+    pub charges: Vec<Charge>,
+}
+
+// ---------------------------------------------------------------- notices
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    LowBalance,
+    OutOfTokens,
+    TokensExpiring,
+}
+
+/// An R9 notice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub id: i64,
+    pub kind: NoticeKind,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/admin/notices`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeList {
+    pub notices: Vec<Notice>,
+}
+
+// ---------------------------------------------------------------- devices
+
+/// `POST /v1/admin/enrollment-tokens` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `PUT /v1/admin/test-clock`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestClock {
+    pub now: DateTime<Utc>,
+}
+
+/// `POST /v1/agent/enroll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub enrollment_token: String,
+    pub hostname: String,
+}
+
+/// A public key the server signs leases with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseKey {
+    pub kid: String,
+    /// Ed25519 public key, standard base64.
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    pub device_token: String,
+    pub lease_keys: Vec<LeaseKey>,
+}
+
+// ---------------------------------------------------------------- claims
+
+/// `POST /v1/agent/claims`.
+///
+/// `claim_id` names one attempt: a retry reuses it and gets the original answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub claim_id: String,
+    /// The user's email.
+    pub user: String,
+    pub product: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Number of results of a per-result job (R6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<u64>,
+    /// Id of the window this claim renews; the new window starts at its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renews: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum ClaimResponse {
+    Granted(Grant),
+    Denied(Denial),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub source: Source,
+    /// The window the launch runs in; absent for a per-result job.
+    #[serde(default)]
+    pub window: Option<Window>,
+    pub tokens_charged: u64,
+    pub balance: u64,
+    /// Signed copy of the window for offline use; absent for a per-result job.
+    #[serde(default)]
+    pub lease: Option<SignedLease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Denial {
+    pub reason: ErrorCode,
+    pub message: String,
+    #[serde(default)]
+    pub balance: Option<u64>,
+}
+
+// ---------------------------------------------------------------- heartbeat
+
+/// Server policy, learned by agents at every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub window_secs: u64,
+    pub flex_offline_limit_secs: u64,
+    pub subscription_offline_limit_secs: u64,
+    /// Warnings before the Flex offline limit, seconds before it.
+    pub offline_warning_secs: Vec<u64>,
+    /// Subscription-backed products are warned during this last stretch.
+    pub subscription_warning_secs: u64,
+    pub heartbeat_interval_secs: u64,
+    pub renewal_grace_secs: u64,
+    pub close_grace_secs: u64,
+    pub low_balance_ratio: f64,
+    pub timezone: String,
+    pub pack_sizes: Vec<u64>,
+}
+
+/// One run of a product on a device, uploaded by the agent (R10 usage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Unique per session; re-uploading the same id replaces the record.
+    pub id: String,
+    pub user: String,
+    pub product: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub source: Source,
+    #[serde(default)]
+    pub window_id: Option<String>,
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A backwards jump of the workstation's wall clock, reported at next contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockRollback {
+    pub detected_at: DateTime<Utc>,
+    pub seconds: i64,
+}
+
+/// `POST /v1/agent/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    #[serde(default)]
+    pub sessions: Vec<SessionRecord>,
+    #[serde(default)]
+    pub clock_rollbacks: Vec<ClockRollback>,
+    /// Only notices with a larger id are returned.
+    #[serde(default)]
+    pub notices_after: Option<i64>,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub server_time: DateTime<Utc>,
+    pub policy: Policy,
+    pub balance: u64,
+    pub notices: Vec<Notice>,
+    /// Session record ids stored by this call.
+    #[serde(default)]
+    pub accepted_sessions: Vec<String>,
+    #[serde(default)]
+    pub products: Vec<Product>,
+}

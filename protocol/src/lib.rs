@@ -1,0 +1,21 @@
+//! Wire types shared by the Flex agent, the entitlement server and the admin CLI.
+//!
+//! Everything that crosses a process boundary is defined here and only here: the
+//! JSON bodies of the HTTP API ([`api`]), the stable error codes ([`ErrorCode`]),
+//! the newline-delimited JSON spoken on the agent's local socket ([`socket`]) and
+//! the signed window lease ([`lease`]). New fields must carry `#[serde(default)]`
+//! so that an older peer can still read a newer message; golden files under
+//! `tests/data` pin the format.
+
+pub mod api;
+mod error;
+pub mod lease;
+pub mod socket;
+
+pub use error::ErrorCode;
+
+/// Version of the local-socket protocol, returned by `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version prefix of every HTTP API path.
+pub const API_PREFIX: &str = "/v1";

@@ -1,0 +1,257 @@
+//! Messages of the agent's local socket.
+//!
+//! Newline-delimited JSON: one [`Request`] per line from the client, one reply per
+//! line back (`{"ok":true,...}` or `{"ok":false,"error":{"code","message"}}`).
+//! After a `subscribe` the agent keeps the connection and writes one [`Event`] per
+//! line. Lines are at most [`MAX_LINE`] bytes. The caller's identity comes from the
+//! socket's peer credentials, never from a message; `user` fields are honoured only
+//! for root, which may act for another account.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, Source};
+use crate::ErrorCode;
+
+/// Longest line either side may send, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Default socket path on Linux.
+pub const DEFAULT_SOCKET: &str = "/run/flex-agent/agent.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Hello {
+        protocol: u32,
+        #[serde(default)]
+        client: Option<String>,
+    },
+    /// A wrapper asks to start a product (R4/R5).
+    Launch {
+        product: String,
+        #[serde(default)]
+        version: Option<String>,
+        /// The product's pid once started, so the agent can close it.
+        #[serde(default)]
+        pid: Option<u32>,
+        /// Local account to act for; root only.
+        #[serde(default)]
+        user: Option<String>,
+    },
+    /// Tells the agent the pid of a granted session after the wrapper started it.
+    Attach { session: String, pid: u32 },
+    /// A session's product exited.
+    Exit {
+        session: String,
+        #[serde(default)]
+        code: Option<i32>,
+    },
+    /// A per-result job (R6).
+    Result {
+        product: String,
+        count: u64,
+        #[serde(default)]
+        job: Option<String>,
+        #[serde(default)]
+        user: Option<String>,
+    },
+    Status,
+    /// Keep the connection and stream this user's [`Event`]s.
+    Subscribe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub protocol: u32,
+    pub agent_version: String,
+    /// The local account the agent sees on this connection.
+    pub account: String,
+    pub uid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchReply {
+    pub session: String,
+    pub product: String,
+    pub source: Source,
+    pub window_end: DateTime<Utc>,
+    pub tokens_charged: u64,
+    #[serde(default)]
+    pub balance: Option<u64>,
+    /// Granted from a journaled lease without reaching the server.
+    #[serde(default)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultReply {
+    pub product: String,
+    pub job: String,
+    pub tokens_charged: u64,
+    pub balance: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub session: String,
+    pub user: String,
+    pub product: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub source: Source,
+    pub started_at: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    /// How the session was found: `wrapper` or `watcher`.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub agent_version: String,
+    pub server_url: String,
+    pub device_id: Option<String>,
+    /// Where the device credential lives: `keyring` or `file:PATH`.
+    pub credential_store: String,
+    /// Process detection source: `proc-connector` or `polling`.
+    pub detection: String,
+    pub sessions: Vec<SessionStatus>,
+    #[serde(default)]
+    pub balance: Option<u64>,
+    #[serde(default)]
+    pub last_server_contact: Option<DateTime<Utc>>,
+    /// Seconds before token-backed products would be closed for being offline.
+    #[serde(default)]
+    pub offline_seconds_left: Option<i64>,
+    pub online: bool,
+}
+
+/// Why the agent closed a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    Offline,
+    OutOfTokens,
+    NotEntitled,
+    Denied,
+}
+
+/// What the agent tells a subscribed notifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Charged {
+        product: String,
+        tokens: u64,
+        balance: u64,
+        window_end: Option<DateTime<Utc>>,
+    },
+    LowBalance {
+        balance: u64,
+    },
+    OutOfTokens {
+        product: String,
+    },
+    LaunchDenied {
+        product: String,
+        reason: ErrorCode,
+        message: String,
+    },
+    OfflineWarning {
+        product: String,
+        seconds_left: u64,
+        deadline: DateTime<Utc>,
+    },
+    RenewalFailed {
+        product: String,
+        reason: ErrorCode,
+        closes_at: DateTime<Utc>,
+    },
+    ProductClosed {
+        product: String,
+        reason: CloseReason,
+        message: String,
+    },
+    ClockRollback {
+        seconds: i64,
+    },
+}
+
+/// A successful reply line: `{"ok":true, ...data}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OkReply<T> {
+    pub ok: bool,
+    #[serde(flatten)]
+    pub data: T,
+}
+
+impl<T> OkReply<T> {
+    pub fn new(data: T) -> Self {
+        OkReply { ok: true, data }
+    }
+}
+
+/// A failed reply line: `{"ok":false,"error":{"code","message"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrReply {
+    pub ok: bool,
+    pub error: ApiError,
+}
+
+impl ErrReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrReply {
+            ok: false,
+            error: ApiError {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// Reads a reply line: `Ok(Ok(data))`, `Ok(Err(error))` for `ok:false`, or a
+/// decoding error when the line is neither.
+pub fn parse_reply<T: DeserializeOwned>(
+    line: &str,
+) -> Result<Result<T, ApiError>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Probe {
+        ok: bool,
+    }
+    let probe: Probe = serde_json::from_str(line)?;
+    if probe.ok {
+        Ok(Ok(serde_json::from_str::<OkReply<T>>(line)?.data))
+    } else {
+        Ok(Err(serde_json::from_str::<ErrReply>(line)?.error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_round_trip() {
+        let line = serde_json::to_string(&OkReply::new(ResultReply {
+            product: "recap-photo".into(),
+            job: "j1".into(),
+            tokens_charged: 2,
+            balance: 98,
+        }))
+        .unwrap();
+        assert!(line.starts_with("{\"ok\":true"));
+        let got: ResultReply = parse_reply(&line).unwrap().unwrap();
+        assert_eq!(got.tokens_charged, 2);
+
+        let err = serde_json::to_string(&ErrReply::new(ErrorCode::OutOfTokens, "no")).unwrap();
+        let got = parse_reply::<ResultReply>(&err).unwrap().unwrap_err();
+        assert_eq!(got.code, ErrorCode::OutOfTokens);
+    }
+}

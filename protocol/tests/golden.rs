@@ -1,0 +1,213 @@
+//! Golden files pin the wire format: each sample value must serialize to exactly
+//! the JSON in `tests/data/NAME.json`, and that JSON must read back to the value.
+//! A deliberate format change is recorded with `UPDATE_GOLDEN=1 cargo test`.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, TimeZone, Utc};
+use flex_protocol::api::*;
+use flex_protocol::lease::SignedLease;
+use flex_protocol::socket::{self, Event, OkReply, Request};
+use flex_protocol::ErrorCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+fn t(h: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, h, 0, 0).unwrap()
+}
+
+fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: &T) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(format!("{name}.json"));
+    let json = serde_json::to_string_pretty(value).unwrap() + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &json).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(json, golden, "{name}: serialized form changed");
+    let back: T = serde_json::from_str(&golden).unwrap();
+    assert_eq!(&back, value, "{name}: golden file does not read back");
+}
+
+fn lease() -> SignedLease {
+    SignedLease {
+        kid: "k-2026".into(),
+        payload: "eyJ3aW5kb3dfaWQiOiJ3LTEifQ==".into(),
+        signature: "c2lnbmF0dXJl".into(),
+    }
+}
+
+#[test]
+fn claim_request() {
+    check(
+        "claim_request",
+        &ClaimRequest {
+            claim_id: "c-1".into(),
+            user: "ada@example.com".into(),
+            product: "autocad".into(),
+            version: Some("2026".into()),
+            results: None,
+            renews: None,
+        },
+    );
+    check(
+        "claim_request_renewal",
+        &ClaimRequest {
+            claim_id: "c-2".into(),
+            user: "ada@example.com".into(),
+            product: "autocad".into(),
+            version: None,
+            results: None,
+            renews: Some("w-1".into()),
+        },
+    );
+}
+
+#[test]
+fn claim_responses() {
+    check(
+        "claim_granted",
+        &ClaimResponse::Granted(Grant {
+            source: Source::Tokens,
+            window: Some(Window {
+                id: "w-1".into(),
+                start: t(8),
+                end: t(8) + chrono::Duration::hours(24),
+            }),
+            tokens_charged: 7,
+            balance: 493,
+            lease: Some(lease()),
+        }),
+    );
+    check(
+        "claim_denied",
+        &ClaimResponse::Denied(Denial {
+            reason: ErrorCode::OutOfTokens,
+            message: "balance 3 does not cover autocad's 7 tokens".into(),
+            balance: Some(3),
+        }),
+    );
+}
+
+#[test]
+fn error_body() {
+    check(
+        "error_body",
+        &ErrorBody::new(ErrorCode::InvalidRequest, "missing field `claim_id`"),
+    );
+}
+
+#[test]
+fn products() {
+    check(
+        "products",
+        &ProductList {
+            products: vec![
+                Product {
+                    id: "autocad".into(),
+                    name: "AutoCAD".into(),
+                    charge: ChargeModel::Daily { tokens: 7 },
+                    executables: Executables {
+                        linux: vec!["acad".into()],
+                        macos: vec!["AutoCAD".into()],
+                        windows: vec!["acad.exe".into()],
+                    },
+                    sample: false,
+                },
+                Product {
+                    id: "recap-photo".into(),
+                    name: "ReCap Photo".into(),
+                    charge: ChargeModel::PerResult { tokens: 1, per: 50 },
+                    executables: Executables::default(),
+                    sample: true,
+                },
+            ],
+        },
+    );
+}
+
+#[test]
+fn balance_and_notices() {
+    check(
+        "balance",
+        &Balance {
+            balance: 500,
+            low_balance_threshold: 100,
+            lots: vec![Lot {
+                id: 1,
+                tokens: 500,
+                remaining: 500,
+                purchased_at: t(10),
+                expires_at: Utc.with_ymd_and_hms(2027, 11, 2, 10, 0, 0).unwrap(),
+            }],
+        },
+    );
+    check(
+        "notices",
+        &NoticeList {
+            notices: vec![Notice {
+                id: 3,
+                kind: NoticeKind::LowBalance,
+                message: "balance 100 is at or below 20% of 500 tokens".into(),
+                created_at: t(9),
+            }],
+        },
+    );
+}
+
+#[test]
+fn enrollment() {
+    check(
+        "enroll_request",
+        &EnrollRequest {
+            enrollment_token: "et-abc".into(),
+            hostname: "ws-17".into(),
+        },
+    );
+    check(
+        "enroll_response",
+        &EnrollResponse {
+            device_id: "d-1".into(),
+            device_token: "dt-secret".into(),
+            lease_keys: vec![LeaseKey {
+                kid: "k-2026".into(),
+                public_key: "AAAA".into(),
+            }],
+        },
+    );
+}
+
+#[test]
+fn socket_messages() {
+    check(
+        "socket_launch",
+        &Request::Launch {
+            product: "autocad".into(),
+            version: Some("2026".into()),
+            pid: None,
+            user: None,
+        },
+    );
+    check(
+        "socket_launch_reply",
+        &OkReply::new(socket::LaunchReply {
+            session: "s-1".into(),
+            product: "autocad".into(),
+            source: Source::Tokens,
+            window_end: t(8) + chrono::Duration::hours(24),
+            tokens_charged: 7,
+            balance: Some(493),
+            offline: false,
+        }),
+    );
+    check(
+        "socket_event_offline_warning",
+        &Event::OfflineWarning {
+            product: "autocad".into(),
+            seconds_left: 300,
+            deadline: t(12),
+        },
+    );
+}
