@@ -1,0 +1,268 @@
+//! The command line of `flex-admin`, as clap derive types.
+//!
+//! Global options (`--server`, `--token-file`, `--ca-file`, `--json`) may come
+//! before or after the subcommand. The admin token is deliberately not an
+//! option: a token on the command line shows in `ps` and shell history, so it
+//! comes from `FLEX_ADMIN_TOKEN` or a file.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use flex_protocol::api::AssignmentMode;
+
+/// Default `--server` when neither the option nor `FLEX_SERVER` is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Administer a Flex entitlement server: users, subscriptions, tokens, charges.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flex-admin", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options that apply to every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
+    /// URL of the flex-server, e.g. https://licensing.example.com:8443
+    #[arg(long, global = true, env = "FLEX_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+
+    /// Read the admin token from this file (the server writes DATA_DIR/admin-token);
+    /// otherwise it comes from FLEX_ADMIN_TOKEN
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Trust this PEM CA certificate (bundle) for an https server with a private CA
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Print the server's JSON answer instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum Command {
+    /// Add, list, import users and assign them to Flex
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Assign or remove product subscriptions
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCmd),
+    /// Show the rate sheet
+    Products,
+    /// Show or set which products Flex users may open
+    #[command(subcommand)]
+    Defaults(DefaultsCmd),
+    /// Buy token packs and show the balance
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Show the ledger of charges
+    Charges {
+        /// Only charges of this user (email)
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Only charges for this product id
+        #[arg(long, value_name = "ID")]
+        product: Option<String>,
+    },
+    /// Show balance notices, newest first
+    Notices,
+    /// Create a one-time enrollment token for installing an agent
+    EnrollToken,
+    /// Set the server's clock (only on a server started with --test-clock)
+    #[command(subcommand)]
+    TestClock(TestClockCmd),
+    /// Check that the server answers (needs no token)
+    Health,
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum UsersCmd {
+    /// Add a user
+    Add {
+        /// The user's email, their identity on every workstation
+        email: String,
+        /// First name
+        #[arg(long, value_name = "NAME")]
+        first: String,
+        /// Last name
+        #[arg(long, value_name = "NAME")]
+        last: String,
+    },
+    /// List users with their Flex assignment and subscriptions
+    List,
+    /// Add users from a CSV file (First Name, Last Name, Email) and assign them to Flex
+    Import {
+        /// UTF-8 CSV with a header row; bad lines are listed and nothing is imported
+        #[arg(value_name = "FILE.csv")]
+        file: PathBuf,
+    },
+    /// Assign a user to Flex or remove them from it
+    #[command(group(ArgGroup::new("assignment").required(true).args(["assign", "unassign"])))]
+    Flex {
+        /// The user's email
+        email: String,
+        /// Assign the user to Flex
+        #[arg(long)]
+        assign: bool,
+        /// Remove the user from Flex
+        #[arg(long)]
+        unassign: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum SubscriptionsCmd {
+    /// Give a user a subscription to a product
+    Add {
+        /// The user's email
+        email: String,
+        /// Product id, see `flex-admin products`
+        product: String,
+    },
+    /// Take a user's subscription to a product away
+    Remove {
+        /// The user's email
+        email: String,
+        /// Product id
+        product: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum DefaultsCmd {
+    /// Show the default assignments
+    Show,
+    /// Set the default assignments, e.g. `defaults set --mode allow autocad revit`
+    Set {
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// Products the mode lists (allowed for `allow`, excluded for `deny`)
+        products: Vec<String>,
+    },
+}
+
+/// `--mode` of `defaults set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Every product
+    All,
+    /// Only the listed products
+    Allow,
+    /// Every product but the listed ones
+    Deny,
+}
+
+impl From<ModeArg> for AssignmentMode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::All => AssignmentMode::All,
+            ModeArg::Allow => AssignmentMode::Allow,
+            ModeArg::Deny => AssignmentMode::Deny,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum TokensCmd {
+    /// Buy a pack of N tokens (N must be one of the server's pack sizes)
+    Buy {
+        /// Tokens in the pack, e.g. 500
+        tokens: u64,
+    },
+    /// Show the balance, the low-balance threshold and the lots
+    Balance,
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum TestClockCmd {
+    /// Set the server's time, e.g. 2026-03-15T10:00:00Z
+    Set {
+        #[arg(value_name = "RFC3339", value_parser = parse_rfc3339)]
+        now: DateTime<Utc>,
+    },
+}
+
+/// Parses an RFC 3339 time with any offset into UTC.
+pub fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!("'{text}' is not an RFC 3339 time ({e}): write it like 2026-03-15T10:00:00Z")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("flex-admin").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_may_follow_the_subcommand() {
+        let cli = parse(&["tokens", "balance", "--json", "--server", "https://x:1"]).unwrap();
+        assert!(cli.global.json);
+        assert_eq!(cli.global.server, "https://x:1");
+        assert_eq!(cli.command, Command::Tokens(TokensCmd::Balance));
+    }
+
+    #[test]
+    fn flex_needs_exactly_one_of_assign_and_unassign() {
+        assert!(parse(&["users", "flex", "a@b.c"]).is_err());
+        assert!(parse(&["users", "flex", "a@b.c", "--assign", "--unassign"]).is_err());
+        let cli = parse(&["users", "flex", "a@b.c", "--unassign"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Users(UsersCmd::Flex {
+                email: "a@b.c".into(),
+                assign: false,
+                unassign: true
+            })
+        );
+    }
+
+    #[test]
+    fn defaults_set_takes_a_mode_and_products() {
+        let cli = parse(&["defaults", "set", "--mode", "allow", "autocad", "revit"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Defaults(DefaultsCmd::Set {
+                mode: ModeArg::Allow,
+                products: vec!["autocad".into(), "revit".into()]
+            })
+        );
+        assert!(parse(&["defaults", "set", "--mode", "some"]).is_err());
+    }
+
+    #[test]
+    fn test_clock_accepts_offsets_and_rejects_garbage() {
+        let cli = parse(&["test-clock", "set", "2026-03-15T12:00:00+02:00"]).unwrap();
+        let Command::TestClock(TestClockCmd::Set { now }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(now.to_rfc3339(), "2026-03-15T10:00:00+00:00");
+        let err = parse(&["test-clock", "set", "monday"]).unwrap_err();
+        assert!(err.to_string().contains("'monday' is not an RFC 3339 time"));
+    }
+
+    #[test]
+    fn tokens_buy_needs_a_number() {
+        assert!(parse(&["tokens", "buy", "many"]).is_err());
+        let cli = parse(&["tokens", "buy", "500"]).unwrap();
+        assert_eq!(cli.command, Command::Tokens(TokensCmd::Buy { tokens: 500 }));
+    }
+}
