@@ -1,0 +1,163 @@
+//! Handlers of `/v1/admin/*`. Each one takes [`Admin`] first: no token, no call.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flex_protocol::api::*;
+
+use super::error::{import_response, ApiError};
+use super::extract::{bytes_rejection, Admin, ApiJson};
+use super::AppState;
+use crate::store::ChargeFilter;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub async fn add_user(
+    _: Admin,
+    State(st): State<AppState>,
+    ApiJson(new): ApiJson<NewUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let user = st.store.run(move |s| s.add_user(new)).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+pub async fn list_users(_: Admin, State(st): State<AppState>) -> ApiResult<Json<UserList>> {
+    let users = st.store.run(|s| s.list_users()).await?;
+    Ok(Json(UserList { users }))
+}
+
+pub async fn import_users(
+    _: Admin,
+    State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return bytes_rejection(e).into_response(),
+    };
+    let result = st.store.run(move |s| s.import_users(&body)).await;
+    import_response(result)
+}
+
+pub async fn set_flex(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(email): Path<String>,
+    ApiJson(body): ApiJson<FlexAssignment>,
+) -> ApiResult<Json<User>> {
+    let user = st
+        .store
+        .run(move |s| s.set_flex(&email, body.assigned))
+        .await?;
+    Ok(Json(user))
+}
+
+pub async fn add_subscription(
+    _: Admin,
+    State(st): State<AppState>,
+    ApiJson(new): ApiJson<NewSubscription>,
+) -> ApiResult<(StatusCode, Json<Subscription>)> {
+    let sub = st.store.run(move |s| s.add_subscription(new)).await?;
+    Ok((StatusCode::CREATED, Json(sub)))
+}
+
+pub async fn remove_subscription(
+    _: Admin,
+    State(st): State<AppState>,
+    Path((email, product)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    st.store
+        .run(move |s| s.remove_subscription(&email, &product))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn products(_: Admin, State(st): State<AppState>) -> Json<ProductList> {
+    Json(ProductList {
+        products: st.store.rates().products().to_vec(),
+    })
+}
+
+pub async fn get_defaults(
+    _: Admin,
+    State(st): State<AppState>,
+) -> ApiResult<Json<DefaultAssignments>> {
+    Ok(Json(st.store.run(|s| s.default_assignments()).await?))
+}
+
+pub async fn set_defaults(
+    _: Admin,
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<DefaultAssignments>,
+) -> ApiResult<Json<DefaultAssignments>> {
+    Ok(Json(
+        st.store
+            .run(move |s| s.set_default_assignments(body))
+            .await?,
+    ))
+}
+
+pub async fn buy_tokens(
+    _: Admin,
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<BuyTokens>,
+) -> ApiResult<(StatusCode, Json<Lot>)> {
+    let lot = st.store.run(move |s| s.buy_tokens(body.tokens)).await?;
+    Ok((StatusCode::CREATED, Json(lot)))
+}
+
+pub async fn balance(_: Admin, State(st): State<AppState>) -> ApiResult<Json<Balance>> {
+    Ok(Json(st.store.run(|s| s.balance()).await?))
+}
+
+pub async fn charges(
+    _: Admin,
+    State(st): State<AppState>,
+    Query(filter): Query<ChargeFilter>,
+) -> ApiResult<Json<ChargeList>> {
+    let charges = st.store.run(move |s| s.charges(&filter)).await?;
+    Ok(Json(ChargeList { charges }))
+}
+
+pub async fn notices(_: Admin, State(st): State<AppState>) -> ApiResult<Json<NoticeList>> {
+    let notices = st.store.run(|s| s.notices()).await?;
+    Ok(Json(NoticeList { notices }))
+}
+
+pub async fn enrollment_token(
+    _: Admin,
+    State(st): State<AppState>,
+) -> ApiResult<(StatusCode, Json<EnrollmentToken>)> {
+    let token = st.store.run(|s| s.create_enrollment_token()).await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+pub async fn set_test_clock(
+    _: Admin,
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<TestClock>,
+) -> ApiResult<Json<TestClock>> {
+    let clock = st
+        .test_clock
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the server was not started with --test-clock"))?;
+    clock.set(body.now);
+    // Persisted so a restarted test server resumes at the same instant.
+    let now = body.now;
+    st.store
+        .run(move |s| {
+            s.set_meta(crate::server::TEST_CLOCK_KEY, &now.to_rfc3339())?;
+            s.tick()
+        })
+        .await?;
+    Ok(Json(body))
+}
+
+pub async fn get_test_clock(_: Admin, State(st): State<AppState>) -> ApiResult<Json<TestClock>> {
+    Ok(Json(TestClock {
+        now: st.store.now(),
+    }))
+}

@@ -1,0 +1,57 @@
+//! Handlers of `/v1/agent/*` and `/v1/health`. Every agent call but `enroll`
+//! takes [`Device`]: the device token identifies the workstation.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flex_protocol::api::*;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, Device};
+use super::AppState;
+
+pub async fn health(State(st): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        server_time: st.store.now(),
+    })
+}
+
+pub async fn enroll(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    Ok(Json(st.store.run(move |s| s.enroll(&req)).await?))
+}
+
+/// Answers with the stored body verbatim, so a retry is byte-for-byte the original.
+pub async fn claim(
+    Device(device): Device,
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    let outcome = st.store.run(move |s| s.claim(&device, &req)).await?;
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        outcome.body,
+    )
+        .into_response())
+}
+
+pub async fn heartbeat(
+    Device(device): Device,
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    Ok(Json(st.store.run(move |s| s.heartbeat(&device, &req)).await?))
+}
+
+pub async fn products(_: Device, State(st): State<AppState>) -> Json<ProductList> {
+    Json(ProductList {
+        products: st.store.rates().products().to_vec(),
+    })
+}

@@ -1,0 +1,118 @@
+//! Request extractors: JSON bodies with our error shape, and bearer-token
+//! authentication for admins and devices.
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use flex_protocol::ErrorCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// `axum::Json` whose rejections are `{"error":{...}}` naming the bad field.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::BytesRejection(b) => bytes_rejection(b),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidRequest,
+            "the body must be JSON with content-type application/json",
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::invalid(format!("invalid body: {}", inner(&e))),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::invalid(format!("body is not valid JSON: {}", inner(&e)))
+        }
+        other => ApiError::invalid(other.body_text()),
+    }
+}
+
+/// serde's own message ("missing field `claim_id` at line 1 column 20") names the
+/// field; axum wraps it in a prefix we drop.
+fn inner(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    msg
+}
+
+pub fn bytes_rejection(b: BytesRejection) -> ApiError {
+    if b.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            "request body is larger than the limit for this endpoint",
+        )
+    } else {
+        ApiError::invalid(format!("cannot read the request body: {}", b.body_text()))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Proof that the request carries the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            Some(t) if state.admin_token_matches(t) => Ok(Admin),
+            Some(_) => Err(ApiError::unauthorized("the admin token is not valid")),
+            None => Err(ApiError::unauthorized(
+                "missing admin token: send Authorization: Bearer <token>",
+            )),
+        }
+    }
+}
+
+/// The enrolled device a request comes from.
+pub struct Device(pub String);
+
+impl FromRequestParts<AppState> for Device {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = bearer(parts).map(str::to_owned) else {
+            return Err(ApiError::unauthorized(
+                "missing device token: send Authorization: Bearer <device token>",
+            ));
+        };
+        match state.store.run(move |s| s.authenticate_device(&token)).await? {
+            Some(id) => Ok(Device(id)),
+            None => Err(ApiError::unauthorized(
+                "the device token is not valid; enroll the agent again",
+            )),
+        }
+    }
+}

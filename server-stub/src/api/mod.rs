@@ -1,0 +1,114 @@
+//! The HTTP API v1 (DESIGN.md section 4): routes, shared state and limits.
+
+mod admin;
+mod agent;
+pub mod error;
+mod extract;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use sha2::{Digest, Sha256};
+
+use crate::clock::TestClock;
+use crate::store::Store;
+use error::ApiError;
+
+/// Cap on JSON bodies.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+/// Cap on CSV imports.
+pub const MAX_CSV_BODY: usize = 8 * 1024 * 1024;
+
+/// The OpenAPI document served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    admin_token_hash: [u8; 32],
+    /// Present only when the server was started with `--test-clock`.
+    pub test_clock: Option<TestClock>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, admin_token: &str, test_clock: Option<TestClock>) -> Self {
+        AppState {
+            store,
+            admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+            test_clock,
+        }
+    }
+
+    /// Compares digests so the time taken does not depend on a matching prefix.
+    fn admin_token_matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digest
+            .iter()
+            .zip(self.admin_token_hash.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut admin = Router::new()
+        .route("/users", post(admin::add_user).get(admin::list_users))
+        .route(
+            "/users/import",
+            post(admin::import_users).layer(DefaultBodyLimit::max(MAX_CSV_BODY)),
+        )
+        .route("/users/{email}/flex", put(admin::set_flex))
+        .route("/subscriptions", post(admin::add_subscription))
+        .route(
+            "/subscriptions/{email}/{product}",
+            delete(admin::remove_subscription),
+        )
+        .route("/products", get(admin::products))
+        .route(
+            "/default-assignments",
+            put(admin::set_defaults).get(admin::get_defaults),
+        )
+        .route("/token-lots", post(admin::buy_tokens))
+        .route("/balance", get(admin::balance))
+        .route("/charges", get(admin::charges))
+        .route("/notices", get(admin::notices))
+        .route("/enrollment-tokens", post(admin::enrollment_token));
+    if state.test_clock.is_some() {
+        admin = admin.route(
+            "/test-clock",
+            put(admin::set_test_clock).get(admin::get_test_clock),
+        );
+    }
+    let agent = Router::new()
+        .route("/enroll", post(agent::enroll))
+        .route("/claims", post(agent::claim))
+        .route("/heartbeat", post(agent::heartbeat))
+        .route("/products", get(agent::products));
+    Router::new()
+        .route("/v1/health", get(agent::health))
+        .route("/v1/openapi.json", get(openapi))
+        .nest("/v1/admin", admin)
+        .nest("/v1/agent", agent)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state)
+}
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint at {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        flex_protocol::ErrorCode::InvalidRequest,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,258 @@
+//! Server configuration: a TOML file with the admin token source, the policy and
+//! the enrollment settings. Durations are written like `24h`, `30m` or `5s`.
+//!
+//! ```toml
+//! production = true            # refuses --test-clock
+//! admin_token = "..."          # optional; FLEX_ADMIN_TOKEN wins
+//! enrollment_token_ttl = "7d"
+//!
+//! [policy]
+//! window = "24h"
+//! flex_offline_limit = "24h"
+//! subscription_offline_limit = "30d"
+//! offline_warnings = ["2h", "30m", "5m"]
+//! subscription_warning = "3d"
+//! heartbeat_interval = "10m"
+//! renewal_grace = "30m"
+//! close_grace = "30s"
+//! low_balance_ratio = 0.2
+//! timezone = "Europe/Paris"
+//! pack_sizes = [100, 500, 1000, 2500, 5000, 10000]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flex_protocol::api::Policy;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config value {key} = {value} is not valid: {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A production server refuses `--test-clock`.
+    #[serde(default)]
+    pub production: bool,
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    #[serde(default = "default_enrollment_ttl", with = "humantime_serde")]
+    pub enrollment_token_ttl: Duration,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            production: false,
+            admin_token: None,
+            enrollment_token_ttl: default_enrollment_ttl(),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+fn default_enrollment_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// The rules' tunable numbers (DESIGN.md defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub flex_offline_limit: Duration,
+    #[serde(with = "humantime_serde")]
+    pub subscription_offline_limit: Duration,
+    #[serde(with = "humantime_vec")]
+    pub offline_warnings: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub subscription_warning: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub renewal_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub close_grace: Duration,
+    pub low_balance_ratio: f64,
+    pub timezone: String,
+    pub pack_sizes: Vec<u64>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        let m = |n: u64| Duration::from_secs(n * 60);
+        PolicyConfig {
+            window: h(24),
+            flex_offline_limit: h(24),
+            subscription_offline_limit: h(24 * 30),
+            offline_warnings: vec![h(2), m(30), m(5)],
+            subscription_warning: h(24 * 3),
+            heartbeat_interval: m(10),
+            renewal_grace: m(30),
+            close_grace: Duration::from_secs(30),
+            low_balance_ratio: 0.2,
+            timezone: "UTC".into(),
+            pack_sizes: vec![100, 500, 1000, 2500, 5000, 10000],
+        }
+    }
+}
+
+mod humantime_vec {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| {
+                humantime::parse_duration(s)
+                    .map_err(|e| serde::de::Error::custom(format!("'{s}': {e}")))
+            })
+            .collect()
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_string(),
+        })?;
+        config.policy.validate()?;
+        Ok(config)
+    }
+}
+
+impl PolicyConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let secs = |d: Duration| format!("{}s", d.as_secs());
+        if self.window.as_secs() == 0 {
+            return Err(ConfigError::Invalid {
+                key: "policy.window",
+                value: secs(self.window),
+                why: "must be at least one second",
+            });
+        }
+        if self.flex_offline_limit.as_secs() == 0 {
+            return Err(ConfigError::Invalid {
+                key: "policy.flex_offline_limit",
+                value: secs(self.flex_offline_limit),
+                why: "must be at least one second",
+            });
+        }
+        if self.heartbeat_interval.as_secs() == 0 {
+            return Err(ConfigError::Invalid {
+                key: "policy.heartbeat_interval",
+                value: secs(self.heartbeat_interval),
+                why: "must be at least one second",
+            });
+        }
+        if !(self.low_balance_ratio > 0.0 && self.low_balance_ratio < 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "policy.low_balance_ratio",
+                value: self.low_balance_ratio.to_string(),
+                why: "must be between 0 and 1",
+            });
+        }
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "policy.timezone",
+                value: self.timezone.clone(),
+                why: "is not an IANA time zone name such as Europe/Paris",
+            });
+        }
+        if self.pack_sizes.is_empty() || self.pack_sizes.contains(&0) {
+            return Err(ConfigError::Invalid {
+                key: "policy.pack_sizes",
+                value: format!("{:?}", self.pack_sizes),
+                why: "must list at least one positive pack size",
+            });
+        }
+        Ok(())
+    }
+
+    /// The wire form sent to agents.
+    pub fn to_wire(&self) -> Policy {
+        Policy {
+            window_secs: self.window.as_secs(),
+            flex_offline_limit_secs: self.flex_offline_limit.as_secs(),
+            subscription_offline_limit_secs: self.subscription_offline_limit.as_secs(),
+            offline_warning_secs: self.offline_warnings.iter().map(|d| d.as_secs()).collect(),
+            subscription_warning_secs: self.subscription_warning.as_secs(),
+            heartbeat_interval_secs: self.heartbeat_interval.as_secs(),
+            renewal_grace_secs: self.renewal_grace.as_secs(),
+            close_grace_secs: self.close_grace.as_secs(),
+            low_balance_ratio: self.low_balance_ratio,
+            timezone: self.timezone.clone(),
+            pack_sizes: self.pack_sizes.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_design() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.policy.window, Duration::from_secs(86400));
+        assert_eq!(c.policy.offline_warnings.len(), 3);
+        assert_eq!(c.policy.pack_sizes, vec![100, 500, 1000, 2500, 5000, 10000]);
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let c = Config::parse(
+            "[policy]\nwindow = \"6s\"\noffline_warnings = [\"3s\", \"1s\"]\nclose_grace = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.policy.window, Duration::from_secs(6));
+        assert_eq!(c.policy.offline_warnings, vec![Duration::from_secs(3), Duration::from_secs(1)]);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::parse("[policy]\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
+        assert!(e.to_string().contains("Mars/Olympus"), "{e}");
+        let e = Config::parse("[policy]\nwindow = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("soon") || e.to_string().contains("window"), "{e}");
+        let e = Config::parse("polcy = 1\n").unwrap_err();
+        assert!(e.to_string().contains("polcy"), "{e}");
+    }
+}

@@ -1,0 +1,247 @@
+//! Wiring: configuration, admin token, database, listener and TLS.
+//!
+//! The server prints `flex-server listening on URL` on stdout once the socket is
+//! bound, so scripts and tests wait on that line instead of sleeping.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::api::{router, AppState};
+use crate::clock::{Clock, SystemClock, TestClock};
+use crate::config::{Config, ConfigError};
+use crate::rates::{RateSheet, RatesError};
+use crate::store::{Store, StoreError};
+
+/// `meta` key holding the test clock, so a restarted test server keeps its time.
+pub const TEST_CLOCK_KEY: &str = "test_clock.now";
+/// Environment variable that overrides the admin token.
+pub const ADMIN_TOKEN_ENV: &str = "FLEX_ADMIN_TOKEN";
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub test_clock: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub rates: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Rates(#[from] RatesError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("--test-clock is refused: the config says production = true")]
+    TestClockInProduction,
+    #[error("--tls-cert and --tls-key must be given together")]
+    TlsHalf,
+    #[error("cannot load TLS certificate {cert} / key {key}: {source}")]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server stopped with an error: {0}")]
+    Serve(std::io::Error),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
+    move |source| ServerError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The admin token: environment, else config, else a generated `admin-token` file.
+fn admin_token(config: &Config, data_dir: &Path) -> Result<String, ServerError> {
+    if let Ok(t) = std::env::var(ADMIN_TOKEN_ENV) {
+        if !t.trim().is_empty() {
+            tracing::info!("admin token taken from {ADMIN_TOKEN_ENV}");
+            return Ok(t.trim().to_string());
+        }
+    }
+    if let Some(t) = &config.admin_token {
+        tracing::info!("admin token taken from the config file");
+        return Ok(t.trim().to_string());
+    }
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(t.trim().to_string());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read", &path)(e)),
+    }
+    let token = {
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        format!("fat_{}", hex::encode(b))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("create", &path))?;
+    f.write_all(token.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io("write", &path))?;
+    tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
+    Ok(token)
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(), ServerError> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io("create data directory", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("set permissions on", dir))?;
+    }
+    Ok(())
+}
+
+/// Everything the server needs, built but not yet serving.
+pub struct Prepared {
+    pub state: AppState,
+    pub listener: std::net::TcpListener,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
+    let config = match &opts.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if opts.test_clock && config.production {
+        return Err(ServerError::TestClockInProduction);
+    }
+    let tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => return Err(ServerError::TlsHalf),
+    };
+    let rates = match &opts.rates {
+        Some(p) => RateSheet::load(p)?,
+        None => RateSheet::sample(),
+    };
+    prepare_data_dir(&opts.data_dir)?;
+    let token = admin_token(&config, &opts.data_dir)?;
+
+    let test_clock = opts.test_clock.then(|| TestClock::new(Utc::now()));
+    let clock: Arc<dyn Clock> = match &test_clock {
+        Some(c) => Arc::new(c.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let store = Store::open(&opts.data_dir, clock, config.policy.clone(), rates)?
+        .with_enrollment_ttl(config.enrollment_token_ttl);
+    if let Some(c) = &test_clock {
+        tracing::warn!("test clock enabled: PUT /v1/admin/test-clock sets the server's time");
+        if let Some(saved) = store.meta(TEST_CLOCK_KEY)? {
+            if let Ok(t) = DateTime::parse_from_rfc3339(&saved) {
+                c.set(t.with_timezone(&Utc));
+            }
+        }
+    }
+    let listener = std::net::TcpListener::bind(opts.listen).map_err(|source| ServerError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServerError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    Ok(Prepared {
+        state: AppState::new(Arc::new(store), &token, test_clock),
+        listener,
+        tls,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Serves until SIGINT/SIGTERM.
+pub async fn serve(p: Prepared) -> Result<(), ServerError> {
+    let addr = p.listener.local_addr().map_err(ServerError::Serve)?;
+    let scheme = if p.tls.is_some() { "https" } else { "http" };
+    if p.tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: tokens travel unencrypted; use --tls-cert/--tls-key");
+    }
+
+    // Time-driven notices (lot expiry) without waiting for a request.
+    let ticker = Arc::clone(&p.state.store);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            if let Err(e) = ticker.run(|s| s.tick()).await {
+                tracing::warn!("notice check failed: {e}");
+            }
+        }
+    });
+
+    let app = router(p.state);
+    println!("flex-server listening on {scheme}://{addr}");
+    let _ = std::io::stdout().flush();
+    match p.tls {
+        None => {
+            let listener = tokio::net::TcpListener::from_std(p.listener).map_err(ServerError::Serve)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(ServerError::Serve)
+        }
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .map_err(|source| ServerError::Tls { cert, key, source })?;
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            axum_server::from_tcp_rustls(p.listener, config)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .map_err(ServerError::Serve)
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Claims: the rules that spend money (R4 entitlement, R5 daily windows, R6
+//! per-result jobs, R7 default assignments) and their idempotency.
+//!
+//! A claim id names one attempt. The answer to a claim is stored in the same
+//! transaction as the charge it made, so a retry after any crash gets exactly the
+//! original answer and nothing is charged twice; the same id with another body is
+//! a conflict and changes nothing.
+
+use chrono::{DateTime, Utc};
+use flex_protocol::api::{
+    ChargeKind, ChargeModel, ClaimRequest, ClaimResponse, Denial, Grant, LotShare, Source, Window,
+};
+use flex_protocol::lease::LeaseBody;
+use flex_protocol::ErrorCode;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::lots::{balance_of, spend};
+use super::users::{has_subscription, load_defaults, load_user, normalize_email};
+use super::{notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
+
+/// The stored answer to a claim: replayed byte for byte on a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimOutcome {
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+struct WindowRow {
+    id: String,
+    source: Source,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    user: String,
+    product: String,
+}
+
+impl WindowRow {
+    fn wire(&self) -> Window {
+        Window {
+            id: self.id.clone(),
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
+pub(crate) fn source_of(s: &str) -> Result<Source> {
+    match s {
+        "tokens" => Ok(Source::Tokens),
+        "subscription" => Ok(Source::Subscription),
+        other => Err(StoreError::Corrupt(format!("source '{other}'"))),
+    }
+}
+
+fn window_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn to_window(raw: (String, String, String, String, String, String)) -> Result<WindowRow> {
+    let (id, source, start, end, user, product) = raw;
+    Ok(WindowRow {
+        id,
+        source: source_of(&source)?,
+        start: parse_ts(&start)?,
+        end: parse_ts(&end)?,
+        user,
+        product,
+    })
+}
+
+const WINDOW_COLS: &str = "id, source, start, end, user, product";
+
+fn load_window(conn: &Connection, id: &str) -> Result<Option<WindowRow>> {
+    conn.query_row(
+        &format!("SELECT {WINDOW_COLS} FROM windows WHERE id = ?1"),
+        [id],
+        window_from_row,
+    )
+    .optional()?
+    .map(to_window)
+    .transpose()
+}
+
+/// A window of `user`/`product` that overlaps `[start, end)`.
+fn overlapping(
+    conn: &Connection,
+    user: &str,
+    product: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Option<WindowRow>> {
+    conn.query_row(
+        &format!(
+            "SELECT {WINDOW_COLS} FROM windows
+             WHERE user = ?1 AND product = ?2 AND start < ?4 AND end > ?3
+             ORDER BY start LIMIT 1"
+        ),
+        params![user, product, ts(start), ts(end)],
+        window_from_row,
+    )
+    .optional()?
+    .map(to_window)
+    .transpose()
+}
+
+fn validate(req: &ClaimRequest) -> Result<String> {
+    let invalid = |m: String| Err(StoreError::Invalid(m));
+    let id_ok = !req.claim_id.is_empty()
+        && req.claim_id.len() <= 128
+        && req.claim_id.bytes().all(|b| b.is_ascii_graphic());
+    if !id_ok {
+        return invalid(format!(
+            "claim_id '{}' must be 1-128 printable characters without spaces",
+            req.claim_id.chars().take(140).collect::<String>()
+        ));
+    }
+    let user = normalize_email(&req.user).map_err(|e| StoreError::Invalid(format!("user {e}")))?;
+    if req.product.is_empty() || req.product.len() > 64 {
+        return invalid(format!("product '{}' is not a product id", req.product));
+    }
+    if req.version.as_ref().is_some_and(|v| v.len() > 64) {
+        return invalid("version is longer than 64 characters".into());
+    }
+    match req.results {
+        Some(0) => return invalid("results must be at least 1".into()),
+        Some(n) if n > 1_000_000_000 => {
+            return invalid(format!("results {n} is more than one job can hold"))
+        }
+        _ => {}
+    }
+    if req.results.is_some() && req.renews.is_some() {
+        return invalid("a claim cannot both renew a window and carry results".into());
+    }
+    Ok(user)
+}
+
+fn denied(reason: ErrorCode, message: String, balance: Option<u64>) -> ClaimResponse {
+    ClaimResponse::Denied(Denial {
+        reason,
+        message,
+        balance,
+    })
+}
+
+struct ChargeRow<'a> {
+    claim_id: &'a str,
+    user: &'a str,
+    product: &'a str,
+    version: Option<&'a str>,
+    kind: ChargeKind,
+    source: Source,
+    window_id: Option<&'a str>,
+    results: Option<u64>,
+    tokens: u64,
+    device_id: &'a str,
+    shares: &'a [LotShare],
+}
+
+fn insert_charge(tx: &Connection, c: &ChargeRow<'_>, now: DateTime<Utc>) -> Result<()> {
+    let kind = match c.kind {
+        ChargeKind::Window => "window",
+        ChargeKind::Renewal => "renewal",
+        ChargeKind::PerResult => "per_result",
+    };
+    tx.execute(
+        "INSERT INTO charges (claim_id, user, product, version, kind, source, window_id, results, tokens, device_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            c.claim_id,
+            c.user,
+            c.product,
+            c.version,
+            kind,
+            c.source.as_str(),
+            c.window_id,
+            c.results.map(|n| n as i64),
+            c.tokens as i64,
+            c.device_id,
+            ts(now)
+        ],
+    )?;
+    let charge_id = tx.last_insert_rowid();
+    for s in c.shares {
+        tx.execute(
+            "INSERT INTO charge_lots (charge_id, lot_id, tokens) VALUES (?1, ?2, ?3)",
+            params![charge_id, s.lot_id, s.tokens as i64],
+        )?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Answers `POST /v1/agent/claims` for `device_id`.
+    pub fn claim(&self, device_id: &str, req: &ClaimRequest) -> Result<ClaimOutcome> {
+        let user = validate(req)?;
+        let fingerprint = sha256_hex(
+            &serde_json::to_vec(&(device_id, req)).expect("claim request serializes"),
+        );
+        let now = self.now();
+        self.write(|tx| {
+            let seen: Option<(String, u16, String)> = tx
+                .query_row(
+                    "SELECT request_hash, status, response FROM claims WHERE claim_id = ?1",
+                    [&req.claim_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((hash, status, body)) = seen {
+                if hash == fingerprint {
+                    return Ok(ClaimOutcome { status, body });
+                }
+                return Err(StoreError::Conflict(format!(
+                    "claim id '{}' was already used for a different request; use a new id for a new attempt",
+                    req.claim_id
+                )));
+            }
+            notices::check_expiring(tx, now)?;
+            let response = self.decide(tx, device_id, &user, req, now)?;
+            let body = serde_json::to_string(&response).expect("claim response serializes");
+            tx.execute(
+                "INSERT INTO claims (claim_id, request_hash, status, response, created_at)
+                 VALUES (?1, ?2, 200, ?3, ?4)",
+                params![req.claim_id, fingerprint, body, ts(now)],
+            )?;
+            Ok(ClaimOutcome { status: 200, body })
+        })
+    }
+
+    /// R4: subscription first, then Flex within the default assignments.
+    fn entitlement(&self, tx: &Connection, user: &str, product: &str) -> Result<Option<Source>> {
+        let Some(u) = load_user(tx, user)? else {
+            return Ok(None);
+        };
+        if has_subscription(tx, user, product)? {
+            return Ok(Some(Source::Subscription));
+        }
+        if u.flex_assigned && load_defaults(tx)?.allows(product) {
+            return Ok(Some(Source::Tokens));
+        }
+        Ok(None)
+    }
+
+    fn not_entitled(&self, tx: &Connection, user: &str, product: &str) -> Result<ClaimResponse> {
+        let msg = if load_user(tx, user)?.is_none() {
+            format!("{user} is not a known user; ask your license admin to add you to Flex")
+        } else {
+            format!("{user} has no subscription to {product} and Flex does not include it; ask your license admin")
+        };
+        Ok(denied(ErrorCode::NotEntitled, msg, None))
+    }
+
+    fn decide(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+        user: &str,
+        req: &ClaimRequest,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimResponse> {
+        let Some(product) = self.rates().get(&req.product) else {
+            return Ok(denied(
+                ErrorCode::UnknownProduct,
+                format!("product '{}' is not on the rate sheet", req.product),
+                None,
+            ));
+        };
+        if let Some(n) = req.results {
+            return self.per_result(tx, device_id, user, req, product.charge, n, now);
+        }
+
+        let len = chrono::Duration::from_std(self.policy().window).expect("window fits");
+        let (start, kind) = match &req.renews {
+            Some(old_id) => {
+                let old = load_window(tx, old_id)?.ok_or_else(|| {
+                    StoreError::Invalid(format!("renews: window '{old_id}' does not exist"))
+                })?;
+                if old.user != user || old.product != req.product {
+                    return Err(StoreError::Invalid(format!(
+                        "renews: window '{old_id}' belongs to {} / {}, not {user} / {}",
+                        old.user, old.product, req.product
+                    )));
+                }
+                (old.end, ChargeKind::Renewal)
+            }
+            None => (now, ChargeKind::Window),
+        };
+        let end = start + len;
+
+        // Inside an open window (or one already renewed by another device) the
+        // launch is free, whatever the assignments say now (R7).
+        let existing = match kind {
+            ChargeKind::Window => {
+                let instant = now + chrono::Duration::microseconds(1);
+                overlapping(tx, user, &req.product, now, instant)?
+            }
+            _ => overlapping(tx, user, &req.product, start, end)?,
+        };
+        if let Some(w) = existing {
+            return Ok(self.grant(tx, device_id, &w, 0, now)?);
+        }
+
+        let Some(source) = self.entitlement(tx, user, &req.product)? else {
+            return self.not_entitled(tx, user, &req.product);
+        };
+        let cost = match (source, product.charge) {
+            (Source::Tokens, ChargeModel::Daily { tokens }) => tokens,
+            // Opening a per-result product is free; its jobs are charged.
+            _ => 0,
+        };
+        let shares = match spend(tx, cost, now)? {
+            Ok(s) => s,
+            Err(short) => {
+                notices::on_refusal(tx, user, &req.product, short.balance, cost, now)?;
+                return Ok(denied(
+                    ErrorCode::OutOfTokens,
+                    format!(
+                        "{} costs {cost} tokens for 24 hours and the balance is {}; ask your license admin to buy tokens",
+                        product.name, short.balance
+                    ),
+                    Some(short.balance),
+                ));
+            }
+        };
+        let window = WindowRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            source,
+            start,
+            end,
+            user: user.to_string(),
+            product: req.product.clone(),
+        };
+        tx.execute(
+            "INSERT INTO windows (id, user, product, source, start, end, renews) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![window.id, user, req.product, source.as_str(), ts(start), ts(end), req.renews],
+        )?;
+        insert_charge(
+            tx,
+            &ChargeRow {
+                claim_id: &req.claim_id,
+                user,
+                product: &req.product,
+                version: req.version.as_deref(),
+                kind,
+                source,
+                window_id: Some(&window.id),
+                results: None,
+                tokens: cost,
+                device_id,
+                shares: &shares,
+            },
+            now,
+        )?;
+        if cost > 0 {
+            notices::after_charge(tx, self.policy(), now)?;
+        }
+        self.grant(tx, device_id, &window, cost, now)
+    }
+
+    fn grant(
+        &self,
+        tx: &Connection,
+        device_id: &str,
+        w: &WindowRow,
+        charged: u64,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimResponse> {
+        let lease = self.signer().sign(&LeaseBody {
+            window_id: w.id.clone(),
+            device_id: device_id.to_string(),
+            user: w.user.clone(),
+            product: w.product.clone(),
+            source: w.source,
+            start: w.start,
+            end: w.end,
+            issued_at: now,
+        });
+        Ok(ClaimResponse::Granted(Grant {
+            source: w.source,
+            window: Some(w.wire()),
+            tokens_charged: charged,
+            balance: balance_of(tx, now)?,
+            lease: Some(lease),
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn per_result(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+        user: &str,
+        req: &ClaimRequest,
+        charge: ChargeModel,
+        results: u64,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimResponse> {
+        let Some(job_cost) = charge.per_result_cost(results) else {
+            return Err(StoreError::Invalid(format!(
+                "product '{}' is charged per day; results are only for per-result products",
+                req.product
+            )));
+        };
+        let Some(source) = self.entitlement(tx, user, &req.product)? else {
+            return self.not_entitled(tx, user, &req.product);
+        };
+        let cost = if source == Source::Tokens { job_cost } else { 0 };
+        let shares = match spend(tx, cost, now)? {
+            Ok(s) => s,
+            Err(short) => {
+                notices::on_refusal(tx, user, &req.product, short.balance, cost, now)?;
+                return Ok(denied(
+                    ErrorCode::OutOfTokens,
+                    format!(
+                        "a job of {results} results costs {cost} tokens and the balance is {}; ask your license admin to buy tokens",
+                        short.balance
+                    ),
+                    Some(short.balance),
+                ));
+            }
+        };
+        insert_charge(
+            tx,
+            &ChargeRow {
+                claim_id: &req.claim_id,
+                user,
+                product: &req.product,
+                version: req.version.as_deref(),
+                kind: ChargeKind::PerResult,
+                source,
+                window_id: None,
+                results: Some(results),
+                tokens: cost,
+                device_id,
+                shares: &shares,
+            },
+            now,
+        )?;
+        if cost > 0 {
+            notices::after_charge(tx, self.policy(), now)?;
+        }
+        Ok(ClaimResponse::Granted(Grant {
+            source,
+            window: None,
+            tokens_charged: cost,
+            balance: balance_of(tx, now)?,
+            lease: None,
+        }))
+    }
+}

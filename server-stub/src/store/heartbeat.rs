@@ -1,0 +1,91 @@
+//! Agent heartbeats: session records up (R10 usage), policy, balance and notices
+//! down.
+
+use flex_protocol::api::{HeartbeatRequest, HeartbeatResponse};
+use rusqlite::params;
+
+use super::lots::balance_of;
+use super::users::normalize_email;
+use super::{notices, ts, Result, Store, StoreError};
+
+/// Most session records one heartbeat may carry; the agent sends the rest next time.
+pub const MAX_SESSIONS_PER_HEARTBEAT: usize = 1000;
+
+impl Store {
+    pub fn heartbeat(&self, device_id: &str, req: &HeartbeatRequest) -> Result<HeartbeatResponse> {
+        if req.sessions.len() > MAX_SESSIONS_PER_HEARTBEAT {
+            return Err(StoreError::Invalid(format!(
+                "{} session records in one heartbeat; send at most {MAX_SESSIONS_PER_HEARTBEAT}",
+                req.sessions.len()
+            )));
+        }
+        if req.clock_rollbacks.len() > 100 {
+            return Err(StoreError::Invalid(format!(
+                "{} clock rollbacks in one heartbeat; send at most 100",
+                req.clock_rollbacks.len()
+            )));
+        }
+        for s in &req.sessions {
+            if s.id.is_empty() || s.id.len() > 128 {
+                return Err(StoreError::Invalid(format!(
+                    "session id '{}' must be 1-128 characters",
+                    s.id
+                )));
+            }
+            normalize_email(&s.user)
+                .map_err(|e| StoreError::Invalid(format!("session {}: user {e}", s.id)))?;
+            if s.ended_at.is_some_and(|end| end < s.started_at) {
+                return Err(StoreError::Invalid(format!(
+                    "session {} ends before it starts",
+                    s.id
+                )));
+            }
+        }
+        let now = self.now();
+        let out = self.write(|tx| {
+            for s in &req.sessions {
+                // Re-uploading a record (after a lost answer) replaces it.
+                tx.execute(
+                    "INSERT INTO sessions (id, device_id, user, product, version, source, window_id, started_at, ended_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT(id) DO UPDATE SET ended_at = excluded.ended_at
+                     WHERE sessions.device_id = excluded.device_id",
+                    params![
+                        s.id,
+                        device_id,
+                        normalize_email(&s.user).expect("checked"),
+                        s.product,
+                        s.version,
+                        s.source.as_str(),
+                        s.window_id,
+                        ts(s.started_at),
+                        s.ended_at.map(ts)
+                    ],
+                )?;
+            }
+            for r in &req.clock_rollbacks {
+                tracing::warn!(device_id, seconds = r.seconds, "agent reported a wall-clock rollback");
+                tx.execute(
+                    "INSERT INTO clock_rollbacks (device_id, detected_at, seconds, received_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![device_id, ts(r.detected_at), r.seconds, ts(now)],
+                )?;
+            }
+            tx.execute(
+                "UPDATE devices SET last_seen = ?1 WHERE id = ?2",
+                params![ts(now), device_id],
+            )?;
+            notices::check_expiring(tx, now)?;
+            let mut recent = notices::list(tx, req.notices_after, 50)?;
+            recent.reverse();
+            Ok((balance_of(tx, now)?, recent))
+        })?;
+        Ok(HeartbeatResponse {
+            server_time: now,
+            policy: self.policy().to_wire(),
+            balance: out.0,
+            notices: out.1,
+            accepted_sessions: req.sessions.iter().map(|s| s.id.clone()).collect(),
+            products: self.rates().products().to_vec(),
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! Users, Flex assignment, subscriptions and default assignments (R4, R7).
+
+use flex_protocol::api::{
+    AssignmentMode, DefaultAssignments, NewSubscription, NewUser, Subscription, User,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{parse_ts, ts, Result, Store, StoreError};
+
+/// Checks and normalises an email address (trimmed, lowercased). The check is
+/// deliberately plain: one `@`, a non-empty local part, a dotted domain, no spaces.
+pub fn normalize_email(raw: &str) -> std::result::Result<String, String> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && match email.split_once('@') {
+            Some((local, domain)) => {
+                !local.is_empty()
+                    && !domain.contains('@')
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !domain.contains("..")
+            }
+            None => false,
+        };
+    if valid {
+        Ok(email)
+    } else {
+        Err(format!("'{}' is not an email address", raw.trim()))
+    }
+}
+
+/// Checks a person's name field: present, not absurdly long, no control characters.
+pub fn check_name(field: &str, raw: &str) -> std::result::Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if name.chars().count() > 100 || name.chars().any(|c| c.is_control()) {
+        return Err(format!("{field} '{name}' is not a valid name"));
+    }
+    Ok(name.to_string())
+}
+
+pub(crate) fn load_user(conn: &Connection, email: &str) -> Result<Option<User>> {
+    let row = conn
+        .query_row(
+            "SELECT email, first_name, last_name, flex_assigned FROM users WHERE email = ?1",
+            [email],
+            |r| {
+                Ok(User {
+                    email: r.get(0)?,
+                    first_name: r.get(1)?,
+                    last_name: r.get(2)?,
+                    flex_assigned: r.get(3)?,
+                    subscriptions: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut user) = row else { return Ok(None) };
+    let mut stmt =
+        conn.prepare("SELECT product FROM subscriptions WHERE email = ?1 ORDER BY product")?;
+    user.subscriptions = stmt
+        .query_map([email], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(user))
+}
+
+pub(crate) fn has_subscription(conn: &Connection, email: &str, product: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM subscriptions WHERE email = ?1 AND product = ?2",
+            [email, product],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+pub(crate) fn load_defaults(conn: &Connection) -> Result<DefaultAssignments> {
+    let (mode, products): (String, String) = conn.query_row(
+        "SELECT mode, products FROM default_assignments WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mode = match mode.as_str() {
+        "all" => AssignmentMode::All,
+        "allow" => AssignmentMode::Allow,
+        "deny" => AssignmentMode::Deny,
+        other => return Err(StoreError::Corrupt(format!("assignment mode '{other}'"))),
+    };
+    let products = serde_json::from_str(&products)
+        .map_err(|e| StoreError::Corrupt(format!("assignment products: {e}")))?;
+    Ok(DefaultAssignments { mode, products })
+}
+
+impl Store {
+    pub fn add_user(&self, new: NewUser) -> Result<User> {
+        let email = normalize_email(&new.email).map_err(StoreError::Invalid)?;
+        let first = check_name("first_name", &new.first_name).map_err(StoreError::Invalid)?;
+        let last = check_name("last_name", &new.last_name).map_err(StoreError::Invalid)?;
+        let now = self.now();
+        self.write(|tx| {
+            if load_user(tx, &email)?.is_some() {
+                return Err(StoreError::Conflict(format!("user '{email}' already exists")));
+            }
+            tx.execute(
+                "INSERT INTO users (email, first_name, last_name, flex_assigned, created_at)
+                 VALUES (?1, ?2, ?3, 0, ?4)",
+                params![email, first, last, ts(now)],
+            )?;
+            Ok(load_user(tx, &email)?.expect("just inserted"))
+        })
+    }
+
+    pub fn list_users(&self) -> Result<Vec<User>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT email FROM users ORDER BY email")?;
+            let emails: Vec<String> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            emails
+                .iter()
+                .map(|e| Ok(load_user(c, e)?.expect("listed")))
+                .collect()
+        })
+    }
+
+    pub fn set_flex(&self, email: &str, assigned: bool) -> Result<User> {
+        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE users SET flex_assigned = ?1 WHERE email = ?2",
+                params![assigned, email],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    what: "user",
+                    key: email.clone(),
+                });
+            }
+            Ok(load_user(tx, &email)?.expect("updated"))
+        })
+    }
+
+    pub fn add_subscription(&self, new: NewSubscription) -> Result<Subscription> {
+        let email = normalize_email(&new.email).map_err(StoreError::Invalid)?;
+        if self.rates().get(&new.product).is_none() {
+            return Err(StoreError::Invalid(format!(
+                "product '{}' is not on the rate sheet",
+                new.product
+            )));
+        }
+        let now = self.now();
+        self.write(|tx| {
+            if load_user(tx, &email)?.is_none() {
+                return Err(StoreError::NotFound {
+                    what: "user",
+                    key: email.clone(),
+                });
+            }
+            // Assigning twice keeps the first assignment date.
+            tx.execute(
+                "INSERT OR IGNORE INTO subscriptions (email, product, created_at) VALUES (?1, ?2, ?3)",
+                params![email, new.product, ts(now)],
+            )?;
+            let created: String = tx.query_row(
+                "SELECT created_at FROM subscriptions WHERE email = ?1 AND product = ?2",
+                [&email, &new.product],
+                |r| r.get(0),
+            )?;
+            Ok(Subscription {
+                email: email.clone(),
+                product: new.product.clone(),
+                created_at: parse_ts(&created)?,
+            })
+        })
+    }
+
+    pub fn remove_subscription(&self, email: &str, product: &str) -> Result<()> {
+        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "DELETE FROM subscriptions WHERE email = ?1 AND product = ?2",
+                [&email, product],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    what: "subscription",
+                    key: format!("{email}/{product}"),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    pub fn default_assignments(&self) -> Result<DefaultAssignments> {
+        self.read(load_defaults)
+    }
+
+    pub fn set_default_assignments(&self, d: DefaultAssignments) -> Result<DefaultAssignments> {
+        for p in &d.products {
+            if self.rates().get(p).is_none() {
+                return Err(StoreError::Invalid(format!(
+                    "product '{p}' is not on the rate sheet"
+                )));
+            }
+        }
+        let mode = match d.mode {
+            AssignmentMode::All => "all",
+            AssignmentMode::Allow => "allow",
+            AssignmentMode::Deny => "deny",
+        };
+        let mut products = d.products.clone();
+        products.sort();
+        products.dedup();
+        let json = serde_json::to_string(&products).expect("strings serialize");
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE default_assignments SET mode = ?1, products = ?2 WHERE id = 1",
+                [mode, &json],
+            )?;
+            load_defaults(tx)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_and_normalised() {
+        assert_eq!(normalize_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
+        for bad in ["", "ada", "ada@", "@x.com", "a b@x.com", "a@x", "a@@x.com", "a@x..com"] {
+            let e = normalize_email(bad).unwrap_err();
+            assert!(e.contains("is not an email address"), "{bad}: {e}");
+        }
+    }
+}
