@@ -1,0 +1,166 @@
+//! The one fake agent behind the socket, for the socket server's and flexctl's tests.
+//!
+//! [`FakeHandler`] grants or denies launches as told, reports every request it sees
+//! on a channel (so tests wait for "attach arrived" instead of sleeping), and lets a
+//! test close a run session or publish an event to subscribers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, Utc};
+use flex_protocol::api::Source;
+use flex_protocol::socket::{
+    CloseReason, Empty, Event, LaunchReply, Request, ResultReply, SessionStatus, StatusReply,
+};
+use flex_protocol::ErrorCode;
+use tokio::sync::mpsc;
+
+use super::{Handler, Peer, Reply, SocketConfig, SocketServer};
+
+/// What the fake answers to `launch`.
+#[derive(Debug, Clone)]
+pub(crate) enum LaunchAnswer {
+    Grant,
+    Deny(ErrorCode, String),
+}
+
+pub(crate) struct FakeHandler {
+    pub launch: Mutex<LaunchAnswer>,
+    seen: mpsc::UnboundedSender<(Peer, Request)>,
+    sessions: Mutex<HashMap<String, mpsc::Sender<Event>>>,
+    subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
+    next_session: Mutex<u32>,
+}
+
+impl FakeHandler {
+    /// The handler and the stream of every request it is given (`subscribe`
+    /// included, as `Request::Subscribe`).
+    pub fn new() -> (Arc<FakeHandler>, mpsc::UnboundedReceiver<(Peer, Request)>) {
+        let (seen, rx) = mpsc::unbounded_channel();
+        let handler = FakeHandler {
+            launch: Mutex::new(LaunchAnswer::Grant),
+            seen,
+            sessions: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(Vec::new()),
+            next_session: Mutex::new(0),
+        };
+        (Arc::new(handler), rx)
+    }
+
+    pub fn deny(&self, code: ErrorCode, message: &str) {
+        *self.launch.lock().unwrap() = LaunchAnswer::Deny(code, message.to_string());
+    }
+
+    /// Closes a run session the way the daemon does: a `product_closed` event on
+    /// the wrapper's connection.
+    pub async fn close_session(&self, session: &str) {
+        let tx = self.sessions.lock().unwrap().get(session).cloned();
+        let tx = tx.unwrap_or_else(|| panic!("no session {session}"));
+        tx.send(Event::ProductClosed {
+            product: "autocad".into(),
+            reason: CloseReason::Offline,
+            message: "offline for more than 24 hours".into(),
+        })
+        .await
+        .expect("wrapper connection is gone");
+    }
+
+    /// Sends `event` to every subscriber.
+    pub async fn publish(&self, event: Event) {
+        let subs = self.subscribers.lock().unwrap().clone();
+        for tx in subs {
+            let _ = tx.send(event.clone()).await;
+        }
+    }
+}
+
+impl Handler for FakeHandler {
+    async fn handle(&self, peer: &Peer, req: Request) -> Reply {
+        let _ = self.seen.send((peer.clone(), req.clone()));
+        match req {
+            Request::Launch { product, .. } => {
+                if let LaunchAnswer::Deny(code, message) = self.launch.lock().unwrap().clone() {
+                    return Reply::error(code, message);
+                }
+                let session = {
+                    let mut n = self.next_session.lock().unwrap();
+                    *n += 1;
+                    format!("s{n}")
+                };
+                let (tx, rx) = mpsc::channel(8);
+                self.sessions.lock().unwrap().insert(session.clone(), tx);
+                Reply::ok(LaunchReply {
+                    session,
+                    product,
+                    source: Source::Tokens,
+                    window_end: Utc::now() + Duration::hours(24),
+                    tokens_charged: 7,
+                    balance: Some(93),
+                    offline: false,
+                })
+                .with_events(rx)
+            }
+            Request::Result {
+                product,
+                count,
+                job,
+                ..
+            } => Reply::ok(ResultReply {
+                product,
+                job: job.unwrap_or_else(|| "job-1".into()),
+                tokens_charged: count.div_ceil(50),
+                balance: 90,
+            }),
+            Request::Status => Reply::ok(sample_status()),
+            Request::Attach { .. } | Request::Exit { .. } => Reply::ok(Empty {}),
+            Request::Hello { .. } | Request::Subscribe => {
+                Reply::error(ErrorCode::Internal, "the server answers this itself")
+            }
+        }
+    }
+
+    fn subscribe(&self, peer: &Peer) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(16);
+        self.subscribers.lock().unwrap().push(tx);
+        let _ = self.seen.send((peer.clone(), Request::Subscribe));
+        rx
+    }
+}
+
+pub(crate) fn sample_status() -> StatusReply {
+    let start = Utc::now() - Duration::hours(2);
+    StatusReply {
+        agent_version: "0.1.0".into(),
+        server_url: "https://flex.example.com".into(),
+        device_id: Some("dev-1".into()),
+        credential_store: "file:/var/lib/flex-agent/device-token".into(),
+        detection: "proc-connector".into(),
+        sessions: vec![SessionStatus {
+            session: "s1".into(),
+            user: "alice".into(),
+            product: "autocad".into(),
+            version: Some("2026".into()),
+            pid: Some(4242),
+            source: Source::Tokens,
+            started_at: start,
+            window_end: start + Duration::hours(24),
+            origin: "wrapper".into(),
+        }],
+        balance: Some(93),
+        last_server_contact: Some(Utc::now() - Duration::minutes(5)),
+        offline_seconds_left: Some(86_100),
+        online: true,
+    }
+}
+
+/// A fake agent serving on `dir/agent.sock` until the returned task is aborted.
+pub(crate) fn start_fake_agent(
+    dir: &Path,
+    handler: Arc<FakeHandler>,
+) -> (PathBuf, tokio::task::JoinHandle<()>) {
+    let path = dir.join("agent.sock");
+    let server = SocketServer::bind(SocketConfig::new(&path)).expect("bind fake agent socket");
+    let task = tokio::spawn(server.serve(handler, std::future::pending()));
+    (path, task)
+}

@@ -1,0 +1,169 @@
+//! Getting a listening socket: from systemd, or by binding the path ourselves.
+//!
+//! Binding is careful about what is already at the path: if a daemon answers there
+//! we refuse to start (two agents would fight over processes and the journal); a
+//! leftover socket nobody answers on is removed; anything that is not a socket is
+//! left alone and reported. The mode is set between `bind` and `listen`, so there is
+//! no moment when clients can connect to a socket with the wrong mode.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+
+use super::SocketError;
+
+/// Where the listener came from, for logs and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenOrigin {
+    /// Handed over by systemd socket activation (`LISTEN_FDS`).
+    Systemd,
+    /// Bound by the agent at the configured path.
+    Bound,
+}
+
+/// The first socket passed by systemd, if this process was socket-activated.
+///
+/// Follows sd_listen_fds(3): `LISTEN_PID` must name us and fd 3 is the first socket.
+/// The variables are removed so children do not inherit them.
+pub fn systemd_listener() -> Option<StdUnixListener> {
+    let pid = std::env::var("LISTEN_PID").ok()?;
+    let fds = std::env::var("LISTEN_FDS").ok()?;
+    if pid.parse::<u32>().ok()? != std::process::id() || fds.parse::<u32>().ok()? < 1 {
+        return None;
+    }
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    const SD_LISTEN_FDS_START: i32 = 3;
+    // Only a stream socket is usable; anything else at fd 3 is a unit file mistake.
+    let fd = SD_LISTEN_FDS_START;
+    match socket::getsockopt(
+        &unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        socket::sockopt::SockType,
+    ) {
+        Ok(SockType::Stream) => {}
+        _ => return None,
+    }
+    // SAFETY: systemd passed fd 3 to us and nothing else in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = StdUnixListener::from(owned);
+    listener.set_nonblocking(true).ok()?;
+    Some(listener)
+}
+
+/// Binds `path` with `mode`, after checking what is there already.
+pub fn bind_path(path: &Path, mode: u32) -> Result<StdUnixListener, SocketError> {
+    prepare_parent(path)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::AlreadyRunning {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(|e| io_err("remove stale socket", path, e))?;
+        }
+        Ok(_) => {
+            return Err(SocketError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", path, e)),
+    }
+
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| io_err("create socket for", path, e.into()))?;
+    let addr = UnixAddr::new(path).map_err(|e| io_err("use socket path", path, e.into()))?;
+    use std::os::fd::AsRawFd;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| io_err("bind", path, e.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err("set mode of", path, e))?;
+    let backlog = Backlog::new(128).expect("128 is a valid backlog");
+    socket::listen(&fd, backlog).map_err(|e| io_err("listen on", path, e.into()))?;
+    Ok(StdUnixListener::from(fd))
+}
+
+/// Creates the socket's directory 0755 if missing, so every user can reach the socket.
+fn prepare_parent(path: &Path) -> Result<(), SocketError> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| io_err("create socket directory", dir, e))?;
+    // The umask may have narrowed the mode given to mkdir.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| io_err("set mode of socket directory", dir, e))
+}
+
+fn io_err(action: &'static str, path: &Path, source: io::Error) -> SocketError {
+    SocketError::Io {
+        action,
+        path: PathBuf::from(path),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_with_mode_and_creates_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/flex/agent.sock");
+        let _l = bind_path(&path, 0o666).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+        let parent = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(parent.permissions().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn refuses_when_a_daemon_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let _live = bind_path(&path, 0o666).unwrap();
+        match bind_path(&path, 0o666) {
+            Err(SocketError::AlreadyRunning { path: p }) => assert_eq!(p, path),
+            other => panic!("expected AlreadyRunning, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replaces_stale_socket_but_not_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        drop(bind_path(&path, 0o666).unwrap());
+        assert!(path.exists(), "a closed listener leaves its path behind");
+        let _again = bind_path(&path, 0o600).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(matches!(
+            bind_path(&file, 0o666),
+            Err(SocketError::NotASocket { .. })
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    }
+}
