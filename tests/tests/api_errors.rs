@@ -1,0 +1,194 @@
+//! Authentication, body caps and malformed input: a clear error and no change.
+
+use flex_e2e::{Server, ServerOpts, ADMIN_TOKEN};
+use reqwest::Method as M;
+use serde_json::json;
+
+#[tokio::test]
+async fn admin_and_device_tokens_are_not_interchangeable() {
+    let s = Server::start_test_clock();
+    s.flex_user("ada@example.com").await;
+    let dev = s.enroll().await;
+    let claim = json!({"claim_id": "c1", "user": "ada@example.com", "product": "autocad"});
+
+    let (status, v) = s.call(M::GET, "/v1/admin/balance", "", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (status, _) = s.call(M::GET, "/v1/admin/balance", "wrong", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = s.call(M::GET, "/v1/admin/balance", &dev.token, None).await;
+    assert_eq!(status, 401, "a device token is not an admin token");
+    let (status, _) = s
+        .call(M::POST, "/v1/agent/claims", ADMIN_TOKEN, Some(claim.clone()))
+        .await;
+    assert_eq!(status, 401, "the admin token is not a device token");
+    let (status, _) = s
+        .call(M::POST, "/v1/agent/claims", "fdt_forged", Some(claim))
+        .await;
+    assert_eq!(status, 401);
+    assert!(s.charges().await.is_empty());
+}
+
+#[tokio::test]
+async fn enrollment_tokens_are_single_use() {
+    let s = Server::start_test_clock();
+    let t = s
+        .ok(M::POST, "/enrollment-tokens", Some(json!({})))
+        .await;
+    let body = json!({"enrollment_token": t["token"], "hostname": "ws-1"});
+    let (status, _) = s.call(M::POST, "/v1/agent/enroll", "", Some(body.clone())).await;
+    assert_eq!(status, 200);
+    let (status, v) = s.call(M::POST, "/v1/agent/enroll", "", Some(body)).await;
+    assert_eq!(status, 401);
+    assert!(v["error"]["message"].as_str().unwrap().contains("already used"));
+    let (status, _) = s
+        .call(
+            M::POST,
+            "/v1/agent/enroll",
+            "",
+            Some(json!({"enrollment_token": "fet_guess", "hostname": "ws-2"})),
+        )
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn malformed_bodies_name_the_problem_and_change_nothing() {
+    let s = Server::start_test_clock();
+    s.buy(100).await;
+    s.flex_user("ada@example.com").await;
+    let dev = s.enroll().await;
+
+    let (status, v) = s
+        .call(M::POST, "/v1/agent/claims", &dev.token, Some(json!({"user": "ada@example.com", "product": "autocad"})))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], "invalid_request");
+    assert!(v["error"]["message"].as_str().unwrap().contains("claim_id"), "{v}");
+
+    let (status, v) = s
+        .admin(M::POST, "/token-lots", Some(json!({"tokens": "many"})))
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("invalid type"), "{v}");
+
+    let resp = s
+        .http
+        .post(format!("{}/v1/admin/users", s.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{v}");
+
+    let (status, v) = s
+        .admin(M::POST, "/users", Some(json!({"email": "nope", "first_name": "A", "last_name": "B"})))
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("'nope'"));
+
+    let (status, v) = s
+        .claim(&dev, json!({"claim_id": "bad id with spaces", "user": "ada@example.com", "product": "autocad"}))
+        .await;
+    assert_eq!(status, 400, "{v}");
+
+    let big = json!({"email": "x".repeat(2 * 1024 * 1024), "first_name": "A", "last_name": "B"});
+    let (status, v) = s.admin(M::POST, "/users", Some(big)).await;
+    assert_eq!(status, 413);
+    assert_eq!(v["error"]["code"], "payload_too_large");
+
+    let (status, v) = s.admin(M::GET, "/no-such-thing", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"]["code"], "not_found");
+
+    assert_eq!(s.balance().await, 100);
+    assert!(s.charges().await.is_empty());
+    assert_eq!(s.ok(M::GET, "/users", None).await["users"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn test_clock_exists_only_when_asked_for() {
+    let s = Server::start(ServerOpts::default());
+    let (status, _) = s
+        .admin(M::PUT, "/test-clock", Some(json!({"now": "2030-01-01T00:00:00Z"})))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s.admin(M::GET, "/test-clock", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn health_and_openapi_need_no_token() {
+    let s = Server::start_test_clock();
+    let (status, v) = s.call(M::GET, "/v1/health", "", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["status"], "ok");
+    let (status, v) = s.call(M::GET, "/v1/openapi.json", "", None).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/agent/claims",
+        "/v1/agent/heartbeat",
+        "/v1/agent/enroll",
+        "/v1/admin/users/import",
+        "/v1/admin/token-lots",
+        "/v1/admin/balance",
+        "/v1/admin/charges",
+        "/v1/admin/notices",
+        "/v1/admin/default-assignments",
+        "/v1/admin/enrollment-tokens",
+    ] {
+        assert!(v["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+}
+
+#[tokio::test]
+async fn production_config_refuses_the_test_clock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("server.toml");
+    std::fs::write(&cfg, "production = true\n").unwrap();
+    let out = std::process::Command::new(flex_e2e::bin("flex-server"))
+        .args(["--listen", "127.0.0.1:0", "--test-clock", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--test-clock is refused"), "{err}");
+}
+
+#[tokio::test]
+async fn generated_admin_token_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut child = std::process::Command::new(flex_e2e::bin("flex-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("FLEX_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("listening on"));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let mode = std::fs::metadata(data.join("admin-token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("admin-token"), "the path is logged: {log}");
+    assert!(!log.contains(token.trim()), "the token itself is never logged");
+}
