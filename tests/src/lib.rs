@@ -125,6 +125,8 @@ impl Server {
 
     pub fn restart(&mut self) {
         self.kill9();
+        // Pooled connections died with the old process.
+        self.http = reqwest::Client::new();
         self.spawn();
     }
 
@@ -273,4 +275,27 @@ pub struct Device {
 /// Parses RFC 3339 in assertions.
 pub fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// A throwaway certificate authority and a server certificate for 127.0.0.1 and
+/// localhost, written as PEM files into `dir`. Returns (CA PEM, cert path, key path).
+pub fn test_ca(dir: &Path) -> (String, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Flex Test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("server params");
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
+    let cert_path = dir.join("server.pem");
+    let key_path = dir.join("server.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    (ca.pem(), cert_path, key_path)
 }
