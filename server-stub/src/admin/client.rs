@@ -212,7 +212,7 @@ pub fn check(call: &Call, reply: &Reply) -> Result<(), AdminError> {
             what,
             status,
             code: error.code,
-            hint: hint_for(error.code).to_owned(),
+            hint: hint_for(error.code, &call.path).to_owned(),
             message: error.message,
             body: reply.body.clone(),
         }),
@@ -356,6 +356,14 @@ mod tests {
             "the server refused PUT /v1/admin/users/zed@example.com/flex: no user 'zed@example.com' \
              (unknown_user, http 404): add the user first with \
              `flex-admin users add EMAIL --first NAME --last NAME`"
+        );
+
+        let body =
+            r#"{"error":{"code":"not_found","message":"user 'zed@example.com' does not exist"}}"#;
+        let msg = check(&call, &reply(404, body)).unwrap_err().to_string();
+        assert!(
+            msg.ends_with("(not_found, http 404): see the users with `flex-admin users list`"),
+            "{msg}"
         );
 
         let call = plan(&Command::Tokens(TokensCmd::Buy { tokens: 7 }));

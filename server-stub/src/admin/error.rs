@@ -121,9 +121,15 @@ pub enum AdminError {
     Output(#[from] std::io::Error),
 }
 
-/// The next step for an API error code, as a suffix to the message.
-pub(crate) fn hint_for(code: ErrorCode) -> &'static str {
+/// The next step for an API error code on `path`, as a suffix to the message.
+pub(crate) fn hint_for(code: ErrorCode, path: &str) -> &'static str {
     match code {
+        ErrorCode::NotFound if path.starts_with("/v1/admin/users/") => {
+            ": see the users with `flex-admin users list`"
+        }
+        ErrorCode::NotFound if path.starts_with("/v1/admin/subscriptions/") => {
+            ": see each user's subscriptions with `flex-admin users list`"
+        }
         ErrorCode::UnknownUser => {
             ": add the user first with `flex-admin users add EMAIL --first NAME --last NAME`"
         }

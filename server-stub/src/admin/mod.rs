@@ -107,9 +107,7 @@ fn write_json(out: &mut dyn Write, body: &str) -> Result<(), AdminError> {
     if body.trim().is_empty() {
         return Ok(());
     }
-    let value: serde_json::Value = render::decode("the answer", body)?;
-    let pretty = serde_json::to_string_pretty(&value).expect("a json value serializes");
-    writeln!(out, "{pretty}")?;
+    writeln!(out, "{}", render::pretty_json("the answer", body)?)?;
     Ok(())
 }
 

@@ -128,6 +128,69 @@ pub fn decode<T: DeserializeOwned>(what: &str, body: &str) -> Result<T, AdminErr
     })
 }
 
+/// Re-indents a JSON answer two spaces deep, keeping the server's key order
+/// (a `serde_json::Value` would sort the keys).
+pub fn pretty_json(what: &str, body: &str) -> Result<String, AdminError> {
+    decode::<serde::de::IgnoredAny>(what, body)?;
+    let chars: Vec<char> = body.chars().collect();
+    let mut out = String::with_capacity(body.len() * 2);
+    let mut depth = 0usize;
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            c if c.is_whitespace() => {}
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                let mut j = i;
+                while j < chars.len() && chars[j].is_whitespace() {
+                    j += 1;
+                }
+                out.push(c);
+                if chars.get(j) == Some(&close) {
+                    out.push(close);
+                    i = j + 1;
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
 fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -474,6 +537,39 @@ mod tests {
             errors: vec![],
         });
         assert_eq!(out, "imported: 2 created, 1 updated, 3 assigned to Flex\n");
+    }
+
+    #[test]
+    fn pretty_json_keeps_key_order_and_matches_serde_json_layout() {
+        let body =
+            r#"{"z":1,"a":{"s":"x, {y}: \\\"q\\\"","e":[],"o":{}},"l":[1, {"b":true}],"n":null}"#;
+        let pretty = pretty_json("GET /x", body).unwrap();
+        assert_eq!(
+            pretty,
+            r#"{
+  "z": 1,
+  "a": {
+    "s": "x, {y}: \\\"q\\\"",
+    "e": [],
+    "o": {}
+  },
+  "l": [
+    1,
+    {
+      "b": true
+    }
+  ],
+  "n": null
+}"#
+        );
+        // Same layout as serde_json's own pretty printer when the keys happen to be sorted.
+        let sorted = r#"{ "a" : [ 1 , 2 ], "b" : { "c" : "d" } }"#;
+        let value: serde_json::Value = serde_json::from_str(sorted).unwrap();
+        assert_eq!(
+            pretty_json("GET /x", sorted).unwrap(),
+            serde_json::to_string_pretty(&value).unwrap()
+        );
+        assert!(pretty_json("GET /x", "{\"a\":").is_err());
     }
 
     #[test]
