@@ -1,0 +1,306 @@
+//! The Linux kernel process connector (cn_proc) over netlink.
+//!
+//! The kernel multicasts a message for every fork, exec and exit to sockets of
+//! protocol `NETLINK_CONNECTOR` bound to group `CN_IDX_PROC` that have sent
+//! `PROC_CN_MCAST_LISTEN`. Needs CAP_NET_ADMIN and the initial network namespace.
+//! No maintained crate wraps this, so the layouts are spelled out here, from
+//! `<linux/netlink.h>`, `<linux/connector.h>` and `<linux/cn_proc.h>`:
+//!
+//! ```text
+//! offset  size  field
+//!      0    16  struct nlmsghdr  { u32 len; u16 type; u16 flags; u32 seq; u32 pid; }
+//!     16    20  struct cn_msg    { u32 idx; u32 val; u32 seq; u32 ack; u16 len; u16 flags; }
+//!     36        struct proc_event (the cn_msg payload, no padding before it)
+//!     36     4    u32 what          PROC_EVENT_FORK 1, EXEC 2, ..., EXIT 0x80000000
+//!     40     4    u32 cpu
+//!     44     8    u64 timestamp_ns  (aligned(8) within proc_event, whose base is 8-aligned
+//!                                   in the kernel's buffer: offset 8 from `what`)
+//!     52          union event_data
+//!                   exec: i32 process_pid; i32 process_tgid
+//!                   exit: i32 process_pid; i32 process_tgid; u32 exit_code;
+//!                         u32 exit_signal; i32 parent_pid; i32 parent_tgid
+//! ```
+//!
+//! The subscription request is the same headers followed by a `u32` op
+//! (`PROC_CN_MCAST_LISTEN` = 1). Fields are read with `from_ne_bytes` at these
+//! offsets, so the receive buffer's alignment does not matter.
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_EVENT_EXEC: u32 = 0x0000_0002;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+const NLMSG_HDRLEN: usize = 16;
+const CN_MSG_LEN: usize = 20;
+const EVENT_OFFSET: usize = NLMSG_HDRLEN + CN_MSG_LEN;
+const EVENT_DATA_OFFSET: usize = EVENT_OFFSET + 16;
+
+/// What the connector reported, reduced to what the watcher uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CnEvent {
+    /// Process `pid` (a thread-group id) replaced its program.
+    Exec { pid: u32 },
+    /// Process `pid` (its main thread) ended with a wait(2)-style status.
+    Exit { pid: u32, status: u32 },
+    /// Messages were lost (the receive buffer overflowed): rescan `/proc`.
+    Overflow,
+}
+
+/// Why the connector could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("cannot {action} the netlink process connector: {source}")]
+    Io {
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the process connector sent no event within {0:?} of subscribing (another network namespace?)")]
+    Silent(Duration),
+}
+
+fn io_err(action: &'static str) -> impl FnOnce(io::Error) -> ConnectorError {
+    move |source| ConnectorError::Io { action, source }
+}
+
+/// A subscribed connector socket.
+pub struct ProcConnector {
+    fd: AsyncFd<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl ProcConnector {
+    /// Opens, binds and subscribes, then proves events arrive: a thread is started
+    /// and ended, which the kernel reports as a fork and an exit.
+    pub fn open() -> Result<ProcConnector, ConnectorError> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_CONNECTOR,
+            )
+        };
+        if raw < 0 {
+            return Err(io_err("open")(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        // A larger buffer rides out fork storms; overflow is handled by a rescan anyway.
+        let size: libc::c_int = 1 << 20;
+        // SAFETY: valid fd, pointer and length of a c_int. Failure only keeps the default.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &size as *const _ as *const libc::c_void,
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+
+        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_pid = 0; // let the kernel pick a unique port id
+        addr.nl_groups = CN_IDX_PROC;
+        // SAFETY: addr is a valid sockaddr_nl and its size is passed.
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                &addr as *const _ as *const libc::sockaddr,
+                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io_err("bind")(io::Error::last_os_error()));
+        }
+
+        let mut msg = [0u8; EVENT_OFFSET + 4];
+        put_u32(&mut msg, 0, (EVENT_OFFSET + 4) as u32); // nlmsg_len
+        msg[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes()); // nlmsg_type
+        put_u32(&mut msg, 16, CN_IDX_PROC);
+        put_u32(&mut msg, 20, CN_VAL_PROC);
+        msg[32..34].copy_from_slice(&4u16.to_ne_bytes()); // cn_msg.len: the op
+        put_u32(&mut msg, EVENT_OFFSET, PROC_CN_MCAST_LISTEN);
+        // SAFETY: msg is a valid buffer of the given length.
+        let sent = unsafe { libc::send(raw, msg.as_ptr().cast(), msg.len(), 0) };
+        if sent < 0 {
+            return Err(io_err("subscribe to")(io::Error::last_os_error()));
+        }
+
+        // Inside another network namespace the socket opens but nothing arrives:
+        // make the kernel report something and wait for it.
+        let _ = std::thread::spawn(|| {}).join();
+        let timeout = Duration::from_secs(1);
+        let mut pfd = libc::pollfd {
+            fd: raw,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        if ready < 0 {
+            return Err(io_err("poll")(io::Error::last_os_error()));
+        }
+        if ready == 0 {
+            return Err(ConnectorError::Silent(timeout));
+        }
+
+        // SAFETY: the OwnedFd moves into the AsyncFd and stays open until it is dropped.
+        let fd =
+            unsafe { AsyncFd::register(fd) }.map_err(|e| io_err("register")(io::Error::from(e)))?;
+        Ok(ProcConnector {
+            fd,
+            buf: vec![0u8; 16 * 1024],
+        })
+    }
+
+    /// Waits for the next datagram and appends its exec/exit events to `out`.
+    pub async fn recv(&mut self, out: &mut Vec<CnEvent>) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let buf = &mut self.buf;
+            let res = guard.try_io(|fd| recv_from_kernel(fd.get_ref().as_fd().as_raw_fd(), buf));
+            match res {
+                Ok(Ok(n)) => {
+                    parse(&self.buf[..n], out);
+                    return Ok(());
+                }
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    out.push(CnEvent::Overflow);
+                    return Ok(());
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// recvfrom(2), returning only datagrams sent by the kernel (port id 0).
+fn recv_from_kernel(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: sockaddr_nl is plain data.
+        let mut from: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: buf and from are valid for the lengths passed.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                &mut from as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if from.nl_pid == 0 {
+            return Ok(n as usize);
+        }
+    }
+}
+
+/// Decodes every netlink message in one datagram.
+fn parse(mut data: &[u8], out: &mut Vec<CnEvent>) {
+    while data.len() >= NLMSG_HDRLEN {
+        let len = get_u32(data, 0) as usize;
+        if len < NLMSG_HDRLEN || len > data.len() {
+            return;
+        }
+        let msg = &data[..len];
+        let ty = u16::from_ne_bytes([msg[4], msg[5]]);
+        if ty == libc::NLMSG_DONE as u16
+            && msg.len() >= EVENT_DATA_OFFSET + 8
+            && get_u32(msg, 16) == CN_IDX_PROC
+            && get_u32(msg, 20) == CN_VAL_PROC
+        {
+            let what = get_u32(msg, EVENT_OFFSET);
+            let pid = get_u32(msg, EVENT_DATA_OFFSET);
+            let tgid = get_u32(msg, EVENT_DATA_OFFSET + 4);
+            match what {
+                PROC_EVENT_EXEC => out.push(CnEvent::Exec { pid: tgid }),
+                // Threads exit too; only the main thread's exit ends the process.
+                PROC_EVENT_EXIT if pid == tgid && msg.len() >= EVENT_DATA_OFFSET + 12 => {
+                    out.push(CnEvent::Exit {
+                        pid,
+                        status: get_u32(msg, EVENT_DATA_OFFSET + 8),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let aligned = (len + 3) & !3; // NLMSG_ALIGN
+        data = &data[aligned.min(data.len())..];
+    }
+}
+
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(what: u32, data: &[u32]) -> Vec<u8> {
+        let mut m = vec![0u8; EVENT_DATA_OFFSET];
+        for v in data {
+            m.extend_from_slice(&v.to_ne_bytes());
+        }
+        let len = m.len() as u32;
+        put_u32(&mut m, 0, len);
+        m[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        put_u32(&mut m, 16, CN_IDX_PROC);
+        put_u32(&mut m, 20, CN_VAL_PROC);
+        put_u32(&mut m, EVENT_OFFSET, what);
+        m
+    }
+
+    #[test]
+    fn parses_exec_and_main_thread_exit_only() {
+        let mut datagram = message(PROC_EVENT_EXEC, &[101, 100]);
+        datagram.extend(message(PROC_EVENT_EXIT, &[101, 100, 0, 17, 1, 1])); // a thread
+        datagram.extend(message(PROC_EVENT_EXIT, &[100, 100, 3 << 8, 17, 1, 1]));
+        datagram.extend(message(1 /* fork */, &[1, 1, 100, 100]));
+        let mut out = Vec::new();
+        parse(&datagram, &mut out);
+        assert_eq!(
+            out,
+            [
+                CnEvent::Exec { pid: 100 },
+                CnEvent::Exit {
+                    pid: 100,
+                    status: 3 << 8
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn ignores_truncated_messages() {
+        let mut m = message(PROC_EVENT_EXEC, &[5, 5]);
+        m.truncate(EVENT_DATA_OFFSET + 4);
+        let len = m.len() as u32;
+        put_u32(&mut m, 0, len);
+        let mut out = Vec::new();
+        parse(&m, &mut out);
+        assert!(out.is_empty());
+    }
+}

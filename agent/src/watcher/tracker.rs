@@ -1,0 +1,368 @@
+//! Matching processes to products and turning observations into start/exit events.
+//!
+//! [`Tracker`] remembers which pids are product processes (with their start time, so
+//! a reused pid is not mistaken for the old process) and which pids the last scan
+//! saw, so a poll reads details only for pids that are new. The same tracker serves
+//! the connector, fed exec and exit events, with a full scan at start, when the rate
+//! sheet changes and when the kernel reports lost events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use flex_protocol::api::{Executables, Product};
+use tokio::sync::{mpsc, Notify};
+
+use super::{DetectionSource, ProcEvent, ProcEventKind};
+
+/// Executable names of the current OS mapped to product ids.
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    names: HashMap<String, String>,
+}
+
+impl Matcher {
+    pub fn new(products: &[Product]) -> Matcher {
+        let mut names = HashMap::new();
+        for p in products {
+            for name in os_names(&p.executables) {
+                names.entry(key(name)).or_insert_with(|| p.id.clone());
+            }
+        }
+        Matcher { names }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The product of the first candidate name that matches, with that name.
+    pub fn find(&self, candidates: impl IntoIterator<Item = String>) -> Option<(String, String)> {
+        candidates
+            .into_iter()
+            .find_map(|name| self.names.get(&key(&name)).map(|id| (id.clone(), name)))
+    }
+}
+
+fn os_names(e: &Executables) -> &[String] {
+    if cfg!(target_os = "macos") {
+        &e.macos
+    } else if cfg!(windows) {
+        &e.windows
+    } else {
+        &e.linux
+    }
+}
+
+/// File names compare exactly on Linux and case-insensitively where the file
+/// system usually is (macOS, Windows).
+fn key(name: &str) -> String {
+    if cfg!(any(target_os = "macos", windows)) {
+        name.to_lowercase()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Splits a wait(2) status into exit code and signal.
+pub(crate) fn decode_status(status: u32) -> (Option<i32>, Option<i32>) {
+    let signal = (status & 0x7f) as i32;
+    if signal == 0 {
+        (Some(((status >> 8) & 0xff) as i32), None)
+    } else {
+        (None, Some(signal))
+    }
+}
+
+pub(crate) fn exited(mut ev: ProcEvent, code: Option<i32>, signal: Option<i32>) -> ProcEvent {
+    ev.kind = ProcEventKind::Exited { code, signal };
+    ev
+}
+
+/// The source in use, shared with the handle; the connector task falls back to
+/// polling if its socket fails later.
+pub(crate) type SharedSource = Arc<AtomicU8>;
+
+pub(crate) fn load_source(s: &SharedSource) -> DetectionSource {
+    match s.load(Ordering::Relaxed) {
+        0 => DetectionSource::ProcConnector,
+        _ => DetectionSource::Polling,
+    }
+}
+
+pub(crate) fn store_source(s: &SharedSource, d: DetectionSource) {
+    s.store(
+        match d {
+            DetectionSource::ProcConnector => 0,
+            DetectionSource::Polling => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) use linux::{run_connector, run_procfs_polling, Tracker};
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::*;
+    use crate::watcher::connector::{CnEvent, ProcConnector};
+    use crate::watcher::procfs;
+
+    struct Tracked {
+        start_ticks: u64,
+        event: ProcEvent,
+    }
+
+    #[derive(Default)]
+    pub(crate) struct Tracker {
+        tracked: HashMap<u32, Tracked>,
+        known: HashSet<u32>,
+        scanned: bool,
+    }
+
+    impl Tracker {
+        /// Reads `pid` and returns its event if it is a product process.
+        fn examine(pid: u32, matcher: &Matcher, kind: ProcEventKind) -> Option<Tracked> {
+            let names = procfs::names(pid);
+            let (product, exe_name) = matcher.find(names.candidates())?;
+            let uid = procfs::uid(pid)?;
+            let start_ticks = procfs::start_ticks(pid)?;
+            Some(Tracked {
+                start_ticks,
+                event: ProcEvent {
+                    kind,
+                    pid,
+                    uid,
+                    product,
+                    exe_name,
+                    exe_path: names.exe_path,
+                    started_at: procfs::ticks_to_time(start_ticks),
+                },
+            })
+        }
+
+        /// Diffs `/proc` against the last scan: exits (and reused pids) of tracked
+        /// processes, then new product processes. With `all`, pids seen before are
+        /// examined too (after a rate sheet change or lost events); those are
+        /// reported as adopted, as is everything on the first scan.
+        pub fn scan(&mut self, matcher: &Matcher, all: bool) -> Vec<ProcEvent> {
+            let Ok(pids) = procfs::list_pids() else {
+                return Vec::new();
+            };
+            let current: HashSet<u32> = pids.into_iter().collect();
+            let mut out = Vec::new();
+            self.tracked.retain(|pid, t| {
+                let same =
+                    current.contains(pid) && procfs::start_ticks(*pid) == Some(t.start_ticks);
+                if !same {
+                    out.push(exited(t.event.clone(), None, None));
+                }
+                same
+            });
+            if !matcher.is_empty() {
+                let mut new: Vec<u32> = current
+                    .iter()
+                    .copied()
+                    .filter(|p| (all || !self.known.contains(p)) && !self.tracked.contains_key(p))
+                    .collect();
+                new.sort_unstable();
+                for pid in new {
+                    let kind = if !self.scanned || self.known.contains(&pid) {
+                        ProcEventKind::Adopted
+                    } else {
+                        ProcEventKind::Started
+                    };
+                    if let Some(t) = Self::examine(pid, matcher, kind) {
+                        out.push(t.event.clone());
+                        self.tracked.insert(pid, t);
+                    }
+                }
+            }
+            self.known = current;
+            self.scanned = true;
+            out
+        }
+
+        /// `pid` replaced its program.
+        pub fn exec(&mut self, pid: u32, matcher: &Matcher) -> Vec<ProcEvent> {
+            let mut out = Vec::new();
+            self.known.insert(pid);
+            let found = Self::examine(pid, matcher, ProcEventKind::Started);
+            if let Some(old) = self.tracked.get(&pid) {
+                if found
+                    .as_ref()
+                    .is_some_and(|f| f.event.product == old.event.product)
+                {
+                    return out; // a product re-executing itself is the same session
+                }
+                let old = self.tracked.remove(&pid).expect("present");
+                out.push(exited(old.event, None, None));
+            }
+            if let Some(t) = found {
+                out.push(t.event.clone());
+                self.tracked.insert(pid, t);
+            }
+            out
+        }
+
+        /// `pid` ended with wait status `status`.
+        pub fn exit(&mut self, pid: u32, status: u32) -> Option<ProcEvent> {
+            self.known.remove(&pid);
+            let t = self.tracked.remove(&pid)?;
+            let (code, signal) = decode_status(status);
+            Some(exited(t.event, code, signal))
+        }
+    }
+
+    async fn send_all(tx: &mpsc::Sender<ProcEvent>, events: Vec<ProcEvent>) -> bool {
+        for ev in events {
+            if tx.send(ev).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn read(matcher: &RwLock<Matcher>) -> std::sync::RwLockReadGuard<'_, Matcher> {
+        matcher.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Polls `/proc`, after sending `initial` (the adoption scan done by the caller
+    /// before it returned, so "running at start" has a clear meaning).
+    pub(crate) async fn run_procfs_polling(
+        tracker: Tracker,
+        initial: Vec<ProcEvent>,
+        interval: Duration,
+        matcher: Arc<RwLock<Matcher>>,
+        rescan: Arc<Notify>,
+        tx: mpsc::Sender<ProcEvent>,
+    ) {
+        if send_all(&tx, initial).await {
+            run_polling(tracker, interval, matcher, rescan, tx).await
+        }
+    }
+
+    async fn run_polling(
+        mut tracker: Tracker,
+        interval: Duration,
+        matcher: Arc<RwLock<Matcher>>,
+        rescan: Arc<Notify>,
+        tx: mpsc::Sender<ProcEvent>,
+    ) {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let all = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = rescan.notified() => true,
+                _ = tx.closed() => return,
+            };
+            let events = tracker.scan(&read(&matcher), all);
+            if !send_all(&tx, events).await {
+                return;
+            }
+        }
+    }
+
+    /// Follows connector events, after sending `initial`. The caller subscribed
+    /// before its adoption scan, so nothing started in between is missed; anything
+    /// seen twice is deduplicated by the tracked set.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run_connector(
+        mut connector: ProcConnector,
+        mut tracker: Tracker,
+        initial: Vec<ProcEvent>,
+        source: SharedSource,
+        interval: Duration,
+        matcher: Arc<RwLock<Matcher>>,
+        rescan: Arc<Notify>,
+        tx: mpsc::Sender<ProcEvent>,
+    ) {
+        if !send_all(&tx, initial).await {
+            return;
+        }
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            let all = tokio::select! {
+                r = connector.recv(&mut batch) => match r {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "process connector failed; polling /proc from now on");
+                        store_source(&source, DetectionSource::Polling);
+                        return run_polling(tracker, interval, matcher, rescan, tx).await;
+                    }
+                },
+                _ = rescan.notified() => true,
+                _ = tx.closed() => return,
+            };
+            let events = {
+                let m = read(&matcher);
+                if all || batch.contains(&CnEvent::Overflow) {
+                    tracker.scan(&m, true)
+                } else {
+                    let mut events = Vec::new();
+                    for ev in &batch {
+                        match *ev {
+                            CnEvent::Exec { pid } if !m.is_empty() => {
+                                events.extend(tracker.exec(pid, &m))
+                            }
+                            CnEvent::Exit { pid, status } => {
+                                events.extend(tracker.exit(pid, status))
+                            }
+                            _ => {}
+                        }
+                    }
+                    events
+                }
+            };
+            if !send_all(&tx, events).await {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flex_protocol::api::ChargeModel;
+
+    fn product(id: &str, linux: &[&str]) -> Product {
+        Product {
+            id: id.into(),
+            name: id.into(),
+            charge: ChargeModel::Daily { tokens: 7 },
+            executables: Executables {
+                linux: linux.iter().map(|s| s.to_string()).collect(),
+                macos: vec![],
+                windows: vec![format!("{id}.exe")],
+            },
+            sample: false,
+        }
+    }
+
+    #[test]
+    fn first_matching_candidate_wins() {
+        let m = Matcher::new(&[
+            product("autocad", &["acad"]),
+            product("maya", &["maya.bin", "maya"]),
+        ]);
+        assert_eq!(
+            m.find(["python3".to_string(), "maya".to_string()]),
+            Some(("maya".into(), "maya".into()))
+        );
+        assert_eq!(m.find(["bash".to_string()]), None);
+        assert!(Matcher::new(&[]).is_empty());
+    }
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(decode_status(3 << 8), (Some(3), None));
+        assert_eq!(decode_status(0), (Some(0), None));
+        assert_eq!(decode_status(15), (None, Some(15)));
+        assert_eq!(decode_status(9 | 0x80), (None, Some(9))); // core dumped
+    }
+}
