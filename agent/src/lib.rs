@@ -1,1 +1,5 @@
-pub fn placeholder() {}
+//! The Flex workstation agent: detects product launches, claims charge windows
+//! from the entitlement server, enforces the offline rule and notifies users.
+pub mod config;
+pub mod core;
+pub mod journal;

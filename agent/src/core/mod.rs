@@ -1,0 +1,404 @@
+//! The agent's decision core: charge windows, renewals, the offline rule and
+//! enforcement, without any I/O.
+//!
+//! A driver owns one [`Core`] and calls [`Core::handle`] with every fact it
+//! observes and the current [`Now`]; the core answers with [`Action`]s. The driver
+//!
+//! 1. applies every [`Action::Persist`] of the batch to the journal in one
+//!    transaction (a claim id is therefore durable before it is sent),
+//! 2. then carries out the other actions in order: sends claims, signals
+//!    processes, answers the socket, publishes events,
+//! 3. arms a timer for the latest [`Action::SetTimer`] (a boot-clock reading; see
+//!    also [`Core::next_deadline`]) and feeds [`Input::Tick`] when it fires, and
+//!    also at its poll interval, since a monotonic timer may not count suspend.
+//!
+//! After a restart, [`Core::restore`] rebuilds the core from the journal's
+//! [`CoreState`]: open windows are honoured again, unsettled claims are resent
+//! with their ids, and the offline time keeps counting (see [`clock`]).
+//!
+//! Every comparison with a window or a deadline uses the clock's trusted time
+//! (server time at last contact plus boot-clock time since), never the raw wall
+//! clock, so a user moving the clock neither stretches a window nor escapes the
+//! offline rule.
+
+pub mod actions;
+pub mod clock;
+mod offline;
+mod policy;
+mod sessions;
+mod windows;
+
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests_offline;
+#[cfg(test)]
+mod tests_windows;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flex_protocol::api::{ClaimRequest, Policy, Product, Source};
+use flex_protocol::lease::LeaseVerifier;
+use flex_protocol::socket::{CloseReason, Event, SessionStatus};
+
+pub use actions::{
+    Action, CoreState, HeldWindow, Input, JobRequest, LaunchRequest, Origin, Persist, ProcessInfo,
+    Refusal, SessionRow,
+};
+pub use clock::{ClockState, Now, OfflineClock};
+pub use policy::default_policy;
+
+/// What the core needs to know about this device.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub device_id: String,
+    /// Close watched products that are not licensed (denied, offline).
+    pub enforce: bool,
+    /// The lease keys pinned at enrollment.
+    pub verifier: LeaseVerifier,
+}
+
+/// One product run the agent tracks.
+#[derive(Debug, Clone)]
+struct Session {
+    id: String,
+    uid: u32,
+    account: String,
+    user: String,
+    product: String,
+    version: Option<String>,
+    pid: Option<u32>,
+    origin: Origin,
+    /// `None` while the claim is outstanding or when the run is not licensed.
+    source: Option<Source>,
+    window_id: Option<String>,
+    started_at: DateTime<Utc>,
+    /// Offline warning offsets (seconds before the limit) already sent.
+    warned: Vec<u64>,
+    closing: Option<Closing>,
+}
+
+/// A close in progress: graceful at `term_at`, forced `close_grace` later.
+#[derive(Debug, Clone, PartialEq)]
+struct Closing {
+    reason: CloseReason,
+    message: String,
+    term_at: DateTime<Utc>,
+    /// Set once the graceful close was sent.
+    kill_at: Option<DateTime<Utc>>,
+    killed: bool,
+}
+
+/// Who waits for a claim's answer.
+#[derive(Debug, Clone, PartialEq)]
+enum Waiter {
+    Launch {
+        request: String,
+        session: String,
+    },
+    Watch {
+        session: String,
+    },
+    Job {
+        request: String,
+        uid: u32,
+        job: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct PendingClaim {
+    request: ClaimRequest,
+    waiters: Vec<Waiter>,
+    /// Sent and not yet answered nor failed.
+    in_flight: bool,
+}
+
+/// A summary for `flexctl status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreStatus {
+    pub sessions: Vec<SessionStatus>,
+    pub balance: Option<u64>,
+    pub last_server_contact: Option<DateTime<Utc>>,
+    /// Seconds before token-backed products would be closed for being offline.
+    pub offline_seconds_left: Option<i64>,
+    pub online: bool,
+}
+
+pub struct Core {
+    config: CoreConfig,
+    policy: Policy,
+    products: HashMap<String, Product>,
+    balance: Option<u64>,
+    clock: OfflineClock,
+    /// The last contact attempt succeeded.
+    online: bool,
+    windows: HashMap<(String, String), HeldWindow>,
+    sessions: BTreeMap<String, Session>,
+    claims: BTreeMap<String, PendingClaim>,
+    /// Trusted time of the last heartbeat sent, and failures in a row since.
+    heartbeat_at: Option<DateTime<Utc>>,
+    heartbeat_in_flight: bool,
+    failures: u32,
+    /// Session changes counted: made, included in the heartbeat in flight, and
+    /// acknowledged by a successful heartbeat. `unsent > acked`: upload due.
+    unsent: u64,
+    sending: u64,
+    acked: u64,
+    clock_persisted_at: DateTime<Utc>,
+    timer: Option<Duration>,
+}
+
+/// How often the clock's checkpoint is journaled while sessions run. A reboot
+/// with the wall clock wound back can lose at most this much offline time (the
+/// boot clock restarts and the wall clock is not believed), so it is short; one
+/// small row write a minute costs nothing.
+const CLOCK_PERSIST_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+
+impl Core {
+    /// A core for a freshly enrolled agent with an empty journal.
+    pub fn new(config: CoreConfig, now: Now, boot_id: Option<String>) -> Self {
+        Core::restore(config, CoreState::default(), now, boot_id).0
+    }
+
+    /// Rebuilds the core after a restart from what the journal holds. The returned
+    /// actions resend unsettled claims, report a clock rollback that happened while
+    /// the agent was down and ask for a heartbeat. The driver must then report
+    /// [`Input::ProcessExited`] for restored session pids that no longer run.
+    pub fn restore(
+        config: CoreConfig,
+        state: CoreState,
+        now: Now,
+        boot_id: Option<String>,
+    ) -> (Self, Vec<Action>) {
+        let mut out = Vec::new();
+        let (clock, rollback) = match state.clock {
+            Some(saved) => OfflineClock::resume(saved, now, boot_id),
+            None => (OfflineClock::new(now, boot_id), None),
+        };
+        let mut core = Core {
+            config,
+            policy: state.policy.unwrap_or_else(default_policy),
+            products: state
+                .products
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+            balance: state.balance,
+            online: false,
+            clock_persisted_at: clock.trusted_now(),
+            clock,
+            windows: HashMap::new(),
+            sessions: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            heartbeat_at: None,
+            heartbeat_in_flight: false,
+            failures: 0,
+            // The journal may hold records from before the restart.
+            unsent: 1,
+            sending: 0,
+            acked: 0,
+            timer: None,
+        };
+        core.note_rollback(rollback, &mut out);
+        for held in state.windows {
+            // A journal edited by hand cannot mint windows: re-verify each lease.
+            if core.check_lease(&held).is_ok() {
+                core.windows
+                    .insert((held.user.clone(), held.product.clone()), held);
+            }
+        }
+        core.restore_sessions(state.sessions, &mut out);
+        for request in state.pending_claims {
+            out.push(Action::Claim {
+                claim_id: request.claim_id.clone(),
+                request: request.clone(),
+            });
+            core.claims.insert(
+                request.claim_id.clone(),
+                PendingClaim {
+                    request,
+                    waiters: Vec::new(),
+                    in_flight: true,
+                },
+            );
+        }
+        out.push(Action::Persist(Persist::Clock(core.clock.state().clone())));
+        core.evaluate(&mut out);
+        core.arm_timer(&mut out);
+        (core, out)
+    }
+
+    /// Feeds one observed fact; returns what the driver must do, in order.
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        let rollback = self.clock.advance(now);
+        self.note_rollback(rollback, &mut out);
+        match input {
+            Input::Launch(req) => self.launch(req, &mut out),
+            Input::Attach { session, pid } => self.attach(&session, pid, &mut out),
+            Input::Exit { session } => self.end_session(&session, &mut out),
+            Input::ProcessStarted(info) => self.process_started(info, &mut out),
+            Input::ProcessExited { pid } => {
+                let ids: Vec<String> = self
+                    .sessions
+                    .values()
+                    .filter(|s| s.pid == Some(pid))
+                    .map(|s| s.id.clone())
+                    .collect();
+                for id in ids {
+                    self.end_session(&id, &mut out);
+                }
+            }
+            Input::ClaimAnswered { claim_id, response } => {
+                self.contact_by_claim(&mut out);
+                self.claim_answered(&claim_id, response, &mut out)
+            }
+            Input::ClaimFailed { claim_id, error } => {
+                self.online = false;
+                self.claim_failed(&claim_id, &error, &mut out)
+            }
+            Input::ContactOk {
+                server_time,
+                policy,
+                balance,
+            } => self.contact_ok(server_time, policy, balance, &mut out),
+            Input::ContactFailed { .. } => {
+                self.online = false;
+                self.heartbeat_in_flight = false;
+                self.failures = self.failures.saturating_add(1);
+            }
+            Input::RateSheet(products) => {
+                self.products = products.iter().map(|p| (p.id.clone(), p.clone())).collect();
+                out.push(Action::Persist(Persist::RateSheet(products)));
+            }
+            Input::Job(req) => self.job(req, &mut out),
+            Input::Tick => {}
+        }
+        self.evaluate(&mut out);
+        if self.clock.trusted_now() - self.clock_persisted_at >= CLOCK_PERSIST_EVERY {
+            self.persist_clock(&mut out);
+        }
+        self.arm_timer(&mut out);
+        out
+    }
+
+    /// The boot-clock reading at which the core next needs a [`Input::Tick`].
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.deadlines().min().map(|at| self.clock.boot_at(at))
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn products(&self) -> impl Iterator<Item = &Product> {
+        self.products.values()
+    }
+
+    /// The agent's trusted estimate of the server's time.
+    pub fn trusted_now(&self) -> DateTime<Utc> {
+        self.clock.trusted_now()
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        let sessions = self
+            .sessions
+            .values()
+            .filter_map(|s| {
+                let source = s.source?;
+                let window = self.windows.get(&(s.user.clone(), s.product.clone()))?;
+                Some(SessionStatus {
+                    session: s.id.clone(),
+                    user: s.user.clone(),
+                    product: s.product.clone(),
+                    version: s.version.clone(),
+                    pid: s.pid,
+                    source,
+                    started_at: s.started_at,
+                    window_end: window.window.end,
+                    origin: s.origin.as_str().to_string(),
+                })
+            })
+            .collect();
+        let limit = chrono::Duration::seconds(self.policy.flex_offline_limit_secs as i64);
+        CoreStatus {
+            sessions,
+            balance: self.balance,
+            last_server_contact: self.clock.last_contact(),
+            offline_seconds_left: self.clock.offline_for().map(|d| {
+                (limit - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+                    .num_seconds()
+                    .max(0)
+            }),
+            online: self.online,
+        }
+    }
+
+    fn note_rollback(
+        &mut self,
+        rollback: Option<flex_protocol::api::ClockRollback>,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(rb) = rollback {
+            out.push(Action::Persist(Persist::ClockRollback(rb.clone())));
+            out.push(Action::Notify {
+                uid: None,
+                event: Event::ClockRollback {
+                    seconds: rb.seconds,
+                },
+            });
+            self.persist_clock(out);
+        }
+    }
+
+    fn persist_clock(&mut self, out: &mut Vec<Action>) {
+        self.clock_persisted_at = self.clock.trusted_now();
+        out.push(Action::Persist(Persist::Clock(self.clock.state().clone())));
+    }
+
+    fn arm_timer(&mut self, out: &mut Vec<Action>) {
+        let next = self.next_deadline();
+        if next != self.timer {
+            self.timer = next;
+            if let Some(at) = next {
+                out.push(Action::SetTimer(at));
+            }
+        }
+    }
+
+    fn contact_ok(
+        &mut self,
+        server_time: DateTime<Utc>,
+        policy: Policy,
+        balance: u64,
+        out: &mut Vec<Action>,
+    ) {
+        self.clock.contact(server_time);
+        self.online = true;
+        self.failures = 0;
+        self.acked = self.sending;
+        if policy != self.policy {
+            out.push(Action::Persist(Persist::Policy(policy.clone())));
+            self.policy = policy;
+        }
+        if self.balance != Some(balance) {
+            self.balance = Some(balance);
+            out.push(Action::Persist(Persist::Balance(balance)));
+        }
+        self.persist_clock(out);
+        self.reconnected(out);
+    }
+
+    /// A claim answer proves the server is reachable: the offline time restarts.
+    fn contact_by_claim(&mut self, out: &mut Vec<Action>) {
+        let now = self.clock.trusted_now();
+        self.clock.contact(now);
+        self.online = true;
+        self.failures = 0;
+        self.persist_clock(out);
+        self.reconnected(out);
+    }
+}

@@ -1,0 +1,560 @@
+//! The one fake of each thing the core's tests need: a driven clock (true time,
+//! a wall clock the "user" can move, a boot clock that counts suspend), a fake
+//! entitlement server that answers claims and heartbeats like the real one, and a
+//! harness that plays the driver's part, journaling into a real SQLite file.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use ed25519_dalek::SigningKey;
+use flex_protocol::api::{
+    ChargeModel, ClaimRequest, ClaimResponse, Denial, Grant, Policy, Source, Window,
+};
+use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
+use flex_protocol::socket::{Event, LaunchReply};
+use flex_protocol::ErrorCode;
+
+use super::{
+    default_policy, Action, Core, CoreConfig, Input, JobRequest, LaunchRequest, Now, ProcessInfo,
+    Refusal,
+};
+use crate::journal::Journal;
+
+pub const DEVICE: &str = "dev-1";
+
+/// Monday 2026-11-02 at `h`:`m` UTC.
+pub fn monday(h: u32, m: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, h, m, 0).unwrap()
+}
+
+pub fn hours(h: u64) -> Duration {
+    Duration::from_secs(h * 3600)
+}
+
+pub fn uid_of(account: &str) -> u32 {
+    match account {
+        "alice" => 1001,
+        "bob" => 1002,
+        _ => 1999,
+    }
+}
+
+pub fn email_of(account: &str) -> String {
+    format!("{account}@example.com")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeCharge {
+    pub claim_id: String,
+    pub user: String,
+    pub product: String,
+    pub tokens: u64,
+    pub renewal: bool,
+}
+
+/// The entitlement server's claim rules (R4–R6), idempotent by claim id.
+pub struct FakeServer {
+    signer: LeaseSigner,
+    pub balance: u64,
+    pub rates: HashMap<String, ChargeModel>,
+    pub subscriptions: HashSet<(String, String)>,
+    pub policy: Policy,
+    windows: HashMap<(String, String), Window>,
+    answers: HashMap<String, (ClaimRequest, ClaimResponse)>,
+    pub charges: Vec<FakeCharge>,
+    /// Every claim received, retries included.
+    pub received: Vec<ClaimRequest>,
+    next_window: u64,
+}
+
+impl FakeServer {
+    pub fn new(balance: u64) -> Self {
+        let rates = [
+            ("autocad", ChargeModel::Daily { tokens: 7 }),
+            ("revit", ChargeModel::Daily { tokens: 10 }),
+            ("recap-photo", ChargeModel::PerResult { tokens: 1, per: 50 }),
+        ];
+        FakeServer {
+            signer: LeaseSigner::new("k1", SigningKey::from_bytes(&[7; 32])),
+            balance,
+            rates: rates.iter().map(|(p, c)| (p.to_string(), *c)).collect(),
+            subscriptions: HashSet::new(),
+            policy: default_policy(),
+            windows: HashMap::new(),
+            answers: HashMap::new(),
+            charges: Vec::new(),
+            received: Vec::new(),
+            next_window: 1,
+        }
+    }
+
+    pub fn verifier(&self) -> LeaseVerifier {
+        LeaseVerifier::from_keys(&[self.signer.public_key()]).unwrap()
+    }
+
+    pub fn total_charged(&self) -> u64 {
+        self.charges.iter().map(|c| c.tokens).sum()
+    }
+
+    pub fn claim(&mut self, req: &ClaimRequest, now: DateTime<Utc>) -> ClaimResponse {
+        self.received.push(req.clone());
+        if let Some((first, answer)) = self.answers.get(&req.claim_id) {
+            if first != req {
+                return deny(
+                    ErrorCode::Conflict,
+                    "claim id reused with another body",
+                    None,
+                );
+            }
+            return answer.clone();
+        }
+        let answer = self.decide(req, now);
+        self.answers
+            .insert(req.claim_id.clone(), (req.clone(), answer.clone()));
+        answer
+    }
+
+    fn decide(&mut self, req: &ClaimRequest, now: DateTime<Utc>) -> ClaimResponse {
+        let Some(charge) = self.rates.get(&req.product).copied() else {
+            return deny(ErrorCode::UnknownProduct, "no such product", None);
+        };
+        let key = (req.user.clone(), req.product.clone());
+        let source = if self.subscriptions.contains(&key) {
+            Source::Subscription
+        } else {
+            Source::Tokens
+        };
+        if let Some(n) = req.results {
+            let cost = charge.per_result_cost(n).unwrap_or(0);
+            if !self.pay(req, cost, false) {
+                return deny(
+                    ErrorCode::OutOfTokens,
+                    "balance too low",
+                    Some(self.balance),
+                );
+            }
+            return ClaimResponse::Granted(Grant {
+                source,
+                window: None,
+                tokens_charged: cost,
+                balance: self.balance,
+                lease: None,
+            });
+        }
+        let rate = match (source, charge) {
+            (Source::Subscription, _) => 0,
+            (_, ChargeModel::Daily { tokens }) => tokens,
+            (_, ChargeModel::PerResult { .. }) => {
+                return deny(ErrorCode::InvalidRequest, "per-result product", None)
+            }
+        };
+        let day = chrono::Duration::seconds(self.policy.window_secs as i64);
+        let current = self.windows.get(&key).cloned();
+        let start = match (&req.renews, &current) {
+            (Some(old), Some(cur)) if &cur.id == old => cur.end,
+            // Renewing a window that was already renewed: the newer one stands.
+            (Some(_), Some(cur)) => return self.grant(req, source, cur.clone(), 0, now),
+            (None, Some(cur)) if cur.start <= now && now < cur.end => {
+                return self.grant(req, source, cur.clone(), 0, now)
+            }
+            _ => now,
+        };
+        if !self.pay(req, rate, req.renews.is_some()) {
+            return deny(
+                ErrorCode::OutOfTokens,
+                "balance too low",
+                Some(self.balance),
+            );
+        }
+        let window = Window {
+            id: format!("w{}", self.next_window),
+            start,
+            end: start + day,
+        };
+        self.next_window += 1;
+        self.windows.insert(key, window.clone());
+        self.grant(req, source, window, rate, now)
+    }
+
+    fn pay(&mut self, req: &ClaimRequest, tokens: u64, renewal: bool) -> bool {
+        if self.balance < tokens {
+            return false;
+        }
+        self.balance -= tokens;
+        self.charges.push(FakeCharge {
+            claim_id: req.claim_id.clone(),
+            user: req.user.clone(),
+            product: req.product.clone(),
+            tokens,
+            renewal,
+        });
+        true
+    }
+
+    fn grant(
+        &self,
+        req: &ClaimRequest,
+        source: Source,
+        window: Window,
+        tokens: u64,
+        now: DateTime<Utc>,
+    ) -> ClaimResponse {
+        let lease = self.signer.sign(&LeaseBody {
+            window_id: window.id.clone(),
+            device_id: DEVICE.into(),
+            user: req.user.clone(),
+            product: req.product.clone(),
+            source,
+            start: window.start,
+            end: window.end,
+            issued_at: now,
+        });
+        ClaimResponse::Granted(Grant {
+            source,
+            window: Some(window),
+            tokens_charged: tokens,
+            balance: self.balance,
+            lease: Some(lease),
+        })
+    }
+}
+
+fn deny(reason: ErrorCode, message: &str, balance: Option<u64>) -> ClaimResponse {
+    ClaimResponse::Denied(Denial {
+        reason,
+        message: message.into(),
+        balance,
+    })
+}
+
+/// What happens to claims the core sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Up,
+    /// Every request fails in transport.
+    Down,
+    /// Claims reach the server but the answers are lost (the agent dies first).
+    LoseAnswers,
+    /// Claims are journaled but the agent dies before sending them.
+    DieBeforeSend,
+}
+
+/// Plays the driver: owns the core, the clocks, the fake server and a journal.
+pub struct Harness {
+    pub core: Core,
+    pub server: FakeServer,
+    pub journal: Journal,
+    _dir: tempfile::TempDir,
+    /// The real time, which the server's clock shows.
+    pub true_time: DateTime<Utc>,
+    /// How far the user moved the workstation's wall clock.
+    pub wall_offset: chrono::Duration,
+    pub boot: Duration,
+    pub boot_id: String,
+    pub network: Network,
+    pub enforce: bool,
+    /// Every action the core returned, in order.
+    pub log: Vec<Action>,
+    next_request: u64,
+    next_pid: u32,
+}
+
+impl Harness {
+    /// An enrolled agent that reached the server at `start`.
+    pub fn new(start: DateTime<Utc>, balance: u64) -> Self {
+        // A real SQLite file, on tmpfs where there is one: month-long scenarios
+        // journal tens of thousands of batches and disk fsyncs would dominate.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .unwrap();
+        let journal = Journal::open_in(&dir.path().join("state")).unwrap();
+        let server = FakeServer::new(balance);
+        let boot = Duration::from_secs(3600);
+        let config = CoreConfig {
+            device_id: DEVICE.into(),
+            enforce: true,
+            verifier: server.verifier(),
+        };
+        let now = Now { wall: start, boot };
+        let mut h = Harness {
+            core: Core::new(config, now, Some("boot-1".into())),
+            server,
+            journal,
+            _dir: dir,
+            true_time: start,
+            wall_offset: chrono::Duration::zero(),
+            boot,
+            boot_id: "boot-1".into(),
+            network: Network::Up,
+            enforce: true,
+            log: Vec::new(),
+            next_request: 1,
+            next_pid: 4000,
+        };
+        h.feed(Input::Tick);
+        h
+    }
+
+    pub fn now(&self) -> Now {
+        Now {
+            wall: self.true_time + self.wall_offset,
+            boot: self.boot,
+        }
+    }
+
+    fn config(&self) -> CoreConfig {
+        CoreConfig {
+            device_id: DEVICE.into(),
+            enforce: self.enforce,
+            verifier: self.server.verifier(),
+        }
+    }
+
+    /// Feeds one input and every answer the fake server gives in return; returns
+    /// all actions of the exchange.
+    pub fn feed(&mut self, input: Input) -> Vec<Action> {
+        let mut queue = VecDeque::from([input]);
+        let mut all = Vec::new();
+        while let Some(input) = queue.pop_front() {
+            let actions = self.core.handle(input, self.now());
+            self.absorb(actions, &mut queue, &mut all);
+        }
+        all
+    }
+
+    fn absorb(&mut self, actions: Vec<Action>, queue: &mut VecDeque<Input>, all: &mut Vec<Action>) {
+        // The driver's contract: journal first, then act.
+        self.journal.apply(&actions).unwrap();
+        for a in &actions {
+            match a {
+                Action::Claim { claim_id, request } => match self.network {
+                    Network::Up => queue.push_back(Input::ClaimAnswered {
+                        claim_id: claim_id.clone(),
+                        response: self.server.claim(request, self.true_time),
+                    }),
+                    Network::Down => queue.push_back(Input::ClaimFailed {
+                        claim_id: claim_id.clone(),
+                        error: "connection refused".into(),
+                    }),
+                    Network::LoseAnswers => {
+                        self.server.claim(request, self.true_time);
+                    }
+                    Network::DieBeforeSend => {}
+                },
+                Action::Heartbeat => match self.network {
+                    Network::Up => {
+                        let batch = self.journal.heartbeat_batch().unwrap();
+                        let ids: Vec<String> =
+                            batch.sessions.iter().map(|s| s.id.clone()).collect();
+                        self.journal.acknowledge(&batch, &ids).unwrap();
+                        queue.push_back(Input::ContactOk {
+                            server_time: self.true_time,
+                            policy: self.server.policy.clone(),
+                            balance: self.server.balance,
+                        });
+                    }
+                    _ => queue.push_back(Input::ContactFailed {
+                        error: "connection refused".into(),
+                    }),
+                },
+                _ => {}
+            }
+        }
+        self.log.extend(actions.iter().cloned());
+        all.extend(actions);
+    }
+
+    /// Lets `d` pass with the agent running, firing every timer at its moment.
+    pub fn advance(&mut self, d: Duration) -> Vec<Action> {
+        let target = self.boot + d;
+        let mut all = Vec::new();
+        for _ in 0..100_000 {
+            match self.core.next_deadline() {
+                Some(at) if at <= target => {
+                    let step = at.saturating_sub(self.boot);
+                    self.pass(step);
+                    all.extend(self.feed(Input::Tick));
+                    if step.is_zero() && self.core.next_deadline() == Some(at) {
+                        panic!("timer at {at:?} fired but stays due");
+                    }
+                }
+                _ => break,
+            }
+        }
+        let rest = target - self.boot;
+        self.pass(rest);
+        all.extend(self.feed(Input::Tick));
+        all
+    }
+
+    /// Advances to a moment of true time (never backwards).
+    pub fn advance_to(&mut self, t: DateTime<Utc>) -> Vec<Action> {
+        self.advance(
+            (t - self.true_time)
+                .to_std()
+                .expect("time only moves forward"),
+        )
+    }
+
+    fn pass(&mut self, d: Duration) {
+        self.boot += d;
+        self.true_time += chrono::Duration::from_std(d).unwrap();
+    }
+
+    /// The machine sleeps for `d`: both clocks move on, no timer fires meanwhile.
+    pub fn suspend(&mut self, d: Duration) -> Vec<Action> {
+        self.pass(d);
+        self.feed(Input::Tick)
+    }
+
+    /// The user moves the wall clock by `by` (negative: back).
+    pub fn move_wall_clock(&mut self, by: chrono::Duration) -> Vec<Action> {
+        self.wall_offset += by;
+        self.feed(Input::Tick)
+    }
+
+    /// kill -9 and start again: a new core from the journal only.
+    pub fn restart(&mut self, down: Duration) -> Vec<Action> {
+        self.pass(down);
+        self.rebuild()
+    }
+
+    /// The machine is off for `down` and boots again (boot clock from zero).
+    pub fn reboot(&mut self, down: Duration) -> Vec<Action> {
+        self.true_time += chrono::Duration::from_std(down).unwrap();
+        self.boot = Duration::from_secs(30);
+        self.true_time += chrono::Duration::seconds(30);
+        self.boot_id = format!("{}'", self.boot_id);
+        self.rebuild()
+    }
+
+    fn rebuild(&mut self) -> Vec<Action> {
+        let state = self.journal.load_state().unwrap();
+        let (core, actions) =
+            Core::restore(self.config(), state, self.now(), Some(self.boot_id.clone()));
+        self.core = core;
+        let mut queue = VecDeque::new();
+        let mut all = Vec::new();
+        self.absorb(actions, &mut queue, &mut all);
+        while let Some(input) = queue.pop_front() {
+            let actions = self.core.handle(input, self.now());
+            self.absorb(actions, &mut queue, &mut all);
+        }
+        all
+    }
+
+    fn request_id(&mut self) -> String {
+        self.next_request += 1;
+        format!("r{}", self.next_request)
+    }
+
+    /// A wrapper launch; `None` while no answer came (claim not answered).
+    pub fn launch(&mut self, account: &str, product: &str) -> Option<Result<LaunchReply, Refusal>> {
+        let request = self.request_id();
+        let actions = self.feed(Input::Launch(LaunchRequest {
+            request: request.clone(),
+            uid: uid_of(account),
+            account: account.into(),
+            user: email_of(account),
+            product: product.into(),
+            version: Some("2026".into()),
+            pid: None,
+        }));
+        let reply = actions.into_iter().find_map(|a| match a {
+            Action::ReplyLaunch { request: r, result } if r == request => Some(result),
+            _ => None,
+        });
+        if let Some(Ok(r)) = &reply {
+            let pid = self.pid();
+            self.feed(Input::Attach {
+                session: r.session.clone(),
+                pid,
+            });
+        }
+        reply
+    }
+
+    /// The pid of a granted session (wrapper or watcher) for the account's product.
+    pub fn pid_of(&self, account: &str, product: &str) -> Option<u32> {
+        self.core
+            .status()
+            .sessions
+            .into_iter()
+            .find(|s| s.user == email_of(account) && s.product == product)
+            .and_then(|s| s.pid)
+    }
+
+    fn pid(&mut self) -> u32 {
+        self.next_pid += 1;
+        self.next_pid
+    }
+
+    /// The watcher sees a product process start now; returns its pid.
+    pub fn start_process(&mut self, account: &str, product: &str) -> (u32, Vec<Action>) {
+        let pid = self.pid();
+        let actions = self.feed(Input::ProcessStarted(ProcessInfo {
+            pid,
+            uid: uid_of(account),
+            account: account.into(),
+            user: email_of(account),
+            product: product.into(),
+            version: None,
+            started_at: self.now().wall,
+        }));
+        (pid, actions)
+    }
+
+    pub fn exit(&mut self, pid: u32) -> Vec<Action> {
+        self.feed(Input::ProcessExited { pid })
+    }
+
+    pub fn job(&mut self, account: &str, product: &str, count: u64, job: &str) -> Vec<Action> {
+        let request = self.request_id();
+        self.feed(Input::Job(JobRequest {
+            request,
+            uid: uid_of(account),
+            user: email_of(account),
+            product: product.into(),
+            count,
+            job: Some(job.into()),
+        }))
+    }
+}
+
+/// The events among `actions`.
+pub fn events(actions: &[Action]) -> Vec<&Event> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notify { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn claims(actions: &[Action]) -> Vec<&ClaimRequest> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Claim { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (pid, graceful) of every close/kill among `actions`.
+pub fn closes(actions: &[Action]) -> Vec<(Option<u32>, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Close { pid, graceful, .. } => Some((*pid, *graceful)),
+            Action::Kill { pid, .. } => Some((*pid, false)),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,281 @@
+//! Reading the journal back: the core's state after a restart, and what the next
+//! heartbeat must upload.
+
+use std::time::Duration;
+
+use flex_protocol::api::{ClaimRequest, ClockRollback, SessionRecord, Source, Window};
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{parse_ts, Journal, JournalError};
+use crate::core::{ClockState, CoreState, HeldWindow, Origin, SessionRow};
+
+/// The records one heartbeat uploads, and what to mark once the server took them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeartbeatBatch {
+    pub sessions: Vec<SessionRecord>,
+    pub clock_rollbacks: Vec<ClockRollback>,
+    /// (session id, revision sent).
+    revisions: Vec<(String, i64)>,
+    last_rollback: Option<i64>,
+}
+
+fn source(s: &str) -> Option<Source> {
+    match s {
+        "tokens" => Some(Source::Tokens),
+        "subscription" => Some(Source::Subscription),
+        _ => None,
+    }
+}
+
+fn origin(s: &str) -> Option<Origin> {
+    match s {
+        "wrapper" => Some(Origin::Wrapper),
+        "watcher" => Some(Origin::Watcher),
+        _ => None,
+    }
+}
+
+/// A session row as stored, converted after the query so that a bad value is a
+/// `Corrupt` error naming the column rather than a generic SQLite one.
+struct RawSession {
+    row: [Option<String>; 8],
+    uid: u32,
+    pid: Option<u32>,
+    revision: i64,
+}
+
+const SESSION_COLUMNS: &str = "id, user, product, version, source, window_id, started_at, \
+                               ended_at, account, origin, uid, pid, revision";
+
+fn raw_session(r: &Row<'_>) -> rusqlite::Result<RawSession> {
+    Ok(RawSession {
+        row: [
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ],
+        uid: r.get(10)?,
+        pid: r.get(11)?,
+        revision: r.get(12)?,
+    })
+}
+
+impl Journal {
+    fn session_rows(&self, filter: &str) -> Result<Vec<(SessionRow, i64)>, JournalError> {
+        let sql =
+            format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE {filter} ORDER BY started_at");
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(self.sqlite("read sessions from"))?;
+        let raws: Vec<(RawSession, String, String)> = stmt
+            .query_map([], |r| Ok((raw_session(r)?, r.get(8)?, r.get(9)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.sqlite("read sessions from"))?;
+        raws.into_iter()
+            .map(|(raw, account, orig)| {
+                let bad = |what: &str| self.corrupt("session", format!("bad {what}"));
+                let [id, user, product, version, src, window_id, started, ended] = raw.row;
+                let started = started.ok_or_else(|| bad("started_at"))?;
+                let record = SessionRecord {
+                    id: id.ok_or_else(|| bad("id"))?,
+                    user: user.ok_or_else(|| bad("user"))?,
+                    product: product.ok_or_else(|| bad("product"))?,
+                    version,
+                    source: src
+                        .as_deref()
+                        .and_then(source)
+                        .ok_or_else(|| bad("source"))?,
+                    window_id,
+                    started_at: parse_ts(&started).map_err(|_| bad("started_at"))?,
+                    ended_at: ended
+                        .map(|e| parse_ts(&e).map_err(|_| bad("ended_at")))
+                        .transpose()?,
+                };
+                let row = SessionRow {
+                    record,
+                    uid: raw.uid,
+                    account,
+                    pid: raw.pid,
+                    origin: origin(&orig).ok_or_else(|| bad("origin"))?,
+                };
+                Ok((row, raw.revision))
+            })
+            .collect()
+    }
+
+    fn load_clock(&self) -> Result<Option<ClockState>, JournalError> {
+        type Raw = (Option<String>, i64, String, i64, Option<String>, String);
+        let raw: Option<Raw> = self
+            .conn
+            .query_row(
+                "SELECT contact, since_contact_ms, checkpoint_wall, checkpoint_boot_ms,
+                        boot_id, high_water FROM clock WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.sqlite("read the clock from"))?;
+        let Some((contact, since, cp_wall, cp_boot, boot_id, high_water)) = raw else {
+            return Ok(None);
+        };
+        let bad = |e: chrono::ParseError| self.corrupt("clock", e);
+        Ok(Some(ClockState {
+            contact: contact.map(|c| parse_ts(&c)).transpose().map_err(bad)?,
+            since_contact: Duration::from_millis(since.max(0) as u64),
+            checkpoint_wall: parse_ts(&cp_wall).map_err(bad)?,
+            checkpoint_boot: Duration::from_millis(cp_boot.max(0) as u64),
+            boot_id,
+            high_water: parse_ts(&high_water).map_err(bad)?,
+        }))
+    }
+
+    fn load_windows(&self) -> Result<Vec<HeldWindow>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT user, product, window_id, source, start, end, lease FROM windows")
+            .map_err(self.sqlite("read windows from"))?;
+        type Raw = (String, String, String, String, String, String, String);
+        let raws: Vec<Raw> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.sqlite("read windows from"))?;
+        raws.into_iter()
+            .map(|(user, product, id, src, start, end, lease)| {
+                let bad = |d: String| self.corrupt("window", d);
+                Ok(HeldWindow {
+                    source: source(&src).ok_or_else(|| bad(format!("source '{src}'")))?,
+                    window: Window {
+                        id,
+                        start: parse_ts(&start).map_err(|e| bad(e.to_string()))?,
+                        end: parse_ts(&end).map_err(|e| bad(e.to_string()))?,
+                    },
+                    lease: serde_json::from_str(&lease).map_err(|e| bad(e.to_string()))?,
+                    user,
+                    product,
+                })
+            })
+            .collect()
+    }
+
+    fn load_claims(&self) -> Result<Vec<ClaimRequest>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT request FROM pending_claims ORDER BY seq")
+            .map_err(self.sqlite("read pending claims from"))?;
+        let raws: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(self.sqlite("read pending claims from"))?;
+        raws.iter()
+            .map(|s| serde_json::from_str(s).map_err(|e| self.corrupt("pending claim", e)))
+            .collect()
+    }
+
+    /// Everything [`crate::core::Core::restore`] needs after a restart.
+    pub fn load_state(&self) -> Result<CoreState, JournalError> {
+        Ok(CoreState {
+            clock: self.load_clock()?,
+            policy: self.meta_json("policy")?,
+            products: self.meta_json("products")?.unwrap_or_default(),
+            balance: self.meta_json("balance")?,
+            windows: self.load_windows()?,
+            sessions: self
+                .session_rows("ended_at IS NULL")?
+                .into_iter()
+                .map(|(row, _)| row)
+                .collect(),
+            pending_claims: self.load_claims()?,
+        })
+    }
+
+    /// Session records and clock rollbacks the server has not acknowledged.
+    pub fn heartbeat_batch(&self) -> Result<HeartbeatBatch, JournalError> {
+        let rows = self.session_rows("revision > uploaded_revision")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, detected_at, seconds FROM clock_rollbacks ORDER BY id")
+            .map_err(self.sqlite("read clock rollbacks from"))?;
+        let rollbacks: Vec<(i64, String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.sqlite("read clock rollbacks from"))?;
+        let mut batch = HeartbeatBatch {
+            last_rollback: rollbacks.last().map(|r| r.0),
+            ..HeartbeatBatch::default()
+        };
+        for (_, at, seconds) in rollbacks {
+            batch.clock_rollbacks.push(ClockRollback {
+                detected_at: parse_ts(&at).map_err(|e| self.corrupt("clock rollback", e))?,
+                seconds,
+            });
+        }
+        for (row, revision) in rows {
+            batch.revisions.push((row.record.id.clone(), revision));
+            batch.sessions.push(row.record);
+        }
+        Ok(batch)
+    }
+
+    /// The server stored `batch` (`accepted` lists the session ids it took):
+    /// acknowledged ended sessions and the reported rollbacks are deleted; a session
+    /// changed since the batch was read stays due.
+    pub fn acknowledge(
+        &mut self,
+        batch: &HeartbeatBatch,
+        accepted: &[String],
+    ) -> Result<(), JournalError> {
+        let tx = self.conn.transaction().map_err(self_sqlite(&self.path))?;
+        for (id, revision) in &batch.revisions {
+            if accepted.contains(id) {
+                tx.execute(
+                    "UPDATE sessions SET uploaded_revision = ?2 WHERE id = ?1",
+                    params![id, revision],
+                )
+                .map_err(self_sqlite(&self.path))?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM sessions WHERE ended_at IS NOT NULL AND uploaded_revision >= revision",
+            [],
+        )
+        .map_err(self_sqlite(&self.path))?;
+        if let Some(last) = batch.last_rollback {
+            tx.execute("DELETE FROM clock_rollbacks WHERE id <= ?1", [last])
+                .map_err(self_sqlite(&self.path))?;
+        }
+        tx.commit().map_err(self_sqlite(&self.path))
+    }
+}
+
+fn self_sqlite(path: &std::path::Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+    move |source| JournalError::Sqlite {
+        action: "acknowledge an upload in",
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,149 @@
+//! Writing the core's [`Persist`] actions, one transaction per batch.
+
+use flex_protocol::api::Source;
+use rusqlite::{params, Transaction};
+
+use super::{ts, Journal, JournalError};
+use crate::core::{Action, Persist};
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("protocol types serialize")
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn meta(tx: &Transaction<'_>, key: &str, value: String) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(drop)
+}
+
+impl Journal {
+    /// Applies every [`Action::Persist`] in `actions` in one transaction and
+    /// ignores the other actions. Call it before carrying out any of them.
+    pub fn apply(&mut self, actions: &[Action]) -> Result<(), JournalError> {
+        self.apply_persist(actions.iter().filter_map(|a| match a {
+            Action::Persist(p) => Some(p),
+            _ => None,
+        }))
+    }
+
+    pub fn apply_persist<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = &'a Persist>,
+    ) -> Result<(), JournalError> {
+        let mut items = items.into_iter().peekable();
+        if items.peek().is_none() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = move |source| JournalError::Sqlite {
+            action: "write",
+            path,
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err.clone())?;
+        for item in items {
+            write_one(&tx, item).map_err(err.clone())?;
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
+    match item {
+        Persist::ClaimPending(req) => {
+            tx.execute(
+                "INSERT INTO pending_claims (claim_id, request, created)
+                 VALUES (?1, ?2, ?3) ON CONFLICT (claim_id) DO NOTHING",
+                params![req.claim_id, json(req), ts(&chrono::Utc::now())],
+            )?;
+        }
+        Persist::ClaimSettled { claim_id } => {
+            tx.execute("DELETE FROM pending_claims WHERE claim_id = ?1", [claim_id])?;
+        }
+        Persist::Window(h) => {
+            tx.execute(
+                "INSERT INTO windows (user, product, window_id, source, start, end, lease)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (user, product) DO UPDATE SET window_id = excluded.window_id,
+                   source = excluded.source, start = excluded.start, end = excluded.end,
+                   lease = excluded.lease",
+                params![
+                    h.user,
+                    h.product,
+                    h.window.id,
+                    h.source.as_str(),
+                    ts(&h.window.start),
+                    ts(&h.window.end),
+                    json(&h.lease)
+                ],
+            )?;
+        }
+        Persist::Session(row) => {
+            let r = &row.record;
+            tx.execute(
+                "INSERT INTO sessions (id, user, product, version, source, window_id,
+                   started_at, ended_at, uid, account, pid, origin, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1)
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version,
+                   source = excluded.source, window_id = excluded.window_id,
+                   started_at = excluded.started_at, ended_at = excluded.ended_at,
+                   pid = excluded.pid, revision = sessions.revision + 1",
+                params![
+                    r.id,
+                    r.user,
+                    r.product,
+                    r.version,
+                    source_str(r.source),
+                    r.window_id,
+                    ts(&r.started_at),
+                    r.ended_at.as_ref().map(ts),
+                    row.uid,
+                    row.account,
+                    row.pid,
+                    row.origin.as_str()
+                ],
+            )?;
+        }
+        Persist::Clock(c) => {
+            tx.execute(
+                "INSERT INTO clock (id, contact, since_contact_ms, checkpoint_wall,
+                   checkpoint_boot_ms, boot_id, high_water)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET contact = excluded.contact,
+                   since_contact_ms = excluded.since_contact_ms,
+                   checkpoint_wall = excluded.checkpoint_wall,
+                   checkpoint_boot_ms = excluded.checkpoint_boot_ms,
+                   boot_id = excluded.boot_id, high_water = excluded.high_water",
+                params![
+                    c.contact.as_ref().map(ts),
+                    ms(c.since_contact),
+                    ts(&c.checkpoint_wall),
+                    ms(c.checkpoint_boot),
+                    c.boot_id,
+                    ts(&c.high_water)
+                ],
+            )?;
+        }
+        Persist::ClockRollback(rb) => {
+            tx.execute(
+                "INSERT INTO clock_rollbacks (detected_at, seconds) VALUES (?1, ?2)",
+                params![ts(&rb.detected_at), rb.seconds],
+            )?;
+        }
+        Persist::Policy(p) => meta(tx, "policy", json(p))?,
+        Persist::RateSheet(products) => meta(tx, "products", json(products))?,
+        Persist::Balance(b) => meta(tx, "balance", b.to_string())?,
+    }
+    Ok(())
+}
+
+fn source_str(s: Source) -> &'static str {
+    s.as_str()
+}
