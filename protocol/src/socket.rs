@@ -41,7 +41,10 @@ pub enum Request {
         user: Option<String>,
     },
     /// Tells the agent the pid of a granted session after the wrapper started it.
-    Attach { session: String, pid: u32 },
+    Attach {
+        session: String,
+        pid: u32,
+    },
     /// A session's product exited.
     Exit {
         session: String,

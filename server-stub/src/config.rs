@@ -243,7 +243,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.policy.window, Duration::from_secs(6));
-        assert_eq!(c.policy.offline_warnings, vec![Duration::from_secs(3), Duration::from_secs(1)]);
+        assert_eq!(
+            c.policy.offline_warnings,
+            vec![Duration::from_secs(3), Duration::from_secs(1)]
+        );
     }
 
     #[test]
@@ -251,7 +254,10 @@ mod tests {
         let e = Config::parse("[policy]\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
         assert!(e.to_string().contains("Mars/Olympus"), "{e}");
         let e = Config::parse("[policy]\nwindow = \"soon\"\n").unwrap_err();
-        assert!(e.to_string().contains("soon") || e.to_string().contains("window"), "{e}");
+        assert!(
+            e.to_string().contains("soon") || e.to_string().contains("window"),
+            "{e}"
+        );
         let e = Config::parse("polcy = 1\n").unwrap_err();
         assert!(e.to_string().contains("polcy"), "{e}");
     }

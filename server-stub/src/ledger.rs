@@ -122,9 +122,18 @@ mod tests {
 
     #[test]
     fn march_is_spent_before_may() {
-        let lots = [lot(2, 100, at(2026, 5, 1, 0)), lot(1, 100, at(2026, 3, 1, 0))];
+        let lots = [
+            lot(2, 100, at(2026, 5, 1, 0)),
+            lot(1, 100, at(2026, 3, 1, 0)),
+        ];
         let shares = plan_spend(&lots, 7, at(2026, 6, 1, 0)).unwrap();
-        assert_eq!(shares, vec![LotShare { lot_id: 1, tokens: 7 }]);
+        assert_eq!(
+            shares,
+            vec![LotShare {
+                lot_id: 1,
+                tokens: 7
+            }]
+        );
     }
 
     #[test]
@@ -134,8 +143,14 @@ mod tests {
         assert_eq!(
             shares,
             vec![
-                LotShare { lot_id: 1, tokens: 5 },
-                LotShare { lot_id: 2, tokens: 2 }
+                LotShare {
+                    lot_id: 1,
+                    tokens: 5
+                },
+                LotShare {
+                    lot_id: 2,
+                    tokens: 2
+                }
             ]
         );
     }

@@ -127,7 +127,10 @@ mod tests {
     fn duplicate_and_bad_ids_are_named() {
         let dup = "[[products]]\nid='a'\nname='A'\ncharge={model='daily',tokens=1}\n\
                    [[products]]\nid='a'\nname='A'\ncharge={model='daily',tokens=1}\n";
-        assert!(RateSheet::parse(dup).unwrap_err().to_string().contains("'a'"));
+        assert!(RateSheet::parse(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("'a'"));
         let bad = "[[products]]\nid='Auto CAD'\nname='A'\ncharge={model='daily',tokens=1}\n";
         assert!(RateSheet::parse(bad)
             .unwrap_err()

@@ -167,10 +167,11 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             }
         }
     }
-    let listener = std::net::TcpListener::bind(opts.listen).map_err(|source| ServerError::Bind {
-        addr: opts.listen,
-        source,
-    })?;
+    let listener =
+        std::net::TcpListener::bind(opts.listen).map_err(|source| ServerError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
     listener
         .set_nonblocking(true)
         .map_err(|source| ServerError::Bind {
@@ -220,7 +221,8 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
     let _ = std::io::stdout().flush();
     match p.tls {
         None => {
-            let listener = tokio::net::TcpListener::from_std(p.listener).map_err(ServerError::Serve)?;
+            let listener =
+                tokio::net::TcpListener::from_std(p.listener).map_err(ServerError::Serve)?;
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await

@@ -26,7 +26,10 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..3).prop_map(Op::Buy),
         // Up to ~100 days, so lots expire within a run.
         (1i64..2400).prop_map(Op::Advance),
-        (0usize..4, prop::sample::select(vec!["autocad", "revit", "fusion"]))
+        (
+            0usize..4,
+            prop::sample::select(vec!["autocad", "revit", "fusion"])
+        )
             .prop_map(|(u, p)| Op::Launch(u, p)),
         (0usize..4, 1u64..3000).prop_map(|(u, n)| Op::Job(u, n)),
     ]

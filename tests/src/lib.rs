@@ -130,7 +130,13 @@ impl Server {
         self.spawn();
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -150,7 +156,12 @@ impl Server {
         (status, value)
     }
 
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         self.call(method, &format!("/v1/admin{path}"), ADMIN_TOKEN, body)
             .await
     }
@@ -245,8 +256,13 @@ impl Server {
         if body.get("claim_id").is_none() {
             body["claim_id"] = json!(uuid::Uuid::new_v4().to_string());
         }
-        self.call(reqwest::Method::POST, "/v1/agent/claims", &device.token, Some(body))
-            .await
+        self.call(
+            reqwest::Method::POST,
+            "/v1/agent/claims",
+            &device.token,
+            Some(body),
+        )
+        .await
     }
 
     /// A launch claim that must be granted; returns the tokens charged.

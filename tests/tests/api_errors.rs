@@ -19,7 +19,12 @@ async fn admin_and_device_tokens_are_not_interchangeable() {
     let (status, _) = s.call(M::GET, "/v1/admin/balance", &dev.token, None).await;
     assert_eq!(status, 401, "a device token is not an admin token");
     let (status, _) = s
-        .call(M::POST, "/v1/agent/claims", ADMIN_TOKEN, Some(claim.clone()))
+        .call(
+            M::POST,
+            "/v1/agent/claims",
+            ADMIN_TOKEN,
+            Some(claim.clone()),
+        )
         .await;
     assert_eq!(status, 401, "the admin token is not a device token");
     let (status, _) = s
@@ -32,15 +37,18 @@ async fn admin_and_device_tokens_are_not_interchangeable() {
 #[tokio::test]
 async fn enrollment_tokens_are_single_use() {
     let s = Server::start_test_clock();
-    let t = s
-        .ok(M::POST, "/enrollment-tokens", Some(json!({})))
-        .await;
+    let t = s.ok(M::POST, "/enrollment-tokens", Some(json!({}))).await;
     let body = json!({"enrollment_token": t["token"], "hostname": "ws-1"});
-    let (status, _) = s.call(M::POST, "/v1/agent/enroll", "", Some(body.clone())).await;
+    let (status, _) = s
+        .call(M::POST, "/v1/agent/enroll", "", Some(body.clone()))
+        .await;
     assert_eq!(status, 200);
     let (status, v) = s.call(M::POST, "/v1/agent/enroll", "", Some(body)).await;
     assert_eq!(status, 401);
-    assert!(v["error"]["message"].as_str().unwrap().contains("already used"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already used"));
     let (status, _) = s
         .call(
             M::POST,
@@ -60,17 +68,31 @@ async fn malformed_bodies_name_the_problem_and_change_nothing() {
     let dev = s.enroll().await;
 
     let (status, v) = s
-        .call(M::POST, "/v1/agent/claims", &dev.token, Some(json!({"user": "ada@example.com", "product": "autocad"})))
+        .call(
+            M::POST,
+            "/v1/agent/claims",
+            &dev.token,
+            Some(json!({"user": "ada@example.com", "product": "autocad"})),
+        )
         .await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["code"], "invalid_request");
-    assert!(v["error"]["message"].as_str().unwrap().contains("claim_id"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("claim_id"),
+        "{v}"
+    );
 
     let (status, v) = s
         .admin(M::POST, "/token-lots", Some(json!({"tokens": "many"})))
         .await;
     assert_eq!(status, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("invalid type"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"),
+        "{v}"
+    );
 
     let resp = s
         .http
@@ -83,10 +105,20 @@ async fn malformed_bodies_name_the_problem_and_change_nothing() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{v}"
+    );
 
     let (status, v) = s
-        .admin(M::POST, "/users", Some(json!({"email": "nope", "first_name": "A", "last_name": "B"})))
+        .admin(
+            M::POST,
+            "/users",
+            Some(json!({"email": "nope", "first_name": "A", "last_name": "B"})),
+        )
         .await;
     assert_eq!(status, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("'nope'"));
@@ -107,14 +139,24 @@ async fn malformed_bodies_name_the_problem_and_change_nothing() {
 
     assert_eq!(s.balance().await, 100);
     assert!(s.charges().await.is_empty());
-    assert_eq!(s.ok(M::GET, "/users", None).await["users"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        s.ok(M::GET, "/users", None).await["users"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn test_clock_exists_only_when_asked_for() {
     let s = Server::start(ServerOpts::default());
     let (status, _) = s
-        .admin(M::PUT, "/test-clock", Some(json!({"now": "2030-01-01T00:00:00Z"})))
+        .admin(
+            M::PUT,
+            "/test-clock",
+            Some(json!({"now": "2030-01-01T00:00:00Z"})),
+        )
         .await;
     assert_eq!(status, 404);
     let (status, _) = s.admin(M::GET, "/test-clock", None).await;
@@ -185,10 +227,19 @@ async fn generated_admin_token_file_is_private() {
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let mode = std::fs::metadata(data.join("admin-token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(data.join("admin-token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("admin-token"), "the path is logged: {log}");
-    assert!(!log.contains(token.trim()), "the token itself is never logged");
+    assert!(
+        !log.contains(token.trim()),
+        "the token itself is never logged"
+    );
 }

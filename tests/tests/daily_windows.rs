@@ -15,7 +15,10 @@ async fn monday_tuesday_costs_fourteen_tokens() {
     // Mon 08:00: opens [Mon 08:00, Tue 08:00) and charges 7.
     s.set_time("2026-11-02T08:00:00Z").await;
     let (_, first) = s
-        .claim(&dev, json!({"user": "ada@example.com", "product": "autocad", "version": "2026"}))
+        .claim(
+            &dev,
+            json!({"user": "ada@example.com", "product": "autocad", "version": "2026"}),
+        )
         .await;
     assert_eq!(first["decision"], "granted");
     assert_eq!(first["tokens_charged"], 7);
@@ -27,7 +30,10 @@ async fn monday_tuesday_costs_fourteen_tokens() {
     // Closed at 17:00 (nothing to tell the server). Tue 07:00: inside Monday's window.
     s.set_time("2026-11-03T07:00:00Z").await;
     let (_, reopen) = s
-        .claim(&dev, json!({"user": "ada@example.com", "product": "autocad"}))
+        .claim(
+            &dev,
+            json!({"user": "ada@example.com", "product": "autocad"}),
+        )
         .await;
     assert_eq!(reopen["tokens_charged"], 0, "{reopen}");
     assert_eq!(reopen["window"]["id"], w1["id"]);
@@ -80,12 +86,18 @@ async fn another_version_or_device_inside_the_window_is_free() {
     let laptop = s.enroll().await;
     let desktop = s.enroll().await;
     let (_, a) = s
-        .claim(&laptop, json!({"user": "ada@example.com", "product": "autocad", "version": "2025"}))
+        .claim(
+            &laptop,
+            json!({"user": "ada@example.com", "product": "autocad", "version": "2025"}),
+        )
         .await;
     assert_eq!(a["tokens_charged"], 7);
     s.set_time("2026-11-02T15:00:00Z").await;
     let (_, b) = s
-        .claim(&desktop, json!({"user": "ada@example.com", "product": "autocad", "version": "2026"}))
+        .claim(
+            &desktop,
+            json!({"user": "ada@example.com", "product": "autocad", "version": "2026"}),
+        )
         .await;
     assert_eq!(b["tokens_charged"], 0);
     assert_eq!(a["window"]["id"], b["window"]["id"]);
@@ -94,7 +106,10 @@ async fn another_version_or_device_inside_the_window_is_free() {
     // After the window with nothing running: a fresh window at the launch time.
     s.set_time("2026-11-04T10:30:00Z").await;
     let (_, c) = s
-        .claim(&laptop, json!({"user": "ada@example.com", "product": "autocad"}))
+        .claim(
+            &laptop,
+            json!({"user": "ada@example.com", "product": "autocad"}),
+        )
         .await;
     assert_eq!(c["tokens_charged"], 7);
     assert_eq!(
@@ -123,7 +138,10 @@ async fn subscription_is_used_before_tokens() {
     assert_eq!(revit["source"], "subscription");
     assert_eq!(revit["tokens_charged"], 0);
     let (_, navis) = s
-        .claim(&dev, json!({"user": "sam@example.com", "product": "navisworks"}))
+        .claim(
+            &dev,
+            json!({"user": "sam@example.com", "product": "navisworks"}),
+        )
         .await;
     assert_eq!(navis["source"], "tokens");
     assert_eq!(navis["tokens_charged"], 9);
@@ -145,11 +163,17 @@ async fn insufficient_balance_is_denied_with_no_partial_charge() {
     let dev = s.enroll().await;
     // 100 tokens of per-result work leaves 5: 95 tokens = 4750 photos.
     let (_, job) = s
-        .claim(&dev, json!({"user": "bob@example.com", "product": "recap-photo", "results": 4750}))
+        .claim(
+            &dev,
+            json!({"user": "bob@example.com", "product": "recap-photo", "results": 4750}),
+        )
         .await;
     assert_eq!(job["tokens_charged"], 95);
     let (status, denied) = s
-        .claim(&dev, json!({"user": "ada@example.com", "product": "autocad"}))
+        .claim(
+            &dev,
+            json!({"user": "ada@example.com", "product": "autocad"}),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(denied["decision"], "denied");
@@ -176,17 +200,26 @@ async fn unknown_or_unassigned_users_and_products_are_denied() {
     .await;
     let dev = s.enroll().await;
     let (_, v) = s
-        .claim(&dev, json!({"user": "off@example.com", "product": "autocad"}))
+        .claim(
+            &dev,
+            json!({"user": "off@example.com", "product": "autocad"}),
+        )
         .await;
     assert_eq!(v["reason"], "not_entitled");
     let (_, v) = s
-        .claim(&dev, json!({"user": "ghost@example.com", "product": "autocad"}))
+        .claim(
+            &dev,
+            json!({"user": "ghost@example.com", "product": "autocad"}),
+        )
         .await;
     assert_eq!(v["reason"], "not_entitled");
     assert!(v["message"].as_str().unwrap().contains("not a known user"));
     s.flex_user("ada@example.com").await;
     let (_, v) = s
-        .claim(&dev, json!({"user": "ada@example.com", "product": "photoshop"}))
+        .claim(
+            &dev,
+            json!({"user": "ada@example.com", "product": "photoshop"}),
+        )
         .await;
     assert_eq!(v["reason"], "unknown_product");
     assert_eq!(s.balance().await, 100);
@@ -257,7 +290,10 @@ async fn default_assignments_allow_and_deny_lists() {
         )
         .await;
     assert_eq!(status, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("photoshop"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("photoshop"));
 }
 
 #[tokio::test]
@@ -273,7 +309,10 @@ async fn leases_verify_against_the_enrollment_key() {
     let keys: Vec<LeaseKey> = serde_json::from_value(dev.enroll["lease_keys"].clone()).unwrap();
     let verifier = LeaseVerifier::from_keys(&keys).unwrap();
     let (_, v) = s
-        .claim(&dev, json!({"user": "ada@example.com", "product": "autocad"}))
+        .claim(
+            &dev,
+            json!({"user": "ada@example.com", "product": "autocad"}),
+        )
         .await;
     let ClaimResponse::Granted(grant) = serde_json::from_value(v).unwrap() else {
         panic!("denied")

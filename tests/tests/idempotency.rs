@@ -19,7 +19,10 @@ async fn a_repeated_claim_id_gets_the_original_answer_forever() {
     assert_eq!(first["tokens_charged"], 7);
     let (status, retry) = s.claim(&dev, body.clone()).await;
     assert_eq!(status, 200);
-    assert_eq!(retry, first, "the retry sees the original response, byte for byte");
+    assert_eq!(
+        retry, first,
+        "the retry sees the original response, byte for byte"
+    );
 
     // Crash the server (SIGKILL, no shutdown) and retry after restart.
     s.restart();
@@ -29,7 +32,10 @@ async fn a_repeated_claim_id_gets_the_original_answer_forever() {
 
     // The same id with another body is a conflict and changes nothing.
     let (status, v) = s
-        .claim(&dev, json!({"claim_id": "c-42", "user": "ada@example.com", "product": "maya"}))
+        .claim(
+            &dev,
+            json!({"claim_id": "c-42", "user": "ada@example.com", "product": "maya"}),
+        )
         .await;
     assert_eq!(status, 409);
     assert_eq!(v["error"]["code"], "conflict");
@@ -92,7 +98,10 @@ async fn answers_survive_a_kill_between_commit_and_reply() {
     s.restart();
     for (i, u) in users.iter().enumerate() {
         let (status, v) = s
-            .claim(&dev, json!({"claim_id": format!("k-{i}"), "user": u, "product": "autocad"}))
+            .claim(
+                &dev,
+                json!({"claim_id": format!("k-{i}"), "user": u, "product": "autocad"}),
+            )
             .await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["decision"], "granted");

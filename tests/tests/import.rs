@@ -55,7 +55,10 @@ async fn import_assigns_and_reimport_changes_nothing() {
                grace@example.com,Hopper,Grace\r\n";
     let (status, v) = import(&s, csv).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!((v["created"].as_u64(), v["assigned"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (v["created"].as_u64(), v["assigned"].as_u64()),
+        (Some(2), Some(2))
+    );
     let (status, again) = import(&s, csv).await;
     assert_eq!(status, 200);
     assert_eq!(again["created"], 0);
@@ -70,14 +73,25 @@ async fn import_assigns_and_reimport_changes_nothing() {
         .all(|u| u["flex_assigned"] == true));
 
     // A user who existed off Flex gets assigned; a changed name is an update.
-    s.ok(M::PUT, "/users/ada@example.com/flex", Some(serde_json::json!({"assigned": false})))
-        .await;
+    s.ok(
+        M::PUT,
+        "/users/ada@example.com/flex",
+        Some(serde_json::json!({"assigned": false})),
+    )
+    .await;
     let (_, v) = import(
         &s,
         "First Name,Last Name,Email\nAda,King,ada@example.com\nGrace,Hopper,grace@example.com\n",
     )
     .await;
-    assert_eq!((v["created"].as_u64(), v["updated"].as_u64(), v["assigned"].as_u64()), (Some(0), Some(1), Some(1)));
+    assert_eq!(
+        (
+            v["created"].as_u64(),
+            v["updated"].as_u64(),
+            v["assigned"].as_u64()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
 }
 
 #[tokio::test]
@@ -89,7 +103,10 @@ async fn oversized_files_are_refused() {
     }
     let (status, v) = import(&s, &csv).await;
     assert_eq!(status, 422);
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("more than 5000 rows"));
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("more than 5000 rows"));
     assert_eq!(user_count(&s).await, 0);
 
     let huge = "x".repeat(9 * 1024 * 1024);

@@ -47,7 +47,9 @@ pub async fn heartbeat(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    Ok(Json(st.store.run(move |s| s.heartbeat(&device, &req)).await?))
+    Ok(Json(
+        st.store.run(move |s| s.heartbeat(&device, &req)).await?,
+    ))
 }
 
 pub async fn products(_: Device, State(st): State<AppState>) -> Json<ProductList> {

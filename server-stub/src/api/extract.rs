@@ -37,7 +37,9 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             ErrorCode::InvalidRequest,
             "the body must be JSON with content-type application/json",
         ),
-        JsonRejection::JsonDataError(e) => ApiError::invalid(format!("invalid body: {}", inner(&e))),
+        JsonRejection::JsonDataError(e) => {
+            ApiError::invalid(format!("invalid body: {}", inner(&e)))
+        }
         JsonRejection::JsonSyntaxError(e) => {
             ApiError::invalid(format!("body is not valid JSON: {}", inner(&e)))
         }
@@ -108,7 +110,11 @@ impl FromRequestParts<AppState> for Device {
                 "missing device token: send Authorization: Bearer <device token>",
             ));
         };
-        match state.store.run(move |s| s.authenticate_device(&token)).await? {
+        match state
+            .store
+            .run(move |s| s.authenticate_device(&token))
+            .await?
+        {
             Some(id) => Ok(Device(id)),
             None => Err(ApiError::unauthorized(
                 "the device token is not valid; enroll the agent again",

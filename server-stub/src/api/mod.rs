@@ -98,7 +98,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -53,8 +53,17 @@ pub(crate) fn source_of(s: &str) -> Result<Source> {
     }
 }
 
-fn window_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+fn window_from_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, String, String, String, String, String)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn to_window(raw: (String, String, String, String, String, String)) -> Result<WindowRow> {
@@ -194,9 +203,8 @@ impl Store {
     /// Answers `POST /v1/agent/claims` for `device_id`.
     pub fn claim(&self, device_id: &str, req: &ClaimRequest) -> Result<ClaimOutcome> {
         let user = validate(req)?;
-        let fingerprint = sha256_hex(
-            &serde_json::to_vec(&(device_id, req)).expect("claim request serializes"),
-        );
+        let fingerprint =
+            sha256_hex(&serde_json::to_vec(&(device_id, req)).expect("claim request serializes"));
         let now = self.now();
         self.write(|tx| {
             let seen: Option<(String, u16, String)> = tx
@@ -297,7 +305,7 @@ impl Store {
             _ => overlapping(tx, user, &req.product, start, end)?,
         };
         if let Some(w) = existing {
-            return Ok(self.grant(tx, device_id, &w, 0, now)?);
+            return self.grant(tx, device_id, &w, 0, now);
         }
 
         let Some(source) = self.entitlement(tx, user, &req.product)? else {
@@ -404,7 +412,11 @@ impl Store {
         let Some(source) = self.entitlement(tx, user, &req.product)? else {
             return self.not_entitled(tx, user, &req.product);
         };
-        let cost = if source == Source::Tokens { job_cost } else { 0 };
+        let cost = if source == Source::Tokens {
+            job_cost
+        } else {
+            0
+        };
         let shares = match spend(tx, cost, now)? {
             Ok(s) => s,
             Err(short) => {

@@ -36,8 +36,15 @@ pub fn parse_csv(data: &[u8]) -> std::result::Result<Vec<ImportRow>, Vec<ImportE
     let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
     let text = std::str::from_utf8(data).map_err(|e| {
         // Name the line of the first invalid byte.
-        let line = data[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-        vec![err(line, "the file is not UTF-8 text; save it as CSV UTF-8")]
+        let line = data[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64
+            + 1;
+        vec![err(
+            line,
+            "the file is not UTF-8 text; save it as CSV UTF-8",
+        )]
     })?;
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
@@ -60,11 +67,17 @@ pub fn parse_csv(data: &[u8]) -> std::result::Result<Vec<ImportRow>, Vec<ImportE
             errors.push(err(1, format!("column '{h}' appears twice")));
         }
     }
-    for (key, name) in [("first", "First Name"), ("last", "Last Name"), ("email", "Email")] {
+    for (key, name) in [
+        ("first", "First Name"),
+        ("last", "Last Name"),
+        ("email", "Email"),
+    ] {
         if !col.contains_key(key) {
             errors.push(err(
                 1,
-                format!("missing column '{name}'; the header must name First Name, Last Name and Email"),
+                format!(
+                    "missing column '{name}'; the header must name First Name, Last Name and Email"
+                ),
             ));
         }
     }
@@ -198,7 +211,9 @@ mod tests {
         let errors = parse_csv(csv.as_bytes()).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[0].line, 3);
-        assert!(errors[0].message.contains("'grace' is not an email address"));
+        assert!(errors[0]
+            .message
+            .contains("'grace' is not an email address"));
         assert!(errors[0].message.contains("First Name is empty"));
         assert_eq!(errors[1].line, 4);
         assert!(errors[1].message.contains("already appears on line 2"));
@@ -208,7 +223,8 @@ mod tests {
     fn missing_columns_and_non_utf8_are_explained() {
         let errors = parse_csv(b"Name,Email\nAda,ada@example.com\n").unwrap_err();
         assert!(errors.iter().any(|e| e.message.contains("'First Name'")));
-        let errors = parse_csv(b"First Name,Last Name,Email\nAd\xe9,L,a@example.com\n").unwrap_err();
+        let errors =
+            parse_csv(b"First Name,Last Name,Email\nAd\xe9,L,a@example.com\n").unwrap_err();
         assert_eq!(errors[0].line, 2);
         assert!(errors[0].message.contains("UTF-8"));
     }

@@ -8,9 +8,8 @@ use super::{notices, parse_ts, ts, Result, Store, StoreError};
 use crate::ledger::{self, Insufficient, LotState};
 
 pub(crate) fn load_lots(conn: &Connection) -> Result<Vec<LotState>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, tokens, remaining, purchased_at, expires_at FROM lots ORDER BY id",
-    )?;
+    let mut stmt = conn
+        .prepare("SELECT id, tokens, remaining, purchased_at, expires_at FROM lots ORDER BY id")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,

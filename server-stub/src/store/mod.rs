@@ -236,23 +236,3 @@ pub(crate) fn new_secret(prefix: &str) -> String {
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!("{prefix}{}", hex::encode(bytes))
 }
-
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-    use crate::clock::TestClock;
-
-    /// A store on a temp file with a frozen clock.
-    pub fn store(now: DateTime<Utc>) -> (tempfile::TempDir, Store, TestClock) {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = TestClock::new(now);
-        let store = Store::open(
-            dir.path(),
-            Arc::new(clock.clone()),
-            PolicyConfig::default(),
-            RateSheet::sample(),
-        )
-        .unwrap();
-        (dir, store, clock)
-    }
-}

@@ -128,7 +128,9 @@ pub(crate) fn check_expiring(conn: &Connection, now: DateTime<Utc>) -> Result<()
          WHERE expiry_noticed = 0 AND remaining > 0 AND expires_at > ?1 AND expires_at <= ?2",
     )?;
     let due: Vec<(i64, i64, String)> = stmt
-        .query_map([ts(now), horizon], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([ts(now), horizon], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     for (id, remaining, expires) in due {
         let expires = parse_ts(&expires)?;

@@ -104,7 +104,9 @@ impl Store {
         let now = self.now();
         self.write(|tx| {
             if load_user(tx, &email)?.is_some() {
-                return Err(StoreError::Conflict(format!("user '{email}' already exists")));
+                return Err(StoreError::Conflict(format!(
+                    "user '{email}' already exists"
+                )));
             }
             tx.execute(
                 "INSERT INTO users (email, first_name, last_name, flex_assigned, created_at)
@@ -233,8 +235,20 @@ mod tests {
 
     #[test]
     fn emails_are_checked_and_normalised() {
-        assert_eq!(normalize_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@x.com", "a b@x.com", "a@x", "a@@x.com", "a@x..com"] {
+        assert_eq!(
+            normalize_email(" Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@x.com",
+            "a b@x.com",
+            "a@x",
+            "a@@x.com",
+            "a@x..com",
+        ] {
             let e = normalize_email(bad).unwrap_err();
             assert!(e.contains("is not an email address"), "{bad}: {e}");
         }

@@ -1,0 +1,202 @@
+//! Claim throughput and latency, printed as figures and ratios (DESIGN.md §5).
+//!
+//! 1. Durable single-claim throughput through the store (every claim one
+//!    `synchronous=FULL` WAL transaction) next to a bare SQLite insert with the
+//!    same durability on the same disk, in the same run: the ratio is the figure
+//!    (target ≥ 0.5).
+//! 2. HTTP claim latency p50/p99 over loopback with 64 concurrent clients.
+//!
+//! Run with `cargo bench -p flex-server --bench claims`. Nothing is asserted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flex_protocol::api::{ClaimRequest, NewUser};
+use flex_server::clock::SystemClock;
+use flex_server::config::PolicyConfig;
+use flex_server::rates::RateSheet;
+use flex_server::server::{prepare, serve, ServerOptions};
+use flex_server::store::Store;
+
+const N: usize = 2000;
+
+fn bare_insert_rate(dir: &std::path::Path) -> f64 {
+    let conn = rusqlite::Connection::open(dir.join("bare.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..N {
+        conn.execute("INSERT INTO t (body) VALUES (?1)", [format!("claim-{i}")])
+            .unwrap();
+    }
+    N as f64 / start.elapsed().as_secs_f64()
+}
+
+fn store_claim_rate(dir: &std::path::Path) -> f64 {
+    let store = Store::open(
+        dir,
+        Arc::new(SystemClock),
+        PolicyConfig::default(),
+        RateSheet::sample(),
+    )
+    .unwrap();
+    for _ in 0..(N / 10000 + 1) {
+        store.buy_tokens(10000).unwrap();
+    }
+    store
+        .add_user(NewUser {
+            email: "bench@example.com".into(),
+            first_name: "B".into(),
+            last_name: "U".into(),
+        })
+        .unwrap();
+    store.set_flex("bench@example.com", true).unwrap();
+    let start = Instant::now();
+    for i in 0..N {
+        let out = store
+            .claim(
+                "bench-device",
+                &ClaimRequest {
+                    claim_id: format!("bench-{i}"),
+                    user: "bench@example.com".into(),
+                    product: "recap-photo".into(),
+                    version: None,
+                    results: Some(50),
+                    renews: None,
+                },
+            )
+            .unwrap();
+        debug_assert!(out.body.contains("granted"));
+    }
+    N as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn http_latency() -> (Duration, Duration, Duration, f64) {
+    const CLIENTS: usize = 64;
+    const PER_CLIENT: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("FLEX_ADMIN_TOKEN", "bench-admin");
+    let prepared = prepare(&ServerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        config: None,
+        test_clock: false,
+        tls_cert: None,
+        tls_key: None,
+        rates: None,
+    })
+    .unwrap();
+    let url = format!("http://{}", prepared.listener.local_addr().unwrap());
+    tokio::spawn(serve(prepared));
+    let http = reqwest::Client::new();
+    let admin = |path: &str| {
+        http.post(format!("{url}/v1/admin{path}"))
+            .bearer_auth("bench-admin")
+    };
+    admin("/token-lots")
+        .json(&serde_json::json!({"tokens": 10000}))
+        .send()
+        .await
+        .unwrap();
+    admin("/users")
+        .json(
+            &serde_json::json!({"email": "bench@example.com", "first_name": "B", "last_name": "U"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    http.put(format!("{url}/v1/admin/users/bench@example.com/flex"))
+        .bearer_auth("bench-admin")
+        .json(&serde_json::json!({"assigned": true}))
+        .send()
+        .await
+        .unwrap();
+    let token: serde_json::Value = admin("/enrollment-tokens")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let enrolled: serde_json::Value = http
+        .post(format!("{url}/v1/agent/enroll"))
+        .json(&serde_json::json!({"enrollment_token": token["token"], "hostname": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_token = enrolled["device_token"].as_str().unwrap().to_string();
+
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let http = http.clone();
+        let url = url.clone();
+        let token = device_token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(PER_CLIENT);
+            for i in 0..PER_CLIENT {
+                let t = Instant::now();
+                let r = http
+                    .post(format!("{url}/v1/agent/claims"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({
+                        "claim_id": format!("h-{c}-{i}"),
+                        "user": "bench@example.com",
+                        "product": "recap-photo",
+                        "results": 50
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                let _ = r.bytes().await.unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let wall = start.elapsed();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    (
+        pct(0.50),
+        pct(0.99),
+        *all.last().unwrap(),
+        all.len() as f64 / wall.as_secs_f64(),
+    )
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into()))
+        .unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let bare = bare_insert_rate(dir.path());
+    let claims = store_claim_rate(dir.path());
+    println!("durable writes ({N} each, WAL + synchronous=FULL, one transaction each):");
+    println!("  bare sqlite insert : {bare:>9.0} /s");
+    println!("  store claim        : {claims:>9.0} /s");
+    println!(
+        "  ratio claim/bare   : {:>9.2}   (target >= 0.50)",
+        claims / bare
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (p50, p99, max, rate) = rt.block_on(http_latency());
+    println!("http claims, 64 concurrent clients on loopback:");
+    println!(
+        "  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {rate:.0} claims/s   (target p99 <= 50 ms)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+}
