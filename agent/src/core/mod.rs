@@ -22,6 +22,7 @@
 //! offline rule.
 
 pub mod actions;
+mod answers;
 pub mod clock;
 mod offline;
 mod policy;

@@ -1,1 +1,277 @@
+//! The journal against a real SQLite file in a temporary state directory.
 
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use flex_protocol::api::{
+    ChargeModel, ClaimRequest, ClockRollback, Executables, LeaseKey, Product, SessionRecord,
+    Source, Window,
+};
+use flex_protocol::lease::SignedLease;
+
+use super::{Enrollment, Journal, JournalError, FILE_NAME};
+use crate::core::{default_policy, Action, ClockState, HeldWindow, Origin, Persist, SessionRow};
+
+fn t(h: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, h, 0, 0).unwrap()
+}
+
+fn open() -> (tempfile::TempDir, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open_in(&dir.path().join("state")).unwrap();
+    (dir, j)
+}
+
+fn claim(id: &str) -> ClaimRequest {
+    ClaimRequest {
+        claim_id: id.into(),
+        user: "ada@example.com".into(),
+        product: "autocad".into(),
+        version: Some("2026".into()),
+        results: None,
+        renews: None,
+    }
+}
+
+fn session(id: &str, ended: Option<DateTime<Utc>>) -> SessionRow {
+    SessionRow {
+        record: SessionRecord {
+            id: id.into(),
+            user: "ada@example.com".into(),
+            product: "autocad".into(),
+            version: None,
+            source: Source::Tokens,
+            window_id: Some("w1".into()),
+            started_at: t(8),
+            ended_at: ended,
+        },
+        uid: 1001,
+        account: "ada".into(),
+        pid: Some(4242),
+        origin: Origin::Watcher,
+    }
+}
+
+fn persist(j: &mut Journal, items: Vec<Persist>) {
+    let actions: Vec<Action> = items.into_iter().map(Action::Persist).collect();
+    j.apply(&actions).unwrap();
+}
+
+#[test]
+fn opens_durable_private_and_migrated() {
+    let (dir, j) = open();
+    let state = dir.path().join("state");
+    let sync: i64 = j
+        .conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+    let mode: String = j
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join(FILE_NAME)), 0o600);
+    }
+    drop(j);
+    // Reopening migrates nothing twice.
+    let j = Journal::open_in(&state).unwrap();
+    let v: i64 = j
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 1);
+}
+
+#[test]
+fn refuses_a_newer_schema() {
+    let (dir, j) = open();
+    j.conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(j);
+    let err = Journal::open_in(&dir.path().join("state")).err().unwrap();
+    assert!(matches!(err, JournalError::TooNew { found: 99, .. }));
+    assert!(err.to_string().contains("upgrade flex-agent"), "{err}");
+}
+
+#[test]
+fn pending_claims_survive_until_settled_in_order() {
+    let (dir, mut j) = open();
+    persist(
+        &mut j,
+        vec![
+            Persist::ClaimPending(claim("c2")),
+            Persist::ClaimPending(claim("c1")),
+        ],
+    );
+    // Writing the same claim again (a resend) keeps one row and its place.
+    persist(&mut j, vec![Persist::ClaimPending(claim("c2"))]);
+    drop(j);
+    let mut j = Journal::open_in(&dir.path().join("state")).unwrap();
+    let ids: Vec<String> = j
+        .load_state()
+        .unwrap()
+        .pending_claims
+        .into_iter()
+        .map(|c| c.claim_id)
+        .collect();
+    assert_eq!(ids, ["c2", "c1"]);
+    persist(
+        &mut j,
+        vec![Persist::ClaimSettled {
+            claim_id: "c2".into(),
+        }],
+    );
+    assert_eq!(j.load_state().unwrap().pending_claims, vec![claim("c1")]);
+}
+
+#[test]
+fn state_round_trips() {
+    let (_dir, mut j) = open();
+    let clock = ClockState {
+        contact: Some(t(9)),
+        since_contact: Duration::from_millis(12_345),
+        checkpoint_wall: t(10),
+        checkpoint_boot: Duration::from_millis(99_001),
+        boot_id: Some("b-1".into()),
+        high_water: t(11),
+    };
+    let window = |id: &str| HeldWindow {
+        user: "ada@example.com".into(),
+        product: "autocad".into(),
+        source: Source::Tokens,
+        window: Window {
+            id: id.into(),
+            start: t(8),
+            end: t(8) + chrono::Duration::days(1),
+        },
+        lease: SignedLease {
+            kid: "k1".into(),
+            payload: "cGF5".into(),
+            signature: "c2ln".into(),
+        },
+    };
+    let product = Product {
+        id: "autocad".into(),
+        name: "AutoCAD".into(),
+        charge: ChargeModel::Daily { tokens: 7 },
+        executables: Executables::default(),
+        sample: true,
+    };
+    let mut policy = default_policy();
+    policy.window_secs = 6;
+    persist(
+        &mut j,
+        vec![
+            Persist::Clock(clock.clone()),
+            Persist::Window(window("w1")),
+            Persist::Window(window("w2")),
+            Persist::Policy(policy.clone()),
+            Persist::RateSheet(vec![product.clone()]),
+            Persist::Balance(86),
+            Persist::Session(session("s-run", None)),
+            Persist::Session(session("s-done", Some(t(17)))),
+        ],
+    );
+    let s = j.load_state().unwrap();
+    assert_eq!(s.clock, Some(clock));
+    assert_eq!(s.windows, vec![window("w2")], "one window per user and product");
+    assert_eq!(s.policy, Some(policy));
+    assert_eq!(s.products, vec![product]);
+    assert_eq!(s.balance, Some(86));
+    assert_eq!(s.sessions, vec![session("s-run", None)], "only open sessions");
+}
+
+#[test]
+fn uploads_are_acknowledged_by_revision() {
+    let (_dir, mut j) = open();
+    persist(
+        &mut j,
+        vec![
+            Persist::Session(session("a", None)),
+            Persist::Session(session("b", Some(t(12)))),
+            Persist::ClockRollback(ClockRollback {
+                detected_at: t(10),
+                seconds: 3600,
+            }),
+        ],
+    );
+    let batch = j.heartbeat_batch().unwrap();
+    assert_eq!(batch.sessions.len(), 2);
+    assert_eq!(batch.clock_rollbacks.len(), 1);
+    // While the upload is in flight, "a" ends and another rollback is seen.
+    persist(
+        &mut j,
+        vec![
+            Persist::Session(session("a", Some(t(13)))),
+            Persist::ClockRollback(ClockRollback {
+                detected_at: t(11),
+                seconds: 60,
+            }),
+        ],
+    );
+    j.acknowledge(&batch, &["a".into(), "b".into()]).unwrap();
+    let next = j.heartbeat_batch().unwrap();
+    let ids: Vec<&str> = next.sessions.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["a"], "the newer revision of 'a' is still due; 'b' is done");
+    assert_eq!(next.sessions[0].ended_at, Some(t(13)));
+    assert_eq!(next.clock_rollbacks.len(), 1);
+    assert_eq!(next.clock_rollbacks[0].seconds, 60);
+    j.acknowledge(&next, &["a".into()]).unwrap();
+    let empty = j.heartbeat_batch().unwrap();
+    assert!(empty.sessions.is_empty() && empty.clock_rollbacks.is_empty());
+    let rows: i64 = j
+        .conn
+        .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0, "uploaded ended sessions are deleted");
+}
+
+#[test]
+fn a_session_the_server_did_not_accept_stays_due() {
+    let (_dir, mut j) = open();
+    persist(&mut j, vec![Persist::Session(session("a", Some(t(12))))]);
+    let batch = j.heartbeat_batch().unwrap();
+    j.acknowledge(&batch, &[]).unwrap();
+    assert_eq!(j.heartbeat_batch().unwrap().sessions.len(), 1);
+}
+
+#[test]
+fn enrollment_round_trips() {
+    let (_dir, mut j) = open();
+    assert_eq!(j.enrollment().unwrap(), None);
+    let e = Enrollment {
+        device_id: "dev-1".into(),
+        server_url: "https://flex.example.com".into(),
+        lease_keys: vec![LeaseKey {
+            kid: "k1".into(),
+            public_key: "AAAA".into(),
+        }],
+    };
+    j.set_enrollment(&e).unwrap();
+    assert_eq!(j.enrollment().unwrap(), Some(e));
+}
+
+#[test]
+fn corrupt_rows_are_named() {
+    let (_dir, mut j) = open();
+    persist(&mut j, vec![Persist::Session(session("a", None))]);
+    j.conn
+        .execute("UPDATE sessions SET source = 'bogus'", [])
+        .unwrap();
+    let err = j.load_state().unwrap_err().to_string();
+    assert!(err.contains("session") && err.contains("source"), "{err}");
+}
+
+#[test]
+fn a_bad_state_dir_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let err = Journal::open_in(&file.join("state")).err().unwrap().to_string();
+    assert!(err.contains("not-a-dir") && err.starts_with("cannot"), "{err}");
+}
