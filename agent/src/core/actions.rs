@@ -8,7 +8,8 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{
-    ClaimRequest, ClaimResponse, ClockRollback, Policy, Product, SessionRecord, Source, Window,
+    ClaimRequest, ClaimResponse, ClockRollback, Notice, Policy, Product, SessionRecord, Source,
+    Window,
 };
 use flex_protocol::lease::SignedLease;
 use flex_protocol::socket::{Event, LaunchReply, ResultReply};
@@ -97,6 +98,8 @@ pub enum Input {
         server_time: DateTime<Utc>,
         policy: Policy,
         balance: u64,
+        /// The heartbeat's R9 notices (those after [`super::Core::notices_after`]).
+        notices: Vec<Notice>,
     },
     ContactFailed {
         error: String,
@@ -164,6 +167,8 @@ pub enum Persist {
     Policy(Policy),
     RateSheet(Vec<Product>),
     Balance(u64),
+    /// The newest server notice already passed on to users.
+    NoticesSeen(i64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +220,7 @@ pub struct CoreState {
     pub policy: Option<Policy>,
     pub products: Vec<Product>,
     pub balance: Option<u64>,
+    pub notices_seen: Option<i64>,
     pub windows: Vec<HeldWindow>,
     /// Sessions not yet ended.
     pub sessions: Vec<SessionRow>,

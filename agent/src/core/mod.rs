@@ -32,6 +32,8 @@ mod windows;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]
+mod tests_claims;
+#[cfg(test)]
 mod tests_offline;
 #[cfg(test)]
 mod tests_windows;
@@ -133,6 +135,7 @@ pub struct Core {
     policy: Policy,
     products: HashMap<String, Product>,
     balance: Option<u64>,
+    notices_seen: Option<i64>,
     clock: OfflineClock,
     /// The last contact attempt succeeded.
     online: bool,
@@ -188,6 +191,7 @@ impl Core {
                 .map(|p| (p.id.clone(), p))
                 .collect(),
             balance: state.balance,
+            notices_seen: state.notices_seen,
             online: false,
             clock_persisted_at: clock.trusted_now(),
             clock,
@@ -265,7 +269,11 @@ impl Core {
                 server_time,
                 policy,
                 balance,
-            } => self.contact_ok(server_time, policy, balance, &mut out),
+                notices,
+            } => {
+                self.contact_ok(server_time, policy, balance, &mut out);
+                self.notices(notices, &mut out);
+            }
             Input::ContactFailed { .. } => {
                 self.online = false;
                 self.heartbeat_in_flight = false;
@@ -289,6 +297,11 @@ impl Core {
     /// The boot-clock reading at which the core next needs a [`Input::Tick`].
     pub fn next_deadline(&self) -> Option<Duration> {
         self.deadlines().min().map(|at| self.clock.boot_at(at))
+    }
+
+    /// For the heartbeat request: only notices newer than this are wanted.
+    pub fn notices_after(&self) -> Option<i64> {
+        self.notices_seen
     }
 
     pub fn policy(&self) -> &Policy {
@@ -368,38 +381,5 @@ impl Core {
                 out.push(Action::SetTimer(at));
             }
         }
-    }
-
-    fn contact_ok(
-        &mut self,
-        server_time: DateTime<Utc>,
-        policy: Policy,
-        balance: u64,
-        out: &mut Vec<Action>,
-    ) {
-        self.clock.contact(server_time);
-        self.online = true;
-        self.failures = 0;
-        self.acked = self.sending;
-        if policy != self.policy {
-            out.push(Action::Persist(Persist::Policy(policy.clone())));
-            self.policy = policy;
-        }
-        if self.balance != Some(balance) {
-            self.balance = Some(balance);
-            out.push(Action::Persist(Persist::Balance(balance)));
-        }
-        self.persist_clock(out);
-        self.reconnected(out);
-    }
-
-    /// A claim answer proves the server is reachable: the offline time restarts.
-    fn contact_by_claim(&mut self, out: &mut Vec<Action>) {
-        let now = self.clock.trusted_now();
-        self.clock.contact(now);
-        self.online = true;
-        self.failures = 0;
-        self.persist_clock(out);
-        self.reconnected(out);
     }
 }

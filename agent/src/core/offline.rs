@@ -1,4 +1,5 @@
-//! The offline rule (R8), heartbeats and the timer: what is due at a given time.
+//! The offline rule (R8), server contact, heartbeats and the timer: what is due
+//! at a given time.
 //!
 //! Offline time is the clock's time since the last successful contact (a
 //! heartbeat or a claim answer). Each licensed session is warned once at every
@@ -9,10 +10,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use flex_protocol::api::{Notice, NoticeKind, Policy};
 use flex_protocol::socket::{CloseReason, Event};
 
 use super::policy::{offline_limit, warning_offsets};
-use super::{Action, Closing, Core};
+use super::{Action, Closing, Core, Persist};
 
 /// First retry delay after a failed heartbeat; it doubles up to the interval.
 const BACKOFF_START: Duration = Duration::from_secs(5);
@@ -186,5 +188,61 @@ impl Core {
             at.push(self.clock_persisted_at + super::CLOCK_PERSIST_EVERY);
         }
         at.into_iter()
+    }
+
+    pub(super) fn contact_ok(
+        &mut self,
+        server_time: DateTime<Utc>,
+        policy: Policy,
+        balance: u64,
+        out: &mut Vec<Action>,
+    ) {
+        self.clock.contact(server_time);
+        self.online = true;
+        self.failures = 0;
+        self.acked = self.sending;
+        if policy != self.policy {
+            out.push(Action::Persist(Persist::Policy(policy.clone())));
+            self.policy = policy;
+        }
+        if self.balance != Some(balance) {
+            self.balance = Some(balance);
+            out.push(Action::Persist(Persist::Balance(balance)));
+        }
+        self.persist_clock(out);
+        self.reconnected(out);
+    }
+
+    /// Passes new low-balance notices (R9) on to every subscribed user. At the
+    /// first contact the backlog is only marked as seen: old news is not news.
+    pub(super) fn notices(&mut self, notices: Vec<Notice>, out: &mut Vec<Action>) {
+        let Some(newest) = notices.iter().map(|n| n.id).max() else {
+            return;
+        };
+        if let (Some(seen), Some(balance)) = (self.notices_seen, self.balance) {
+            let low = notices
+                .iter()
+                .any(|n| n.id > seen && n.kind == NoticeKind::LowBalance);
+            if low {
+                out.push(Action::Notify {
+                    uid: None,
+                    event: Event::LowBalance { balance },
+                });
+            }
+        }
+        if self.notices_seen.is_none_or(|seen| newest > seen) {
+            self.notices_seen = Some(newest);
+            out.push(Action::Persist(Persist::NoticesSeen(newest)));
+        }
+    }
+
+    /// A claim answer proves the server is reachable: the offline time restarts.
+    pub(super) fn contact_by_claim(&mut self, out: &mut Vec<Action>) {
+        let now = self.clock.trusted_now();
+        self.clock.contact(now);
+        self.online = true;
+        self.failures = 0;
+        self.persist_clock(out);
+        self.reconnected(out);
     }
 }

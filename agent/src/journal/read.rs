@@ -203,6 +203,7 @@ impl Journal {
             policy: self.meta_json("policy")?,
             products: self.meta_json("products")?.unwrap_or_default(),
             balance: self.meta_json("balance")?,
+            notices_seen: self.meta_json("notices_seen")?,
             windows: self.load_windows()?,
             sessions: self
                 .session_rows("ended_at IS NULL")?

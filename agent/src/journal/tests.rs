@@ -173,17 +173,27 @@ fn state_round_trips() {
             Persist::Policy(policy.clone()),
             Persist::RateSheet(vec![product.clone()]),
             Persist::Balance(86),
+            Persist::NoticesSeen(12),
             Persist::Session(session("s-run", None)),
             Persist::Session(session("s-done", Some(t(17)))),
         ],
     );
     let s = j.load_state().unwrap();
     assert_eq!(s.clock, Some(clock));
-    assert_eq!(s.windows, vec![window("w2")], "one window per user and product");
+    assert_eq!(
+        s.windows,
+        vec![window("w2")],
+        "one window per user and product"
+    );
     assert_eq!(s.policy, Some(policy));
     assert_eq!(s.products, vec![product]);
     assert_eq!(s.balance, Some(86));
-    assert_eq!(s.sessions, vec![session("s-run", None)], "only open sessions");
+    assert_eq!(s.notices_seen, Some(12));
+    assert_eq!(
+        s.sessions,
+        vec![session("s-run", None)],
+        "only open sessions"
+    );
 }
 
 #[test]
@@ -217,7 +227,11 @@ fn uploads_are_acknowledged_by_revision() {
     j.acknowledge(&batch, &["a".into(), "b".into()]).unwrap();
     let next = j.heartbeat_batch().unwrap();
     let ids: Vec<&str> = next.sessions.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["a"], "the newer revision of 'a' is still due; 'b' is done");
+    assert_eq!(
+        ids,
+        ["a"],
+        "the newer revision of 'a' is still due; 'b' is done"
+    );
     assert_eq!(next.sessions[0].ended_at, Some(t(13)));
     assert_eq!(next.clock_rollbacks.len(), 1);
     assert_eq!(next.clock_rollbacks[0].seconds, 60);
@@ -272,6 +286,12 @@ fn a_bad_state_dir_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
-    let err = Journal::open_in(&file.join("state")).err().unwrap().to_string();
-    assert!(err.contains("not-a-dir") && err.starts_with("cannot"), "{err}");
+    let err = Journal::open_in(&file.join("state"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not-a-dir") && err.starts_with("cannot"),
+        "{err}"
+    );
 }

@@ -140,6 +140,7 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         Persist::Policy(p) => meta(tx, "policy", json(p))?,
         Persist::RateSheet(products) => meta(tx, "products", json(products))?,
         Persist::Balance(b) => meta(tx, "balance", b.to_string())?,
+        Persist::NoticesSeen(id) => meta(tx, "notices_seen", id.to_string())?,
     }
     Ok(())
 }
