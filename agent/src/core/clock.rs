@@ -59,6 +59,25 @@ pub struct ClockState {
     pub high_water: DateTime<Utc>,
 }
 
+impl ClockState {
+    /// Whether the machine booted since this state was saved.
+    pub fn rebooted(&self, now: Now, boot_id: Option<&str>) -> bool {
+        match (self.boot_id.as_deref(), boot_id) {
+            (Some(old), Some(new)) => old != new,
+            _ => now.boot < self.checkpoint_boot,
+        }
+    }
+
+    /// Trusted time at the checkpoint: the last moment the agent is known to
+    /// have been running.
+    pub fn checkpoint_trusted(&self) -> DateTime<Utc> {
+        match self.contact {
+            Some(c) => c + chrono(self.since_contact),
+            None => self.high_water.max(self.checkpoint_wall),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfflineClock {
     state: ClockState,
@@ -94,10 +113,7 @@ impl OfflineClock {
         now: Now,
         boot_id: Option<String>,
     ) -> (Self, Option<ClockRollback>) {
-        let rebooted = match (&state.boot_id, &boot_id) {
-            (Some(old), Some(new)) => old != new,
-            _ => now.boot < state.checkpoint_boot,
-        };
+        let rebooted = state.rebooted(now, boot_id.as_deref());
         let mut clock = OfflineClock { state };
         let rollback = if rebooted {
             let by_wall = std_or_zero(now.wall - clock.state.checkpoint_wall);

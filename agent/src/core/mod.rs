@@ -169,8 +169,10 @@ impl Core {
 
     /// Rebuilds the core after a restart from what the journal holds. The returned
     /// actions resend unsettled claims, report a clock rollback that happened while
-    /// the agent was down and ask for a heartbeat. The driver must then report
-    /// [`Input::ProcessExited`] for restored session pids that no longer run.
+    /// the agent was down and ask for a heartbeat. After a reboot (a new
+    /// `boot_id`) every journaled session is ended; otherwise the driver must
+    /// report [`Input::ProcessExited`] for restored session pids that no longer
+    /// run (checking the process start time, as pids are reused).
     pub fn restore(
         config: CoreConfig,
         state: CoreState,
@@ -178,6 +180,12 @@ impl Core {
         boot_id: Option<String>,
     ) -> (Self, Vec<Action>) {
         let mut out = Vec::new();
+        // No process survives a reboot: sessions journaled before it ended then.
+        let ended_by_reboot = state
+            .clock
+            .as_ref()
+            .filter(|saved| saved.rebooted(now, boot_id.as_deref()))
+            .map(ClockState::checkpoint_trusted);
         let (clock, rollback) = match state.clock {
             Some(saved) => OfflineClock::resume(saved, now, boot_id),
             None => (OfflineClock::new(now, boot_id), None),
@@ -215,7 +223,7 @@ impl Core {
                     .insert((held.user.clone(), held.product.clone()), held);
             }
         }
-        core.restore_sessions(state.sessions, &mut out);
+        core.restore_sessions(state.sessions, ended_by_reboot, &mut out);
         for request in state.pending_claims {
             out.push(Action::Claim {
                 claim_id: request.claim_id.clone(),

@@ -39,9 +39,21 @@ impl Core {
 
     /// Rebuilds sessions from the journal. Wrapper sessions without a pid lost
     /// their wrapper with the agent, so they are ended; the watcher adopts the
-    /// product again if it still runs.
-    pub(super) fn restore_sessions(&mut self, rows: Vec<SessionRow>, out: &mut Vec<Action>) {
-        for row in rows {
+    /// product again if it still runs. After a reboot all are ended, at the last
+    /// moment the agent was known to run (`ended_by_reboot`).
+    pub(super) fn restore_sessions(
+        &mut self,
+        rows: Vec<SessionRow>,
+        ended_by_reboot: Option<chrono::DateTime<chrono::Utc>>,
+        out: &mut Vec<Action>,
+    ) {
+        for mut row in rows {
+            if let Some(at) = ended_by_reboot {
+                row.record.ended_at = Some(at.max(row.record.started_at));
+                self.unsent += 1;
+                out.push(Action::Persist(Persist::Session(row)));
+                continue;
+            }
             let s = Session {
                 id: row.record.id.clone(),
                 uid: row.uid,

@@ -179,3 +179,22 @@ fn low_balance_notices_reach_users_once() {
     h.restart(Duration::ZERO);
     assert_eq!(h.core.notices_after(), Some(2), "journaled");
 }
+
+#[test]
+fn a_window_forged_into_the_journal_is_not_honoured_after_restart() {
+    let mut h = Harness::new(monday(8, 0), 100);
+    h.launch("alice", "autocad").unwrap().unwrap();
+    // Copy Alice's genuine lease onto Bob: the signature no longer matches the
+    // window it is attached to.
+    let mut state = h.journal.load_state().unwrap();
+    let mut forged = state.windows.remove(0);
+    forged.user = email_of("bob");
+    h.journal
+        .apply_persist([&super::Persist::Window(forged)])
+        .unwrap();
+    h.network = Network::Down;
+    h.restart(Duration::from_secs(1));
+    let refused = h.launch("bob", "autocad").unwrap().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Offline);
+    assert!(h.launch("alice", "autocad").unwrap().is_ok());
+}

@@ -165,9 +165,19 @@ fn restart_while_offline_keeps_the_deadline() {
 
 #[test]
 fn reboot_while_offline_keeps_the_deadline_even_with_the_clock_wound_back() {
-    let (mut h, pid) = offline_from_nine();
+    let (mut h, _) = offline_from_nine();
     h.advance_to(monday(20, 3));
     h.reboot(hours(2));
+    assert!(
+        h.core.status().sessions.is_empty(),
+        "no process survives a reboot"
+    );
+    let ended = h.journal.heartbeat_batch().unwrap();
+    assert!(ended.sessions.iter().all(|s| s.ended_at.is_some()));
+    // Started again offline: free inside Monday's window, same deadline.
+    let r = h.launch("alice", "autocad").unwrap().unwrap();
+    assert!(r.offline && r.tokens_charged == 0);
+    let pid = h.pid_of("alice", "autocad").unwrap();
     let before = h.advance_to(tuesday(9, 0) - chrono::Duration::seconds(1));
     assert!(closes(&before).is_empty());
     let at = h.advance(Duration::from_secs(1));
@@ -178,13 +188,15 @@ fn reboot_while_offline_keeps_the_deadline_even_with_the_clock_wound_back() {
     );
 
     // Wound back by a day while off: the uptime still counts, and it is reported.
-    let (mut h, pid) = offline_from_nine();
+    let (mut h, _) = offline_from_nine();
     h.advance_to(monday(20, 3));
     h.wall_offset = -chrono::Duration::days(1);
     let up = h.reboot(Duration::ZERO);
     assert!(events(&up)
         .iter()
         .any(|e| matches!(e, Event::ClockRollback { .. })));
+    h.launch("alice", "autocad").unwrap().unwrap();
+    let pid = h.pid_of("alice", "autocad").unwrap();
     // At most the checkpoint interval (one minute) is lost, never more.
     let before = h.advance_to(tuesday(9, 0) - chrono::Duration::seconds(1));
     assert!(closes(&before).is_empty());
