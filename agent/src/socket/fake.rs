@@ -154,13 +154,27 @@ pub(crate) fn sample_status() -> StatusReply {
     }
 }
 
-/// A fake agent serving on `dir/agent.sock` until the returned task is aborted.
-pub(crate) fn start_fake_agent(
-    dir: &Path,
-    handler: Arc<FakeHandler>,
-) -> (PathBuf, tokio::task::JoinHandle<()>) {
+/// A fake agent serving on `dir/agent.sock`.
+pub(crate) struct FakeAgent {
+    pub path: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeAgent {
+    /// Stops like the daemon does: connections dropped, socket path removed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("fake agent panicked");
+    }
+}
+
+pub(crate) fn start_fake_agent(dir: &Path, handler: Arc<FakeHandler>) -> FakeAgent {
     let path = dir.join("agent.sock");
     let server = SocketServer::bind(SocketConfig::new(&path)).expect("bind fake agent socket");
-    let task = tokio::spawn(server.serve(handler, std::future::pending()));
-    (path, task)
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(handler, async move {
+        let _ = stopped.await;
+    }));
+    FakeAgent { path, stop, task }
 }

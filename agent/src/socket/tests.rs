@@ -253,7 +253,8 @@ async fn peer_credentials_come_from_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (handler, mut seen) = FakeHandler::new();
-    let (path, _agent) = start_fake_agent(dir.path(), handler);
+    let agent = start_fake_agent(dir.path(), handler);
+    let path = agent.path.clone();
 
     // As ourselves (root in the test environment).
     let mut me = UnixStream::connect(&path).await.unwrap();

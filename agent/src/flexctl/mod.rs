@@ -1,0 +1,163 @@
+//! `flexctl`: the command line for users, product wrappers and the desktop notifier.
+//!
+//! Every subcommand talks to flex-agent over its local socket (`--socket`, default
+//! [`DEFAULT_SOCKET`], or `FLEX_AGENT_SOCKET`). The binary only parses arguments and
+//! calls [`execute`], which returns the process exit code; errors carry the next
+//! step for the user in their message.
+
+mod client;
+pub mod notify;
+pub mod run;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use flex_protocol::api::ApiError;
+use flex_protocol::socket::{Request, ResultReply, StatusReply, DEFAULT_SOCKET};
+
+pub use client::{Client, Incoming};
+
+/// Exit code of `flexctl run` and `flexctl result` when the agent refuses.
+pub const EXIT_DENIED: i32 = 77;
+
+#[derive(Debug, Parser)]
+#[command(name = "flexctl", version, about = "Talk to the Flex licensing agent")]
+pub struct Cli {
+    /// The agent's socket.
+    #[arg(long, global = true, env = "FLEX_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ask for a license, then run a product; exits with the product's exit code,
+    /// or 77 without starting it when the license is refused.
+    Run {
+        /// Product id from the rate sheet, e.g. autocad.
+        #[arg(long)]
+        product: String,
+        /// Product version, for usage reports.
+        #[arg(long)]
+        version: Option<String>,
+        /// The product's command line.
+        #[arg(required = true, last = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// Charge a per-result job, e.g. 85 photos processed.
+    Result {
+        #[arg(long)]
+        product: String,
+        #[arg(long)]
+        count: u64,
+        /// Job id; repeating an id never charges twice.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Show sessions, windows, balance and connectivity.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the agent's events as desktop notifications (run once per desktop session).
+    Notify,
+}
+
+/// Errors of flexctl's commands. Messages end with what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach flex-agent at {}: is the service running? try: systemctl status flex-agent ({source})", path.display())]
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lost the connection to flex-agent at {}: {source}; check: systemctl status flex-agent", path.display())]
+    Lost {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("flex-agent sent a line flexctl cannot read ({0}): install flexctl from the same release as the agent")]
+    Garbled(String),
+    #[error("flex-agent refused: {} ({}); see: flexctl status", .0.message, .0.code)]
+    Refused(ApiError),
+    #[error("cannot start {command}: {source}; check the path and that it is executable")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot wait for {command}: {source}")]
+    Wait {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode the status as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Runs one parsed command line and returns the exit code.
+pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
+    match cli.command {
+        Command::Run {
+            product,
+            version,
+            command,
+        } => {
+            let opts = run::RunOptions::new(cli.socket, product, version, command);
+            run::run(opts, run::forward_signals()).await
+        }
+        Command::Result {
+            product,
+            count,
+            job,
+        } => {
+            let mut client = Client::connect(&cli.socket).await?;
+            let reply: Result<ResultReply, ApiError> = client
+                .call(&Request::Result {
+                    product: product.clone(),
+                    count,
+                    job,
+                    user: None,
+                })
+                .await?;
+            match reply {
+                Ok(r) => {
+                    println!(
+                        "{}: job {} of {count} results charged {} tokens; balance {}",
+                        r.product, r.job, r.tokens_charged, r.balance
+                    );
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{}", run::denial_line(&product, &e));
+                    Ok(EXIT_DENIED)
+                }
+            }
+        }
+        Command::Status { json } => {
+            let mut client = Client::connect(&cli.socket).await?;
+            let status: StatusReply = client
+                .call(&Request::Status)
+                .await?
+                .map_err(CtlError::Refused)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status::render(&status, chrono::Utc::now()));
+            }
+            Ok(0)
+        }
+        Command::Notify => {
+            notify::run(&cli.socket, &notify::Desktop, notify::Backoff::default()).await;
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! `flexctl notify`: the agent's events as desktop notifications.
+//!
+//! One notifier runs in each desktop session. It subscribes on the agent's socket
+//! (the agent sends only the connecting user's events) and shows each event
+//! through a [`Display`], normally the desktop's notification service via
+//! notify-rust. When the agent is not there, or goes away, it reconnects with
+//! exponential [`Backoff`]: the agent restarting must not end the notifier.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Local, Utc};
+use flex_protocol::socket::{CloseReason, Empty, Event, Request};
+
+use super::{Client, CtlError, Incoming};
+
+/// How pressing a notification is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    Normal,
+    /// Stays on screen until dismissed: something will be closed or cost money.
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub summary: String,
+    pub body: String,
+    pub urgency: Urgency,
+}
+
+/// "2 h 5 min", "30 min", "45 s".
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, 0) => format!("{h} h"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, 0, _) => format!("{d} d"),
+        (d, h, _) => format!("{d} d {h} h"),
+    }
+}
+
+fn clock(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local).format("%a %H:%M").to_string()
+}
+
+/// The notification shown for `event`.
+pub fn notification_for(event: &Event) -> Notification {
+    use Urgency::*;
+    let (summary, body, urgency) = match event {
+        Event::Charged {
+            product,
+            tokens: 0,
+            window_end,
+            ..
+        } => (
+            format!("{product} is licensed"),
+            match window_end {
+                Some(end) => format!("No tokens charged. Licensed until {}.", clock(*end)),
+                None => "No tokens charged.".into(),
+            },
+            Normal,
+        ),
+        Event::Charged {
+            product,
+            tokens,
+            balance,
+            window_end,
+        } => (
+            format!("{product}: {tokens} tokens charged"),
+            match window_end {
+                Some(end) => format!(
+                    "Balance: {balance} tokens. Reopening {product} is free until {}.",
+                    clock(*end)
+                ),
+                None => format!("Balance: {balance} tokens."),
+            },
+            Normal,
+        ),
+        Event::LowBalance { balance } => (
+            "Flex token balance is low".into(),
+            format!("{balance} tokens left. Ask your license administrator to buy more before they run out."),
+            Normal,
+        ),
+        Event::OutOfTokens { product } => (
+            "Out of Flex tokens".into(),
+            format!("{product} cannot be charged: the token balance is used up. Ask your license administrator to buy tokens."),
+            Critical,
+        ),
+        Event::LaunchDenied {
+            product,
+            reason,
+            message,
+        } => (
+            format!("{product} was not started"),
+            format!("{message} ({reason})"),
+            Normal,
+        ),
+        Event::OfflineWarning {
+            product,
+            seconds_left,
+            deadline,
+        } => (
+            format!("{product} closes in {}", human_duration(*seconds_left)),
+            format!(
+                "This computer has not reached the license server for too long. Connect to the network before {} or save your work: {product} will be closed.",
+                clock(*deadline)
+            ),
+            Critical,
+        ),
+        Event::RenewalFailed {
+            product,
+            reason,
+            closes_at,
+        } => (
+            format!("{product} license could not be renewed"),
+            format!(
+                "The next 24-hour window was refused ({reason}). Save your work: {product} will be closed at {}.",
+                clock(*closes_at)
+            ),
+            Critical,
+        ),
+        Event::ProductClosed {
+            product,
+            reason,
+            message,
+        } => {
+            let next = match reason {
+                CloseReason::Offline => "Connect to the network, then start it again.",
+                CloseReason::OutOfTokens => "Ask your license administrator to buy tokens.",
+                CloseReason::NotEntitled | CloseReason::Denied => {
+                    "Ask your license administrator for access."
+                }
+            };
+            (format!("{product} was closed"), format!("{message}. {next}"), Critical)
+        }
+        Event::ClockRollback { seconds } => (
+            "System clock was set back".into(),
+            format!(
+                "The clock moved back by {}. Offline time still counts from the last server contact; the change was reported to your administrator.",
+                human_duration(seconds.unsigned_abs())
+            ),
+            Critical,
+        ),
+    };
+    Notification {
+        summary,
+        body,
+        urgency,
+    }
+}
+
+/// Where notifications go.
+pub trait Display: Sync {
+    fn show(&self, n: Notification) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The desktop notification service (D-Bus on Linux, Notification Center on macOS).
+pub struct Desktop;
+
+impl Display for Desktop {
+    async fn show(&self, n: Notification) {
+        // notify-rust blocks on D-Bus: keep it off the runtime threads.
+        let shown = tokio::task::spawn_blocking(move || {
+            let mut note = notify_rust::Notification::new();
+            note.appname("Flex licensing")
+                .summary(&n.summary)
+                .body(&n.body);
+            #[cfg(all(unix, not(target_os = "macos")))]
+            note.urgency(match n.urgency {
+                Urgency::Normal => notify_rust::Urgency::Normal,
+                Urgency::Critical => notify_rust::Urgency::Critical,
+            });
+            note.show().map(|_| ())
+        })
+        .await;
+        match shown {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot show a desktop notification; is a notification service running?")
+            }
+            Err(e) => tracing::warn!(error = %e, "notification task failed"),
+        }
+    }
+}
+
+/// Reconnection delays: `first`, doubling up to `max`, reset after a good connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            first: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Subscribes and shows events until the process ends, reconnecting as needed.
+pub async fn run(socket: &Path, display: &impl Display, backoff: Backoff) {
+    let mut delay = backoff.first;
+    let mut warned = false;
+    loop {
+        match follow(socket, display).await {
+            Ok(()) => {
+                tracing::info!("flex-agent closed the event stream; reconnecting");
+                delay = backoff.first;
+                warned = false;
+            }
+            Err(e) => {
+                if !warned {
+                    eprintln!("flexctl notify: {e}; retrying in the background");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(backoff.max);
+    }
+}
+
+/// One subscription: returns `Ok` when the agent ends it.
+async fn follow(socket: &Path, display: &impl Display) -> Result<(), CtlError> {
+    let mut client = Client::connect(socket).await?;
+    client
+        .call::<Empty>(&Request::Subscribe)
+        .await?
+        .map_err(CtlError::Refused)?;
+    tracing::info!(socket = %socket.display(), "subscribed to flex-agent events");
+    loop {
+        match client.next().await {
+            Ok(Some(Incoming::Event(event))) => display.show(notification_for(&event)).await,
+            Ok(Some(Incoming::Reply(_))) => {}
+            Ok(None) | Err(_) => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The human form of `flexctl status`.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Local, Utc};
+use flex_protocol::socket::StatusReply;
+
+use super::notify::human_duration;
+
+fn local(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// Renders `status` as a short report with a session table.
+pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "agent          {} ({})",
+        s.agent_version,
+        if s.online { "online" } else { "OFFLINE" }
+    );
+    let _ = writeln!(out, "server         {}", s.server_url);
+    let _ = writeln!(
+        out,
+        "device         {}",
+        s.device_id
+            .as_deref()
+            .unwrap_or("not enrolled: run flex-agent enroll")
+    );
+    let _ = writeln!(out, "credentials    {}", s.credential_store);
+    let _ = writeln!(out, "detection      {}", s.detection);
+    let _ = writeln!(
+        out,
+        "balance        {}",
+        s.balance
+            .map_or("unknown".into(), |b| format!("{b} tokens"))
+    );
+    let contact = match s.last_server_contact {
+        Some(t) => format!(
+            "{} ({} ago)",
+            local(t),
+            human_duration((now - t).num_seconds().max(0) as u64)
+        ),
+        None => "never".into(),
+    };
+    let _ = writeln!(out, "last contact   {contact}");
+    let left = match s.offline_seconds_left {
+        Some(secs) if secs <= 0 => {
+            "none: offline products are being closed; connect to the network".into()
+        }
+        Some(secs) => format!(
+            "{} before offline products close",
+            human_duration(secs as u64)
+        ),
+        None => "no limit running".into(),
+    };
+    let _ = writeln!(out, "offline left   {left}");
+    if s.sessions.is_empty() {
+        let _ = writeln!(out, "\nno product sessions");
+        return out;
+    }
+    let rows: Vec<[String; 7]> = s
+        .sessions
+        .iter()
+        .map(|x| {
+            [
+                x.product.clone(),
+                x.version.clone().unwrap_or_else(|| "-".into()),
+                x.user.clone(),
+                x.pid.map_or("-".into(), |p| p.to_string()),
+                x.source.as_str().to_string(),
+                local(x.window_end),
+                x.origin.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "PRODUCT",
+        "VERSION",
+        "USER",
+        "PID",
+        "SOURCE",
+        "WINDOW ENDS",
+        "SEEN BY",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    out.push('\n');
+    let mut line = |cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(&header.map(String::from));
+    for row in &rows {
+        line(row);
+    }
+    out
+}

@@ -1,0 +1,403 @@
+//! flexctl against the fake agent (the real socket server with a scripted handler).
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use flex_protocol::socket::{CloseReason, Event, Request};
+use flex_protocol::ErrorCode;
+use tokio::sync::mpsc;
+
+use super::notify::{self, human_duration, notification_for, Notification, Urgency};
+use super::run::{run, RunOptions};
+use super::*;
+use crate::socket::fake::{start_fake_agent, FakeHandler};
+use crate::socket::Peer;
+
+fn opts(socket: &std::path::Path, command: &[&str]) -> RunOptions {
+    let mut o = RunOptions::new(
+        socket.to_owned(),
+        "autocad".into(),
+        Some("2026".into()),
+        command.iter().map(|s| s.to_string()).collect(),
+    );
+    o.close_grace = Duration::from_millis(300);
+    o
+}
+
+/// Waits for the request matching `pick` (other requests are skipped).
+async fn wait_for<T>(
+    seen: &mut mpsc::UnboundedReceiver<(Peer, Request)>,
+    mut pick: impl FnMut(Request) -> Option<T>,
+) -> T {
+    loop {
+        let (_, req) = seen.recv().await.expect("fake agent stopped");
+        if let Some(t) = pick(req) {
+            return t;
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_passes_the_exit_code_through_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler);
+    let socket = agent.path.clone();
+    let (_sig_tx, sig_rx) = mpsc::channel(1);
+    let code = run(opts(&socket, &["sh", "-c", "exit 3"]), sig_rx)
+        .await
+        .unwrap();
+    assert_eq!(code, 3);
+
+    let (product, version) = wait_for(&mut seen, |r| match r {
+        Request::Launch {
+            product, version, ..
+        } => Some((product, version)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (product.as_str(), version.as_deref()),
+        ("autocad", Some("2026"))
+    );
+    let (session, pid) = wait_for(&mut seen, |r| match r {
+        Request::Attach { session, pid } => Some((session, pid)),
+        _ => None,
+    })
+    .await;
+    assert!(pid > 0);
+    let (exit_session, exit_code) = wait_for(&mut seen, |r| match r {
+        Request::Exit { session, code } => Some((session, code)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((exit_session, exit_code), (session, Some(3)));
+}
+
+#[tokio::test]
+async fn denied_run_exits_77_without_starting_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    handler.deny(
+        ErrorCode::OutOfTokens,
+        "the balance of 3 tokens does not cover 7",
+    );
+    let agent = start_fake_agent(dir.path(), handler);
+    let socket = agent.path.clone();
+    let marker = dir.path().join("started");
+    let (_sig_tx, sig_rx) = mpsc::channel(1);
+    let code = run(opts(&socket, &["touch", marker.to_str().unwrap()]), sig_rx)
+        .await
+        .unwrap();
+    assert_eq!(code, EXIT_DENIED);
+    assert!(
+        !marker.exists(),
+        "the command ran although the launch was denied"
+    );
+    let (_, first) = seen.recv().await.unwrap();
+    assert!(matches!(first, Request::Launch { .. }));
+    assert!(
+        seen.try_recv().is_err(),
+        "nothing is attached after a denial"
+    );
+}
+
+#[tokio::test]
+async fn run_forwards_signals_to_the_product() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler);
+    let socket = agent.path.clone();
+    let (sig_tx, sig_rx) = mpsc::channel(1);
+    let wrapper = tokio::spawn(run(opts(&socket, &["sleep", "30"]), sig_rx));
+    wait_for(&mut seen, |r| {
+        matches!(r, Request::Attach { .. }).then_some(())
+    })
+    .await;
+    sig_tx.send(libc::SIGINT).await.unwrap();
+    assert_eq!(wrapper.await.unwrap().unwrap(), 128 + libc::SIGINT);
+}
+
+#[tokio::test]
+async fn agent_closing_the_session_stops_the_product() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler.clone());
+    let socket = agent.path.clone();
+
+    // A product that exits on SIGTERM.
+    let (_sig_tx, sig_rx) = mpsc::channel(1);
+    let wrapper = tokio::spawn(run(opts(&socket, &["sleep", "30"]), sig_rx));
+    let session = wait_for(&mut seen, |r| match r {
+        Request::Attach { session, .. } => Some(session),
+        _ => None,
+    })
+    .await;
+    handler.close_session(&session).await;
+    assert_eq!(wrapper.await.unwrap().unwrap(), 128 + libc::SIGTERM);
+
+    // A product that ignores SIGTERM is killed after the grace period. It says
+    // on a fifo when its trap is set, so the close cannot arrive before it.
+    let fifo = dir.path().join("ready");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = format!(
+        "trap '' TERM; echo > {}; while :; do :; done",
+        fifo.display()
+    );
+    let (_sig_tx, sig_rx) = mpsc::channel(1);
+    let wrapper = tokio::spawn(run(opts(&socket, &["sh", "-c", &script]), sig_rx));
+    let session = wait_for(&mut seen, |r| match r {
+        Request::Attach { session, .. } => Some(session),
+        _ => None,
+    })
+    .await;
+    tokio::task::spawn_blocking(move || std::fs::read(fifo).unwrap())
+        .await
+        .unwrap();
+    handler.close_session(&session).await;
+    assert_eq!(wrapper.await.unwrap().unwrap(), 128 + libc::SIGKILL);
+}
+
+#[tokio::test]
+async fn missing_agent_names_the_path_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody-home.sock");
+    let (_sig_tx, sig_rx) = mpsc::channel(1);
+    let err = run(opts(&socket, &["true"]), sig_rx).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+        "cannot reach flex-agent at {}: is the service running? try: systemctl status flex-agent",
+        socket.display()
+    )),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn status_and_result_against_the_fake_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, _seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler);
+    let socket = agent.path.clone();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["flexctl", "--socket", socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    };
+    assert_eq!(execute(cli(&["status"])).await.unwrap(), 0);
+    assert_eq!(execute(cli(&["status", "--json"])).await.unwrap(), 0);
+    assert_eq!(
+        execute(cli(&[
+            "result",
+            "--product",
+            "recap-photo",
+            "--count",
+            "85"
+        ]))
+        .await
+        .unwrap(),
+        0
+    );
+}
+
+#[test]
+fn status_table_shows_the_facts() {
+    let status = crate::socket::fake::sample_status();
+    let text = status::render(&status, Utc::now());
+    for needle in [
+        "detection      proc-connector",
+        "credentials    file:/var/lib/flex-agent/device-token",
+        "balance        93 tokens",
+        "(5 min ago)",
+        "23 h 55 min before offline products close",
+        "PRODUCT",
+        "autocad",
+        "alice",
+        "4242",
+        "tokens",
+        "wrapper",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn cli_parses_run_with_the_command_after_dashes() {
+    let cli = Cli::try_parse_from([
+        "flexctl",
+        "run",
+        "--product",
+        "autocad",
+        "--",
+        "/opt/acad/acad",
+        "--flag",
+        "file.dwg",
+    ])
+    .unwrap();
+    assert_eq!(
+        cli.socket,
+        std::path::PathBuf::from(flex_protocol::socket::DEFAULT_SOCKET)
+    );
+    match cli.command {
+        Command::Run {
+            product,
+            command,
+            version,
+        } => {
+            assert_eq!(product, "autocad");
+            assert_eq!(version, None);
+            assert_eq!(command, ["/opt/acad/acad", "--flag", "file.dwg"]);
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    assert!(Cli::try_parse_from(["flexctl", "run", "--product", "autocad"]).is_err());
+}
+
+#[test]
+fn notification_texts_and_urgency() {
+    let at = Utc.with_ymd_and_hms(2026, 11, 28, 17, 0, 0).unwrap();
+    let cases: Vec<(Event, &str, &str, Urgency)> = vec![
+        (
+            Event::Charged {
+                product: "autocad".into(),
+                tokens: 7,
+                balance: 93,
+                window_end: Some(at),
+            },
+            "autocad: 7 tokens charged",
+            "Balance: 93 tokens. Reopening autocad is free until",
+            Urgency::Normal,
+        ),
+        (
+            Event::Charged {
+                product: "revit".into(),
+                tokens: 0,
+                balance: 93,
+                window_end: None,
+            },
+            "revit is licensed",
+            "No tokens charged.",
+            Urgency::Normal,
+        ),
+        (
+            Event::LowBalance { balance: 12 },
+            "Flex token balance is low",
+            "12 tokens left. Ask your license administrator to buy more",
+            Urgency::Normal,
+        ),
+        (
+            Event::OutOfTokens {
+                product: "autocad".into(),
+            },
+            "Out of Flex tokens",
+            "autocad cannot be charged",
+            Urgency::Critical,
+        ),
+        (
+            Event::LaunchDenied {
+                product: "maya".into(),
+                reason: ErrorCode::NotEntitled,
+                message: "not assigned to Flex".into(),
+            },
+            "maya was not started",
+            "not assigned to Flex (not_entitled)",
+            Urgency::Normal,
+        ),
+        (
+            Event::OfflineWarning {
+                product: "autocad".into(),
+                seconds_left: 1800,
+                deadline: at,
+            },
+            "autocad closes in 30 min",
+            "Connect to the network before",
+            Urgency::Critical,
+        ),
+        (
+            Event::RenewalFailed {
+                product: "autocad".into(),
+                reason: ErrorCode::OutOfTokens,
+                closes_at: at,
+            },
+            "autocad license could not be renewed",
+            "refused (out_of_tokens). Save your work",
+            Urgency::Critical,
+        ),
+        (
+            Event::ProductClosed {
+                product: "autocad".into(),
+                reason: CloseReason::Offline,
+                message: "offline for more than 24 h".into(),
+            },
+            "autocad was closed",
+            "offline for more than 24 h. Connect to the network, then start it again.",
+            Urgency::Critical,
+        ),
+        (
+            Event::ClockRollback { seconds: -259_200 },
+            "System clock was set back",
+            "moved back by 3 d.",
+            Urgency::Critical,
+        ),
+    ];
+    for (event, summary, body, urgency) in cases {
+        let n = notification_for(&event);
+        assert_eq!(n.summary, summary, "{event:?}");
+        assert!(n.body.contains(body), "{event:?}: body {:?}", n.body);
+        assert_eq!(n.urgency, urgency, "{event:?}");
+    }
+    assert_eq!(human_duration(7200), "2 h");
+    assert_eq!(human_duration(7500), "2 h 5 min");
+    assert_eq!(human_duration(300), "5 min");
+    assert_eq!(human_duration(45), "45 s");
+}
+
+/// A display that hands notifications to the test.
+struct Recorder(mpsc::UnboundedSender<Notification>);
+
+impl notify::Display for Recorder {
+    async fn show(&self, n: Notification) {
+        let _ = self.0.send(n);
+    }
+}
+
+#[tokio::test]
+async fn notifier_shows_events_and_survives_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler.clone());
+    let socket = agent.path.clone();
+    let (shown_tx, mut shown) = mpsc::unbounded_channel();
+    let backoff = notify::Backoff {
+        first: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    let path = socket.clone();
+    let notifier =
+        tokio::spawn(async move { notify::run(&path, &Recorder(shown_tx), backoff).await });
+
+    wait_for(&mut seen, |r| matches!(r, Request::Subscribe).then_some(())).await;
+    handler.publish(Event::LowBalance { balance: 12 }).await;
+    assert_eq!(
+        shown.recv().await.unwrap().summary,
+        "Flex token balance is low"
+    );
+
+    // The agent restarts: same path, new process (here: new server and handler).
+    agent.stop().await;
+    let (handler, mut seen) = FakeHandler::new();
+    let _agent = start_fake_agent(dir.path(), handler.clone());
+    wait_for(&mut seen, |r| matches!(r, Request::Subscribe).then_some(())).await;
+    handler
+        .publish(Event::OutOfTokens {
+            product: "autocad".into(),
+        })
+        .await;
+    let n = shown.recv().await.unwrap();
+    assert_eq!(
+        (n.summary.as_str(), n.urgency),
+        ("Out of Flex tokens", Urgency::Critical)
+    );
+    notifier.abort();
+}
