@@ -3,3 +3,6 @@
 pub mod config;
 pub mod core;
 pub mod journal;
+pub mod socket;
+pub mod watcher;
+pub mod flexctl;
