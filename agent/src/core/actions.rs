@@ -81,8 +81,9 @@ pub enum Input {
     ProcessExited {
         pid: u32,
     },
-    /// The server answered a claim. An HTTP error body (`{"error":{code,message}}`)
-    /// is passed as a [`ClaimResponse::Denied`] with that code.
+    /// The server answered a claim. A 4xx error body (`{"error":{code,message}}`)
+    /// is passed as a [`ClaimResponse::Denied`] with that code; a 5xx answer is a
+    /// [`Input::ClaimFailed`], as the server may not have decided.
     ClaimAnswered {
         claim_id: String,
         response: ClaimResponse,

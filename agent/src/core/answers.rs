@@ -10,7 +10,7 @@ use super::{Action, Core, HeldWindow, PendingClaim, Persist, Refusal, Waiter};
 
 fn offline_message(product: &str) -> String {
     format!(
-        "cannot reach the licence server and no window is held for '{product}': \
+        "cannot reach the license server and no window is held for '{product}': \
          connect to the network and try again"
     )
 }
@@ -76,9 +76,17 @@ impl Core {
             let message = format!("refusing the server's grant for '{}': {e}", req.product);
             return self.refuse(pending, ErrorCode::Internal, message, out);
         }
-        out.push(Action::Persist(Persist::Window(held.clone())));
-        self.windows
-            .insert((held.user.clone(), held.product.clone()), held.clone());
+        let key = (held.user.clone(), held.product.clone());
+        let held = match self.windows.get(&key) {
+            // A resent claim's original answer can be older than what is held.
+            Some(newer) if newer.window.end > held.window.end => newer.clone(),
+            _ => {
+                out.push(Action::Persist(Persist::Window(held.clone())));
+                self.windows.insert(key, held.clone());
+                held
+            }
+        };
+        let mut charged = grant.tokens_charged;
         // Sessions in the renewed window move to the new one.
         if let Some(old) = &req.renews {
             let ids: Vec<String> = self.running_in(old).map(|s| s.id.clone()).collect();
@@ -91,9 +99,10 @@ impl Core {
             }
             if let Some(uid) = uid {
                 self.notify_charged(uid, &req.product, &grant, out);
+                // Told once: launches that joined the renewal got it free.
+                charged = 0;
             }
         }
-        let mut charged = grant.tokens_charged;
         for w in &pending.waiters {
             if let Some(uid) = self.waiter_uid(w) {
                 self.notify_charged(
@@ -293,7 +302,7 @@ impl Core {
         }
         let product = &pending.request.product;
         let message = if pending.request.results.is_some() {
-            format!("cannot reach the licence server to charge the '{product}' job ({error}): connect to the network and retry with the same job id")
+            format!("cannot reach the license server to charge the '{product}' job ({error}): connect to the network and retry with the same job id")
         } else {
             offline_message(product)
         };

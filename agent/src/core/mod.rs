@@ -162,12 +162,8 @@ pub struct Core {
 const CLOCK_PERSIST_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 
 impl Core {
-    /// A core for a freshly enrolled agent with an empty journal.
-    pub fn new(config: CoreConfig, now: Now, boot_id: Option<String>) -> Self {
-        Core::restore(config, CoreState::default(), now, boot_id).0
-    }
-
-    /// Rebuilds the core after a restart from what the journal holds. The returned
+    /// Builds the core at agent start from what the journal holds (an empty
+    /// [`CoreState`] for a fresh journal); carry out the returned actions. They
     /// actions resend unsettled claims, report a clock rollback that happened while
     /// the agent was down and ask for a heartbeat. After a reboot (a new
     /// `boot_id`) every journaled session is ended; otherwise the driver must

@@ -66,7 +66,7 @@ impl Core {
                 s.closing = Some(Closing {
                     reason: CloseReason::Offline,
                     message: format!(
-                        "'{}' was closed: this workstation has not reached the licence \
+                        "'{}' was closed: this workstation has not reached the license \
                          server for {}; connect to the network to use it again",
                         s.product,
                         format_span(limit)

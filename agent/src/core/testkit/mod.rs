@@ -11,7 +11,8 @@ use flex_protocol::api::ClaimRequest;
 use flex_protocol::socket::{Event, LaunchReply};
 
 use super::{
-    Action, Core, CoreConfig, Input, JobRequest, LaunchRequest, Now, ProcessInfo, Refusal,
+    Action, Core, CoreConfig, CoreState, Input, JobRequest, LaunchRequest, Now, ProcessInfo,
+    Refusal,
 };
 use crate::journal::Journal;
 
@@ -94,8 +95,9 @@ impl Harness {
             verifier: server.verifier(),
         };
         let now = Now { wall: start, boot };
+        let (core, first) = Core::restore(config, CoreState::default(), now, Some("boot-1".into()));
         let mut h = Harness {
-            core: Core::new(config, now, Some("boot-1".into())),
+            core,
             server,
             journal,
             _dir: dir,
@@ -109,7 +111,9 @@ impl Harness {
             next_request: 1,
             next_pid: 4000,
         };
-        h.feed(Input::Tick);
+        let mut queue = VecDeque::new();
+        h.absorb(first, &mut queue, &mut Vec::new());
+        h.drain(queue);
         h
     }
 
@@ -131,13 +135,7 @@ impl Harness {
     /// Feeds one input and every answer the fake server gives in return; returns
     /// all actions of the exchange.
     pub fn feed(&mut self, input: Input) -> Vec<Action> {
-        let mut queue = VecDeque::from([input]);
-        let mut all = Vec::new();
-        while let Some(input) = queue.pop_front() {
-            let actions = self.core.handle(input, self.now());
-            self.absorb(actions, &mut queue, &mut all);
-        }
-        all
+        self.drain(VecDeque::from([input]))
     }
 
     fn absorb(&mut self, actions: Vec<Action>, queue: &mut VecDeque<Input>, all: &mut Vec<Action>) {
@@ -255,6 +253,13 @@ impl Harness {
         let mut queue = VecDeque::new();
         let mut all = Vec::new();
         self.absorb(actions, &mut queue, &mut all);
+        all.extend(self.drain(queue));
+        all
+    }
+
+    /// Feeds queued inputs (server answers) until none is left.
+    fn drain(&mut self, mut queue: VecDeque<Input>) -> Vec<Action> {
+        let mut all = Vec::new();
         while let Some(input) = queue.pop_front() {
             let actions = self.core.handle(input, self.now());
             self.absorb(actions, &mut queue, &mut all);
