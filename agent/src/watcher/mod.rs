@@ -111,6 +111,8 @@ pub enum WatchError {
     Connector(#[from] connector::ConnectorError),
     #[error("the process connector exists only on linux; use polling")]
     ConnectorUnsupported,
+    #[error("process detection is not implemented on this operating system yet; use flexctl run")]
+    Unsupported,
 }
 
 /// Controls a running watcher; dropping it stops the watcher.
@@ -227,6 +229,17 @@ fn spawn_source(
         rescan,
         tx,
     )))
+}
+
+#[cfg(not(unix))]
+fn spawn_source(
+    _config: &WatcherConfig,
+    _source: tracker::SharedSource,
+    _matcher: Arc<RwLock<Matcher>>,
+    _rescan: Arc<Notify>,
+    _tx: mpsc::Sender<ProcEvent>,
+) -> Result<tokio::task::JoinHandle<()>, WatchError> {
+    Err(WatchError::Unsupported)
 }
 
 #[cfg(test)]
