@@ -3,6 +3,7 @@
 pub mod config;
 pub mod core;
 pub mod journal;
+pub mod sysclock;
 pub mod socket;
 pub mod watcher;
 pub mod flexctl;
