@@ -161,3 +161,6 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(all(test, target_os = "linux"))]
+mod desktop_tests;
