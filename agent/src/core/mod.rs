@@ -12,6 +12,26 @@
 //!    also [`Core::next_deadline`]) and feeds [`Input::Tick`] when it fires, and
 //!    also at its poll interval, since a monotonic timer may not count suspend.
 //!
+//! In outline (the driver, not part of this module):
+//!
+//! ```text
+//! let journal = Journal::open_in(&config.state_dir)?;
+//! let (mut core, first) = Core::restore(cfg, journal.load_state()?, sysclock::now(), sysclock::boot_id());
+//! run(first);                       // same as below
+//! loop {
+//!     let input = next event: socket request, watcher event, claim/heartbeat
+//!                 answer, or Tick when the SetTimer deadline / poll interval passes;
+//!     let actions = core.handle(input, sysclock::now());
+//!     journal.apply(&actions)?;     // all Persist, one transaction, before anything else
+//!     for a in actions { Claim => POST /v1/agent/claims then feed ClaimAnswered/ClaimFailed,
+//!                        Heartbeat => batch = journal.heartbeat_batch(); POST with
+//!                                     notices_after = core.notices_after(); on success
+//!                                     journal.acknowledge(&batch, &resp.accepted_sessions)
+//!                                     and feed ContactOk (+ RateSheet if products came),
+//!                        Close/Kill => signal, Notify => publish, Reply* => answer socket }
+//! }
+//! ```
+//!
 //! After a restart, [`Core::restore`] rebuilds the core from the journal's
 //! [`CoreState`]: open windows are honoured again, unsettled claims are resent
 //! with their ids, and the offline time keeps counting (see [`clock`]).
