@@ -1,6 +1,6 @@
 //! The agent's journal: one SQLite file in the state directory.
 //!
-//! It records what the core says must survive a crash ([`Persist`] actions):
+//! It records what the core says must survive a crash ([`crate::core::Persist`] actions):
 //! claims before they are sent, the windows held with their signed leases,
 //! session records until the server stored them, the offline clock and clock
 //! rollbacks not yet reported, plus enrollment facts (device id, server URL,
