@@ -110,17 +110,26 @@ fn signal_child(pid: u32, sig: i32) {
 
 /// Runs the wrapper; `signals` are forwarded to the product once it runs.
 pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i32, CtlError> {
-    let mut client = Client::connect(&opts.socket).await?;
-    client
-        .send(&Request::Launch {
-            product: opts.product.clone(),
-            version: opts.version.clone(),
-            pid: None,
-            user: None,
-        })
-        .await?;
-    let mut closed: Option<String> = None;
-    let grant: LaunchReply = match client.reply(|_| {}).await? {
+    // Until the product runs, a signal (Ctrl-C during a slow claim) ends the wrapper.
+    let asked = async {
+        let mut client = Client::connect(&opts.socket).await?;
+        client
+            .send(&Request::Launch {
+                product: opts.product.clone(),
+                version: opts.version.clone(),
+                pid: None,
+                user: None,
+            })
+            .await?;
+        let answer = client.reply::<LaunchReply>(|_| {}).await?;
+        Ok::<_, CtlError>((client, answer))
+    };
+    let (mut client, answer) = tokio::select! {
+        asked = asked => asked?,
+        Some(sig) = signals.recv() => return Ok(128 + sig),
+    };
+    let mut closed = false;
+    let grant = match answer {
         Ok(grant) => grant,
         Err(e) => {
             eprintln!("{}", denial_line(&opts.product, &e));
@@ -181,11 +190,11 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
             }
             line = from_agent => match line {
                 Ok(Some(Incoming::Event(Event::ProductClosed { product, reason, message }))) => {
-                    if closed.is_none() {
+                    if !closed {
                         eprintln!("flexctl: flex-agent closed {product} ({reason:?}): {message}");
                         signal_child(pid, libc::SIGTERM);
                         kill_at = Some(tokio::time::Instant::now() + opts.close_grace);
-                        closed = Some(message);
+                        closed = true;
                     }
                 }
                 Ok(Some(Incoming::Reply(line))) => {
