@@ -1,9 +1,14 @@
 //! The Flex workstation agent: detects product launches, claims charge windows
 //! from the entitlement server, enforces the offline rule and notifies users.
+pub mod client;
 pub mod config;
 pub mod core;
+pub mod credentials;
+pub mod enroll;
 pub mod journal;
 pub mod sysclock;
 pub mod socket;
 pub mod watcher;
 pub mod flexctl;
+#[cfg(test)]
+pub(crate) mod testsupport;

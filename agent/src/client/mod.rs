@@ -1,0 +1,360 @@
+//! The agent's HTTPS client to the entitlement server (`/v1/agent/*`).
+//!
+//! reqwest with rustls. With `ca_file` set, the certificates in that PEM file are
+//! the only trusted roots, so a company CA cannot be bypassed by any public one;
+//! without it the built-in webpki roots apply. Agent calls carry the device token
+//! as a bearer token; enrollment carries none.
+//!
+//! Errors are sorted by what the caller should do, not by where they came from:
+//! [`ClientError::is_retryable`] (transport failure, timeout, 5xx) means "send the
+//! same request again later, with the same claim id", [`ClientError::needs_reenroll`]
+//! (401) means the device credential is gone, and the rest are final answers that
+//! retrying would not change. [`backoff::Backoff`] spaces the retries.
+
+pub mod backoff;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flex_protocol::api::{
+    ClaimRequest, ClaimResponse, EnrollRequest, EnrollResponse, ErrorBody, Health,
+    HeartbeatRequest, HeartbeatResponse, ProductList,
+};
+use flex_protocol::ErrorCode;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::credentials::DeviceToken;
+
+/// Time allowed to open a TCP + TLS connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a whole request, answer included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much of an unexpected (non-JSON) error body is quoted in an error.
+const QUOTE_LIMIT: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the server at {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("the server at {url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("the server at {url} failed ({status}): {message}")]
+    Server {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the server at {url} refused the credential: {message}")]
+    Unauthorized { url: String, message: String },
+    #[error("the server at {url} reports a conflict: {message}")]
+    Conflict { url: String, message: String },
+    #[error("the server at {url} rejected the request ({status}, {code}): {message}")]
+    Rejected {
+        url: String,
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("the server at {url} answered {status} with a body this agent cannot read: {reason}")]
+    BadResponse {
+        url: String,
+        status: u16,
+        reason: String,
+    },
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate: {reason}")]
+    BadCa { path: PathBuf, reason: String },
+    #[error("server URL '{url}' is invalid: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot set up the HTTPS client: {0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// Worth sending the same request again later (same claim id): the server
+    /// may not have seen it, or failed before answering.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Transport { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Server { .. }
+        )
+    }
+
+    /// The server no longer accepts this device's token: enroll again.
+    pub fn needs_reenroll(&self) -> bool {
+        matches!(self, ClientError::Unauthorized { .. })
+    }
+
+    /// The server's error code, when it sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Unauthorized { .. } => Some(ErrorCode::Unauthorized),
+            ClientError::Conflict { .. } => Some(ErrorCode::Conflict),
+            ClientError::Rejected { code, .. } => Some(*code),
+            ClientError::Server { .. } => Some(ErrorCode::Internal),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of a [`Client`] other than the token.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// PEM file whose certificates are the only trusted roots.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            ca_file: None,
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// A connection pool to one server, with or without a device token.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<DeviceToken>,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.base)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for `server_url` (`https://host[:port]`, no path needed).
+    pub fn new(server_url: &str, options: &ClientOptions) -> Result<Client, ClientError> {
+        let base = server_url.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base).map_err(|e| ClientError::BadUrl {
+            url: server_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
+            return Err(ClientError::BadUrl {
+                url: server_url.to_string(),
+                reason: "expected http(s)://host[:port]".into(),
+            });
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .user_agent(concat!("flex-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &options.ca_file {
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in load_ca(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Setup(error_chain(&e)))?;
+        Ok(Client {
+            http,
+            base,
+            token: None,
+            request_timeout: options.request_timeout,
+        })
+    }
+
+    /// A client for the agent's config: its server URL and CA file.
+    pub fn from_config(config: &crate::config::Config) -> Result<Client, ClientError> {
+        Client::new(
+            &config.server_url,
+            &ClientOptions {
+                ca_file: config.ca_file.clone(),
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    /// The same client authenticating agent calls with `token`.
+    pub fn with_token(mut self, token: DeviceToken) -> Client {
+        self.token = Some(token);
+        self
+    }
+
+    /// The server URL without a trailing slash.
+    pub fn server_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/health`, no authentication.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/health", None).await
+    }
+
+    /// `POST /v1/agent/enroll`: trades a one-time enrollment token for a device
+    /// token. A refused enrollment token is [`ClientError::Unauthorized`].
+    pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        self.call(Method::POST, "/v1/agent/enroll", Some(req)).await
+    }
+
+    /// `POST /v1/agent/claims`. A denial is an `Ok` answer; only a failure to get
+    /// an answer is an error, and a retryable one is retried with the same request.
+    pub async fn claim(&self, req: &ClaimRequest) -> Result<ClaimResponse, ClientError> {
+        self.call(Method::POST, "/v1/agent/claims", Some(req)).await
+    }
+
+    /// `POST /v1/agent/heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        self.call(Method::POST, "/v1/agent/heartbeat", Some(req))
+            .await
+    }
+
+    /// `GET /v1/agent/products`: the rate sheet.
+    pub async fn products(&self) -> Result<ProductList, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/agent/products", None)
+            .await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose());
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let send_err = |e: reqwest::Error| self.transport_error(&url, e);
+        let resp = req.send().await.map_err(send_err)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(send_err)?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
+                url,
+                status: status.as_u16(),
+                reason: e.to_string(),
+            });
+        }
+        Err(status_error(url, status, &bytes))
+    }
+
+    fn transport_error(&self, url: &str, e: reqwest::Error) -> ClientError {
+        if e.is_timeout() {
+            ClientError::Timeout {
+                url: url.to_string(),
+                timeout: self.request_timeout,
+            }
+        } else {
+            ClientError::Transport {
+                url: url.to_string(),
+                reason: error_chain(&e),
+            }
+        }
+    }
+}
+
+/// Maps a non-2xx answer, reading the server's `{"error":{code,message}}` when
+/// there is one (a proxy in between may send HTML instead).
+fn status_error(url: String, status: StatusCode, body: &[u8]) -> ClientError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let message = match &parsed {
+        Some(b) => b.error.message.clone(),
+        None => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                status
+                    .canonical_reason()
+                    .unwrap_or("no message")
+                    .to_string()
+            } else {
+                text.chars().take(QUOTE_LIMIT).collect()
+            }
+        }
+    };
+    let code = parsed.map(|b| b.error.code);
+    if status.is_server_error() {
+        return ClientError::Server {
+            url,
+            status: status.as_u16(),
+            message,
+        };
+    }
+    match status {
+        StatusCode::UNAUTHORIZED => ClientError::Unauthorized { url, message },
+        StatusCode::CONFLICT => ClientError::Conflict { url, message },
+        // A proxy's rate limit or a gateway timeout in 4xx clothing: try later.
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => ClientError::Server {
+            url,
+            status: status.as_u16(),
+            message,
+        },
+        _ => ClientError::Rejected {
+            url,
+            status: status.as_u16(),
+            code: code.unwrap_or(ErrorCode::InvalidRequest),
+            message,
+        },
+    }
+}
+
+fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::BadCa {
+        path: path.to_path_buf(),
+        reason: error_chain(&e),
+    })?;
+    if certs.is_empty() {
+        return Err(ClientError::BadCa {
+            path: path.to_path_buf(),
+            reason: "no BEGIN CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// reqwest's top-level message ("error sending request") hides the cause
+/// (connection refused, certificate unknown); join the whole chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

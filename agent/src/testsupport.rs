@@ -1,0 +1,209 @@
+//! Test support shared by the agent's unit tests: a private D-Bus session bus and
+//! a real Secret Service (gnome-keyring) on it.
+//!
+//! Tests that need a desktop bus (the credential store's keyring path, desktop
+//! notifications) start their own bus here instead of touching the machine's: a
+//! `dbus-daemon` with a throwaway config that allows everything and activates
+//! nothing, so the only services on it are the ones a test starts. Readiness is
+//! never a guess: the bus is up once it has printed its address, and a service is
+//! up once its well-known name has an owner, polled with a deadline.
+//!
+//! Setup failures panic with what to install, so a machine without D-Bus or
+//! gnome-keyring fails these tests loudly instead of skipping them.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a daemon to appear before failing.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A `dbus-daemon` for one test; killed on drop.
+pub struct PrivateBus {
+    child: Child,
+    /// The address to put in `DBUS_SESSION_BUS_ADDRESS` or to connect to.
+    pub address: String,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBus {
+    pub fn start() -> PrivateBus {
+        let dir = tempfile::tempdir().expect("temp dir for the private bus");
+        let socket = dir.path().join("bus");
+        let config = dir.path().join("bus.conf");
+        // No <servicedir>: nothing is auto-activated, so gnome-keyring or a
+        // notification daemon from the host cannot answer in place of the test's.
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                socket.display()
+            ),
+        )
+        .expect("write the private bus config");
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--print-address=1")
+            .arg("--nofork")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start dbus-daemon ({e}): install D-Bus (apt-get install -y dbus)")
+            });
+        // dbus-daemon prints the address only once it listens: that is readiness.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("dbus-daemon stdout"))
+            .read_line(&mut line)
+            .expect("read the private bus address");
+        let address = line.trim().to_string();
+        if address.is_empty() {
+            let status = child.wait().ok();
+            panic!("dbus-daemon exited without printing an address ({status:?})");
+        }
+        PrivateBus {
+            child,
+            address,
+            dir,
+        }
+    }
+
+    /// A scratch directory that lives as long as the bus.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether `name` currently has an owner on this bus.
+    pub fn name_has_owner(&self, name: &str) -> bool {
+        let out = Command::new("dbus-send")
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .args([
+                "--session",
+                "--print-reply",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.NameHasOwner",
+            ])
+            .arg(format!("string:{name}"))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run dbus-send ({e}): install D-Bus (apt-get install -y dbus)")
+            });
+        assert!(
+            out.status.success(),
+            "dbus-send NameHasOwner failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).contains("boolean true")
+    }
+
+    /// Waits until `name` has an owner; panics after the deadline or when
+    /// `owner` (the process expected to take the name) exits first.
+    pub fn wait_for_name(&self, name: &str, owner: &mut Child) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if self.name_has_owner(name) {
+                return;
+            }
+            if let Ok(Some(status)) = owner.try_wait() {
+                panic!("the process meant to own {name} exited first ({status})");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not appear on the private bus within {READY_DEADLINE:?}"
+            );
+            // A bounded poll: the bus offers no cheaper "wait for a name" to a
+            // client that is not yet connected.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Secret Service name gnome-keyring takes.
+pub const SECRETS_NAME: &str = "org.freedesktop.secrets";
+
+/// gnome-keyring's Secret Service on a private bus, with a scratch HOME and an
+/// unlocked login keyring; both are torn down on drop.
+pub struct SecretService {
+    daemon: Child,
+    // Declared after the daemon so the bus outlives it while dropping.
+    pub bus: PrivateBus,
+}
+
+impl SecretService {
+    /// The password of the scratch login keyring.
+    pub const PASSWORD: &'static str = "flex-test-keyring";
+
+    pub fn start() -> SecretService {
+        let bus = PrivateBus::start();
+        let home = bus.dir().join("home");
+        let runtime = bus.dir().join("run");
+        for d in [&home, &runtime] {
+            std::fs::create_dir_all(d).expect("scratch dirs for gnome-keyring");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700))
+                .expect("XDG_RUNTIME_DIR mode");
+        }
+        let mut daemon = Command::new("gnome-keyring-daemon")
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start gnome-keyring-daemon ({e}): install it \
+                     (apt-get install -y gnome-keyring)"
+                )
+            });
+        // --unlock reads the login keyring's password up to EOF, creating the
+        // keyring with it when there is none (a fresh HOME).
+        {
+            let mut stdin = daemon.stdin.take().expect("gnome-keyring stdin");
+            stdin
+                .write_all(Self::PASSWORD.as_bytes())
+                .expect("give gnome-keyring its password");
+        }
+        bus.wait_for_name(SECRETS_NAME, &mut daemon);
+        SecretService { daemon, bus }
+    }
+}
+
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
