@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 pub use line::{write_json, write_line, LineRead, LineReader};
 pub use listen::{bind_path, systemd_listener, ListenOrigin};
-pub use peer::{account_name, Peer};
+pub use peer::{account_name, process_uid, Peer};
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +98,11 @@ impl Reply {
 ///
 /// The server has already checked, before calling [`Handler::handle`], that a
 /// `user` field in `launch`/`result` names the peer's own account unless the peer is
-/// root, so `peer.acting_user(user)` is safe to use. `attach` and `exit` name a
-/// session: the handler must check that the session belongs to `peer.uid` (or that
-/// the peer is root).
+/// root, so `peer.acting_user(user)` is safe to use, and that a `pid` in `attach` or
+/// `launch` is a process of the peer's uid (any process for root), so the agent
+/// never stops someone else's process on a wrapper's word. `attach` and `exit` name
+/// a session: the handler must check that the session belongs to `peer.uid` (or
+/// that the peer is root).
 ///
 /// Run sessions: answer a granted `launch` with `Reply::ok(LaunchReply).with_events(rx)`
 /// and keep the sender with the session. To close the session send
@@ -354,6 +356,12 @@ async fn dispatch<H: Handler>(peer: &Peer, req: Request, handler: &H) -> Reply {
                 peer.account, peer.uid
             ),
         ),
+        Request::Attach { pid, .. } | Request::Launch { pid: Some(pid), .. } => {
+            match peer.may_attach(pid) {
+                Ok(()) => handler.handle(peer, req).await,
+                Err(why) => Reply::error(ErrorCode::Forbidden, format!("cannot attach: {why}")),
+            }
+        }
         req => handler.handle(peer, req).await,
     }
 }

@@ -48,11 +48,55 @@ impl Peer {
         self.is_root() || user == self.account
     }
 
+    /// Whether this peer may hand process `pid` to the agent (which, running as
+    /// root, may later stop it): root may, others only for their own processes.
+    /// `Err` names why not.
+    pub fn may_attach(&self, pid: u32) -> Result<(), String> {
+        if self.is_root() {
+            return Ok(());
+        }
+        match process_uid(pid) {
+            Some(uid) if uid == self.uid => Ok(()),
+            Some(_) => Err(format!(
+                "process {pid} does not belong to '{}'",
+                self.account
+            )),
+            None => Err(format!("there is no process {pid}")),
+        }
+    }
+
     /// The account a request acts for: the requested one (already checked with
     /// [`Peer::may_act_as`] by the server) or the peer's own.
     pub fn acting_user<'a>(&'a self, requested: Option<&'a str>) -> &'a str {
         requested.unwrap_or(&self.account)
     }
+}
+
+/// Real uid of process `pid`; `None` if it is gone.
+#[cfg(target_os = "linux")]
+pub fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Owner of process `pid` (effective uid, from sysinfo); `None` if it is gone.
+#[cfg(all(unix, not(target_os = "linux")))]
+pub fn process_uid(pid: u32) -> Option<u32> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+    let mut sys = System::new();
+    let pid = Pid::from_u32(pid);
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        true,
+        ProcessRefreshKind::nothing().with_user(UpdateKind::Always),
+    );
+    sys.process(pid)?.user_id().map(|u| **u)
 }
 
 /// Account name of `uid`, falling back to the number.
@@ -97,5 +141,36 @@ mod tests {
         assert!(root.may_act_as("bob"));
         assert_eq!(root.acting_user(Some("bob")), "bob");
         assert_eq!(root.acting_user(None), "root");
+    }
+
+    #[test]
+    fn only_own_processes_can_be_attached() {
+        use std::os::unix::process::CommandExt;
+        let mut mine = std::process::Command::new("sleep")
+            .arg("30")
+            .uid(1000)
+            .gid(1000)
+            .spawn()
+            .expect("tests run as root, so they can start a process as uid 1000");
+        let alice = Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+            account: "alice".into(),
+            conn_id: 1,
+        };
+        assert_eq!(alice.may_attach(mine.id()), Ok(()));
+        assert_eq!(
+            alice.may_attach(1),
+            Err("process 1 does not belong to 'alice'".into())
+        );
+        mine.kill().unwrap();
+        mine.wait().unwrap();
+        assert_eq!(
+            alice.may_attach(mine.id()),
+            Err(format!("there is no process {}", mine.id()))
+        );
+        let root = Peer { uid: 0, ..alice };
+        assert_eq!(root.may_attach(1), Ok(()));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader as StdBufReader, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +147,13 @@ async fn non_root_cannot_act_as_another_user() {
     ] {
         assert_eq!(error_code(&c.ask(line).await), "forbidden");
     }
+    // Nor hand the agent someone else's process to stop later.
+    let reply = c.ask(r#"{"op":"attach","session":"s1","pid":1}"#).await;
+    assert_eq!(error_code(&reply), "forbidden");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("process 1 does not belong to 'alice'"));
     assert!(
         seen.try_recv().is_err(),
         "forbidden requests reached the handler"
@@ -201,13 +209,22 @@ async fn launch_stream_carries_the_close_event() {
     let reply = c.ask(r#"{"op":"launch","product":"autocad"}"#).await;
     let grant: LaunchReply = parse_reply(&reply.to_string()).unwrap().unwrap();
     // Requests still work on a connection with a stream.
+    let mut product = std::process::Command::new("sleep")
+        .arg("30")
+        .uid(1000)
+        .gid(1000)
+        .spawn()
+        .unwrap();
     let attach = c
         .ask(&format!(
-            r#"{{"op":"attach","session":"{}","pid":42}}"#,
-            grant.session
+            r#"{{"op":"attach","session":"{}","pid":{}}}"#,
+            grant.session,
+            product.id()
         ))
         .await;
-    assert_eq!(attach["ok"], true);
+    product.kill().unwrap();
+    product.wait().unwrap();
+    assert_eq!(attach["ok"], true, "{attach}");
     handler.close_session(&grant.session).await;
     let event = c.recv().await.unwrap();
     assert_eq!(event["event"], "product_closed");
