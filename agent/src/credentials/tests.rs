@@ -113,22 +113,6 @@ fn auto_without_a_session_bus_uses_the_file() {
 }
 
 #[test]
-fn auto_with_an_unreachable_bus_falls_back_to_the_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    // The decision uses the given address only to decide whether to try; the
-    // connection itself reads the process environment, which in this test
-    // process names no reachable Secret Service (the keyring test runs in a child).
-    let bogus = OsString::from("unix:path=/nonexistent/flex-test-bus");
-    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() {
-        let store =
-            CredentialStore::select_with(StoreChoice::Auto, tmp.path(), Some(bogus)).unwrap();
-        assert!(!store.is_keyring(), "{}", store.describe());
-        let err = CredentialStore::select_with(StoreChoice::Keyring, tmp.path(), None).unwrap_err();
-        assert!(err.to_string().contains("not reachable"), "{err}");
-    }
-}
-
-#[test]
 fn choice_parses_from_config_words() {
     assert_eq!("auto".parse::<StoreChoice>().unwrap(), StoreChoice::Auto);
     assert_eq!("file".parse::<StoreChoice>().unwrap(), StoreChoice::File);
@@ -154,47 +138,83 @@ async fn async_wrappers_run_off_the_runtime() {
     assert!(store.load_async().await.is_err());
 }
 
-/// Name of the test the parent runs in a child process with the private bus in
-/// its environment (libdbus reads `DBUS_SESSION_BUS_ADDRESS` from the process
-/// environment; changing it inside this multi-threaded test process is unsound).
-const CHILD_TEST: &str = "credentials::tests::keyring_child_round_trip";
+/// libdbus reads `DBUS_SESSION_BUS_ADDRESS` from the process environment, and
+/// changing it inside this multi-threaded test process is unsound (another test
+/// here sets it for its own bus), so the keyring tests run as child processes of
+/// this test binary with the address in their environment.
 const CHILD_STATE_DIR: &str = "FLEX_TEST_KEYRING_STATE_DIR";
 
-#[test]
-fn keyring_round_trip_against_a_real_secret_service() {
-    let ss = crate::testsupport::SecretService::start();
-    let state = tempfile::tempdir().unwrap();
+fn run_child(test: &str, bus_address: &str, state_dir: &Path) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            CHILD_TEST,
+            test,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("DBUS_SESSION_BUS_ADDRESS", &ss.bus.address)
-        .env(CHILD_STATE_DIR, state.path())
+        .env("DBUS_SESSION_BUS_ADDRESS", bus_address)
+        .env(CHILD_STATE_DIR, state_dir)
         .output()
         .expect("run the keyring child test");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("1 passed"),
-        "keyring child test failed:\n{stdout}\n{}",
+        "child test {test} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The child's state dir and bus address, as the parent set them.
+fn child_env() -> (PathBuf, Option<OsString>) {
+    let state = PathBuf::from(
+        std::env::var_os(CHILD_STATE_DIR).expect("run through the parent keyring test"),
+    );
+    let bus = std::env::var_os("DBUS_SESSION_BUS_ADDRESS");
+    assert!(bus.is_some(), "the parent test sets the bus address");
+    (state, bus)
+}
+
+#[test]
+fn auto_with_an_unreachable_bus_falls_back_to_the_file() {
+    let state = tempfile::tempdir().unwrap();
+    let bus = format!("unix:path={}", state.path().join("no-bus").display());
+    run_child(
+        "credentials::tests::keyring_child_unreachable",
+        &bus,
+        state.path(),
+    );
+}
+
+#[test]
+#[ignore = "run by auto_with_an_unreachable_bus_falls_back_to_the_file"]
+fn keyring_child_unreachable() {
+    let (state, bus) = child_env();
+    let store = CredentialStore::select_with(StoreChoice::Auto, &state, bus.clone()).unwrap();
+    assert!(!store.is_keyring(), "{}", store.describe());
+    let err = CredentialStore::select_with(StoreChoice::Keyring, &state, bus).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("(Secret Service) is not reachable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn keyring_round_trip_against_a_real_secret_service() {
+    let ss = crate::testsupport::SecretService::start();
+    let state = tempfile::tempdir().unwrap();
+    run_child(
+        "credentials::tests::keyring_child_round_trip",
+        &ss.bus.address,
+        state.path(),
     );
 }
 
 #[test]
 #[ignore = "run by keyring_round_trip_against_a_real_secret_service with a private bus"]
 fn keyring_child_round_trip() {
-    let state = PathBuf::from(
-        std::env::var_os(CHILD_STATE_DIR).expect("run through the parent keyring test"),
-    );
-    let bus = std::env::var_os("DBUS_SESSION_BUS_ADDRESS");
-    assert!(
-        bus.is_some(),
-        "the parent test sets the private bus address"
-    );
+    let (state, bus) = child_env();
 
     // A token file from an earlier file-backed enrollment: found while the keyring
     // is empty, removed once the keyring holds the token.
