@@ -65,6 +65,20 @@ pub struct EnrollOutcome {
     pub journal_path: PathBuf,
 }
 
+impl std::fmt::Display for EnrollOutcome {
+    /// The summary `flex-agent enroll` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "enrolled {} with {} as device {}",
+            self.hostname, self.server_url, self.device_id
+        )?;
+        writeln!(f, "device token stored in {}", self.credential_store)?;
+        writeln!(f, "lease keys pinned: {}", self.lease_key_ids.join(", "))?;
+        write!(f, "enrollment recorded in {}", self.journal_path.display())
+    }
+}
+
 /// Enrolls with the agent's configured credential store choice.
 pub async fn run_enroll(
     config: &Config,

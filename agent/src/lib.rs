@@ -10,5 +10,6 @@ pub mod sysclock;
 pub mod socket;
 pub mod watcher;
 pub mod flexctl;
+
 #[cfg(test)]
 pub(crate) mod testsupport;

@@ -167,6 +167,12 @@ async fn run_enroll_stores_the_token_and_pins_the_keys() {
     let outcome = run_enroll_with(&config, &s.url, &token, StoreChoice::File)
         .await
         .expect("enrollment succeeds");
+    let summary = outcome.to_string();
+    assert!(
+        summary.contains(&outcome.device_id) && summary.contains("device token stored in file:"),
+        "{summary}"
+    );
+    assert!(!summary.contains(CredentialStore::file(&state).load().unwrap().expose()));
     assert_eq!(
         outcome.credential_store,
         format!("file:{}", state.join(TOKEN_FILE).display())

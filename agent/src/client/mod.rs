@@ -47,7 +47,10 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
-    #[error("the server at {url} refused the credential: {message}")]
+    #[error(
+        "the server at {url} refused the device token: {message}; enroll this workstation \
+         again (flex-agent enroll --config FILE --server URL --token ENROLL_TOKEN)"
+    )]
     Unauthorized { url: String, message: String },
     #[error("the server at {url} reports a conflict: {message}")]
     Conflict { url: String, message: String },
