@@ -204,6 +204,79 @@ mod tests {
         .unwrap()
     }
 
+    /// A one-request HTTP server answering `status` with `body`; bound before the
+    /// client starts, so no readiness wait is needed.
+    async fn answer_once(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // Read the request head and its JSON body before answering.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req);
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await.unwrap();
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn unusable_lease_keys_store_nothing() {
+        let url = answer_once(
+            "200 OK",
+            r#"{"device_id":"d-1","device_token":"dt-1","lease_keys":[{"kid":"k1","public_key":"not-a-key"}]}"#,
+        )
+        .await;
+        let tmp = tempfile::tempdir().unwrap();
+        let err = run_enroll_with(&config(tmp.path(), &url), &url, "et", StoreChoice::File)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EnrollError::BadKeys { .. }), "{err:?}");
+        assert!(err.to_string().contains("'k1'"), "{err}");
+        assert!(!tmp.path().join(crate::credentials::TOKEN_FILE).exists());
+        assert!(!tmp.path().join(crate::journal::FILE_NAME).exists());
+    }
+
+    #[tokio::test]
+    async fn a_failing_server_is_not_called_unreachable() {
+        let url = answer_once(
+            "500 Internal Server Error",
+            r#"{"error":{"code":"internal","message":"database is locked"}}"#,
+        )
+        .await;
+        let tmp = tempfile::tempdir().unwrap();
+        let err = run_enroll_with(&config(tmp.path(), &url), &url, "et", StoreChoice::File)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EnrollError::Server { .. }), "{err:?}");
+        assert!(err.to_string().contains("database is locked"), "{err}");
+    }
+
     #[test]
     fn hostname_is_not_empty() {
         assert!(!hostname().is_empty());
