@@ -102,6 +102,11 @@ pub enum CredentialError {
         store: String,
         reason: String,
     },
+    #[error(
+        "state directory {path} is shared with others (mode {mode:o}): set state_dir \
+         to a directory of its own, such as /var/lib/flex-agent"
+    )]
+    SharedDir { path: PathBuf, mode: u32 },
     #[error("credential_store '{0}' is not one of auto, keyring, file")]
     BadChoice(String),
     #[error("the credential store task for '{action}' failed: {reason}")]
@@ -389,9 +394,22 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), CredentialError> {
     {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(dir).map_err(io_err("inspect state directory", dir))?;
-        if meta.permissions().mode() & 0o777 != 0o700 {
+        let mode = meta.permissions().mode() & 0o7777;
+        // A world-writable or sticky directory is shared (a /tmp): making it 0700
+        // would break everyone else using it, so refuse instead of tightening.
+        if mode & 0o1002 != 0 {
+            return Err(CredentialError::SharedDir {
+                path: dir.to_path_buf(),
+                mode,
+            });
+        }
+        if mode & 0o777 != 0o700 {
+            tracing::warn!(
+                "state directory {} had mode {mode:o}; restricting it to 0700",
+                dir.display()
+            );
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_err("restrict to mode 0700 the state directory", dir))?;
+                .map_err(io_err("set mode 0700 on state directory", dir))?;
         }
     }
     Ok(())
@@ -416,7 +434,7 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), CredentialErr
         {
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io_err("restrict to mode 0600", &tmp))?;
+                .map_err(io_err("set mode 0600 on", &tmp))?;
         }
         f.write_all(bytes).map_err(io_err("write", &tmp))?;
         f.sync_all().map_err(io_err("flush", &tmp))?;
@@ -457,7 +475,7 @@ fn read_token_file(path: &Path, store: String) -> Result<DeviceToken, Credential
                     meta.permissions().mode() & 0o777
                 );
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io_err("restrict to mode 0600", path))?;
+                    .map_err(io_err("set mode 0600 on", path))?;
             }
         }
     }

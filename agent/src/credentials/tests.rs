@@ -39,6 +39,24 @@ fn existing_open_state_dir_is_tightened() {
 }
 
 #[test]
+fn a_shared_directory_is_refused_not_tightened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tmp-like");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let err = CredentialStore::file(&dir)
+        .save(&DeviceToken::new("t"))
+        .unwrap_err();
+    assert!(matches!(err, CredentialError::SharedDir { .. }), "{err:?}");
+    assert!(err.to_string().contains("1777"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
+    assert!(!dir.join(TOKEN_FILE).exists());
+}
+
+#[test]
 fn write_goes_through_a_temp_file_and_rename() {
     // A reader holding the old file keeps the old bytes: the write replaced the
     // directory entry (rename) instead of rewriting the file in place.
