@@ -51,7 +51,8 @@ for s in "${scripts[@]}"; do
     *) if sh -n "$f"; then pass "sh -n $s"; else fail "sh -n $s"; fi ;;
     esac
 done
-for s in deb/*/postinst deb/*/prerm deb/*/postrm; do
+for s in deb/flex-agent/postinst deb/flex-agent/prerm deb/flex-agent/postrm \
+    deb/flex-server/postinst deb/flex-server/prerm deb/flex-server/postrm; do
     f=$here/$s
     if [ "$(head -n 1 "$f")" = "#!/bin/sh" ] && grep -qx 'set -e' "$f" && [ -x "$f" ]; then
         pass "$s is an executable '#!/bin/sh' script with 'set -e'"

@@ -90,13 +90,16 @@ fi
 
 if [ "$build" = yes ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup) or pass --no-build"
+    # One cargo invocation for all packages, so they share one feature resolution
+    # (and one set of compiled dependencies).
+    set --
     for pkg in $packages; do
-        set --
+        set -- "$@" -p "$pkg"
         for b in $(bins_of "$pkg"); do set -- "$@" --bin "$b"; done
-        echo "build.sh: cargo build --release --offline -p $pkg $*" >&2
-        (cd "$repo" && cargo build --release --offline -p "$pkg" "$@") ||
-            die "cargo build failed for $pkg (offline: dependencies must already be in ~/.cargo; run 'cargo fetch' once with network)"
     done
+    echo "build.sh: cargo build --release --offline $*" >&2
+    (cd "$repo" && cargo build --release --offline "$@") ||
+        die "cargo build failed (offline: dependencies must already be in ~/.cargo; run 'cargo fetch' once with network)"
 fi
 
 # "libc6 (>= 2.34)" from the newest GLIBC_ symbol version the binaries use.
