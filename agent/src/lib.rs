@@ -5,11 +5,11 @@ pub mod config;
 pub mod core;
 pub mod credentials;
 pub mod enroll;
-pub mod journal;
-pub mod sysclock;
-pub mod socket;
-pub mod watcher;
 pub mod flexctl;
+pub mod journal;
+pub mod socket;
+pub mod sysclock;
+pub mod watcher;
 
 #[cfg(test)]
 pub(crate) mod testsupport;
