@@ -7,6 +7,8 @@
 //! socket_path = "/run/flex-agent/agent.sock"
 //! poll_interval = "1s"
 //! enforce = true
+//! credential_store = "auto"               # or "keyring", "file"
+//! detection = "auto"                      # or "proc-connector", "polling"
 //!
 //! [users]
 //! email_template = "{user}@example.com"
@@ -62,8 +64,36 @@ pub struct Config {
     /// Close products that are not licensed (denied, offline too long).
     #[serde(default = "default_true")]
     pub enforce: bool,
+    /// Where the device token lives: `auto`, `keyring` or `file`.
+    #[serde(default)]
+    pub credential_store: crate::credentials::StoreChoice,
+    /// Process detection: `auto` (the kernel's process connector where it can be
+    /// opened, else polling), `proc-connector` or `polling`.
+    #[serde(default)]
+    pub detection: Detection,
     #[serde(default)]
     pub users: Users,
+}
+
+/// The `detection` config key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Detection {
+    #[default]
+    Auto,
+    ProcConnector,
+    Polling,
+}
+
+impl Detection {
+    pub fn source_choice(self) -> crate::watcher::SourceChoice {
+        use crate::watcher::SourceChoice;
+        match self {
+            Detection::Auto => SourceChoice::Auto,
+            Detection::ProcConnector => SourceChoice::ProcConnector,
+            Detection::Polling => SourceChoice::Polling,
+        }
+    }
 }
 
 /// How local accounts map to the emails the server knows users by.

@@ -85,8 +85,7 @@ pub async fn run_enroll(
     server: &str,
     token: &str,
 ) -> Result<EnrollOutcome, EnrollError> {
-    // The config has no `credential_store` key yet; `auto` is its default.
-    run_enroll_with(config, server, token, StoreChoice::Auto).await
+    run_enroll_with(config, server, token, config.credential_store).await
 }
 
 /// [`run_enroll`] with the credential store choice given explicitly.

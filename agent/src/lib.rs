@@ -4,6 +4,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod credentials;
+pub mod daemon;
 pub mod enroll;
 pub mod flexctl;
 pub mod journal;

@@ -1,0 +1,111 @@
+//! `flex-agent`: the workstation daemon (`flex-agent --config FILE`) and its
+//! enrollment (`flex-agent enroll --config FILE --server URL --token TOKEN`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flex_agent::config::Config;
+
+/// The Flex licensing agent: detects product launches, claims charge windows,
+/// enforces the offline rule and notifies users.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Agent configuration (TOML).
+    #[arg(long, default_value = "/etc/flex-agent/agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Trade a one-time enrollment token for this workstation's device credential.
+    Enroll {
+        #[arg(long, default_value = "/etc/flex-agent/agent.toml")]
+        config: PathBuf,
+        /// Server URL, e.g. https://flex.example.com
+        #[arg(long)]
+        server: String,
+        /// Enrollment token from `flex-admin enroll-token`.
+        #[arg(long, env = "FLEX_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLEX_AGENT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    // journald stamps each line itself.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if under_systemd {
+        logs.without_time().with_ansi(false).init();
+    } else {
+        logs.with_ansi(ansi).init();
+    }
+    let cli = Cli::parse();
+    // Two workers: the driver loop, and the socket and network tasks beside it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Some(Cmd::Enroll {
+                config,
+                server,
+                token,
+            }) => enroll(config, server, token).await,
+            None => daemon(cli.config).await,
+        }
+    })
+}
+
+async fn enroll(config: PathBuf, server: String, token: String) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let outcome = flex_agent::enroll::run_enroll(&config, &server, &token).await?;
+    println!("{outcome}");
+    Ok(())
+}
+
+async fn daemon(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    flex_agent::daemon::run(config, stop_signal(), |ready| {
+        // Scripts and tests wait for this line; systemd for READY=1.
+        println!("flex-agent listening on {}", ready.socket.display());
+        tracing::info!(
+            device_id = %ready.device_id,
+            credential_store = %ready.credential_store,
+            detection = %ready.detection,
+            "flex-agent ready"
+        );
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!("cannot tell systemd the agent is ready: {e}");
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Resolves at SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) still stops the agent.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
