@@ -5,6 +5,8 @@
 //! uses it rather than wiring its own. The server announces readiness with a
 //! `listening on URL` line, which [`Server::start`] waits for: no sleeping.
 
+pub mod agent;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

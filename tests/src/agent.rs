@@ -1,0 +1,273 @@
+//! A real `flex-agent` for end-to-end tests: its own config, state directory and
+//! socket in a temp dir, enrolled against a test [`Server`], started and killed
+//! like the service would be.
+//!
+//! Readiness is the agent's own `flex-agent listening on PATH` line, never a sleep.
+//! Conditions that take a moment (a charge reaching the ledger, a process being
+//! closed) are awaited with [`eventually`], which polls with a deadline.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{bin, Server};
+
+/// A server policy where a "day" is six seconds: window 6 s, offline limit 8 s
+/// with warnings 4 s and 2 s before, heartbeat every second, 1 s close grace.
+pub const SHORT_POLICY: &str = r#"
+[policy]
+window = "6s"
+flex_offline_limit = "8s"
+offline_warnings = ["4s", "2s"]
+subscription_offline_limit = "20s"
+subscription_warning = "5s"
+heartbeat_interval = "1s"
+renewal_grace = "2s"
+close_grace = "1s"
+"#;
+
+/// A running (or stopped) agent with everything it owns in one temp dir.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Extra environment for the next start (e.g. a failpoint).
+    pub env: Vec<(String, String)>,
+    starts: u32,
+}
+
+impl Agent {
+    /// Writes a config for `server` (file credential store, 100 ms polling,
+    /// accounts mapped to `{user}@example.com`) plus `extra` TOML lines, enrolls,
+    /// and starts the agent.
+    pub async fn start(server: &Server, extra: &str) -> Agent {
+        let agent = Self::enrolled(server, extra).await;
+        let mut agent = agent;
+        agent.spawn();
+        agent
+    }
+
+    /// Like [`start`](Self::start) but leaves the agent stopped after enrolling.
+    pub async fn enrolled(server: &Server, extra: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("agent temp dir");
+        let state_dir = dir.path().join("state");
+        let socket = dir.path().join("agent.sock");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "server_url = \"{}\"\nstate_dir = \"{}\"\nsocket_path = \"{}\"\n\
+                 poll_interval = \"100ms\"\ncredential_store = \"file\"\n{extra}\n\
+                 [users]\nemail_template = \"{{user}}@example.com\"\n",
+                server.url,
+                state_dir.display(),
+                socket.display()
+            ),
+        )
+        .expect("write agent config");
+        let token = server
+            .ok(
+                reqwest::Method::POST,
+                "/enrollment-tokens",
+                Some(serde_json::json!({})),
+            )
+            .await["token"]
+            .as_str()
+            .expect("enrollment token")
+            .to_string();
+        let out = Command::new(bin("flex-agent"))
+            .arg("enroll")
+            .arg("--config")
+            .arg(&config)
+            .arg("--server")
+            .arg(&server.url)
+            .arg("--token")
+            .arg(&token)
+            .env("FLEX_AGENT_LOG", "warn")
+            .output()
+            .expect("run flex-agent enroll");
+        assert!(
+            out.status.success(),
+            "flex-agent enroll failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Agent {
+            child: None,
+            dir,
+            config,
+            socket,
+            state_dir,
+            env: Vec::new(),
+            starts: 0,
+        }
+    }
+
+    /// Where this start's log goes.
+    fn log_path(&self, n: u32) -> PathBuf {
+        self.dir.path().join(format!("agent-{n}.log"))
+    }
+
+    /// Starts the agent and waits for its readiness line. Panics, with the log,
+    /// if it exits first.
+    pub fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("agent log");
+        let mut cmd = Command::new(bin("flex-agent"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env("FLEX_AGENT_LOG", "info,flex_agent=debug")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start flex-agent");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read agent readiness");
+        if !line.starts_with("flex-agent listening on ") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "flex-agent did not start (said {line:?}); log:\n{}",
+                self.log()
+            );
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash or power cut would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait, as `systemctl stop` would.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().ok()
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own (a failpoint).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Every start's log, oldest first.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// `flexctl --socket THIS ...`, ready for more args.
+    pub fn flexctl(&self) -> Command {
+        let mut cmd = Command::new(bin("flexctl"));
+        cmd.arg("--socket").arg(&self.socket);
+        cmd
+    }
+
+    /// `flexctl status --json`.
+    pub fn status(&self) -> Value {
+        let out = self
+            .flexctl()
+            .args(["status", "--json"])
+            .output()
+            .expect("run flexctl status");
+        assert!(
+            out.status.success(),
+            "flexctl status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- flex-agent log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`
+/// naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A copy of a harmless long-running binary (`sleep`) named like a product's
+/// executable, in `dir`. Started with an argument of seconds, it just waits.
+pub fn fake_product(dir: &Path, exe_name: &str) -> PathBuf {
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a sleep binary");
+    let path = dir.join(exe_name);
+    std::fs::copy(sleep, &path).expect("copy sleep");
+    path
+}
+
+/// Whether process `pid` still runs (zombies do not count).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|s| s != 'Z' && s != 'X'),
+        Err(_) => false,
+    }
+}
