@@ -85,7 +85,7 @@ units="$here/systemd"
 need_line() { # FILE LINE: the exact line must be present
     if grep -qxF -- "$2" "$1"; then pass "$(basename "$1"): $2"; else fail "$(basename "$1") lacks '$2'"; fi
 }
-for l in 'Type=simple' 'User=root' 'ExecStart=/usr/bin/flex-agent --config /etc/flex-agent/agent.toml' \
+for l in 'Type=notify' 'User=root' 'ExecStart=/usr/bin/flex-agent --config /etc/flex-agent/agent.toml' \
     'StateDirectory=flex-agent' 'StateDirectoryMode=0700' 'RuntimeDirectory=flex-agent' \
     'RuntimeDirectoryMode=0755' 'Restart=on-failure' 'ProtectSystem=strict' \
     'ReadWritePaths=/var/lib/flex-agent /run/flex-agent' 'ProtectHome=read-only' 'PrivateTmp=yes' \
