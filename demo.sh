@@ -1,42 +1,99 @@
 #!/usr/bin/env bash
 # The product's main job, end to end, on this machine:
-#   a server with its SQLite database, tokens bought, a workstation enrolled,
-#   a product launch claimed, and what it cost.
+#   flex-server with its SQLite database, an admin buying tokens and putting you on
+#   Flex, flex-agent enrolled and running, a notifier showing your events, a
+#   product started through `flexctl run` and one detected by the watcher, and
+#   what it all cost.
+# Everything runs as you, in a temp directory, and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-echo "==> building"
+echo "==> building (first time: a few minutes)"
 cargo build --quiet --workspace --bins
 BIN=$PWD/target/debug
 WORK=$(mktemp -d)
-cleanup() { kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
 
+# Waits until FILE contains PATTERN (a readiness line), or fails after 30 s.
+wait_for() {
+    for _ in $(seq 300); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for '$2' in $1:" >&2
+    cat "$1" "${3:-/dev/null}" >&2
+    exit 1
+}
+
 export FLEX_ADMIN_TOKEN=demo-admin-token
-echo "==> starting flex-server (database: $WORK/server/flex.db)"
-"$BIN/flex-server" --listen 127.0.0.1:0 --data-dir "$WORK/server" >"$WORK/server.out" 2>"$WORK/server.log" &
-SERVER_PID=$!
-until grep -q "listening on" "$WORK/server.out" 2>/dev/null; do
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log"; exit 1; }
-    sleep 0.1
-done
+echo "==> starting flex-server (database in $WORK/server)"
+"$BIN/flex-server" --listen 127.0.0.1:0 --data-dir "$WORK/server" \
+    >"$WORK/server.out" 2>"$WORK/server.log" &
+PIDS+=($!)
+wait_for "$WORK/server.out" "listening on" "$WORK/server.log"
 export FLEX_SERVER=$(sed -n 's/^flex-server listening on //p' "$WORK/server.out")
 echo "    $FLEX_SERVER"
 
-echo "==> the admin buys 500 tokens and puts Ada on Flex"
+ME=$(id -un)
+EMAIL="$ME@example.com"
+echo "==> the admin buys 500 tokens and puts $EMAIL on Flex"
 "$BIN/flex-admin" tokens buy 500
-"$BIN/flex-admin" users add ada@example.com --first Ada --last Lovelace
-"$BIN/flex-admin" users flex ada@example.com --assign
+"$BIN/flex-admin" users add "$EMAIL" --first Demo --last User
+"$BIN/flex-admin" users flex "$EMAIL" --assign
 
-echo "==> a workstation enrolls and claims AutoCAD for Ada"
+echo "==> IT installs the agent on this workstation and enrolls it"
+cat >"$WORK/agent.toml" <<EOF
+server_url = "$FLEX_SERVER"
+state_dir = "$WORK/agent-state"
+socket_path = "$WORK/agent.sock"
+credential_store = "file"
+
+[users]
+email_template = "{user}@example.com"
+EOF
 ENROLL=$("$BIN/flex-admin" --json enroll-token | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
-DEVICE=$(curl -sf "$FLEX_SERVER/v1/agent/enroll" -H 'content-type: application/json' \
-    -d "{\"enrollment_token\":\"$ENROLL\",\"hostname\":\"$(hostname)\"}")
-TOKEN=$(echo "$DEVICE" | sed -n 's/.*"device_token":"\([^"]*\)".*/\1/p')
-curl -sf "$FLEX_SERVER/v1/agent/claims" -H "authorization: Bearer $TOKEN" \
-    -H 'content-type: application/json' \
-    -d '{"claim_id":"demo-1","user":"ada@example.com","product":"autocad","version":"2026"}' | head -c 200
-echo
-echo "==> the ledger and the balance"
+"$BIN/flex-agent" enroll --config "$WORK/agent.toml" --server "$FLEX_SERVER" --token "$ENROLL" | sed 's/^/    /'
+"$BIN/flex-agent" --config "$WORK/agent.toml" >"$WORK/agent.out" 2>"$WORK/agent.log" &
+PIDS+=($!)
+wait_for "$WORK/agent.out" "listening on" "$WORK/agent.log"
+echo "    $(cat "$WORK/agent.out")"
+CTL=("$BIN/flexctl" --socket "$WORK/agent.sock")
+
+echo "==> your desktop session starts the notifier (here it prints instead of popping up)"
+"${CTL[@]}" notify --print --no-desktop >"$WORK/notify.out" 2>"$WORK/notify.log" &
+PIDS+=($!)
+wait_for "$WORK/notify.log" "subscribed" "$WORK/notify.log"
+
+echo "==> you open AutoCAD through its wrapper: flexctl run --product autocad -- ..."
+"${CTL[@]}" run --product autocad --version 2026 -- sh -c 'echo "    [AutoCAD 2026 is running]"; sleep 1'
+echo "==> and open it again: free inside today's window"
+"${CTL[@]}" run --product autocad --version 2025 -- sh -c 'echo "    [AutoCAD 2025 is running]"'
+
+echo "==> you start Revit directly; the agent's process watcher sees it"
+mkdir -p "$WORK/opt/revit"
+cp "$(command -v sleep)" "$WORK/opt/revit/revit"
+"$WORK/opt/revit/revit" 600 &
+REVIT=$!
+PIDS+=($REVIT)
+for _ in $(seq 100); do
+    "${CTL[@]}" status | grep -q '^revit' && break
+    sleep 0.1
+done
+
+echo "==> flexctl status"
+"${CTL[@]}" status | sed 's/^/    /'
+kill "$REVIT" 2>/dev/null || true
+
+echo "==> your notifications"
+wait_for "$WORK/notify.out" "revit" "$WORK/notify.log"
+sed 's/^/    /' "$WORK/notify.out"
+
+echo "==> the admin's view: the ledger and the balance"
 "$BIN/flex-admin" charges
 "$BIN/flex-admin" tokens balance
