@@ -12,5 +12,7 @@ pub mod socket;
 pub mod sysclock;
 pub mod watcher;
 
-#[cfg(test)]
-pub(crate) mod testsupport;
+/// Fakes for tests (private D-Bus bus, notification service, Secret Service);
+/// other crates' tests get them with the `test-support` feature.
+#[cfg(any(test, feature = "test-support"))]
+pub mod testsupport;

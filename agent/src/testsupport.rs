@@ -1,5 +1,7 @@
-//! Test support shared by the agent's unit tests: a private D-Bus session bus and
-//! a real Secret Service (gnome-keyring) on it.
+//! Test support: a private D-Bus session bus, a recording desktop notification
+//! service on it, and a real Secret Service (gnome-keyring) on it. One fake of
+//! each thing, shared by the agent's unit tests and, through the `test-support`
+//! cargo feature, by the end-to-end tests in `tests/`.
 //!
 //! Tests that need a desktop bus (the credential store's keyring path, desktop
 //! notifications) start their own bus here instead of touching the machine's: a
@@ -11,13 +13,17 @@
 //! Setup failures panic with what to install, so a machine without D-Bus or
 //! gnome-keyring fails these tests loudly instead of skipping them.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a test waits for a daemon to appear before failing.
-const READY_DEADLINE: Duration = Duration::from_secs(20);
+use zbus::zvariant::OwnedValue;
+
+/// How long a test waits for a daemon, or a notification, to appear before failing.
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A `dbus-daemon` for one test; killed on drop.
 pub struct PrivateBus {
@@ -137,6 +143,140 @@ impl Drop for PrivateBus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The desktop notification service's well-known name.
+pub const NOTIFICATIONS_NAME: &str = "org.freedesktop.Notifications";
+
+/// One notification as the desktop's notification service received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub app_name: String,
+    pub summary: String,
+    pub body: String,
+    /// The `urgency` hint: 0 low, 1 normal, 2 critical; `None` when not sent.
+    pub urgency: Option<u8>,
+}
+
+/// The `urgency` hint value of a critical notification.
+pub const URGENCY_CRITICAL: u8 = 2;
+/// The `urgency` hint value of a normal notification.
+pub const URGENCY_NORMAL: u8 = 1;
+
+#[derive(Default)]
+struct Log {
+    seen: Mutex<Vec<Recorded>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Log {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The D-Bus object: records what `Notify` is called with.
+struct Recorder(Arc<Log>);
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl Recorder {
+    #[allow(clippy::too_many_arguments)]
+    async fn notify(
+        &self,
+        app_name: String,
+        _replaces_id: u32,
+        _app_icon: String,
+        summary: String,
+        body: String,
+        _actions: Vec<String>,
+        hints: HashMap<String, OwnedValue>,
+        _expire_timeout: i32,
+    ) -> u32 {
+        let urgency = hints.get("urgency").and_then(|v| u8::try_from(&**v).ok());
+        let id = {
+            let mut seen = self.0.lock();
+            seen.push(Recorded {
+                app_name,
+                summary,
+                body,
+                urgency,
+            });
+            seen.len() as u32
+        };
+        self.0.changed.notify_waiters();
+        id
+    }
+
+    fn get_capabilities(&self) -> Vec<String> {
+        vec!["body".into()]
+    }
+
+    fn get_server_information(&self) -> (String, String, String, String) {
+        (
+            "recorder".into(),
+            "flex tests".into(),
+            "1".into(),
+            "1.2".into(),
+        )
+    }
+
+    fn close_notification(&self, _id: u32) {}
+}
+
+/// A recording `org.freedesktop.Notifications` service on a [`PrivateBus`],
+/// standing in for the desktop's notification daemon. It serves from the
+/// calling tokio runtime until dropped.
+pub struct NotificationServer {
+    _connection: zbus::Connection,
+    log: Arc<Log>,
+}
+
+impl NotificationServer {
+    /// Serves on `bus`; the name is owned (clients can notify) once this returns.
+    pub async fn start(bus: &PrivateBus) -> NotificationServer {
+        let log = Arc::new(Log::default());
+        let connection = zbus::connection::Builder::address(bus.address.as_str())
+            .expect("the private bus address")
+            .name(NOTIFICATIONS_NAME)
+            .expect("the notification service name")
+            .serve_at("/org/freedesktop/Notifications", Recorder(log.clone()))
+            .expect("the notification service object")
+            .build()
+            .await
+            .expect("cannot serve notifications on the private bus");
+        NotificationServer {
+            _connection: connection,
+            log,
+        }
+    }
+
+    /// Everything received so far, oldest first.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.log.lock().clone()
+    }
+
+    /// The first notification received (already, or within
+    /// [`READY_DEADLINE`]) that satisfies `matches`; panics naming `what` and
+    /// listing what did arrive when none does.
+    pub async fn wait_for(&self, what: &str, matches: impl Fn(&Recorded) -> bool) -> Recorded {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            // Registered before looking, so a notification arriving in between
+            // still wakes us.
+            let changed = self.log.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(found) = self.log.lock().iter().find(|r| matches(r)) {
+                return found.clone();
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!(
+                    "no notification {what} within {READY_DEADLINE:?}; received: {:#?}",
+                    self.recorded()
+                );
+            }
+        }
     }
 }
 
