@@ -62,7 +62,14 @@ pub enum Command {
         json: bool,
     },
     /// Show the agent's events as desktop notifications (run once per desktop session).
-    Notify,
+    Notify {
+        /// Also print each event as one line on stdout: `[critical] summary: body`.
+        #[arg(long)]
+        print: bool,
+        /// With --print: only print, show no desktop notifications (no desktop needed).
+        #[arg(long, requires = "print")]
+        no_desktop: bool,
+    },
 }
 
 /// Errors of flexctl's commands. Messages end with what to do next.
@@ -152,8 +159,12 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             }
             Ok(0)
         }
-        Command::Notify => {
-            notify::run(&cli.socket, &notify::Desktop, notify::Backoff::default()).await;
+        Command::Notify { print, no_desktop } => {
+            let display = notify::Notifier {
+                print,
+                desktop: !no_desktop,
+            };
+            notify::run(&cli.socket, &display, notify::Backoff::default()).await;
             Ok(0)
         }
     }

@@ -29,6 +29,30 @@ pub struct Notification {
     pub urgency: Urgency,
 }
 
+impl Urgency {
+    /// The word used in printed lines: `normal` or `critical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Urgency::Normal => "normal",
+            Urgency::Critical => "critical",
+        }
+    }
+}
+
+impl Notification {
+    /// The notification as one line for a terminal or a log:
+    /// `[critical] summary: body`. Line breaks inside become spaces.
+    pub fn line(&self) -> String {
+        let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        format!(
+            "[{}] {}: {}",
+            self.urgency.as_str(),
+            one_line(&self.summary),
+            one_line(&self.body)
+        )
+    }
+}
+
 /// "2 h 5 min", "30 min", "45 s".
 pub fn human_duration(secs: u64) -> String {
     let (d, h, m, s) = (
@@ -191,6 +215,26 @@ impl Display for Desktop {
     }
 }
 
+/// What `flexctl notify` does with each event: prints it as a [`Notification::line`]
+/// on stdout (`--print`), shows it on the desktop (unless `--no-desktop`), or both.
+pub struct Notifier {
+    pub print: bool,
+    pub desktop: bool,
+}
+
+impl Display for Notifier {
+    async fn show(&self, n: Notification) {
+        if self.print {
+            use std::io::Write;
+            // A closed stdout (the reader went away) must not end the notifier.
+            let _ = writeln!(std::io::stdout().lock(), "{}", n.line());
+        }
+        if self.desktop {
+            Desktop.show(n).await;
+        }
+    }
+}
+
 /// Reconnection delays: `first`, doubling up to `max`, reset after a good connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -238,11 +282,77 @@ async fn follow(socket: &Path, display: &impl Display) -> Result<(), CtlError> {
         .await?
         .map_err(CtlError::Refused)?;
     tracing::info!(socket = %socket.display(), "subscribed to flex-agent events");
+    // Also the readiness signal scripts and tests wait for: from here on no event
+    // for this user is missed.
+    eprintln!(
+        "flexctl notify: subscribed to flex-agent at {}",
+        socket.display()
+    );
     loop {
         match client.next().await {
             Ok(Some(Incoming::Event(event))) => display.show(notification_for(&event)).await,
             Ok(Some(Incoming::Reply(_))) => {}
             Ok(None) | Err(_) => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use clap::Parser;
+    use flex_protocol::socket::{CloseReason, Event};
+
+    use super::*;
+    use crate::flexctl::{Cli, Command};
+
+    #[test]
+    fn printed_lines_carry_urgency_summary_and_body() {
+        let n = notification_for(&Event::ProductClosed {
+            product: "autocad".into(),
+            reason: CloseReason::Offline,
+            message: "offline for more than 24 h".into(),
+        });
+        assert_eq!(
+            n.line(),
+            "[critical] autocad was closed: offline for more than 24 h. \
+             Connect to the network, then start it again."
+        );
+        let n = notification_for(&Event::LowBalance { balance: 12 });
+        assert!(
+            n.line()
+                .starts_with("[normal] Flex token balance is low: 12 tokens left."),
+            "{}",
+            n.line()
+        );
+    }
+
+    #[test]
+    fn a_printed_notification_is_one_line() {
+        let n = Notification {
+            summary: "two\nlines".into(),
+            body: "a body\r\nover  lines\n".into(),
+            urgency: Urgency::Normal,
+        };
+        assert_eq!(n.line(), "[normal] two lines: a body over lines");
+    }
+
+    #[test]
+    fn no_desktop_needs_print() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        assert!(matches!(
+            parse(&["flexctl", "notify"]),
+            Ok(Command::Notify {
+                print: false,
+                no_desktop: false
+            })
+        ));
+        assert!(matches!(
+            parse(&["flexctl", "notify", "--print", "--no-desktop"]),
+            Ok(Command::Notify {
+                print: true,
+                no_desktop: true
+            })
+        ));
+        assert!(parse(&["flexctl", "notify", "--no-desktop"]).is_err());
     }
 }
