@@ -215,8 +215,14 @@ impl Core {
 
     /// Passes new low-balance notices (R9) on to every subscribed user. At the
     /// first contact the backlog is only marked as seen: old news is not news.
+    /// An empty backlog is marked too (as "seen up to 0"), or the tenant's very
+    /// first notice would later be taken for backlog and never told.
     pub(super) fn notices(&mut self, notices: Vec<Notice>, out: &mut Vec<Action>) {
         let Some(newest) = notices.iter().map(|n| n.id).max() else {
+            if self.notices_seen.is_none() {
+                self.notices_seen = Some(0);
+                out.push(Action::Persist(Persist::NoticesSeen(0)));
+            }
             return;
         };
         if let (Some(seen), Some(balance)) = (self.notices_seen, self.balance) {

@@ -152,8 +152,6 @@ fn kill_after_answer_before_journal_update_charges_once() {
 
 #[test]
 fn low_balance_notices_reach_users_once() {
-    let mut h = Harness::new(monday(8, 0), 100);
-    h.launch("alice", "autocad").unwrap().unwrap();
     let notice = |id| Notice {
         id,
         kind: NoticeKind::LowBalance,
@@ -161,12 +159,16 @@ fn low_balance_notices_reach_users_once() {
         created_at: monday(8, 0),
     };
     // The backlog at first contact is old news; later ones are told.
-    h.server.notices = vec![notice(1)];
-    let first = h.advance(Duration::from_secs(600));
-    assert!(!events(&first)
+    let mut h = Harness::with_backlog(monday(8, 0), 100, vec![notice(1)]);
+    assert!(!events(&h.log)
         .iter()
         .any(|e| matches!(e, Event::LowBalance { .. })));
     assert_eq!(h.core.notices_after(), Some(1));
+    h.launch("alice", "autocad").unwrap().unwrap();
+    let quiet = h.advance(Duration::from_secs(600));
+    assert!(!events(&quiet)
+        .iter()
+        .any(|e| matches!(e, Event::LowBalance { .. })));
     h.server.notices = vec![notice(2)];
     let second = h.advance(Duration::from_secs(600));
     assert!(second.iter().any(|a| matches!(
@@ -178,6 +180,31 @@ fn low_balance_notices_reach_users_once() {
     )));
     h.restart(Duration::ZERO);
     assert_eq!(h.core.notices_after(), Some(2), "journaled");
+}
+
+#[test]
+fn the_first_notice_of_a_tenant_without_backlog_reaches_users() {
+    // Regression: with no notice at all at the first contact, nothing was marked
+    // as seen, so the tenant's first low_balance notice was taken for backlog.
+    let mut h = Harness::new(monday(8, 0), 100);
+    h.launch("alice", "autocad").unwrap().unwrap();
+    h.advance(Duration::from_secs(600));
+    assert_eq!(h.core.notices_after(), Some(0), "empty backlog marked");
+    h.server.notices = vec![Notice {
+        id: 1,
+        kind: NoticeKind::LowBalance,
+        message: "balance below 20%".into(),
+        created_at: monday(8, 10),
+    }];
+    let next = h.advance(Duration::from_secs(600));
+    assert!(
+        events(&next)
+            .iter()
+            .any(|e| matches!(e, Event::LowBalance { balance: 93 })),
+        "{next:?}"
+    );
+    h.restart(Duration::ZERO);
+    assert_eq!(h.core.notices_after(), Some(1), "journaled");
 }
 
 #[test]

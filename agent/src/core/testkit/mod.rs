@@ -77,6 +77,16 @@ pub struct Harness {
 impl Harness {
     /// An enrolled agent that reached the server at `start`.
     pub fn new(start: DateTime<Utc>, balance: u64) -> Self {
+        Self::with_backlog(start, balance, Vec::new())
+    }
+
+    /// Like [`new`](Self::new), with the server holding `notices` at that first
+    /// contact.
+    pub fn with_backlog(
+        start: DateTime<Utc>,
+        balance: u64,
+        notices: Vec<flex_protocol::api::Notice>,
+    ) -> Self {
         // A real SQLite file, on tmpfs where there is one: month-long scenarios
         // journal tens of thousands of batches and disk fsyncs would dominate.
         let shm = std::path::Path::new("/dev/shm");
@@ -87,7 +97,8 @@ impl Harness {
         }
         .unwrap();
         let journal = Journal::open_in(&dir.path().join("state")).unwrap();
-        let server = FakeServer::new(balance);
+        let mut server = FakeServer::new(balance);
+        server.notices = notices;
         let boot = Duration::from_secs(3600);
         let config = CoreConfig {
             device_id: DEVICE.into(),
