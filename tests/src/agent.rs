@@ -271,3 +271,44 @@ pub fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The shipped sample rate sheet with every Linux executable name given a
+/// suffix of its own (`inventor` → `inventor-k3x9`), for a test server.
+///
+/// Every agent watches the whole machine: with the sample names, an agent of
+/// one test would also detect, charge and maybe close the fake products of
+/// another test (or of any agent left running). With names no other sheet has,
+/// an agent sees only the products of its own test.
+pub struct Rates {
+    pub toml: String,
+    suffix: String,
+}
+
+impl Rates {
+    pub fn unique() -> Rates {
+        const SAMPLE: &str = include_str!("../../server-stub/rates/sample-rates.toml");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let suffix = format!("-{}", &id[..4]);
+        let toml = SAMPLE
+            .lines()
+            .map(|line| match line.split_once("linux = [") {
+                Some((head, rest)) => {
+                    let (names, tail) = rest.split_once(']').expect("linux = [...] on one line");
+                    let names: Vec<String> = names
+                        .split(',')
+                        .map(|n| format!("\"{}{suffix}\"", n.trim().trim_matches('"')))
+                        .collect();
+                    format!("{head}linux = [{}]{tail}", names.join(", "))
+                }
+                None => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Rates { toml, suffix }
+    }
+
+    /// This sheet's Linux executable name for sample name `base` (e.g. `acad`).
+    pub fn exe(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
+    }
+}

@@ -41,6 +41,8 @@ pub struct ServerOpts {
     /// TOML written to a config file and passed with `--config`.
     pub config: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// A rate sheet (TOML) written to a file and passed with `--rates`.
+    pub rates: Option<String>,
 }
 
 /// A running `flex-server` on a loopback port with its own data directory.
@@ -96,6 +98,11 @@ impl Server {
             let path = self.data_dir.with_file_name("server.toml");
             std::fs::write(&path, cfg).expect("write config");
             cmd.arg("--config").arg(path);
+        }
+        if let Some(rates) = &self.opts.rates {
+            let path = self.data_dir.with_file_name("rates.toml");
+            std::fs::write(&path, rates).expect("write rate sheet");
+            cmd.arg("--rates").arg(path);
         }
         if let Some((cert, key)) = &self.opts.tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);

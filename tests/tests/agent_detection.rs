@@ -1,31 +1,31 @@
 //! Products found by the agent's process watcher, with no wrapper: a copy of
-//! `sleep` named like a product's Linux executable is detected, charged once per
+//! `sleep` named like a product's Linux executable in the server's rate sheet is
+//! detected, charged once per
 //! window, adopted when it was running before the agent started, and its exit
 //! ends the session. Runs with the default source (the kernel's process connector
 //! where it opens) and once with `detection = "polling"`.
 //!
-//! Every agent watches the whole machine, so an agent would also see (and charge
-//! and possibly close) the products of a test running beside it: the tests of this
-//! file take [`SERIAL`] and run one at a time.
+//! Every agent watches the whole machine, so each test's server has a rate sheet
+//! of its own ([`Rates::unique`]: the sample rates, executable names suffixed) and
+//! its agent sees only that test's products.
 
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use flex_e2e::agent::{alive, eventually, fake_product, Agent, SHORT_POLICY};
+use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates, SHORT_POLICY};
 use flex_e2e::{Server, ServerOpts};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Held for a whole test: one agent and its products at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Inventor's sample rate in server-stub/rates/sample-rates.toml.
 const INVENTOR_TOKENS: u64 = 9;
 
-async fn server() -> Server {
+async fn server(rates: &Rates) -> Server {
     let server = Server::start(ServerOpts {
         config: Some(SHORT_POLICY.to_string()),
+        rates: Some(rates.toml.clone()),
         ..Default::default()
     });
     server.buy(500).await;
@@ -92,10 +92,10 @@ fn window_charges(charges: &[Value], product: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn detected_product_is_charged_once_and_its_exit_ends_the_session() {
-    let _serial = SERIAL.lock().await;
-    let server = server().await;
+    let rates = Rates::unique();
+    let server = server(&rates).await;
     let agent = Agent::start(&server, "").await;
-    let exe = fake_product(agent.dir.path(), "inventor");
+    let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
 
     let mut first = Product::start(&exe);
     let charges = charge_count(&server, 1).await;
@@ -150,10 +150,10 @@ async fn detected_product_is_charged_once_and_its_exit_ends_the_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn product_running_before_the_agent_starts_is_adopted_and_charged() {
-    let _serial = SERIAL.lock().await;
-    let server = server().await;
+    let rates = Rates::unique();
+    let server = server(&rates).await;
     let mut agent = Agent::enrolled(&server, "").await;
-    let exe = fake_product(agent.dir.path(), "inventor");
+    let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
     let mut product = Product::start(&exe);
     assert!(alive(product.pid()));
 
@@ -179,11 +179,11 @@ async fn product_running_before_the_agent_starts_is_adopted_and_charged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn polling_source_detects_start_and_exit() {
-    let _serial = SERIAL.lock().await;
-    let server = server().await;
+    let rates = Rates::unique();
+    let server = server(&rates).await;
     let agent = Agent::start(&server, "detection = \"polling\"").await;
     assert_eq!(agent.status()["detection"], "polling");
-    let exe = fake_product(agent.dir.path(), "revit");
+    let exe = fake_product(agent.dir.path(), &rates.exe("revit"));
 
     let mut product = Product::start(&exe);
     let s = eventually("the polled product's session", WAIT, || async {
