@@ -32,7 +32,7 @@ pub async fn claim(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Response, ApiError> {
-    let outcome = st.store.run(move |s| s.claim(&device, &req)).await?;
+    let outcome = st.claims.claim(device, req).await?;
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
     Ok((
         status,

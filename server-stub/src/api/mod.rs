@@ -13,7 +13,7 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 
 use crate::clock::TestClock;
-use crate::store::Store;
+use crate::store::{ClaimBatcher, Store};
 use error::ApiError;
 
 /// Cap on JSON bodies.
@@ -27,6 +27,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    /// Claims go through group commit (see [`crate::store::ClaimBatcher`]).
+    pub claims: ClaimBatcher,
     admin_token_hash: [u8; 32],
     /// Present only when the server was started with `--test-clock`.
     pub test_clock: Option<TestClock>,
@@ -35,6 +37,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Arc<Store>, admin_token: &str, test_clock: Option<TestClock>) -> Self {
         AppState {
+            claims: ClaimBatcher::start(store.clone()),
             store,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
             test_clock,

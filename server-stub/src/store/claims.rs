@@ -12,7 +12,7 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::LeaseBody;
 use flex_protocol::ErrorCode;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::lots::{balance_of, spend};
 use super::users::{has_subscription, load_defaults, load_user, normalize_email};
@@ -200,39 +200,85 @@ fn insert_charge(tx: &Connection, c: &ChargeRow<'_>, now: DateTime<Utc>) -> Resu
 }
 
 impl Store {
-    /// Answers `POST /v1/agent/claims` for `device_id`.
+    /// Answers `POST /v1/agent/claims` for `device_id`, in a transaction of its own.
     pub fn claim(&self, device_id: &str, req: &ClaimRequest) -> Result<ClaimOutcome> {
         let user = validate(req)?;
+        self.write(|tx| self.claim_in(tx, device_id, &user, req))
+    }
+
+    /// Answers many claims with one commit (one fsync): each runs in a savepoint
+    /// of the same IMMEDIATE transaction, in order, so each sees the ones before it
+    /// exactly as if they had been committed one by one, and a claim that fails
+    /// leaves nothing behind. No answer is released before the commit; if the
+    /// commit fails, every claim of the batch fails and nothing was written.
+    pub fn claim_batch(&self, claims: &[(String, ClaimRequest)]) -> Vec<Result<ClaimOutcome>> {
+        let mut answers: Vec<Result<ClaimOutcome>> = Vec::with_capacity(claims.len());
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = e.to_string();
+                return claims
+                    .iter()
+                    .map(|_| Err(StoreError::Commit(msg.clone())))
+                    .collect();
+            }
+        };
+        for (device_id, req) in claims {
+            let answer = validate(req).and_then(|user| {
+                let sp = tx.savepoint()?;
+                let out = self.claim_in(&sp, device_id, &user, req)?;
+                sp.commit()?;
+                Ok(out)
+            });
+            answers.push(answer);
+        }
+        if let Err(e) = tx.commit() {
+            let msg = e.to_string();
+            return claims
+                .iter()
+                .map(|_| Err(StoreError::Commit(msg.clone())))
+                .collect();
+        }
+        answers
+    }
+
+    /// The body of one claim, on a connection inside a write transaction.
+    fn claim_in(
+        &self,
+        tx: &Connection,
+        device_id: &str,
+        user: &str,
+        req: &ClaimRequest,
+    ) -> Result<ClaimOutcome> {
         let fingerprint =
             sha256_hex(&serde_json::to_vec(&(device_id, req)).expect("claim request serializes"));
         let now = self.now();
-        self.write(|tx| {
-            let seen: Option<(String, u16, String)> = tx
-                .query_row(
-                    "SELECT request_hash, status, response FROM claims WHERE claim_id = ?1",
-                    [&req.claim_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            if let Some((hash, status, body)) = seen {
-                if hash == fingerprint {
-                    return Ok(ClaimOutcome { status, body });
-                }
-                return Err(StoreError::Conflict(format!(
-                    "claim id '{}' was already used for a different request; use a new id for a new attempt",
-                    req.claim_id
-                )));
+        let seen: Option<(String, u16, String)> = tx
+            .query_row(
+                "SELECT request_hash, status, response FROM claims WHERE claim_id = ?1",
+                [&req.claim_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((hash, status, body)) = seen {
+            if hash == fingerprint {
+                return Ok(ClaimOutcome { status, body });
             }
-            notices::check_expiring(tx, now)?;
-            let response = self.decide(tx, device_id, &user, req, now)?;
-            let body = serde_json::to_string(&response).expect("claim response serializes");
-            tx.execute(
-                "INSERT INTO claims (claim_id, request_hash, status, response, created_at)
-                 VALUES (?1, ?2, 200, ?3, ?4)",
-                params![req.claim_id, fingerprint, body, ts(now)],
-            )?;
-            Ok(ClaimOutcome { status: 200, body })
-        })
+            return Err(StoreError::Conflict(format!(
+                "claim id '{}' was already used for a different request; use a new id for a new attempt",
+                req.claim_id
+            )));
+        }
+        notices::check_expiring(tx, now)?;
+        let response = self.decide(tx, device_id, user, req, now)?;
+        let body = serde_json::to_string(&response).expect("claim response serializes");
+        tx.execute(
+            "INSERT INTO claims (claim_id, request_hash, status, response, created_at)
+             VALUES (?1, ?2, 200, ?3, ?4)",
+            params![req.claim_id, fingerprint, body, ts(now)],
+        )?;
+        Ok(ClaimOutcome { status: 200, body })
     }
 
     /// R4: subscription first, then Flex within the default assignments.
@@ -260,7 +306,7 @@ impl Store {
 
     fn decide(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         device_id: &str,
         user: &str,
         req: &ClaimRequest,
@@ -395,7 +441,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     fn per_result(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         device_id: &str,
         user: &str,
         req: &ClaimRequest,

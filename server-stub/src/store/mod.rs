@@ -5,8 +5,11 @@
 //! mutex around the single connection and every rule runs in one `IMMEDIATE`
 //! transaction, so concurrent claims can neither open two windows for one
 //! user+product nor overdraw the balance. Handlers call in via
-//! [`Store::run`], which moves the blocking work off the async runtime.
+//! [`Store::run`], which moves the blocking work off the async runtime; claims,
+//! the hot path, go through [`ClaimBatcher`], which shares one commit among the
+//! claims waiting at the same moment.
 
+mod batch;
 mod charges;
 mod claims;
 mod devices;
@@ -28,6 +31,7 @@ use crate::clock::Clock;
 use crate::config::PolicyConfig;
 use crate::rates::RateSheet;
 
+pub use batch::ClaimBatcher;
 pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
@@ -58,6 +62,9 @@ pub enum StoreError {
     },
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    /// A batch's shared transaction could not begin or commit; nothing was written.
+    #[error("cannot commit to the database: {0}")]
+    Commit(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
