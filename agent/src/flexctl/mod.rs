@@ -42,6 +42,10 @@ pub enum Command {
         /// Product version, for usage reports.
         #[arg(long)]
         version: Option<String>,
+        /// Launch for this local account instead of your own. Root only, e.g. a
+        /// service starting a product for a user.
+        #[arg(long, value_name = "ACCOUNT")]
+        user: Option<String>,
         /// The product's command line.
         #[arg(required = true, last = true, num_args = 1..)]
         command: Vec<String>,
@@ -55,6 +59,10 @@ pub enum Command {
         /// Job id; repeating an id never charges twice.
         #[arg(long)]
         job: Option<String>,
+        /// Charge the job to this local account instead of your own. Root only,
+        /// e.g. a service processing a user's job.
+        #[arg(long, value_name = "ACCOUNT")]
+        user: Option<String>,
     },
     /// Show sessions, windows, balance and connectivity.
     Status {
@@ -113,15 +121,18 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
         Command::Run {
             product,
             version,
+            user,
             command,
         } => {
-            let opts = run::RunOptions::new(cli.socket, product, version, command);
+            let mut opts = run::RunOptions::new(cli.socket, product, version, command);
+            opts.user = user;
             run::run(opts, run::forward_signals()).await
         }
         Command::Result {
             product,
             count,
             job,
+            user,
         } => {
             let mut client = Client::connect(&cli.socket).await?;
             let reply: Result<ResultReply, ApiError> = client
@@ -129,7 +140,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                     product: product.clone(),
                     count,
                     job,
-                    user: None,
+                    user,
                 })
                 .await?;
             match reply {

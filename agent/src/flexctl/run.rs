@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub product: String,
     pub version: Option<String>,
     pub command: Vec<String>,
+    /// Local account to launch for instead of the caller's own; the agent allows
+    /// it for root only (a service starting a product for a user).
+    pub user: Option<String>,
     /// Between SIGTERM and SIGKILL when the agent closes the session.
     pub close_grace: Duration,
 }
@@ -44,6 +47,7 @@ impl RunOptions {
             product,
             version,
             command,
+            user: None,
             close_grace: Duration::from_secs(30),
         }
     }
@@ -118,7 +122,7 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
                 product: opts.product.clone(),
                 version: opts.version.clone(),
                 pid: None,
-                user: None,
+                user: opts.user.clone(),
             })
             .await?;
         let answer = client.reply::<LaunchReply>(|_| {}).await?;

@@ -201,6 +201,46 @@ async fn status_and_result_against_the_fake_agent() {
     );
 }
 
+#[tokio::test]
+async fn user_option_fills_the_user_field_of_run_and_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler);
+    let socket = agent.path.clone();
+    // Our own account: the socket server lets anyone name themselves.
+    let me = crate::socket::account_name(nix::unistd::getuid().as_raw());
+    let cli = |args: &[&str]| {
+        let mut all = vec!["flexctl", "--socket", socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    };
+    let run = cli(&["run", "--product", "autocad", "--user", &me, "--", "true"]);
+    assert_eq!(execute(run).await.unwrap(), 0);
+    let user = wait_for(&mut seen, |r| match r {
+        Request::Launch { user, .. } => Some(user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(user.as_deref(), Some(me.as_str()));
+
+    let result = cli(&[
+        "result",
+        "--product",
+        "recap-photo",
+        "--count",
+        "3",
+        "--user",
+        &me,
+    ]);
+    assert_eq!(execute(result).await.unwrap(), 0);
+    let user = wait_for(&mut seen, |r| match r {
+        Request::Result { user, .. } => Some(user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(user.as_deref(), Some(me.as_str()));
+}
+
 #[test]
 fn status_table_shows_the_facts() {
     let status = crate::socket::fake::sample_status();
@@ -244,9 +284,11 @@ fn cli_parses_run_with_the_command_after_dashes() {
             product,
             command,
             version,
+            user,
         } => {
             assert_eq!(product, "autocad");
             assert_eq!(version, None);
+            assert_eq!(user, None);
             assert_eq!(command, ["/opt/acad/acad", "--flag", "file.dwg"]);
         }
         other => panic!("parsed as {other:?}"),
