@@ -227,12 +227,20 @@ impl Driver {
         let poll = self.config.poll_interval;
         loop {
             // The core's next deadline is a boot-clock reading; the poll interval
-            // bounds the wait because tokio's timer does not count suspend.
-            let wait = self
-                .core
-                .next_deadline()
-                .map(|at| at.saturating_sub(sysclock::now().boot))
-                .map_or(poll, |d| d.min(poll));
+            // bounds the wait because tokio's timer does not count suspend. With
+            // no deadline and no session the agent sleeps until something happens.
+            let idle = self.core.status().sessions.is_empty() && self.wrappers.is_empty();
+            let wait = match self.core.next_deadline() {
+                Some(at) => Some(at.saturating_sub(sysclock::now().boot).min(poll)),
+                None if idle => None,
+                None => Some(poll),
+            };
+            let timer = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
@@ -242,7 +250,7 @@ impl Driver {
                 Some(cmd) = commands.recv() => self.command(cmd)?,
                 Some(ev) = net.recv() => self.net(ev)?,
                 Some(ev) = procs.recv() => self.proc_event(ev)?,
-                _ = tokio::time::sleep(wait) => {
+                _ = timer => {
                     self.feed(Input::Tick)?;
                     self.reap_gone_sessions()?;
                 }
