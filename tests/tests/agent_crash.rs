@@ -14,9 +14,8 @@
 //! ends with one charge, made by the journaled claim id; the agent holds its
 //! window, so a new launch is free; and `flexctl status` tells the truth.
 //!
-//! Every agent watches the whole machine, so a product process started by one
-//! test would be claimed by the agents of the others: the tests of this file
-//! take [`SERIAL`] and run one at a time.
+//! Every agent watches the whole machine, so each test's server has a rate sheet
+//! of its own ([`Rates::unique`]): no other agent takes its product for one.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command};
@@ -24,7 +23,7 @@ use std::time::Duration;
 
 use flex_agent::core::CoreState;
 use flex_agent::journal::Journal;
-use flex_e2e::agent::{alive, eventually, fake_product, Agent};
+use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates};
 use flex_e2e::{Server, ServerOpts};
 use serde_json::Value;
 
@@ -39,9 +38,6 @@ window = "10m"
 heartbeat_interval = "1s"
 close_grace = "1s"
 "#;
-
-/// Held for a whole test: one agent and its products at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failpoint {
@@ -76,11 +72,13 @@ fn journal(agent: &Agent) -> CoreState {
         .expect("read the agent's journal")
 }
 
-/// A server with tokens and the test user on Flex, and an enrolled agent that
-/// will SIGKILL itself at `point`.
-async fn setup(point: Failpoint) -> (Server, Agent) {
+/// A server with tokens, the test user on Flex and a rate sheet of its own, and
+/// an enrolled agent that will SIGKILL itself at `point`.
+async fn setup(point: Failpoint) -> (Server, Agent, Rates) {
+    let rates = Rates::unique();
     let server = Server::start(ServerOpts {
         config: Some(POLICY.to_string()),
+        rates: Some(rates.toml.clone()),
         ..Default::default()
     });
     server.buy(500).await;
@@ -90,7 +88,7 @@ async fn setup(point: Failpoint) -> (Server, Agent) {
         .env
         .push(("FLEX_AGENT_FAILPOINT".into(), point.name().into()));
     agent.spawn();
-    (server, agent)
+    (server, agent, rates)
 }
 
 /// Waits for the agent to die at its failpoint and checks what the crash left:
@@ -181,8 +179,7 @@ async fn free_launch(server: &Server, agent: &Agent) {
 }
 
 async fn wrapper_launch_survives_a_crash_at(point: Failpoint) {
-    let _serial = SERIAL.lock().await;
-    let (server, mut agent) = setup(point).await;
+    let (server, mut agent, _) = setup(point).await;
 
     let out = agent
         .flexctl()
@@ -211,10 +208,9 @@ async fn wrapper_launch_survives_a_crash_at(point: Failpoint) {
 }
 
 async fn watched_product_survives_a_crash_at(point: Failpoint) {
-    let _serial = SERIAL.lock().await;
-    let (server, mut agent) = setup(point).await;
+    let (server, mut agent, rates) = setup(point).await;
 
-    let exe = fake_product(agent.dir.path(), "acad");
+    let exe = fake_product(agent.dir.path(), &rates.exe("acad"));
     let product = Product(Command::new(&exe).arg("60").spawn().expect("start acad"));
     let pid = product.0.id();
     let claim_id = crashed(&mut agent, point);
