@@ -325,7 +325,7 @@ async fn offline_warnings_and_the_closure_reach_the_desktop() {
     assert!(
         closed
             .body
-            .contains("has not reached the license server for 8s"),
+            .contains("has not reached the license server for 8 s"),
         "{closed:?}"
     );
     assert!(

@@ -29,13 +29,13 @@ fn format_span(d: Duration) -> String {
     let (h, m, sec) = (s / 3600, s % 3600 / 60, s % 60);
     let mut parts = Vec::new();
     if h > 0 {
-        parts.push(format!("{h}h"));
+        parts.push(format!("{h} h"));
     }
     if m > 0 {
-        parts.push(format!("{m}m"));
+        parts.push(format!("{m} min"));
     }
     if sec > 0 || parts.is_empty() {
-        parts.push(format!("{sec}s"));
+        parts.push(format!("{sec} s"));
     }
     parts.join(" ")
 }
@@ -65,10 +65,9 @@ impl Core {
             if offline >= limit {
                 s.closing = Some(Closing {
                     reason: CloseReason::Offline,
+                    // The why; notifier and wrapper add the next step for the reason.
                     message: format!(
-                        "'{}' was closed: this workstation has not reached the license \
-                         server for {}; connect to the network to use it again",
-                        s.product,
+                        "this workstation has not reached the license server for {}",
                         format_span(limit)
                     ),
                     term_at: now,

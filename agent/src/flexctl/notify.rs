@@ -156,13 +156,7 @@ pub fn notification_for(event: &Event) -> Notification {
             reason,
             message,
         } => {
-            let next = match reason {
-                CloseReason::Offline => "Connect to the network, then start it again.",
-                CloseReason::OutOfTokens => "Ask your license administrator to buy tokens.",
-                CloseReason::NotEntitled | CloseReason::Denied => {
-                    "Ask your license administrator for access."
-                }
-            };
+            let next = next_step(*reason);
             (format!("{product} was closed"), format!("{message}. {next}"), Critical)
         }
         Event::ClockRollback { seconds } => (
@@ -178,6 +172,17 @@ pub fn notification_for(event: &Event) -> Notification {
         summary,
         body,
         urgency,
+    }
+}
+
+/// What a user can do about a closed product.
+pub fn next_step(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Offline => "Connect to the network, then start it again.",
+        CloseReason::OutOfTokens => "Ask your license administrator to buy tokens.",
+        CloseReason::NotEntitled | CloseReason::Denied => {
+            "Ask your license administrator for access."
+        }
     }
 }
 

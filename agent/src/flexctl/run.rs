@@ -195,7 +195,10 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
             line = from_agent => match line {
                 Ok(Some(Incoming::Event(Event::ProductClosed { product, reason, message }))) => {
                     if !closed {
-                        eprintln!("flexctl: flex-agent closed {product} ({reason:?}): {message}");
+                        eprintln!(
+                            "flexctl: flex-agent closed {product}: {message}. {}",
+                            super::notify::next_step(reason)
+                        );
                         signal_child(pid, libc::SIGTERM);
                         kill_at = Some(tokio::time::Instant::now() + opts.close_grace);
                         closed = true;
