@@ -36,7 +36,7 @@ async fn setup() -> (Rates, Server, Agent) {
 }
 
 /// A child process (a watched product or a `flexctl run` wrapper) that is
-/// killed and reaped when dropped.
+/// stopped and reaped when dropped.
 struct Proc(Child);
 
 impl Proc {
@@ -92,6 +92,18 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: a wrapper passes it on to its product, which would
+        // outlive a SIGKILLed wrapper (and hold the test's output pipes).
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.0.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flex_e2e::agent::{eventually, Agent, Rates, SHORT_POLICY};
 use flex_e2e::{Server, ServerOpts};
@@ -346,11 +346,23 @@ async fn another_uid_cannot_act_for_root_and_is_denied_as_itself() {
     assert!(server.charges().await.is_empty());
 }
 
-/// A `flexctl run` wrapper killed and reaped when dropped.
+/// A `flexctl run` wrapper stopped and reaped when dropped.
 struct Wrapper(Child);
 
 impl Drop for Wrapper {
     fn drop(&mut self) {
+        // SIGTERM first: a wrapper passes it on to its product, which would
+        // outlive a SIGKILLed wrapper (and hold the test's output pipes).
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.0.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
