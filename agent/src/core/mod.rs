@@ -341,6 +341,11 @@ impl Core {
         self.clock.trusted_now()
     }
 
+    /// The account (uid) and origin of session `id`, while the core tracks it.
+    pub fn session_owner(&self, id: &str) -> Option<(u32, Origin)> {
+        self.sessions.get(id).map(|s| (s.uid, s.origin))
+    }
+
     pub fn status(&self) -> CoreStatus {
         let sessions = self
             .sessions

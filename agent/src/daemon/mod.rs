@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::core::{Action, Core, CoreConfig, Input, ProcessInfo};
+use crate::core::{Action, Core, CoreConfig, Input, Origin, ProcessInfo};
 use crate::credentials::{ensure_private_dir, CredentialError, CredentialStore};
 use crate::journal::{Enrollment, Journal, JournalError};
 use crate::socket::{account_name, Reply, SocketConfig, SocketError, SocketServer};
@@ -387,13 +387,34 @@ impl Driver {
         }
     }
 
-    /// Only the account that launched a session (or root) may attach or end it.
+    /// Only the account that launched a session (or root) may attach or end it,
+    /// and only while a wrapper holds it: a session the watcher found (or whose
+    /// wrapper went away) ends when its process exits, or the product would run
+    /// on unaccounted.
     fn own_session(&self, peer_uid: u32, session: &str) -> Result<(), Reply> {
-        match self.wrappers.get(session) {
-            Some(w) if w.uid == peer_uid || peer_uid == 0 => Ok(()),
-            Some(_) => Err(Reply::error(
+        // (owner, how it was found when no wrapper holds it)
+        let owner = match self.wrappers.get(session) {
+            Some(w) => Some((w.uid, None)),
+            None => self
+                .core
+                .session_owner(session)
+                .map(|(uid, origin)| (uid, Some(origin))),
+        };
+        match owner {
+            Some((uid, _)) if uid != peer_uid && peer_uid != 0 => Err(Reply::error(
                 ErrorCode::Forbidden,
                 format!("session {session} belongs to another account"),
+            )),
+            Some((_, None)) => Ok(()),
+            Some((_, Some(origin))) => Err(Reply::error(
+                ErrorCode::Conflict,
+                format!(
+                    "session {session} {}: it ends when its product process exits",
+                    match origin {
+                        Origin::Watcher => "was found by the process watcher",
+                        Origin::Wrapper => "lost its flexctl run connection",
+                    }
+                ),
             )),
             None => Err(Reply::error(
                 ErrorCode::NotFound,
