@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use flex_e2e::agent::{eventually, Agent, Rates, SHORT_POLICY};
+use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates, SHORT_POLICY};
 use flex_e2e::{Server, ServerOpts};
 use flex_protocol::socket::MAX_LINE;
 use flex_protocol::PROTOCOL_VERSION;
@@ -30,7 +30,7 @@ const CLIENT_SOCKET: &str = "FLEX_E2E_CLIENT_SOCKET";
 /// The request lines the helper client sends, one per line.
 const CLIENT_LINES: &str = "FLEX_E2E_CLIENT_LINES";
 
-async fn setup() -> (Server, Agent) {
+async fn setup() -> (Rates, Server, Agent) {
     let rates = Rates::unique();
     let server = Server::start(ServerOpts {
         config: Some(SHORT_POLICY.to_string()),
@@ -43,7 +43,7 @@ async fn setup() -> (Server, Agent) {
     // The harness's temp dir is 0700: let other accounts reach the socket in it
     // (the socket itself is 0666; identity comes from peer credentials).
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    (server, agent)
+    (rates, server, agent)
 }
 
 /// One request line and its reply over a raw connection.
@@ -154,7 +154,7 @@ fn socket_client_helper() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_lines_get_invalid_request_and_the_daemon_keeps_serving() {
-    let (server, agent) = setup().await;
+    let (_rates, server, agent) = setup().await;
     let mut conn = Conn::open(&agent.socket).await;
 
     let bad: Vec<(&str, Vec<u8>)> = vec![
@@ -226,7 +226,7 @@ async fn bad_lines_get_invalid_request_and_the_daemon_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn another_uid_cannot_act_for_root_and_is_denied_as_itself() {
-    let (server, agent) = setup().await;
+    let (_rates, server, agent) = setup().await;
     // Somewhere nobody could write, so a product that ran would leave a mark.
     let open = agent.dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
@@ -368,10 +368,20 @@ impl Drop for Wrapper {
     }
 }
 
+/// A product process started by the test; killed and reaped when dropped.
+struct Product(Child);
+
+impl Drop for Product {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn another_uid_cannot_end_or_see_roots_session() {
-    let (server, agent) = setup().await;
-    let mut wrapper = Wrapper(
+async fn another_uid_cannot_end_or_see_roots_sessions() {
+    let (rates, server, agent) = setup().await;
+    let wrapper = Wrapper(
         agent
             .flexctl()
             .args(["run", "--product", "autocad", "--", "sleep", "60"])
@@ -379,36 +389,65 @@ async fn another_uid_cannot_end_or_see_roots_session() {
             .spawn()
             .unwrap(),
     );
-    let session = eventually("root's wrapped session", WAIT, || async {
-        let s = agent.status()["sessions"].as_array()?.first()?.clone();
-        s["pid"].as_u64().map(|_| s)
+    let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
+    let watched = Product(Command::new(exe).arg("60").spawn().unwrap());
+    let (wrapped_id, watched_id) = eventually("root's two sessions", WAIT, || async {
+        let sessions = agent.status()["sessions"].as_array()?.clone();
+        let find = |origin: &str| {
+            sessions
+                .iter()
+                .find(|s| s["origin"] == origin && s["pid"].is_u64())
+                .and_then(|s| s["session"].as_str().map(String::from))
+        };
+        Some((find("wrapper")?, find("watcher")?))
     })
     .await;
-    let id = session["session"].as_str().unwrap().to_string();
-    assert_eq!(session["user"], "root@example.com");
 
     let replies = socket_as(
         &agent,
         NOBODY,
-        &[json!({"op":"exit","session":id}), json!({"op":"status"})],
+        &[
+            json!({"op":"exit","session":wrapped_id}),
+            json!({"op":"exit","session":watched_id}),
+            json!({"op":"status"}),
+        ],
     );
-    assert_eq!(replies[0]["ok"], false, "{replies:?}");
-    assert_eq!(replies[0]["error"]["code"], "forbidden", "{replies:?}");
-    assert_eq!(replies[1]["ok"], true, "{replies:?}");
+    for reply in &replies[..2] {
+        assert_eq!(reply["ok"], false, "{replies:?}");
+        assert_eq!(reply["error"]["code"], "forbidden", "{replies:?}");
+    }
+    assert_eq!(replies[2]["ok"], true, "{replies:?}");
     assert_eq!(
-        replies[1]["sessions"],
+        replies[2]["sessions"],
         json!([]),
-        "root's session is not nobody's business"
+        "root's sessions are not nobody's business"
     );
 
-    // Root's session and product go on.
+    // Even root cannot end a watched session while its process runs: it ends
+    // when the process exits (else the product would run on unaccounted).
+    let mut conn = Conn::open(&agent.socket).await;
+    let reply = conn
+        .ask(
+            json!({"op":"exit","session":watched_id})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["error"]["code"], "conflict", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("process watcher"), "{message}");
+
+    // Root's sessions and products go on.
     let status = agent.status();
     let sessions = status["sessions"].as_array().unwrap();
-    assert_eq!(sessions.len(), 1, "{status}");
-    assert_eq!(sessions[0]["session"], id.as_str());
+    assert_eq!(sessions.len(), 2, "{status}");
+    assert!(alive(watched.0.id()));
+    let mut wrapper = wrapper;
     assert!(
         wrapper.0.try_wait().unwrap().is_none(),
         "the wrapper still runs"
     );
-    assert_eq!(server.charges().await.len(), 1);
+    let charges = server.charges().await;
+    assert_eq!(charges.len(), 2, "{charges:?}");
 }
