@@ -7,15 +7,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The agent is a root service: its end-to-end tests start it as root, let it see
+# and close processes, and connect as another uid to prove identity checks. Say
+# so up front instead of failing halfway.
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/run.sh: the agent tests must run as root (they start the agent as the" >&2
+    echo "system service runs and connect as another uid). Run, with your toolchain:" >&2
+    echo "  sudo env \"PATH=\$PATH\" CARGO_HOME=\"\${CARGO_HOME:-\$HOME/.cargo}\" RUSTUP_HOME=\"\${RUSTUP_HOME:-\$HOME/.rustup}\" bash tests/run.sh" >&2
+    exit 1
+fi
+
 need=()
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
-    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 cargo build --workspace --bins
-cargo test --workspace "$@"
+# Every failure in one run, not just the first test binary's.
+cargo test --workspace --no-fail-fast "$@"

@@ -42,7 +42,18 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = %self.code, "{}", self.message);
         }
-        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
+        let body = Json(ErrorBody::new(self.code, self.message));
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the oversize body was never read, so this connection
+            // cannot carry another request: say so, or a client reusing it fails.
+            return (
+                self.status,
+                [(axum::http::header::CONNECTION, "close")],
+                body,
+            )
+                .into_response();
+        }
+        (self.status, body).into_response()
     }
 }
 
