@@ -5,15 +5,29 @@
 //! Readiness is the agent's own `flex-agent listening on PATH` line, never a sleep.
 //! Conditions that take a moment (a charge reaching the ledger, a process being
 //! closed) are awaited with [`eventually`], which polls with a deadline.
+//!
+//! One fake of each thing, in this one module, for every agent test file: the
+//! usual test bed ([`setup`], [`flex_server`]), a product or `flexctl run`
+//! wrapper the test starts ([`Running`]), a product's executable
+//! ([`fake_product`]) and a rate sheet of a test's own ([`Rates`]).
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{bin, Server};
+use crate::{bin, Server, ServerOpts};
+
+/// How long a test waits for what the agent or server does soon (a charge, a
+/// session, a close).
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The Flex user of root, the account the suite runs as (the agent maps
+/// accounts to `{user}@example.com`).
+pub const USER: &str = "root@example.com";
 
 /// A server policy where a "day" is six seconds: window 6 s, offline limit 8 s
 /// with warnings 4 s and 2 s before, heartbeat every second, 1 s close grace.
@@ -28,6 +42,28 @@ heartbeat_interval = "1s"
 renewal_grace = "2s"
 close_grace = "1s"
 "#;
+
+/// A test server under `policy` with `tokens` bought and [`USER`] on Flex;
+/// with `rates` as its rate sheet, else the server's own sample sheet.
+pub async fn flex_server(policy: &str, rates: Option<&Rates>, tokens: u64) -> Server {
+    let server = Server::start(ServerOpts {
+        config: Some(policy.to_string()),
+        rates: rates.map(|r| r.toml.clone()),
+        ..Default::default()
+    });
+    server.buy(tokens).await;
+    server.flex_user(USER).await;
+    server
+}
+
+/// The usual test bed: a rate sheet of the test's own ([`Rates::unique`]), a
+/// [`flex_server`] under [`SHORT_POLICY`] with 500 tokens, and a started agent.
+pub async fn setup() -> (Rates, Server, Agent) {
+    let rates = Rates::unique();
+    let server = flex_server(SHORT_POLICY, Some(&rates), 500).await;
+    let agent = Agent::start(&server, "").await;
+    (rates, server, agent)
+}
 
 /// A running (or stopped) agent with everything it owns in one temp dir.
 pub struct Agent {
@@ -153,10 +189,7 @@ impl Agent {
     /// SIGTERM and wait, as `systemctl stop` would.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
+        sigterm(c.id());
         c.wait().ok()
     }
 
@@ -215,6 +248,30 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// The status's sessions.
+    pub fn sessions(&self) -> Vec<Value> {
+        self.status()["sessions"]
+            .as_array()
+            .expect("status lists sessions")
+            .clone()
+    }
+
+    /// The status's session of process `pid`, if it has one.
+    pub fn session_of(&self, pid: u32) -> Option<Value> {
+        self.sessions()
+            .into_iter()
+            .find(|s| s["pid"].as_u64() == Some(pid.into()))
+    }
+
+    /// `flexctl run --product PRODUCT -- COMMAND...`, run to its end.
+    pub fn run<S: AsRef<OsStr>>(&self, product: &str, command: &[S]) -> Output {
+        self.flexctl()
+            .args(["run", "--product", product, "--"])
+            .args(command)
+            .output()
+            .expect("run flexctl run")
+    }
+
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
@@ -246,6 +303,112 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `kill -TERM PID`.
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A process a test started (a product, a `flexctl run` wrapper, a notifier),
+/// stopped and reaped when dropped.
+pub struct Running(Child);
+
+impl Running {
+    /// Takes charge of an already spawned `child`.
+    pub fn new(child: Child) -> Running {
+        Running(child)
+    }
+
+    /// Product executable `exe` (a [`fake_product`]) started with `60`: it runs
+    /// for a minute unless stopped.
+    pub fn product(exe: &Path) -> Running {
+        Running(Command::new(exe).arg("60").spawn().expect("start product"))
+    }
+
+    /// `flexctl run --product PRODUCT -- sleep 60`, stderr captured (see
+    /// [`stderr`](Self::stderr)). The wrapped command is a plain `sleep`, which no
+    /// agent's watcher takes for a product.
+    pub fn wrapper(agent: &Agent, product: &str) -> Running {
+        Running(
+            agent
+                .flexctl()
+                .args(["run", "--product", product, "--", "sleep", "60"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start flexctl run"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Its exit status once it has exited (reaped), else `None`.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.0.try_wait().expect("try_wait")
+    }
+
+    /// Waits for it to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.0.wait().expect("wait")
+    }
+
+    /// Waits (up to `timeout`) for it to exit; panics if it does not.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit",
+                self.pid()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM (a wrapper passes it on to its product).
+    pub fn term(&self) {
+        sigterm(self.pid());
+    }
+
+    /// What it wrote to its captured stderr; read to the end, so only once it
+    /// has exited (or is known to).
+    pub fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Stops it as a user quitting would: SIGTERM, up to 5 s to exit, then
+    /// SIGKILL; reaped either way. SIGTERM first because a wrapper passes it on
+    /// to its product, which would outlive a SIGKILLed wrapper (and hold the
+    /// test's output pipes).
+    pub fn quit(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.term();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.quit();
     }
 }
 

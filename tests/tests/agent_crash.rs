@@ -18,17 +18,14 @@
 //! of its own ([`Rates::unique`]): no other agent takes its product for one.
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command};
-use std::time::Duration;
 
 use flex_agent::core::CoreState;
 use flex_agent::journal::Journal;
-use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates};
-use flex_e2e::{Server, ServerOpts};
+use flex_e2e::agent::{
+    alive, eventually, fake_product, flex_server, Agent, Rates, Running, USER, WAIT,
+};
+use flex_e2e::Server;
 use serde_json::Value;
-
-const WAIT: Duration = Duration::from_secs(15);
-const USER: &str = "root@example.com";
 
 /// Heartbeat every second; a window long enough that "a new launch inside the
 /// window is free" does not race the window's end on a slow machine.
@@ -54,16 +51,6 @@ impl Failpoint {
     }
 }
 
-/// A product process that is killed and reaped when dropped.
-struct Product(Child);
-
-impl Drop for Product {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// What the agent's journal holds, read while the agent is down or (SQLite in
 /// WAL mode) while it runs.
 fn journal(agent: &Agent) -> CoreState {
@@ -76,13 +63,7 @@ fn journal(agent: &Agent) -> CoreState {
 /// an enrolled agent that will SIGKILL itself at `point`.
 async fn setup(point: Failpoint) -> (Server, Agent, Rates) {
     let rates = Rates::unique();
-    let server = Server::start(ServerOpts {
-        config: Some(POLICY.to_string()),
-        rates: Some(rates.toml.clone()),
-        ..Default::default()
-    });
-    server.buy(500).await;
-    server.flex_user(USER).await;
+    let server = flex_server(POLICY, Some(&rates), 500).await;
     let mut agent = Agent::enrolled(&server, "").await;
     agent
         .env
@@ -168,11 +149,7 @@ async fn sane_status(agent: &Agent) -> Value {
 
 /// `flexctl run --product autocad -- true` must be granted for free.
 async fn free_launch(server: &Server, agent: &Agent) {
-    let out = agent
-        .flexctl()
-        .args(["run", "--product", "autocad", "--", "true"])
-        .output()
-        .expect("run flexctl");
+    let out = agent.run("autocad", &["true"]);
     assert!(out.status.success(), "{out:?}\n{}", agent.log());
     assert_eq!(server.charges().await.len(), 1, "the new launch is free");
     assert_eq!(server.balance().await, 493);
@@ -181,11 +158,7 @@ async fn free_launch(server: &Server, agent: &Agent) {
 async fn wrapper_launch_survives_a_crash_at(point: Failpoint) {
     let (server, mut agent, _) = setup(point).await;
 
-    let out = agent
-        .flexctl()
-        .args(["run", "--product", "autocad", "--", "true"])
-        .output()
-        .expect("run flexctl");
+    let out = agent.run("autocad", &["true"]);
     assert!(
         !out.status.success(),
         "the agent died before answering: {out:?}"
@@ -211,8 +184,8 @@ async fn watched_product_survives_a_crash_at(point: Failpoint) {
     let (server, mut agent, rates) = setup(point).await;
 
     let exe = fake_product(agent.dir.path(), &rates.exe("acad"));
-    let product = Product(Command::new(&exe).arg("60").spawn().expect("start acad"));
-    let pid = product.0.id();
+    let product = Running::product(&exe);
+    let pid = product.pid();
     let claim_id = crashed(&mut agent, point);
     ledger_before_restart(&server, point, &claim_id).await;
     assert!(alive(pid), "the product outlives the agent");

@@ -12,35 +12,21 @@
 //! before anything happens: no event may be missed, and nothing sleeps.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
 
 use flex_agent::testsupport::{
     NotificationServer, PrivateBus, Recorded, URGENCY_CRITICAL, URGENCY_NORMAL,
 };
-use flex_e2e::agent::{alive, eventually, Agent, SHORT_POLICY};
-use flex_e2e::{Server, ServerOpts};
-
-const WAIT: Duration = Duration::from_secs(15);
-const USER: &str = "root@example.com";
+use flex_e2e::agent::{alive, eventually, flex_server, Agent, Running, SHORT_POLICY, WAIT};
+use flex_e2e::Server;
 
 /// Held for a whole test: the short policy's timings are kept under less load.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A child (a wrapper, the notifier) killed and reaped when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `flexctl notify --print` on the private bus, subscribed to `agent`.
 struct Notifier {
-    _proc: Proc,
+    _proc: Running,
     /// Its stdout, line by line.
     printed: Arc<Mutex<Vec<String>>>,
 }
@@ -58,7 +44,7 @@ impl Notifier {
             .expect("start flexctl notify");
         let stdout = child.stdout.take().expect("notifier stdout");
         let stderr = child.stderr.take().expect("notifier stderr");
-        let proc = Proc(child);
+        let proc = Running::new(child);
 
         let printed = Arc::new(Mutex::new(Vec::new()));
         let lines = printed.clone();
@@ -127,12 +113,7 @@ impl Desk {
     async fn start(tokens: u64) -> Desk {
         let bus = PrivateBus::start();
         let desktop = NotificationServer::start(&bus).await;
-        let server = Server::start(ServerOpts {
-            config: Some(SHORT_POLICY.to_string()),
-            ..Default::default()
-        });
-        server.buy(tokens).await;
-        server.flex_user(USER).await;
+        let server = flex_server(SHORT_POLICY, None, tokens).await;
         let agent = Agent::start(&server, "").await;
         let notifier = Notifier::start(&agent, &bus);
         Desk {
@@ -156,18 +137,11 @@ impl Desk {
 
     /// `flexctl run --product PRODUCT -- sleep 60` in the background, once its
     /// license is granted (its session shows in the status).
-    async fn running(&self, product: &str) -> Proc {
-        let wrapper = Proc(
-            self.agent
-                .flexctl()
-                .args(["run", "--product", product, "--", "sleep", "60"])
-                .spawn()
-                .expect("start flexctl run"),
-        );
+    async fn running(&self, product: &str) -> Running {
+        let wrapper = Running::wrapper(&self.agent, product);
         eventually(&format!("a running {product} session"), WAIT, || async {
-            let status = self.agent.status();
-            status["sessions"]
-                .as_array()?
+            self.agent
+                .sessions()
                 .iter()
                 .any(|s| s["product"] == product && s["pid"].is_u64())
                 .then_some(())
@@ -334,7 +308,7 @@ async fn offline_warnings_and_the_closure_reach_the_desktop() {
             .ends_with("Connect to the network, then start it again."),
         "{closed:?}"
     );
-    let wrapper = autocad.0.id();
+    let wrapper = autocad.pid();
     eventually("the wrapper to end with its product", WAIT, || async {
         (!alive(wrapper)).then_some(())
     })

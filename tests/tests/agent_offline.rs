@@ -5,113 +5,20 @@
 //! offline, a launch inside a held window is granted and any other is refused with
 //! "connect to the network".
 //!
-//! Each test's server has a rate sheet of its own ([`Rates::unique`]), so its
-//! agent watches (and closes) only that test's products.
+//! Each test's server has a rate sheet of its own
+//! ([`Rates::unique`](flex_e2e::agent::Rates::unique)), so its agent watches
+//! (and closes) only that test's products.
 
-use std::io::Read;
+use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates, SHORT_POLICY};
-use flex_e2e::{t, Server, ServerOpts};
+use flex_e2e::agent::{alive, eventually, fake_product, setup, Agent, Running, WAIT};
+use flex_e2e::t;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(15);
-/// `flex_offline_limit` of [`SHORT_POLICY`].
+/// `flex_offline_limit` of [`SHORT_POLICY`](flex_e2e::agent::SHORT_POLICY).
 const LIMIT: Duration = Duration::from_secs(8);
-
-async fn setup() -> (Rates, Server, Agent) {
-    let rates = Rates::unique();
-    let server = Server::start(ServerOpts {
-        config: Some(SHORT_POLICY.to_string()),
-        rates: Some(rates.toml.clone()),
-        ..Default::default()
-    });
-    server.buy(500).await;
-    server.flex_user("root@example.com").await;
-    let agent = Agent::start(&server, "").await;
-    (rates, server, agent)
-}
-
-/// A child process (a watched product or a `flexctl run` wrapper) that is
-/// stopped and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn product(exe: &Path) -> Proc {
-        Proc(Command::new(exe).arg("60").spawn().expect("start product"))
-    }
-
-    /// `flexctl run --product PRODUCT -- sleep 60`, stderr captured. The wrapped
-    /// command is a plain `sleep`, which no agent's watcher takes for a product.
-    fn wrapper(agent: &Agent, product: &str) -> Proc {
-        Proc(
-            agent
-                .flexctl()
-                .args(["run", "--product", product, "--", "sleep", "60"])
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start flexctl run"),
-        )
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.0.try_wait().expect("try_wait")
-    }
-
-    /// Waits (up to [`WAIT`]) for the process to exit.
-    async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process {} did not exit",
-                self.pid()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SIGTERM first: a wrapper passes it on to its product, which would
-        // outlive a SIGKILLed wrapper (and hold the test's output pipes).
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.0.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sessions(agent: &Agent) -> Vec<Value> {
-    agent.status()["sessions"].as_array().unwrap().clone()
-}
 
 /// Waits for a granted session of `product` (with `origin`) in the status.
 async fn session(agent: &Agent, product: &str, origin: &str) -> Value {
@@ -119,7 +26,8 @@ async fn session(agent: &Agent, product: &str, origin: &str) -> Value {
         &format!("a {origin} session of {product}"),
         WAIT,
         || async {
-            sessions(agent)
+            agent
+                .sessions()
                 .into_iter()
                 .find(|s| s["product"] == product && s["origin"] == origin)
         },
@@ -146,8 +54,8 @@ fn offline_left(agent: &Agent) -> Option<i64> {
 async fn offline_limit_closes_watched_and_wrapped_products_only_after_it() {
     let (rates, mut server, agent) = setup().await;
     let exe = fake_product(agent.dir.path(), &rates.exe("navisworks"));
-    let mut watched = Proc::product(&exe);
-    let mut wrapper = Proc::wrapper(&agent, "fusion");
+    let mut watched = Running::product(&exe);
+    let mut wrapper = Running::wrapper(&agent, "fusion");
     session(&agent, "navisworks", "watcher").await;
     session(&agent, "fusion", "wrapper").await;
     fresh_contact(&agent).await;
@@ -194,7 +102,7 @@ async fn offline_limit_closes_watched_and_wrapped_products_only_after_it() {
         "closed by {closed_seen}, before the limit: last contact {contact}"
     );
 
-    let status = watched.0.wait().unwrap();
+    let status = watched.wait();
     assert_eq!(
         status.signal(),
         Some(15),
@@ -214,7 +122,7 @@ async fn offline_limit_closes_watched_and_wrapped_products_only_after_it() {
     );
 
     eventually("no sessions after the close", WAIT, || async {
-        sessions(&agent).is_empty().then_some(())
+        agent.sessions().is_empty().then_some(())
     })
     .await;
 }
@@ -223,8 +131,8 @@ async fn offline_limit_closes_watched_and_wrapped_products_only_after_it() {
 async fn reconnecting_before_the_limit_cancels_the_close() {
     let (rates, mut server, agent) = setup().await;
     let exe = fake_product(agent.dir.path(), &rates.exe("civil3d"));
-    let watched = Proc::product(&exe);
-    let mut wrapper = Proc::wrapper(&agent, "3dsmax");
+    let watched = Running::product(&exe);
+    let mut wrapper = Running::wrapper(&agent, "3dsmax");
     session(&agent, "civil3d", "watcher").await;
     session(&agent, "3dsmax", "wrapper").await;
     fresh_contact(&agent).await;
@@ -258,7 +166,7 @@ async fn reconnecting_before_the_limit_cancels_the_close() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let s = sessions(&agent);
+    let s = agent.sessions();
     assert_eq!(s.len(), 2, "both sessions go on: {s:?}");
     assert_eq!(agent.status()["online"], true);
 }
@@ -267,7 +175,7 @@ async fn reconnecting_before_the_limit_cancels_the_close() {
 async fn offline_launch_is_free_inside_a_held_window_and_refused_otherwise() {
     let (_rates, mut server, agent) = setup().await;
     // A running product keeps the agent calling the server, so it notices the loss.
-    let mut running = Proc::wrapper(&agent, "maya");
+    let mut running = Running::wrapper(&agent, "maya");
     session(&agent, "maya", "wrapper").await;
     assert_eq!(server.charges().await.len(), 1);
 
@@ -279,23 +187,13 @@ async fn offline_launch_is_free_inside_a_held_window_and_refused_otherwise() {
 
     // Same product, same window: granted without the server.
     let marker = agent.dir.path().join("maya-started");
-    let out = agent
-        .flexctl()
-        .args(["run", "--product", "maya", "--", "touch"])
-        .arg(&marker)
-        .output()
-        .unwrap();
+    let out = agent.run("maya", &[OsStr::new("touch"), marker.as_os_str()]);
     assert!(out.status.success(), "{out:?}");
     assert!(marker.exists(), "the product ran");
 
     // Another product: no window held, so no license without the server.
     let marker = agent.dir.path().join("revit-started");
-    let out = agent
-        .flexctl()
-        .args(["run", "--product", "revit", "--", "touch"])
-        .arg(&marker)
-        .output()
-        .unwrap();
+    let out = agent.run("revit", &[OsStr::new("touch"), marker.as_os_str()]);
     assert_eq!(out.status.code(), Some(77), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -307,11 +205,8 @@ async fn offline_launch_is_free_inside_a_held_window_and_refused_otherwise() {
 
     // End the running product, reconnect, and let the agent upload what it has:
     // the offline launch cost nothing and the refused one is not sent later.
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(running.pid().to_string())
-        .status();
-    running.wait_exit().await;
+    running.term();
+    running.wait_exit(WAIT).await;
     server.restart();
     eventually("back online with nothing outstanding", WAIT, || async {
         let s = agent.status();

@@ -11,18 +11,16 @@ use std::io::{BufRead, BufReader as StdBufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates, SHORT_POLICY};
-use flex_e2e::{Server, ServerOpts};
+use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates, Running, WAIT};
+use flex_e2e::Server;
 use flex_protocol::socket::MAX_LINE;
 use flex_protocol::PROTOCOL_VERSION;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-const WAIT: Duration = Duration::from_secs(15);
 /// nobody: not root, and not a Flex user of the test server.
 const NOBODY: u32 = 65534;
 /// Set (to the socket path) when this binary runs as the helper client.
@@ -30,16 +28,10 @@ const CLIENT_SOCKET: &str = "FLEX_E2E_CLIENT_SOCKET";
 /// The request lines the helper client sends, one per line.
 const CLIENT_LINES: &str = "FLEX_E2E_CLIENT_LINES";
 
+/// The usual [`setup`](flex_e2e::agent::setup), with the agent's socket
+/// reachable by other accounts.
 async fn setup() -> (Rates, Server, Agent) {
-    let rates = Rates::unique();
-    let server = Server::start(ServerOpts {
-        config: Some(SHORT_POLICY.to_string()),
-        rates: Some(rates.toml.clone()),
-        ..Default::default()
-    });
-    server.buy(500).await;
-    server.flex_user("root@example.com").await;
-    let agent = Agent::start(&server, "").await;
+    let (rates, server, agent) = flex_e2e::agent::setup().await;
     // The harness's temp dir is 0700: let other accounts reach the socket in it
     // (the socket itself is 0666; identity comes from peer credentials).
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -209,11 +201,7 @@ async fn bad_lines_get_invalid_request_and_the_daemon_keeps_serving() {
     assert_eq!(status["sessions"], json!([]), "{status}");
     // So do new connections, and real work.
     assert_eq!(agent.status()["sessions"], json!([]));
-    let out = agent
-        .flexctl()
-        .args(["run", "--product", "autocad", "--", "true"])
-        .output()
-        .unwrap();
+    let out = agent.run("autocad", &["true"]);
     assert!(out.status.success(), "{out:?}");
     let charges = server.charges().await;
     assert_eq!(
@@ -346,53 +334,14 @@ async fn another_uid_cannot_act_for_root_and_is_denied_as_itself() {
     assert!(server.charges().await.is_empty());
 }
 
-/// A `flexctl run` wrapper stopped and reaped when dropped.
-struct Wrapper(Child);
-
-impl Drop for Wrapper {
-    fn drop(&mut self) {
-        // SIGTERM first: a wrapper passes it on to its product, which would
-        // outlive a SIGKILLed wrapper (and hold the test's output pipes).
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.0.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A product process started by the test; killed and reaped when dropped.
-struct Product(Child);
-
-impl Drop for Product {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn another_uid_cannot_end_or_see_roots_sessions() {
     let (rates, server, agent) = setup().await;
-    let wrapper = Wrapper(
-        agent
-            .flexctl()
-            .args(["run", "--product", "autocad", "--", "sleep", "60"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut wrapper = Running::wrapper(&agent, "autocad");
     let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
-    let watched = Product(Command::new(exe).arg("60").spawn().unwrap());
+    let watched = Running::product(&exe);
     let (wrapped_id, watched_id) = eventually("root's two sessions", WAIT, || async {
-        let sessions = agent.status()["sessions"].as_array()?.clone();
+        let sessions = agent.sessions();
         let find = |origin: &str| {
             sessions
                 .iter()
@@ -442,12 +391,8 @@ async fn another_uid_cannot_end_or_see_roots_sessions() {
     let status = agent.status();
     let sessions = status["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2, "{status}");
-    assert!(alive(watched.0.id()));
-    let mut wrapper = wrapper;
-    assert!(
-        wrapper.0.try_wait().unwrap().is_none(),
-        "the wrapper still runs"
-    );
+    assert!(alive(watched.pid()));
+    assert!(wrapper.exited().is_none(), "the wrapper still runs");
     let charges = server.charges().await;
     assert_eq!(charges.len(), 2, "{charges:?}");
 }

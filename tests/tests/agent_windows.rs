@@ -4,66 +4,17 @@
 //! of the agent: the journal's signed lease makes launches inside it free, even
 //! with the server unreachable.
 //!
-//! Each test's server has a rate sheet of its own ([`Rates::unique`]), so its
-//! agent watches only that test's products.
+//! Each test's server has a rate sheet of its own
+//! ([`Rates::unique`](flex_e2e::agent::Rates::unique)), so its agent watches
+//! only that test's products.
 
-use std::path::Path;
-use std::process::{Child, Command};
-use std::time::Duration;
-
-use flex_e2e::agent::{eventually, fake_product, Agent, Rates, SHORT_POLICY};
-use flex_e2e::{t, Server, ServerOpts};
+use flex_e2e::agent::{eventually, fake_product, setup, Agent, Running, WAIT};
+use flex_e2e::t;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(15);
 /// Sample rates (server-stub/rates/sample-rates.toml).
 const INVENTOR: u64 = 9;
 const REVIT: u64 = 10;
-
-async fn setup() -> (Rates, Server, Agent) {
-    let rates = Rates::unique();
-    let server = Server::start(ServerOpts {
-        config: Some(SHORT_POLICY.to_string()),
-        rates: Some(rates.toml.clone()),
-        ..Default::default()
-    });
-    server.buy(500).await;
-    server.flex_user("root@example.com").await;
-    let agent = Agent::start(&server, "").await;
-    (rates, server, agent)
-}
-
-/// A product process started by the test; killed and reaped when dropped.
-struct Product(Child);
-
-impl Product {
-    fn start(exe: &Path) -> Product {
-        Product(Command::new(exe).arg("60").spawn().expect("start product"))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn quit(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Product {
-    fn drop(&mut self) {
-        self.quit();
-    }
-}
-
-fn session_of(agent: &Agent, pid: u32) -> Option<Value> {
-    agent.status()["sessions"]
-        .as_array()?
-        .iter()
-        .find(|s| s["pid"].as_u64() == Some(pid.into()))
-        .cloned()
-}
 
 fn of_product<'a>(charges: &'a [Value], product: &str) -> Vec<&'a Value> {
     charges.iter().filter(|c| c["product"] == product).collect()
@@ -80,20 +31,16 @@ fn same_instant(a: &Value, b: &Value) -> bool {
 
 /// `flexctl run --product PRODUCT -- true`: a launch that ends at once.
 fn launch(agent: &Agent, product: &str) -> std::process::Output {
-    agent
-        .flexctl()
-        .args(["run", "--product", product, "--", "true"])
-        .output()
-        .expect("run flexctl")
+    agent.run(product, &["true"])
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn running_product_is_renewed_at_window_end_and_a_closed_one_is_not() {
     let (rates, server, agent) = setup().await;
     let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
-    let mut inventor = Product::start(&exe);
+    let mut inventor = Running::product(&exe);
     let first = eventually("inventor's first window", WAIT, || async {
-        session_of(&agent, inventor.pid())
+        agent.session_of(inventor.pid())
     })
     .await;
     // Revit opens its own window and is closed before it ends.
@@ -127,7 +74,7 @@ async fn running_product_is_renewed_at_window_end_and_a_closed_one_is_not() {
     );
     // The running session moved to the new window.
     eventually("the session in the renewed window", WAIT, || async {
-        let s = session_of(&agent, inventor.pid())?;
+        let s = agent.session_of(inventor.pid())?;
         same_instant(&s["window_end"], &w2["end"]).then_some(())
     })
     .await;
@@ -161,9 +108,9 @@ async fn running_product_is_renewed_at_window_end_and_a_closed_one_is_not() {
 async fn agent_kill9_inside_a_window_keeps_the_window_and_the_session() {
     let (rates, mut server, mut agent) = setup().await;
     let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
-    let mut inventor = Product::start(&exe);
+    let mut inventor = Running::product(&exe);
     let before = eventually("inventor's session", WAIT, || async {
-        session_of(&agent, inventor.pid())
+        agent.session_of(inventor.pid())
     })
     .await;
     assert_eq!(server.charges().await.len(), 1);
@@ -174,7 +121,7 @@ async fn agent_kill9_inside_a_window_keeps_the_window_and_the_session() {
     agent.kill9();
     agent.spawn();
     let after = eventually("the session restored from the journal", WAIT, || async {
-        session_of(&agent, inventor.pid())
+        agent.session_of(inventor.pid())
     })
     .await;
     assert_eq!(after["session"], before["session"], "{after}");

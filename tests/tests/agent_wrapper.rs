@@ -1,16 +1,14 @@
 //! `flexctl run` through a real agent and server: granted and charged once per
 //! window, free inside it, refused with exit code 77 without starting the product.
 
-use flex_e2e::agent::{Agent, SHORT_POLICY};
-use flex_e2e::{Server, ServerOpts};
+use std::ffi::OsStr;
 
+use flex_e2e::agent::{flex_server, Agent, SHORT_POLICY};
+use flex_e2e::Server;
+
+/// A server with the sample rate sheet, and a started agent.
 async fn setup() -> (Server, Agent) {
-    let server = Server::start(ServerOpts {
-        config: Some(SHORT_POLICY.to_string()),
-        ..Default::default()
-    });
-    server.buy(500).await;
-    server.flex_user("root@example.com").await;
+    let server = flex_server(SHORT_POLICY, None, 500).await;
     let agent = Agent::start(&server, "").await;
     (server, agent)
 }
@@ -18,11 +16,7 @@ async fn setup() -> (Server, Agent) {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrapper_is_charged_once_and_reopening_is_free() {
     let (server, agent) = setup().await;
-    let out = agent
-        .flexctl()
-        .args(["run", "--product", "autocad", "--", "sh", "-c", "exit 3"])
-        .output()
-        .unwrap();
+    let out = agent.run("autocad", &["sh", "-c", "exit 3"]);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -62,12 +56,7 @@ async fn denied_launch_exits_77_and_never_starts_the_product() {
         )
         .await;
     let marker = agent.dir.path().join("started");
-    let out = agent
-        .flexctl()
-        .args(["run", "--product", "maya", "--", "touch"])
-        .arg(&marker)
-        .output()
-        .unwrap();
+    let out = agent.run("maya", &[OsStr::new("touch"), marker.as_os_str()]);
     assert_eq!(out.status.code(), Some(77), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
