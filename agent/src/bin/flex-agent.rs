@@ -35,11 +35,19 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    // `enroll` is run by hand or by an installer: its printed summary is the
+    // report, so only warnings are logged beside it.
+    let default_level = if cli.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLEX_AGENT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr);
     // journald stamps each line itself.
@@ -49,7 +57,6 @@ fn main() -> anyhow::Result<()> {
     } else {
         logs.with_ansi(ansi).init();
     }
-    let cli = Cli::parse();
     // Two workers: the driver loop, and the socket and network tasks beside it.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
