@@ -86,6 +86,10 @@ pub struct LaunchReply {
     /// Granted from a journaled lease without reaching the server.
     #[serde(default)]
     pub offline: bool,
+    /// When the agent closes the session: seconds between the graceful stop and
+    /// the forced one (the policy's `close_grace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

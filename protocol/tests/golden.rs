@@ -200,6 +200,7 @@ fn socket_messages() {
             tokens_charged: 7,
             balance: Some(493),
             offline: false,
+            close_grace_secs: Some(30),
         }),
     );
     check(

@@ -173,6 +173,7 @@ impl Core {
                     tokens_charged: charged,
                     balance: self.balance,
                     offline: !self.online,
+                    close_grace_secs: Some(self.policy.close_grace_secs),
                 }),
             });
         }

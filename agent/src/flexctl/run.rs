@@ -2,9 +2,9 @@
 //!
 //! The wrapper keeps its socket connection for the life of the product. The agent
 //! closes a session by sending `{"event":"product_closed",...}` on that connection;
-//! the wrapper then stops the product gracefully (SIGTERM, SIGKILL after
-//! [`RunOptions::close_grace`]). SIGINT, SIGTERM and SIGHUP sent to the wrapper are
-//! passed to the product. If the agent goes away (restart, upgrade) the product keeps
+//! the wrapper then stops the product gracefully (SIGTERM, then SIGKILL after the
+//! policy's close grace sent with the grant, else [`RunOptions::close_grace`]).
+//! SIGINT, SIGTERM and SIGHUP sent to the wrapper are passed to the product. If the agent goes away (restart, upgrade) the product keeps
 //! running: the restarted agent adopts it through the watcher, and the exit is
 //! reported on a new connection when possible. Exit code: the product's, 128+signal
 //! when a signal ended it, [`EXIT_DENIED`] when the license was refused.
@@ -31,7 +31,8 @@ pub struct RunOptions {
     /// Local account to launch for instead of the caller's own; the agent allows
     /// it for root only (a service starting a product for a user).
     pub user: Option<String>,
-    /// Between SIGTERM and SIGKILL when the agent closes the session.
+    /// Between SIGTERM and SIGKILL when the agent closes the session, unless the
+    /// grant carries the policy's value.
     pub close_grace: Duration,
 }
 
@@ -141,6 +142,10 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
         }
     };
     tracing::info!(session = %grant.session, source = grant.source.as_str(), "license granted");
+    // The agent's policy decides how long a closed product may take to stop.
+    let close_grace = grant
+        .close_grace_secs
+        .map_or(opts.close_grace, Duration::from_secs);
 
     let program = &opts.command[0];
     let mut child = match tokio::process::Command::new(program)
@@ -200,7 +205,7 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
                             super::notify::next_step(reason)
                         );
                         signal_child(pid, libc::SIGTERM);
-                        kill_at = Some(tokio::time::Instant::now() + opts.close_grace);
+                        kill_at = Some(tokio::time::Instant::now() + close_grace);
                         closed = true;
                     }
                 }

@@ -98,6 +98,7 @@ impl Handler for FakeHandler {
                     tokens_charged: 7,
                     balance: Some(93),
                     offline: false,
+                    close_grace_secs: None,
                 })
                 .with_events(rx)
             }
