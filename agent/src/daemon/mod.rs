@@ -277,7 +277,11 @@ impl Driver {
                     }
                 }
                 Action::Heartbeat => self.heartbeat()?,
-                Action::Notify { uid, event } => self.hub.publish(*uid, event),
+                Action::Notify { uid, event } => {
+                    // The journal's record of what users were told and why.
+                    tracing::info!(?uid, ?event, "user event");
+                    self.hub.publish(*uid, event)
+                }
                 Action::Close {
                     session,
                     pid,
