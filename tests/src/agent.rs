@@ -327,7 +327,20 @@ impl Running {
     /// Product executable `exe` (a [`fake_product`]) started with `60`: it runs
     /// for a minute unless stopped.
     pub fn product(exe: &Path) -> Running {
-        Running(Command::new(exe).arg("60").spawn().expect("start product"))
+        // A freshly copied executable can be briefly "busy" (ETXTBSY): another
+        // test thread's fork between our copy's open and close inherits the
+        // write descriptor until that child execs. Wait it out.
+        let mut tries = 0;
+        loop {
+            match Command::new(exe).arg("60").spawn() {
+                Ok(child) => return Running(child),
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("start product {}: {e}", exe.display()),
+            }
+        }
     }
 
     /// `flexctl run --product PRODUCT -- sleep 60`, stderr captured (see
