@@ -17,9 +17,16 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
+# dbus: the private session bus of the notification and keyring tests;
+# gnome-keyring: a real Secret Service; the rest are what install/check.sh (run
+# by tests/tests/install.rs) validates units, plists, scripts and desktop files with.
 need=()
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
+command -v python3 >/dev/null || need+=(python3)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v desktop-file-validate >/dev/null || need+=(desktop-file-utils)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq

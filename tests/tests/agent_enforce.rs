@@ -13,8 +13,8 @@ use serde_json::json;
 /// Sample rate of inventor (server-stub/rates/sample-rates.toml).
 const INVENTOR: u64 = 9;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_watched_product_outside_flex_is_closed_and_not_charged() {
+/// A server whose default assignments leave inventor out of Flex.
+async fn inventor_denied() -> (Rates, flex_e2e::Server) {
     let rates = Rates::unique();
     let server = flex_server(SHORT_POLICY, Some(&rates), 500).await;
     server
@@ -24,6 +24,12 @@ async fn a_watched_product_outside_flex_is_closed_and_not_charged() {
             Some(json!({"mode": "deny", "products": ["inventor"]})),
         )
         .await;
+    (rates, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watched_product_outside_flex_is_closed_and_not_charged() {
+    let (rates, server) = inventor_denied().await;
     let agent = Agent::start(&server, "").await;
     let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
     let mut inventor = Running::product(&exe);
@@ -36,15 +42,7 @@ async fn a_watched_product_outside_flex_is_closed_and_not_charged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_enforce_an_unlicensed_product_keeps_running() {
-    let rates = Rates::unique();
-    let server = flex_server(SHORT_POLICY, Some(&rates), 500).await;
-    server
-        .ok(
-            reqwest::Method::PUT,
-            "/default-assignments",
-            Some(json!({"mode": "deny", "products": ["inventor"]})),
-        )
-        .await;
+    let (rates, server) = inventor_denied().await;
     let agent = Agent::start(&server, "enforce = false").await;
     let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
     let inventor = Running::product(&exe);
