@@ -162,8 +162,10 @@ for name, daemon in [("com.example.flex-agent.plist", True), ("com.example.flexc
         need(args[1:3] == ["--config", args[2]] and args[2].endswith("agent.toml"), f"{name}: expected --config .../agent.toml")
         need(p.get("UserName") == "root", f"{name}: UserName must be root")
         need(p.get("StandardErrorPath", "").startswith("/") and p.get("StandardOutPath", "").startswith("/"), f"{name}: log paths missing")
+        env = p.get("EnvironmentVariables", {})
+        need("RUST_LOG" not in env, f"{name}: flex-agent reads FLEX_AGENT_LOG, not RUST_LOG")
     else:
-        need(args[1:] == ["notify"], f"{name}: expected 'flexctl notify'")
+        need(args[1:] == ["--socket", "/var/run/flex-agent/agent.sock", "notify"], f"{name}: expected 'flexctl --socket /var/run/flex-agent/agent.sock notify'")
         need("UserName" not in p, f"{name}: a LaunchAgent runs as the logged-in user, no UserName")
         need(p.get("LimitLoadToSessionType") == "Aqua", f"{name}: LimitLoadToSessionType must be Aqua")
     if ok: print(f"ok    plist {name}")

@@ -3,8 +3,8 @@
 //! ```toml
 //! server_url = "https://flex.example.com"
 //! ca_file = "/etc/flex-agent/ca.pem"      # optional; else the system roots
-//! state_dir = "/var/lib/flex-agent"
-//! socket_path = "/run/flex-agent/agent.sock"
+//! state_dir = "/var/lib/flex-agent"            # default: see crate::paths
+//! socket_path = "/run/flex-agent/agent.sock"   # a named pipe on Windows
 //! poll_interval = "1s"
 //! enforce = true
 //! credential_store = "auto"               # or "keyring", "file"
@@ -28,6 +28,10 @@ use serde::Deserialize;
 
 /// Placeholder in `email_template` replaced by the local account name.
 pub const USER_PLACEHOLDER: &str = "{user}";
+
+/// Placeholder in `email_template` replaced by the account's Windows domain
+/// (`CORP` of `CORP\alice`; empty for accounts without one).
+pub const DOMAIN_PLACEHOLDER: &str = "{domain}";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,11 +113,11 @@ pub struct Users {
 }
 
 fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/flex-agent")
+    crate::paths::current().state_dir
 }
 
 fn default_socket_path() -> PathBuf {
-    PathBuf::from(flex_protocol::socket::DEFAULT_SOCKET)
+    crate::paths::current().socket
 }
 
 fn default_poll_interval() -> Duration {
@@ -185,8 +189,10 @@ impl Config {
             return Err(invalid("state_dir", &dir, "must be an absolute path"));
         }
         if let Some(t) = &self.users.email_template {
-            if !t.contains(USER_PLACEHOLDER) || !looks_like_email(&t.replace(USER_PLACEHOLDER, "x"))
-            {
+            let sample = t
+                .replace(USER_PLACEHOLDER, "x")
+                .replace(DOMAIN_PLACEHOLDER, "d");
+            if !t.contains(USER_PLACEHOLDER) || !looks_like_email(&sample) {
                 return Err(invalid(
                     "users.email_template",
                     t,
@@ -203,13 +209,27 @@ impl Config {
     }
 
     /// The email the server knows local account `account` by: its override, else
-    /// the template with `{user}` replaced.
+    /// the template with `{user}` and `{domain}` replaced. A Windows account
+    /// `DOMAIN\user` splits into both; its override may name it either way.
     pub fn email_for(&self, account: &str) -> Result<String, ConfigError> {
-        if let Some(email) = self.users.overrides.get(account) {
+        let (domain, user) = account.rsplit_once('\\').unwrap_or(("", account));
+        let overridden = self.users.overrides.get(account).or_else(|| {
+            self.users
+                .overrides
+                .iter()
+                .find(|(k, _)| {
+                    k.eq_ignore_ascii_case(account)
+                        || (!domain.is_empty() && k.eq_ignore_ascii_case(user))
+                })
+                .map(|(_, v)| v)
+        });
+        if let Some(email) = overridden {
             return Ok(email.clone());
         }
         match &self.users.email_template {
-            Some(t) => Ok(t.replace(USER_PLACEHOLDER, account)),
+            Some(t) => Ok(t
+                .replace(USER_PLACEHOLDER, user)
+                .replace(DOMAIN_PLACEHOLDER, domain)),
             None => Err(ConfigError::NoEmail {
                 account: account.to_string(),
             }),
@@ -226,10 +246,15 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// An absolute state directory of the OS the tests run on.
+    #[cfg(windows)]
+    const STATE: &str = r"C:\ProgramData\Flex\state";
+    #[cfg(not(windows))]
+    const STATE: &str = "/var/lib/flex-agent";
+
     const FULL: &str = r#"
 server_url = "https://flex.example.com"
 ca_file = "/etc/flex-agent/ca.pem"
-state_dir = "/var/lib/flex-agent"
 socket_path = "/run/flex-agent/agent.sock"
 poll_interval = "250ms"
 enforce = false
@@ -243,7 +268,8 @@ alice = "alice.smith@corp.com"
 
     #[test]
     fn full_config_parses() {
-        let c = Config::parse(FULL).unwrap();
+        let c = Config::parse(&format!("state_dir = '{STATE}'\n{FULL}")).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(STATE));
         assert_eq!(c.poll_interval, Duration::from_millis(250));
         assert!(!c.enforce);
         assert_eq!(c.ca_file, Some(PathBuf::from("/etc/flex-agent/ca.pem")));
@@ -256,13 +282,32 @@ alice = "alice.smith@corp.com"
         let c = Config::parse("server_url = \"https://s\"\n").unwrap();
         assert!(c.enforce);
         assert_eq!(c.poll_interval, Duration::from_secs(1));
-        assert_eq!(c.socket_path, PathBuf::from("/run/flex-agent/agent.sock"));
-        assert_eq!(c.state_dir, PathBuf::from("/var/lib/flex-agent"));
+        assert_eq!(c.socket_path, crate::paths::current().socket);
+        assert_eq!(c.state_dir, crate::paths::current().state_dir);
         let err = c.email_for("bob").unwrap_err().to_string();
         assert!(
             err.contains("'bob'") && err.contains("email_template"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn windows_accounts_split_into_user_and_domain() {
+        let c = Config::parse(
+            "server_url = \"https://s\"\n[users]\nemail_template = \"{user}@{domain}.corp.com\"\n\
+             [users.overrides]\n\"CORP\\\\carol\" = \"carol.x@corp.com\"\nDave = \"dave.y@corp.com\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.email_for(r"CORP\alice").unwrap(), "alice@CORP.corp.com");
+        assert_eq!(c.email_for("bob").unwrap(), "bob@.corp.com");
+        assert_eq!(c.email_for(r"corp\carol").unwrap(), "carol.x@corp.com");
+        assert_eq!(c.email_for(r"CORP\dave").unwrap(), "dave.y@corp.com");
+        let err = Config::parse(
+            "server_url = \"https://s\"\n[users]\nemail_template = \"{domain}@x.com\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("{user}"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,12 @@ pub enum CredentialError {
     },
 }
 
+/// How the token file is protected beyond the directory's permissions.
+#[cfg(windows)]
+const FILE_SEAL: &str = " (DPAPI)";
+#[cfg(not(windows))]
+const FILE_SEAL: &str = "";
+
 /// Name of the platform's OS store, as shown by `flexctl status`.
 #[cfg(target_os = "macos")]
 const OS_STORE: &str = "macOS Keychain";
@@ -228,7 +234,7 @@ impl CredentialStore {
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Keyring { .. } => format!("keyring ({OS_STORE})"),
-            Backend::File { dir } => format!("file:{}", dir.join(TOKEN_FILE).display()),
+            Backend::File { dir } => format!("file:{}{FILE_SEAL}", dir.join(TOKEN_FILE).display()),
         }
     }
 
@@ -390,6 +396,13 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), CredentialError> {
     builder
         .create(dir)
         .map_err(io_err("create state directory", dir))?;
+    // SYSTEM and Administrators only. A non-elevated process (a developer's
+    // console run) would lock itself out, so it leaves the ACL alone.
+    #[cfg(windows)]
+    if crate::win32::current_is_admin() {
+        crate::win32::acl::restrict_to_admins(dir)
+            .map_err(io_err("restrict to SYSTEM and Administrators", dir))?;
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -453,11 +466,39 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), CredentialErr
 
 fn write_token_file(dir: &Path, token: &DeviceToken) -> Result<(), CredentialError> {
     ensure_private_dir(dir)?;
-    write_private_file(&dir.join(TOKEN_FILE), token.expose().as_bytes())
+    let path = dir.join(TOKEN_FILE);
+    #[cfg(windows)]
+    let sealed = crate::win32::dpapi::protect(token.expose().as_bytes())
+        .map_err(io_err("encrypt (DPAPI) the device token for", &path))?;
+    #[cfg(windows)]
+    let bytes = &sealed[..];
+    #[cfg(not(windows))]
+    let bytes = token.expose().as_bytes();
+    write_private_file(&path, bytes)
+}
+
+/// The token file's text: on Windows the file is a DPAPI blob for this machine.
+fn read_token_text(path: &Path) -> std::io::Result<String> {
+    #[cfg(windows)]
+    {
+        let sealed = std::fs::read(path)?;
+        let plain = crate::win32::dpapi::unprotect(&sealed).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "not sealed for this machine by DPAPI ({e}): enroll this workstation again"
+                ),
+            )
+        })?;
+        String::from_utf8(plain)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+    #[cfg(not(windows))]
+    std::fs::read_to_string(path)
 }
 
 fn read_token_file(path: &Path, store: String) -> Result<DeviceToken, CredentialError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_token_text(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CredentialError::Missing { store })
@@ -497,5 +538,7 @@ fn remove_if_present(path: &Path) -> Result<(), CredentialError> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;
+#[cfg(all(test, windows))]
+mod tests_windows;

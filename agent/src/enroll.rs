@@ -197,7 +197,7 @@ mod tests {
 
     fn config(state_dir: &std::path::Path, url: &str) -> Config {
         Config::parse(&format!(
-            "server_url = \"{url}\"\nstate_dir = \"{}\"\n",
+            "server_url = \"{url}\"\nstate_dir = '{}'\n",
             state_dir.display()
         ))
         .unwrap()

@@ -8,9 +8,15 @@ pub mod daemon;
 pub mod enroll;
 pub mod flexctl;
 pub mod journal;
+pub mod paths;
+pub mod process;
+pub mod provision;
 pub mod socket;
 pub mod sysclock;
 pub mod watcher;
+/// Win32 wrappers shared by the Windows edges (service, pipe, processes, DPAPI).
+#[cfg(windows)]
+pub mod win32;
 
 /// Fakes for tests (private D-Bus bus, notification service, Secret Service);
 /// other crates' tests get them with the `test-support` feature.

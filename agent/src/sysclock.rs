@@ -17,7 +17,8 @@ pub fn now() -> Now {
 }
 
 /// Time since boot including suspend: `CLOCK_BOOTTIME` on Linux, and
-/// `CLOCK_MONOTONIC` on macOS, where it keeps counting during sleep.
+/// `CLOCK_MONOTONIC` on macOS, where it keeps counting during sleep (Windows:
+/// below).
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
 fn boot_clock() -> Duration {
     use nix::time::{clock_gettime, ClockId};
@@ -34,11 +35,28 @@ fn boot_clock() -> Duration {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
+/// Time since boot including sleep and hibernation on Windows: the tick count
+/// keeps counting while the machine sleeps (QueryUnbiasedInterruptTime would
+/// not), and like CLOCK_BOOTTIME it restarts at boot.
+#[cfg(windows)]
+fn boot_clock() -> Duration {
+    // SAFETY: no arguments, no memory.
+    Duration::from_millis(unsafe {
+        windows_sys::Win32::System::SystemInformation::GetTickCount64()
+    })
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    windows
+)))]
 fn boot_clock() -> Duration {
     process_clock()
 }
 
+#[cfg(not(windows))]
 fn process_clock() -> Duration {
     use std::sync::OnceLock;
     use std::time::Instant;

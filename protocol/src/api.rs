@@ -73,6 +73,35 @@ pub struct Executables {
     pub macos: Vec<String>,
     #[serde(default)]
     pub windows: Vec<String>,
+    /// Windows: the product's executables by their version resource, which
+    /// survives renaming the .exe. An entry matches a file whose resource has
+    /// every field the entry gives (compared case-insensitively).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows_version: Vec<VersionMatch>,
+}
+
+/// Fields of a Windows version resource (`VS_VERSIONINFO` strings) that
+/// identify a product's executable; at least one is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
+}
+
+impl VersionMatch {
+    /// Whether a resource with these strings matches (see [`Executables::windows_version`]).
+    pub fn matches(&self, original_filename: Option<&str>, product_name: Option<&str>) -> bool {
+        let field = |want: &Option<String>, have: Option<&str>| match want {
+            None => true,
+            Some(w) => have.is_some_and(|h| h.trim().eq_ignore_ascii_case(w.trim())),
+        };
+        (self.original_filename.is_some() || self.product_name.is_some())
+            && field(&self.original_filename, original_filename)
+            && field(&self.product_name, product_name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

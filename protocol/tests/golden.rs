@@ -113,6 +113,7 @@ fn products() {
                         linux: vec!["acad".into()],
                         macos: vec!["AutoCAD".into()],
                         windows: vec!["acad.exe".into()],
+                        windows_version: Vec::new(),
                     },
                     sample: false,
                 },

@@ -72,6 +72,15 @@ impl RateSheet {
             if let ChargeModel::PerResult { per: 0, .. } = p.charge {
                 return Err(invalid("per_result 'per' must be at least 1"));
             }
+            if p.executables
+                .windows_version
+                .iter()
+                .any(|v| v.original_filename.is_none() && v.product_name.is_none())
+            {
+                return Err(invalid(
+                    "each windows_version entry needs original_filename or product_name",
+                ));
+            }
             if index.insert(p.id.clone(), i).is_some() {
                 return Err(invalid("id appears twice"));
             }
@@ -136,5 +145,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Auto CAD"));
+    }
+
+    #[test]
+    fn windows_version_entries_need_a_field() {
+        let sheet = |entry: &str| {
+            format!(
+                "[[products]]\nid='acad'\nname='A'\ncharge={{model='daily',tokens=1}}\n\
+                 executables={{windows=['acad.exe'], windows_version=[{entry}]}}\n"
+            )
+        };
+        let ok = RateSheet::parse(&sheet("{original_filename='acad.exe'}")).unwrap();
+        let p = ok.get("acad").unwrap();
+        assert!(p.executables.windows_version[0].matches(Some("ACAD.EXE"), None));
+        let err = RateSheet::parse(&sheet("{}")).unwrap_err().to_string();
+        assert!(
+            err.contains("'acad'") && err.contains("windows_version"),
+            "{err}"
+        );
+        let err = RateSheet::parse(&sheet("{file='x'}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("file"), "{err}");
     }
 }

@@ -813,6 +813,7 @@ fn bench_product() -> Product {
             linux: vec![BENCH_EXE.into()],
             macos: vec![BENCH_EXE.into()],
             windows: vec![format!("{BENCH_EXE}.exe")],
+            windows_version: Vec::new(),
         },
         sample: false,
     }

@@ -46,3 +46,27 @@ fn install_folder_passes_offline_checks() {
 fn debian_packages_build_and_have_the_expected_contents() {
     run_check(&["--with-deb"]);
 }
+
+/// The launchd plists use the macOS defaults the agent itself computes
+/// (`flex_agent::paths`), so a daemon started by launchd and a notifier started
+/// at login meet on the same socket, and the log level variable is the one the
+/// agent reads.
+#[test]
+fn launchd_plists_match_the_macos_defaults() {
+    use flex_agent::paths::{defaults, Os};
+    let mac = defaults(Os::MacOs, None);
+    let dir = repo_root().join("install/macos");
+    let daemon = std::fs::read_to_string(dir.join("com.example.flex-agent.plist")).unwrap();
+    let notifier = std::fs::read_to_string(dir.join("com.example.flexctl-notify.plist")).unwrap();
+    let string = |p: &std::path::Path| format!("<string>{}</string>", p.display());
+    assert!(daemon.contains(&string(&mac.config)), "{daemon}");
+    assert!(daemon.contains("<key>FLEX_AGENT_LOG</key>"), "{daemon}");
+    assert!(!daemon.contains("RUST_LOG"), "{daemon}");
+    assert!(
+        notifier.contains(&format!(
+            "<string>--socket</string>\n        {}",
+            string(&mac.socket)
+        )),
+        "{notifier}"
+    );
+}

@@ -1,5 +1,7 @@
 //! `flex-agent`: the workstation daemon (`flex-agent --config FILE`) and its
 //! enrollment (`flex-agent enroll --config FILE --server URL --token TOKEN`).
+//! On Windows the Service Control Manager starts it with `--service`; without
+//! it the agent runs in the console, for debugging.
 
 use std::path::PathBuf;
 
@@ -13,8 +15,12 @@ use flex_agent::config::Config;
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Agent configuration (TOML).
-    #[arg(long, default_value = "/etc/flex-agent/agent.toml")]
+    #[arg(long, default_value_os_t = flex_agent::paths::current().config)]
     config: PathBuf,
+    /// Run under the Windows Service Control Manager (the MSI registers this).
+    #[cfg(windows)]
+    #[arg(long)]
+    service: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -23,7 +29,7 @@ struct Cli {
 enum Cmd {
     /// Trade a one-time enrollment token for this workstation's device credential.
     Enroll {
-        #[arg(long, default_value = "/etc/flex-agent/agent.toml")]
+        #[arg(long, default_value_os_t = flex_agent::paths::current().config)]
         config: PathBuf,
         /// Server URL, e.g. https://flex.example.com
         #[arg(long)]
@@ -36,6 +42,17 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    #[cfg(windows)]
+    if cli.service {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("FLEX_AGENT_LOG")
+            .unwrap_or_else(|_| "info".into());
+        let logs = flex_agent::paths::current()
+            .log_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("flex-agent"));
+        flex_agent::win32::service::init_logging(&logs, filter);
+        flex_agent::win32::service::run(cli.config)?;
+        return Ok(());
+    }
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     // `enroll` is run by hand or by an installer: its printed summary is the
     // report, so only warnings are logged beside it.
@@ -93,6 +110,7 @@ async fn daemon(config_path: PathBuf) -> anyhow::Result<()> {
             detection = %ready.detection,
             "flex-agent ready"
         );
+        #[cfg(unix)]
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             tracing::warn!("cannot tell systemd the agent is ready: {e}");
         }
@@ -101,7 +119,22 @@ async fn daemon(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves at Ctrl-C or Ctrl-Break, or when the console closes.
+#[cfg(windows)]
+async fn stop_signal() {
+    use tokio::signal::windows::{ctrl_break, ctrl_close};
+    let (Ok(mut brk), Ok(mut close)) = (ctrl_break(), ctrl_close()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = brk.recv() => {}
+        _ = close.recv() => {}
+    }
+}
+
 /// Resolves at SIGTERM or SIGINT.
+#[cfg(unix)]
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (

@@ -71,9 +71,9 @@ impl SocketHandler {
         let (uid, account) = match user {
             Some(name) if name != peer.account => {
                 // The socket server let this through only for root.
-                match nix::unistd::User::from_name(&name) {
-                    Ok(Some(u)) => (u.uid.as_raw(), name),
-                    _ => {
+                match account_uid(&name) {
+                    Some(uid) => (uid, name),
+                    None => {
                         return Err(Reply::error(
                             ErrorCode::UnknownUser,
                             format!("there is no local account named '{name}'"),
@@ -100,6 +100,18 @@ impl SocketHandler {
         rx.await.unwrap_or_else(|_| stopping())
     }
 }
+
+/// The uid of local account `name`, if it exists.
+#[cfg(unix)]
+fn account_uid(name: &str) -> Option<u32> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Some(u.uid.as_raw()),
+        _ => None,
+    }
+}
+
+#[cfg(windows)]
+use crate::socket::account_uid_by_name as account_uid;
 
 fn stopping() -> Reply {
     Reply::error(

@@ -290,7 +290,7 @@ impl Driver {
                 Action::Kill { session, pid } => {
                     tracing::warn!(session, ?pid, "product ignored the close: killing it");
                     if let Some(pid) = pid {
-                        signal(*pid, nix::sys::signal::Signal::SIGKILL);
+                        kill_process(*pid);
                     }
                 }
                 Action::ReplyLaunch { request, result } => {
@@ -354,6 +354,8 @@ impl Driver {
                 if let Some(w) = self.wrappers.get_mut(&session) {
                     w.pid = Some(pid);
                 }
+                #[cfg(windows)]
+                crate::process::hold_pid(pid);
                 self.feed(Input::Attach { session, pid })?;
                 let _ = reply.send(Reply::ok(Empty {}));
                 Ok(())
@@ -507,7 +509,11 @@ impl Driver {
 
     fn proc_event(&mut self, ev: ProcEvent) -> Result<(), DaemonError> {
         match ev.kind {
-            ProcEventKind::Exited { .. } => self.feed(Input::ProcessExited { pid: ev.pid }),
+            ProcEventKind::Exited { .. } => {
+                #[cfg(windows)]
+                crate::process::release(ev.pid);
+                self.feed(Input::ProcessExited { pid: ev.pid })
+            }
             ProcEventKind::Started | ProcEventKind::Adopted => {
                 let Some((account, user)) = self.account(ev.uid) else {
                     return Ok(());
@@ -571,13 +577,12 @@ impl Driver {
             }
         }
         if let Some(pid) = pid {
-            let sig = if graceful {
-                nix::sys::signal::Signal::SIGTERM
+            tracing::info!(session, pid, graceful, "closing product");
+            if graceful {
+                close_process(pid);
             } else {
-                nix::sys::signal::Signal::SIGKILL
-            };
-            tracing::info!(session, pid, ?sig, "closing product");
-            signal(pid, sig);
+                kill_process(pid);
+            }
         }
     }
 
@@ -634,6 +639,35 @@ impl Driver {
     }
 }
 
+#[cfg(unix)]
+fn close_process(pid: u32) {
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+#[cfg(unix)]
+fn kill_process(pid: u32) {
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// WM_CLOSE to the product's windows through the handle held since detection.
+#[cfg(windows)]
+fn close_process(pid: u32) {
+    if crate::process::close_pid(pid) == 0 {
+        tracing::info!(
+            pid,
+            "the product shows no window to close; it is killed after the close grace"
+        );
+    }
+}
+
+#[cfg(windows)]
+fn kill_process(pid: u32) {
+    if let Err(e) = crate::process::kill_pid(pid) {
+        tracing::warn!(pid, "cannot terminate product process: {e}");
+    }
+}
+
+#[cfg(unix)]
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let Ok(raw) = i32::try_from(pid) else { return };
     if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig) {
@@ -644,6 +678,13 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 /// Whether `pid` runs (a zombie does not).
+#[cfg(windows)]
+fn process_alive(pid: u32) -> bool {
+    crate::process::pid_alive(pid)
+}
+
+/// Whether `pid` runs (a zombie does not).
+#[cfg(unix)]
 fn process_alive(pid: u32) -> bool {
     #[cfg(target_os = "linux")]
     {

@@ -9,8 +9,7 @@ use flex_protocol::api::ApiError;
 use flex_protocol::socket::{parse_reply, Event, HelloReply, Request, MAX_LINE};
 use flex_protocol::PROTOCOL_VERSION;
 use serde::de::DeserializeOwned;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
+use tokio::io::{ReadHalf, WriteHalf};
 
 use crate::socket::{write_json, LineRead, LineReader};
 
@@ -24,22 +23,26 @@ pub enum Incoming {
     Event(Event),
 }
 
+/// The agent's endpoint: a Unix socket, or the named pipe on Windows.
+#[cfg(unix)]
+type Stream = tokio::net::UnixStream;
+#[cfg(windows)]
+type Stream = tokio::net::windows::named_pipe::NamedPipeClient;
+
 pub struct Client {
     path: PathBuf,
-    reader: LineReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: LineReader<ReadHalf<Stream>>,
+    writer: WriteHalf<Stream>,
 }
 
 impl Client {
     /// Connects and checks that the agent speaks our protocol version.
     pub async fn connect(path: &Path) -> Result<Client, CtlError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| CtlError::Unreachable {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (r, w) = stream.into_split();
+        let stream = open(path).await.map_err(|source| CtlError::Unreachable {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (r, w) = tokio::io::split(stream);
         let mut client = Client {
             path: path.to_owned(),
             reader: LineReader::new(r, MAX_LINE),
@@ -131,6 +134,30 @@ impl Client {
     ) -> Result<Result<T, ApiError>, CtlError> {
         self.send(req).await?;
         self.reply(|_| {}).await
+    }
+}
+
+#[cfg(unix)]
+async fn open(path: &Path) -> std::io::Result<Stream> {
+    Stream::connect(path).await
+}
+
+/// Opens the pipe, waiting while every instance is busy (the agent creates
+/// the next one as soon as it accepts a client).
+#[cfg(windows)]
+async fn open(path: &Path) -> std::io::Result<Stream> {
+    const ERROR_PIPE_BUSY: i32 = 231;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::net::windows::named_pipe::ClientOptions::new().open(path) {
+            Err(e)
+                if e.raw_os_error() == Some(ERROR_PIPE_BUSY)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            other => return other,
+        }
     }
 }
 

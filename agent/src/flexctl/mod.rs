@@ -1,11 +1,13 @@
 //! `flexctl`: the command line for users, product wrappers and the desktop notifier.
 //!
 //! Every subcommand talks to flex-agent over its local socket (`--socket`, default
-//! [`DEFAULT_SOCKET`], or `FLEX_AGENT_SOCKET`). The binary only parses arguments and
+//! [`crate::paths::current`], or `FLEX_AGENT_SOCKET`). The binary only parses arguments and
 //! calls [`execute`], which returns the process exit code; errors carry the next
 //! step for the user in their message.
 
 mod client;
+#[cfg(windows)]
+mod job_windows;
 pub mod notify;
 pub mod run;
 mod status;
@@ -14,9 +16,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use flex_protocol::api::ApiError;
-use flex_protocol::socket::{Request, ResultReply, StatusReply, DEFAULT_SOCKET};
+use flex_protocol::socket::{Request, ResultReply, StatusReply};
 
 pub use client::{Client, Incoming};
+
+/// The command that shows whether the agent's service runs.
+#[cfg(windows)]
+pub const SERVICE_STATUS: &str = "sc query flex-agent";
+#[cfg(not(windows))]
+pub const SERVICE_STATUS: &str = "systemctl status flex-agent";
 
 /// Exit code of `flexctl run` and `flexctl result` when the agent refuses.
 pub const EXIT_DENIED: i32 = 77;
@@ -25,7 +33,7 @@ pub const EXIT_DENIED: i32 = 77;
 #[command(name = "flexctl", version, about = "Talk to the Flex licensing agent")]
 pub struct Cli {
     /// The agent's socket.
-    #[arg(long, global = true, env = "FLEX_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "FLEX_AGENT_SOCKET", default_value_os_t = crate::paths::current().socket)]
     pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -83,13 +91,13 @@ pub enum Command {
 /// Errors of flexctl's commands. Messages end with what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("cannot reach flex-agent at {}: is the service running? try: systemctl status flex-agent ({source})", path.display())]
+    #[error("cannot reach flex-agent at {}: is the service running? try: {} ({source})", path.display(), SERVICE_STATUS)]
     Unreachable {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("lost the connection to flex-agent at {}: {source}; check: systemctl status flex-agent", path.display())]
+    #[error("lost the connection to flex-agent at {}: {source}; check: {}", path.display(), SERVICE_STATUS)]
     Lost {
         path: PathBuf,
         #[source]
@@ -181,7 +189,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;
 
 #[cfg(all(test, target_os = "linux"))]

@@ -10,14 +10,13 @@
 //! when a signal ended it, [`EXIT_DENIED`] when the license was refused.
 
 use std::path::PathBuf;
+#[cfg(unix)]
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use flex_protocol::api::ApiError;
 use flex_protocol::socket::{Empty, Event, LaunchReply, Request};
 use flex_protocol::ErrorCode;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use super::{Client, CtlError, Incoming, EXIT_DENIED};
@@ -55,6 +54,7 @@ impl RunOptions {
 }
 
 /// SIGINT, SIGTERM and SIGHUP delivered to this process, as signal numbers.
+#[cfg(unix)]
 pub fn forward_signals() -> mpsc::Receiver<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = mpsc::channel(8);
@@ -99,6 +99,32 @@ pub fn denial_line(product: &str, e: &ApiError) -> String {
     )
 }
 
+/// Ctrl-C, Ctrl-Break and closing the console window, as SIGINT (2) or
+/// SIGHUP (1). The product shares the console and sees Ctrl-C itself; these
+/// only end the wrapper before the product runs, or close it gracefully.
+#[cfg(windows)]
+pub fn forward_signals() -> mpsc::Receiver<i32> {
+    use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close};
+    let (tx, rx) = mpsc::channel(8);
+    if let (Ok(mut c), Ok(mut b), Ok(mut close)) = (ctrl_c(), ctrl_break(), ctrl_close()) {
+        tokio::spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    Some(()) = c.recv() => 2,
+                    Some(()) = b.recv() => 2,
+                    Some(()) = close.recv() => 1,
+                    else => break,
+                };
+                if tx.send(sig).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+#[cfg(unix)]
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
@@ -107,9 +133,74 @@ fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
-fn signal_child(pid: u32, sig: i32) {
-    if let Ok(sig) = Signal::try_from(sig) {
-        let _ = kill(Pid::from_raw(pid as i32), sig);
+#[cfg(windows)]
+use super::job_windows::exit_code;
+
+/// The running product: stopped through its pid with signals on Unix.
+#[cfg(unix)]
+struct Product {
+    pid: u32,
+}
+
+#[cfg(unix)]
+impl Product {
+    fn spawn(command: &[String]) -> std::io::Result<(tokio::process::Child, Product)> {
+        let child = tokio::process::Command::new(&command[0])
+            .args(&command[1..])
+            .spawn()?;
+        let pid = child.id().expect("a child that was just spawned has a pid");
+        Ok((child, Product { pid }))
+    }
+
+    fn signal(&self, sig: i32) {
+        use nix::sys::signal::{kill, Signal};
+        if let Ok(sig) = Signal::try_from(sig) {
+            let _ = kill(nix::unistd::Pid::from_raw(self.pid as i32), sig);
+        }
+    }
+
+    /// Passes a signal the wrapper received on to the product.
+    fn forward(&self, sig: i32) {
+        self.signal(sig)
+    }
+
+    fn close(&self) {
+        self.signal(libc::SIGTERM)
+    }
+
+    fn kill(&self) {
+        self.signal(libc::SIGKILL)
+    }
+}
+
+/// The running product: a Job object holding it and its children on Windows.
+#[cfg(windows)]
+struct Product {
+    job: super::job_windows::ProductJob,
+}
+
+#[cfg(windows)]
+impl Product {
+    fn spawn(command: &[String]) -> std::io::Result<(tokio::process::Child, Product)> {
+        let (child, job) = super::job_windows::ProductJob::spawn(command)?;
+        Ok((child, Product { job }))
+    }
+
+    /// Ctrl-C already reached the product through the shared console; closing
+    /// the console window asks it to close.
+    fn forward(&self, sig: i32) {
+        if sig == 1 {
+            self.close();
+        }
+    }
+
+    fn close(&self) {
+        let asked = self.job.close();
+        tracing::debug!(windows = asked, "asked the product to close");
+    }
+
+    fn kill(&self) {
+        self.job.kill()
     }
 }
 
@@ -148,11 +239,8 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
         .map_or(opts.close_grace, Duration::from_secs);
 
     let program = &opts.command[0];
-    let mut child = match tokio::process::Command::new(program)
-        .args(&opts.command[1..])
-        .spawn()
-    {
-        Ok(child) => child,
+    let (mut child, running) = match Product::spawn(&opts.command) {
+        Ok(started) => started,
         Err(source) => {
             // The window is open anyway; tell the agent nothing runs.
             let _ = client
@@ -192,9 +280,9 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
         };
         tokio::select! {
             status = child.wait() => break status.map_err(|source| CtlError::Wait { command: program.clone(), source })?,
-            Some(sig) = signals.recv() => signal_child(pid, sig),
+            Some(sig) = signals.recv() => running.forward(sig),
             _ = kill_timer => {
-                signal_child(pid, libc::SIGKILL);
+                running.kill();
                 kill_at = None;
             }
             line = from_agent => match line {
@@ -204,7 +292,7 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
                             "flexctl: flex-agent closed {product}: {message}. {}",
                             super::notify::next_step(reason)
                         );
-                        signal_child(pid, libc::SIGTERM);
+                        running.close();
                         kill_at = Some(tokio::time::Instant::now() + close_grace);
                         closed = true;
                     }

@@ -275,10 +275,7 @@ fn cli_parses_run_with_the_command_after_dashes() {
         "file.dwg",
     ])
     .unwrap();
-    assert_eq!(
-        cli.socket,
-        std::path::PathBuf::from(flex_protocol::socket::DEFAULT_SOCKET)
-    );
+    assert_eq!(cli.socket, crate::paths::current().socket);
     match cli.command {
         Command::Run {
             product,

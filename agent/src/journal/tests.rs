@@ -9,7 +9,7 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::SignedLease;
 
-use super::{Enrollment, Journal, JournalError, FILE_NAME};
+use super::{Enrollment, Journal, JournalError};
 use crate::core::{default_policy, Action, ClockState, HeldWindow, Origin, Persist, SessionRow};
 
 fn t(h: u32) -> DateTime<Utc> {
@@ -76,7 +76,7 @@ fn opens_durable_private_and_migrated() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&state), 0o700);
-        assert_eq!(mode(&state.join(FILE_NAME)), 0o600);
+        assert_eq!(mode(&state.join(super::FILE_NAME)), 0o600);
     }
     drop(j);
     // Reopening migrates nothing twice.

@@ -15,10 +15,16 @@
 //! close the session, sends `Event::ProductClosed` on it (see [`Handler`]).
 
 mod line;
+#[cfg(unix)]
 mod listen;
+#[cfg(unix)]
 mod peer;
+#[cfg(windows)]
+mod peer_windows;
+#[cfg(windows)]
+mod pipe_windows;
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 pub(crate) mod fake;
 
 use std::future::Future;
@@ -31,13 +37,33 @@ use flex_protocol::socket::{ErrReply, Event, HelloReply, OkReply, Request, MAX_L
 use flex_protocol::{ErrorCode, PROTOCOL_VERSION};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
+#[cfg(unix)]
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 pub use line::{write_json, write_line, LineRead, LineReader};
+#[cfg(unix)]
 pub use listen::{bind_path, systemd_listener, ListenOrigin};
+#[cfg(unix)]
 pub use peer::{account_name, process_uid, Peer};
+#[cfg(windows)]
+pub use peer_windows::{account_name, account_uid, account_uid_by_name, process_uid, Peer};
+#[cfg(windows)]
+pub use pipe_windows::PipeListener;
+
+/// The platform's listener: a Unix socket, or the named pipe on Windows.
+#[cfg(unix)]
+type Listener = UnixListener;
+#[cfg(windows)]
+type Listener = PipeListener;
+
+/// Where the listener came from, for logs and status (Windows: always bound).
+#[cfg(windows)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenOrigin {
+    Bound,
+}
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +172,7 @@ impl SocketConfig {
 
 /// A listening local socket, ready to [`serve`](SocketServer::serve).
 pub struct SocketServer {
-    listener: UnixListener,
+    listener: Listener,
     config: SocketConfig,
     origin: ListenOrigin,
 }
@@ -154,6 +180,7 @@ pub struct SocketServer {
 impl SocketServer {
     /// Takes the socket from systemd when socket-activated, else binds `config.path`.
     /// Must be called inside a tokio runtime.
+    #[cfg(unix)]
     pub fn bind(config: SocketConfig) -> Result<SocketServer, SocketError> {
         let (std, origin) = match systemd_listener() {
             Some(l) => (l, ListenOrigin::Systemd),
@@ -171,7 +198,19 @@ impl SocketServer {
         })
     }
 
+    /// Creates the named pipe `config.path` (`\\.\pipe\flex-agent`).
+    /// Must be called inside a tokio runtime.
+    #[cfg(windows)]
+    pub fn bind(config: SocketConfig) -> Result<SocketServer, SocketError> {
+        Ok(SocketServer {
+            listener: PipeListener::bind(&config.path)?,
+            config,
+            origin: ListenOrigin::Bound,
+        })
+    }
+
     /// Wraps a listener the caller bound.
+    #[cfg(unix)]
     pub fn from_listener(listener: UnixListener, config: SocketConfig) -> SocketServer {
         SocketServer {
             listener,
@@ -191,8 +230,9 @@ impl SocketServer {
     /// Accepts and serves clients until `shutdown` resolves, then drops every
     /// connection and, if the agent bound the path itself, removes it.
     pub async fn serve<H: Handler>(self, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
+        #[allow(unused_mut)] // accepting a pipe client replaces its instance
         let SocketServer {
-            listener,
+            mut listener,
             config,
             origin,
         } = self;
@@ -204,9 +244,9 @@ impl SocketServer {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = listener.accept() => {
+                accepted = accept(&mut listener) => {
                     let stream = match accepted {
-                        Ok((stream, _)) => stream,
+                        Ok(stream) => stream,
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             tracing::warn!(error = %e, "accepting a socket client failed");
@@ -228,7 +268,7 @@ impl SocketServer {
                     let limits = config.clone();
                     conns.spawn(async move {
                         let _permit = permit;
-                        match Peer::from_stream(&stream, id).await {
+                        match peer_of(&stream, id, limits.idle_timeout).await {
                             Ok(peer) => serve_connection(stream, peer, handler, &limits).await,
                             Err(e) => tracing::warn!(error = %e, "cannot read peer credentials; closing"),
                         }
@@ -237,10 +277,47 @@ impl SocketServer {
             }
         }
         conns.shutdown().await;
+        #[cfg(unix)]
         if origin == ListenOrigin::Bound {
             let _ = std::fs::remove_file(&config.path);
         }
+        #[cfg(windows)]
+        let _ = (origin, config);
     }
+}
+
+#[cfg(unix)]
+async fn accept(listener: &mut Listener) -> std::io::Result<tokio::net::UnixStream> {
+    listener.accept().await.map(|(stream, _)| stream)
+}
+
+#[cfg(windows)]
+async fn accept(
+    listener: &mut Listener,
+) -> std::io::Result<tokio::net::windows::named_pipe::NamedPipeServer> {
+    listener.accept().await
+}
+
+#[cfg(unix)]
+async fn peer_of(
+    stream: &tokio::net::UnixStream,
+    id: u64,
+    _idle: Duration,
+) -> std::io::Result<Peer> {
+    Peer::from_stream(stream, id).await
+}
+
+/// A pipe client's identity needs its first request: one that sends nothing
+/// is dropped after the idle timeout.
+#[cfg(windows)]
+async fn peer_of(
+    stream: &tokio::net::windows::named_pipe::NamedPipeServer,
+    id: u64,
+    idle: Duration,
+) -> std::io::Result<Peer> {
+    tokio::time::timeout(idle, Peer::from_pipe(stream, id))
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)?
 }
 
 /// Serves one client until it disconnects, idles out or stops reading.
@@ -366,5 +443,5 @@ async fn dispatch<H: Handler>(peer: &Peer, req: Request, handler: &H) -> Reply {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;

@@ -8,7 +8,7 @@
 //! namespace, an old kernel) the watcher polls instead: it lists `/proc` every
 //! interval and reads details only for pids it has not seen before, because a full
 //! process-table refresh costs about seventy times as much CPU. On other systems it
-//! polls with `sysinfo`.
+//! polls with `sysinfo`; on Windows with Toolhelp snapshots ([`windows_poll`]).
 //!
 //! Processes already running when the watcher starts, or when the rate sheet changes
 //! to include them, are reported as [`ProcEventKind::Adopted`].
@@ -20,6 +20,8 @@ mod procfs;
 #[cfg(unix)]
 mod sysinfo_poll;
 mod tracker;
+#[cfg(windows)]
+mod windows_poll;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -231,7 +233,32 @@ fn spawn_source(
     )))
 }
 
-#[cfg(not(unix))]
+/// Windows: Toolhelp snapshots (no event-driven source yet, see windows_poll).
+#[cfg(windows)]
+fn spawn_source(
+    config: &WatcherConfig,
+    source: tracker::SharedSource,
+    matcher: Arc<RwLock<Matcher>>,
+    rescan: Arc<Notify>,
+    tx: mpsc::Sender<ProcEvent>,
+) -> Result<tokio::task::JoinHandle<()>, WatchError> {
+    if config.source == SourceChoice::ProcConnector {
+        return Err(WatchError::ConnectorUnsupported);
+    }
+    tracker::store_source(&source, DetectionSource::Polling);
+    let mut tracker = windows_poll::WindowsTracker::default();
+    let initial = tracker.scan(&matcher.read().unwrap_or_else(|e| e.into_inner()), true);
+    Ok(tokio::spawn(windows_poll::run(
+        tracker,
+        initial,
+        config.poll_interval,
+        matcher,
+        rescan,
+        tx,
+    )))
+}
+
+#[cfg(not(any(unix, windows)))]
 fn spawn_source(
     _config: &WatcherConfig,
     _source: tracker::SharedSource,
@@ -242,5 +269,5 @@ fn spawn_source(
     Err(WatchError::Unsupported)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;

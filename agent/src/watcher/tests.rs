@@ -24,6 +24,7 @@ fn product(id: &str, exe: &str) -> Product {
             linux: vec![exe.into()],
             macos: vec![exe.into()],
             windows: vec![format!("{exe}.exe")],
+            windows_version: Vec::new(),
         },
         sample: false,
     }

@@ -6,12 +6,18 @@
 //! the connector, fed exec and exit events, with a full scan at start, when the rate
 //! sheet changes and when the kernel reports lost events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+#[cfg(target_os = "linux")]
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+#[cfg(target_os = "linux")]
+use std::sync::RwLock;
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
-use flex_protocol::api::{Executables, Product};
+use flex_protocol::api::{Executables, Product, VersionMatch};
+#[cfg(target_os = "linux")]
 use tokio::sync::{mpsc, Notify};
 
 use super::{DetectionSource, ProcEvent, ProcEventKind};
@@ -20,21 +26,50 @@ use super::{DetectionSource, ProcEvent, ProcEventKind};
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     names: HashMap<String, String>,
+    /// Windows version-resource entries, with their product id.
+    versions: Vec<(VersionMatch, String)>,
 }
 
 impl Matcher {
     pub fn new(products: &[Product]) -> Matcher {
         let mut names = HashMap::new();
+        let mut versions = Vec::new();
         for p in products {
             for name in os_names(&p.executables) {
                 names.entry(key(name)).or_insert_with(|| p.id.clone());
             }
+            if cfg!(windows) {
+                for v in &p.executables.windows_version {
+                    versions.push((v.clone(), p.id.clone()));
+                }
+            }
         }
-        Matcher { names }
+        Matcher { names, versions }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names.is_empty() && self.versions.is_empty()
+    }
+
+    /// Whether any product is recognised by its version resource, which costs
+    /// reading the executable of each new process.
+    pub fn wants_versions(&self) -> bool {
+        !self.versions.is_empty()
+    }
+
+    /// The product whose version-resource entry matches these strings, with
+    /// the name to report (`OriginalFilename`, else `ProductName`).
+    pub fn find_version(
+        &self,
+        original_filename: Option<&str>,
+        product_name: Option<&str>,
+    ) -> Option<(String, String)> {
+        let (_, id) = self
+            .versions
+            .iter()
+            .find(|(v, _)| v.matches(original_filename, product_name))?;
+        let name = original_filename.or(product_name).unwrap_or_default();
+        Some((id.clone(), name.to_string()))
     }
 
     /// The product of the first candidate name that matches, with that name.
@@ -66,6 +101,7 @@ fn key(name: &str) -> String {
 }
 
 /// Splits a wait(2) status into exit code and signal.
+#[cfg(unix)]
 pub(crate) fn decode_status(status: u32) -> (Option<i32>, Option<i32>) {
     let signal = (status & 0x7f) as i32;
     if signal == 0 {
@@ -336,9 +372,11 @@ mod tests {
             name: id.into(),
             charge: ChargeModel::Daily { tokens: 7 },
             executables: Executables {
+                // The same names for every OS, so the test runs on each.
                 linux: linux.iter().map(|s| s.to_string()).collect(),
-                macos: vec![],
-                windows: vec![format!("{id}.exe")],
+                macos: linux.iter().map(|s| s.to_string()).collect(),
+                windows: linux.iter().map(|s| s.to_string()).collect(),
+                windows_version: Vec::new(),
             },
             sample: false,
         }
@@ -358,6 +396,7 @@ mod tests {
         assert!(Matcher::new(&[]).is_empty());
     }
 
+    #[cfg(unix)]
     #[test]
     fn wait_status_decoding() {
         assert_eq!(decode_status(3 << 8), (Some(3), None));

@@ -1,0 +1,172 @@
+//! A Wine prefix for the Windows end-to-end tests: the Windows agent, its MSI
+//! and `flexctl.exe`, run under Wine against a Linux `flex-server` on loopback.
+//!
+//! Each [`Wine`] has a prefix of its own in a temp dir, prepared by
+//! `tests/wine/prepare.sh` (which also builds the test-only helpers with mingw:
+//! the ProcessPrng shim and a small GUI product with a version resource).
+//! Wine ends its services once the last ordinary process of a prefix exits,
+//! so a [`Wine`] keeps one alive (`ping -n 3600`) for its whole life, and stops
+//! the whole prefix (`wineserver -k`) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A build output of the Windows target (`target/x86_64-pc-windows-gnu/debug/NAME`).
+pub fn windows_bin(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join("target/x86_64-pc-windows-gnu/debug")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build -p flex-agent --bins --target \
+         x86_64-pc-windows-gnu` (tests/run.sh does this)",
+        path.display()
+    );
+    path
+}
+
+/// The MSI `install/windows/build-msi.sh --debug` made.
+pub fn msi() -> PathBuf {
+    let dir = repo_root().join("target/windows");
+    let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "msi"))
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no MSI in {}: run `bash install/windows/build-msi.sh --debug` (tests/run.sh does this)",
+            dir.display()
+        )
+    })
+}
+
+pub struct Wine {
+    _tmp: tempfile::TempDir,
+    pub prefix: PathBuf,
+    /// Where prepare.sh put the helpers (shim, fake product).
+    pub helpers: PathBuf,
+    wine: PathBuf,
+    keepalive: Option<Child>,
+}
+
+impl Wine {
+    /// A new prefix, with the keep-alive process running.
+    pub fn new() -> Wine {
+        let tmp = tempfile::tempdir().expect("temp dir for the Wine prefix");
+        let prefix = tmp.path().join("prefix");
+        let helpers = repo_root().join("target/wine");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg("source tests/wine/prepare.sh && wine_prepare && echo \"$WINE\"")
+            .current_dir(repo_root())
+            .env("FLEX_WINEPREFIX", &prefix)
+            .output()
+            .expect("run tests/wine/prepare.sh");
+        assert!(
+            out.status.success(),
+            "preparing Wine failed (is wine64 installed? tests/run.sh installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wine = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let mut w = Wine {
+            _tmp: tmp,
+            prefix,
+            helpers,
+            wine,
+            keepalive: None,
+        };
+        let keepalive = w
+            .cmd("cmd")
+            .args(["/c", "ping", "-n", "3600", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the keep-alive process");
+        w.keepalive = Some(keepalive);
+        w
+    }
+
+    /// `wine PROGRAM`, in this prefix, ready for arguments.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(&self.wine);
+        c.arg(program)
+            .env("WINEPREFIX", &self.prefix)
+            .env("WINEDEBUG", "-all")
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
+            .env_remove("DISPLAY");
+        c
+    }
+
+    /// Runs `wine PROGRAM ARGS...` to its end.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.cmd(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run wine {program}: {e}"))
+    }
+
+    /// The Linux path of Windows path `C:\...` in this prefix.
+    pub fn host_path(&self, windows: &str) -> PathBuf {
+        let rest = windows
+            .strip_prefix("C:\\")
+            .or_else(|| windows.strip_prefix("c:\\"))
+            .expect("a C:\\ path");
+        let mut p = self.prefix.join("drive_c");
+        for part in rest.split('\\').filter(|s| !s.is_empty()) {
+            p.push(part);
+        }
+        p
+    }
+
+    /// The Windows path (`Z:\...`) of a Linux path.
+    pub fn windows_path(host: &Path) -> String {
+        format!("Z:{}", host.display()).replace('/', "\\")
+    }
+
+    /// Copies a Linux file to Windows path `to`, creating its folder.
+    pub fn put(&self, from: &Path, to: &str) -> PathBuf {
+        let dest = self.host_path(to);
+        std::fs::create_dir_all(dest.parent().expect("a parent")).expect("create folder");
+        std::fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {from:?} to {dest:?}: {e}"));
+        dest
+    }
+
+    /// Places the ProcessPrng shim beside the executables in Windows folder
+    /// `dir` (test setup only: Wine 8 lacks ProcessPrng, Windows has it).
+    pub fn shim_into(&self, dir: &str) {
+        self.put(
+            &self.helpers.join("bcryptprimitives.dll"),
+            &format!("{dir}\\bcryptprimitives.dll"),
+        );
+    }
+}
+
+impl Default for Wine {
+    fn default() -> Self {
+        Wine::new()
+    }
+}
+
+impl Drop for Wine {
+    fn drop(&mut self) {
+        let server = self.wine.with_file_name("wineserver");
+        let _ = Command::new(server)
+            .arg("-k")
+            .env("WINEPREFIX", &self.prefix)
+            .status();
+        if let Some(mut k) = self.keepalive.take() {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+    }
+}
