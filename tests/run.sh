@@ -2,8 +2,10 @@
 # The whole test suite, as a newcomer or CI runs it:  bash tests/run.sh
 #
 # Installs what the tests need and this machine lacks (Debian packages: D-Bus for
-# the notification tests, gnome-keyring for the Secret Service credential tests),
-# builds every binary the end-to-end tests start, then runs every test.
+# the notification tests, gnome-keyring for the Secret Service credential tests;
+# mingw, wine64 and wixl for the Windows agent), builds every binary the
+# end-to-end tests start (and the Windows MSI), then runs every test: the Linux
+# suite, and the Windows agent's unit tests under Wine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +35,19 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+bash tests/wine/install-tools.sh
+
 cargo build --workspace --bins
+# The Windows agent and its MSI, for tests/tests/windows_agent.rs (under Wine).
+bash install/windows/build-msi.sh --debug >/dev/null
 # Every failure in one run, not just the first test binary's.
-cargo test --workspace --no-fail-fast "$@"
+failed=0
+cargo test --workspace --no-fail-fast "$@" || failed=1
+# The Windows modules' unit tests, each test executable run by Wine
+# (.cargo/config.toml: tests/wine/runner.sh).
+if (($# == 0)); then
+    cargo test -p flex-agent -p flex-protocol --target x86_64-pc-windows-gnu --no-fail-fast || failed=1
+fi
+# The runner's Wine prefix keeps its processes for the next run; end them.
+WINEPREFIX="$PWD/target/wine/prefix" /usr/lib/wine/wineserver -k 2>/dev/null || true
+exit "$failed"

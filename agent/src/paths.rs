@@ -86,11 +86,10 @@ pub fn defaults(os: Os, program_data: Option<&str>) -> Defaults {
 
 /// The defaults of the OS this binary runs on.
 pub fn current() -> Defaults {
-    let program_data = if cfg!(windows) {
-        std::env::var("ProgramData").ok()
-    } else {
-        None
-    };
+    #[cfg(windows)]
+    let program_data = crate::win32::program_data();
+    #[cfg(not(windows))]
+    let program_data: Option<String> = None;
     defaults(Os::current(), program_data.as_deref())
 }
 

@@ -28,7 +28,8 @@ done
 cd "$repo"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 cargo build -p flex-agent --bins --target x86_64-pc-windows-gnu "${cargo_profile[@]}"
-bin="$repo/target/x86_64-pc-windows-gnu/$profile"
+# wixl resolves Source paths relative to the current directory only.
+bin="target/x86_64-pc-windows-gnu/$profile"
 out="$repo/target/windows"
 mkdir -p "$out"
 msi="$out/flex-agent-$version-x64.msi"

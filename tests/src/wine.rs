@@ -85,6 +85,23 @@ impl Wine {
             wine,
             keepalive: None,
         };
+        // A debug build loads slowly under Wine: give services the time a
+        // slow machine gets (ServicesPipeTimeout, a Windows setting too).
+        let timeout = w.run(
+            "reg",
+            &[
+                "add",
+                r"HKLM\System\CurrentControlSet\Control",
+                "/v",
+                "ServicesPipeTimeout",
+                "/t",
+                "REG_DWORD",
+                "/d",
+                "60000",
+                "/f",
+            ],
+        );
+        assert!(timeout.status.success(), "reg add ServicesPipeTimeout");
         let keepalive = w
             .cmd("cmd")
             .args(["/c", "ping", "-n", "3600", "127.0.0.1"])

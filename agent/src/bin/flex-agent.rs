@@ -21,6 +21,11 @@ struct Cli {
     #[cfg(windows)]
     #[arg(long)]
     service: bool,
+    /// Ask the Service Control Manager to start the flex-agent service, and
+    /// return (the MSI runs this once the service is registered).
+    #[cfg(windows)]
+    #[arg(long, conflicts_with = "service")]
+    start_service: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -42,6 +47,12 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    #[cfg(windows)]
+    if cli.start_service {
+        flex_agent::win32::service::start()?;
+        println!("asked the service control manager to start flex-agent");
+        return Ok(());
+    }
     #[cfg(windows)]
     if cli.service {
         let filter = tracing_subscriber::EnvFilter::try_from_env("FLEX_AGENT_LOG")

@@ -86,6 +86,13 @@ pub enum Command {
         #[arg(long, requires = "print")]
         no_desktop: bool,
     },
+    /// Ask process PID to close (WM_CLOSE to its top-level windows on this
+    /// desktop). The agent's service starts it in a user's session, which it
+    /// cannot reach from Session 0. Exit code 0 when a window was asked, 3 when
+    /// the process shows none.
+    #[cfg(windows)]
+    #[command(hide = true)]
+    CloseWindows { pid: u32 },
 }
 
 /// Errors of flexctl's commands. Messages end with what to do next.
@@ -178,7 +185,18 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             }
             Ok(0)
         }
+        #[cfg(windows)]
+        Command::CloseWindows { pid } => Ok(if crate::process::close_windows_of(pid) > 0 {
+            0
+        } else {
+            3
+        }),
         Command::Notify { print, no_desktop } => {
+            // Started from the Run key at logon: no console window stays open.
+            #[cfg(windows)]
+            if !print {
+                crate::win32::detach_console();
+            }
             let display = notify::Notifier {
                 print,
                 desktop: !no_desktop,

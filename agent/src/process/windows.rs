@@ -94,11 +94,30 @@ impl ProcessHandle {
     }
 
     /// Asks the process to quit as a user would: WM_CLOSE to each of its
-    /// top-level windows on this desktop. Returns how many windows were asked;
-    /// 0 for a process without windows (a console program), which then only
-    /// stops when killed.
+    /// top-level windows. Returns how many windows were asked (1 when a helper
+    /// was sent, see below); 0 for a process without windows (a console
+    /// program), which then only stops when killed.
+    ///
+    /// A service runs in Session 0 and cannot reach windows on a user's
+    /// desktop: when the product runs in another session, `flexctl.exe
+    /// close-windows PID` is started in that session, as its user, to post
+    /// the messages there.
     pub fn close_gracefully(&self) -> usize {
-        close_windows_of(self.id.pid)
+        let here = close_windows_of(self.id.pid);
+        if here > 0 {
+            return here;
+        }
+        match close_in_users_session(self.id.pid) {
+            Ok(true) => 1,
+            Ok(false) => 0,
+            Err(e) => {
+                tracing::warn!(
+                    pid = self.id.pid,
+                    "cannot ask the product to close in its session: {e}"
+                );
+                0
+            }
+        }
     }
 
     /// Ends the process now (TerminateProcess).
@@ -235,6 +254,57 @@ pub fn filetime_to_utc(ticks: u64) -> chrono::DateTime<chrono::Utc> {
         (since % 10_000_000) as u32 * 100,
     )
     .unwrap_or_else(chrono::Utc::now)
+}
+
+/// Starts `flexctl.exe close-windows PID` in the session of `pid` when that is
+/// not ours. `Ok(false)`: same session, nothing to do.
+fn close_in_users_session(pid: u32) -> io::Result<bool> {
+    use windows_sys::Win32::System::RemoteDesktop::{ProcessIdToSessionId, WTSQueryUserToken};
+    use windows_sys::Win32::System::Threading::{
+        CreateProcessAsUserW, GetCurrentProcessId, CREATE_NO_WINDOW, PROCESS_INFORMATION,
+        STARTUPINFOW,
+    };
+    let (mut mine, mut theirs) = (0, 0);
+    // SAFETY: plain pids and out u32s.
+    check(unsafe { ProcessIdToSessionId(GetCurrentProcessId(), &mut mine) })?;
+    // SAFETY: as above.
+    check(unsafe { ProcessIdToSessionId(pid, &mut theirs) })?;
+    if mine == theirs {
+        return Ok(false);
+    }
+    let mut token = std::ptr::null_mut();
+    // SAFETY: a session id and an out handle (needs LocalSystem's SeTcbPrivilege).
+    check(unsafe { WTSQueryUserToken(theirs, &mut token) })?;
+    let token = Handle::check(token)?;
+    let helper = std::env::current_exe()?.with_file_name("flexctl.exe");
+    let mut cmdline = crate::win32::wide(format!("\"{}\" close-windows {pid}", helper.display()));
+    let app = crate::win32::wide(&helper);
+    let mut desktop = crate::win32::wide("winsta0\\default");
+    // SAFETY: all-zero STARTUPINFOW/PROCESS_INFORMATION are valid; sizes set.
+    let mut si: STARTUPINFOW = unsafe { std::mem::zeroed() };
+    si.cb = std::mem::size_of::<STARTUPINFOW>() as u32;
+    si.lpDesktop = desktop.as_mut_ptr();
+    // SAFETY: as above.
+    let mut pi: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: NUL-terminated strings that outlive the call, a writable command
+    // line as the API requires, and the structures above.
+    check(unsafe {
+        CreateProcessAsUserW(
+            token.raw(),
+            app.as_ptr(),
+            cmdline.as_mut_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            0,
+            CREATE_NO_WINDOW,
+            std::ptr::null(),
+            std::ptr::null(),
+            &si,
+            &mut pi,
+        )
+    })?;
+    drop((Handle::new(pi.hProcess), Handle::new(pi.hThread)));
+    Ok(true)
 }
 
 struct Search {

@@ -67,9 +67,14 @@ impl Peer {
         self.admin
     }
 
-    /// Whether this peer may act for local account `user`.
+    /// Whether this peer may act for account `user` (`DOMAIN\user`, or the
+    /// bare name of its own account).
     pub fn may_act_as(&self, user: &str) -> bool {
-        self.is_root() || user.eq_ignore_ascii_case(&self.account)
+        let own_name = self
+            .account
+            .rsplit_once('\\')
+            .is_some_and(|(_, name)| name.eq_ignore_ascii_case(user));
+        self.is_root() || user.eq_ignore_ascii_case(&self.account) || own_name
     }
 
     /// Whether this peer may hand process `pid` to the agent: administrators
@@ -176,6 +181,36 @@ pub fn process_uid(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_administrators_act_for_others() {
+        let alice = Peer {
+            // A number no real SID is given in a test run.
+            uid: u32::MAX - 1,
+            gid: 0,
+            pid: None,
+            account: r"CORP\alice".into(),
+            conn_id: 1,
+            admin: false,
+        };
+        assert!(alice.may_act_as(r"corp\ALICE"));
+        assert!(alice.may_act_as("alice"));
+        assert!(!alice.may_act_as(r"CORP\bob"));
+        assert!(!alice.may_act_as("bob"));
+        assert_eq!(
+            alice.may_attach(std::process::id()),
+            Err(format!(
+                "process {} does not belong to 'CORP\\alice'",
+                std::process::id()
+            ))
+        );
+        let admin = Peer {
+            admin: true,
+            ..alice
+        };
+        assert!(admin.may_act_as(r"CORP\bob"));
+        assert_eq!(admin.may_attach(std::process::id()), Ok(()));
+    }
 
     #[test]
     fn numbers_are_stable_and_system_is_zero() {

@@ -35,6 +35,20 @@ pub fn from_wide(buf: &[u16]) -> String {
         .into_owned()
 }
 
+/// The text of a NUL-terminated UTF-16 string.
+///
+/// # Safety
+/// `p` must point to a NUL-terminated UTF-16 string.
+pub unsafe fn from_wide_ptr(p: *const u16) -> String {
+    let mut len = 0;
+    // SAFETY: per the caller, every unit up to the NUL is readable.
+    while unsafe { *p.add(len) } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` units were just counted.
+    from_wide(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
 /// The calling thread's last error as an `io::Error`.
 pub fn last_error() -> io::Error {
     io::Error::last_os_error()
@@ -110,14 +124,8 @@ impl Sid {
         // SAFETY: per the caller, psid is valid; `text` receives a LocalAlloc'd string.
         check(unsafe { ConvertSidToStringSidW(psid, &mut text) })?;
         let _free = LocalMem(text.cast());
-        let mut len = 0;
         // SAFETY: the string is NUL-terminated.
-        while unsafe { *text.add(len) } != 0 {
-            len += 1;
-        }
-        // SAFETY: `len` UTF-16 units were just counted.
-        let units = unsafe { std::slice::from_raw_parts(text, len) };
-        Ok(Sid(from_wide(units)))
+        Ok(Sid(unsafe { from_wide_ptr(text) }))
     }
 
     /// Runs `f` with this SID in binary form.
@@ -224,6 +232,36 @@ pub fn token_is_admin(token: &Handle, user: &Sid) -> bool {
             Ok(member != 0)
         })
         .unwrap_or(false)
+}
+
+/// The machine's ProgramData folder (`C:\ProgramData`), as the shell knows
+/// it: the folder the MSI's CommonAppDataFolder names. The environment
+/// variable is not used, because a service's environment may differ.
+pub fn program_data() -> Option<String> {
+    use windows_sys::Win32::System::Com::CoTaskMemFree;
+    use windows_sys::Win32::UI::Shell::{FOLDERID_ProgramData, SHGetKnownFolderPath};
+    let mut path: *mut u16 = std::ptr::null_mut();
+    // SAFETY: a known folder id and an out pointer the shell allocates.
+    let hr =
+        unsafe { SHGetKnownFolderPath(&FOLDERID_ProgramData, 0, std::ptr::null_mut(), &mut path) };
+    if hr != 0 || path.is_null() {
+        if !path.is_null() {
+            // SAFETY: allocated by the shell, freed once.
+            unsafe { CoTaskMemFree(path.cast()) };
+        }
+        return std::env::var("ProgramData").ok();
+    }
+    // SAFETY: a NUL-terminated string from the shell.
+    let s = unsafe { from_wide_ptr(path) };
+    // SAFETY: allocated by the shell, freed once.
+    unsafe { CoTaskMemFree(path.cast()) };
+    Some(s)
+}
+
+/// Lets go of the console window this process was started with, if any.
+pub fn detach_console() {
+    // SAFETY: no arguments; failing (no console) is fine.
+    unsafe { windows_sys::Win32::System::Console::FreeConsole() };
 }
 
 /// Whether this process runs as LocalSystem or elevated administrator.

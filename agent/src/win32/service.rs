@@ -61,6 +61,14 @@ pub fn run(config: PathBuf) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Asks the SCM to start the installed service (not waiting for it to run).
+pub fn start() -> Result<(), ServiceError> {
+    let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)?;
+    let service = manager.open_service(SERVICE_NAME, ServiceAccess::START)?;
+    service.start::<&str>(&[])?;
+    Ok(())
+}
+
 /// Sends the agent's logs to daily files in `dir` (created if missing). Returns
 /// false when the directory cannot be used, and logs then go nowhere.
 pub fn init_logging(dir: &Path, filter: tracing_subscriber::EnvFilter) -> bool {
