@@ -102,15 +102,62 @@ impl Wine {
             ],
         );
         assert!(timeout.status.success(), "reg add ServicesPipeTimeout");
-        let keepalive = w
+        w.keep_alive();
+        w
+    }
+
+    fn keep_alive(&mut self) {
+        let keepalive = self
             .cmd("cmd")
             .args(["/c", "ping", "-n", "3600", "127.0.0.1"])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the keep-alive process");
-        w.keepalive = Some(keepalive);
-        w
+        self.keepalive = Some(keepalive);
+        // Wine's system processes (and the services they start) inherit the
+        // open files of whichever process brings Wine up: make that one with
+        // no output of ours, so they never hold a test's pipe open.
+        let up = self
+            .cmd("cmd")
+            .args(["/c", "exit"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start Wine");
+        assert!(
+            up.success(),
+            "Wine did not start in {}",
+            self.prefix.display()
+        );
+    }
+
+    /// Ends every process of the prefix and starts Wine again, as a reboot
+    /// would. Wine's service manager sees a service that msiexec installed
+    /// only after this (Wine 8: until then `sc start` answers 1060 or times
+    /// out with 1053); Windows needs no such step.
+    pub fn reboot(&mut self) {
+        self.stop_all();
+        self.keep_alive();
+    }
+
+    fn stop_all(&mut self) {
+        let server = self.wine.with_file_name("wineserver");
+        let _ = Command::new(&server)
+            .arg("-k")
+            .env("WINEPREFIX", &self.prefix)
+            .status();
+        // -w: wait until the wineserver of this prefix has exited.
+        let _ = Command::new(server)
+            .arg("-w")
+            .env("WINEPREFIX", &self.prefix)
+            .status();
+        if let Some(mut k) = self.keepalive.take() {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
     }
 
     /// `wine PROGRAM`, in this prefix, ready for arguments.
@@ -176,14 +223,6 @@ impl Default for Wine {
 
 impl Drop for Wine {
     fn drop(&mut self) {
-        let server = self.wine.with_file_name("wineserver");
-        let _ = Command::new(server)
-            .arg("-k")
-            .env("WINEPREFIX", &self.prefix)
-            .status();
-        if let Some(mut k) = self.keepalive.take() {
-            let _ = k.kill();
-            let _ = k.wait();
-        }
+        self.stop_all();
     }
 }

@@ -45,10 +45,19 @@ pub enum ServiceError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
-    #[error("cannot talk to the service control manager: {0}")]
+    #[error("cannot talk to the service control manager: {}", scm_reason(.0))]
     Scm(#[from] windows_service::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// The crate's message and the OS error under it ("IO error in winapi call"
+/// alone says nothing).
+fn scm_reason(e: &windows_service::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 static CONFIG_PATH: OnceLock<PathBuf> = OnceLock::new();
