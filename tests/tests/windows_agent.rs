@@ -132,6 +132,33 @@ fn start_product(wine: &Wine, exe: &str, secs: u32) -> Running {
     )
 }
 
+/// Resident memory (VmRSS, KiB) of the agent service of this prefix, as Linux
+/// sees the Wine process (Wine's own mapped code included). A figure for the
+/// report, not a test.
+fn agent_rss_kib(wine: &Wine) -> Option<u64> {
+    let prefix = format!("WINEPREFIX={}", wine.prefix.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let dir = e.path();
+        let cmd = std::fs::read(dir.join("cmdline")).ok()?;
+        if !String::from_utf8_lossy(&cmd).contains("flex-agent.exe") {
+            return None;
+        }
+        let env = std::fs::read(dir.join("environ")).ok()?;
+        env.split(|&b| b == 0)
+            .any(|v| v == prefix.as_bytes())
+            .then_some(())?;
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The lines of a child's output, as they come.
 fn line_reader(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -227,6 +254,10 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     })
     .await;
     assert_eq!(ready["detection"], "polling", "{ready}");
+    eprintln!(
+        "windows: agent service resident memory under Wine, idle: {:?} KiB",
+        agent_rss_kib(&wine)
+    );
     assert!(
         ready["device_id"].is_string(),
         "enrolled on first start: {ready}"
