@@ -40,7 +40,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # ---------------------------------------------------------------- shell scripts
-scripts=(install.sh check.sh deb/build.sh
+scripts=(install.sh check.sh deb/build.sh windows/build-msi.sh
          deb/flex-agent/postinst deb/flex-agent/prerm deb/flex-agent/postrm
          deb/flex-server/postinst deb/flex-server/prerm deb/flex-server/postrm)
 for s in "${scripts[@]}"; do

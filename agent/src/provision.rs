@@ -173,7 +173,9 @@ mod tests {
 
     #[test]
     fn config_from_installer_values_parses_back() {
-        let win = defaults(Os::Windows, None);
+        // The defaults of the OS running the test: the config is validated as
+        // that OS would (a Windows path is not absolute on Linux).
+        let win = defaults(Os::current(), None);
         let text = config_text(
             &values("https://flex.corp.example:8443", Some("{user}@corp.com")),
             &win,

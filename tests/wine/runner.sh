@@ -16,6 +16,7 @@ exe="$1"
 shift
 wine_shim_beside "$exe"
 # Tests that need a GUI program with a version resource start this one.
-FLEX_TEST_FAKE_PRODUCT="Z:$(echo "$FLEX_WINE_DIR/fake-product.exe" | tr / '\\')"
+fake="$FLEX_WINE_DIR/fake-product.exe"
+FLEX_TEST_FAKE_PRODUCT="Z:${fake//\//\\}"
 export FLEX_TEST_FAKE_PRODUCT
 exec "$WINE" "$exe" "$@"
