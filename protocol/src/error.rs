@@ -35,6 +35,10 @@ pub enum ErrorCode {
     UnsupportedProtocol,
     /// The server failed; the request may be retried with the same id.
     Internal,
+    /// The device's credential was revoked by an admin: enroll it again.
+    DeviceRevoked,
+    /// The enrollment token was valid once but its time is up: ask for a new one.
+    EnrollmentTokenExpired,
 }
 
 impl ErrorCode {
@@ -54,6 +58,8 @@ impl ErrorCode {
             ErrorCode::Offline => "offline",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::Internal => "internal",
+            ErrorCode::DeviceRevoked => "device_revoked",
+            ErrorCode::EnrollmentTokenExpired => "enrollment_token_expired",
         }
     }
 }
@@ -84,6 +90,8 @@ mod tests {
             ErrorCode::Offline,
             ErrorCode::UnsupportedProtocol,
             ErrorCode::Internal,
+            ErrorCode::DeviceRevoked,
+            ErrorCode::EnrollmentTokenExpired,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -164,6 +164,17 @@ fn enrollment() {
         &EnrollRequest {
             enrollment_token: "et-abc".into(),
             hostname: "ws-17".into(),
+            platform: None,
+            agent_version: None,
+        },
+    );
+    check(
+        "enroll_request_platform",
+        &EnrollRequest {
+            enrollment_token: "fet_abc".into(),
+            hostname: "ws-17".into(),
+            platform: Some("linux".into()),
+            agent_version: Some("0.2.0".into()),
         },
     );
     check(
@@ -210,5 +221,66 @@ fn socket_messages() {
             seconds_left: 300,
             deadline: t(12),
         },
+    );
+}
+
+#[test]
+fn enrollment_keys_and_devices() {
+    check(
+        "enrollment_token_new",
+        &NewEnrollmentToken {
+            uses: Some(1000),
+            ttl: Some("30d".into()),
+            note: Some("Berlin rollout".into()),
+        },
+    );
+    check(
+        "enrollment_token",
+        &EnrollmentToken {
+            token: "fet_secret".into(),
+            expires_at: t(8) + chrono::Duration::days(30),
+            id: "ek_1a2b3c4d5e6f".into(),
+            uses_left: 1000,
+            uses: 1000,
+            note: Some("Berlin rollout".into()),
+        },
+    );
+    check(
+        "enrollment_tokens",
+        &EnrollmentTokenList {
+            enrollment_tokens: vec![EnrollmentTokenInfo {
+                id: "ek_1a2b3c4d5e6f".into(),
+                note: None,
+                uses: 3,
+                uses_left: 0,
+                created_at: t(8),
+                expires_at: t(8) + chrono::Duration::days(7),
+                revoked_at: None,
+                state: EnrollmentTokenState::UsedUp,
+            }],
+        },
+    );
+    check(
+        "devices",
+        &DeviceList {
+            devices: vec![DeviceInfo {
+                id: "d-1".into(),
+                hostname: "ws-17".into(),
+                platform: Some("linux".into()),
+                agent_version: Some("0.2.0".into()),
+                enrolled_at: t(8),
+                last_seen: Some(t(9)),
+                revoked: true,
+                revoked_at: Some(t(10)),
+                enrollment_token: Some("ek_1a2b3c4d5e6f".into()),
+            }],
+        },
+    );
+    check(
+        "error_device_revoked",
+        &ErrorBody::new(
+            ErrorCode::DeviceRevoked,
+            "device d-1 was revoked by an admin: enroll this workstation again",
+        ),
     );
 }

@@ -9,12 +9,16 @@ use std::fmt;
 use std::path::PathBuf;
 
 use flex_protocol::api::{
-    BuyTokens, DefaultAssignments, FlexAssignment, NewSubscription, NewUser, TestClock,
+    BuyTokens, DefaultAssignments, FlexAssignment, NewEnrollmentToken, NewSubscription, NewUser,
+    TestClock,
 };
 use serde::Serialize;
 use serde_json::Value;
 
-use super::cli::{Command, DefaultsCmd, SubscriptionsCmd, TestClockCmd, TokensCmd, UsersCmd};
+use super::cli::{
+    Command, DefaultsCmd, DevicesCmd, EnrollTokenCmd, SubscriptionsCmd, TestClockCmd, TokensCmd,
+    UsersCmd,
+};
 
 /// HTTP method of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,15 @@ impl Call {
     fn get(path: String) -> Call {
         Call {
             method: Method::Get,
+            path,
+            body: Body::None,
+            auth: true,
+        }
+    }
+
+    fn delete(path: String) -> Call {
+        Call {
+            method: Method::Delete,
             path,
             body: Body::None,
             auth: true,
@@ -115,16 +128,9 @@ pub fn plan(command: &Command) -> Call {
                 product: product.clone(),
             },
         ),
-        Command::Subscriptions(SubscriptionsCmd::Remove { email, product }) => Call {
-            method: Method::Delete,
-            path: admin(&format!(
-                "subscriptions/{}/{}",
-                encode(email),
-                encode(product)
-            )),
-            body: Body::None,
-            auth: true,
-        },
+        Command::Subscriptions(SubscriptionsCmd::Remove { email, product }) => Call::delete(admin(
+            &format!("subscriptions/{}/{}", encode(email), encode(product)),
+        )),
         Command::Products => Call::get(admin("products")),
         Command::Defaults(DefaultsCmd::Show) => Call::get(admin("default-assignments")),
         Command::Defaults(DefaultsCmd::Set { mode, products }) => Call::json(
@@ -153,11 +159,25 @@ pub fn plan(command: &Command) -> Call {
             Call::get(path)
         }
         Command::Notices => Call::get(admin("notices")),
-        Command::EnrollToken => Call::json(
-            Method::Post,
-            admin("enrollment-tokens"),
-            &serde_json::json!({}),
-        ),
+        Command::EnrollToken(args) => match &args.action {
+            None => Call::json(
+                Method::Post,
+                admin("enrollment-tokens"),
+                &NewEnrollmentToken {
+                    uses: args.uses,
+                    ttl: args.ttl.clone(),
+                    note: args.note.clone(),
+                },
+            ),
+            Some(EnrollTokenCmd::List) => Call::get(admin("enrollment-tokens")),
+            Some(EnrollTokenCmd::Revoke { id }) => {
+                Call::delete(admin(&format!("enrollment-tokens/{}", encode(id))))
+            }
+        },
+        Command::Devices(DevicesCmd::List) => Call::get(admin("devices")),
+        Command::Devices(DevicesCmd::Revoke { id }) => {
+            Call::delete(admin(&format!("devices/{}", encode(id))))
+        }
         Command::TestClock(TestClockCmd::Set { now }) => {
             Call::json(Method::Put, admin("test-clock"), &TestClock { now: *now })
         }
@@ -361,6 +381,43 @@ mod tests {
             (Method::Post, "/v1/admin/enrollment-tokens")
         );
         assert_eq!(call.body, Body::Json(serde_json::json!({})));
+        let call = plan_of(&[
+            "enroll-token",
+            "--uses",
+            "1000",
+            "--ttl",
+            "30d",
+            "--note",
+            "x",
+        ]);
+        assert_eq!(
+            body_as::<NewEnrollmentToken>(&call),
+            NewEnrollmentToken {
+                uses: Some(1000),
+                ttl: Some("30d".into()),
+                note: Some("x".into())
+            }
+        );
+        let call = plan_of(&["enroll-token", "list"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Get, "/v1/admin/enrollment-tokens")
+        );
+        let call = plan_of(&["enroll-token", "revoke", "ek_1"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Delete, "/v1/admin/enrollment-tokens/ek_1")
+        );
+        let call = plan_of(&["devices", "list"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Get, "/v1/admin/devices")
+        );
+        let call = plan_of(&["devices", "revoke", "d 1"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Delete, "/v1/admin/devices/d%201")
+        );
 
         let call = plan_of(&["test-clock", "set", "2026-03-15T10:00:00Z"]);
         assert_eq!(

@@ -73,8 +73,11 @@ pub enum Command {
     },
     /// Show balance notices, newest first
     Notices,
-    /// Create a one-time enrollment token for installing an agent
-    EnrollToken,
+    /// Create an enrollment token for one agent or a fleet (--uses), or list/revoke them
+    EnrollToken(EnrollTokenArgs),
+    /// List enrolled workstations, or revoke one
+    #[command(subcommand)]
+    Devices(DevicesCmd),
     /// Set the server's clock (only on a server started with --test-clock)
     #[command(subcommand)]
     TestClock(TestClockCmd),
@@ -180,6 +183,47 @@ pub enum TokensCmd {
     Balance,
 }
 
+/// `enroll-token [--uses N] [--ttl 30d] [--note TEXT]`, `enroll-token list`,
+/// `enroll-token revoke ID`.
+#[derive(Debug, Clone, PartialEq, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EnrollTokenArgs {
+    #[command(subcommand)]
+    pub action: Option<EnrollTokenCmd>,
+    /// How many agents may enroll with the token, e.g. 1000 for a fleet (default 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub uses: Option<u32>,
+    /// How long the token stays valid, e.g. 30d, 12h (default: the server's
+    /// enrollment_token_ttl, 7d)
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// A note shown in `enroll-token list`, e.g. "Berlin rollout"
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum EnrollTokenCmd {
+    /// List enrollment tokens (never their secrets) with uses left and state
+    List,
+    /// Revoke an enrollment token: no further agent enrolls with it
+    Revoke {
+        /// Token id from `enroll-token list` (ek_...)
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum DevicesCmd {
+    /// List enrolled workstations: host, platform, agent version, last contact
+    List,
+    /// Revoke a workstation: the server refuses its credential from now on
+    Revoke {
+        /// Device id from `devices list`
+        id: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum TestClockCmd {
     /// Set the server's time, e.g. 2026-03-15T10:00:00Z
@@ -257,6 +301,33 @@ mod tests {
         assert_eq!(now.to_rfc3339(), "2026-03-15T10:00:00+00:00");
         let err = parse(&["test-clock", "set", "monday"]).unwrap_err();
         assert!(err.to_string().contains("'monday' is not an RFC 3339 time"));
+    }
+
+    #[test]
+    fn enroll_token_creates_lists_and_revokes() {
+        let cli = parse(&["enroll-token", "--uses", "1000", "--ttl", "30d"]).unwrap();
+        let Command::EnrollToken(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            (args.action, args.uses, args.ttl.as_deref()),
+            (None, Some(1000), Some("30d"))
+        );
+        let cli = parse(&["enroll-token", "revoke", "ek_1"]).unwrap();
+        let Command::EnrollToken(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            args.action,
+            Some(EnrollTokenCmd::Revoke { id: "ek_1".into() })
+        );
+        assert!(parse(&["enroll-token", "--uses", "0"]).is_err());
+        assert!(parse(&["enroll-token", "--uses", "3", "list"]).is_err());
+        let cli = parse(&["devices", "revoke", "d-1"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Devices(DevicesCmd::Revoke { id: "d-1".into() })
+        );
     }
 
     #[test]

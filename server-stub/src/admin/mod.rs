@@ -13,6 +13,7 @@ pub mod call;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod fleet;
 pub mod render;
 pub mod table;
 

@@ -72,6 +72,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, m),
             StoreError::Unauthorized(m) => ApiError::unauthorized(m),
+            StoreError::Expired(m) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::EnrollmentTokenExpired,
+                m,
+            ),
             StoreError::Import(_) => ApiError::invalid(e.to_string()),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

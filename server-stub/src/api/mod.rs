@@ -77,7 +77,16 @@ pub fn router(state: AppState) -> Router {
         .route("/balance", get(admin::balance))
         .route("/charges", get(admin::charges))
         .route("/notices", get(admin::notices))
-        .route("/enrollment-tokens", post(admin::enrollment_token));
+        .route(
+            "/enrollment-tokens",
+            post(admin::enrollment_token).get(admin::enrollment_tokens),
+        )
+        .route(
+            "/enrollment-tokens/{id}",
+            delete(admin::revoke_enrollment_token),
+        )
+        .route("/devices", get(admin::devices))
+        .route("/devices/{id}", delete(admin::revoke_device));
     if state.test_clock.is_some() {
         admin = admin.route(
             "/test-clock",

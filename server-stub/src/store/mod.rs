@@ -13,6 +13,7 @@ mod batch;
 mod charges;
 mod claims;
 mod devices;
+mod enrollment;
 mod heartbeat;
 mod import;
 mod lots;
@@ -34,10 +35,14 @@ use crate::rates::RateSheet;
 pub use batch::ClaimBatcher;
 pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
+pub use devices::DeviceAuth;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
 
 /// Numbered migrations, embedded in the binary and applied in order.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_enrollment_keys.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +55,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// A credential that was valid once and has run out (an enrollment key).
+    #[error("{0}")]
+    Expired(String),
     /// A CSV import with bad lines; nothing was written.
     #[error("{} invalid line(s); nothing was imported", .0.len())]
     Import(Vec<flex_protocol::api::ImportError>),
@@ -86,7 +94,7 @@ pub struct Store {
     policy: PolicyConfig,
     rates: RateSheet,
     signer: LeaseSigner,
-    enrollment_ttl: std::time::Duration,
+    pub(crate) enrollment_ttl: std::time::Duration,
 }
 
 impl Store {
