@@ -375,13 +375,13 @@ fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     use rustls::{CertificateError, Error as Tls};
     let mut source = Some(e);
     while let Some(s) = source {
-        if let Some(tls) = s.downcast_ref::<Tls>() {
+        if let Some(tls) = s.downcast_ref::<Tls>().or_else(|| tls_in_io(s)) {
             return Some(match tls {
-                Tls::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    "the server's certificate is not signed by a trusted CA (unknown issuer: \
+                Tls::InvalidCertificate(
+                    CertificateError::UnknownIssuer | CertificateError::BadSignature,
+                ) => "the server's certificate is not signed by a trusted CA (unknown issuer: \
                      check ca_file)"
-                        .to_string()
-                }
+                    .to_string(),
                 Tls::InvalidCertificate(CertificateError::NotValidForName)
                 | Tls::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
                     "the server's certificate does not name this host (check server_url)"
@@ -403,6 +403,19 @@ fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         source = s.source();
     }
     None
+}
+
+/// The rustls error inside (nested) io::Errors: their `source()` skips the error
+/// they wrap, so the chain walk alone never meets it.
+fn tls_in_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut io = e.downcast_ref::<std::io::Error>()?;
+    loop {
+        let inner = io.get_ref()?;
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        io = inner.downcast_ref::<std::io::Error>()?;
+    }
 }
 
 /// reqwest's top-level message ("error sending request") hides the cause

@@ -17,6 +17,7 @@ mod failpoint;
 mod handler;
 pub mod hub;
 mod net;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -225,6 +226,8 @@ impl Driver {
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let poll = self.config.poll_interval;
+        // Pinged from this loop, so a stuck loop gets the agent restarted.
+        let mut watchdog = watchdog::Watchdog::from_env();
         loop {
             // The core's next deadline is a boot-clock reading; the poll interval
             // bounds the wait because tokio's timer does not count suspend. With
@@ -254,6 +257,7 @@ impl Driver {
                     self.feed(Input::Tick)?;
                     self.reap_gone_sessions()?;
                 }
+                _ = watchdog.tick() => watchdog.ping(),
             }
         }
     }

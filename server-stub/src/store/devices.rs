@@ -131,7 +131,7 @@ impl Store {
     pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, id"
+                "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
             ))?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();

@@ -231,7 +231,7 @@ impl Store {
         let now = self.now();
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {INFO_COLUMNS} FROM enrollment_keys ORDER BY created_at DESC, id"
+                "SELECT {INFO_COLUMNS} FROM enrollment_keys ORDER BY created_at DESC, rowid DESC"
             ))?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
