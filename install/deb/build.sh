@@ -17,7 +17,8 @@
 #   --skip-missing  skip (with a note) a package whose binaries the workspace does
 #                   not declare yet, instead of failing
 # Environment: FLEX_DEB_MAINTAINER overrides the Maintainer field; CARGO_TARGET_DIR
-# is honoured; SOURCE_DATE_EPOCH dates the changelog (default: the last commit).
+# is honoured; SOURCE_DATE_EPOCH dates the changelog (default: the last commit);
+# FLEX_DEB_COMPRESS picks dpkg-deb's compressor (default xz; gzip is quicker).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --bin-dir) [ $# -ge 2 ] || die "--bin-dir needs a directory"; bin_dir=$2; shift 2 ;;
     --version) [ $# -ge 2 ] || die "--version needs a value"; version=$2; shift 2 ;;
     --skip-missing) skip_missing=yes; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     flex-agent|flex-server) packages="$packages $1"; shift ;;
     *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -279,6 +280,6 @@ Priority: optional
 Description: $description
 CONTROL
     deb="$out/${pkg}_${version}_${arch}.deb"
-    dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+    dpkg-deb --root-owner-group "-Z${FLEX_DEB_COMPRESS:-xz}" --build "$stage" "$deb" >/dev/null
     echo "$deb"
 done

@@ -55,6 +55,8 @@ async fn enrolled() -> (Server, Client, flex_protocol::api::EnrollResponse) {
         .enroll(&EnrollRequest {
             enrollment_token: token,
             hostname: "ws-client-test".into(),
+            platform: None,
+            agent_version: None,
         })
         .await
         .expect("enrollment succeeds");
