@@ -27,6 +27,12 @@ command -v python3 >/dev/null || need+=(python3)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v desktop-file-validate >/dev/null || need+=(desktop-file-utils)
+# The package tests: lintian judges the .deb files; they are installed with dpkg
+# into a throwaway overlay root (unshare/nsenter from util-linux); strip is binutils.
+command -v lintian >/dev/null || need+=(lintian)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v strip >/dev/null || need+=(binutils)
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq
