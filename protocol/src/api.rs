@@ -404,6 +404,19 @@ pub struct DeviceInfo {
     pub enrollment_token: Option<String>,
 }
 
+/// `GET /v1/agent/users/{email}`: whether the server knows a user and how they
+/// may run products; `flexctl doctor` asks it for the account it checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCheck {
+    /// The email as the server normalised it.
+    pub email: String,
+    pub known: bool,
+    #[serde(default)]
+    pub flex_assigned: bool,
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+}
+
 /// `GET /v1/admin/devices`, newest enrollment first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceList {

@@ -277,6 +277,15 @@ fn enrollment_keys_and_devices() {
         },
     );
     check(
+        "user_check",
+        &UserCheck {
+            email: "ada@example.com".into(),
+            known: true,
+            flex_assigned: true,
+            subscriptions: vec!["revit".into()],
+        },
+    );
+    check(
         "error_device_revoked",
         &ErrorBody::new(
             ErrorCode::DeviceRevoked,

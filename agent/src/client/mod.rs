@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use flex_protocol::api::{
     ClaimRequest, ClaimResponse, EnrollRequest, EnrollResponse, ErrorBody, Health,
-    HeartbeatRequest, HeartbeatResponse, ProductList,
+    HeartbeatRequest, HeartbeatResponse, ProductList, UserCheck,
 };
 use flex_protocol::ErrorCode;
 use reqwest::{Method, StatusCode};
@@ -245,6 +245,20 @@ impl Client {
     ) -> Result<HeartbeatResponse, ClientError> {
         self.call(Method::POST, "/v1/agent/heartbeat", Some(req))
             .await
+    }
+
+    /// `GET /v1/agent/users/{email}`: whether the server knows the user.
+    pub async fn check_user(&self, email: &str) -> Result<UserCheck, ClientError> {
+        let mut path = String::from("/v1/agent/users/");
+        for b in email.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' => {
+                    path.push(b as char)
+                }
+                _ => path.push_str(&format!("%{b:02X}")),
+            }
+        }
+        self.call::<(), _>(Method::GET, &path, None).await
     }
 
     /// `GET /v1/agent/products`: the rate sheet.

@@ -97,7 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/enroll", post(agent::enroll))
         .route("/claims", post(agent::claim))
         .route("/heartbeat", post(agent::heartbeat))
-        .route("/products", get(agent::products));
+        .route("/products", get(agent::products))
+        .route("/users/{email}", get(agent::user_check));
     Router::new()
         .route("/v1/health", get(agent::health))
         .route("/v1/openapi.json", get(openapi))

@@ -127,6 +127,31 @@ impl Store {
         })
     }
 
+    /// Whether the server knows `email` (for a device's `flexctl doctor`).
+    pub fn check_user(&self, email: &str) -> Result<flex_protocol::api::UserCheck> {
+        let normalized = super::users::normalize_email(email).map_err(|e| {
+            StoreError::Invalid(format!(
+                "'{}' {e}",
+                email.chars().take(64).collect::<String>()
+            ))
+        })?;
+        let user = self.read(|c| super::users::load_user(c, &normalized))?;
+        Ok(match user {
+            Some(u) => flex_protocol::api::UserCheck {
+                email: u.email,
+                known: true,
+                flex_assigned: u.flex_assigned,
+                subscriptions: u.subscriptions,
+            },
+            None => flex_protocol::api::UserCheck {
+                email: normalized,
+                known: false,
+                flex_assigned: false,
+                subscriptions: Vec::new(),
+            },
+        })
+    }
+
     /// Every device, newest enrollment first.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
         self.read(|c| {
