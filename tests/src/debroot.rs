@@ -26,7 +26,7 @@ pub struct DebRoot {
 
 impl DebRoot {
     /// Sets up the namespace, the overlay and /proc, /dev, /run, /tmp in it.
-    pub fn new() -> DebRoot {
+    pub fn create() -> DebRoot {
         // SAFETY: geteuid(2) cannot fail and touches no memory.
         assert!(
             unsafe { libc::geteuid() } == 0,

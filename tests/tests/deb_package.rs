@@ -172,7 +172,7 @@ async fn the_agent_package_lives_through_install_upgrade_remove_and_purge_unatte
             Some(json!({"uses": 5, "ttl": "1h"})),
         )
         .await;
-    let root = DebRoot::new();
+    let root = DebRoot::create();
     // The root starts as this machine: make sure it has no flex-agent of its own.
     root.run(&["dpkg", "--purge", "flex-agent"]);
     let before: Vec<String> = root.changes();
@@ -301,7 +301,7 @@ async fn the_agent_package_lives_through_install_upgrade_remove_and_purge_unatte
 #[test]
 fn the_server_package_keeps_its_config_over_an_upgrade_and_purges_clean() {
     let d = debs();
-    let root = DebRoot::new();
+    let root = DebRoot::create();
     root.run(&["dpkg", "--purge", "flex-server"]);
     install(&root, &d.get("flex-server", OLD));
     assert!(root

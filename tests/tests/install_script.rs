@@ -28,7 +28,7 @@ async fn install_sh_enrolls_once_passes_on_exit_codes_and_uninstalls() {
         .as_str()
         .unwrap()
         .to_string();
-    let root = DebRoot::new();
+    let root = DebRoot::create();
     // The root is this machine's file system: the repository and the built
     // binaries are visible in it at the same paths.
     let script = format!("{}/install/install.sh", repo());

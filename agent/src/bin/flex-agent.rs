@@ -2,7 +2,7 @@
 //! enrollment (`flex-agent enroll ...`). The command line is
 //! [`flex_agent::cli`]; exit codes are [`flex_agent::enroll::exit`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -148,7 +148,7 @@ async fn daemon(config_path: &Path) -> i32 {
 /// booting off the network, a server being upgraded): the unit counts as
 /// started meanwhile, with the reason in its status line, and keeps pinging
 /// the watchdog. A refused token or none at all ends it.
-async fn enroll_at_start(config: &Config, token_file: &PathBuf) -> Result<(), EnrollError> {
+async fn enroll_at_start(config: &Config, token_file: &Path) -> Result<(), EnrollError> {
     let mut watchdog = Watchdog::from_env();
     let mut wait = ENROLL_RETRY_FIRST;
     loop {

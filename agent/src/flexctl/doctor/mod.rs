@@ -528,7 +528,7 @@ async fn exec_seen() -> Result<(), String> {
         loop {
             events.clear();
             cn.recv(&mut events).await.map_err(|e| e.to_string())?;
-            if events.iter().any(|e| *e == CnEvent::Exec { pid }) {
+            if events.contains(&CnEvent::Exec { pid }) {
                 return Ok::<(), String>(());
             }
         }
