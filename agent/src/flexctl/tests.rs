@@ -208,7 +208,7 @@ async fn user_option_fills_the_user_field_of_run_and_result() {
     let agent = start_fake_agent(dir.path(), handler);
     let socket = agent.path.clone();
     // Our own account: the socket server lets anyone name themselves.
-    let me = crate::socket::account_name(nix::unistd::getuid().as_raw());
+    let me = crate::account::name_of_uid(nix::unistd::getuid().as_raw());
     let cli = |args: &[&str]| {
         let mut all = vec!["flexctl", "--socket", socket.to_str().unwrap()];
         all.extend_from_slice(args);

@@ -93,7 +93,7 @@ impl FakeServer {
         let Some(charge) = self.rates.get(&req.product).copied() else {
             return deny(ErrorCode::UnknownProduct, "no such product", None);
         };
-        let key = (req.user.clone(), req.product.clone());
+        let key = (req.user.to_string(), req.product.clone());
         let source = if self.subscriptions.contains(&key) {
             Source::Subscription
         } else {
@@ -158,7 +158,7 @@ impl FakeServer {
         self.balance -= tokens;
         self.charges.push(FakeCharge {
             claim_id: req.claim_id.clone(),
-            user: req.user.clone(),
+            user: req.user.to_string(),
             product: req.product.clone(),
             tokens,
             renewal,
