@@ -257,9 +257,19 @@ fn status_table_shows_the_facts() {
         "4242",
         "tokens",
         "wrapper",
+        // The window the user paid for, and how long reopening is free.
+        "FREE TO REOPEN UNTIL",
+        "7 tokens",
+        "21 h 59 min",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    // Without sessions the windows still show (the run ended, the window did not).
+    let mut ended = status.clone();
+    ended.sessions.clear();
+    let text = status::render(&ended, Utc::now());
+    assert!(text.contains("no product sessions"), "{text}");
+    assert!(text.contains("7 tokens"), "{text}");
 }
 
 #[test]
