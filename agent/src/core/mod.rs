@@ -57,6 +57,8 @@ mod tests_claims;
 #[cfg(test)]
 mod tests_offline;
 #[cfg(test)]
+mod tests_sessions;
+#[cfg(test)]
 mod tests_windows;
 
 use std::collections::{BTreeMap, HashMap};

@@ -17,9 +17,12 @@ use crate::account::AccountId;
 use crate::core::{ConnId, Refusal};
 use crate::limits::MAX_SUBSCRIPTIONS_PER_ACCOUNT;
 
+/// Subscribed connections: whose events they get, and their sender.
+type Subscribers = HashMap<ConnId, (AccountId, mpsc::Sender<Event>)>;
+
 #[derive(Clone, Default)]
 pub struct Hub {
-    subscribers: Arc<Mutex<HashMap<ConnId, (AccountId, mpsc::Sender<Event>)>>>,
+    subscribers: Arc<Mutex<Subscribers>>,
 }
 
 impl Hub {
@@ -71,7 +74,7 @@ impl Hub {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, (AccountId, mpsc::Sender<Event>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 

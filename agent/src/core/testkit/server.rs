@@ -63,6 +63,12 @@ impl FakeServer {
         }
     }
 
+    /// The server starts signing with a new key the agent never pinned (a
+    /// re-keyed or replaced server).
+    pub fn rotate_key(&mut self) {
+        self.signer = LeaseSigner::new("k2", SigningKey::from_bytes(&[9; 32]));
+    }
+
     pub fn verifier(&self) -> LeaseVerifier {
         LeaseVerifier::from_keys(&[self.signer.public_key()]).unwrap()
     }
