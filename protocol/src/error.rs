@@ -35,6 +35,9 @@ pub enum ErrorCode {
     UnsupportedProtocol,
     /// The server failed; the request may be retried with the same id.
     Internal,
+    /// A per-account limit of the agent's local API was reached (connections,
+    /// subscriptions, sessions, pending jobs); retry once some are closed.
+    LimitExceeded,
     /// The device's credential was revoked by an admin: enroll it again.
     DeviceRevoked,
     /// The enrollment token was valid once but its time is up: ask for a new one.
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::Offline => "offline",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::Internal => "internal",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::DeviceRevoked => "device_revoked",
             ErrorCode::EnrollmentTokenExpired => "enrollment_token_expired",
         }
@@ -90,6 +94,7 @@ mod tests {
             ErrorCode::Offline,
             ErrorCode::UnsupportedProtocol,
             ErrorCode::Internal,
+            ErrorCode::LimitExceeded,
             ErrorCode::DeviceRevoked,
             ErrorCode::EnrollmentTokenExpired,
         ] {

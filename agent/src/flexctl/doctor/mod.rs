@@ -71,7 +71,7 @@ pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
     let account = opts
         .user
         .clone()
-        .unwrap_or_else(|| crate::socket::account_name(uid));
+        .unwrap_or_else(|| crate::account::name_of_uid(uid));
 
     // Config.
     let config = match Config::load(&opts.config) {
