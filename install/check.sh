@@ -280,7 +280,7 @@ PY
 import subprocess, sys, os, select
 binary, config, data = sys.argv[1:]
 os.makedirs(data, mode=0o700)
-env = dict(os.environ, FLEX_ADMIN_TOKEN="check-sh-token")
+env = dict(os.environ, FLEX_ADMIN_TOKEN="check-sh-token-of-32-characters")
 p = subprocess.Popen([binary, "--listen", "127.0.0.1:0", "--data-dir", data, "--config", config],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
 try:
