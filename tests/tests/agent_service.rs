@@ -170,3 +170,40 @@ async fn self_enrollment_waits_for_an_unreachable_server() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn socket_activated_but_not_enrolled_answers_the_waiting_client_with_why() {
+    let server = Server::start_test_clock();
+    let agent = Agent::configured(&server, "");
+    let activated = agent.dir.path().join("activated.sock");
+    let mut activate = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&activated)
+        .arg(bin("flex-agent"))
+        .arg("--config")
+        .arg(&agent.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run systemd-socket-activate");
+    let mut stderr = BufReader::new(activate.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("Listening on"), "{line}");
+    let out = Command::new(bin("flexctl"))
+        .arg("--socket")
+        .arg(&activated)
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot start")
+            && err.contains("not enrolled")
+            && err.contains("enroll-token"),
+        "{err}"
+    );
+    // The agent exited 78 (EX_CONFIG): systemd does not restart it for that.
+    assert_eq!(activate.wait().unwrap().code(), Some(78));
+}

@@ -113,6 +113,7 @@ async fn daemon(config_path: &Path) -> i32 {
         enrolled = enroll_at_start(&config, &token_file) => {
             if let Err(e) = enrolled {
                 tracing::error!("{e}");
+                refuse_waiting_clients(&e.to_string());
                 return fail(exit::CONFIG, &e);
             }
         }
@@ -176,6 +177,29 @@ async fn enroll_at_start(config: &Config, token_file: &Path) -> Result<(), Enrol
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Socket-activated but unable to serve (exit 78): answers the clients already
+/// queued on systemd's socket with the reason, so that `flexctl` says why and
+/// their waiting connections do not start the agent again and again.
+fn refuse_waiting_clients(reason: &str) {
+    use std::io::Write;
+    let Some(listener) = flex_agent::socket::systemd_listener() else {
+        return;
+    };
+    let reply = flex_protocol::socket::ErrReply::new(
+        flex_protocol::ErrorCode::Internal,
+        format!("flex-agent cannot start: {reason}"),
+    );
+    let Ok(line) = serde_json::to_string(&reply) else {
+        return;
+    };
+    // Non-blocking: only the connections already waiting.
+    while let Ok((mut stream, _)) = listener.accept() {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.write_all(format!("{line}\n").as_bytes());
     }
 }
 

@@ -101,6 +101,9 @@ impl ClientError {
             ClientError::Transport { .. }
                 | ClientError::Timeout { .. }
                 | ClientError::Server { .. }
+                // A clock set wrong at boot, a certificate being renewed: the
+                // same request (same claim id) may well pass later.
+                | ClientError::Tls { .. }
         )
     }
 
