@@ -179,7 +179,7 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             source,
         })?;
     Ok(Prepared {
-        state: AppState::new(Arc::new(store), &token, test_clock),
+        state: AppState::new(Arc::new(store), &token, test_clock).with_secure_cookies(tls.is_some()),
         listener,
         tls,
     })
@@ -212,6 +212,10 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
             every.tick().await;
             if let Err(e) = ticker.run(|s| s.tick()).await {
                 tracing::warn!("notice check failed: {e}");
+            }
+            // Keeps the reports' usage rollup close to the ledger.
+            if let Err(e) = ticker.run(|s| s.fold_usage()).await {
+                tracing::warn!("usage rollup failed: {e}");
             }
         }
     });

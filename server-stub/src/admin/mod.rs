@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod error;
 pub mod render;
+pub mod render_reports;
 pub mod table;
 
 use std::io::Write;

@@ -17,6 +17,7 @@ mod heartbeat;
 mod import;
 mod lots;
 mod notices;
+mod reports;
 mod users;
 
 use std::path::Path;
@@ -35,15 +36,22 @@ pub use batch::ClaimBatcher;
 pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
+pub use users::{check_name, normalize_email};
 
 /// Numbered migrations, embedded in the binary and applied in order.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0003_reports.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The request names an invalid value; nothing was written.
     #[error("{0}")]
     Invalid(String),
+    /// A rule refused a value, naming the field it is in; nothing was written.
+    #[error(transparent)]
+    Rule(#[from] crate::rules::Invalid),
     #[error("{what} '{key}' does not exist")]
     NotFound { what: &'static str, key: String },
     #[error("{0}")]
