@@ -261,8 +261,8 @@ async fn report_parameters_are_checked_and_named() {
 #[tokio::test]
 async fn estimates_buy_the_fewest_tokens_then_the_fewest_packs() {
     let s = Server::start_test_clock();
-    // 12 Revit users × 20 days × 10 tokens = 2,400: one pack of 2,500, not
-    // 1,000 + 1,000 + 500.
+    // 12 Revit users × 20 days × 10 tokens = 2,400: exactly, in six packs,
+    // rather than one pack of 2,500.
     let e = s
         .ok(
             M::POST,
@@ -271,7 +271,7 @@ async fn estimates_buy_the_fewest_tokens_then_the_fewest_packs() {
         )
         .await;
     assert_eq!(e["tokens_total"], 2400);
-    assert_eq!(e["packs"], json!([{"size": 2500, "count": 1}]));
+    assert_eq!(e["packs"], json!([{"size": 1000, "count": 2}, {"size": 100, "count": 4}]));
     assert_eq!(e["rows"][0]["subscription_cheaper"], true);
 
     // Two rows over two months: 1,350 → 1,400 in five packs.
@@ -330,6 +330,34 @@ async fn estimates_buy_the_fewest_tokens_then_the_fewest_packs() {
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.starts_with(expected), "{body}: {msg}");
     }
+}
+
+#[tokio::test]
+async fn packs_that_do_not_divide_each_other() {
+    let s = Server::start(ServerOpts {
+        test_clock: true,
+        config: Some("[policy]\npack_sizes = [300, 700]\n".into()),
+        ..Default::default()
+    });
+    // 1,000 tokens: 700 + 300, neither 4 × 300 (1,200) nor 2 × 700 (1,400).
+    let e = s
+        .ok(
+            M::POST,
+            "/estimate",
+            Some(json!({"months": 1, "rows": [{"product": "fusion", "users": 10, "days_per_month": 10}]})),
+        )
+        .await;
+    assert_eq!(e["tokens_total"], 300);
+    let e = s
+        .ok(
+            M::POST,
+            "/estimate",
+            Some(json!({"months": 10, "rows": [{"product": "fusion", "users": 10, "days_per_month": 10.0 / 3.0}]})),
+        )
+        .await;
+    assert_eq!(e["tokens_total"], 1000);
+    assert_eq!(e["packs"], json!([{"size": 700, "count": 1}, {"size": 300, "count": 1}]));
+    assert_eq!(e["packs_tokens"], 1000);
 }
 
 #[tokio::test]

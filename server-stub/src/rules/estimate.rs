@@ -233,8 +233,8 @@ mod tests {
 
     #[test]
     fn fewest_tokens_then_fewest_packs() {
-        // 2,400: one 2,500 pack, not 1,000 + 1,000 + 500 or 2 × 1,000 + 4 × 100.
-        assert_eq!(packs(2400), vec![(2500, 1)]);
+        // 2,400 exactly (six packs) beats a single pack of 2,500.
+        assert_eq!(packs(2400), vec![(1000, 2), (100, 4)]);
         // 4,600 exactly beats a 5,000 pack: fewer tokens come first.
         assert_eq!(packs(4600), vec![(2500, 1), (1000, 2), (100, 1)]);
         assert_eq!(packs(1), vec![(100, 1)]);
