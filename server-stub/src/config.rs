@@ -18,6 +18,13 @@
 //! low_balance_ratio = 0.2
 //! timezone = "Europe/Paris"
 //! pack_sizes = [100, 500, 1000, 2500, 5000, 10000]
+//!
+//! [smtp]                       # optional: admin notices by email, see crate::mail
+//! host = "mail.example.com"
+//! port = 587
+//! security = "starttls"
+//! from = "Flex <flex@example.com>"
+//! to = ["it@example.com"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,6 +62,9 @@ pub struct Config {
     pub enrollment_token_ttl: Duration,
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Admin notices by email; off when absent.
+    #[serde(default)]
+    pub smtp: Option<crate::mail::SmtpConfig>,
 }
 
 impl Default for Config {
@@ -64,6 +74,7 @@ impl Default for Config {
             admin_token: None,
             enrollment_token_ttl: default_enrollment_ttl(),
             policy: PolicyConfig::default(),
+            smtp: None,
         }
     }
 }
@@ -154,6 +165,9 @@ impl Config {
             message: e.message().to_string(),
         })?;
         config.policy.validate()?;
+        if let Some(smtp) = &config.smtp {
+            smtp.validate()?;
+        }
         Ok(config)
     }
 }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod ledger;
+pub mod mail;
 pub mod rates;
 pub mod rules;
 pub mod server;

@@ -64,6 +64,8 @@ pub enum ServerError {
     },
     #[error("server stopped with an error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
@@ -130,6 +132,8 @@ pub struct Prepared {
     pub state: AppState,
     pub listener: std::net::TcpListener,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Mails admin notices when `[smtp]` is configured.
+    pub mailer: Option<crate::mail::Mailer>,
 }
 
 pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
@@ -145,6 +149,7 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         (None, None) => None,
         _ => return Err(ServerError::TlsHalf),
     };
+    let mailer = config.smtp.as_ref().map(crate::mail::Mailer::new).transpose()?;
     let rates = match &opts.rates {
         Some(p) => RateSheet::load(p)?,
         None => RateSheet::sample(),
@@ -182,6 +187,7 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         state: AppState::new(Arc::new(store), &token, test_clock).with_secure_cookies(tls.is_some()),
         listener,
         tls,
+        mailer,
     })
 }
 
@@ -219,6 +225,10 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
             }
         }
     });
+
+    if let Some(mailer) = p.mailer {
+        tokio::spawn(mailer.run(Arc::clone(&p.state.store)));
+    }
 
     let app = router(p.state);
     println!("flex-server listening on {scheme}://{addr}");

@@ -316,7 +316,8 @@ fn estimator_page(st: &AppState, csrf: &str, form: &EstimatorForm, result: Optio
         !e.field.starts_with("rows.") && e.field != "months" && e.field != "from_usage"
     });
     let content = html! {
-        form.card method="post" action="/admin/estimator" {
+        // novalidate: the server checks every field and says what is wrong next to it.
+        form.card method="post" action="/admin/estimator" novalidate {
             input type="hidden" name="csrf" value=(csrf);
             div.field { label for="months" { "Months" } input #months type="number" name="months" min="1" max="120" value=(form.months); (field_error(err("months"))) }
             table.form-rows {

@@ -16,6 +16,7 @@ mod devices;
 mod heartbeat;
 mod import;
 mod lots;
+mod mail;
 mod notices;
 mod reports;
 mod users;
