@@ -87,14 +87,14 @@ impl Browser {
 
     /// The element's visible text, whitespace runs made single spaces.
     async fn text(&self, css: &str) -> String {
-        let t = self
-            .c()
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
-            .text()
-            .await
-            .unwrap();
+        let e = match self.c().find(Locator::Css(css)).await {
+            Ok(e) => e,
+            Err(e) => {
+                let page = self.c().source().await.unwrap_or_default();
+                panic!("no {css} on the page: {e}\n{page}")
+            }
+        };
+        let t = e.text().await.unwrap();
         t.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
@@ -110,6 +110,20 @@ impl Browser {
         let e = self.c().find(Locator::Css(css)).await.unwrap();
         e.clear().await.unwrap();
         e.send_keys(value).await.unwrap();
+    }
+
+    /// Clicks a submit button or link and waits until the next page replaced
+    /// this one (its old root element goes stale).
+    async fn submit(&self, css: &str) {
+        let old = self.c().find(Locator::Css("html")).await.unwrap();
+        self.click(css).await;
+        for _ in 0..400 {
+            if old.tag_name().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("clicking {css} did not load another page");
     }
 
     async fn click(&self, css: &str) {
@@ -166,7 +180,7 @@ const PAGES: [&str; 6] = [
 async fn an_admin_uses_the_console_in_chromium() {
     let s = Server::start_test_clock();
     seed(&s).await;
-    let b = Browser::start().await;
+    let mut b = Browser::start().await;
     let base = s.url.clone();
 
     // No session: every page sends the browser to the login page.
@@ -176,7 +190,7 @@ async fn an_admin_uses_the_console_in_chromium() {
 
     // A wrong token is refused, next to the field.
     b.fill("#token", "not-the-token").await;
-    b.click("form.card button[type=submit]").await;
+    b.submit("form.card button[type=submit]").await;
     assert_eq!(b.path().await, "/admin/login");
     assert_eq!(
         b.text(".field-error").await,
@@ -186,7 +200,7 @@ async fn an_admin_uses_the_console_in_chromium() {
 
     // The right one opens the overview with the balance: 500 - 5 × 7.
     b.fill("#token", ADMIN_TOKEN).await;
-    b.click("form.card button[type=submit]").await;
+    b.submit("form.card button[type=submit]").await;
     assert_eq!(b.path().await, "/admin/");
     assert_eq!(b.text("#balance").await, "465 tokens");
     assert!(b.c().find(Locator::Css("svg.chart polyline.past")).await.is_ok());
@@ -207,7 +221,7 @@ async fn an_admin_uses_the_console_in_chromium() {
         .select_by_value("user")
         .await
         .unwrap();
-    b.click("form.filters button[type=submit]").await;
+    b.submit("form.filters button[type=submit]").await;
     assert!(b.path().await.contains("by=user"), "{}", b.path().await);
     assert_eq!(b.text("#total-tokens").await, "35");
     let table = b.text("table.usage").await;
@@ -216,7 +230,7 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.shot("usage-by-user").await;
 
     // Follow Ada.
-    b.click("a[href='/admin/users/ada@example.com']").await;
+    b.submit("a[href='/admin/users/ada@example.com']").await;
     assert_eq!(b.text("main h1").await, "ada@example.com");
     let usage = b.text("#user-usage").await;
     assert!(usage.contains("2026-11 5 days · 35 tokens"), "{usage}");
@@ -244,11 +258,11 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.fill("input[name=users_1]", "0").await;
     b.fill("input[name=days_1]", "20").await;
     b.fill("#months", "1").await;
-    b.click("button[value=rows]").await;
+    b.submit("button[value=rows]").await;
     let err = b.text("input[name=users_1] + .field-error").await;
     assert!(err.starts_with("row 1 (revit): users must be"), "{err}");
     b.fill("input[name=users_1]", "12").await;
-    b.click("button[value=rows]").await;
+    b.submit("button[value=rows]").await;
     assert_eq!(b.text("#tokens-total").await, "2,400");
     assert_eq!(b.text("#packs").await, "Buy: 2 × 1,000 + 4 × 100 = 2,400 tokens");
     b.shot("estimator").await;
@@ -269,7 +283,7 @@ async fn an_admin_uses_the_console_in_chromium() {
         .send_keys(csv.to_str().unwrap())
         .await
         .unwrap();
-    b.click("form[action='/admin/users/import'] button[type=submit]").await;
+    b.submit("form[action='/admin/users/import'] button[type=submit]").await;
     let errors = b.text("#import-errors").await;
     assert!(errors.contains("3 'not-an-email' is not an email address"), "{errors}");
     assert!(b.text("#file + .field-error").await.contains("nothing was imported"));
@@ -279,7 +293,7 @@ async fn an_admin_uses_the_console_in_chromium() {
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
 
     // Flex off for Bob, from the list.
-    b.click("button[aria-label='turn Flex off for bob@example.com']").await;
+    b.submit("button[aria-label='turn Flex off for bob@example.com']").await;
     assert_eq!(b.path().await, "/admin/users");
     let bob = s.ok(M::GET, "/users", None).await;
     assert_eq!(bob["users"][1]["flex_assigned"], false, "{bob}");
@@ -322,7 +336,7 @@ async fn an_admin_uses_the_console_in_chromium() {
 
     // Log out: the cookie is gone and pages need a login again.
     b.c().goto(&format!("{base}/admin/")).await.unwrap();
-    b.click("form.logout button").await;
+    b.submit("form.logout button").await;
     assert_eq!(b.path().await, "/admin/login?out=1");
     assert_eq!(b.text("p.note").await, "You are logged out.");
     b.c().goto(&format!("{base}/admin/estimator")).await.unwrap();

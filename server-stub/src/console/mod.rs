@@ -72,7 +72,7 @@ async fn security_headers(mut res: Response) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
@@ -81,26 +81,19 @@ async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
 }
 
-/// A post that did not come from the console's own pages.
+/// A post that did not come from the console's own pages. Browsers say so in
+/// `Sec-Fetch-Site`; older ones only in `Origin` (which is `null` when the
+/// browser keeps it private: the CSRF token still decides then).
 fn cross_site(headers: &HeaderMap) -> bool {
-    if headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == "cross-site" || v == "same-site")
-    {
-        return true;
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
     }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match (origin, host) {
-        // Browsers send "null" for privacy-sensitive contexts; no Origin at all is
-        // an old browser or a script without a cookie.
-        (Some(o), Some(h)) => {
-            let o = o.split_once("://").map_or(o, |(_, rest)| rest);
-            o != h
-        }
+    match (header("origin"), header("host")) {
+        (Some("null"), _) => false,
+        (Some(o), Some(h)) => o.split_once("://").map_or(o, |(_, rest)| rest) != h,
         (Some(_), None) => true,
-        _ => false,
+        (None, _) => false,
     }
 }
 
@@ -342,9 +335,13 @@ mod tests {
         assert!(!cross_site(&h));
         h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
         assert!(cross_site(&h));
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(!cross_site(&h));
         h.insert(header::ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(cross_site(&h));
+        h.insert("sec-fetch-site", "same-origin".parse().unwrap());
+        assert!(!cross_site(&h));
     }
 
     #[test]
