@@ -99,11 +99,19 @@ impl SmtpConfig {
             return Err(invalid("smtp.host", "", "must name the SMTP server"));
         }
         if self.port == 0 {
-            return Err(invalid("smtp.port", "0", "must be a port number such as 587"));
+            return Err(invalid(
+                "smtp.port",
+                "0",
+                "must be a port number such as 587",
+            ));
         }
-        self.from
-            .parse::<Mailbox>()
-            .map_err(|_| invalid("smtp.from", &self.from, "is not an email address such as Flex <flex@example.com>"))?;
+        self.from.parse::<Mailbox>().map_err(|_| {
+            invalid(
+                "smtp.from",
+                &self.from,
+                "is not an email address such as Flex <flex@example.com>",
+            )
+        })?;
         if self.to.is_empty() {
             return Err(invalid("smtp.to", "[]", "must list at least one recipient"));
         }
@@ -119,7 +127,11 @@ impl SmtpConfig {
             ));
         }
         if self.retry.is_zero() || self.check_interval.is_zero() {
-            return Err(invalid("smtp.retry", format!("{:?}", self.retry), "and smtp.check_interval must be positive"));
+            return Err(invalid(
+                "smtp.retry",
+                format!("{:?}", self.retry),
+                "and smtp.check_interval must be positive",
+            ));
         }
         Ok(())
     }
@@ -129,7 +141,10 @@ impl SmtpConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
     #[error("cannot read the SMTP password from {path}: {source}")]
-    Password { path: PathBuf, source: std::io::Error },
+    Password {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot use {path} as the SMTP CA certificate: {reason}")]
     Ca { path: PathBuf, reason: String },
     #[error("cannot set up SMTP to {host}: {reason}")]
@@ -197,9 +212,10 @@ impl Mailer {
             }
             b.build_rustls().map_err(|e| setup(e.to_string()))
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
-            .port(config.port)
-            .timeout(Some(Duration::from_secs(30)));
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
+                .port(config.port)
+                .timeout(Some(Duration::from_secs(30)));
         builder = match config.security {
             Security::None => builder.tls(Tls::None),
             Security::Starttls => builder.tls(Tls::Required(tls()?)),
@@ -210,9 +226,15 @@ impl Mailer {
                 path: path.clone(),
                 source,
             })?;
-            builder = builder.credentials(Credentials::new(user.clone(), password.trim_end_matches(['\r', '\n']).to_owned()));
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.trim_end_matches(['\r', '\n']).to_owned(),
+            ));
         }
-        let from = config.from.parse().map_err(|e| setup(format!("from: {e}")))?;
+        let from = config
+            .from
+            .parse()
+            .map_err(|e| setup(format!("from: {e}")))?;
         let to = config
             .to
             .iter()
@@ -233,7 +255,9 @@ impl Mailer {
         for to in &self.to {
             m = m.to(to.clone());
         }
-        let message = m.body(body).map_err(|e| format!("cannot build the message: {e}"))?;
+        let message = m
+            .body(body)
+            .map_err(|e| format!("cannot build the message: {e}"))?;
         self.transport
             .send(message)
             .await
@@ -262,7 +286,11 @@ impl Mailer {
                 match self.send(&notice).await {
                     Ok(()) => {
                         failures = 0;
-                        tracing::info!(notice = id, "notice mailed to {}", self.config.to.join(", "));
+                        tracing::info!(
+                            notice = id,
+                            "notice mailed to {}",
+                            self.config.to.join(", ")
+                        );
                         if let Err(e) = store.run(move |s| s.mail_sent(id)).await {
                             tracing::warn!(notice = id, "notice mailed but not recorded: {e}");
                         }
@@ -270,7 +298,12 @@ impl Mailer {
                     Err(why) => {
                         failures += 1;
                         let wait = backoff(self.config.retry, failures - 1);
-                        tracing::warn!(notice = id, "cannot mail notice via {}:{}: {why}; retrying in {wait:?}", self.config.host, self.config.port);
+                        tracing::warn!(
+                            notice = id,
+                            "cannot mail notice via {}:{}: {why}; retrying in {wait:?}",
+                            self.config.host,
+                            self.config.port
+                        );
                         let w = why.clone();
                         if let Err(e) = store.run(move |s| s.mail_failed(id, &w)).await {
                             tracing::warn!(notice = id, "cannot record the mail failure: {e}");
@@ -303,10 +336,19 @@ mod tests {
     #[test]
     fn config_is_checked() {
         let c = config("\"it@example.com\"", "").unwrap();
-        assert_eq!((c.check_interval, c.retry), (Duration::from_secs(10), Duration::from_secs(5)));
-        assert!(config("\"it@example.com\"", "username = \"u\"").unwrap_err().contains("password_file go together"));
-        assert!(config("\"not an address\"", "").unwrap_err().contains("smtp.to = not an address"));
-        assert!(config("", "").unwrap_err().contains("at least one recipient"));
+        assert_eq!(
+            (c.check_interval, c.retry),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        assert!(config("\"it@example.com\"", "username = \"u\"")
+            .unwrap_err()
+            .contains("password_file go together"));
+        assert!(config("\"not an address\"", "")
+            .unwrap_err()
+            .contains("smtp.to = not an address"));
+        assert!(config("", "")
+            .unwrap_err()
+            .contains("at least one recipient"));
         assert!(config("\"it@example.com\"", "security = \"ssl\"").is_err());
     }
 
@@ -315,7 +357,8 @@ mod tests {
         let n = Notice {
             id: 7,
             kind: NoticeKind::LowBalance,
-            message: "token balance is 90, at or below 20% of the 500 tokens in unexpired lots".into(),
+            message: "token balance is 90, at or below 20% of the 500 tokens in unexpired lots"
+                .into(),
             created_at: chrono::Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap(),
         };
         let (subject, body) = compose(&n, Some("https://flex.example.com/admin/"));

@@ -149,7 +149,11 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         (None, None) => None,
         _ => return Err(ServerError::TlsHalf),
     };
-    let mailer = config.smtp.as_ref().map(crate::mail::Mailer::new).transpose()?;
+    let mailer = config
+        .smtp
+        .as_ref()
+        .map(crate::mail::Mailer::new)
+        .transpose()?;
     let rates = match &opts.rates {
         Some(p) => RateSheet::load(p)?,
         None => RateSheet::sample(),
@@ -184,7 +188,8 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             source,
         })?;
     Ok(Prepared {
-        state: AppState::new(Arc::new(store), &token, test_clock).with_secure_cookies(tls.is_some()),
+        state: AppState::new(Arc::new(store), &token, test_clock)
+            .with_secure_cookies(tls.is_some()),
         listener,
         tls,
         mailer,

@@ -28,14 +28,13 @@ impl SmtpSink {
             .spawn()
             .expect("start the SMTP sink (/usr/bin/python3 with python3-aiosmtpd: tests/run.sh installs it)");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
         let port = first
             .strip_prefix("listening on ")
             .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the SMTP sink did not start: {first:?} (is python3-aiosmtpd installed?)"));
+            .unwrap_or_else(|| {
+                panic!("the SMTP sink did not start: {first:?} (is python3-aiosmtpd installed?)")
+            });
         let (tx, messages) = mpsc::channel();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -45,7 +44,11 @@ impl SmtpSink {
                 }
             }
         });
-        SmtpSink { child, port, messages }
+        SmtpSink {
+            child,
+            port,
+            messages,
+        }
     }
 
     /// The next message, waiting at most `secs` seconds for it.

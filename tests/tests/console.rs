@@ -33,7 +33,9 @@ impl Browser {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start /usr/bin/chromedriver (Debian's chromium-driver: tests/run.sh installs it)");
+            .expect(
+                "start /usr/bin/chromedriver (Debian's chromium-driver: tests/run.sh installs it)",
+            );
         // chromedriver says when it listens.
         let mut lines = BufReader::new(driver.stdout.take().expect("stdout")).lines();
         loop {
@@ -203,17 +205,28 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.submit("form.card button[type=submit]").await;
     assert_eq!(b.path().await, "/admin/");
     assert_eq!(b.text("#balance").await, "465 tokens");
-    assert!(b.c().find(Locator::Css("svg.chart polyline.past")).await.is_ok());
+    assert!(b
+        .c()
+        .find(Locator::Css("svg.chart polyline.past"))
+        .await
+        .is_ok());
     b.shot("overview").await;
     // The session cookie is not readable by page scripts.
-    let cookies = b.c().execute("return document.cookie", vec![]).await.unwrap();
+    let cookies = b
+        .c()
+        .execute("return document.cookie", vec![])
+        .await
+        .unwrap();
     assert!(
         !cookies.as_str().unwrap_or("").contains("flex_console"),
         "{cookies}"
     );
 
     // Token usage, by user, for November.
-    b.c().goto(&format!("{base}/admin/usage?from=2026-11-01&to=2026-11-30")).await.unwrap();
+    b.c()
+        .goto(&format!("{base}/admin/usage?from=2026-11-01&to=2026-11-30"))
+        .await
+        .unwrap();
     b.c()
         .find(Locator::Css("#by"))
         .await
@@ -237,17 +250,29 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.shot("user").await;
 
     // A month earlier there is no usage: the empty state says so.
-    b.c().goto(&format!("{base}/admin/usage?from=2026-10-01&to=2026-10-31")).await.unwrap();
+    b.c()
+        .goto(&format!("{base}/admin/usage?from=2026-10-01&to=2026-10-31"))
+        .await
+        .unwrap();
     assert_eq!(b.text("p.empty").await, "No usage in this period.");
 
     // Recommendations for November: Bob's Revit subscription, 3 days.
-    b.c().goto(&format!("{base}/admin/recommendations?month=2026-11")).await.unwrap();
+    b.c()
+        .goto(&format!("{base}/admin/recommendations?month=2026-11"))
+        .await
+        .unwrap();
     let rec = b.text("main table").await;
-    assert!(rec.contains("bob@example.com revit 3 subscription flex"), "{rec}");
+    assert!(
+        rec.contains("bob@example.com revit 3 subscription flex"),
+        "{rec}"
+    );
     b.shot("recommendations").await;
 
     // The estimator: a bad row first, its error next to it; then a good one.
-    b.c().goto(&format!("{base}/admin/estimator")).await.unwrap();
+    b.c()
+        .goto(&format!("{base}/admin/estimator"))
+        .await
+        .unwrap();
     b.c()
         .find(Locator::Css("select[name=product_1]"))
         .await
@@ -264,7 +289,10 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.fill("input[name=users_1]", "12").await;
     b.submit("button[value=rows]").await;
     assert_eq!(b.text("#tokens-total").await, "2,400");
-    assert_eq!(b.text("#packs").await, "Buy: 2 × 1,000 + 4 × 100 = 2,400 tokens");
+    assert_eq!(
+        b.text("#packs").await,
+        "Buy: 2 × 1,000 + 4 × 100 = 2,400 tokens"
+    );
     b.shot("estimator").await;
 
     // Users: a CSV with a bad line changes nothing and says which line.
@@ -283,17 +311,25 @@ async fn an_admin_uses_the_console_in_chromium() {
         .send_keys(csv.to_str().unwrap())
         .await
         .unwrap();
-    b.submit("form[action='/admin/users/import'] button[type=submit]").await;
+    b.submit("form[action='/admin/users/import'] button[type=submit]")
+        .await;
     let errors = b.text("#import-errors").await;
-    assert!(errors.contains("3 'not-an-email' is not an email address"), "{errors}");
-    assert!(b.text("#file + .field-error").await.contains("nothing was imported"));
+    assert!(
+        errors.contains("3 'not-an-email' is not an email address"),
+        "{errors}"
+    );
+    assert!(b
+        .text("#file + .field-error")
+        .await
+        .contains("nothing was imported"));
     assert!(!b.text("#users").await.contains("cy@example.com"));
     b.shot("users-import-error").await;
     let users = s.ok(M::GET, "/users", None).await;
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
 
     // Flex off for Bob, from the list.
-    b.submit("button[aria-label='turn Flex off for bob@example.com']").await;
+    b.submit("button[aria-label='turn Flex off for bob@example.com']")
+        .await;
     assert_eq!(b.path().await, "/admin/users");
     let bob = s.ok(M::GET, "/users", None).await;
     assert_eq!(bob["users"][1]["flex_assigned"], false, "{bob}");
@@ -339,7 +375,10 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.submit("form.logout button").await;
     assert_eq!(b.path().await, "/admin/login?out=1");
     assert_eq!(b.text("p.note").await, "You are logged out.");
-    b.c().goto(&format!("{base}/admin/estimator")).await.unwrap();
+    b.c()
+        .goto(&format!("{base}/admin/estimator"))
+        .await
+        .unwrap();
     assert_eq!(b.path().await, "/admin/login");
     // The old cookie value is dead even if replayed.
     let replay = raw
@@ -373,7 +412,11 @@ async fn no_page_without_a_session_and_sessions_expire() {
     // Posts without a session change nothing either.
     let r = raw
         .post(format!("{}/admin/users", s.url))
-        .form(&[("email", "x@example.com"), ("first_name", "X"), ("last_name", "Y")])
+        .form(&[
+            ("email", "x@example.com"),
+            ("first_name", "X"),
+            ("last_name", "Y"),
+        ])
         .send()
         .await
         .unwrap();
@@ -381,7 +424,11 @@ async fn no_page_without_a_session_and_sessions_expire() {
     assert_eq!(s.ok(M::GET, "/users", None).await["users"], json!([]));
 
     // Log in as a browser would: the login cookie and form field, then the token.
-    let login = raw.get(format!("{}/admin/login", s.url)).send().await.unwrap();
+    let login = raw
+        .get(format!("{}/admin/login", s.url))
+        .send()
+        .await
+        .unwrap();
     let guard = login
         .headers()
         .get_all("set-cookie")
@@ -420,7 +467,12 @@ async fn no_page_without_a_session_and_sessions_expire() {
         .map(|v| v.to_str().unwrap().to_owned())
         .find(|c| c.starts_with("flex_console="))
         .unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Max-Age=28800"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Max-Age=28800"),
+        "{cookie}"
+    );
     let session = cookie.split(';').next().unwrap().to_owned();
     for page in PAGES {
         let r = raw
@@ -431,9 +483,15 @@ async fn no_page_without_a_session_and_sessions_expire() {
             .unwrap();
         let status = r.status().as_u16();
         // Ada does not exist on this server: her page is a 404, still rendered.
-        assert!(status == 200 || (page.ends_with("example.com") && status == 404), "{page}: {status}");
+        assert!(
+            status == 200 || (page.ends_with("example.com") && status == 404),
+            "{page}: {status}"
+        );
         let body = r.text().await.unwrap();
-        assert!(body.contains("<nav>") && !body.contains(ADMIN_TOKEN), "{page}");
+        assert!(
+            body.contains("<nav>") && !body.contains(ADMIN_TOKEN),
+            "{page}"
+        );
     }
     // Eight hours later the session has expired.
     s.set_time("2026-11-02T16:00:01Z").await;

@@ -79,7 +79,11 @@ async fn each_notice_is_mailed_once_to_every_recipient() {
     // 90 days before the new lot expires.
     s.set_time("2027-08-10T08:00:00Z").await;
     let m = sink.next(30);
-    assert_mail(&m, "[Flex] Tokens expiring soon", "lot 2: 500 tokens expire on 2027-11-02");
+    assert_mail(
+        &m,
+        "[Flex] Tokens expiring soon",
+        "lot 2: 500 tokens expire on 2027-11-02",
+    );
 
     // After a restart nothing is mailed again: the next mail is a new notice.
     s.restart();

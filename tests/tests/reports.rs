@@ -114,11 +114,12 @@ async fn the_17_day_autocad_user_and_the_3_day_revit_subscriber() {
         (&json!(0), &json!(3), &json!(1))
     );
     let recap = row(&by_product, "recap-photo");
-    assert_eq!((&recap["tokens"], &recap["usage_days"]), (&json!(2), &json!(0)));
+    assert_eq!(
+        (&recap["tokens"], &recap["usage_days"]),
+        (&json!(2), &json!(0))
+    );
 
-    let rec = s
-        .ok(M::GET, "/recommendations?month=2026-11", None)
-        .await;
+    let rec = s.ok(M::GET, "/recommendations?month=2026-11", None).await;
     assert_eq!(rec["month"], "2026-11");
     let list = rec["recommendations"].as_array().unwrap();
     assert_eq!(list.len(), 3, "{rec}");
@@ -131,16 +132,24 @@ async fn the_17_day_autocad_user_and_the_3_day_revit_subscriber() {
     assert!(list[0]["reason"].as_str().unwrap().contains("17 days"));
     assert_eq!(list[1]["email"], "bob@example.com");
     assert_eq!(
-        (&list[1]["usage_days"], &list[1]["current"], &list[1]["recommend"], &list[1]["tokens"]),
-        (&json!(3), &json!("subscription"), &json!("flex"), &json!(30))
+        (
+            &list[1]["usage_days"],
+            &list[1]["current"],
+            &list[1]["recommend"],
+            &list[1]["tokens"]
+        ),
+        (
+            &json!(3),
+            &json!("subscription"),
+            &json!("flex"),
+            &json!(30)
+        )
     );
     assert_eq!(list[2]["email"], "cy@example.com");
     assert_eq!(list[2]["usage_days"], 0);
 
     // A month without usage: only the unused subscriptions.
-    let oct = s
-        .ok(M::GET, "/recommendations?month=2026-10", None)
-        .await;
+    let oct = s.ok(M::GET, "/recommendations?month=2026-10", None).await;
     assert_eq!(oct["recommendations"].as_array().unwrap().len(), 2);
 
     // The same rows as CSV.
@@ -198,15 +207,29 @@ async fn a_week_boundary_in_paris() {
     s.launch(&dev, "bob@example.com", "autocad").await;
 
     let r = s
-        .ok(M::GET, "/reports/usage?from=2026-11-01&to=2026-11-30&by=user", None)
+        .ok(
+            M::GET,
+            "/reports/usage?from=2026-11-01&to=2026-11-30&by=user",
+            None,
+        )
         .await;
     assert_eq!(r["timezone"], "Europe/Paris");
-    assert_eq!(row(&r, "ada@example.com")["weeks"][0]["week_start"], "2026-11-02");
-    assert_eq!(row(&r, "bob@example.com")["weeks"][0]["week_start"], "2026-11-09");
+    assert_eq!(
+        row(&r, "ada@example.com")["weeks"][0]["week_start"],
+        "2026-11-02"
+    );
+    assert_eq!(
+        row(&r, "bob@example.com")["weeks"][0]["week_start"],
+        "2026-11-09"
+    );
 
     // Monday 9 November in Paris holds Bob's launch only.
     let monday = s
-        .ok(M::GET, "/reports/usage?from=2026-11-09&to=2026-11-09&by=user", None)
+        .ok(
+            M::GET,
+            "/reports/usage?from=2026-11-09&to=2026-11-09&by=user",
+            None,
+        )
         .await;
     let keys: Vec<&str> = monday["rows"]
         .as_array()
@@ -229,13 +252,31 @@ async fn a_week_boundary_in_paris() {
 async fn report_parameters_are_checked_and_named() {
     let s = Server::start_test_clock();
     let bad = [
-        ("/reports/usage?from=2026-11-02&to=2026-11-01", "from 2026-11-02 is after to"),
-        ("/reports/usage?from=2025-01-01&to=2026-03-01", "to 2026-03-01 is 424 days after"),
-        ("/reports/usage?from=2026-11-31&to=2026-12-01", "from '2026-11-31' is not a date"),
-        ("/reports/usage?from=2026-11-01&to=tomorrow", "to 'tomorrow' is not a date"),
+        (
+            "/reports/usage?from=2026-11-02&to=2026-11-01",
+            "from 2026-11-02 is after to",
+        ),
+        (
+            "/reports/usage?from=2025-01-01&to=2026-03-01",
+            "to 2026-03-01 is 424 days after",
+        ),
+        (
+            "/reports/usage?from=2026-11-31&to=2026-12-01",
+            "from '2026-11-31' is not a date",
+        ),
+        (
+            "/reports/usage?from=2026-11-01&to=tomorrow",
+            "to 'tomorrow' is not a date",
+        ),
         ("/reports/usage?from=2026-11-01", "to is missing"),
-        ("/reports/usage?from=2026-11-01&to=2026-11-02&by=team", "by 'team'"),
-        ("/reports/usage?from=2026-11-01&to=2026-11-02&format=xml", "format 'xml'"),
+        (
+            "/reports/usage?from=2026-11-01&to=2026-11-02&by=team",
+            "by 'team'",
+        ),
+        (
+            "/reports/usage?from=2026-11-01&to=2026-11-02&format=xml",
+            "format 'xml'",
+        ),
         ("/recommendations?month=2026-13", "month '2026-13'"),
         ("/recommendations", "month is missing"),
     ];
@@ -247,15 +288,16 @@ async fn report_parameters_are_checked_and_named() {
         assert!(msg.starts_with(expected), "{path}: {msg}");
     }
     // No token, no report.
-    let (status, _) = s
-        .call(M::GET, "/v1/admin/forecast", "wrong", None)
-        .await;
+    let (status, _) = s.call(M::GET, "/v1/admin/forecast", "wrong", None).await;
     assert_eq!(status, 401);
     // An empty period is an empty report, not an error.
     let r = s
         .ok(M::GET, "/reports/usage?from=2026-11-01&to=2026-11-30", None)
         .await;
-    assert_eq!((r["total_tokens"].clone(), r["rows"].clone()), (json!(0), json!([])));
+    assert_eq!(
+        (r["total_tokens"].clone(), r["rows"].clone()),
+        (json!(0), json!([]))
+    );
 }
 
 #[tokio::test]
@@ -271,7 +313,10 @@ async fn estimates_buy_the_fewest_tokens_then_the_fewest_packs() {
         )
         .await;
     assert_eq!(e["tokens_total"], 2400);
-    assert_eq!(e["packs"], json!([{"size": 1000, "count": 2}, {"size": 100, "count": 4}]));
+    assert_eq!(
+        e["packs"],
+        json!([{"size": 1000, "count": 2}, {"size": 100, "count": 4}])
+    );
     assert_eq!(e["rows"][0]["subscription_cheaper"], true);
 
     // Two rows over two months: 1,350 → 1,400 in five packs.
@@ -288,7 +333,10 @@ async fn estimates_buy_the_fewest_tokens_then_the_fewest_packs() {
     assert_eq!(e["rows"][0]["tokens_per_month"], 500);
     assert_eq!(e["rows"][1]["tokens_per_month"], 175);
     assert_eq!(e["rows"][1]["subscription_cheaper"], false);
-    assert_eq!((&e["tokens_per_month"], &e["tokens_total"]), (&json!(675), &json!(1350)));
+    assert_eq!(
+        (&e["tokens_per_month"], &e["tokens_total"]),
+        (&json!(675), &json!(1350))
+    );
     assert_eq!(
         e["packs"],
         json!([{"size": 1000, "count": 1}, {"size": 100, "count": 4}])
@@ -309,20 +357,32 @@ async fn estimates_buy_the_fewest_tokens_then_the_fewest_packs() {
     );
 
     let bad = [
-        (json!({"months": 1, "rows": [{"product": "autocad", "users": 1, "days_per_month": 3},
+        (
+            json!({"months": 1, "rows": [{"product": "autocad", "users": 1, "days_per_month": 3},
                                       {"product": "photoshop", "users": 1, "days_per_month": 3}]}),
-         "row 2 (photoshop): product 'photoshop' is not on the rate sheet"),
-        (json!({"months": 1, "rows": [{"product": "autocad", "users": 0, "days_per_month": 3}]}),
-         "row 1 (autocad): users must be"),
-        (json!({"months": 1, "rows": [{"product": "autocad", "users": -2, "days_per_month": 3}]}),
-         "row 1 (autocad): users must be"),
-        (json!({"months": 1, "rows": [{"product": "autocad", "users": 2, "days_per_month": -1}]}),
-         "row 1 (autocad): days_per_month must be"),
-        (json!({"months": 0, "rows": [{"product": "autocad", "users": 2, "days_per_month": 1}]}),
-         "months must be between 1 and 120 (got 0)"),
+            "row 2 (photoshop): product 'photoshop' is not on the rate sheet",
+        ),
+        (
+            json!({"months": 1, "rows": [{"product": "autocad", "users": 0, "days_per_month": 3}]}),
+            "row 1 (autocad): users must be",
+        ),
+        (
+            json!({"months": 1, "rows": [{"product": "autocad", "users": -2, "days_per_month": 3}]}),
+            "row 1 (autocad): users must be",
+        ),
+        (
+            json!({"months": 1, "rows": [{"product": "autocad", "users": 2, "days_per_month": -1}]}),
+            "row 1 (autocad): days_per_month must be",
+        ),
+        (
+            json!({"months": 0, "rows": [{"product": "autocad", "users": 2, "days_per_month": 1}]}),
+            "months must be between 1 and 120 (got 0)",
+        ),
         (json!({"months": 1}), "give rows"),
-        (json!({"months": 1, "from_usage": {"from": "2026-11-01", "to": "2026-11-30"}}),
-         "from_usage: no Flex usage"),
+        (
+            json!({"months": 1, "from_usage": {"from": "2026-11-01", "to": "2026-11-30"}}),
+            "from_usage: no Flex usage",
+        ),
     ];
     for (body, expected) in bad {
         let (status, v) = s.admin(M::POST, "/estimate", Some(body.clone())).await;
@@ -356,7 +416,10 @@ async fn packs_that_do_not_divide_each_other() {
         )
         .await;
     assert_eq!(e["tokens_total"], 1000);
-    assert_eq!(e["packs"], json!([{"size": 700, "count": 1}, {"size": 300, "count": 1}]));
+    assert_eq!(
+        e["packs"],
+        json!([{"size": 700, "count": 1}, {"size": 300, "count": 1}])
+    );
     assert_eq!(e["packs_tokens"], 1000);
 }
 
@@ -368,7 +431,10 @@ async fn a_forecast_with_a_lot_expiring_unused() {
     // Bought: nothing charged yet, so no end date, and every token expires unused.
     let f = s.ok(M::GET, "/forecast", None).await;
     assert_eq!(f["burn_per_day"], 0.0);
-    assert_eq!((f["days_left"].clone(), f["empty_on"].clone()), (Value::Null, Value::Null));
+    assert_eq!(
+        (f["days_left"].clone(), f["empty_on"].clone()),
+        (Value::Null, Value::Null)
+    );
     assert_eq!(f["expiring_unused"][0]["projected_unused"], 100);
 
     s.set_time("2026-12-01T09:00:00Z").await;

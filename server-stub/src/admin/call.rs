@@ -202,11 +202,13 @@ pub fn plan(command: &Command) -> Call {
                 rows: (!e.row.is_empty()).then(|| {
                     e.row
                         .iter()
-                        .map(|(product, users, days)| flex_protocol::reports::EstimateInput {
-                            product: product.clone(),
-                            users: *users,
-                            days_per_month: *days,
-                        })
+                        .map(
+                            |(product, users, days)| flex_protocol::reports::EstimateInput {
+                                product: product.clone(),
+                                users: *users,
+                                days_per_month: *days,
+                            },
+                        )
                         .collect()
                 }),
                 from_usage: None,
@@ -444,7 +446,15 @@ mod tests {
             "/v1/admin/reports/usage?from=2026-02-01&to=2026-02-28&by=user"
         );
         assert_eq!(
-            plan_of(&["report", "--from", "2026-11-01", "--to", "2026-11-15", "--csv"]).path,
+            plan_of(&[
+                "report",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-15",
+                "--csv"
+            ])
+            .path,
             "/v1/admin/reports/usage?from=2026-11-01&to=2026-11-15&by=product&format=csv"
         );
         assert_eq!(
@@ -453,15 +463,28 @@ mod tests {
         );
         assert_eq!(plan_of(&["forecast"]).path, "/v1/admin/forecast");
         let call = plan_of(&["estimate", "--months", "3", "--row", "autocad:10:4"]);
-        assert_eq!((call.method, call.path.as_str()), (Method::Post, "/v1/admin/estimate"));
         assert_eq!(
-            call.body,
-            Body::Json(serde_json::json!({"months": 3, "rows": [{"product": "autocad", "users": 10, "days_per_month": 4.0}]}))
+            (call.method, call.path.as_str()),
+            (Method::Post, "/v1/admin/estimate")
         );
-        let call = plan_of(&["estimate", "--from-usage", "2026-09-01", "--usage-to", "2026-11-30"]);
         assert_eq!(
             call.body,
-            Body::Json(serde_json::json!({"months": 12, "from_usage": {"from": "2026-09-01", "to": "2026-11-30"}}))
+            Body::Json(
+                serde_json::json!({"months": 3, "rows": [{"product": "autocad", "users": 10, "days_per_month": 4.0}]})
+            )
+        );
+        let call = plan_of(&[
+            "estimate",
+            "--from-usage",
+            "2026-09-01",
+            "--usage-to",
+            "2026-11-30",
+        ]);
+        assert_eq!(
+            call.body,
+            Body::Json(
+                serde_json::json!({"months": 12, "from_usage": {"from": "2026-09-01", "to": "2026-11-30"}})
+            )
         );
     }
 

@@ -144,7 +144,8 @@ pub struct EstimateArgs {
 pub fn parse_row(text: &str) -> Result<(String, i64, f64), String> {
     let bad = || format!("'{text}' is not PRODUCT:USERS:DAYS_PER_MONTH, e.g. autocad:10:4");
     let mut parts = text.split(':');
-    let (Some(p), Some(u), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(p), Some(u), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad());
     };
@@ -339,7 +340,16 @@ mod tests {
         assert_eq!((r.by, r.month.as_deref()), (ByArg::User, Some("2026-11")));
         assert!(parse(&["report"]).is_err());
         assert!(parse(&["report", "--from", "2026-11-01"]).is_err());
-        assert!(parse(&["report", "--month", "2026-11", "--from", "2026-11-01", "--to", "2026-11-02"]).is_err());
+        assert!(parse(&[
+            "report",
+            "--month",
+            "2026-11",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-02"
+        ])
+        .is_err());
     }
 
     #[test]
@@ -348,10 +358,15 @@ mod tests {
         let Command::Estimate(e) = cli.command else {
             panic!("wrong command")
         };
-        assert_eq!(e.row, vec![("autocad".into(), 10, 4.0), ("revit".into(), 2, 10.5)]);
+        assert_eq!(
+            e.row,
+            vec![("autocad".into(), 10, 4.0), ("revit".into(), 2, 10.5)]
+        );
         assert_eq!(e.months, 12);
         let err = parse(&["estimate", "--row", "autocad:ten:4"]).unwrap_err();
-        assert!(err.to_string().contains("'autocad:ten:4' is not PRODUCT:USERS:DAYS_PER_MONTH"));
+        assert!(err
+            .to_string()
+            .contains("'autocad:ten:4' is not PRODUCT:USERS:DAYS_PER_MONTH"));
         assert!(parse(&["estimate"]).is_err());
     }
 

@@ -23,12 +23,20 @@ pub fn usage(r: &UsageReport) -> String {
         ReportBy::Product => ("PRODUCT", "USERS"),
         ReportBy::User => ("USER", "PRODUCTS"),
     };
-    let mut t = Table::new(&[key, "TOKENS", "USAGE DAYS", count, "WEEKS (tokens/days)"]).right(&[1, 2, 3]);
+    let mut t =
+        Table::new(&[key, "TOKENS", "USAGE DAYS", count, "WEEKS (tokens/days)"]).right(&[1, 2, 3]);
     for row in &r.rows {
         let weeks = row
             .weeks
             .iter()
-            .map(|w| format!("{}: {}/{}", w.week_start.format("%m-%d"), w.tokens, w.usage_days))
+            .map(|w| {
+                format!(
+                    "{}: {}/{}",
+                    w.week_start.format("%m-%d"),
+                    w.tokens,
+                    w.usage_days
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         t.row([
@@ -45,9 +53,13 @@ pub fn usage(r: &UsageReport) -> String {
 
 pub fn recommendations(r: &RecommendationList) -> String {
     if r.recommendations.is_empty() {
-        return format!("no recommendations for {}: everyone is on the cheaper plan\n", r.month);
+        return format!(
+            "no recommendations for {}: everyone is on the cheaper plan\n",
+            r.month
+        );
     }
-    let mut t = Table::new(&["USER", "PRODUCT", "DAYS", "NOW", "MOVE TO", "TOKENS", "WHY"]).right(&[2, 5]);
+    let mut t =
+        Table::new(&["USER", "PRODUCT", "DAYS", "NOW", "MOVE TO", "TOKENS", "WHY"]).right(&[2, 5]);
     for x in &r.recommendations {
         t.row([
             x.email.clone(),
@@ -63,7 +75,8 @@ pub fn recommendations(r: &RecommendationList) -> String {
 }
 
 pub fn estimate(e: &Estimate) -> String {
-    let mut t = Table::new(&["PRODUCT", "USERS", "DAYS/MONTH", "TOKENS/MONTH", "NOTE"]).right(&[1, 2, 3]);
+    let mut t =
+        Table::new(&["PRODUCT", "USERS", "DAYS/MONTH", "TOKENS/MONTH", "NOTE"]).right(&[1, 2, 3]);
     for r in &e.rows {
         t.row([
             r.product.clone(),
@@ -89,7 +102,11 @@ pub fn estimate(e: &Estimate) -> String {
         e.tokens_per_month,
         e.months,
         e.tokens_total,
-        if packs.is_empty() { "nothing".to_owned() } else { packs },
+        if packs.is_empty() {
+            "nothing".to_owned()
+        } else {
+            packs
+        },
         e.packs_tokens
     )
 }
@@ -140,7 +157,11 @@ mod tests {
              USER       TOKENS  USAGE DAYS  PRODUCTS  WEEKS (tokens/days)\n\
              ada@x.com     119          17         1  10-26: 7/1\n"
         );
-        let empty = UsageReport { rows: vec![], total_tokens: 0, ..r };
+        let empty = UsageReport {
+            rows: vec![],
+            total_tokens: 0,
+            ..r
+        };
         assert!(usage(&empty).ends_with("no usage in this period\n"));
     }
 
@@ -152,7 +173,11 @@ mod tests {
             "rows": [{"product": "autocad", "users": 10, "days_per_month": 4.0, "tokens_per_month": 280, "subscription_cheaper": false}]
         }))
         .unwrap();
-        assert!(estimate(&e).ends_with("buy: 1 × 2500 + 1 × 500 + 4 × 100 = 3400 tokens\n"), "{}", estimate(&e));
+        assert!(
+            estimate(&e).ends_with("buy: 1 × 2500 + 1 × 500 + 4 × 100 = 3400 tokens\n"),
+            "{}",
+            estimate(&e)
+        );
     }
 
     #[test]

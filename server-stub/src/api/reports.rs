@@ -89,7 +89,9 @@ pub async fn recommendations(
             "month is missing: give it as YYYY-MM, e.g. month=2026-11",
         ));
     };
-    Ok(Json(st.store.run(move |s| s.recommendations(&month)).await?))
+    Ok(Json(
+        st.store.run(move |s| s.recommendations(&month)).await?,
+    ))
 }
 
 pub async fn estimate(

@@ -1,21 +1,24 @@
 //! Charts as inline SVG: no script, no external asset, colours from the
 //! stylesheet's classes (inline `style` would break the CSP).
 
-use chrono::NaiveDate;
+use chrono::{Datelike, Months, NaiveDate};
 use maud::{html, Markup};
 
-/// A round step for axis ticks: 1, 2 or 5 times a power of ten.
-fn nice_max(max: f64) -> f64 {
+/// The axis top and the tick step for values up to `max`: a step of 1, 2 or 5
+/// times a power of ten, at most five steps.
+fn scale(max: f64) -> (f64, f64) {
     if max <= 0.0 {
-        return 1.0;
+        return (1.0, 1.0);
     }
-    let p = 10f64.powf(max.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
-        if max <= m * p {
-            return m * p;
-        }
-    }
-    10.0 * p
+    let raw = max / 5.0;
+    let p = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * p)
+        .max(1.0);
+    ((max / step).ceil() * step, step)
 }
 
 fn fmt(v: f64) -> String {
@@ -26,23 +29,28 @@ fn fmt(v: f64) -> String {
     }
 }
 
+fn ticks(max: f64) -> (f64, Vec<f64>) {
+    let (top, step) = scale(max);
+    let n = (top / step).round() as usize;
+    (top, (0..=n).map(|i| i as f64 * step).collect())
+}
+
 /// Vertical bars with a y axis, tick labels, x labels and a title per bar.
 pub fn bars(label: &str, y_label: &str, bars: &[(String, u64)], width: u32, height: u32) -> Markup {
     let (left, right, top, bottom) = (48.0, 8.0, 10.0, 28.0);
     let w = width as f64 - left - right;
     let h = height as f64 - top - bottom;
-    let max = nice_max(bars.iter().map(|b| b.1).max().unwrap_or(0) as f64);
+    let (max, marks) = ticks(bars.iter().map(|b| b.1).max().unwrap_or(0) as f64);
     let n = bars.len().max(1) as f64;
     let slot = w / n;
     let every = ((bars.len() as f64) / 8.0).ceil().max(1.0) as usize;
     html! {
         svg class="chart" role="img" aria-label=(label) viewBox={"0 0 " (width) " " (height)} width=(width) height=(height) {
             title { (label) }
-            @for i in 0..=4 {
-                @let v = max * i as f64 / 4.0;
-                @let y = top + h - h * i as f64 / 4.0;
+            @for v in &marks {
+                @let y = top + h - h * v / max;
                 line class="grid" x1=(left) x2=(left + w) y1=(y) y2=(y) {}
-                text class="tick" x=(left - 6.0) y=(y + 4.0) text-anchor="end" { (fmt(v)) }
+                text class="tick" x=(left - 6.0) y=(y + 4.0) text-anchor="end" { (fmt(*v)) }
             }
             text class="axis-label" x="12" y=(top + h / 2.0) transform={"rotate(-90 12 " (top + h / 2.0) ")"} text-anchor="middle" { (y_label) }
             @for (i, (name, v)) in bars.iter().enumerate() {
@@ -57,6 +65,24 @@ pub fn bars(label: &str, y_label: &str, bars: &[(String, u64)], width: u32, heig
             }
             line class="axis" x1=(left) x2=(left + w) y1=(top + h) y2=(top + h) {}
             line class="axis" x1=(left) x2=(left) y1=(top) y2=(top + h) {}
+        }
+    }
+}
+
+/// A small bar chart for a table cell: no axes, a title on each bar.
+pub fn sparkline(label: &str, bars: &[(String, u64)], width: u32, height: u32) -> Markup {
+    let max = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
+    let slot = width as f64 / bars.len().max(1) as f64;
+    let h = height as f64 - 2.0;
+    html! {
+        svg class="spark" role="img" aria-label=(label) viewBox={"0 0 " (width) " " (height)} width=(width) height=(height) {
+            line class="axis" x1="0" x2=(width) y1=(h + 1.0) y2=(h + 1.0) {}
+            @for (i, (name, v)) in bars.iter().enumerate() {
+                @let bh = h * *v as f64 / max;
+                rect class="bar" x=(slot * i as f64 + slot * 0.15) y=(h + 1.0 - bh) width=(slot * 0.7) height=(bh) {
+                    title { (name) ": " (v) }
+                }
+            }
         }
     }
 }
@@ -83,7 +109,7 @@ pub fn burn_down(
         return html! {};
     };
     let span = ((last - first).num_days().max(1)) as f64;
-    let max = nice_max(
+    let (max, marks) = ticks(
         history
             .iter()
             .chain(projection.iter())
@@ -100,14 +126,35 @@ pub fn burn_down(
             .join(" ")
     };
     let today = history.last().map(|p| p.0).unwrap_or(first);
+    // A label at each month's start (every third month over long spans).
+    let every = if span > 400.0 { 3 } else { 1 };
+    let months: Vec<(NaiveDate, String)> =
+        std::iter::successors(first.with_day(1), |d| d.checked_add_months(Months::new(1)))
+            .skip(1)
+            .take_while(|d| *d <= last)
+            .filter(|d| d.month0() % every == 0)
+            .map(|d| {
+                (
+                    d,
+                    if d.month() == 1 {
+                        d.format("%b %Y").to_string()
+                    } else {
+                        d.format("%b").to_string()
+                    },
+                )
+            })
+            .collect();
     html! {
         svg class="chart" role="img" aria-label="token balance: past 30 days and forecast" viewBox={"0 0 " (width) " " (height)} width=(width) height=(height) {
             title { "Token balance: the last 30 days and the forecast" }
-            @for i in 0..=4 {
-                @let v = max * i as f64 / 4.0;
-                @let yy = top + h - h * i as f64 / 4.0;
+            @for v in &marks {
+                @let yy = top + h - h * v / max;
                 line class="grid" x1=(left) x2=(left + w) y1=(yy) y2=(yy) {}
-                text class="tick" x=(left - 6.0) y=(yy + 4.0) text-anchor="end" { (fmt(v)) }
+                text class="tick" x=(left - 6.0) y=(yy + 4.0) text-anchor="end" { (fmt(*v)) }
+            }
+            @for (d, name) in &months {
+                line class="tick-mark" x1=(x(*d)) x2=(x(*d)) y1=(top + h) y2=(top + h + 4.0) {}
+                text class="tick" x=(x(*d)) y=(top + h + 16.0) text-anchor="middle" { (name) }
             }
             text class="axis-label" x="12" y=(top + h / 2.0) transform={"rotate(-90 12 " (top + h / 2.0) ")"} text-anchor="middle" { "tokens" }
             @for (d, name) in expiries.iter().filter(|(d, _)| *d >= first && *d <= last) {
@@ -120,11 +167,8 @@ pub fn burn_down(
             }
             line class="axis" x1=(left) x2=(left + w) y1=(top + h) y2=(top + h) {}
             line class="axis" x1=(left) x2=(left) y1=(top) y2=(top + h) {}
-            text class="tick" x=(left) y=(top + h + 16.0) text-anchor="start" { (first) }
-            text class="tick" x=(x(today)) y=(top + h + 16.0) text-anchor="middle" { "today" }
-            @if last > today {
-                text class="tick" x=(left + w) y=(top + h + 16.0) text-anchor="end" { (last) }
-            }
+            line class="today" x1=(x(today)) x2=(x(today)) y1=(top) y2=(top + h) {}
+            text class="today-label" x=(x(today) + 4.0) y=(top + h - 6.0) text-anchor="start" { "today" }
             text class="axis-label" x=(left + w / 2.0) y=(top + h + 30.0) text-anchor="middle" { "date (solid: balance, dashed: forecast, dotted: lot expiry)" }
         }
     }
@@ -136,15 +180,23 @@ mod tests {
 
     #[test]
     fn ticks_are_round() {
-        assert_eq!(nice_max(0.0), 1.0);
-        assert_eq!(nice_max(7.0), 10.0);
-        assert_eq!(nice_max(119.0), 200.0);
-        assert_eq!(nice_max(486.0), 500.0);
+        assert_eq!(ticks(0.0), (1.0, vec![0.0, 1.0]));
+        assert_eq!(ticks(7.0).0, 8.0);
+        assert_eq!(ticks(35.0), (40.0, vec![0.0, 10.0, 20.0, 30.0, 40.0]));
+        assert_eq!(ticks(486.0).0, 500.0);
+        assert_eq!(ticks(3.0), (3.0, vec![0.0, 1.0, 2.0, 3.0]));
     }
 
     #[test]
     fn bars_have_titles_and_axis_labels() {
-        let svg = bars("weekly tokens", "tokens", &[("11-02".into(), 49), ("11-09".into(), 0)], 300, 120).into_string();
+        let svg = bars(
+            "weekly tokens",
+            "tokens",
+            &[("11-02".into(), 49), ("11-09".into(), 0)],
+            300,
+            120,
+        )
+        .into_string();
         assert!(svg.contains("<title>11-02: 49</title>"), "{svg}");
         assert!(svg.contains(">tokens</text>"));
         assert!(!svg.contains("style="), "inline styles break the CSP");

@@ -54,25 +54,45 @@ pub fn router() -> Router<AppState> {
         .route("/admin/usage", get(pages::usage))
         .route("/admin/usage.csv", get(pages::usage_csv))
         .route("/admin/recommendations", get(pages::recommendations))
-        .route("/admin/estimator", get(pages::estimator).post(pages::estimate))
+        .route(
+            "/admin/estimator",
+            get(pages::estimator).post(pages::estimate),
+        )
         .route("/admin/users", get(users::list).post(users::add))
         .route(
             "/admin/users/import",
-            post(users::import).layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_CSV_BODY)),
+            post(users::import).layer(axum::extract::DefaultBodyLimit::max(
+                crate::api::MAX_CSV_BODY,
+            )),
         )
         .route("/admin/users/{email}", get(users::detail))
         .route("/admin/users/{email}/flex", post(users::set_flex))
-        .route("/admin/users/{email}/subscriptions", post(users::add_subscription))
-        .route("/admin/users/{email}/subscriptions/remove", post(users::remove_subscription))
+        .route(
+            "/admin/users/{email}/subscriptions",
+            post(users::add_subscription),
+        )
+        .route(
+            "/admin/users/{email}/subscriptions/remove",
+            post(users::remove_subscription),
+        )
         .layer(axum::middleware::map_response(security_headers))
 }
 
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
@@ -85,7 +105,11 @@ async fn style() -> impl IntoResponse {
 /// `Sec-Fetch-Site`; older ones only in `Origin` (which is `null` when the
 /// browser keeps it private: the CSRF token still decides then).
 fn cross_site(headers: &HeaderMap) -> bool {
-    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     if let Some(site) = header("sec-fetch-site") {
         return !matches!(site, "same-origin" | "none");
     }
@@ -231,11 +255,19 @@ fn login_form(error: Option<&str>, note: Option<&str>, login_csrf: &str) -> Mark
 }
 
 /// The login page, with a fresh anti-forgery cookie for its form.
-fn login_response(status: StatusCode, error: Option<&str>, note: Option<&str>, secure: bool) -> Response {
+fn login_response(
+    status: StatusCode,
+    error: Option<&str>,
+    note: Option<&str>,
+    secure: bool,
+) -> Response {
     let csrf = session::secret();
     (
         status,
-        [(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &csrf, 3600, secure))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(LOGIN_COOKIE, &csrf, 3600, secure),
+        )],
         login_form(error, note, &csrf),
     )
         .into_response()
@@ -246,7 +278,10 @@ pub struct LoginQuery {
     out: Option<String>,
 }
 
-async fn login_page(State(st): State<AppState>, axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Response {
+async fn login_page(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<LoginQuery>,
+) -> Response {
     let note = q.out.is_some().then_some("You are logged out.");
     login_response(StatusCode::OK, None, note, st.console.secure)
 }
@@ -259,7 +294,11 @@ pub struct LoginForm {
     csrf: String,
 }
 
-async fn login(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+async fn login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let secure = st.console.secure;
     let expected = headers
         .get(header::COOKIE)
@@ -274,7 +313,12 @@ async fn login(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<Log
         );
     }
     if f.token.trim().is_empty() {
-        return login_response(StatusCode::BAD_REQUEST, Some("enter the admin token"), None, secure);
+        return login_response(
+            StatusCode::BAD_REQUEST,
+            Some("enter the admin token"),
+            None,
+            secure,
+        );
     }
     if !st.admin_token_matches(f.token.trim()) {
         tracing::warn!("console login refused: wrong admin token");
@@ -289,8 +333,18 @@ async fn login(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<Log
     let mut res = Redirect::to("/admin/").into_response();
     let h = res.headers_mut();
     let max_age = session::TTL.num_seconds();
-    h.append(header::SET_COOKIE, set_cookie(COOKIE, &id, max_age, secure).parse().expect("cookie header"));
-    h.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0, secure).parse().expect("cookie header"));
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(COOKIE, &id, max_age, secure)
+            .parse()
+            .expect("cookie header"),
+    );
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, "", 0, secure)
+            .parse()
+            .expect("cookie header"),
+    );
     res
 }
 
@@ -305,7 +359,10 @@ async fn logout(a: Authed, State(st): State<AppState>, Form(f): Form<CsrfForm>) 
     }
     st.console.sessions.end(&a.id);
     (
-        [(header::SET_COOKIE, set_cookie(COOKIE, "", 0, st.console.secure))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(COOKIE, "", 0, st.console.secure),
+        )],
         Redirect::to("/admin/login?out=1"),
     )
         .into_response()

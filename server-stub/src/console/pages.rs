@@ -45,7 +45,8 @@ pub async fn overview(a: Authed, State(st): State<AppState>) -> Response {
     };
     let tz = st.store.timezone();
     let day = |t| calendar::date_of(calendar::local_day(t, tz));
-    let projection: Vec<(NaiveDate, u64)> = plan.projection.iter().map(|(t, b)| (day(*t), *b)).collect();
+    let projection: Vec<(NaiveDate, u64)> =
+        plan.projection.iter().map(|(t, b)| (day(*t), *b)).collect();
     let now = st.store.now();
     let expiries: Vec<(NaiveDate, String)> = balance
         .lots
@@ -121,11 +122,21 @@ pub struct UsageQuery {
 }
 
 /// The period and key of a usage page; a bad field gets its error.
-fn usage_params(st: &AppState, q: &UsageQuery) -> (ReportBy, Result<Period, Invalid>, String, String) {
+fn usage_params(
+    st: &AppState,
+    q: &UsageQuery,
+) -> (ReportBy, Result<Period, Invalid>, String, String) {
     let today = today(st);
     let first = today.with_day(1).expect("day 1");
-    let from = q.from.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| first.to_string());
-    let to = q.to.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| today.to_string());
+    let from = q
+        .from
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| first.to_string());
+    let to =
+        q.to.clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| today.to_string());
     let by = match q.by.as_deref() {
         Some("user") => ReportBy::User,
         _ => ReportBy::Product,
@@ -142,7 +153,12 @@ pub async fn usage(a: Authed, State(st): State<AppState>, Query(q): Query<UsageQ
         },
         Err(e) => (None, Some(e)),
     };
-    let err = |f: &str| error.as_ref().filter(|e| e.field == f).map(|e| e.message.as_str());
+    let err = |f: &str| {
+        error
+            .as_ref()
+            .filter(|e| e.field == f)
+            .map(|e| e.message.as_str())
+    };
     let content = html! {
         form.filters method="get" action="/admin/usage" {
             div.field { label for="from" { "From" } input #from type="date" name="from" value=(from); (field_error(err("from"))) }
@@ -157,19 +173,32 @@ pub async fn usage(a: Authed, State(st): State<AppState>, Query(q): Query<UsageQ
         }
         @if let Some(r) = &report { (usage_body(r, &from, &to)) }
     };
-    let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    (status, layout("Token usage", "Token usage", &a.session.csrf, content)).into_response()
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        layout("Token usage", "Token usage", &a.session.csrf, content),
+    )
+        .into_response()
 }
 
 fn week_bars(weeks: &[(NaiveDate, u64)]) -> Vec<(String, u64)> {
-    weeks.iter().map(|(d, v)| (d.format("%m-%d").to_string(), *v)).collect()
+    weeks
+        .iter()
+        .map(|(d, v)| (d.format("%m-%d").to_string(), *v))
+        .collect()
 }
 
 /// Every week of the period, so charts show the quiet weeks too.
 fn all_weeks(r: &UsageReport) -> Vec<NaiveDate> {
     let first = calendar::week_start(calendar::day_number(r.from));
     let last = calendar::week_start(calendar::day_number(r.to));
-    (0..=(last - first) / 7).map(|i| calendar::date_of(first + 7 * i)).collect()
+    (0..=(last - first) / 7)
+        .map(|i| calendar::date_of(first + 7 * i))
+        .collect()
 }
 
 fn usage_body(r: &UsageReport, from: &str, to: &str) -> Markup {
@@ -196,10 +225,10 @@ fn usage_body(r: &UsageReport, from: &str, to: &str) -> Markup {
         } @else {
             (charts::bars("tokens per week", "tokens", &week_bars(&totals), 760, 200))
             table.usage {
-                thead { tr { th { (key) } th.num { "Tokens" } th.num { "Usage days" } th.num { (count) } th { "Tokens per week" } } }
+                thead { tr { th { (key) } th.num { "Tokens" } th.num { "Usage days" } th.num { (count) } th { "Usage days per week" } } }
                 tbody {
                     @for row in r.rows.iter().take(MAX_ROWS_SHOWN) {
-                        @let per: HashMap<NaiveDate, u64> = row.weeks.iter().map(|w| (w.week_start, w.tokens)).collect();
+                        @let per: HashMap<NaiveDate, u64> = row.weeks.iter().map(|w| (w.week_start, w.usage_days)).collect();
                         @let bars: Vec<(NaiveDate, u64)> = weeks.iter().map(|w| (*w, per.get(w).copied().unwrap_or(0))).collect();
                         tr {
                             td { @if r.by == ReportBy::User {
@@ -208,7 +237,7 @@ fn usage_body(r: &UsageReport, from: &str, to: &str) -> Markup {
                             td.num { (num(row.tokens)) }
                             td.num { (row.usage_days) }
                             td.num { (row.users.or(row.products).unwrap_or(0)) }
-                            td { (charts::bars(&format!("{} tokens per week", row.key), "", &week_bars(&bars), 180, 48)) }
+                            td { (charts::sparkline(&format!("{}: usage days per week", row.key), &week_bars(&bars), 160, 28)) }
                         }
                     }
                 }
@@ -220,7 +249,11 @@ fn usage_body(r: &UsageReport, from: &str, to: &str) -> Markup {
     }
 }
 
-pub async fn usage_csv(_: Authed, State(st): State<AppState>, Query(q): Query<UsageQuery>) -> Response {
+pub async fn usage_csv(
+    _: Authed,
+    State(st): State<AppState>,
+    Query(q): Query<UsageQuery>,
+) -> Response {
     let (by, period, _, _) = usage_params(&st, &q);
     let period = match period {
         Ok(p) => p,
@@ -232,7 +265,12 @@ pub async fn usage_csv(_: Authed, State(st): State<AppState>, Query(q): Query<Us
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
                 (
                     header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"usage-by-{}-{}-{}.csv\"", by.as_str(), r.from, r.to),
+                    format!(
+                        "attachment; filename=\"usage-by-{}-{}-{}.csv\"",
+                        by.as_str(),
+                        r.from,
+                        r.to
+                    ),
                 ),
             ],
             crate::rules::reports::to_csv(&r),
@@ -250,11 +288,22 @@ pub struct MonthQuery {
 /// Last month: the one an admin reviews.
 fn last_month(st: &AppState) -> String {
     let first = today(st).with_day(1).expect("day 1");
-    first.pred_opt().unwrap_or(first).format("%Y-%m").to_string()
+    first
+        .pred_opt()
+        .unwrap_or(first)
+        .format("%Y-%m")
+        .to_string()
 }
 
-pub async fn recommendations(a: Authed, State(st): State<AppState>, Query(q): Query<MonthQuery>) -> Response {
-    let month = q.month.filter(|m| !m.is_empty()).unwrap_or_else(|| last_month(&st));
+pub async fn recommendations(
+    a: Authed,
+    State(st): State<AppState>,
+    Query(q): Query<MonthQuery>,
+) -> Response {
+    let month = q
+        .month
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| last_month(&st));
     let m = month.clone();
     let (list, error) = match st.store.run(move |s| s.recommendations(&m)).await {
         Ok(l) => (Some(l), None),
@@ -284,8 +333,21 @@ pub async fn recommendations(a: Authed, State(st): State<AppState>, Query(q): Qu
             }
         }
     };
-    let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    (status, layout("Recommendations", "Recommendations", &a.session.csrf, content)).into_response()
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        layout(
+            "Recommendations",
+            "Recommendations",
+            &a.session.csrf,
+            content,
+        ),
+    )
+        .into_response()
 }
 
 /// What the estimator form holds, as typed.
@@ -307,7 +369,13 @@ fn daily_products(st: &AppState) -> Vec<(String, String)> {
         .collect()
 }
 
-fn estimator_page(st: &AppState, csrf: &str, form: &EstimatorForm, result: Option<&Estimate>, error: Option<&Invalid>) -> Markup {
+fn estimator_page(
+    st: &AppState,
+    csrf: &str,
+    form: &EstimatorForm,
+    result: Option<&Estimate>,
+    error: Option<&Invalid>,
+) -> Markup {
     let err = |f: &str| error.filter(|e| e.field == f).map(|e| e.message.as_str());
     let products = daily_products(st);
     let mut rows = form.rows.clone();
@@ -377,7 +445,11 @@ pub async fn estimator(a: Authed, State(st): State<AppState>) -> Response {
     estimator_page(&st, &a.session.csrf, &form, None, None).into_response()
 }
 
-pub async fn estimate(a: Authed, State(st): State<AppState>, Form(f): Form<HashMap<String, String>>) -> Response {
+pub async fn estimate(
+    a: Authed,
+    State(st): State<AppState>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = a.check(f.get("csrf").map(String::as_str)) {
         return r;
     }
@@ -389,7 +461,11 @@ pub async fn estimate(a: Authed, State(st): State<AppState>, Form(f): Form<HashM
         rows: Vec::new(),
     };
     for n in 1..=crate::rules::estimate::MAX_ROWS {
-        let (p, u, d) = (get(&format!("product_{n}")), get(&format!("users_{n}")), get(&format!("days_{n}")));
+        let (p, u, d) = (
+            get(&format!("product_{n}")),
+            get(&format!("users_{n}")),
+            get(&format!("days_{n}")),
+        );
         if !f.contains_key(&format!("product_{n}")) {
             break;
         }
@@ -425,13 +501,17 @@ enum Parsed {
 /// The form as rows or a usage period; text that is not a number is named
 /// like the rules name a bad value.
 fn parse_estimator(form: &EstimatorForm, from_usage: bool) -> Result<Parsed, Invalid> {
-    let months: i64 = form
-        .months
-        .parse()
-        .map_err(|_| Invalid::new("months", format!("months '{}' is not a whole number", form.months)))?;
+    let months: i64 = form.months.parse().map_err(|_| {
+        Invalid::new(
+            "months",
+            format!("months '{}' is not a whole number", form.months),
+        )
+    })?;
     if from_usage {
-        let from = calendar::date_param("from", Some(&form.from)).map_err(|e| Invalid::new("from_usage", e.message))?;
-        let to = calendar::date_param("to", Some(&form.to)).map_err(|e| Invalid::new("from_usage", e.message))?;
+        let from = calendar::date_param("from", Some(&form.from))
+            .map_err(|e| Invalid::new("from_usage", e.message))?;
+        let to = calendar::date_param("to", Some(&form.to))
+            .map_err(|e| Invalid::new("from_usage", e.message))?;
         return Ok(Parsed::Usage(flex_protocol::reports::EstimateRequest {
             months,
             rows: None,
@@ -445,18 +525,37 @@ fn parse_estimator(form: &EstimatorForm, from_usage: bool) -> Result<Parsed, Inv
             continue;
         }
         if p.is_empty() {
-            return Err(Invalid::new(format!("rows.{n}.product"), format!("row {n}: choose a product")));
+            return Err(Invalid::new(
+                format!("rows.{n}.product"),
+                format!("row {n}: choose a product"),
+            ));
         }
-        let users = u
-            .parse()
-            .map_err(|_| Invalid::new(format!("rows.{n}.users"), format!("row {n} ({p}): users '{u}' is not a whole number")))?;
-        let days: f64 = d
-            .parse()
-            .map_err(|_| Invalid::new(format!("rows.{n}.days_per_month"), format!("row {n} ({p}): days per month '{d}' is not a number")))?;
-        rows.push((n, EstimateInput { product: p.clone(), users, days_per_month: days }));
+        let users = u.parse().map_err(|_| {
+            Invalid::new(
+                format!("rows.{n}.users"),
+                format!("row {n} ({p}): users '{u}' is not a whole number"),
+            )
+        })?;
+        let days: f64 = d.parse().map_err(|_| {
+            Invalid::new(
+                format!("rows.{n}.days_per_month"),
+                format!("row {n} ({p}): days per month '{d}' is not a number"),
+            )
+        })?;
+        rows.push((
+            n,
+            EstimateInput {
+                product: p.clone(),
+                users,
+                days_per_month: days,
+            },
+        ));
     }
     if rows.is_empty() {
-        return Err(Invalid::new("rows.1.product", "fill in at least one row: a product, its users and their days per month"));
+        return Err(Invalid::new(
+            "rows.1.product",
+            "fill in at least one row: a product, its users and their days per month",
+        ));
     }
     Ok(Parsed::Rows(months, rows))
 }

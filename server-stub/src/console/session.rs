@@ -53,7 +53,10 @@ pub fn secret() -> String {
 /// Equal strings, compared in time independent of where they differ.
 pub fn same(a: &str, b: &str) -> bool {
     let (x, y): ([u8; 32], [u8; 32]) = (key(a), key(b));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 impl Sessions {
@@ -146,7 +149,10 @@ mod tests {
         assert_eq!(cookie("a=1; flex_console=abc; b=2", COOKIE), Some("abc"));
         assert_eq!(cookie("flex_console_x=abc", COOKIE), None);
         let c = set_cookie(COOKIE, "abc", 60, true);
-        assert_eq!(c, "flex_console=abc; Path=/admin; Max-Age=60; HttpOnly; SameSite=Strict; Secure");
+        assert_eq!(
+            c,
+            "flex_console=abc; Path=/admin; Max-Age=60; HttpOnly; SameSite=Strict; Secure"
+        );
         assert!(same("x", "x") && !same("x", "y"));
     }
 }

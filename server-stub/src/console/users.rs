@@ -32,7 +32,12 @@ fn encode(email: &str) -> String {
 }
 
 fn users_page(csrf: &str, users: &[User], o: &Outcome) -> Markup {
-    let err = |f: &str| o.add_error.as_ref().filter(|(k, _)| k == f).map(|(_, m)| m.as_str());
+    let err = |f: &str| {
+        o.add_error
+            .as_ref()
+            .filter(|(k, _)| k == f)
+            .map(|(_, m)| m.as_str())
+    };
     let (email, first, last) = &o.add_values;
     let content = html! {
         @if let Some(d) = &o.done { p.done role="status" { (d) } }
@@ -134,8 +139,14 @@ pub async fn add(a: Authed, State(st): State<AppState>, Form(f): Form<AddForm>) 
     // The same checks as the API, each error next to its field.
     let checks = [
         ("email", crate::store::normalize_email(&f.email).err()),
-        ("first_name", crate::store::check_name("first name", &f.first_name).err()),
-        ("last_name", crate::store::check_name("last name", &f.last_name).err()),
+        (
+            "first_name",
+            crate::store::check_name("first name", &f.first_name).err(),
+        ),
+        (
+            "last_name",
+            crate::store::check_name("last name", &f.last_name).err(),
+        ),
     ];
     if let Some((field, Some(msg))) = checks.into_iter().find(|(_, e)| e.is_some()) {
         o.add_error = Some((field.into(), msg));
@@ -167,12 +178,17 @@ pub async fn import(a: Authed, State(st): State<AppState>, mut form: Multipart) 
             Ok(Some(field)) => {
                 let name = field.name().unwrap_or_default().to_owned();
                 match field.bytes().await {
-                    Ok(b) if name == "csrf" => csrf = Some(String::from_utf8_lossy(&b).into_owned()),
+                    Ok(b) if name == "csrf" => {
+                        csrf = Some(String::from_utf8_lossy(&b).into_owned())
+                    }
                     Ok(b) if name == "file" => file = Some(b),
                     Ok(_) => {}
                     Err(e) => {
                         let o = Outcome {
-                            import_error: Some(format!("cannot read the upload: {}", e.body_text())),
+                            import_error: Some(format!(
+                                "cannot read the upload: {}",
+                                e.body_text()
+                            )),
                             ..Default::default()
                         };
                         return render_users(&st, &a.session.csrf, e.status(), o).await;
@@ -239,7 +255,12 @@ pub struct FlexForm {
     back: Option<String>,
 }
 
-pub async fn set_flex(a: Authed, State(st): State<AppState>, Path(email): Path<String>, Form(f): Form<FlexForm>) -> Response {
+pub async fn set_flex(
+    a: Authed,
+    State(st): State<AppState>,
+    Path(email): Path<String>,
+    Form(f): Form<FlexForm>,
+) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r;
     }
@@ -247,7 +268,9 @@ pub async fn set_flex(a: Authed, State(st): State<AppState>, Path(email): Path<S
     let e = email.clone();
     match st.store.run(move |s| s.set_flex(&e, on)).await {
         Ok(_) => {}
-        Err(e @ StoreError::NotFound { .. }) => return (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        Err(e @ StoreError::NotFound { .. }) => {
+            return (StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
         Err(e) => return server_error(e),
     }
     // Only back to a console page.
@@ -265,7 +288,12 @@ pub struct SubscriptionForm {
     product: String,
 }
 
-pub async fn add_subscription(a: Authed, State(st): State<AppState>, Path(email): Path<String>, Form(f): Form<SubscriptionForm>) -> Response {
+pub async fn add_subscription(
+    a: Authed,
+    State(st): State<AppState>,
+    Path(email): Path<String>,
+    Form(f): Form<SubscriptionForm>,
+) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r;
     }
@@ -275,18 +303,31 @@ pub async fn add_subscription(a: Authed, State(st): State<AppState>, Path(email)
     };
     match st.store.run(move |s| s.add_subscription(new)).await {
         Ok(_) => Redirect::to(&format!("/admin/users/{}", encode(&email))).into_response(),
-        Err(StoreError::Invalid(m)) => detail_page(&st, &a, &email, StatusCode::BAD_REQUEST, Some(m)).await,
+        Err(StoreError::Invalid(m)) => {
+            detail_page(&st, &a, &email, StatusCode::BAD_REQUEST, Some(m)).await
+        }
         Err(e) => server_error(e),
     }
 }
 
-pub async fn remove_subscription(a: Authed, State(st): State<AppState>, Path(email): Path<String>, Form(f): Form<SubscriptionForm>) -> Response {
+pub async fn remove_subscription(
+    a: Authed,
+    State(st): State<AppState>,
+    Path(email): Path<String>,
+    Form(f): Form<SubscriptionForm>,
+) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r;
     }
     let e = email.clone();
-    match st.store.run(move |s| s.remove_subscription(&e, &f.product)).await {
-        Ok(()) | Err(StoreError::NotFound { .. }) => Redirect::to(&format!("/admin/users/{}", encode(&email))).into_response(),
+    match st
+        .store
+        .run(move |s| s.remove_subscription(&e, &f.product))
+        .await
+    {
+        Ok(()) | Err(StoreError::NotFound { .. }) => {
+            Redirect::to(&format!("/admin/users/{}", encode(&email))).into_response()
+        }
         Err(e) => server_error(e),
     }
 }
@@ -295,13 +336,25 @@ pub async fn detail(a: Authed, State(st): State<AppState>, Path(email): Path<Str
     detail_page(&st, &a, &email, StatusCode::OK, None).await
 }
 
-async fn detail_page(st: &AppState, a: &Authed, email: &str, status: StatusCode, error: Option<String>) -> Response {
+async fn detail_page(
+    st: &AppState,
+    a: &Authed,
+    email: &str,
+    status: StatusCode,
+    error: Option<String>,
+) -> Response {
     let email = email.trim().to_lowercase();
     let tz = st.store.timezone();
     let today = calendar::date_of(calendar::local_day(st.store.now(), tz));
     let first = today.with_day(1).expect("day 1");
-    let from = first.checked_sub_months(Months::new(11)).expect("a year ago");
-    let last_month = first.pred_opt().unwrap_or(first).format("%Y-%m").to_string();
+    let from = first
+        .checked_sub_months(Months::new(11))
+        .expect("a year ago");
+    let last_month = first
+        .pred_opt()
+        .unwrap_or(first)
+        .format("%Y-%m")
+        .to_string();
     let this_month = first.format("%Y-%m").to_string();
     let e = email.clone();
     let data = st
@@ -330,14 +383,20 @@ async fn detail_page(st: &AppState, a: &Authed, email: &str, status: StatusCode,
             p.empty { "There is no user " (email) "." }
             p { a href="/admin/users" { "All users" } }
         };
-        return (StatusCode::NOT_FOUND, layout("Unknown user", "Users", csrf, content)).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            layout("Unknown user", "Users", csrf, content),
+        )
+            .into_response();
     };
     let mut products: Vec<String> = months.iter().map(|m| m.product.clone()).collect();
     products.sort();
     products.dedup();
     let mut grid: BTreeMap<String, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
     for m in &months {
-        grid.entry(m.month.clone()).or_default().insert(m.product.clone(), (m.usage_days, m.tokens));
+        grid.entry(m.month.clone())
+            .or_default()
+            .insert(m.product.clone(), (m.usage_days, m.tokens));
     }
     let all_products = st.store.rates().products().to_vec();
     let content = html! {

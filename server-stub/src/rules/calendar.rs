@@ -62,7 +62,10 @@ impl Period {
 
     /// `[start, end)` in UTC.
     pub fn bounds(&self, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
-        let after = self.to.checked_add_days(Days::new(1)).expect("date in range");
+        let after = self
+            .to
+            .checked_add_days(Days::new(1))
+            .expect("date in range");
         (start_of(self.from, tz), start_of(after, tz))
     }
 
@@ -100,9 +103,12 @@ impl Period {
 
     pub fn checked(from: NaiveDate, to: NaiveDate) -> Result<Period, Invalid> {
         if from > to {
-            return Err(Invalid::new("from", format!(
-                "from {from} is after to {to}: the period runs from 'from' to 'to', inclusive"
-            )));
+            return Err(Invalid::new(
+                "from",
+                format!(
+                    "from {from} is after to {to}: the period runs from 'from' to 'to', inclusive"
+                ),
+            ));
         }
         let p = Period { from, to };
         if p.days() > MAX_PERIOD_DAYS {
@@ -122,15 +128,16 @@ fn cut(s: &str) -> String {
 /// A required `YYYY-MM-DD` parameter.
 pub fn date_param(name: &str, value: Option<&str>) -> Result<NaiveDate, Invalid> {
     let Some(v) = value else {
-        return Err(Invalid::new(name, format!(
-            "{name} is missing: give it as YYYY-MM-DD"
-        )));
+        return Err(Invalid::new(
+            name,
+            format!("{name} is missing: give it as YYYY-MM-DD"),
+        ));
     };
     NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d").map_err(|_| {
-        Invalid::new(name, format!(
-            "{name} '{}' is not a date: write it as YYYY-MM-DD",
-            cut(v)
-        ))
+        Invalid::new(
+            name,
+            format!("{name} '{}' is not a date: write it as YYYY-MM-DD", cut(v)),
+        )
     })
 }
 
@@ -145,10 +152,22 @@ mod tests {
     #[test]
     fn weeks_start_on_monday() {
         // 2026-11-02 is a Monday, 2026-11-08 a Sunday.
-        assert_eq!(week_start(day_number(d(2026, 11, 2))), day_number(d(2026, 11, 2)));
-        assert_eq!(week_start(day_number(d(2026, 11, 8))), day_number(d(2026, 11, 2)));
-        assert_eq!(week_start(day_number(d(2026, 11, 9))), day_number(d(2026, 11, 9)));
-        assert_eq!(date_of(week_start(day_number(d(2026, 1, 1)))), d(2025, 12, 29));
+        assert_eq!(
+            week_start(day_number(d(2026, 11, 2))),
+            day_number(d(2026, 11, 2))
+        );
+        assert_eq!(
+            week_start(day_number(d(2026, 11, 8))),
+            day_number(d(2026, 11, 2))
+        );
+        assert_eq!(
+            week_start(day_number(d(2026, 11, 9))),
+            day_number(d(2026, 11, 9))
+        );
+        assert_eq!(
+            date_of(week_start(day_number(d(2026, 1, 1)))),
+            d(2025, 12, 29)
+        );
     }
 
     #[test]
@@ -164,13 +183,19 @@ mod tests {
         let p = Period::parse(Some("2026-11-01"), Some("2026-11-30")).unwrap();
         assert_eq!(p.days(), 30);
         let e = Period::parse(Some("2026-11-31"), Some("2026-12-01")).unwrap_err();
-        assert!(e.message.starts_with("from '2026-11-31' is not a date"), "{e}");
+        assert!(
+            e.message.starts_with("from '2026-11-31' is not a date"),
+            "{e}"
+        );
         let e = Period::parse(Some("2026-11-01"), None).unwrap_err();
         assert!(e.message.starts_with("to is missing"), "{e}");
         let e = Period::parse(Some("2026-11-02"), Some("2026-11-01")).unwrap_err();
         assert!(e.message.starts_with("from 2026-11-02 is after to"), "{e}");
         let e = Period::parse(Some("2025-01-01"), Some("2026-02-05")).unwrap_err();
-        assert!(e.message.starts_with("to 2026-02-05 is 400 days after"), "{e}");
+        assert!(
+            e.message.starts_with("to 2026-02-05 is 400 days after"),
+            "{e}"
+        );
         assert!(Period::parse(Some("2025-01-01"), Some("2026-02-04")).is_ok());
     }
 
@@ -178,9 +203,14 @@ mod tests {
     fn months_and_local_bounds() {
         let p = Period::month("2028-02").unwrap();
         assert_eq!((p.from, p.to), (d(2028, 2, 1), d(2028, 2, 29)));
-        assert!(Period::month("2026-13").unwrap_err().message.contains("'2026-13'"));
+        assert!(Period::month("2026-13")
+            .unwrap_err()
+            .message
+            .contains("'2026-13'"));
         assert!(Period::month("11/2026").is_err());
-        let (a, b) = Period::month("2026-11").unwrap().bounds(zone("Europe/Paris"));
+        let (a, b) = Period::month("2026-11")
+            .unwrap()
+            .bounds(zone("Europe/Paris"));
         assert_eq!(a, Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap());
         assert_eq!(b, Utc.with_ymd_and_hms(2026, 11, 30, 23, 0, 0).unwrap());
     }

@@ -24,7 +24,12 @@ pub fn estimate(
     charge: impl Fn(&str) -> Option<ChargeModel>,
     pack_sizes: &[u64],
 ) -> Result<Estimate, Invalid> {
-    let numbered: Vec<(usize, EstimateInput)> = rows.iter().cloned().enumerate().map(|(i, r)| (i + 1, r)).collect();
+    let numbered: Vec<(usize, EstimateInput)> = rows
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, r)| (i + 1, r))
+        .collect();
     estimate_numbered(months, &numbered, charge, pack_sizes)
 }
 
@@ -37,9 +42,10 @@ pub fn estimate_numbered(
     pack_sizes: &[u64],
 ) -> Result<Estimate, Invalid> {
     if !(1..=MAX_MONTHS).contains(&months) {
-        return Err(Invalid::new("months", format!(
-            "months must be between 1 and {MAX_MONTHS} (got {months})"
-        )));
+        return Err(Invalid::new(
+            "months",
+            format!("months must be between 1 and {MAX_MONTHS} (got {months})"),
+        ));
     }
     if rows.is_empty() {
         return Err(Invalid::new(
@@ -48,43 +54,55 @@ pub fn estimate_numbered(
         ));
     }
     if rows.len() > MAX_ROWS {
-        return Err(Invalid::new("rows", format!(
-            "{} rows: an estimate takes at most {MAX_ROWS}",
-            rows.len()
-        )));
+        return Err(Invalid::new(
+            "rows",
+            format!("{} rows: an estimate takes at most {MAX_ROWS}", rows.len()),
+        ));
     }
     let mut out = Vec::with_capacity(rows.len());
     for (n, r) in rows {
-        let name = format!("row {n} ({})", r.product.chars().take(64).collect::<String>());
+        let name = format!(
+            "row {n} ({})",
+            r.product.chars().take(64).collect::<String>()
+        );
         let field = |f: &str| format!("rows.{n}.{f}");
         let rate = match charge(&r.product) {
             Some(ChargeModel::Daily { tokens }) => tokens,
             Some(ChargeModel::PerResult { .. }) => {
-                return Err(Invalid::new(field("product"), format!(
-                    "{name}: the product is charged per result, not per day; leave it out"
-                )))
+                return Err(Invalid::new(
+                    field("product"),
+                    format!("{name}: the product is charged per result, not per day; leave it out"),
+                ))
             }
             None => {
-                return Err(Invalid::new(field("product"), format!(
-                    "{name}: product '{}' is not on the rate sheet",
-                    r.product
-                )))
+                return Err(Invalid::new(
+                    field("product"),
+                    format!("{name}: product '{}' is not on the rate sheet", r.product),
+                ))
             }
         };
         if !(1..=1_000_000).contains(&r.users) {
-            return Err(Invalid::new(field("users"), format!(
-                "{name}: users must be between 1 and 1000000 (got {})",
-                r.users
-            )));
+            return Err(Invalid::new(
+                field("users"),
+                format!(
+                    "{name}: users must be between 1 and 1000000 (got {})",
+                    r.users
+                ),
+            ));
         }
         if !(r.days_per_month.is_finite() && r.days_per_month > 0.0 && r.days_per_month <= 31.0) {
-            return Err(Invalid::new(field("days_per_month"), format!(
-                "{name}: days_per_month must be more than 0 and at most 31 (got {})",
-                r.days_per_month
-            )));
+            return Err(Invalid::new(
+                field("days_per_month"),
+                format!(
+                    "{name}: days_per_month must be more than 0 and at most 31 (got {})",
+                    r.days_per_month
+                ),
+            ));
         }
         let users = r.users as u64;
-        let per_month = (users as f64 * r.days_per_month * rate as f64 - 1e-9).ceil().max(0.0) as u64;
+        let per_month = (users as f64 * r.days_per_month * rate as f64 - 1e-9)
+            .ceil()
+            .max(0.0) as u64;
         out.push(EstimateRow {
             product: r.product.clone(),
             users,
@@ -211,7 +229,10 @@ mod tests {
     const PACKS: [u64; 6] = [100, 500, 1000, 2500, 5000, 10000];
 
     fn packs(need: u64) -> Vec<(u64, u64)> {
-        best_packs(need, &PACKS).iter().map(|p| (p.size, p.count)).collect()
+        best_packs(need, &PACKS)
+            .iter()
+            .map(|p| (p.size, p.count))
+            .collect()
     }
 
     fn rates(p: &str) -> Option<ChargeModel> {
@@ -247,7 +268,19 @@ mod tests {
     fn sizes_that_do_not_divide_each_other() {
         // Packs of 300 and 700: 1,000 = 300 + 700 beats 4 × 300 = 1,200.
         let p = best_packs(1000, &[300, 700]);
-        assert_eq!(p, vec![PackCount { size: 700, count: 1 }, PackCount { size: 300, count: 1 }]);
+        assert_eq!(
+            p,
+            vec![
+                PackCount {
+                    size: 700,
+                    count: 1
+                },
+                PackCount {
+                    size: 300,
+                    count: 1
+                }
+            ]
+        );
         // 1,300: 2 × 300 + 700 (3 packs), not 1,400 = 2 × 700.
         let p = best_packs(1300, &[700, 300]);
         assert_eq!(p.iter().map(|p| p.size * p.count).sum::<u64>(), 1300);
@@ -267,29 +300,62 @@ mod tests {
         assert!(!e.rows[0].subscription_cheaper && e.rows[1].subscription_cheaper);
         assert_eq!((e.tokens_per_month, e.tokens_total), (480, 5760));
         assert_eq!(e.packs_tokens, 5800);
-        assert_eq!(e.packs, vec![PackCount { size: 5000, count: 1 }, PackCount { size: 500, count: 1 }, PackCount { size: 100, count: 3 }]);
+        assert_eq!(
+            e.packs,
+            vec![
+                PackCount {
+                    size: 5000,
+                    count: 1
+                },
+                PackCount {
+                    size: 500,
+                    count: 1
+                },
+                PackCount {
+                    size: 100,
+                    count: 3
+                }
+            ]
+        );
     }
 
     #[test]
     fn bad_rows_are_named() {
         let e = |rows: &[EstimateInput]| estimate(1, rows, rates, &PACKS).unwrap_err().message;
-        assert_eq!(e(&[row("autocad", 1, 1.0), row("photoshop", 1, 1.0)]), "row 2 (photoshop): product 'photoshop' is not on the rate sheet");
+        assert_eq!(
+            e(&[row("autocad", 1, 1.0), row("photoshop", 1, 1.0)]),
+            "row 2 (photoshop): product 'photoshop' is not on the rate sheet"
+        );
         assert!(e(&[row("autocad", 0, 1.0)]).starts_with("row 1 (autocad): users must be"));
         assert!(e(&[row("autocad", -3, 1.0)]).contains("(got -3)"));
         assert!(e(&[row("autocad", 1, 0.0)]).starts_with("row 1 (autocad): days_per_month"));
         assert!(e(&[row("autocad", 1, 32.0)]).contains("(got 32)"));
         assert!(e(&[row("recap-photo", 1, 3.0)]).contains("per result"));
         assert!(e(&[]).starts_with("rows is empty"));
-        let m = estimate(0, &[row("autocad", 1, 1.0)], rates, &PACKS).unwrap_err().message;
+        let m = estimate(0, &[row("autocad", 1, 1.0)], rates, &PACKS)
+            .unwrap_err()
+            .message;
         assert_eq!(m, "months must be between 1 and 120 (got 0)");
     }
 
     #[test]
     fn rows_from_three_months_of_usage() {
         let past = [
-            PastUse { product: "autocad".into(), user: "a".into(), usage_days: 30 },
-            PastUse { product: "autocad".into(), user: "b".into(), usage_days: 6 },
-            PastUse { product: "revit".into(), user: "a".into(), usage_days: 0 },
+            PastUse {
+                product: "autocad".into(),
+                user: "a".into(),
+                usage_days: 30,
+            },
+            PastUse {
+                product: "autocad".into(),
+                user: "b".into(),
+                usage_days: 6,
+            },
+            PastUse {
+                product: "revit".into(),
+                user: "a".into(),
+                usage_days: 0,
+            },
         ];
         let rows = rows_from_usage(&past, 91);
         assert_eq!(rows.len(), 1);

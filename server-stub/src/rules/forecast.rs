@@ -155,9 +155,18 @@ mod tests {
         let f = &p.forecast;
         assert_eq!((f.balance, f.burn_per_day), (600, 6.0));
         assert_eq!(f.expiring_unused.len(), 1);
-        assert_eq!((f.expiring_unused[0].lot_id, f.expiring_unused[0].projected_unused), (1, 40));
+        assert_eq!(
+            (
+                f.expiring_unused[0].lot_id,
+                f.expiring_unused[0].projected_unused
+            ),
+            (1, 40)
+        );
         // Then lot 2's 500 last 83⅓ days from 11-11: 2027-02-02.
-        assert_eq!(f.empty_on, Some(NaiveDate::from_ymd_opt(2027, 2, 2).unwrap()));
+        assert_eq!(
+            f.empty_on,
+            Some(NaiveDate::from_ymd_opt(2027, 2, 2).unwrap())
+        );
         assert_eq!(f.days_left, Some(93));
         assert_eq!(p.projection.first(), Some(&(at(11, 1), 600)));
         assert_eq!(p.projection.last().unwrap().1, 0);
@@ -176,7 +185,13 @@ mod tests {
         let lots = [lot(1, 100, 100, at(12, 31)), lot(2, 100, 100, at(12, 30))];
         let f = forecast(&lots, 300, at(11, 1), Tz::UTC).forecast;
         assert!(f.expiring_unused.is_empty());
-        assert_eq!((f.days_left, f.empty_on), (Some(20), Some(NaiveDate::from_ymd_opt(2026, 11, 21).unwrap())));
+        assert_eq!(
+            (f.days_left, f.empty_on),
+            (
+                Some(20),
+                Some(NaiveDate::from_ymd_opt(2026, 11, 21).unwrap())
+            )
+        );
         // Expired lots are not in the balance.
         let f = forecast(&[lot(1, 100, 100, at(10, 1))], 30, at(11, 1), Tz::UTC).forecast;
         assert_eq!((f.balance, f.days_left), (0, Some(0)));
@@ -193,8 +208,16 @@ mod tests {
             expires_at: ledger::expiry_of(bought),
         };
         let spends = [
-            Spend { at: at(11, 2), lot_id: 1, tokens: 7 },
-            Spend { at: at(11, 3), lot_id: 1, tokens: 7 },
+            Spend {
+                at: at(11, 2),
+                lot_id: 1,
+                tokens: 7,
+            },
+            Spend {
+                at: at(11, 3),
+                lot_id: 1,
+                tokens: 7,
+            },
         ];
         let h = balance_history(&[l], &spends, at(11, 3), 4, Tz::UTC);
         let b: Vec<u64> = h.iter().map(|(_, b)| *b).collect();

@@ -67,7 +67,9 @@ pub fn recommend(
         .map(|(u, p)| (u.as_str(), p.as_str()))
         .collect();
     for u in usage {
-        if u.usage_days > SUBSCRIPTION_DAYS && !held.contains(&(u.user.as_str(), u.product.as_str())) {
+        if u.usage_days > SUBSCRIPTION_DAYS
+            && !held.contains(&(u.user.as_str(), u.product.as_str()))
+        {
             out.push(Recommendation {
                 email: u.user.clone(),
                 product: u.product.clone(),
@@ -114,15 +116,33 @@ mod tests {
 
     #[test]
     fn a_flex_user_on_autocad_17_days_should_subscribe() {
-        let r = recommend("2026-11", &[usage("ada@x.com", "autocad", 17, 119)], &[], rates);
+        let r = recommend(
+            "2026-11",
+            &[usage("ada@x.com", "autocad", 17, 119)],
+            &[],
+            rates,
+        );
         assert_eq!(r.len(), 1);
-        assert_eq!((r[0].current, r[0].recommend, r[0].tokens), (Plan::Flex, Plan::Subscription, 119));
-        assert!(r[0].reason.contains("17 days in 2026-11"), "{}", r[0].reason);
+        assert_eq!(
+            (r[0].current, r[0].recommend, r[0].tokens),
+            (Plan::Flex, Plan::Subscription, 119)
+        );
+        assert!(
+            r[0].reason.contains("17 days in 2026-11"),
+            "{}",
+            r[0].reason
+        );
     }
 
     #[test]
     fn seven_days_is_not_more_than_seven() {
-        assert!(recommend("2026-11", &[usage("ada@x.com", "autocad", 7, 49)], &[], rates).is_empty());
+        assert!(recommend(
+            "2026-11",
+            &[usage("ada@x.com", "autocad", 7, 49)],
+            &[],
+            rates
+        )
+        .is_empty());
     }
 
     #[test]
@@ -132,13 +152,25 @@ mod tests {
             ("cy@x.com".to_string(), "revit".to_string()),
             ("dee@x.com".to_string(), "autocad".to_string()),
         ];
-        let used = [usage("bob@x.com", "revit", 3, 0), usage("dee@x.com", "autocad", 20, 0)];
+        let used = [
+            usage("bob@x.com", "revit", 3, 0),
+            usage("dee@x.com", "autocad", 20, 0),
+        ];
         let r = recommend("2026-11", &used, &subs, rates);
         // Dee uses hers 20 days: no advice. Cy never opened Revit.
         assert_eq!(r.len(), 2);
-        assert_eq!((r[0].email.as_str(), r[0].usage_days, r[0].tokens), ("bob@x.com", 3, 30));
-        assert_eq!((r[0].current, r[0].recommend), (Plan::Subscription, Plan::Flex));
-        assert_eq!((r[1].email.as_str(), r[1].usage_days, r[1].tokens), ("cy@x.com", 0, 0));
+        assert_eq!(
+            (r[0].email.as_str(), r[0].usage_days, r[0].tokens),
+            ("bob@x.com", 3, 30)
+        );
+        assert_eq!(
+            (r[0].current, r[0].recommend),
+            (Plan::Subscription, Plan::Flex)
+        );
+        assert_eq!(
+            (r[1].email.as_str(), r[1].usage_days, r[1].tokens),
+            ("cy@x.com", 0, 0)
+        );
         assert!(r[1].reason.contains("not used"), "{}", r[1].reason);
     }
 }

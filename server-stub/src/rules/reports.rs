@@ -198,7 +198,9 @@ mod tests {
 
     #[test]
     fn seventeen_autocad_days_by_user_and_by_product() {
-        let mut facts: Vec<DayUsage> = (1..=17).map(|i| fact("ada@x.com", "autocad", d(11, i), 7)).collect();
+        let mut facts: Vec<DayUsage> = (1..=17)
+            .map(|i| fact("ada@x.com", "autocad", d(11, i), 7))
+            .collect();
         // Bob holds a Revit subscription: usage days, no tokens.
         facts.extend((2..=4).map(|i| fact("bob@x.com", "revit", d(11, i), 0)));
         // A per-result job: tokens, no usage day.
@@ -209,20 +211,34 @@ mod tests {
         let by_user = report(ReportBy::User, &facts);
         assert_eq!(by_user.total_tokens, 121);
         let ada = &by_user.rows[0];
-        assert_eq!((ada.key.as_str(), ada.tokens, ada.usage_days, ada.products), ("ada@x.com", 119, 17, Some(1)));
+        assert_eq!(
+            (ada.key.as_str(), ada.tokens, ada.usage_days, ada.products),
+            ("ada@x.com", 119, 17, Some(1))
+        );
         let bob = &by_user.rows[1];
         assert_eq!((bob.tokens, bob.usage_days, bob.products), (2, 3, Some(2)));
         // 2026-11-01 is a Sunday: Ada's first day is in the week of 2026-10-26.
-        assert_eq!(ada.weeks[0].week_start, NaiveDate::from_ymd_opt(2026, 10, 26).unwrap());
+        assert_eq!(
+            ada.weeks[0].week_start,
+            NaiveDate::from_ymd_opt(2026, 10, 26).unwrap()
+        );
         assert_eq!((ada.weeks[0].tokens, ada.weeks[0].usage_days), (7, 1));
         assert_eq!((ada.weeks[1].tokens, ada.weeks[1].usage_days), (49, 7));
         assert_eq!(ada.weeks.iter().map(|w| w.usage_days).sum::<u64>(), 17);
 
         let by_product = report(ReportBy::Product, &facts);
-        let keys: Vec<_> = by_product.rows.iter().map(|r| (r.key.as_str(), r.tokens, r.usage_days, r.users)).collect();
+        let keys: Vec<_> = by_product
+            .rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.tokens, r.usage_days, r.users))
+            .collect();
         assert_eq!(
             keys,
-            vec![("autocad", 119, 17, Some(1)), ("recap-photo", 2, 0, Some(1)), ("revit", 0, 3, Some(1))]
+            vec![
+                ("autocad", 119, 17, Some(1)),
+                ("recap-photo", 2, 0, Some(1)),
+                ("revit", 0, 3, Some(1))
+            ]
         );
     }
 
@@ -236,13 +252,25 @@ mod tests {
         let r = report(ReportBy::User, &facts);
         assert_eq!(r.total_tokens, 7);
         assert_eq!(r.rows[0].weeks.len(), 1);
-        assert_eq!(r.rows[0].weeks[0].week_start, NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+        assert_eq!(
+            r.rows[0].weeks[0].week_start,
+            NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()
+        );
         assert!(report(ReportBy::User, &[]).rows.is_empty());
     }
 
     #[test]
     fn csv_has_the_same_rows() {
-        let r = report(ReportBy::Product, &[fact("a@x.com", "autocad", d(11, 3), 7), fact("b@x.com", "autocad", d(11, 3), 7)]);
-        assert_eq!(to_csv(&r), "product,tokens,usage_days,users\nautocad,14,2,2\n");
+        let r = report(
+            ReportBy::Product,
+            &[
+                fact("a@x.com", "autocad", d(11, 3), 7),
+                fact("b@x.com", "autocad", d(11, 3), 7),
+            ],
+        );
+        assert_eq!(
+            to_csv(&r),
+            "product,tokens,usage_days,users\nautocad,14,2,2\n"
+        );
     }
 }

@@ -14,7 +14,8 @@ impl Store {
     pub fn start_mail(&self) -> Result<()> {
         self.write(|tx| {
             if get_meta(tx, MAIL_AFTER)?.is_none() {
-                let last: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM notices", [], |r| r.get(0))?;
+                let last: i64 =
+                    tx.query_row("SELECT COALESCE(MAX(id), 0) FROM notices", [], |r| r.get(0))?;
                 set_meta(tx, MAIL_AFTER, &last.to_string())?;
             }
             Ok(())
