@@ -4,10 +4,14 @@
 //! DESIGN.md's worked examples as unit tests.
 
 pub mod calendar;
+pub mod entitlement;
 pub mod estimate;
 pub mod forecast;
+pub mod notices;
+pub mod per_result;
 pub mod recommendations;
 pub mod reports;
+pub mod windows;
 
 /// A request names a value the rules cannot accept; nothing was changed. The
 /// message names the parameter or row and the value; `field` says which one
