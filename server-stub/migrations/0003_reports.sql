@@ -15,6 +15,19 @@ CREATE TABLE usage_daily (
 ) WITHOUT ROWID;
 CREATE INDEX usage_daily_user ON usage_daily (user, day);
 
+-- The same by week (Monday, tenant zone), so a year's report reads 52 rows per
+-- (user, product) instead of 365; the days at a period's edges come from
+-- usage_daily.
+CREATE TABLE usage_weekly (
+    week        INTEGER NOT NULL, -- day number of the Monday
+    user        TEXT NOT NULL,
+    product     TEXT NOT NULL,
+    usage_days  INTEGER NOT NULL DEFAULT 0,
+    token_days  INTEGER NOT NULL DEFAULT 0,
+    tokens      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (week, user, product)
+) WITHOUT ROWID;
+
 -- The burn rate and the burn-down chart read recent charges by time.
 CREATE INDEX charges_created ON charges (created_at);
 

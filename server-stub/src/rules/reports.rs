@@ -25,6 +25,17 @@ pub struct DayUsage<'a> {
     pub tokens: u64,
 }
 
+/// One (user, product, week) of usage: a whole week inside the period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeekFact<'a> {
+    pub user: &'a str,
+    pub product: &'a str,
+    /// Day number of the week's Monday.
+    pub week: i32,
+    pub usage_days: u64,
+    pub tokens: u64,
+}
+
 #[derive(Default)]
 struct RowAcc {
     tokens: u64,
@@ -43,6 +54,7 @@ pub struct UsageAccumulator {
     first_week: i32,
     weeks: usize,
     keys: HashMap<String, usize>,
+    last: Option<(String, usize)>,
     others: HashMap<String, u32>,
     rows: Vec<(String, RowAcc)>,
 }
@@ -61,26 +73,54 @@ impl UsageAccumulator {
             first_week,
             weeks,
             keys: HashMap::new(),
+            last: None,
             others: HashMap::new(),
             rows: Vec::new(),
         }
     }
 
-    /// Adds one fact; facts outside the period or with nothing in them are ignored.
+    /// Adds one day; days outside the period or with nothing in them are ignored.
     pub fn add(&mut self, f: &DayUsage<'_>) {
-        if f.day < self.first_day || f.day > self.last_day || (f.windows == 0 && f.tokens == 0) {
+        if f.day < self.first_day || f.day > self.last_day {
+            return;
+        }
+        self.count(
+            f.user,
+            f.product,
+            week_start(f.day),
+            u64::from(f.windows > 0),
+            f.tokens,
+        );
+    }
+
+    /// Adds a whole week, which must lie inside the period.
+    pub fn add_week(&mut self, f: &WeekFact<'_>) {
+        debug_assert!(f.week >= self.first_day && f.week + 6 <= self.last_day);
+        self.count(f.user, f.product, f.week, f.usage_days, f.tokens);
+    }
+
+    fn count(&mut self, user: &str, product: &str, week: i32, usage_days: u64, tokens: u64) {
+        if usage_days == 0 && tokens == 0 {
             return;
         }
         let (key, other) = match self.by {
-            ReportBy::Product => (f.product, f.user),
-            ReportBy::User => (f.user, f.product),
+            ReportBy::Product => (product, user),
+            ReportBy::User => (user, product),
         };
-        let idx = match self.keys.get(key) {
-            Some(&i) => i,
-            None => {
-                self.rows.push((key.to_owned(), RowAcc::default()));
-                self.keys.insert(key.to_owned(), self.rows.len() - 1);
-                self.rows.len() - 1
+        // Rows come grouped by day or week, users in order: the last key often repeats.
+        let idx = match self.last.as_ref() {
+            Some((k, i)) if k == key => *i,
+            _ => {
+                let i = match self.keys.get(key) {
+                    Some(&i) => i,
+                    None => {
+                        self.rows.push((key.to_owned(), RowAcc::default()));
+                        self.keys.insert(key.to_owned(), self.rows.len() - 1);
+                        self.rows.len() - 1
+                    }
+                };
+                self.last = Some((key.to_owned(), i));
+                i
             }
         };
         let next = self.others.len() as u32;
@@ -92,16 +132,15 @@ impl UsageAccumulator {
             }
         };
         let row = &mut self.rows[idx].1;
-        let used = u64::from(f.windows > 0);
-        row.tokens += f.tokens;
-        row.usage_days += used;
+        row.tokens += tokens;
+        row.usage_days += usage_days;
         row.others.insert(other);
         if row.weeks.is_empty() {
             row.weeks = vec![(0, 0); self.weeks];
         }
-        let w = ((week_start(f.day) - self.first_week) / 7) as usize;
-        row.weeks[w].0 += f.tokens;
-        row.weeks[w].1 += used;
+        let w = ((week - self.first_week) / 7) as usize;
+        row.weeks[w].0 += tokens;
+        row.weeks[w].1 += usage_days;
     }
 
     /// The report: rows by tokens (descending), then key; weeks without usage
@@ -257,6 +296,24 @@ mod tests {
             NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()
         );
         assert!(report(ReportBy::User, &[]).rows.is_empty());
+    }
+
+    #[test]
+    fn whole_weeks_add_up_like_their_days() {
+        let period = Period::month("2026-11").unwrap();
+        let mut by_days = UsageAccumulator::new(ReportBy::User, period);
+        for day in 9..=13 {
+            by_days.add(&fact("ada@x.com", "autocad", d(11, day), 7));
+        }
+        let mut by_week = UsageAccumulator::new(ReportBy::User, period);
+        by_week.add_week(&WeekFact {
+            user: "ada@x.com",
+            product: "autocad",
+            week: d(11, 9),
+            usage_days: 5,
+            tokens: 35,
+        });
+        assert_eq!(by_days.finish("UTC"), by_week.finish("UTC"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::rules::calendar::{self, local_day, Period};
 use crate::rules::estimate::{self, PastUse};
 use crate::rules::forecast::{self, ForecastPlan, Spend, BURN_DAYS};
 use crate::rules::recommendations::{self, PairUsage};
-use crate::rules::reports::{DayUsage, UsageAccumulator};
+use crate::rules::reports::{DayUsage, UsageAccumulator, WeekFact};
 use crate::rules::Invalid;
 
 const ROLLUP_ID: &str = "rollup.charge_id";
@@ -41,6 +41,7 @@ pub struct MonthUsage {
 fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
     if get_meta(tx, ROLLUP_ZONE)?.as_deref() != Some(tz.name()) {
         tx.execute("DELETE FROM usage_daily", [])?;
+        tx.execute("DELETE FROM usage_weekly", [])?;
         set_meta(tx, ROLLUP_ID, "0")?;
         set_meta(tx, ROLLUP_ZONE, tz.name())?;
     }
@@ -52,14 +53,43 @@ fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
          FROM charges c LEFT JOIN windows w ON w.id = c.window_id
          WHERE c.id > ?1 ORDER BY c.id LIMIT ?2",
     )?;
-    let mut upsert = tx.prepare_cached(
+    let mut daily = tx.prepare_cached(
         "INSERT INTO usage_daily (day, user, product, windows, token_windows, tokens)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (day, user, product) DO UPDATE SET
              windows = windows + excluded.windows,
              token_windows = token_windows + excluded.token_windows,
+             tokens = tokens + excluded.tokens
+         RETURNING windows, token_windows",
+    )?;
+    let mut weekly = tx.prepare_cached(
+        "INSERT INTO usage_weekly (week, user, product, usage_days, token_days, tokens)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (week, user, product) DO UPDATE SET
+             usage_days = usage_days + excluded.usage_days,
+             token_days = token_days + excluded.token_days,
              tokens = tokens + excluded.tokens",
     )?;
+    // Adds to a day and to its week; a day's first window (or first paid one)
+    // is a new usage day (or paid usage day) of the week.
+    let mut add =
+        |day: i32, user: &str, product: &str, windows: i64, paid: i64, tokens: i64| -> Result<()> {
+            let (w, p): (i64, i64) = daily
+                .query_row(params![day, user, product, windows, paid, tokens], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let new_day = i64::from(windows > 0 && w == windows);
+            let new_paid = i64::from(paid > 0 && p == paid);
+            weekly.execute(params![
+                calendar::week_start(day),
+                user,
+                product,
+                new_day,
+                new_paid,
+                tokens
+            ])?;
+            Ok(())
+        };
     let mut rows = stmt.query(params![after, FOLD_CHUNK])?;
     let (mut last, mut n) = (after, 0);
     while let Some(r) = rows.next()? {
@@ -73,15 +103,13 @@ fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
             Some(start) => {
                 let day = local_day(parse_ts(start)?, tz);
                 if day == charged {
-                    upsert.execute(params![day, user, product, 1, paid as i64, tokens])?;
+                    add(day, &user, &product, 1, paid as i64, tokens)?;
                 } else {
-                    upsert.execute(params![day, user, product, 1, paid as i64, 0])?;
-                    upsert.execute(params![charged, user, product, 0, 0, tokens])?;
+                    add(day, &user, &product, 1, paid as i64, 0)?;
+                    add(charged, &user, &product, 0, 0, tokens)?;
                 }
             }
-            None => {
-                upsert.execute(params![charged, user, product, 0, 0, tokens])?;
-            }
+            None => add(charged, &user, &product, 0, 0, tokens)?,
         }
         last = id;
         n += 1;
@@ -92,30 +120,54 @@ fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
     Ok(n)
 }
 
+/// Reads a period's usage: whole weeks from `usage_weekly`, the days before
+/// the first Monday and after the last whole week from `usage_daily`.
 fn report_from(conn: &Connection, by: ReportBy, period: Period, tz: &str) -> Result<UsageReport> {
     let mut acc = UsageAccumulator::new(by, period);
+    let first = calendar::day_number(period.from);
+    let last = calendar::day_number(period.to);
+    let w0 = calendar::week_start(first);
+    let weeks_from = if w0 == first { first } else { w0 + 7 };
+    let weeks_to = calendar::week_start(last + 1); // exclusive
+    let mut days = vec![(first, last)];
+    if weeks_from < weeks_to {
+        days = vec![(first, weeks_from - 1), (weeks_to, last)];
+        let mut stmt = conn.prepare_cached(
+            "SELECT user, product, week, usage_days, tokens FROM usage_weekly WHERE week BETWEEN ?1 AND ?2",
+        )?;
+        let mut rows = stmt.query(params![weeks_from, weeks_to - 7])?;
+        while let Some(r) = rows.next()? {
+            acc.add_week(&WeekFact {
+                user: text(r, 0)?,
+                product: text(r, 1)?,
+                week: r.get(2)?,
+                usage_days: r.get::<_, i64>(3)? as u64,
+                tokens: r.get::<_, i64>(4)? as u64,
+            });
+        }
+    }
     let mut stmt = conn.prepare_cached(
         "SELECT user, product, day, windows, tokens FROM usage_daily WHERE day BETWEEN ?1 AND ?2",
     )?;
-    let mut rows = stmt.query(params![
-        calendar::day_number(period.from),
-        calendar::day_number(period.to)
-    ])?;
-    while let Some(r) = rows.next()? {
-        let text = |i| -> Result<&str> {
-            r.get_ref(i)?
-                .as_str()
-                .map_err(|e| StoreError::Corrupt(format!("usage_daily: {e}")))
-        };
-        acc.add(&DayUsage {
-            user: text(0)?,
-            product: text(1)?,
-            day: r.get(2)?,
-            windows: r.get::<_, i64>(3)? as u64,
-            tokens: r.get::<_, i64>(4)? as u64,
-        });
+    for (a, b) in days.into_iter().filter(|(a, b)| a <= b) {
+        let mut rows = stmt.query(params![a, b])?;
+        while let Some(r) = rows.next()? {
+            acc.add(&DayUsage {
+                user: text(r, 0)?,
+                product: text(r, 1)?,
+                day: r.get(2)?,
+                windows: r.get::<_, i64>(3)? as u64,
+                tokens: r.get::<_, i64>(4)? as u64,
+            });
+        }
     }
     Ok(acc.finish(tz))
+}
+
+fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str> {
+    r.get_ref(i)?
+        .as_str()
+        .map_err(|e| StoreError::Corrupt(format!("usage rollup: {e}")))
 }
 
 /// Per (user, product) usage days and tokens in a period; `paid_only` counts
