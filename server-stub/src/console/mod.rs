@@ -151,13 +151,23 @@ impl FromRequestParts<AppState> for Authed {
 
 impl Authed {
     /// The form's CSRF token must be this session's.
-    pub fn check(&self, posted: Option<&str>) -> Result<(), Response> {
+    pub fn check(&self, posted: Option<&str>) -> Result<(), Forged> {
         match posted {
             Some(t) if same(t, &self.session.csrf) => Ok(()),
-            _ => Err(forbidden(
-                "the form has expired or did not come from this console: reload the page and try again",
-            )),
+            _ => Err(Forged),
         }
+    }
+}
+
+/// A form without this session's CSRF token.
+#[derive(Debug)]
+pub struct Forged;
+
+impl IntoResponse for Forged {
+    fn into_response(self) -> Response {
+        forbidden(
+            "the form has expired or did not come from this console: reload the page and try again",
+        )
     }
 }
 
@@ -355,7 +365,7 @@ pub struct CsrfForm {
 
 async fn logout(a: Authed, State(st): State<AppState>, Form(f): Form<CsrfForm>) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
-        return r;
+        return r.into_response();
     }
     st.console.sessions.end(&a.id);
     (

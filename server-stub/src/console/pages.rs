@@ -451,7 +451,7 @@ pub async fn estimate(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     if let Err(r) = a.check(f.get("csrf").map(String::as_str)) {
-        return r;
+        return r.into_response();
     }
     let get = |k: &str| f.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let mut form = EstimatorForm {

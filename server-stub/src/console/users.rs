@@ -130,7 +130,7 @@ pub struct AddForm {
 
 pub async fn add(a: Authed, State(st): State<AppState>, Form(f): Form<AddForm>) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let mut o = Outcome {
         add_values: (f.email.clone(), f.first_name.clone(), f.last_name.clone()),
@@ -206,7 +206,7 @@ pub async fn import(a: Authed, State(st): State<AppState>, mut form: Multipart) 
         }
     }
     if let Err(r) = a.check(csrf.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let Some(file) = file.filter(|f| !f.is_empty()) else {
         let o = Outcome {
@@ -262,7 +262,7 @@ pub async fn set_flex(
     Form(f): Form<FlexForm>,
 ) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let on = f.assigned.as_deref() == Some("on");
     let e = email.clone();
@@ -295,7 +295,7 @@ pub async fn add_subscription(
     Form(f): Form<SubscriptionForm>,
 ) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let new = NewSubscription {
         email: email.clone(),
@@ -317,7 +317,7 @@ pub async fn remove_subscription(
     Form(f): Form<SubscriptionForm>,
 ) -> Response {
     if let Err(r) = a.check(f.csrf.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let e = email.clone();
     match st
