@@ -38,6 +38,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Ctrl-C (and a TERM) end the script normally, so the cleanup above runs.
+trap 'exit 130' INT TERM
 
 # Waits until FILE contains PATTERN (a readiness line), or fails after 30 s.
 wait_for() {
