@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flex_protocol::Email;
 use serde::Deserialize;
 
 /// Placeholder in `email_template` replaced by the local account name.
@@ -47,6 +48,12 @@ pub enum ConfigError {
     },
     #[error("account '{account}' has no email: set [users] email_template or add it to [users.overrides]")]
     NoEmail { account: String },
+    #[error("account '{account}' maps to no valid email through [users] email_template: {source}; add it to [users.overrides]")]
+    BadEmail {
+        account: String,
+        #[source]
+        source: flex_protocol::EmailError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -103,9 +110,10 @@ pub struct Users {
     /// `{user}` is replaced by the account name, e.g. `"{user}@example.com"`.
     #[serde(default)]
     pub email_template: Option<String>,
-    /// Account name → email, for accounts the template gets wrong.
+    /// Account name → email, for accounts the template gets wrong. Emails are
+    /// normalised (trimmed, lowercased) as they are read, like everywhere else.
     #[serde(default)]
-    pub overrides: BTreeMap<String, String>,
+    pub overrides: BTreeMap<String, Email>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -122,19 +130,6 @@ fn default_poll_interval() -> Duration {
 
 fn default_true() -> bool {
     true
-}
-
-/// A deliberately small check: something@something, no spaces.
-fn looks_like_email(s: &str) -> bool {
-    match s.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !domain.contains('@')
-                && !s.chars().any(char::is_whitespace)
-        }
-        None => false,
-    }
 }
 
 impl Config {
@@ -185,7 +180,8 @@ impl Config {
             return Err(invalid("state_dir", &dir, "must be an absolute path"));
         }
         if let Some(t) = &self.users.email_template {
-            if !t.contains(USER_PLACEHOLDER) || !looks_like_email(&t.replace(USER_PLACEHOLDER, "x"))
+            if !t.contains(USER_PLACEHOLDER)
+                || Email::parse(&t.replace(USER_PLACEHOLDER, "x")).is_err()
             {
                 return Err(invalid(
                     "users.email_template",
@@ -194,22 +190,22 @@ impl Config {
                 ));
             }
         }
-        for email in self.users.overrides.values() {
-            if !looks_like_email(email) {
-                return Err(invalid("users.overrides", email, "not an email address"));
-            }
-        }
         Ok(())
     }
 
     /// The email the server knows local account `account` by: its override, else
     /// the template with `{user}` replaced.
-    pub fn email_for(&self, account: &str) -> Result<String, ConfigError> {
+    pub fn email_for(&self, account: &str) -> Result<Email, ConfigError> {
         if let Some(email) = self.users.overrides.get(account) {
             return Ok(email.clone());
         }
         match &self.users.email_template {
-            Some(t) => Ok(t.replace(USER_PLACEHOLDER, account)),
+            Some(t) => Email::parse(&t.replace(USER_PLACEHOLDER, account)).map_err(|source| {
+                ConfigError::BadEmail {
+                    account: account.to_string(),
+                    source,
+                }
+            }),
             None => Err(ConfigError::NoEmail {
                 account: account.to_string(),
             }),
@@ -249,6 +245,22 @@ alice = "alice.smith@corp.com"
         assert_eq!(c.ca_file, Some(PathBuf::from("/etc/flex-agent/ca.pem")));
         assert_eq!(c.email_for("alice").unwrap(), "alice.smith@corp.com");
         assert_eq!(c.email_for("bob").unwrap(), "bob@example.com");
+    }
+
+    #[test]
+    fn emails_are_normalised_where_they_are_read() {
+        // Regression: an override written in mixed case was charged by the
+        // server (which lowercases) and then refused by the agent, whose lease
+        // check compared it exactly.
+        let c = Config::parse(
+            "server_url = \"https://s\"\n[users]\nemail_template = \"{user}@Example.COM\"\n\
+             [users.overrides]\nroot = \" Root@Example.com \"\n",
+        )
+        .unwrap();
+        assert_eq!(c.email_for("root").unwrap(), "root@example.com");
+        assert_eq!(c.email_for("Bob").unwrap(), "bob@example.com");
+        let err = c.email_for("bad name").unwrap_err().to_string();
+        assert!(err.contains("'bad name'"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::lease::SignedLease;
-use crate::ErrorCode;
+use crate::{Email, ErrorCode};
 
 /// `{"error":{"code","message"}}`, the body of every 4xx/5xx answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -349,7 +349,7 @@ pub struct EnrollResponse {
 pub struct ClaimRequest {
     pub claim_id: String,
     /// The user's email.
-    pub user: String,
+    pub user: Email,
     pub product: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -414,7 +414,7 @@ pub struct Policy {
 pub struct SessionRecord {
     /// Unique per session; re-uploading the same id replaces the record.
     pub id: String,
-    pub user: String,
+    pub user: Email,
     pub product: String,
     #[serde(default)]
     pub version: Option<String>,

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     UnsupportedProtocol,
     /// The server failed; the request may be retried with the same id.
     Internal,
+    /// A per-account limit of the agent's local API was reached (connections,
+    /// subscriptions, sessions, pending jobs); retry once some are closed.
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::Offline => "offline",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::Internal => "internal",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 }
@@ -84,6 +88,7 @@ mod tests {
             ErrorCode::Offline,
             ErrorCode::UnsupportedProtocol,
             ErrorCode::Internal,
+            ErrorCode::LimitExceeded,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

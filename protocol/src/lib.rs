@@ -9,11 +9,13 @@
 //! `tests/data` pin the format.
 
 pub mod api;
+mod email;
 mod error;
 pub mod lease;
 pub mod reports;
 pub mod socket;
 
+pub use email::{Email, EmailError, MAX_EMAIL};
 pub use error::ErrorCode;
 
 /// Version of the local-socket protocol, returned by `hello`.

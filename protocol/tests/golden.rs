@@ -45,7 +45,7 @@ fn claim_request() {
         "claim_request",
         &ClaimRequest {
             claim_id: "c-1".into(),
-            user: "ada@example.com".into(),
+            user: flex_protocol::Email::parse("ada@example.com").unwrap(),
             product: "autocad".into(),
             version: Some("2026".into()),
             results: None,
@@ -56,7 +56,7 @@ fn claim_request() {
         "claim_request_renewal",
         &ClaimRequest {
             claim_id: "c-2".into(),
-            user: "ada@example.com".into(),
+            user: flex_protocol::Email::parse("ada@example.com").unwrap(),
             product: "autocad".into(),
             version: None,
             results: None,

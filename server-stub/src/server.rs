@@ -45,6 +45,11 @@ pub enum ServerError {
     TestClockInProduction,
     #[error("--tls-cert and --tls-key must be given together")]
     TlsHalf,
+    #[error(
+        "the admin token from {from} is {len} characters long: use at least {MIN_ADMIN_TOKEN} \
+         (e.g. openssl rand -hex 24), or remove it to have one generated into DATA_DIR/admin-token"
+    )]
+    WeakAdminToken { from: &'static str, len: usize },
     #[error("cannot load TLS certificate {cert} / key {key}: {source}")]
     Tls {
         cert: PathBuf,
@@ -76,17 +81,32 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Shortest admin token accepted: a token anyone can guess opens the ledger.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+fn strong(token: &str, from: &'static str) -> Result<String, ServerError> {
+    let token = token.trim();
+    if token.chars().count() < MIN_ADMIN_TOKEN {
+        return Err(ServerError::WeakAdminToken {
+            from,
+            len: token.chars().count(),
+        });
+    }
+    Ok(token.to_string())
+}
+
 /// The admin token: environment, else config, else a generated `admin-token` file.
+/// A token that is set (even empty) must be at least [`MIN_ADMIN_TOKEN`] long.
 fn admin_token(config: &Config, data_dir: &Path) -> Result<String, ServerError> {
-    if let Ok(t) = std::env::var(ADMIN_TOKEN_ENV) {
-        if !t.trim().is_empty() {
-            tracing::info!("admin token taken from {ADMIN_TOKEN_ENV}");
-            return Ok(t.trim().to_string());
-        }
+    if let Some(t) = std::env::var_os(ADMIN_TOKEN_ENV) {
+        let t = strong(&t.to_string_lossy(), ADMIN_TOKEN_ENV)?;
+        tracing::info!("admin token taken from {ADMIN_TOKEN_ENV}");
+        return Ok(t);
     }
     if let Some(t) = &config.admin_token {
+        let t = strong(t, "admin_token in the config file")?;
         tracing::info!("admin token taken from the config file");
-        return Ok(t.trim().to_string());
+        return Ok(t);
     }
     let path = data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {

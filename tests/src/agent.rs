@@ -286,6 +286,53 @@ impl Drop for Agent {
     }
 }
 
+/// A raw connection to an agent's socket: request lines in, reply lines out.
+pub struct SocketConn {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl SocketConn {
+    pub async fn open(path: &Path) -> SocketConn {
+        use tokio::io::AsyncBufReadExt;
+        let (read, write) = tokio::net::UnixStream::connect(path)
+            .await
+            .expect("connect to the agent socket")
+            .into_split();
+        SocketConn {
+            lines: tokio::io::BufReader::new(read).lines(),
+            write,
+        }
+    }
+
+    /// Sends `bytes` plus a newline.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.write.write_all(bytes).await.unwrap();
+        self.write.write_all(b"\n").await.unwrap();
+    }
+
+    /// The next line from the agent (a reply or an event), `None` at its end.
+    pub async fn next(&mut self) -> Option<Value> {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a line in time")
+            .ok()??;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("line {line:?} is not JSON: {e}")),
+        )
+    }
+
+    /// Sends `bytes` plus a newline and reads the one reply line.
+    pub async fn ask(&mut self, bytes: &[u8]) -> Value {
+        self.send(bytes).await;
+        self.next()
+            .await
+            .expect("the agent keeps the connection open")
+    }
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`
 /// naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -31,7 +31,7 @@ async fn enrollment_token(s: &Server) -> String {
 fn claim(id: &str, product: &str) -> ClaimRequest {
     ClaimRequest {
         claim_id: id.into(),
-        user: ADA.into(),
+        user: flex_protocol::Email::parse(ADA).unwrap(),
         product: product.into(),
         version: None,
         results: None,

@@ -447,7 +447,9 @@ impl Store {
         let lease = self.signer().sign(&LeaseBody {
             window_id: w.id.clone(),
             device_id: device_id.to_string(),
-            user: w.user.clone(),
+            // Stored users were normalised on the way in; this cannot fail.
+            user: flex_protocol::Email::parse(&w.user)
+                .map_err(|e| StoreError::Invalid(format!("stored window user {e}")))?,
             product: w.product.clone(),
             source: w.source,
             start: w.start,

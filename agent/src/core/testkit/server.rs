@@ -63,6 +63,12 @@ impl FakeServer {
         }
     }
 
+    /// The server starts signing with a new key the agent never pinned (a
+    /// re-keyed or replaced server).
+    pub fn rotate_key(&mut self) {
+        self.signer = LeaseSigner::new("k2", SigningKey::from_bytes(&[9; 32]));
+    }
+
     pub fn verifier(&self) -> LeaseVerifier {
         LeaseVerifier::from_keys(&[self.signer.public_key()]).unwrap()
     }
@@ -93,7 +99,7 @@ impl FakeServer {
         let Some(charge) = self.rates.get(&req.product).copied() else {
             return deny(ErrorCode::UnknownProduct, "no such product", None);
         };
-        let key = (req.user.clone(), req.product.clone());
+        let key = (req.user.to_string(), req.product.clone());
         let source = if self.subscriptions.contains(&key) {
             Source::Subscription
         } else {
@@ -158,7 +164,7 @@ impl FakeServer {
         self.balance -= tokens;
         self.charges.push(FakeCharge {
             claim_id: req.claim_id.clone(),
-            user: req.user.clone(),
+            user: req.user.to_string(),
             product: req.product.clone(),
             tokens,
             renewal,
