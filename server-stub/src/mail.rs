@@ -11,131 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::config::{Security, SmtpConfig};
+use crate::store::Store;
 use flex_protocol::api::{Notice, NoticeKind};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::Deserialize;
-
-use crate::config::ConfigError;
-use crate::store::Store;
-
-/// How the connection to the SMTP server is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Security {
-    /// Plain connection upgraded with STARTTLS, which is required (port 587).
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Tls,
-    /// No encryption: only for a relay on the same host or a test sink.
-    None,
-}
-
-/// `[smtp]` of the server config.
-///
-/// ```toml
-/// [smtp]
-/// host = "mail.example.com"
-/// port = 587
-/// security = "starttls"            # starttls | tls | none
-/// username = "flex"                # optional, with password_file
-/// password_file = "/etc/flex/smtp-password"
-/// from = "Flex licensing <flex@example.com>"
-/// to = ["it@example.com", "finance@example.com"]
-/// console_url = "https://licensing.example.com:8443/admin/"   # optional link
-/// ca_file = "/etc/flex/smtp-ca.pem" # optional private CA
-/// check_interval = "10s"           # how often new notices are looked for
-/// retry = "5s"                     # first wait after a failure, doubled up to 15m
-/// ```
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpConfig {
-    pub host: String,
-    pub port: u16,
-    pub security: Security,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    pub from: String,
-    pub to: Vec<String>,
-    #[serde(default)]
-    pub console_url: Option<String>,
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default = "default_interval", with = "humantime_serde")]
-    pub check_interval: Duration,
-    #[serde(default = "default_retry", with = "humantime_serde")]
-    pub retry: Duration,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_retry() -> Duration {
-    Duration::from_secs(5)
-}
 
 /// Longest wait between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Notices sent per look.
 const BATCH: i64 = 20;
-
-fn invalid(key: &'static str, value: impl Into<String>, why: &'static str) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        value: value.into(),
-        why,
-    }
-}
-
-impl SmtpConfig {
-    /// Checks what can be checked without connecting.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.host.trim().is_empty() {
-            return Err(invalid("smtp.host", "", "must name the SMTP server"));
-        }
-        if self.port == 0 {
-            return Err(invalid(
-                "smtp.port",
-                "0",
-                "must be a port number such as 587",
-            ));
-        }
-        self.from.parse::<Mailbox>().map_err(|_| {
-            invalid(
-                "smtp.from",
-                &self.from,
-                "is not an email address such as Flex <flex@example.com>",
-            )
-        })?;
-        if self.to.is_empty() {
-            return Err(invalid("smtp.to", "[]", "must list at least one recipient"));
-        }
-        for to in &self.to {
-            to.parse::<Mailbox>()
-                .map_err(|_| invalid("smtp.to", to, "is not an email address"))?;
-        }
-        if self.username.is_some() != self.password_file.is_some() {
-            return Err(invalid(
-                "smtp.username",
-                self.username.clone().unwrap_or_default(),
-                "and smtp.password_file go together",
-            ));
-        }
-        if self.retry.is_zero() || self.check_interval.is_zero() {
-            return Err(invalid(
-                "smtp.retry",
-                format!("{:?}", self.retry),
-                "and smtp.check_interval must be positive",
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Why mail cannot be set up; the server refuses to start.
 #[derive(Debug, thiserror::Error)]
