@@ -240,19 +240,23 @@ def keys(d, prefix=""):
     return out
 for example, src, structs in [
     ("agent.toml.example", "agent/src/config.rs", [("Config", ""), ("Users", "users.")]),
-    ("server.toml.example", "server-stub/src/config.rs", [("Config", ""), ("PolicyConfig", "policy.")]),
+    ("server.toml.example", "server-stub/src/config.rs", [("Config", ""), ("PolicyConfig", "policy."), ("SmtpConfig", "smtp.")]),
 ]:
     text = (cfg / example).read_text()
     try:
         tomllib.loads(text)
     except Exception as e:
         need(False, f"{example} is not valid TOML: {e}"); continue
-    full = re.sub(r"^#(\w+ = )", r"\1", text, flags=re.M)
+    # An optional section is shown as '#[name]': uncommented with its keys.
+    full = re.sub(r"^#(\w+ = |\[\w+\]$)", r"\1", text, flags=re.M)
     try:
         doc = tomllib.loads(full)
     except Exception as e:
         need(False, f"{example} with every key uncommented is not valid TOML: {e}"); continue
-    (work / ("full-" + example)).write_text(full)
+    # The server reads these files at start; the check has none, so it starts
+    # without them (their keys are still compared below).
+    runnable = re.sub(r"^(username|password_file|ca_file) = .*$", "", full, flags=re.M)
+    (work / ("full-" + example)).write_text(runnable)
     have = keys(doc)
     path = repo / src
     if not path.exists():

@@ -293,3 +293,117 @@ fn enrollment_keys_and_devices() {
         ),
     );
 }
+
+fn day(y: i32, m: u32, d: u32) -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+#[test]
+fn reports() {
+    use flex_protocol::reports::*;
+    check(
+        "usage_report",
+        &UsageReport {
+            from: day(2026, 11, 1),
+            to: day(2026, 11, 30),
+            timezone: "Europe/Paris".into(),
+            by: ReportBy::User,
+            total_tokens: 119,
+            rows: vec![UsageRow {
+                key: "ada@example.com".into(),
+                tokens: 119,
+                usage_days: 17,
+                users: None,
+                products: Some(1),
+                weeks: vec![WeekUsage {
+                    week_start: day(2026, 10, 26),
+                    tokens: 7,
+                    usage_days: 1,
+                }],
+            }],
+        },
+    );
+    check(
+        "recommendations",
+        &RecommendationList {
+            month: "2026-11".into(),
+            recommendations: vec![Recommendation {
+                email: "ada@example.com".into(),
+                product: "autocad".into(),
+                usage_days: 17,
+                current: Plan::Flex,
+                recommend: Plan::Subscription,
+                tokens: 119,
+                reason: "used on 17 days in 2026-11, more than 7".into(),
+            }],
+        },
+    );
+    check(
+        "estimate_request",
+        &EstimateRequest {
+            months: 12,
+            rows: Some(vec![EstimateInput {
+                product: "autocad".into(),
+                users: 10,
+                days_per_month: 4.0,
+            }]),
+            from_usage: None,
+        },
+    );
+    check(
+        "estimate_request_from_usage",
+        &EstimateRequest {
+            months: 3,
+            rows: None,
+            from_usage: Some(UsagePeriod {
+                from: day(2026, 9, 1),
+                to: day(2026, 11, 30),
+            }),
+        },
+    );
+    check(
+        "estimate",
+        &Estimate {
+            months: 12,
+            tokens_per_month: 280,
+            tokens_total: 3360,
+            packs: vec![
+                PackCount {
+                    size: 2500,
+                    count: 1,
+                },
+                PackCount {
+                    size: 500,
+                    count: 1,
+                },
+                PackCount {
+                    size: 100,
+                    count: 4,
+                },
+            ],
+            packs_tokens: 3400,
+            rows: vec![EstimateRow {
+                product: "autocad".into(),
+                users: 10,
+                days_per_month: 4.0,
+                tokens_per_month: 280,
+                subscription_cheaper: false,
+            }],
+        },
+    );
+    check(
+        "forecast",
+        &Forecast {
+            balance: 450,
+            burn_per_day: 12.5,
+            days_left: Some(36),
+            empty_on: Some(day(2026, 12, 8)),
+            expiring_unused: vec![ExpiringLot {
+                lot_id: 1,
+                remaining: 100,
+                expires_at: t(10),
+                projected_unused: 40,
+            }],
+        },
+    );
+}

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod debroot;
+pub mod smtp;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

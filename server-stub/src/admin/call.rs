@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::cli::{
-    Command, DefaultsCmd, DevicesCmd, EnrollTokenCmd, SubscriptionsCmd, TestClockCmd, TokensCmd,
-    UsersCmd,
+    ByArg, Command, DefaultsCmd, DevicesCmd, EnrollTokenCmd, SubscriptionsCmd, TestClockCmd,
+    TokensCmd, UsersCmd,
 };
 
 /// HTTP method of a call.
@@ -187,6 +187,63 @@ pub fn plan(command: &Command) -> Call {
             body: Body::None,
             auth: false,
         },
+        Command::Report(r) => {
+            let by = match r.by {
+                ByArg::Product => "product",
+                ByArg::User => "user",
+            };
+            // A month is sent as its first and last day; a bad one goes as
+            // written so the server names it.
+            let (from, to) = match &r.month {
+                Some(m) => match crate::rules::calendar::Period::month(m) {
+                    Ok(p) => (p.from.to_string(), p.to.to_string()),
+                    Err(_) => (m.clone(), m.clone()),
+                },
+                None => (
+                    r.from.clone().unwrap_or_default(),
+                    r.to.clone().unwrap_or_default(),
+                ),
+            };
+            let csv = if r.csv { "&format=csv" } else { "" };
+            Call::get(admin(&format!(
+                "reports/usage?from={}&to={}&by={by}{csv}",
+                encode(&from),
+                encode(&to)
+            )))
+        }
+        Command::Recommend { month } => {
+            Call::get(admin(&format!("recommendations?month={}", encode(month))))
+        }
+        Command::Estimate(e) => {
+            let body = flex_protocol::reports::EstimateRequest {
+                months: e.months,
+                rows: (!e.row.is_empty()).then(|| {
+                    e.row
+                        .iter()
+                        .map(
+                            |(product, users, days)| flex_protocol::reports::EstimateInput {
+                                product: product.clone(),
+                                users: *users,
+                                days_per_month: *days,
+                            },
+                        )
+                        .collect()
+                }),
+                from_usage: None,
+            };
+            let mut value = serde_json::to_value(&body).expect("api types serialize to json");
+            if let (Some(from), Some(to)) = (&e.usage_from, &e.usage_to) {
+                // Sent as written: the server names a bad date.
+                value["from_usage"] = serde_json::json!({ "from": from, "to": to });
+            }
+            Call {
+                method: Method::Post,
+                path: admin("estimate"),
+                body: Body::Json(value),
+                auth: true,
+            }
+        }
+        Command::Forecast => Call::get(admin("forecast")),
     }
 }
 
@@ -435,6 +492,55 @@ mod tests {
             (Method::Get, "/v1/health")
         );
         assert!(!call.auth, "health needs no token");
+    }
+
+    #[test]
+    fn reports_and_estimates() {
+        assert_eq!(
+            plan_of(&["report", "--by", "user", "--month", "2026-02"]).path,
+            "/v1/admin/reports/usage?from=2026-02-01&to=2026-02-28&by=user"
+        );
+        assert_eq!(
+            plan_of(&[
+                "report",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-15",
+                "--csv"
+            ])
+            .path,
+            "/v1/admin/reports/usage?from=2026-11-01&to=2026-11-15&by=product&format=csv"
+        );
+        assert_eq!(
+            plan_of(&["recommend", "--month", "2026-11"]).path,
+            "/v1/admin/recommendations?month=2026-11"
+        );
+        assert_eq!(plan_of(&["forecast"]).path, "/v1/admin/forecast");
+        let call = plan_of(&["estimate", "--months", "3", "--row", "autocad:10:4"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Post, "/v1/admin/estimate")
+        );
+        assert_eq!(
+            call.body,
+            Body::Json(
+                serde_json::json!({"months": 3, "rows": [{"product": "autocad", "users": 10, "days_per_month": 4.0}]})
+            )
+        );
+        let call = plan_of(&[
+            "estimate",
+            "--from-usage",
+            "2026-09-01",
+            "--usage-to",
+            "2026-11-30",
+        ]);
+        assert_eq!(
+            call.body,
+            Body::Json(
+                serde_json::json!({"months": 12, "from_usage": {"from": "2026-09-01", "to": "2026-11-30"}})
+            )
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod client;
 pub mod error;
 pub mod fleet;
 pub mod render;
+pub mod render_reports;
 pub mod table;
 
 use std::io::Write;

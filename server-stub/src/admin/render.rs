@@ -101,6 +101,11 @@ pub fn render(command: &Command, what: &str, body: &str) -> Result<String, Admin
                 time(&h.server_time)
             )
         }
+        Command::Report(r) if r.csv => body.to_owned(),
+        Command::Report(_) => super::render_reports::usage(&decode(what, body)?),
+        Command::Recommend { .. } => super::render_reports::recommendations(&decode(what, body)?),
+        Command::Estimate(_) => super::render_reports::estimate(&decode(what, body)?),
+        Command::Forecast => super::render_reports::forecast(&decode(what, body)?),
     };
     Ok(out)
 }

@@ -17,7 +17,9 @@ mod enrollment;
 mod heartbeat;
 mod import;
 mod lots;
+mod mail;
 mod notices;
+mod reports;
 mod users;
 
 use std::path::Path;
@@ -37,11 +39,13 @@ pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
 pub use devices::DeviceAuth;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
+pub use users::{check_name, normalize_email};
 
 /// Numbered migrations, embedded in the binary and applied in order.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_enrollment_keys.sql"),
+    include_str!("../../migrations/0003_reports.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,9 @@ pub enum StoreError {
     /// The request names an invalid value; nothing was written.
     #[error("{0}")]
     Invalid(String),
+    /// A rule refused a value, naming the field it is in; nothing was written.
+    #[error(transparent)]
+    Rule(#[from] crate::rules::Invalid),
     #[error("{what} '{key}' does not exist")]
     NotFound { what: &'static str, key: String },
     #[error("{0}")]
