@@ -1,5 +1,7 @@
 //! The Flex workstation agent: detects product launches, claims charge windows
 //! from the entitlement server, enforces the offline rule and notifies users.
+pub mod account;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
@@ -8,6 +10,7 @@ pub mod daemon;
 pub mod enroll;
 pub mod flexctl;
 pub mod journal;
+pub mod limits;
 pub mod paths;
 pub mod process;
 pub mod provision;

@@ -21,6 +21,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{LeaseKey, Source};
+use crate::Email;
 
 /// Domain separation prefix of lease signatures, version 1.
 pub const LEASE_DOMAIN: &[u8] = b"flex-lease/v1\n";
@@ -30,7 +31,7 @@ pub const LEASE_DOMAIN: &[u8] = b"flex-lease/v1\n";
 pub struct LeaseBody {
     pub window_id: String,
     pub device_id: String,
-    pub user: String,
+    pub user: Email,
     pub product: String,
     pub source: Source,
     pub start: DateTime<Utc>,
@@ -172,7 +173,7 @@ mod tests {
         LeaseBody {
             window_id: "w-1".into(),
             device_id: "d-1".into(),
-            user: "ada@example.com".into(),
+            user: crate::Email::parse("ada@example.com").unwrap(),
             product: "autocad".into(),
             source: Source::Tokens,
             start,

@@ -98,6 +98,10 @@ pub struct ResultReply {
     pub job: String,
     pub tokens_charged: u64,
     pub balance: u64,
+    /// This job had been charged before: `tokens_charged` is that first charge,
+    /// nothing was charged now.
+    #[serde(default)]
+    pub already_charged: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,18 @@ pub struct SessionStatus {
     pub origin: String,
 }
 
+/// A charge window the user holds now: reopening its product is free until `end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowStatus {
+    pub user: String,
+    pub product: String,
+    pub source: Source,
+    /// What opening (or renewing) this window cost; 0 for a subscription.
+    pub tokens_charged: u64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
     pub agent_version: String,
@@ -129,6 +145,14 @@ pub struct StatusReply {
     /// Process detection source: `proc-connector` or `polling`.
     pub detection: String,
     pub sessions: Vec<SessionStatus>,
+    /// Sessions left out of `sessions` to keep the reply within [`MAX_LINE`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sessions_omitted: usize,
+    /// Windows held now, for the caller's user (every user's for root).
+    #[serde(default)]
+    pub windows: Vec<WindowStatus>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub windows_omitted: usize,
     #[serde(default)]
     pub balance: Option<u64>,
     #[serde(default)]
@@ -137,6 +161,10 @@ pub struct StatusReply {
     #[serde(default)]
     pub offline_seconds_left: Option<i64>,
     pub online: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Why the agent closed a product.
@@ -251,6 +279,7 @@ mod tests {
             job: "j1".into(),
             tokens_charged: 2,
             balance: 98,
+            already_charged: false,
         }))
         .unwrap();
         assert!(line.starts_with("{\"ok\":true"));

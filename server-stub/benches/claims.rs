@@ -60,7 +60,7 @@ fn store_claim_rate(dir: &std::path::Path) -> f64 {
                 "bench-device",
                 &ClaimRequest {
                     claim_id: format!("bench-{i}"),
-                    user: "bench@example.com".into(),
+                    user: flex_protocol::Email::parse("bench@example.com").unwrap(),
                     product: "recap-photo".into(),
                     version: None,
                     results: Some(50),

@@ -45,6 +45,11 @@ pub enum ServerError {
     TestClockInProduction,
     #[error("--tls-cert and --tls-key must be given together")]
     TlsHalf,
+    #[error(
+        "the admin token from {from} is {len} characters long: use at least {MIN_ADMIN_TOKEN} \
+         (e.g. openssl rand -hex 24), or remove it to have one generated into DATA_DIR/admin-token"
+    )]
+    WeakAdminToken { from: &'static str, len: usize },
     #[error("cannot load TLS certificate {cert} / key {key}: {source}")]
     Tls {
         cert: PathBuf,
@@ -64,6 +69,8 @@ pub enum ServerError {
     },
     #[error("server stopped with an error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
@@ -74,17 +81,32 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Shortest admin token accepted: a token anyone can guess opens the ledger.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+fn strong(token: &str, from: &'static str) -> Result<String, ServerError> {
+    let token = token.trim();
+    if token.chars().count() < MIN_ADMIN_TOKEN {
+        return Err(ServerError::WeakAdminToken {
+            from,
+            len: token.chars().count(),
+        });
+    }
+    Ok(token.to_string())
+}
+
 /// The admin token: environment, else config, else a generated `admin-token` file.
+/// A token that is set (even empty) must be at least [`MIN_ADMIN_TOKEN`] long.
 fn admin_token(config: &Config, data_dir: &Path) -> Result<String, ServerError> {
-    if let Ok(t) = std::env::var(ADMIN_TOKEN_ENV) {
-        if !t.trim().is_empty() {
-            tracing::info!("admin token taken from {ADMIN_TOKEN_ENV}");
-            return Ok(t.trim().to_string());
-        }
+    if let Some(t) = std::env::var_os(ADMIN_TOKEN_ENV) {
+        let t = strong(&t.to_string_lossy(), ADMIN_TOKEN_ENV)?;
+        tracing::info!("admin token taken from {ADMIN_TOKEN_ENV}");
+        return Ok(t);
     }
     if let Some(t) = &config.admin_token {
+        let t = strong(t, "admin_token in the config file")?;
         tracing::info!("admin token taken from the config file");
-        return Ok(t.trim().to_string());
+        return Ok(t);
     }
     let path = data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
@@ -130,6 +152,8 @@ pub struct Prepared {
     pub state: AppState,
     pub listener: std::net::TcpListener,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Mails admin notices when `[smtp]` is configured.
+    pub mailer: Option<crate::mail::Mailer>,
 }
 
 pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
@@ -145,6 +169,11 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         (None, None) => None,
         _ => return Err(ServerError::TlsHalf),
     };
+    let mailer = config
+        .smtp
+        .as_ref()
+        .map(crate::mail::Mailer::new)
+        .transpose()?;
     let rates = match &opts.rates {
         Some(p) => RateSheet::load(p)?,
         None => RateSheet::sample(),
@@ -179,9 +208,11 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             source,
         })?;
     Ok(Prepared {
-        state: AppState::new(Arc::new(store), &token, test_clock),
+        state: AppState::new(Arc::new(store), &token, test_clock)
+            .with_secure_cookies(tls.is_some()),
         listener,
         tls,
+        mailer,
     })
 }
 
@@ -213,8 +244,16 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
             if let Err(e) = ticker.run(|s| s.tick()).await {
                 tracing::warn!("notice check failed: {e}");
             }
+            // Keeps the reports' usage rollup close to the ledger.
+            if let Err(e) = ticker.run(|s| s.fold_usage()).await {
+                tracing::warn!("usage rollup failed: {e}");
+            }
         }
     });
+
+    if let Some(mailer) = p.mailer {
+        tokio::spawn(mailer.run(Arc::clone(&p.state.store)));
+    }
 
     let app = router(p.state);
     println!("flex-server listening on {scheme}://{addr}");

@@ -122,7 +122,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 None,
                 ClaimRequest {
                     claim_id: String::new(),
-                    user: users[u].clone(),
+                    user: flex_protocol::Email::parse(&users[u]).unwrap(),
                     product: p.into(),
                     version: None,
                     results: None,
@@ -133,7 +133,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Some(n.div_ceil(50)),
                 ClaimRequest {
                     claim_id: String::new(),
-                    user: users[u].clone(),
+                    user: flex_protocol::Email::parse(&users[u]).unwrap(),
                     product: "recap-photo".into(),
                     version: None,
                     results: Some(n),

@@ -871,7 +871,7 @@ async fn detection(
         let got = tokio::time::timeout(deadline, async {
             loop {
                 let ev = rx.recv().await?;
-                if ev.pid == pid && ev.kind == ProcEventKind::Started {
+                if ev.process.pid == pid && ev.kind == ProcEventKind::Started {
                     return Some(t0.elapsed());
                 }
             }

@@ -10,16 +10,15 @@
 use std::io::{BufRead, BufReader as StdBufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Output};
 
-use flex_e2e::agent::{alive, eventually, fake_product, Agent, Rates, Running, WAIT};
+use flex_e2e::agent::{
+    alive, eventually, fake_product, Agent, Rates, Running, SocketConn as Conn, WAIT,
+};
 use flex_e2e::Server;
 use flex_protocol::socket::MAX_LINE;
 use flex_protocol::PROTOCOL_VERSION;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 /// nobody: not root, and not a Flex user of the test server.
 const NOBODY: u32 = 65534;
@@ -36,37 +35,6 @@ async fn setup() -> (Rates, Server, Agent) {
     // (the socket itself is 0666; identity comes from peer credentials).
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     (rates, server, agent)
-}
-
-/// One request line and its reply over a raw connection.
-struct Conn {
-    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    write: tokio::net::unix::OwnedWriteHalf,
-}
-
-impl Conn {
-    async fn open(path: &Path) -> Conn {
-        let (read, write) = UnixStream::connect(path)
-            .await
-            .expect("connect to the agent socket")
-            .into_split();
-        Conn {
-            lines: BufReader::new(read).lines(),
-            write,
-        }
-    }
-
-    /// Sends `bytes` plus a newline and reads the one reply line.
-    async fn ask(&mut self, bytes: &[u8]) -> Value {
-        self.write.write_all(bytes).await.unwrap();
-        self.write.write_all(b"\n").await.unwrap();
-        let line = tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("a reply in time")
-            .expect("read reply")
-            .expect("the agent keeps the connection open");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
-    }
 }
 
 fn assert_invalid(reply: &Value, what: &str) {

@@ -1,68 +1,25 @@
 //! `flex-agent`: the workstation daemon (`flex-agent --config FILE`) and its
-//! enrollment (`flex-agent enroll --config FILE --server URL --token TOKEN`).
-//! On Windows the Service Control Manager starts it with `--service`; without
-//! it the agent runs in the console, for debugging.
+//! enrollment (`flex-agent enroll ...`). The command line is
+//! [`flex_agent::cli`]; exit codes are [`flex_agent::enroll::exit`]. On Windows
+//! the Service Control Manager starts it with `--service`
+//! ([`flex_agent::win32::service`]); without it the agent runs in the console,
+//! for debugging.
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use flex_agent::cli::{Cli, Cmd, EnrollArgs};
 use flex_agent::config::Config;
+use flex_agent::daemon::DaemonError;
+use flex_agent::enroll::{self, exit, EnrollOptions};
 
-/// The Flex licensing agent: detects product launches, claims charge windows,
-/// enforces the offline rule and notifies users.
-#[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
-struct Cli {
-    /// Agent configuration (TOML).
-    #[arg(long, default_value_os_t = flex_agent::paths::current().config)]
-    config: PathBuf,
-    /// Run under the Windows Service Control Manager (the MSI registers this).
-    #[cfg(windows)]
-    #[arg(long)]
-    service: bool,
-    /// Ask the Service Control Manager to start the flex-agent service, and
-    /// return (the MSI runs this once the service is registered).
-    #[cfg(windows)]
-    #[arg(long, conflicts_with = "service")]
-    start_service: bool,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Trade a one-time enrollment token for this workstation's device credential.
-    Enroll {
-        #[arg(long, default_value_os_t = flex_agent::paths::current().config)]
-        config: PathBuf,
-        /// Server URL, e.g. https://flex.example.com
-        #[arg(long)]
-        server: String,
-        /// Enrollment token from `flex-admin enroll-token`.
-        #[arg(long, env = "FLEX_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
-    },
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(windows)]
-    if cli.start_service {
-        flex_agent::win32::service::start()?;
-        println!("asked the service control manager to start flex-agent");
-        return Ok(());
-    }
-    #[cfg(windows)]
-    if cli.service {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("FLEX_AGENT_LOG")
-            .unwrap_or_else(|_| "info".into());
-        let logs = flex_agent::paths::current()
-            .log_dir
-            .unwrap_or_else(|| std::env::temp_dir().join("flex-agent"));
-        flex_agent::win32::service::init_logging(&logs, filter);
-        flex_agent::win32::service::run(cli.config)?;
-        return Ok(());
+    if let Some(code) = flex_agent::win32::service::from_command_line(&cli) {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     // `enroll` is run by hand or by an installer: its printed summary is the
@@ -86,33 +43,85 @@ fn main() -> anyhow::Result<()> {
         logs.with_ansi(ansi).init();
     }
     // Two workers: the driver loop, and the socket and network tasks beside it.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+        .context("cannot start the async runtime")
+    {
+        Ok(r) => r,
+        Err(e) => return ExitCode::from(fail(1, &e) as u8),
+    };
+    let code = runtime.block_on(async {
         match cli.command {
-            Some(Cmd::Enroll {
-                config,
-                server,
-                token,
-            }) => enroll(config, server, token).await,
-            None => daemon(cli.config).await,
+            Some(Cmd::Enroll(args)) => enroll_command(args).await,
+            None => daemon(&cli.config).await,
         }
-    })
+    });
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-async fn enroll(config: PathBuf, server: String, token: String) -> anyhow::Result<()> {
-    let config = Config::load(&config)?;
-    let outcome = flex_agent::enroll::run_enroll(&config, &server, &token).await?;
-    println!("{outcome}");
-    Ok(())
+/// Prints `error` (with its causes) and returns `code`.
+fn fail(code: i32, error: &dyn std::fmt::Display) -> i32 {
+    eprintln!("flex-agent: {error}");
+    code
 }
 
-async fn daemon(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&config_path)?;
-    flex_agent::daemon::run(config, stop_signal(), |ready| {
+fn load_config(path: &Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| fail(exit::CONFIG, &e))
+}
+
+async fn enroll_command(args: EnrollArgs) -> i32 {
+    let config = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => match enroll::read_token_file(path) {
+            Ok(t) => t,
+            Err(e) => return fail(exit::BAD_ARGUMENTS, &e),
+        },
+        (None, None) => unreachable!("clap requires --token or --token-file"),
+    };
+    let mut opts = EnrollOptions::for_config(&config, token);
+    if let Some(server) = args.server {
+        opts.server = server;
+    }
+    opts.force = args.force;
+    match enroll::enroll(&config, opts).await {
+        Ok(outcome) => {
+            println!("{outcome}");
+            exit::OK
+        }
+        Err(e) => fail(e.exit_code(), &e),
+    }
+}
+
+/// Runs the agent; enrolls it first if needed. Exit 78 for what a restart
+/// cannot fix (config, no or refused enrollment token), so systemd
+/// (RestartPreventExitStatus=78) does not loop on it.
+async fn daemon(config_path: &Path) -> i32 {
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let stop = os::stop_signal();
+    tokio::pin!(stop);
+    let token_file = enroll::token_file_for(config_path);
+    tokio::select! {
+        _ = &mut stop => return 0,
+        enrolled = enroll::enroll_at_start(&config, &token_file, |e| {
+            os::waiting(&format!("waiting to enroll: {e}"))
+        }) => {
+            if let Err(e) = enrolled {
+                tracing::error!("{e}");
+                os::refuse_waiting_clients(&e.to_string());
+                return fail(exit::CONFIG, &e);
+            }
+        }
+    }
+    let result = flex_agent::daemon::run(config, stop, |ready| {
         // Scripts and tests wait for this line; systemd for READY=1.
         println!("flex-agent listening on {}", ready.socket.display());
         tracing::info!(
@@ -121,42 +130,110 @@ async fn daemon(config_path: PathBuf) -> anyhow::Result<()> {
             detection = %ready.detection,
             "flex-agent ready"
         );
-        #[cfg(unix)]
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-            tracing::warn!("cannot tell systemd the agent is ready: {e}");
-        }
+        os::ready();
     })
-    .await?;
-    Ok(())
-}
-
-/// Resolves at Ctrl-C or Ctrl-Break, or when the console closes.
-#[cfg(windows)]
-async fn stop_signal() {
-    use tokio::signal::windows::{ctrl_break, ctrl_close};
-    let (Ok(mut brk), Ok(mut close)) = (ctrl_break(), ctrl_close()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = brk.recv() => {}
-        _ = close.recv() => {}
+    .await;
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let code = match e {
+                DaemonError::NotEnrolled { .. } | DaemonError::BadKeys { .. } => exit::CONFIG,
+                _ => 1,
+            };
+            fail(code, &e)
+        }
     }
 }
 
-/// Resolves at SIGTERM or SIGINT.
+/// The service manager around the daemon: systemd (readiness, status line,
+/// socket activation) and Unix signals.
 #[cfg(unix)]
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default action (exit) still stops the agent.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+mod os {
+    use std::time::Duration;
+
+    /// Socket-activated but unable to serve (exit 78): answers the clients
+    /// already queued on systemd's socket with the reason, so that `flexctl`
+    /// says why and their waiting connections do not start the agent again and
+    /// again.
+    pub fn refuse_waiting_clients(reason: &str) {
+        use std::io::Write;
+        let Some(listener) = flex_agent::socket::systemd_listener() else {
+            return;
+        };
+        let reply = flex_protocol::socket::ErrReply::new(
+            flex_protocol::ErrorCode::Internal,
+            format!("flex-agent cannot start: {reason}"),
+        );
+        let Ok(line) = serde_json::to_string(&reply) else {
+            return;
+        };
+        // Non-blocking: only the connections already waiting.
+        while let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = stream.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+
+    /// The unit counts as started while it waits to enroll, with the reason
+    /// in its status line.
+    pub fn waiting(status: &str) {
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(status),
+        ]);
+    }
+
+    pub fn ready() {
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
+    }
+
+    fn notify(state: &[sd_notify::NotifyState]) {
+        if let Err(e) = sd_notify::notify(state) {
+            tracing::warn!("cannot tell systemd the agent's state: {e}");
+        }
+    }
+
+    /// Resolves at SIGTERM or SIGINT.
+    pub async fn stop_signal() {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            // Without handlers the default action (exit) still stops the agent.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+}
+
+/// In a Windows console (debugging; the service is `--service`): no service
+/// manager to tell anything, Ctrl-C to stop.
+#[cfg(windows)]
+mod os {
+    pub fn refuse_waiting_clients(_reason: &str) {}
+
+    pub fn waiting(_status: &str) {}
+
+    pub fn ready() {}
+
+    /// Resolves at Ctrl-C or Ctrl-Break, or when the console closes.
+    pub async fn stop_signal() {
+        use tokio::signal::windows::{ctrl_break, ctrl_close};
+        let (Ok(mut brk), Ok(mut close)) = (ctrl_break(), ctrl_close()) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = brk.recv() => {}
+            _ = close.recv() => {}
+        }
     }
 }

@@ -13,34 +13,53 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::SignedLease;
 use flex_protocol::socket::{Event, LaunchReply, ResultReply};
-use flex_protocol::ErrorCode;
+use flex_protocol::{Email, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::clock::ClockState;
+use crate::account::AccountId;
+use crate::process::ProcessId;
+
+/// Id of a local-API connection, unique for the agent's run.
+pub type ConnId = u64;
+
+/// Who sent a request, from the kernel: the account, and whether it is an
+/// administrator (root; SYSTEM or Administrators on Windows), who may act for
+/// other accounts and manage their sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub account: AccountId,
+    pub admin: bool,
+}
 
 /// A wrapper (`flexctl run`) asks to start a product.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchRequest {
     /// Id of this socket request; echoed in [`Action::ReplyLaunch`].
     pub request: String,
-    pub uid: u32,
-    pub account: String,
+    /// The connection asking; the session it gets is held by it.
+    pub conn: ConnId,
+    /// The account the product runs for (the caller's own, or for an admin
+    /// caller the one it named).
+    pub account: AccountId,
+    pub account_name: String,
     /// The account's email, from the config's user mapping.
-    pub user: String,
+    pub user: Email,
     pub product: String,
     pub version: Option<String>,
-    /// Known only when the wrapper started the product before asking.
-    pub pid: Option<u32>,
+    /// Known only when the wrapper started the product before asking; the
+    /// driver checked that the caller may hand this process over.
+    pub process: Option<ProcessId>,
 }
 
 /// The watcher saw a product process start (or adopted one at agent start).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
-    pub pid: u32,
-    pub uid: u32,
-    pub account: String,
-    pub user: String,
+    pub process: ProcessId,
+    pub account: AccountId,
+    pub account_name: String,
+    pub user: Email,
     pub product: String,
     pub version: Option<String>,
     pub started_at: DateTime<Utc>,
@@ -50,12 +69,12 @@ pub struct ProcessInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRequest {
     pub request: String,
-    pub uid: u32,
-    pub user: String,
+    pub account: AccountId,
+    pub user: Email,
     pub product: String,
     pub count: u64,
-    /// The caller's job id; a retry with the same id reuses the claim.
-    pub job: Option<String>,
+    /// The caller's job id: a retry with the same id is charged at most once.
+    pub job: String,
 }
 
 /// A refusal sent back over the socket: a stable code and a message for people.
@@ -65,21 +84,42 @@ pub struct Refusal {
     pub message: String,
 }
 
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Launch(LaunchRequest),
-    /// The wrapper started the granted product with this pid.
+    /// The wrapper started the granted product as this process.
     Attach {
+        request: String,
+        conn: ConnId,
+        caller: Caller,
         session: String,
-        pid: u32,
+        process: ProcessId,
     },
     /// The wrapper reports that its product exited.
     Exit {
+        request: String,
+        conn: ConnId,
+        caller: Caller,
         session: String,
     },
+    /// A local-API connection closed: the sessions it held lose their wrapper.
+    ConnectionClosed {
+        conn: ConnId,
+    },
     ProcessStarted(ProcessInfo),
+    /// A process ended (the watcher saw it, or its handle said so), or its
+    /// handle could not be opened again after a restart.
     ProcessExited {
-        pid: u32,
+        process: ProcessId,
     },
     /// The server answered a claim. A 4xx error body (`{"error":{code,message}}`)
     /// is passed as a [`ClaimResponse::Denied`] with that code; a 5xx answer is a
@@ -134,20 +174,47 @@ impl Origin {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRow {
     pub record: SessionRecord,
-    pub uid: u32,
-    pub account: String,
-    pub pid: Option<u32>,
+    pub account: AccountId,
+    pub account_name: String,
+    pub process: Option<ProcessId>,
     pub origin: Origin,
 }
 
 /// A window the agent holds, with the server's signed lease for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldWindow {
-    pub user: String,
+    pub user: Email,
     pub product: String,
     pub source: Source,
     pub window: Window,
     pub lease: SignedLease,
+    /// What the server charged for this window (0 when it was free).
+    #[serde(default)]
+    pub tokens_charged: u64,
+}
+
+/// Where a per-result job stands, so that a retry is charged at most once and a
+/// refused job can be retried once its cause is fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobState {
+    pub user: Email,
+    pub product: String,
+    pub job: String,
+    /// Which claim id the job is on: a refusal moves it to the next one.
+    pub attempt: u32,
+    pub outcome: JobOutcome,
+    pub updated: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// Sent, or about to be; the server's answer is not known.
+    Pending,
+    /// Charged: a retry gets the same answer, never a second charge.
+    Charged,
+    /// Refused (out of tokens, not entitled, …): the next try is a new claim.
+    Refused,
 }
 
 /// What the journal must record.
@@ -170,6 +237,8 @@ pub enum Persist {
     Balance(u64),
     /// The newest server notice already passed on to users.
     NoticesSeen(i64),
+    /// Insert or replace a job's state.
+    Job(JobState),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,20 +254,29 @@ pub enum Action {
     SetTimer(Duration),
     /// Publish an event to one account's subscribers, or to every subscriber.
     Notify {
-        uid: Option<u32>,
+        account: Option<AccountId>,
         event: Event,
     },
-    /// Stop a product: `graceful` is SIGTERM / WM_CLOSE. A wrapper session without
-    /// a pid is closed through its wrapper.
+    /// Stop a session's product along `route`: `graceful` is SIGTERM / WM_CLOSE.
     Close {
         session: String,
-        pid: Option<u32>,
+        route: CloseRoute,
         graceful: bool,
     },
-    /// The graceful close was ignored for `close_grace`: SIGKILL.
+    /// The graceful close was ignored for `close_grace`: SIGKILL / TerminateProcess,
+    /// through the process's handle.
     Kill {
         session: String,
-        pid: Option<u32>,
+        process: ProcessId,
+    },
+    /// Open a handle on `process` and report [`Input::ProcessExited`] when it ends,
+    /// or at once if it is not (any more) that process. Sessions hold it now.
+    Track {
+        process: ProcessId,
+    },
+    /// No session holds `process` any more: close its handle.
+    Release {
+        process: ProcessId,
     },
     ReplyLaunch {
         request: String,
@@ -208,10 +286,31 @@ pub enum Action {
         request: String,
         result: Result<ResultReply, Refusal>,
     },
+    /// The answer to an `attach` or `exit`.
+    ReplyDone {
+        request: String,
+        result: Result<(), Refusal>,
+    },
     /// Contact the server now (`POST /v1/agent/heartbeat` with the journal's
     /// unsent session records and clock rollbacks); answer with
     /// [`Input::ContactOk`] or [`Input::ContactFailed`]. The driver adds jitter.
     Heartbeat,
+}
+
+/// How a close reaches a product.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CloseRoute {
+    /// Send `event` to the wrapper holding the session on connection `conn`; the
+    /// wrapper stops its product. If that connection is gone, stop `fallback`.
+    Wrapper {
+        conn: ConnId,
+        event: Event,
+        fallback: Option<ProcessId>,
+    },
+    /// Signal the process through its handle.
+    Signal { process: ProcessId },
+    /// No process is known and no wrapper holds the session: it just ends.
+    Nothing,
 }
 
 /// Everything the journal gives back to rebuild a core after a restart.
@@ -227,4 +326,5 @@ pub struct CoreState {
     pub sessions: Vec<SessionRow>,
     /// Claims journaled but never settled, oldest first.
     pub pending_claims: Vec<ClaimRequest>,
+    pub jobs: Vec<JobState>,
 }

@@ -3,10 +3,15 @@
 //! closes what must not run, and an undelivered claim is refused as offline.
 
 use flex_protocol::api::{ClaimResponse, Denial, Grant};
-use flex_protocol::socket::{CloseReason, Event, LaunchReply, ResultReply};
+use flex_protocol::socket::{CloseReason, Event, LaunchReply};
 use flex_protocol::ErrorCode;
 
 use super::{Action, Core, HeldWindow, PendingClaim, Persist, Refusal, Waiter};
+use crate::account::AccountId;
+
+/// First wait before retrying a renewal whose grant could not be verified; it
+/// doubles with each failure, up to the renewal grace.
+const RENEWAL_RETRY_START: chrono::Duration = chrono::Duration::seconds(30);
 
 fn offline_message(product: &str) -> String {
     format!(
@@ -40,18 +45,28 @@ impl Core {
         out.push(Action::Persist(Persist::Balance(grant.balance)));
         let req = &pending.request;
         if req.results.is_some() {
+            let already =
+                self.job_answered(req, Some((grant.tokens_charged, grant.balance)), None, out);
             for w in &pending.waiters {
-                if let Waiter::Job { request, uid, job } = w {
+                if let Waiter::Job {
+                    request,
+                    account,
+                    job,
+                } = w
+                {
                     out.push(Action::ReplyJob {
                         request: request.clone(),
-                        result: Ok(ResultReply {
-                            product: req.product.clone(),
-                            job: job.clone(),
-                            tokens_charged: grant.tokens_charged,
-                            balance: grant.balance,
-                        }),
+                        result: Ok(self.job_reply(
+                            req,
+                            job,
+                            grant.tokens_charged,
+                            grant.balance,
+                            already,
+                        )),
                     });
-                    self.notify_charged(*uid, &req.product, &grant, out);
+                    if !already {
+                        self.notify_charged(account, &req.product, &grant, out);
+                    }
                 }
             }
             return;
@@ -63,23 +78,26 @@ impl Core {
                 source: grant.source,
                 window,
                 lease,
+                tokens_charged: grant.tokens_charged,
             },
             _ => {
                 let message = format!(
                     "the server granted '{}' without a signed lease",
                     req.product
                 );
-                return self.refuse(pending, ErrorCode::Internal, message, out);
+                return self.unverifiable(pending, message, out);
             }
         };
         if let Err(e) = self.check_lease(&held) {
             let message = format!("refusing the server's grant for '{}': {e}", req.product);
-            return self.refuse(pending, ErrorCode::Internal, message, out);
+            return self.unverifiable(pending, message, out);
         }
         let key = (held.user.clone(), held.product.clone());
         let held = match self.windows.get(&key) {
             // A resent claim's original answer can be older than what is held.
             Some(newer) if newer.window.end > held.window.end => newer.clone(),
+            // The same window again (a free launch inside it): keep its cost.
+            Some(same) if same.window.id == held.window.id => same.clone(),
             _ => {
                 out.push(Action::Persist(Persist::Window(held.clone())));
                 self.windows.insert(key, held.clone());
@@ -89,24 +107,32 @@ impl Core {
         let mut charged = grant.tokens_charged;
         // Sessions in the renewed window move to the new one.
         if let Some(old) = &req.renews {
+            self.renewal_retry.remove(old);
             let ids: Vec<String> = self.running_in(old).map(|s| s.id.clone()).collect();
-            let uid = ids.first().map(|id| self.sessions[id].uid);
+            let account = ids.first().map(|id| self.sessions[id].account.clone());
             for id in ids {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.window_id = Some(held.window.id.clone());
+                    // A retry saved the run: the failed renewal's close is off.
+                    if s.closing
+                        .as_ref()
+                        .is_some_and(|c| c.renewal_of.as_deref() == Some(old))
+                    {
+                        s.closing = None;
+                    }
                 }
                 self.persist_session(&id, out);
             }
-            if let Some(uid) = uid {
-                self.notify_charged(uid, &req.product, &grant, out);
+            if let Some(account) = account {
+                self.notify_charged(&account, &req.product, &grant, out);
                 // Told once: launches that joined the renewal got it free.
                 charged = 0;
             }
         }
         for w in &pending.waiters {
-            if let Some(uid) = self.waiter_uid(w) {
+            if let Some(account) = self.waiter_account(w) {
                 self.notify_charged(
-                    uid,
+                    &account,
                     &req.product,
                     &Grant {
                         tokens_charged: charged,
@@ -121,19 +147,25 @@ impl Core {
         }
     }
 
-    fn waiter_uid(&self, w: &Waiter) -> Option<u32> {
+    fn waiter_account(&self, w: &Waiter) -> Option<AccountId> {
         match w {
             Waiter::Launch { session, .. } | Waiter::Watch { session } => {
-                self.sessions.get(session).map(|s| s.uid)
+                self.sessions.get(session).map(|s| s.account.clone())
             }
-            Waiter::Job { uid, .. } => Some(*uid),
+            Waiter::Job { account, .. } => Some(account.clone()),
         }
     }
 
-    fn notify_charged(&self, uid: u32, product: &str, grant: &Grant, out: &mut Vec<Action>) {
+    fn notify_charged(
+        &self,
+        account: &AccountId,
+        product: &str,
+        grant: &Grant,
+        out: &mut Vec<Action>,
+    ) {
         if grant.tokens_charged > 0 {
             out.push(Action::Notify {
-                uid: Some(uid),
+                account: Some(account.clone()),
                 event: Event::Charged {
                     product: product.to_string(),
                     tokens: grant.tokens_charged,
@@ -185,18 +217,22 @@ impl Core {
             out.push(Action::Persist(Persist::Balance(b)));
         }
         let req = &pending.request;
+        if req.results.is_some() && self.job_answered(req, None, Some(d.reason), out) {
+            // A charged job retried with another body: it stays charged.
+            return self.refuse(pending, d.reason, d.message, out);
+        }
         if d.reason == ErrorCode::OutOfTokens {
-            let uid = pending
+            let account = pending
                 .waiters
                 .iter()
-                .find_map(|w| self.waiter_uid(w))
+                .find_map(|w| self.waiter_account(w))
                 .or_else(|| {
                     req.renews
                         .as_deref()
-                        .and_then(|w| self.running_in(w).next().map(|s| s.uid))
+                        .and_then(|w| self.running_in(w).next().map(|s| s.account.clone()))
                 });
             out.push(Action::Notify {
-                uid,
+                account,
                 event: Event::OutOfTokens {
                     product: req.product.clone(),
                 },
@@ -204,27 +240,73 @@ impl Core {
         }
         if let Some(old) = &req.renews {
             // Renewal refused: warn, then close after the renewal grace.
-            let closes_at = self.clock.trusted_now()
-                + chrono::Duration::seconds(self.policy.renewal_grace_secs as i64);
-            let ids: Vec<(String, u32)> = self
-                .running_in(old)
-                .map(|s| (s.id.clone(), s.uid))
-                .collect();
-            for (id, uid) in ids {
-                out.push(Action::Notify {
-                    uid: Some(uid),
-                    event: Event::RenewalFailed {
-                        product: req.product.clone(),
-                        reason: d.reason,
-                        closes_at: self.clock.wall_at(closes_at),
-                    },
-                });
-                self.schedule_close(&id, close_reason(d.reason), d.message.clone(), closes_at);
-            }
+            self.renewal_failed(old, d.reason, d.message.clone(), false, out);
             self.windows
                 .remove(&(req.user.clone(), req.product.clone()));
         }
         self.refuse(pending, d.reason, d.message, out);
+    }
+
+    /// The server granted a claim the agent cannot trust (no lease, or a lease
+    /// that fails verification: a changed signing key, a mismatch). A launch is
+    /// refused; a renewal warns, closes the product after the renewal grace,
+    /// and is retried with backoff meanwhile — never at once, which would send
+    /// a fresh claim in a tight loop.
+    fn unverifiable(&mut self, pending: &PendingClaim, message: String, out: &mut Vec<Action>) {
+        tracing::error!("{message}");
+        if let Some(old) = &pending.request.renews {
+            self.renewal_failed(old, ErrorCode::Internal, message.clone(), true, out);
+        }
+        self.refuse(pending, ErrorCode::Internal, message, out);
+    }
+
+    /// Warns the users of window `old` that it could not be renewed and schedules
+    /// their products' close after the renewal grace; with `retry`, the renewal
+    /// is tried again later and a success cancels the close.
+    fn renewal_failed(
+        &mut self,
+        old: &str,
+        reason: ErrorCode,
+        message: String,
+        retry: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let now = self.clock.trusted_now();
+        let grace = chrono::Duration::seconds(self.policy.renewal_grace_secs as i64);
+        let first = !self.renewal_retry.contains_key(old);
+        if retry {
+            let tries = self.renewal_retry.get(old).map_or(0, |(_, n)| *n) + 1;
+            let wait = (RENEWAL_RETRY_START * 2i32.pow((tries - 1).min(16)))
+                .min(grace.max(RENEWAL_RETRY_START));
+            self.renewal_retry
+                .insert(old.to_string(), (now + wait, tries));
+        }
+        if !first {
+            return; // warned and scheduled at the first failure
+        }
+        let closes_at = now + grace;
+        let ids: Vec<(String, AccountId, String)> = self
+            .running_in(old)
+            .map(|s| (s.id.clone(), s.account.clone(), s.product.clone()))
+            .collect();
+        for (id, account, product) in ids {
+            out.push(Action::Notify {
+                account: Some(account),
+                event: Event::RenewalFailed {
+                    product,
+                    reason,
+                    closes_at: self.clock.wall_at(closes_at),
+                },
+            });
+            let renewal_of = retry.then(|| old.to_string());
+            self.schedule_close(
+                &id,
+                close_reason(reason),
+                message.clone(),
+                closes_at,
+                renewal_of,
+            );
+        }
     }
 
     /// Tells every waiter of a claim that it was refused; watched processes are
@@ -247,9 +329,10 @@ impl Core {
                     }),
                 }),
                 Waiter::Launch { request, session } => {
-                    if let Some(s) = self.sessions.remove(session) {
+                    if let Some(account) = self.sessions.get(session).map(|s| s.account.clone()) {
+                        self.drop_session(session, out);
                         out.push(Action::Notify {
-                            uid: Some(s.uid),
+                            account: Some(account),
                             event: Event::LaunchDenied {
                                 product: product.clone(),
                                 reason: code,
@@ -266,11 +349,12 @@ impl Core {
                     });
                 }
                 Waiter::Watch { session } => {
-                    let Some(uid) = self.sessions.get(session).map(|s| s.uid) else {
+                    let Some(account) = self.sessions.get(session).map(|s| s.account.clone())
+                    else {
                         continue;
                     };
                     out.push(Action::Notify {
-                        uid: Some(uid),
+                        account: Some(account),
                         event: Event::LaunchDenied {
                             product: product.clone(),
                             reason: code,
@@ -279,7 +363,13 @@ impl Core {
                     });
                     if self.config.enforce {
                         let now = self.clock.trusted_now();
-                        self.schedule_close(session, close_reason(code), message.clone(), now);
+                        self.schedule_close(
+                            session,
+                            close_reason(code),
+                            message.clone(),
+                            now,
+                            None,
+                        );
                     }
                 }
             }

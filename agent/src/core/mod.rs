@@ -44,6 +44,7 @@
 pub mod actions;
 mod answers;
 pub mod clock;
+mod jobs;
 mod offline;
 mod policy;
 mod sessions;
@@ -56,6 +57,8 @@ mod tests_claims;
 #[cfg(test)]
 mod tests_offline;
 #[cfg(test)]
+mod tests_sessions;
+#[cfg(test)]
 mod tests_windows;
 
 use std::collections::{BTreeMap, HashMap};
@@ -64,13 +67,19 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{ClaimRequest, Policy, Product, Source};
 use flex_protocol::lease::LeaseVerifier;
-use flex_protocol::socket::{CloseReason, Event, SessionStatus};
+use flex_protocol::socket::{CloseReason, Event, SessionStatus, WindowStatus};
+use flex_protocol::Email;
+
+use crate::account::AccountId;
+use crate::limits;
+use crate::process::ProcessId;
 
 pub use actions::{
-    Action, CoreState, HeldWindow, Input, JobRequest, LaunchRequest, Origin, Persist, ProcessInfo,
-    Refusal, SessionRow,
+    Action, Caller, CloseRoute, ConnId, CoreState, HeldWindow, Input, JobOutcome, JobRequest,
+    JobState, LaunchRequest, Origin, Persist, ProcessInfo, Refusal, SessionRow,
 };
 pub use clock::{ClockState, Now, OfflineClock};
+pub use jobs::JOB_MEMORY;
 pub use policy::default_policy;
 
 /// What the core needs to know about this device.
@@ -87,13 +96,17 @@ pub struct CoreConfig {
 #[derive(Debug, Clone)]
 struct Session {
     id: String,
-    uid: u32,
-    account: String,
-    user: String,
+    account: AccountId,
+    account_name: String,
+    user: Email,
     product: String,
     version: Option<String>,
-    pid: Option<u32>,
+    /// The product's process, once attached or detected.
+    process: Option<ProcessId>,
     origin: Origin,
+    /// The `flexctl run` connection holding this session, while it is open. A
+    /// wrapper session whose connection is gone goes on while its process runs.
+    holder: Option<ConnId>,
     /// `None` while the claim is outstanding or when the run is not licensed.
     source: Option<Source>,
     window_id: Option<String>,
@@ -108,6 +121,9 @@ struct Session {
 struct Closing {
     reason: CloseReason,
     message: String,
+    /// Set when a failed renewal of this window scheduled the close: a later
+    /// successful renewal of it cancels the close.
+    renewal_of: Option<String>,
     term_at: DateTime<Utc>,
     /// Set once the graceful close was sent.
     kill_at: Option<DateTime<Utc>>,
@@ -126,7 +142,7 @@ enum Waiter {
     },
     Job {
         request: String,
-        uid: u32,
+        account: AccountId,
         job: String,
     },
 }
@@ -143,6 +159,10 @@ struct PendingClaim {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoreStatus {
     pub sessions: Vec<SessionStatus>,
+    pub sessions_omitted: usize,
+    /// Windows held now (not yet ended).
+    pub windows: Vec<WindowStatus>,
+    pub windows_omitted: usize,
     pub balance: Option<u64>,
     pub last_server_contact: Option<DateTime<Utc>>,
     /// Seconds before token-backed products would be closed for being offline.
@@ -159,9 +179,14 @@ pub struct Core {
     clock: OfflineClock,
     /// The last contact attempt succeeded.
     online: bool,
-    windows: HashMap<(String, String), HeldWindow>,
+    windows: HashMap<(Email, String), HeldWindow>,
     sessions: BTreeMap<String, Session>,
     claims: BTreeMap<String, PendingClaim>,
+    /// Per-result jobs by (user, product, job id).
+    jobs: HashMap<(Email, String, String), JobState>,
+    /// Renewals whose grant could not be verified, by window id: when to try
+    /// again and how many tries failed. Never a tight loop of fresh claims.
+    renewal_retry: HashMap<String, (DateTime<Utc>, u32)>,
     /// Trusted time of the last heartbeat sent, and failures in a row since.
     heartbeat_at: Option<DateTime<Utc>>,
     heartbeat_in_flight: bool,
@@ -222,6 +247,8 @@ impl Core {
             windows: HashMap::new(),
             sessions: BTreeMap::new(),
             claims: BTreeMap::new(),
+            jobs: HashMap::new(),
+            renewal_retry: HashMap::new(),
             heartbeat_at: None,
             heartbeat_in_flight: false,
             failures: 0,
@@ -238,6 +265,12 @@ impl Core {
                 core.windows
                     .insert((held.user.clone(), held.product.clone()), held);
             }
+        }
+        for job in state.jobs {
+            core.jobs.insert(
+                (job.user.clone(), job.product.clone(), job.job.clone()),
+                job,
+            );
         }
         core.restore_sessions(state.sessions, ended_by_reboot, &mut out);
         for request in state.pending_claims {
@@ -267,14 +300,32 @@ impl Core {
         self.note_rollback(rollback, &mut out);
         match input {
             Input::Launch(req) => self.launch(req, &mut out),
-            Input::Attach { session, pid } => self.attach(&session, pid, &mut out),
-            Input::Exit { session } => self.end_session(&session, &mut out),
+            Input::Attach {
+                request,
+                conn,
+                caller,
+                session,
+                process,
+            } => {
+                let result = self.attach(conn, &caller, &session, process, &mut out);
+                out.push(Action::ReplyDone { request, result });
+            }
+            Input::Exit {
+                request,
+                conn: _,
+                caller,
+                session,
+            } => {
+                let result = self.exit(&caller, &session, &mut out);
+                out.push(Action::ReplyDone { request, result });
+            }
+            Input::ConnectionClosed { conn } => self.connection_closed(conn, &mut out),
             Input::ProcessStarted(info) => self.process_started(info, &mut out),
-            Input::ProcessExited { pid } => {
+            Input::ProcessExited { process } => {
                 let ids: Vec<String> = self
                     .sessions
                     .values()
-                    .filter(|s| s.pid == Some(pid))
+                    .filter(|s| s.process == Some(process))
                     .map(|s| s.id.clone())
                     .collect();
                 for id in ids {
@@ -341,24 +392,24 @@ impl Core {
         self.clock.trusted_now()
     }
 
-    /// The account (uid) and origin of session `id`, while the core tracks it.
-    pub fn session_owner(&self, id: &str) -> Option<(u32, Origin)> {
-        self.sessions.get(id).map(|s| (s.uid, s.origin))
-    }
-
-    pub fn status(&self) -> CoreStatus {
-        let sessions = self
+    /// What `flexctl status` shows: every session and held window, or only
+    /// those of `user`; at most [`limits::MAX_STATUS_ITEMS`] of each, the rest
+    /// counted, so the reply always fits in a socket line.
+    pub fn status(&self, user: Option<&Email>) -> CoreStatus {
+        let mine = |u: &Email| user.is_none_or(|x| x == u);
+        let mut sessions: Vec<SessionStatus> = self
             .sessions
             .values()
+            .filter(|s| mine(&s.user))
             .filter_map(|s| {
                 let source = s.source?;
                 let window = self.windows.get(&(s.user.clone(), s.product.clone()))?;
                 Some(SessionStatus {
                     session: s.id.clone(),
-                    user: s.user.clone(),
+                    user: s.user.to_string(),
                     product: s.product.clone(),
                     version: s.version.clone(),
-                    pid: s.pid,
+                    pid: s.process.map(|p| p.pid),
                     source,
                     started_at: s.started_at,
                     window_end: window.window.end,
@@ -366,9 +417,31 @@ impl Core {
                 })
             })
             .collect();
+        let now = self.clock.trusted_now();
+        let mut windows: Vec<WindowStatus> = self
+            .windows
+            .values()
+            .filter(|h| mine(&h.user) && h.window.end > now)
+            .map(|h| WindowStatus {
+                user: h.user.to_string(),
+                product: h.product.clone(),
+                source: h.source,
+                tokens_charged: h.tokens_charged,
+                start: h.window.start,
+                end: h.window.end,
+            })
+            .collect();
+        windows.sort_by(|a, b| (&a.user, &a.product).cmp(&(&b.user, &b.product)));
+        let sessions_omitted = sessions.len().saturating_sub(limits::MAX_STATUS_ITEMS);
+        sessions.truncate(limits::MAX_STATUS_ITEMS);
+        let windows_omitted = windows.len().saturating_sub(limits::MAX_STATUS_ITEMS);
+        windows.truncate(limits::MAX_STATUS_ITEMS);
         let limit = chrono::Duration::seconds(self.policy.flex_offline_limit_secs as i64);
         CoreStatus {
             sessions,
+            sessions_omitted,
+            windows,
+            windows_omitted,
             balance: self.balance,
             last_server_contact: self.clock.last_contact(),
             offline_seconds_left: self.clock.offline_for().map(|d| {
@@ -380,6 +453,15 @@ impl Core {
         }
     }
 
+    pub fn last_server_contact(&self) -> Option<DateTime<Utc>> {
+        self.clock.last_contact()
+    }
+
+    /// Whether any session runs: the driver then wakes at its poll interval.
+    pub fn has_sessions(&self) -> bool {
+        !self.sessions.is_empty()
+    }
+
     fn note_rollback(
         &mut self,
         rollback: Option<flex_protocol::api::ClockRollback>,
@@ -388,7 +470,7 @@ impl Core {
         if let Some(rb) = rollback {
             out.push(Action::Persist(Persist::ClockRollback(rb.clone())));
             out.push(Action::Notify {
-                uid: None,
+                account: None,
                 event: Event::ClockRollback {
                     seconds: rb.seconds,
                 },

@@ -43,6 +43,9 @@ fn format_span(d: Duration) -> String {
 impl Core {
     /// Everything time-driven, run after every input.
     pub(super) fn evaluate(&mut self, out: &mut Vec<Action>) {
+        let windows = &self.windows;
+        self.renewal_retry
+            .retain(|id, _| windows.values().any(|h| h.window.id == *id));
         self.renewals(out);
         self.offline_rule(out);
         self.run_closes(out);
@@ -70,6 +73,7 @@ impl Core {
                         "this workstation has not reached the license server for {}",
                         format_span(limit)
                     ),
+                    renewal_of: None,
                     term_at: now,
                     kill_at: None,
                     killed: false,
@@ -84,7 +88,7 @@ impl Core {
             if !due.is_empty() {
                 s.warned.extend(due);
                 out.push(Action::Notify {
-                    uid: Some(s.uid),
+                    account: Some(s.account.clone()),
                     event: Event::OfflineWarning {
                         product: s.product.clone(),
                         seconds_left: left.as_secs(),
@@ -157,7 +161,9 @@ impl Core {
                 .values()
                 .any(|c| c.request.renews.as_deref() == Some(&h.window.id));
             if !renewing && self.running_in(&h.window.id).next().is_some() {
-                at.push(h.window.end);
+                // A renewal that failed verification waits for its retry.
+                let retry = self.renewal_retry.get(&h.window.id).map(|(at, _)| *at);
+                at.push(retry.unwrap_or(h.window.end).max(h.window.end));
             }
         }
         if let Some(offline) = self.clock.offline_for() {
@@ -209,6 +215,7 @@ impl Core {
             out.push(Action::Persist(Persist::Balance(balance)));
         }
         self.persist_clock(out);
+        self.forget_old_jobs();
         self.reconnected(out);
     }
 
@@ -230,7 +237,7 @@ impl Core {
                 .any(|n| n.id > seen && n.kind == NoticeKind::LowBalance);
             if low {
                 out.push(Action::Notify {
-                    uid: None,
+                    account: None,
                     event: Event::LowBalance { balance },
                 });
             }

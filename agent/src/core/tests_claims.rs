@@ -174,7 +174,7 @@ fn low_balance_notices_reach_users_once() {
     assert!(second.iter().any(|a| matches!(
         a,
         Action::Notify {
-            uid: None,
+            account: None,
             event: Event::LowBalance { balance: 93 }
         }
     )));
@@ -224,30 +224,4 @@ fn a_window_forged_into_the_journal_is_not_honoured_after_restart() {
     let refused = h.launch("bob", "autocad").unwrap().unwrap_err();
     assert_eq!(refused.code, ErrorCode::Offline);
     assert!(h.launch("alice", "autocad").unwrap().is_ok());
-}
-
-#[test]
-fn session_owner_names_the_account_and_how_the_session_was_found() {
-    let mut h = Harness::new(monday(8, 0), 100);
-    let wrapped = h.launch("alice", "autocad").unwrap().unwrap().session;
-    let (pid, _) = h.start_process("bob", "revit");
-    let watched = h
-        .core
-        .status()
-        .sessions
-        .into_iter()
-        .find(|s| s.pid == Some(pid))
-        .unwrap()
-        .session;
-    assert_eq!(
-        h.core.session_owner(&wrapped),
-        Some((uid_of("alice"), super::Origin::Wrapper))
-    );
-    assert_eq!(
-        h.core.session_owner(&watched),
-        Some((uid_of("bob"), super::Origin::Watcher))
-    );
-    h.exit(pid);
-    assert_eq!(h.core.session_owner(&watched), None, "ended");
-    assert_eq!(h.core.session_owner("no-such-session"), None);
 }

@@ -18,7 +18,7 @@ fn offline_from_nine() -> (Harness, u32) {
     h.launch("alice", "autocad").unwrap().unwrap();
     let pid = h.pid_of("alice", "autocad").unwrap();
     h.advance_to(monday(9, 0));
-    assert_eq!(h.core.status().last_server_contact, Some(monday(9, 0)));
+    assert_eq!(h.core.status(None).last_server_contact, Some(monday(9, 0)));
     h.network = Network::Down;
     (h, pid)
 }
@@ -83,7 +83,7 @@ fn reconnecting_before_the_limit_cancels_the_close() {
     assert!(warnings(&after).is_empty());
     // The renewal that failed at 08:00 was resent on reconnection.
     assert_eq!(h.server.total_charged(), 14);
-    assert!(h.core.status().online);
+    assert!(h.core.status(None).online);
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn restart_while_offline_keeps_the_deadline() {
     h.advance_to(monday(20, 7));
     // Agent killed at 20:07 and started again an hour later.
     h.restart(hours(1));
-    assert_eq!(h.core.status().last_server_contact, Some(monday(9, 0)));
+    assert_eq!(h.core.status(None).last_server_contact, Some(monday(9, 0)));
     let before = h.advance_to(tuesday(9, 0) - chrono::Duration::seconds(1));
     assert!(closes(&before).is_empty());
     let at = h.advance(Duration::from_secs(1));
@@ -169,7 +169,7 @@ fn reboot_while_offline_keeps_the_deadline_even_with_the_clock_wound_back() {
     h.advance_to(monday(20, 3));
     h.reboot(hours(2));
     assert!(
-        h.core.status().sessions.is_empty(),
+        h.core.status(None).sessions.is_empty(),
         "no process survives a reboot"
     );
     let ended = h.journal.heartbeat_batch().unwrap();
@@ -209,7 +209,7 @@ fn subscription_sessions_get_thirty_days_and_three_days_of_warnings() {
     let mut h = Harness::new(monday(8, 0), 100);
     h.server
         .subscriptions
-        .insert((email_of("alice"), "revit".into()));
+        .insert((email_of("alice").to_string(), "revit".into()));
     h.launch("alice", "revit").unwrap().unwrap();
     let pid = h.pid_of("alice", "revit").unwrap();
     h.network = Network::Down;

@@ -62,12 +62,13 @@ fn reopen_inside_window_is_free_and_sends_no_claim() {
     let request = "again".to_string();
     let actions = h.feed(Input::Launch(super::LaunchRequest {
         request: request.clone(),
-        uid: uid_of("alice"),
-        account: "alice".into(),
+        conn: 77,
+        account: uid_of("alice"),
+        account_name: "alice".into(),
         user: email_of("alice"),
         product: "autocad".into(),
         version: Some("2025".into()),
-        pid: None,
+        process: None,
     }));
     assert!(claims(&actions).is_empty());
     assert!(actions.iter().any(|a| matches!(a,
@@ -159,9 +160,9 @@ fn watched_unlicensed_process_is_closed_and_user_told() {
     assert!(actions.iter().any(|a| matches!(
         a,
         Action::Notify {
-            uid: Some(1002),
+            account: Some(a),
             ..
-        }
+        } if *a == uid_of("bob")
     )));
     let later = h.advance(Duration::from_secs(30));
     assert_eq!(
@@ -192,17 +193,9 @@ fn watched_licensed_process_is_charged_once_and_wrapper_duplicate_dropped() {
     assert_eq!(claims(&actions).len(), 1);
     assert!(closes(&actions).is_empty());
     // The same pid seen again (adoption after a rescan) changes nothing.
-    let again = h.feed(Input::ProcessStarted(super::ProcessInfo {
-        pid,
-        uid: 1001,
-        account: "alice".into(),
-        user: email_of("alice"),
-        product: "autocad".into(),
-        version: None,
-        started_at: h.now().wall,
-    }));
+    let again = h.detect("alice", "autocad", process(pid));
     assert!(claims(&again).is_empty());
-    assert_eq!(h.core.status().sessions.len(), 1);
+    assert_eq!(h.core.status(None).sessions.len(), 1);
     assert_eq!(h.server.total_charged(), 7);
 }
 
@@ -211,7 +204,7 @@ fn subscription_windows_cost_nothing() {
     let mut h = Harness::new(monday(8, 0), 100);
     h.server
         .subscriptions
-        .insert((email_of("alice"), "revit".into()));
+        .insert((email_of("alice").to_string(), "revit".into()));
     let r = h.launch("alice", "revit").unwrap().unwrap();
     assert_eq!((r.source, r.tokens_charged), (Source::Subscription, 0));
     assert_eq!(r.window_end, tuesday(8, 0), "24 h window like tokens");
@@ -255,7 +248,7 @@ fn restart_inside_window_honours_it_without_network() {
     h.network = Network::Down;
     h.restart(hours(2));
     assert_eq!(
-        h.core.status().sessions.len(),
+        h.core.status(None).sessions.len(),
         1,
         "running session restored"
     );

@@ -12,11 +12,11 @@
 //! retried job is charged once.
 
 use flex_protocol::api::ClaimRequest;
-use flex_protocol::ErrorCode;
+use flex_protocol::Email;
 
 use super::{
-    Action, Core, HeldWindow, JobRequest, LaunchRequest, Origin, PendingClaim, Persist,
-    ProcessInfo, Refusal, Session, Waiter,
+    Action, Core, HeldWindow, LaunchRequest, Origin, PendingClaim, Persist, ProcessInfo, Session,
+    Waiter,
 };
 
 impl Core {
@@ -45,20 +45,20 @@ impl Core {
     }
 
     /// The held window for (user, product) that covers trusted now.
-    fn valid_window(&self, user: &str, product: &str) -> Option<&HeldWindow> {
+    fn valid_window(&self, user: &Email, product: &str) -> Option<&HeldWindow> {
         let now = self.clock.trusted_now();
         self.windows
-            .get(&(user.to_string(), product.to_string()))
+            .get(&(user.clone(), product.to_string()))
             .filter(|h| h.window.start <= now && now < h.window.end)
     }
 
     /// An outstanding launch or renewal claim for (user, product), if any: a
     /// launch joins it rather than opening a second window.
-    fn launch_claim_for(&self, user: &str, product: &str) -> Option<String> {
+    fn launch_claim_for(&self, user: &Email, product: &str) -> Option<String> {
         self.claims
             .values()
             .find(|c| {
-                c.request.user == user
+                &c.request.user == user
                     && c.request.product == product
                     && c.request.results.is_none()
             })
@@ -66,7 +66,12 @@ impl Core {
     }
 
     /// Journals and sends a new claim (or resends an outstanding one) for a waiter.
-    fn claim(&mut self, request: ClaimRequest, waiter: Option<Waiter>, out: &mut Vec<Action>) {
+    pub(super) fn claim(
+        &mut self,
+        request: ClaimRequest,
+        waiter: Option<Waiter>,
+        out: &mut Vec<Action>,
+    ) {
         let id = request.claim_id.clone();
         let pending = self.claims.entry(id.clone()).or_insert_with(|| {
             out.push(Action::Persist(Persist::ClaimPending(request.clone())));
@@ -92,17 +97,35 @@ impl Core {
         waiter(id)
     }
 
-    /// A wrapper asks to launch: free inside a held window, otherwise claim.
+    /// A wrapper asks to launch: free inside a held window, otherwise claim. The
+    /// session is held by the asking connection, which lets go of any session it
+    /// held before.
     pub(super) fn launch(&mut self, req: LaunchRequest, out: &mut Vec<Action>) {
+        let refused = |result| Action::ReplyLaunch {
+            request: req.request.clone(),
+            result: Err(result),
+        };
+        if let Err(r) = self.wrapper_room(&req.account) {
+            out.push(refused(r));
+            return;
+        }
+        if let Some(p) = req.process {
+            if let Err(r) = self.claim_run(p, &req.product, None, out) {
+                out.push(refused(r));
+                return;
+            }
+        }
+        self.release_hold(req.conn, out);
         let session = Session {
             id: Self::new_session_id(),
-            uid: req.uid,
             account: req.account.clone(),
+            account_name: req.account_name.clone(),
             user: req.user.clone(),
             product: req.product.clone(),
             version: req.version.clone(),
-            pid: req.pid,
+            process: None,
             origin: Origin::Wrapper,
+            holder: Some(req.conn),
             source: None,
             window_id: None,
             started_at: self.clock.trusted_now(),
@@ -111,23 +134,31 @@ impl Core {
         };
         let request = req.request;
         let waiter = self.open_session(session, |session| Waiter::Launch { request, session });
+        if let (Some(p), Waiter::Launch { session, .. }) = (req.process, &waiter) {
+            self.set_process(session, p, out);
+        }
         self.start_or_claim(&req.user, &req.product, req.version, waiter, out);
     }
 
-    /// The watcher saw a product start; a pid already tracked is ignored.
+    /// The watcher saw a product start. Every exec of a product's executable is
+    /// a launch of that product, whoever started it: only a session of this very
+    /// run (same process, same product) makes it nothing new. A product found
+    /// inside another product's wrapper gets a session, a claim and enforcement
+    /// of its own.
     pub(super) fn process_started(&mut self, p: ProcessInfo, out: &mut Vec<Action>) {
-        if self.sessions.values().any(|s| s.pid == Some(p.pid)) {
+        if !self.same_run(p.process, &p.product, None).is_empty() {
             return;
         }
         let session = Session {
             id: Self::new_session_id(),
-            uid: p.uid,
             account: p.account,
+            account_name: p.account_name,
             user: p.user.clone(),
             product: p.product.clone(),
             version: p.version.clone(),
-            pid: Some(p.pid),
+            process: None,
             origin: Origin::Watcher,
+            holder: None,
             source: None,
             window_id: None,
             // The process may have started before the agent saw it (adoption).
@@ -136,12 +167,15 @@ impl Core {
             closing: None,
         };
         let waiter = self.open_session(session, |session| Waiter::Watch { session });
+        if let Waiter::Watch { session } = &waiter {
+            self.set_process(session, p.process, out);
+        }
         self.start_or_claim(&p.user, &p.product, p.version, waiter, out);
     }
 
     fn start_or_claim(
         &mut self,
-        user: &str,
+        user: &Email,
         product: &str,
         version: Option<String>,
         waiter: Waiter,
@@ -155,49 +189,12 @@ impl Core {
             Some(id) => self.claims[&id].request.clone(),
             None => ClaimRequest {
                 claim_id: uuid::Uuid::new_v4().to_string(),
-                user: user.to_string(),
+                user: user.clone(),
                 product: product.to_string(),
                 version,
                 results: None,
                 renews: None,
             },
-        };
-        self.claim(request, Some(waiter), out);
-    }
-
-    /// A per-result job: one claim per job.
-    pub(super) fn job(&mut self, req: JobRequest, out: &mut Vec<Action>) {
-        if let Some(p) = self.products.get(&req.product) {
-            if p.charge.per_result_cost(req.count).is_none() {
-                out.push(Action::ReplyJob {
-                    request: req.request,
-                    result: Err(Refusal {
-                        code: ErrorCode::InvalidRequest,
-                        message: format!(
-                            "'{}' is charged per day, not per result: launch it instead",
-                            req.product
-                        ),
-                    }),
-                });
-                return;
-            }
-        }
-        let claim_id = match &req.job {
-            Some(job) => job_claim_id(&self.config.device_id, &req.user, job),
-            None => uuid::Uuid::new_v4().to_string(),
-        };
-        let waiter = Waiter::Job {
-            request: req.request,
-            uid: req.uid,
-            job: req.job.unwrap_or_else(|| claim_id.clone()),
-        };
-        let request = ClaimRequest {
-            claim_id,
-            user: req.user,
-            product: req.product,
-            version: None,
-            results: Some(req.count),
-            renews: None,
         };
         self.claim(request, Some(waiter), out);
     }
@@ -210,6 +207,11 @@ impl Core {
             .windows
             .values()
             .filter(|h| h.window.end <= now)
+            .filter(|h| {
+                self.renewal_retry
+                    .get(&h.window.id)
+                    .is_none_or(|(at, _)| *at <= now)
+            })
             .filter(|h| {
                 !self
                     .claims
@@ -235,28 +237,18 @@ impl Core {
         }
     }
 
-    /// Licensed sessions running in window `window_id` and not being closed.
+    /// Licensed sessions running in window `window_id` and not being closed,
+    /// except by a failed renewal of that window, which a retry may still save.
     pub(super) fn running_in<'a>(
         &'a self,
         window_id: &'a str,
     ) -> impl Iterator<Item = &'a Session> {
-        self.sessions
-            .values()
-            .filter(move |s| s.window_id.as_deref() == Some(window_id) && s.closing.is_none())
+        self.sessions.values().filter(move |s| {
+            s.window_id.as_deref() == Some(window_id)
+                && match &s.closing {
+                    None => true,
+                    Some(c) => c.kill_at.is_none() && c.renewal_of.as_deref() == Some(window_id),
+                }
+        })
     }
-}
-
-/// The claim id of a caller-named job: the same job retried is the same claim,
-/// and the id fits the server's limits whatever the job id looks like.
-fn job_claim_id(device: &str, user: &str, job: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(device)
-        .chain_update([0])
-        .chain_update(user)
-        .chain_update([0])
-        .chain_update(job)
-        .finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("job-{hex}")
 }

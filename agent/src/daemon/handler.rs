@@ -1,40 +1,57 @@
-//! The socket side of the daemon: turns requests into [`Command`]s for the
-//! driver loop and waits for its answer.
+//! The socket side of the daemon: one method per operation, each turning a
+//! checked request into a [`Command`] for the driver loop and waiting for its
+//! answer.
 //!
-//! Identity is settled here, from the peer credentials the socket server read:
-//! the account a request acts for is the peer's own, or, for root only, the one
-//! named in `user`; its email comes from the config's user mapping. Everything
-//! that needs the core's state (sessions, windows) is decided by the driver.
+//! The socket server has already resolved who a request acts for and which
+//! process it hands over ([`Permissions`]); here the account becomes an email
+//! through the config's user mapping, and ids from the client are checked.
+//! Everything that needs the core's state (sessions, windows, who owns a
+//! session) is decided by the core.
 
 use std::sync::Arc;
 
-use flex_protocol::socket::{Event, Request};
-use flex_protocol::ErrorCode;
+use flex_protocol::socket::{Empty, Event};
+use flex_protocol::{Email, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::Hub;
 use crate::config::Config;
-use crate::core::{JobRequest, LaunchRequest};
-use crate::socket::{Handler, Peer, Reply};
+use crate::core::{Caller, ConnId, JobRequest, LaunchRequest};
+use crate::process::ProcessId;
+use crate::socket::{Acting, Handler, Permissions, Reply};
 
-/// Longest product id, version or job id accepted from a client.
+/// Longest product id, version, session or job id accepted from a client.
 const MAX_ID: usize = 128;
+
+/// Whose sessions and windows `status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusFor {
+    /// An admin sees everyone's.
+    All,
+    User(Email),
+    /// An account with no email can have none of its own.
+    Nobody,
+}
 
 /// What the socket asks of the driver loop.
 #[derive(Debug)]
 pub enum Command {
     Launch {
         req: LaunchRequest,
+        /// The connection's event sender: a close of its session goes there.
+        events: mpsc::Sender<Event>,
         reply: oneshot::Sender<Reply>,
     },
     Attach {
-        peer_uid: u32,
+        conn: ConnId,
+        caller: Caller,
         session: String,
-        pid: u32,
+        process: ProcessId,
         reply: oneshot::Sender<Reply>,
     },
     Exit {
-        peer_uid: u32,
+        conn: ConnId,
+        caller: Caller,
         session: String,
         reply: oneshot::Sender<Reply>,
     },
@@ -42,19 +59,44 @@ pub enum Command {
         req: JobRequest,
         reply: oneshot::Sender<Reply>,
     },
-    /// `only`: the email whose sessions to show; `None` shows all (root).
     Status {
-        only: Option<String>,
+        only: StatusFor,
         reply: oneshot::Sender<Reply>,
     },
-    /// A wrapper's connection closed (it exited, maybe without saying so).
-    WrapperGone { session: String },
+    /// A connection closed (a wrapper exited, maybe without saying so).
+    Closed { conn: ConnId },
 }
 
 pub struct SocketHandler {
     config: Arc<Config>,
     commands: mpsc::Sender<Command>,
     hub: Hub,
+}
+
+/// One connection: its permissions, its event sender, and its own email.
+pub struct Conn {
+    perms: Permissions,
+    events: mpsc::Sender<Event>,
+    email: Result<Email, String>,
+}
+
+impl AsRef<Permissions> for Conn {
+    fn as_ref(&self) -> &Permissions {
+        &self.perms
+    }
+}
+
+impl Conn {
+    fn id(&self) -> ConnId {
+        self.perms.peer().conn_id
+    }
+
+    fn caller(&self) -> Caller {
+        Caller {
+            account: self.perms.peer().account.clone(),
+            admin: self.perms.admin(),
+        }
+    }
 }
 
 impl SocketHandler {
@@ -66,30 +108,21 @@ impl SocketHandler {
         }
     }
 
-    /// The (uid, account, email) a request acts for.
-    fn acting(&self, peer: &Peer, user: Option<String>) -> Result<(u32, String, String), Reply> {
-        let (uid, account) = match user {
-            Some(name) if name != peer.account => {
-                // The socket server let this through only for root.
-                match account_uid(&name) {
-                    Some(uid) => (uid, name),
-                    None => {
-                        return Err(Reply::error(
-                            ErrorCode::UnknownUser,
-                            format!("there is no local account named '{name}'"),
-                        ))
-                    }
-                }
-            }
-            _ => (peer.uid, peer.account.clone()),
+    /// The email of the account a request acts for.
+    fn email(&self, conn: &Conn, acting: &Acting) -> Result<Email, Reply> {
+        let email = if acting.account == conn.perms.peer().account {
+            conn.email.clone()
+        } else {
+            self.config
+                .email_for(&acting.name)
+                .map_err(|e| e.to_string())
         };
-        match self.config.email_for(&account) {
-            Ok(email) => Ok((uid, account, email)),
-            Err(e) => Err(Reply::error(
+        email.map_err(|e| {
+            Reply::error(
                 ErrorCode::UnknownUser,
                 format!("{e}; ask IT to fix the flex-agent config"),
-            )),
-        }
+            )
+        })
     }
 
     async fn ask(&self, make: impl FnOnce(oneshot::Sender<Reply>) -> Command) -> Reply {
@@ -101,23 +134,15 @@ impl SocketHandler {
     }
 }
 
-/// The uid of local account `name`, if it exists.
-#[cfg(unix)]
-fn account_uid(name: &str) -> Option<u32> {
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Some(u.uid.as_raw()),
-        _ => None,
-    }
-}
-
-#[cfg(windows)]
-use crate::socket::account_uid_by_name as account_uid;
-
 fn stopping() -> Reply {
     Reply::error(
         ErrorCode::Internal,
         "flex-agent is stopping: retry in a moment",
     )
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 fn check_id(field: &str, value: &str) -> Result<(), Reply> {
@@ -139,105 +164,146 @@ fn check_id(field: &str, value: &str) -> Result<(), Reply> {
     }
 }
 
+/// Runs the checks, returning the first refusal.
+macro_rules! check {
+    ($($e:expr),* $(,)?) => {
+        $( if let Err(r) = $e { return r; } )*
+    };
+}
+
 impl Handler for SocketHandler {
-    async fn handle(&self, peer: &Peer, req: Request) -> Reply {
-        match req {
-            Request::Launch {
-                product,
-                version,
-                pid,
-                user,
-            } => {
-                if let Err(r) = check_id("product", &product) {
-                    return r;
-                }
-                if let Some(Err(r)) = version.as_deref().map(|v| check_id("version", v)) {
-                    return r;
-                }
-                let (uid, account, email) = match self.acting(peer, user) {
-                    Ok(a) => a,
-                    Err(r) => return r,
-                };
-                let req = LaunchRequest {
-                    request: uuid::Uuid::new_v4().to_string(),
-                    uid,
-                    account,
-                    user: email,
-                    product,
-                    version,
-                    pid,
-                };
-                self.ask(|reply| Command::Launch { req, reply }).await
-            }
-            Request::Attach { session, pid } => {
-                self.ask(|reply| Command::Attach {
-                    peer_uid: peer.uid,
-                    session,
-                    pid,
-                    reply,
-                })
-                .await
-            }
-            Request::Exit { session, .. } => {
-                self.ask(|reply| Command::Exit {
-                    peer_uid: peer.uid,
-                    session,
-                    reply,
-                })
-                .await
-            }
-            Request::Result {
-                product,
-                count,
-                job,
-                user,
-            } => {
-                if let Err(r) = check_id("product", &product) {
-                    return r;
-                }
-                if let Some(Err(r)) = job.as_deref().map(|j| check_id("job", j)) {
-                    return r;
-                }
-                if count == 0 {
-                    return Reply::error(
-                        ErrorCode::InvalidRequest,
-                        "count 0 is not valid: a job has at least one result",
-                    );
-                }
-                let (uid, _account, email) = match self.acting(peer, user) {
-                    Ok(a) => a,
-                    Err(r) => return r,
-                };
-                let req = JobRequest {
-                    request: uuid::Uuid::new_v4().to_string(),
-                    uid,
-                    user: email,
-                    product,
-                    count,
-                    job,
-                };
-                self.ask(|reply| Command::Job { req, reply }).await
-            }
-            Request::Status => {
-                let only = if peer.is_root() {
-                    None
-                } else {
-                    match self.config.email_for(&peer.account) {
-                        Ok(e) => Some(e),
-                        // No mapping: the account can have no sessions of its own.
-                        Err(_) => Some(String::new()),
-                    }
-                };
-                self.ask(|reply| Command::Status { only, reply }).await
-            }
-            Request::Hello { .. } | Request::Subscribe => Reply::error(
-                ErrorCode::Internal,
-                "hello and subscribe are answered by the socket server",
-            ),
+    type Conn = Conn;
+
+    fn open(&self, perms: Permissions, events: mpsc::Sender<Event>) -> Conn {
+        let email = self
+            .config
+            .email_for(&perms.peer().name)
+            .map_err(|e| e.to_string());
+        Conn {
+            perms,
+            events,
+            email,
         }
     }
 
-    fn subscribe(&self, peer: &Peer) -> mpsc::Receiver<Event> {
-        self.hub.subscribe(peer.uid)
+    async fn launch(
+        &self,
+        conn: &Conn,
+        acting: Acting,
+        product: String,
+        version: Option<String>,
+        process: Option<ProcessId>,
+    ) -> Reply {
+        check!(
+            check_id("product", &product),
+            version
+                .as_deref()
+                .map_or(Ok(()), |v| check_id("version", v)),
+        );
+        let user = match self.email(conn, &acting) {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
+        let req = LaunchRequest {
+            request: request_id(),
+            conn: conn.id(),
+            account: acting.account,
+            account_name: acting.name,
+            user,
+            product,
+            version,
+            process,
+        };
+        let events = conn.events.clone();
+        self.ask(|reply| Command::Launch { req, events, reply })
+            .await
+    }
+
+    async fn attach(&self, conn: &Conn, session: String, process: ProcessId) -> Reply {
+        check!(check_id("session", &session));
+        self.ask(|reply| Command::Attach {
+            conn: conn.id(),
+            caller: conn.caller(),
+            session,
+            process,
+            reply,
+        })
+        .await
+    }
+
+    async fn exit(&self, conn: &Conn, session: String, _code: Option<i32>) -> Reply {
+        check!(check_id("session", &session));
+        self.ask(|reply| Command::Exit {
+            conn: conn.id(),
+            caller: conn.caller(),
+            session,
+            reply,
+        })
+        .await
+    }
+
+    async fn result(
+        &self,
+        conn: &Conn,
+        acting: Acting,
+        product: String,
+        count: u64,
+        job: Option<String>,
+    ) -> Reply {
+        check!(
+            check_id("product", &product),
+            job.as_deref().map_or(Ok(()), |j| check_id("job", j)),
+        );
+        if count == 0 {
+            return Reply::error(
+                ErrorCode::InvalidRequest,
+                "count 0 is not valid: a job has at least one result",
+            );
+        }
+        let user = match self.email(conn, &acting) {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
+        let req = JobRequest {
+            request: request_id(),
+            account: acting.account,
+            user,
+            product,
+            count,
+            // A caller that names no job gets one: the reply carries it, so a
+            // retry with it is charged at most once.
+            job: job.unwrap_or_else(request_id),
+        };
+        self.ask(|reply| Command::Job { req, reply }).await
+    }
+
+    async fn status(&self, conn: &Conn) -> Reply {
+        let only = if conn.perms.admin() {
+            StatusFor::All
+        } else {
+            match &conn.email {
+                Ok(e) => StatusFor::User(e.clone()),
+                Err(_) => StatusFor::Nobody,
+            }
+        };
+        self.ask(|reply| Command::Status { only, reply }).await
+    }
+
+    fn subscribe(&self, conn: &Conn) -> Reply {
+        match self
+            .hub
+            .subscribe(conn.id(), &conn.perms.peer().account, &conn.events)
+        {
+            Ok(()) => Reply::ok(Empty {}).long_lived(),
+            Err(r) => Reply::error(r.code, r.message),
+        }
+    }
+
+    async fn close(&self, conn: Conn) {
+        self.hub.unsubscribe(conn.id());
+        let _ = self
+            .commands
+            .send(Command::Closed { conn: conn.id() })
+            .await;
     }
 }

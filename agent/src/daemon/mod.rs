@@ -9,14 +9,18 @@
 //! journal commit comes first, a claim id is durable before it leaves the machine
 //! and a kill -9 at any point is recovered by [`Core::restore`] at the next start.
 //!
-//! The driver holds no rules of its own; what it adds is plumbing: which socket
-//! connection waits for which answer, which wrapper connection carries which
-//! session, and whether a session's process is still alive.
+//! The driver holds no rules of its own: session ownership, wrapper lifecycle
+//! and process identity are the core's. What it keeps is plumbing: which
+//! request waits for which answer, each wrapper connection's event sender, and
+//! the handles of the processes the core tracks ([`processes`]), through which
+//! alone a process is ever signalled.
 
 mod failpoint;
 mod handler;
 pub mod hub;
 mod net;
+mod processes;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,21 +31,24 @@ use std::time::Duration;
 use flex_protocol::api::{HeartbeatRequest, Product};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Empty, Event, StatusReply};
-use flex_protocol::ErrorCode;
+use flex_protocol::Email;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::account::{self, AccountId};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::core::{Action, Core, CoreConfig, Input, Origin, ProcessInfo};
+use crate::core::{Action, CloseRoute, ConnId, Core, CoreConfig, Input, ProcessInfo};
 use crate::credentials::{ensure_private_dir, CredentialError, CredentialStore};
 use crate::journal::{Enrollment, Journal, JournalError};
-use crate::socket::{account_name, Reply, SocketConfig, SocketError, SocketServer};
+use crate::process::{ProcessId, Stop};
+use crate::socket::{Reply, SocketConfig, SocketError, SocketServer};
 use crate::sysclock;
 use crate::watcher::{ProcEvent, ProcEventKind, WatchError, Watcher, WatcherConfig, WatcherHandle};
 use failpoint::Failpoint;
-use handler::{Command, SocketHandler};
+use handler::{Command, SocketHandler, StatusFor};
 use hub::Hub;
 use net::NetEvent;
+use processes::Processes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -138,14 +145,11 @@ pub async fn run(
     let hub = Hub::default();
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (net_tx, net_rx) = mpsc::channel(256);
+    let (exit_tx, exit_rx) = mpsc::channel(256);
     let socket = SocketServer::bind(SocketConfig::new(&config.socket_path))?;
     let (stop_socket, socket_stopped) = oneshot::channel::<()>();
     let socket_task = tokio::spawn(socket.serve(
-        Arc::new(SocketHandler::new(
-            config.clone(),
-            cmd_tx.clone(),
-            hub.clone(),
-        )),
+        Arc::new(SocketHandler::new(config.clone(), cmd_tx, hub.clone())),
         async move {
             let _ = socket_stopped.await;
         },
@@ -160,17 +164,13 @@ pub async fn run(
         config: config.clone(),
         enrollment,
         credential_store: store.describe(),
-        launches: HashMap::new(),
-        jobs: HashMap::new(),
+        replies: HashMap::new(),
         wrappers: HashMap::new(),
         accounts: HashMap::new(),
-        claims_in_flight: Default::default(),
-        heartbeat_in_flight: false,
-        cmd_tx,
+        processes: Processes::new(exit_tx),
         net_tx,
     };
     driver.carry_out(first)?;
-    driver.reap_gone_sessions()?;
 
     on_ready(&Ready {
         socket: config.socket_path.clone(),
@@ -178,18 +178,12 @@ pub async fn run(
         credential_store: driver.credential_store.clone(),
         detection: driver.detection().to_string(),
     });
-    let result = driver.run(cmd_rx, net_rx, proc_events, shutdown).await;
+    let result = driver
+        .run(cmd_rx, net_rx, proc_events, exit_rx, shutdown)
+        .await;
     let _ = stop_socket.send(());
     let _ = socket_task.await;
     result
-}
-
-/// A `flexctl run` connection holding a granted session.
-struct Wrapper {
-    uid: u32,
-    product: String,
-    pid: Option<u32>,
-    events: mpsc::Sender<Event>,
 }
 
 struct Driver {
@@ -202,16 +196,14 @@ struct Driver {
     enrollment: Enrollment,
     credential_store: String,
     /// Socket requests waiting for the core's answer, by request id.
-    /// (uid, pid given at launch, where to answer) by request id.
-    launches: HashMap<String, (u32, Option<u32>, oneshot::Sender<Reply>)>,
-    jobs: HashMap<String, oneshot::Sender<Reply>>,
-    /// Granted wrapper sessions, by session id.
-    wrappers: HashMap<String, Wrapper>,
-    /// uid → (account, email), resolved once per uid.
-    accounts: HashMap<u32, Option<(String, String)>>,
-    claims_in_flight: std::collections::HashSet<String>,
-    heartbeat_in_flight: bool,
-    cmd_tx: mpsc::Sender<Command>,
+    replies: HashMap<String, oneshot::Sender<Reply>>,
+    /// The event sender of every connection that launched: a close of the
+    /// session it holds is sent there.
+    wrappers: HashMap<ConnId, mpsc::Sender<Event>>,
+    /// Account → (name, email), resolved once per account; `None` when the
+    /// config maps it to no email.
+    accounts: HashMap<AccountId, Option<(String, Email)>>,
+    processes: Processes,
     net_tx: mpsc::Sender<NetEvent>,
 }
 
@@ -221,18 +213,20 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut net: mpsc::Receiver<NetEvent>,
         mut procs: mpsc::Receiver<ProcEvent>,
+        mut exits: mpsc::Receiver<ProcessId>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let poll = self.config.poll_interval;
+        // Pinged from this loop, so a stuck loop gets the agent restarted.
+        let mut watchdog = watchdog::Watchdog::from_env();
         loop {
             // The core's next deadline is a boot-clock reading; the poll interval
             // bounds the wait because tokio's timer does not count suspend. With
             // no deadline and no session the agent sleeps until something happens.
-            let idle = self.core.status().sessions.is_empty() && self.wrappers.is_empty();
             let wait = match self.core.next_deadline() {
                 Some(at) => Some(at.saturating_sub(sysclock::now().boot).min(poll)),
-                None if idle => None,
+                None if !self.core.has_sessions() => None,
                 None => Some(poll),
             };
             let timer = async {
@@ -250,10 +244,9 @@ impl Driver {
                 Some(cmd) = commands.recv() => self.command(cmd)?,
                 Some(ev) = net.recv() => self.net(ev)?,
                 Some(ev) = procs.recv() => self.proc_event(ev)?,
-                _ = timer => {
-                    self.feed(Input::Tick)?;
-                    self.reap_gone_sessions()?;
-                }
+                Some(process) = exits.recv() => self.feed(Input::ProcessExited { process })?,
+                _ = timer => self.feed(Input::Tick)?,
+                _ = watchdog.tick() => watchdog.ping(),
             }
         }
     }
@@ -267,207 +260,163 @@ impl Driver {
     fn carry_out(&mut self, actions: Vec<Action>) -> Result<(), DaemonError> {
         // Journal first: nothing below may happen unless it is durable.
         self.journal.apply(&actions)?;
-        for (i, action) in actions.iter().enumerate() {
+        let mut gone = Vec::new();
+        for action in actions {
             match action {
                 Action::Persist(_) | Action::SetTimer(_) => {}
-                Action::Claim { claim_id, request } => {
-                    if self.claims_in_flight.insert(claim_id.clone()) {
-                        failpoint::hit(Failpoint::ClaimJournaled);
-                        net::spawn_claim(self.client.clone(), request.clone(), self.net_tx.clone());
-                    }
+                Action::Claim { request, .. } => {
+                    failpoint::hit(Failpoint::ClaimJournaled);
+                    net::spawn_claim(self.client.clone(), request, self.net_tx.clone());
                 }
                 Action::Heartbeat => self.heartbeat()?,
-                Action::Notify { uid, event } => {
+                Action::Notify { account, event } => {
                     // The journal's record of what users were told and why.
-                    tracing::info!(?uid, ?event, "user event");
-                    self.hub.publish(*uid, event)
+                    tracing::info!(account = ?account.as_ref().map(AccountId::as_str), ?event, "user event");
+                    self.hub.publish(account.as_ref(), &event)
                 }
                 Action::Close {
                     session,
-                    pid,
+                    route,
                     graceful,
-                } => self.close(session, *pid, *graceful, &actions[i..]),
-                Action::Kill { session, pid } => {
-                    tracing::warn!(session, ?pid, "product ignored the close: killing it");
-                    if let Some(pid) = pid {
-                        kill_process(*pid);
+                } => self.close(&session, route, graceful),
+                Action::Kill { session, process } => {
+                    tracing::warn!(
+                        session,
+                        pid = process.pid,
+                        "product ignored the close: killing it"
+                    );
+                    self.processes.stop(process, Stop::Forced);
+                }
+                Action::Track { process } => {
+                    if !self.processes.track(process) {
+                        gone.push(process);
                     }
                 }
-                Action::ReplyLaunch { request, result } => {
-                    let Some((uid, pid, reply_to)) = self.launches.remove(request) else {
-                        continue;
-                    };
-                    let reply = match result {
-                        Ok(granted) => {
-                            let (tx, rx) = mpsc::channel(8);
-                            self.watch_wrapper(&granted.session, tx.clone());
-                            self.wrappers.insert(
-                                granted.session.clone(),
-                                Wrapper {
-                                    uid,
-                                    product: granted.product.clone(),
-                                    pid,
-                                    events: tx,
-                                },
-                            );
-                            Reply::ok(granted).with_events(rx)
-                        }
-                        Err(refused) => Reply::error(refused.code, refused.message.clone()),
-                    };
-                    // A wrapper that hung up is noticed through its session's channel.
-                    let _ = reply_to.send(reply);
-                }
-                Action::ReplyJob { request, result } => {
-                    if let Some(reply_to) = self.jobs.remove(request) {
-                        let _ = reply_to.send(match result {
-                            Ok(done) => Reply::ok(done.clone()),
-                            Err(refused) => Reply::error(refused.code, refused.message.clone()),
-                        });
-                    }
-                }
+                Action::Release { process } => self.processes.release(process),
+                Action::ReplyLaunch { request, result } => self.reply(
+                    &request,
+                    match result {
+                        Ok(granted) => Reply::ok(granted).long_lived(),
+                        Err(r) => Reply::error(r.code, r.message),
+                    },
+                ),
+                Action::ReplyJob { request, result } => self.reply(
+                    &request,
+                    match result {
+                        Ok(done) => Reply::ok(done),
+                        Err(r) => Reply::error(r.code, r.message),
+                    },
+                ),
+                Action::ReplyDone { request, result } => self.reply(
+                    &request,
+                    match result {
+                        Ok(()) => Reply::ok(Empty {}),
+                        Err(r) => Reply::error(r.code, r.message),
+                    },
+                ),
             }
+        }
+        // Processes that were gone before a handle could be opened.
+        for process in gone {
+            self.feed(Input::ProcessExited { process })?;
         }
         Ok(())
     }
 
-    fn command(&mut self, cmd: Command) -> Result<(), DaemonError> {
-        match cmd {
-            Command::Launch { req, reply } => {
-                self.launches
-                    .insert(req.request.clone(), (req.uid, req.pid, reply));
-                self.feed(Input::Launch(req))
-            }
-            Command::Job { req, reply } => {
-                self.jobs.insert(req.request.clone(), reply);
-                self.feed(Input::Job(req))
-            }
-            Command::Attach {
-                peer_uid,
-                session,
-                pid,
-                reply,
-            } => {
-                if let Err(r) = self.own_session(peer_uid, &session) {
-                    let _ = reply.send(r);
-                    return Ok(());
-                }
-                if let Some(w) = self.wrappers.get_mut(&session) {
-                    w.pid = Some(pid);
-                }
-                #[cfg(windows)]
-                crate::process::hold_pid(pid);
-                self.feed(Input::Attach { session, pid })?;
-                let _ = reply.send(Reply::ok(Empty {}));
-                Ok(())
-            }
-            Command::Exit {
-                peer_uid,
-                session,
-                reply,
-            } => {
-                if let Err(r) = self.own_session(peer_uid, &session) {
-                    let _ = reply.send(r);
-                    return Ok(());
-                }
-                self.wrappers.remove(&session);
-                self.feed(Input::Exit { session })?;
-                let _ = reply.send(Reply::ok(Empty {}));
-                Ok(())
-            }
-            Command::Status { only, reply } => {
-                let _ = reply.send(Reply::ok(self.status(only.as_deref())));
-                Ok(())
-            }
-            Command::WrapperGone { session } => {
-                let Some(w) = self.wrappers.remove(&session) else {
-                    return Ok(());
-                };
-                // A wrapper killed without reporting may leave its product running:
-                // then the session goes on and ends when the process does.
-                if w.pid.is_some_and(process_alive) {
-                    tracing::info!(session, "wrapper gone, product still running");
-                    return Ok(());
-                }
-                self.feed(Input::Exit { session })
-            }
+    fn reply(&mut self, request: &str, reply: Reply) {
+        if let Some(to) = self.replies.remove(request) {
+            // A client that hung up is noticed when its connection closes.
+            let _ = to.send(reply);
         }
     }
 
-    /// Only the account that launched a session (or root) may attach or end it,
-    /// and only while a wrapper holds it: a session the watcher found (or whose
-    /// wrapper went away) ends when its process exits, or the product would run
-    /// on unaccounted.
-    fn own_session(&self, peer_uid: u32, session: &str) -> Result<(), Reply> {
-        // (owner, how it was found when no wrapper holds it)
-        let owner = match self.wrappers.get(session) {
-            Some(w) => Some((w.uid, None)),
-            None => self
-                .core
-                .session_owner(session)
-                .map(|(uid, origin)| (uid, Some(origin))),
-        };
-        match owner {
-            Some((uid, _)) if uid != peer_uid && peer_uid != 0 => Err(Reply::error(
-                ErrorCode::Forbidden,
-                format!("session {session} belongs to another account"),
-            )),
-            Some((_, None)) => Ok(()),
-            Some((_, Some(origin))) => Err(Reply::error(
-                ErrorCode::Conflict,
-                format!(
-                    "session {session} {}: it ends when its product process exits",
-                    match origin {
-                        Origin::Watcher => "was found by the process watcher",
-                        Origin::Wrapper => "lost its flexctl run connection",
-                    }
-                ),
-            )),
-            None => Err(Reply::error(
-                ErrorCode::NotFound,
-                format!("no running session {session}: it ended or was never granted"),
-            )),
+    fn command(&mut self, cmd: Command) -> Result<(), DaemonError> {
+        match cmd {
+            Command::Launch { req, events, reply } => {
+                self.wrappers.insert(req.conn, events);
+                self.replies.insert(req.request.clone(), reply);
+                self.feed(Input::Launch(req))
+            }
+            Command::Job { req, reply } => {
+                self.replies.insert(req.request.clone(), reply);
+                self.feed(Input::Job(req))
+            }
+            Command::Attach {
+                conn,
+                caller,
+                session,
+                process,
+                reply,
+            } => {
+                let request = uuid::Uuid::new_v4().to_string();
+                self.replies.insert(request.clone(), reply);
+                self.feed(Input::Attach {
+                    request,
+                    conn,
+                    caller,
+                    session,
+                    process,
+                })
+            }
+            Command::Exit {
+                conn,
+                caller,
+                session,
+                reply,
+            } => {
+                let request = uuid::Uuid::new_v4().to_string();
+                self.replies.insert(request.clone(), reply);
+                self.feed(Input::Exit {
+                    request,
+                    conn,
+                    caller,
+                    session,
+                })
+            }
+            Command::Status { only, reply } => {
+                let _ = reply.send(Reply::ok(self.status(&only)));
+                Ok(())
+            }
+            Command::Closed { conn } => {
+                self.wrappers.remove(&conn);
+                self.feed(Input::ConnectionClosed { conn })
+            }
         }
     }
 
     fn net(&mut self, ev: NetEvent) -> Result<(), DaemonError> {
         match ev {
-            NetEvent::Claim { claim_id, outcome } => {
-                self.claims_in_flight.remove(&claim_id);
-                match outcome {
-                    Ok(response) => self.feed(Input::ClaimAnswered { claim_id, response }),
-                    Err(error) => self.feed(Input::ClaimFailed { claim_id, error }),
-                }
-            }
-            NetEvent::Heartbeat { batch, outcome } => {
-                self.heartbeat_in_flight = false;
-                match outcome {
-                    Ok(resp) => {
-                        self.journal.acknowledge(&batch, &resp.accepted_sessions)?;
-                        if !resp.products.is_empty() && !self.same_products(&resp.products) {
-                            if let Some(w) = &self.watcher {
-                                w.set_products(&resp.products);
-                            }
-                            self.feed(Input::RateSheet(resp.products))?;
+            NetEvent::Claim { claim_id, outcome } => match outcome {
+                Ok(response) => self.feed(Input::ClaimAnswered { claim_id, response }),
+                Err(error) => self.feed(Input::ClaimFailed { claim_id, error }),
+            },
+            NetEvent::Heartbeat { batch, outcome } => match outcome {
+                Ok(resp) => {
+                    self.journal.acknowledge(&batch, &resp.accepted_sessions)?;
+                    if !resp.products.is_empty() && !self.same_products(&resp.products) {
+                        if let Some(w) = &self.watcher {
+                            w.set_products(&resp.products);
                         }
-                        self.feed(Input::ContactOk {
-                            server_time: resp.server_time,
-                            policy: resp.policy,
-                            balance: resp.balance,
-                            notices: resp.notices,
-                        })
+                        self.feed(Input::RateSheet(resp.products))?;
                     }
-                    Err(e) => {
-                        if e.needs_reenroll() {
-                            tracing::error!("{e}");
-                        } else {
-                            tracing::warn!("heartbeat failed: {e}");
-                        }
-                        self.feed(Input::ContactFailed {
-                            error: e.to_string(),
-                        })
-                    }
+                    self.feed(Input::ContactOk {
+                        server_time: resp.server_time,
+                        policy: resp.policy,
+                        balance: resp.balance,
+                        notices: resp.notices,
+                    })
                 }
-            }
+                Err(e) => {
+                    if e.needs_reenroll() {
+                        tracing::error!("{e}");
+                    } else {
+                        tracing::warn!("heartbeat failed: {e}");
+                    }
+                    self.feed(Input::ContactFailed {
+                        error: e.to_string(),
+                    })
+                }
+            },
         }
     }
 
@@ -479,10 +428,9 @@ impl Driver {
         old == new
     }
 
+    /// Sends the heartbeat the core asked for (the core never asks for a
+    /// second one while one is in flight).
     fn heartbeat(&mut self) -> Result<(), DaemonError> {
-        if self.heartbeat_in_flight {
-            return Ok(());
-        }
         let batch = self.journal.heartbeat_batch()?;
         let request = HeartbeatRequest {
             sessions: batch.sessions.clone(),
@@ -491,12 +439,11 @@ impl Driver {
             agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         };
         // No jitter before the first contact: the rate sheet comes with it.
-        let interval = if self.core.status().last_server_contact.is_some() {
+        let interval = if self.core.last_server_contact().is_some() {
             Duration::from_secs(self.core.policy().heartbeat_interval_secs)
         } else {
             Duration::ZERO
         };
-        self.heartbeat_in_flight = true;
         net::spawn_heartbeat(
             self.client.clone(),
             request,
@@ -509,20 +456,18 @@ impl Driver {
 
     fn proc_event(&mut self, ev: ProcEvent) -> Result<(), DaemonError> {
         match ev.kind {
-            ProcEventKind::Exited { .. } => {
-                #[cfg(windows)]
-                crate::process::release(ev.pid);
-                self.feed(Input::ProcessExited { pid: ev.pid })
-            }
+            ProcEventKind::Exited { .. } => self.feed(Input::ProcessExited {
+                process: ev.process,
+            }),
             ProcEventKind::Started | ProcEventKind::Adopted => {
-                let Some((account, user)) = self.account(ev.uid) else {
+                let Some((name, user)) = self.account(&ev.owner) else {
                     return Ok(());
                 };
-                tracing::info!(pid = ev.pid, uid = ev.uid, product = %ev.product, exe = %ev.exe_name, "product process detected");
+                tracing::info!(pid = ev.process.pid, account = %name, product = %ev.product, exe = %ev.exe_name, "product process detected");
                 self.feed(Input::ProcessStarted(ProcessInfo {
-                    pid: ev.pid,
-                    uid: ev.uid,
-                    account,
+                    process: ev.process,
+                    account: ev.owner,
+                    account_name: name,
                     user,
                     product: ev.product,
                     version: None,
@@ -532,19 +477,22 @@ impl Driver {
         }
     }
 
-    /// The account and email of `uid`, or `None` (logged once) when the config
+    /// The name and email of `account`, or `None` (logged once) when the config
     /// maps it to no email: such a process cannot be charged to anyone.
-    fn account(&mut self, uid: u32) -> Option<(String, String)> {
+    fn account(&mut self, id: &AccountId) -> Option<(String, Email)> {
         let config = self.config.clone();
         self.accounts
-            .entry(uid)
+            .entry(id.clone())
             .or_insert_with(|| {
-                let account = account_name(uid);
-                match config.email_for(&account) {
-                    Ok(email) => Some((account, email)),
+                let name = id
+                    .uid()
+                    .map(account::name_of_uid)
+                    .unwrap_or_else(|| id.to_string());
+                match config.email_for(&name) {
+                    Ok(email) => Some((name, email)),
                     Err(e) => {
                         tracing::warn!(
-                            uid,
+                            account = %id,
                             "product processes of this account are not licensed: {e}"
                         );
                         None
@@ -554,156 +502,66 @@ impl Driver {
             .clone()
     }
 
-    /// Closes a session: through its wrapper when it has one (which stops the
-    /// product gracefully and reports the exit), else by signalling the process.
-    fn close(&mut self, session: &str, pid: Option<u32>, graceful: bool, rest: &[Action]) {
-        if let Some(w) = self.wrappers.get(session) {
-            let event = rest
-                .iter()
-                .find_map(|a| match a {
-                    Action::Notify {
-                        event: e @ Event::ProductClosed { product, .. },
-                        ..
-                    } if *product == w.product => Some(e.clone()),
-                    _ => None,
-                })
-                .unwrap_or_else(|| Event::ProductClosed {
-                    product: w.product.clone(),
-                    reason: flex_protocol::socket::CloseReason::Denied,
-                    message: format!("{} was closed by the license agent", w.product),
-                });
-            if w.events.try_send(event).is_ok() {
-                return;
+    /// Closes a session along the route the core chose: through the wrapper
+    /// holding it (which stops its product and reports the exit), else through
+    /// the process's handle.
+    fn close(&mut self, session: &str, route: CloseRoute, graceful: bool) {
+        let how = if graceful {
+            Stop::Graceful
+        } else {
+            Stop::Forced
+        };
+        match route {
+            CloseRoute::Wrapper {
+                conn,
+                event,
+                fallback,
+            } => {
+                let sent = self
+                    .wrappers
+                    .get(&conn)
+                    .is_some_and(|tx| tx.try_send(event).is_ok());
+                if !sent {
+                    if let Some(process) = fallback {
+                        self.processes.stop(process, how);
+                    }
+                }
             }
+            CloseRoute::Signal { process } => self.processes.stop(process, how),
+            CloseRoute::Nothing => tracing::info!(session, "closed a session with no process"),
         }
-        if let Some(pid) = pid {
-            tracing::info!(session, pid, graceful, "closing product");
-            if graceful {
-                close_process(pid);
-            } else {
-                kill_process(pid);
-            }
-        }
-    }
-
-    /// Tells the loop when a wrapper's connection goes away.
-    fn watch_wrapper(&self, session: &str, events: mpsc::Sender<Event>) {
-        let cmd = self.cmd_tx.clone();
-        let session = session.to_string();
-        tokio::spawn(async move {
-            events.closed().await;
-            let _ = cmd.send(Command::WrapperGone { session }).await;
-        });
-    }
-
-    /// Ends sessions whose process is gone without the watcher saying so: after
-    /// a restart, and for wrapped products the rate sheet does not name.
-    fn reap_gone_sessions(&mut self) -> Result<(), DaemonError> {
-        let gone: Vec<u32> = self
-            .core
-            .status()
-            .sessions
-            .iter()
-            .filter(|s| !self.wrappers.contains_key(&s.session))
-            .filter_map(|s| s.pid)
-            .filter(|pid| !process_alive(*pid))
-            .collect();
-        for pid in gone {
-            self.feed(Input::ProcessExited { pid })?;
-        }
-        Ok(())
     }
 
     fn detection(&self) -> &'static str {
         self.watcher.as_ref().map_or("off", |w| w.source().as_str())
     }
 
-    fn status(&self, only: Option<&str>) -> StatusReply {
-        let s = self.core.status();
+    fn status(&self, only: &StatusFor) -> StatusReply {
+        let mut s = self.core.status(match only {
+            StatusFor::All => None,
+            StatusFor::User(e) => Some(e),
+            StatusFor::Nobody => None,
+        });
+        if *only == StatusFor::Nobody {
+            s.sessions.clear();
+            s.windows.clear();
+            s.sessions_omitted = 0;
+            s.windows_omitted = 0;
+        }
         StatusReply {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             server_url: self.config.server_url.clone(),
             device_id: Some(self.enrollment.device_id.clone()),
             credential_store: self.credential_store.clone(),
             detection: self.detection().to_string(),
-            sessions: s
-                .sessions
-                .into_iter()
-                .filter(|x| only.is_none_or(|u| x.user == u))
-                .collect(),
+            sessions: s.sessions,
+            sessions_omitted: s.sessions_omitted,
+            windows: s.windows,
+            windows_omitted: s.windows_omitted,
             balance: s.balance,
             last_server_contact: s.last_server_contact,
             offline_seconds_left: s.offline_seconds_left,
             online: s.online,
         }
-    }
-}
-
-#[cfg(unix)]
-fn close_process(pid: u32) {
-    signal(pid, nix::sys::signal::Signal::SIGTERM);
-}
-
-#[cfg(unix)]
-fn kill_process(pid: u32) {
-    signal(pid, nix::sys::signal::Signal::SIGKILL);
-}
-
-/// WM_CLOSE to the product's windows through the handle held since detection.
-#[cfg(windows)]
-fn close_process(pid: u32) {
-    if crate::process::close_pid(pid) == 0 {
-        tracing::info!(
-            pid,
-            "the product shows no window to close; it is killed after the close grace"
-        );
-    }
-}
-
-#[cfg(windows)]
-fn kill_process(pid: u32) {
-    if let Err(e) = crate::process::kill_pid(pid) {
-        tracing::warn!(pid, "cannot terminate product process: {e}");
-    }
-}
-
-#[cfg(unix)]
-fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    let Ok(raw) = i32::try_from(pid) else { return };
-    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig) {
-        if e != nix::errno::Errno::ESRCH {
-            tracing::warn!(pid, ?sig, "cannot signal product process: {e}");
-        }
-    }
-}
-
-/// Whether `pid` runs (a zombie does not).
-#[cfg(windows)]
-fn process_alive(pid: u32) -> bool {
-    crate::process::pid_alive(pid)
-}
-
-/// Whether `pid` runs (a zombie does not).
-#[cfg(unix)]
-fn process_alive(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| !matches!(state, 'Z' | 'X')),
-            Err(_) => false,
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let Ok(raw) = i32::try_from(pid) else {
-            return false;
-        };
-        !matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-            Err(nix::errno::Errno::ESRCH)
-        )
     }
 }

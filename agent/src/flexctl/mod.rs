@@ -6,6 +6,7 @@
 //! step for the user in their message.
 
 mod client;
+pub mod doctor;
 #[cfg(windows)]
 mod job_windows;
 pub mod notify;
@@ -64,7 +65,8 @@ pub enum Command {
         product: String,
         #[arg(long)]
         count: u64,
-        /// Job id; repeating an id never charges twice.
+        /// Job id; repeating an id never charges twice. Without it flexctl makes
+        /// one, and prints it when the charge could not be confirmed.
         #[arg(long)]
         job: Option<String>,
         /// Charge the job to this local account instead of your own. Root only,
@@ -76,6 +78,24 @@ pub enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Check this workstation end to end: config, agent, enrollment, server, TLS,
+    /// clock, detection, notifier, the user's email. Exit 0 when all pass, 1 otherwise.
+    Doctor {
+        /// Print the checks as JSON (for fleet tools).
+        #[arg(long)]
+        json: bool,
+        /// Also write a support archive (.tar.gz): report, status, config without
+        /// secrets, the agent's last 1,000 log lines.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<std::path::PathBuf>,
+        /// The agent's config.
+        #[arg(long, value_name = "FILE", default_value_os_t = crate::cli::default_config())]
+        config: std::path::PathBuf,
+        /// Check this local account (notifier, email) instead of your own. Needs root
+        /// for the server's answer.
+        #[arg(long, value_name = "ACCOUNT")]
+        user: Option<String>,
     },
     /// Show the agent's events as desktop notifications (run once per desktop session).
     Notify {
@@ -149,25 +169,59 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             job,
             user,
         } => {
-            let mut client = Client::connect(&cli.socket).await?;
-            let reply: Result<ResultReply, ApiError> = client
-                .call(&Request::Result {
-                    product: product.clone(),
-                    count,
-                    job,
-                    user,
-                })
-                .await?;
-            match reply {
-                Ok(r) => {
+            // A job always has an id, so a retry after a lost answer is the same
+            // job: the agent charges it at most once.
+            let named = job.is_some();
+            let job = job.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let retry = format!(
+                "flexctl result --product {product} --count {count} --job {job}{}",
+                user.as_deref()
+                    .map(|u| format!(" --user {u}"))
+                    .unwrap_or_default()
+            );
+            let answer = async {
+                let mut client = Client::connect(&cli.socket).await?;
+                client
+                    .call::<ResultReply>(&Request::Result {
+                        product: product.clone(),
+                        count,
+                        job: Some(job.clone()),
+                        user: user.clone(),
+                    })
+                    .await
+            }
+            .await;
+            match answer {
+                Ok(Ok(r)) => {
+                    let what = if r.already_charged {
+                        format!(
+                            "was already charged {} tokens; nothing charged now",
+                            r.tokens_charged
+                        )
+                    } else {
+                        format!("charged {} tokens", r.tokens_charged)
+                    };
                     println!(
-                        "{}: job {} of {count} results charged {} tokens; balance {}",
-                        r.product, r.job, r.tokens_charged, r.balance
+                        "{}: job {} of {count} results {what}; balance {}",
+                        r.product, r.job, r.balance
                     );
                     Ok(0)
                 }
                 Err(e) => {
+                    if !named {
+                        eprintln!("flexctl: to retry this job without paying twice, run: {retry}");
+                    }
+                    Err(e)
+                }
+                Ok(Err(e)) => {
                     eprintln!("{}", run::denial_line(&product, &e));
+                    if e.code == flex_protocol::ErrorCode::Offline
+                        || e.code == flex_protocol::ErrorCode::Internal
+                    {
+                        eprintln!("flexctl: to retry this job without paying twice, run: {retry}");
+                    } else if !named {
+                        eprintln!("flexctl: once that is fixed, retry with: {retry}");
+                    }
                     Ok(EXIT_DENIED)
                 }
             }
@@ -184,6 +238,21 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                 print!("{}", status::render(&status, chrono::Utc::now()));
             }
             Ok(0)
+        }
+        Command::Doctor {
+            json,
+            bundle,
+            config,
+            user,
+        } => {
+            doctor::run(doctor::DoctorOptions {
+                config,
+                socket: cli.socket,
+                user,
+                json,
+                bundle,
+            })
+            .await
         }
         #[cfg(windows)]
         Command::CloseWindows { pid } => Ok(if crate::process::close_windows_of(pid) > 0 {

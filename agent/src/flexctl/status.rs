@@ -56,6 +56,7 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
         None => "no limit running".into(),
     };
     let _ = writeln!(out, "offline left   {left}");
+    render_windows(&mut out, s, now);
     if s.sessions.is_empty() {
         let _ = writeln!(out, "\nno product sessions");
         return out;
@@ -75,17 +76,61 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
             ]
         })
         .collect();
-    let header = [
-        "PRODUCT",
-        "VERSION",
-        "USER",
-        "PID",
-        "SOURCE",
-        "WINDOW ENDS",
-        "SEEN BY",
-    ];
+    table(
+        &mut out,
+        [
+            "PRODUCT",
+            "VERSION",
+            "USER",
+            "PID",
+            "SOURCE",
+            "WINDOW ENDS",
+            "SEEN BY",
+        ],
+        &rows,
+    );
+    if s.sessions_omitted > 0 {
+        let _ = writeln!(out, "... and {} more sessions", s.sessions_omitted);
+    }
+    out
+}
+
+/// The windows the user holds: what was paid, and until when reopening is free.
+fn render_windows(out: &mut String, s: &StatusReply, now: DateTime<Utc>) {
+    if s.windows.is_empty() {
+        let _ = writeln!(out, "\nno charge windows held");
+        return;
+    }
+    let rows: Vec<[String; 5]> = s
+        .windows
+        .iter()
+        .map(|w| {
+            [
+                w.product.clone(),
+                w.user.clone(),
+                match w.source {
+                    flex_protocol::api::Source::Subscription => "subscription".into(),
+                    flex_protocol::api::Source::Tokens => format!("{} tokens", w.tokens_charged),
+                },
+                local(w.end),
+                human_duration((w.end - now).num_seconds().max(0) as u64),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        ["PRODUCT", "USER", "PAID", "FREE TO REOPEN UNTIL", "LEFT"],
+        &rows,
+    );
+    if s.windows_omitted > 0 {
+        let _ = writeln!(out, "... and {} more windows", s.windows_omitted);
+    }
+}
+
+/// A left-aligned table with a header, after a blank line.
+fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -100,8 +145,7 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(&header.map(String::from));
-    for row in &rows {
+    for row in rows {
         line(row);
     }
-    out
 }

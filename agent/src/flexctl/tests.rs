@@ -208,7 +208,7 @@ async fn user_option_fills_the_user_field_of_run_and_result() {
     let agent = start_fake_agent(dir.path(), handler);
     let socket = agent.path.clone();
     // Our own account: the socket server lets anyone name themselves.
-    let me = crate::socket::account_name(nix::unistd::getuid().as_raw());
+    let me = crate::account::name_of_uid(nix::unistd::getuid().as_raw());
     let cli = |args: &[&str]| {
         let mut all = vec!["flexctl", "--socket", socket.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -257,9 +257,19 @@ fn status_table_shows_the_facts() {
         "4242",
         "tokens",
         "wrapper",
+        // The window the user paid for, and how long reopening is free.
+        "FREE TO REOPEN UNTIL",
+        "7 tokens",
+        "21 h 59 min",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    // Without sessions the windows still show (the run ended, the window did not).
+    let mut ended = status.clone();
+    ended.sessions.clear();
+    let text = status::render(&ended, Utc::now());
+    assert!(text.contains("no product sessions"), "{text}");
+    assert!(text.contains("7 tokens"), "{text}");
 }
 
 #[test]

@@ -34,7 +34,10 @@ pub use read::HeartbeatBatch;
 /// The journal's file name inside the state directory.
 pub const FILE_NAME: &str = "journal.sqlite3";
 
-const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("0001_init.sql"),
+    include_str!("0002_identity.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

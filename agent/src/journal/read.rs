@@ -6,8 +6,12 @@ use std::time::Duration;
 use flex_protocol::api::{ClaimRequest, ClockRollback, SessionRecord, Source, Window};
 use rusqlite::{params, OptionalExtension, Row};
 
+use flex_protocol::Email;
+
 use super::{parse_ts, Journal, JournalError};
-use crate::core::{ClockState, CoreState, HeldWindow, Origin, SessionRow};
+use crate::account::AccountId;
+use crate::core::{ClockState, CoreState, HeldWindow, JobOutcome, JobState, Origin, SessionRow};
+use crate::process::ProcessId;
 
 /// The records one heartbeat uploads, and what to mark once the server took them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,13 +43,15 @@ fn origin(s: &str) -> Option<Origin> {
 /// `Corrupt` error naming the column rather than a generic SQLite one.
 struct RawSession {
     row: [Option<String>; 8],
-    uid: u32,
+    uid: Option<u32>,
+    account_id: Option<String>,
     pid: Option<u32>,
+    pid_start: Option<i64>,
     revision: i64,
 }
 
 const SESSION_COLUMNS: &str = "id, user, product, version, source, window_id, started_at, \
-                               ended_at, account, origin, uid, pid, revision";
+                               ended_at, account, origin, uid, pid, revision, account_id, pid_start";
 
 fn raw_session(r: &Row<'_>) -> rusqlite::Result<RawSession> {
     Ok(RawSession {
@@ -62,6 +68,8 @@ fn raw_session(r: &Row<'_>) -> rusqlite::Result<RawSession> {
         uid: r.get(10)?,
         pid: r.get(11)?,
         revision: r.get(12)?,
+        account_id: r.get(13)?,
+        pid_start: r.get(14)?,
     })
 }
 
@@ -84,7 +92,10 @@ impl Journal {
                 let started = started.ok_or_else(|| bad("started_at"))?;
                 let record = SessionRecord {
                     id: id.ok_or_else(|| bad("id"))?,
-                    user: user.ok_or_else(|| bad("user"))?,
+                    user: user
+                        .as_deref()
+                        .and_then(|u| Email::parse(u).ok())
+                        .ok_or_else(|| bad("user"))?,
                     product: product.ok_or_else(|| bad("product"))?,
                     version,
                     source: src
@@ -97,11 +108,25 @@ impl Journal {
                         .map(|e| parse_ts(&e).map_err(|_| bad("ended_at")))
                         .transpose()?,
                 };
+                // Rows from before schema v2 have a uid and a pid without a
+                // start time: such a process cannot be recognised again.
+                let account_id = match (raw.account_id, raw.uid) {
+                    (Some(id), _) => AccountId::new(id),
+                    (None, Some(uid)) => AccountId::from_uid(uid),
+                    (None, None) => return Err(bad("account")),
+                };
+                let process = match (raw.pid, raw.pid_start) {
+                    (Some(pid), Some(start)) => Some(ProcessId {
+                        pid,
+                        start: u64::try_from(start).map_err(|_| bad("pid_start"))?,
+                    }),
+                    _ => None,
+                };
                 let row = SessionRow {
                     record,
-                    uid: raw.uid,
-                    account,
-                    pid: raw.pid,
+                    account: account_id,
+                    account_name: account,
+                    process,
                     origin: origin(&orig).ok_or_else(|| bad("origin"))?,
                 };
                 Ok((row, raw.revision))
@@ -147,9 +172,12 @@ impl Journal {
     fn load_windows(&self) -> Result<Vec<HeldWindow>, JournalError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT user, product, window_id, source, start, end, lease FROM windows")
+            .prepare(
+                "SELECT user, product, window_id, source, start, end, lease, tokens_charged \
+                 FROM windows",
+            )
             .map_err(self.sqlite("read windows from"))?;
-        type Raw = (String, String, String, String, String, String, String);
+        type Raw = (String, String, String, String, String, String, String, i64);
         let raws: Vec<Raw> = stmt
             .query_map([], |r| {
                 Ok((
@@ -160,12 +188,13 @@ impl Journal {
                     r.get(4)?,
                     r.get(5)?,
                     r.get(6)?,
+                    r.get(7)?,
                 ))
             })
             .and_then(|rows| rows.collect())
             .map_err(self.sqlite("read windows from"))?;
         raws.into_iter()
-            .map(|(user, product, id, src, start, end, lease)| {
+            .map(|(user, product, id, src, start, end, lease, charged)| {
                 let bad = |d: String| self.corrupt("window", d);
                 Ok(HeldWindow {
                     source: source(&src).ok_or_else(|| bad(format!("source '{src}'")))?,
@@ -175,8 +204,9 @@ impl Journal {
                         end: parse_ts(&end).map_err(|e| bad(e.to_string()))?,
                     },
                     lease: serde_json::from_str(&lease).map_err(|e| bad(e.to_string()))?,
-                    user,
+                    user: Email::parse(&user).map_err(|e| bad(e.to_string()))?,
                     product,
+                    tokens_charged: u64::try_from(charged).unwrap_or(0),
                 })
             })
             .collect()
@@ -211,7 +241,47 @@ impl Journal {
                 .map(|(row, _)| row)
                 .collect(),
             pending_claims: self.load_claims()?,
+            jobs: self.load_jobs()?,
         })
+    }
+
+    fn load_jobs(&self) -> Result<Vec<JobState>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT user, product, job, attempt, outcome, updated FROM jobs")
+            .map_err(self.sqlite("read jobs from"))?;
+        type Raw = (String, String, String, u32, String, String);
+        let raws: Vec<Raw> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.sqlite("read jobs from"))?;
+        raws.into_iter()
+            .map(|(user, product, job, attempt, outcome, updated)| {
+                let bad = |d: String| self.corrupt("job", d);
+                Ok(JobState {
+                    user: Email::parse(&user).map_err(|e| bad(e.to_string()))?,
+                    product,
+                    job,
+                    attempt,
+                    outcome: match outcome.as_str() {
+                        "pending" => JobOutcome::Pending,
+                        "charged" => JobOutcome::Charged,
+                        "refused" => JobOutcome::Refused,
+                        other => return Err(bad(format!("outcome '{other}'"))),
+                    },
+                    updated: parse_ts(&updated).map_err(|e| bad(e.to_string()))?,
+                })
+            })
+            .collect()
     }
 
     /// Session records and clock rollbacks the server has not acknowledged.

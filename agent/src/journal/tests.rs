@@ -25,7 +25,7 @@ fn open() -> (tempfile::TempDir, Journal) {
 fn claim(id: &str) -> ClaimRequest {
     ClaimRequest {
         claim_id: id.into(),
-        user: "ada@example.com".into(),
+        user: flex_protocol::Email::parse("ada@example.com").unwrap(),
         product: "autocad".into(),
         version: Some("2026".into()),
         results: None,
@@ -37,7 +37,7 @@ fn session(id: &str, ended: Option<DateTime<Utc>>) -> SessionRow {
     SessionRow {
         record: SessionRecord {
             id: id.into(),
-            user: "ada@example.com".into(),
+            user: flex_protocol::Email::parse("ada@example.com").unwrap(),
             product: "autocad".into(),
             version: None,
             source: Source::Tokens,
@@ -45,9 +45,12 @@ fn session(id: &str, ended: Option<DateTime<Utc>>) -> SessionRow {
             started_at: t(8),
             ended_at: ended,
         },
-        uid: 1001,
-        account: "ada".into(),
-        pid: Some(4242),
+        account: crate::account::AccountId::from_uid(1001),
+        account_name: "ada".into(),
+        process: Some(crate::process::ProcessId {
+            pid: 4242,
+            start: 99,
+        }),
         origin: Origin::Watcher,
     }
 }
@@ -85,7 +88,7 @@ fn opens_durable_private_and_migrated() {
         .conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, super::MIGRATIONS.len() as i64);
 }
 
 #[test]
@@ -141,7 +144,7 @@ fn state_round_trips() {
         high_water: t(11),
     };
     let window = |id: &str| HeldWindow {
-        user: "ada@example.com".into(),
+        user: flex_protocol::Email::parse("ada@example.com").unwrap(),
         product: "autocad".into(),
         source: Source::Tokens,
         window: Window {
@@ -154,6 +157,7 @@ fn state_round_trips() {
             payload: "cGF5".into(),
             signature: "c2ln".into(),
         },
+        tokens_charged: 7,
     };
     let product = Product {
         id: "autocad".into(),

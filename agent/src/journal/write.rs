@@ -4,7 +4,7 @@ use flex_protocol::api::Source;
 use rusqlite::{params, Transaction};
 
 use super::{ts, Journal, JournalError};
-use crate::core::{Action, Persist};
+use crate::core::{Action, JobOutcome, Persist};
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("protocol types serialize")
@@ -69,19 +69,21 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         }
         Persist::Window(h) => {
             tx.execute(
-                "INSERT INTO windows (user, product, window_id, source, start, end, lease)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO windows (user, product, window_id, source, start, end, lease,
+                   tokens_charged)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (user, product) DO UPDATE SET window_id = excluded.window_id,
                    source = excluded.source, start = excluded.start, end = excluded.end,
-                   lease = excluded.lease",
+                   lease = excluded.lease, tokens_charged = excluded.tokens_charged",
                 params![
-                    h.user,
+                    h.user.as_str(),
                     h.product,
                     h.window.id,
                     h.source.as_str(),
                     ts(&h.window.start),
                     ts(&h.window.end),
-                    json(&h.lease)
+                    json(&h.lease),
+                    i64::try_from(h.tokens_charged).unwrap_or(i64::MAX)
                 ],
             )?;
         }
@@ -89,25 +91,31 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
             let r = &row.record;
             tx.execute(
                 "INSERT INTO sessions (id, user, product, version, source, window_id,
-                   started_at, ended_at, uid, account, pid, origin, revision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1)
+                   started_at, ended_at, uid, account, pid, origin, revision, account_id,
+                   pid_start)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13, ?14)
                  ON CONFLICT (id) DO UPDATE SET version = excluded.version,
                    source = excluded.source, window_id = excluded.window_id,
                    started_at = excluded.started_at, ended_at = excluded.ended_at,
-                   pid = excluded.pid, revision = sessions.revision + 1",
+                   pid = excluded.pid, pid_start = excluded.pid_start,
+                   revision = sessions.revision + 1",
                 params![
                     r.id,
-                    r.user,
+                    r.user.as_str(),
                     r.product,
                     r.version,
                     source_str(r.source),
                     r.window_id,
                     ts(&r.started_at),
                     r.ended_at.as_ref().map(ts),
-                    row.uid,
-                    row.account,
-                    row.pid,
-                    row.origin.as_str()
+                    // The v1 column, kept for old readers: -1 for a non-Unix id.
+                    row.account.uid().map_or(-1, i64::from),
+                    row.account_name,
+                    row.process.map(|p| p.pid),
+                    row.origin.as_str(),
+                    row.account.as_str(),
+                    row.process
+                        .map(|p| i64::try_from(p.start).unwrap_or(i64::MAX))
                 ],
             )?;
         }
@@ -141,6 +149,32 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         Persist::RateSheet(products) => meta(tx, "products", json(products))?,
         Persist::Balance(b) => meta(tx, "balance", b.to_string())?,
         Persist::NoticesSeen(id) => meta(tx, "notices_seen", id.to_string())?,
+        Persist::Job(j) => {
+            tx.execute(
+                "INSERT INTO jobs (user, product, job, attempt, outcome, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user, product, job) DO UPDATE SET attempt = excluded.attempt,
+                   outcome = excluded.outcome, updated = excluded.updated",
+                params![
+                    j.user.as_str(),
+                    j.product,
+                    j.job,
+                    j.attempt,
+                    match j.outcome {
+                        JobOutcome::Pending => "pending",
+                        JobOutcome::Charged => "charged",
+                        JobOutcome::Refused => "refused",
+                    },
+                    ts(&j.updated)
+                ],
+            )?;
+            // Jobs are retried within minutes; old settled ones are forgotten.
+            let cutoff = j.updated - crate::core::JOB_MEMORY;
+            tx.execute(
+                "DELETE FROM jobs WHERE outcome != 'pending' AND updated < ?1",
+                [ts(&cutoff)],
+            )?;
+        }
     }
     Ok(())
 }

@@ -12,11 +12,13 @@ use chrono::{Duration, Utc};
 use flex_protocol::api::Source;
 use flex_protocol::socket::{
     CloseReason, Empty, Event, LaunchReply, Request, ResultReply, SessionStatus, StatusReply,
+    WindowStatus,
 };
 use flex_protocol::ErrorCode;
 use tokio::sync::mpsc;
 
-use super::{Handler, Peer, Reply, SocketConfig, SocketServer};
+use super::{Acting, Handler, Peer, Permissions, Reply, SocketConfig, SocketServer};
+use crate::process::ProcessId;
 
 /// What the fake answers to `launch`.
 #[derive(Debug, Clone)]
@@ -31,6 +33,18 @@ pub(crate) struct FakeHandler {
     sessions: Mutex<HashMap<String, mpsc::Sender<Event>>>,
     subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
     next_session: Mutex<u32>,
+}
+
+/// A connection of the fake: who it is and where its events go.
+pub(crate) struct FakeConn {
+    perms: Permissions,
+    events: mpsc::Sender<Event>,
+}
+
+impl AsRef<Permissions> for FakeConn {
+    fn as_ref(&self) -> &Permissions {
+        &self.perms
+    }
 }
 
 impl FakeHandler {
@@ -73,60 +87,115 @@ impl FakeHandler {
             let _ = tx.send(event.clone()).await;
         }
     }
+
+    fn saw(&self, conn: &FakeConn, req: Request) {
+        let _ = self.seen.send((conn.perms.peer().clone(), req));
+    }
 }
 
 impl Handler for FakeHandler {
-    async fn handle(&self, peer: &Peer, req: Request) -> Reply {
-        let _ = self.seen.send((peer.clone(), req.clone()));
-        match req {
-            Request::Launch { product, .. } => {
-                if let LaunchAnswer::Deny(code, message) = self.launch.lock().unwrap().clone() {
-                    return Reply::error(code, message);
-                }
-                let session = {
-                    let mut n = self.next_session.lock().unwrap();
-                    *n += 1;
-                    format!("s{n}")
-                };
-                let (tx, rx) = mpsc::channel(8);
-                self.sessions.lock().unwrap().insert(session.clone(), tx);
-                Reply::ok(LaunchReply {
-                    session,
-                    product,
-                    source: Source::Tokens,
-                    window_end: Utc::now() + Duration::hours(24),
-                    tokens_charged: 7,
-                    balance: Some(93),
-                    offline: false,
-                    close_grace_secs: None,
-                })
-                .with_events(rx)
-            }
-            Request::Result {
-                product,
-                count,
-                job,
-                ..
-            } => Reply::ok(ResultReply {
-                product,
-                job: job.unwrap_or_else(|| "job-1".into()),
-                tokens_charged: count.div_ceil(50),
-                balance: 90,
-            }),
-            Request::Status => Reply::ok(sample_status()),
-            Request::Attach { .. } | Request::Exit { .. } => Reply::ok(Empty {}),
-            Request::Hello { .. } | Request::Subscribe => {
-                Reply::error(ErrorCode::Internal, "the server answers this itself")
-            }
-        }
+    type Conn = FakeConn;
+
+    fn open(&self, perms: Permissions, events: mpsc::Sender<Event>) -> FakeConn {
+        FakeConn { perms, events }
     }
 
-    fn subscribe(&self, peer: &Peer) -> mpsc::Receiver<Event> {
-        let (tx, rx) = mpsc::channel(16);
-        self.subscribers.lock().unwrap().push(tx);
-        let _ = self.seen.send((peer.clone(), Request::Subscribe));
-        rx
+    async fn launch(
+        &self,
+        conn: &FakeConn,
+        acting: Acting,
+        product: String,
+        version: Option<String>,
+        process: Option<ProcessId>,
+    ) -> Reply {
+        self.saw(
+            conn,
+            Request::Launch {
+                product: product.clone(),
+                version,
+                pid: process.map(|p| p.pid),
+                user: Some(acting.name),
+            },
+        );
+        if let LaunchAnswer::Deny(code, message) = self.launch.lock().unwrap().clone() {
+            return Reply::error(code, message);
+        }
+        let session = {
+            let mut n = self.next_session.lock().unwrap();
+            *n += 1;
+            format!("s{n}")
+        };
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(session.clone(), conn.events.clone());
+        Reply::ok(LaunchReply {
+            session,
+            product,
+            source: Source::Tokens,
+            window_end: Utc::now() + Duration::hours(24),
+            tokens_charged: 7,
+            balance: Some(93),
+            offline: false,
+            close_grace_secs: None,
+        })
+        .long_lived()
     }
+
+    async fn attach(&self, conn: &FakeConn, session: String, process: ProcessId) -> Reply {
+        self.saw(
+            conn,
+            Request::Attach {
+                session,
+                pid: process.pid,
+            },
+        );
+        Reply::ok(Empty {})
+    }
+
+    async fn exit(&self, conn: &FakeConn, session: String, code: Option<i32>) -> Reply {
+        self.saw(conn, Request::Exit { session, code });
+        Reply::ok(Empty {})
+    }
+
+    async fn result(
+        &self,
+        conn: &FakeConn,
+        acting: Acting,
+        product: String,
+        count: u64,
+        job: Option<String>,
+    ) -> Reply {
+        self.saw(
+            conn,
+            Request::Result {
+                product: product.clone(),
+                count,
+                job: job.clone(),
+                user: Some(acting.name),
+            },
+        );
+        Reply::ok(ResultReply {
+            product,
+            job: job.unwrap_or_else(|| "job-1".into()),
+            tokens_charged: count.div_ceil(50),
+            balance: 90,
+            already_charged: false,
+        })
+    }
+
+    async fn status(&self, conn: &FakeConn) -> Reply {
+        self.saw(conn, Request::Status);
+        Reply::ok(sample_status())
+    }
+
+    fn subscribe(&self, conn: &FakeConn) -> Reply {
+        self.subscribers.lock().unwrap().push(conn.events.clone());
+        self.saw(conn, Request::Subscribe);
+        Reply::ok(Empty {}).long_lived()
+    }
+
+    async fn close(&self, _conn: FakeConn) {}
 }
 
 pub(crate) fn sample_status() -> StatusReply {
@@ -148,6 +217,16 @@ pub(crate) fn sample_status() -> StatusReply {
             window_end: start + Duration::hours(24),
             origin: "wrapper".into(),
         }],
+        sessions_omitted: 0,
+        windows: vec![WindowStatus {
+            user: "alice@example.com".into(),
+            product: "autocad".into(),
+            source: Source::Tokens,
+            tokens_charged: 7,
+            start,
+            end: start + Duration::hours(24),
+        }],
+        windows_omitted: 0,
         balance: Some(93),
         last_server_contact: Some(Utc::now() - Duration::minutes(5)),
         offline_seconds_left: Some(86_100),

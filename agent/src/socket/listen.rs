@@ -86,6 +86,16 @@ pub fn bind_path(path: &Path, mode: u32) -> Result<StdUnixListener, SocketError>
     let addr = UnixAddr::new(path).map_err(|e| io_err("use socket path", path, e.into()))?;
     use std::os::fd::AsRawFd;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|e| io_err("bind", path, e.into()))?;
+    // The directory is ours alone (checked above), so nobody can have replaced
+    // the fresh socket with a symlink; check anyway before chmod follows it.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {}
+        _ => {
+            return Err(SocketError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| io_err("set mode of", path, e))?;
     let backlog = Backlog::new(128).expect("128 is a valid backlog");
@@ -93,13 +103,41 @@ pub fn bind_path(path: &Path, mode: u32) -> Result<StdUnixListener, SocketError>
     Ok(StdUnixListener::from(fd))
 }
 
-/// Creates the socket's directory 0755 if missing, so every user can reach the socket.
+/// Creates the socket's directory 0755 if missing, so every user can reach the
+/// socket; an existing one must be owned by the agent's user and writable by
+/// nobody else. Otherwise another account could swap the socket path for a
+/// symlink between bind and chmod and have the agent chmod a file of its
+/// choice, or put its own socket there after an agent restart.
 fn prepare_parent(path: &Path) -> Result<(), SocketError> {
+    use std::os::unix::fs::MetadataExt;
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
-    if dir.exists() {
-        return Ok(());
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            let me = nix::unistd::geteuid().as_raw();
+            let problem = if !meta.is_dir() {
+                Some("not a directory (a symlink?)".to_string())
+            } else if meta.uid() != me {
+                Some(format!("owned by uid {}, not uid {me}", meta.uid()))
+            } else if meta.mode() & 0o022 != 0 {
+                Some(format!(
+                    "writable by others (mode {:o})",
+                    meta.mode() & 0o7777
+                ))
+            } else {
+                None
+            };
+            return match problem {
+                Some(problem) => Err(SocketError::UnsafeDirectory {
+                    path: dir.to_path_buf(),
+                    problem,
+                }),
+                None => Ok(()),
+            };
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect socket directory", dir, e)),
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -133,6 +171,35 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o666);
         let parent = std::fs::metadata(path.parent().unwrap()).unwrap();
         assert_eq!(parent.permissions().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn refuses_a_directory_others_can_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        match bind_path(&open.join("agent.sock"), 0o666) {
+            Err(SocketError::UnsafeDirectory { problem, .. }) => {
+                assert!(problem.contains("writable by others"), "{problem}")
+            }
+            other => panic!("expected UnsafeDirectory, got {other:?}"),
+        }
+        // A symlinked directory is refused too.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert!(matches!(
+            bind_path(&link.join("agent.sock"), 0o666),
+            Err(SocketError::UnsafeDirectory { .. })
+        ));
+        // Owned by another account.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        assert!(matches!(
+            bind_path(&theirs.join("agent.sock"), 0o666),
+            Err(SocketError::UnsafeDirectory { .. })
+        ));
     }
 
     #[test]

@@ -1,30 +1,31 @@
 //! The agent's local socket: newline-delimited JSON over a Unix socket.
 //!
 //! [`SocketServer`] owns the listener (bound by [`SocketServer::bind`] or handed over
-//! by systemd), accepts at most `max_connections` clients at a time and serves each
-//! one with [`serve_connection`]. A connection reads one [`Request`] per line, capped
-//! at [`MAX_LINE`]; oversize and malformed lines get an `invalid_request` reply and
-//! the connection goes on. `hello` and the `user`-field permission check are handled
-//! here; every other request goes to the daemon's [`Handler`].
+//! by systemd) and admits clients within the per-account limits of
+//! [`crate::limits`] ([`admission`]). Each connection reads one [`Request`] per
+//! line, capped at [`MAX_LINE`]; oversize and malformed lines get an
+//! `invalid_request` reply and the connection goes on.
 //!
-//! A reply may carry an event stream ([`Reply::with_events`]). From then on the
-//! connection also writes each [`Event`] the daemon sends as a line of its own
-//! (`{"event":...}`), still answering further requests, and is exempt from the idle
-//! timeout. This is how `subscribe` works, and how a wrapper learns that its
-//! session was closed: the daemon answers a granted `launch` with a stream and, to
-//! close the session, sends `Event::ProductClosed` on it (see [`Handler`]).
+//! Who the client is comes from the kernel once, when the connection is accepted
+//! ([`Peer`]), and turns into the connection's [`Permissions`]: which account a
+//! request may act for and which processes it may hand over. The server applies
+//! them before calling the daemon's [`Handler`], whose methods are typed per
+//! operation and get only checked values. `hello` is answered here.
+//!
+//! Every connection has an event stream: events the daemon sends on the
+//! connection's sender are written as lines of their own (`{"event":...}`)
+//! between replies. This is how `subscribe` works, and how a wrapper learns that
+//! its session was closed (`Event::ProductClosed`). A connection that holds a
+//! subscription or a session ([`Reply::long_lived`]) is exempt from the idle
+//! timeout; any other closes after [`SocketConfig::idle_timeout`] without a
+//! request (blank lines are not requests).
 
+mod admission;
 mod line;
-#[cfg(unix)]
 mod listen;
-#[cfg(unix)]
 mod peer;
-#[cfg(windows)]
-mod peer_windows;
-#[cfg(windows)]
-mod pipe_windows;
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 pub(crate) mod fake;
 
 use std::future::Future;
@@ -37,33 +38,19 @@ use flex_protocol::socket::{ErrReply, Event, HelloReply, OkReply, Request, MAX_L
 use flex_protocol::{ErrorCode, PROTOCOL_VERSION};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-#[cfg(unix)]
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::limits;
+pub use admission::Admission;
 pub use line::{write_json, write_line, LineRead, LineReader};
-#[cfg(unix)]
 pub use listen::{bind_path, systemd_listener, ListenOrigin};
-#[cfg(unix)]
-pub use peer::{account_name, process_uid, Peer};
-#[cfg(windows)]
-pub use peer_windows::{account_name, account_uid, account_uid_by_name, process_uid, Peer};
-#[cfg(windows)]
-pub use pipe_windows::PipeListener;
+pub use peer::{Acting, Peer, Permissions};
 
-/// The platform's listener: a Unix socket, or the named pipe on Windows.
-#[cfg(unix)]
-type Listener = UnixListener;
-#[cfg(windows)]
-type Listener = PipeListener;
-
-/// Where the listener came from, for logs and status (Windows: always bound).
-#[cfg(windows)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenOrigin {
-    Bound,
-}
+/// Events queued for one connection before new ones are dropped: a client that
+/// stops reading loses events rather than slowing the daemon.
+pub const EVENT_QUEUE: usize = 64;
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +61,11 @@ pub enum SocketError {
     AlreadyRunning { path: PathBuf },
     #[error("{path} exists and is not a socket: refusing to remove it; move it away or choose another socket_path")]
     NotASocket { path: PathBuf },
+    #[error(
+        "the socket directory {path} is {problem}: only root may create entries in it; \
+         fix its owner and mode (chown root {path}; chmod 755 {path}) or choose another socket_path"
+    )]
+    UnsafeDirectory { path: PathBuf, problem: String },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -83,34 +75,56 @@ pub enum SocketError {
     },
 }
 
-/// One reply line, plus optionally a stream of events to forward on the same
-/// connection afterwards.
-#[derive(Debug)]
+/// One reply line; `long_lived` marks a connection that now holds a session or
+/// a subscription, which the idle timeout must not close.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     line: String,
-    events: Option<mpsc::Receiver<Event>>,
+    long_lived: bool,
 }
 
 impl Reply {
-    /// `{"ok":true, ...data}`; `data` must serialize to a JSON object.
+    /// `{"ok":true, ...data}`; `data` must serialize to a JSON object. A reply
+    /// that would not fit in a line becomes an `internal` error: no reply may
+    /// break the framing the client relies on.
     pub fn ok<T: Serialize>(data: T) -> Reply {
         match serde_json::to_string(&OkReply::new(data)) {
-            Ok(line) => Reply { line, events: None },
+            Ok(line) if line.len() < MAX_LINE => Reply {
+                line,
+                long_lived: false,
+            },
+            Ok(line) => Reply::error(
+                ErrorCode::Internal,
+                format!(
+                    "the reply ({} bytes) is over the {MAX_LINE}-byte line limit",
+                    line.len()
+                ),
+            ),
             Err(e) => Reply::error(ErrorCode::Internal, format!("cannot encode reply: {e}")),
         }
     }
 
     /// `{"ok":false,"error":{"code","message"}}`.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        let mut message: String = message.into();
+        if message.len() > 4096 {
+            let mut end = 4096;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
         let line = serde_json::to_string(&ErrReply::new(code, message))
             .expect("an error reply always encodes");
-        Reply { line, events: None }
+        Reply {
+            line,
+            long_lived: false,
+        }
     }
 
-    /// Forward `events` on this connection after the reply, until the sender is
-    /// dropped or the client disconnects. Replaces any stream the connection had.
-    pub fn with_events(mut self, events: mpsc::Receiver<Event>) -> Reply {
-        self.events = Some(events);
+    /// The connection now holds a session or subscription.
+    pub fn long_lived(mut self) -> Reply {
+        self.long_lived = true;
         self
     }
 
@@ -120,28 +134,61 @@ impl Reply {
     }
 }
 
-/// What the daemon plugs into the socket server.
+/// What the daemon plugs into the socket server: one method per operation.
 ///
-/// The server has already checked, before calling [`Handler::handle`], that a
-/// `user` field in `launch`/`result` names the peer's own account unless the peer is
-/// root, so `peer.acting_user(user)` is safe to use, and that a `pid` in `attach` or
-/// `launch` is a process of the peer's uid (any process for root), so the agent
-/// never stops someone else's process on a wrapper's word. `attach` and `exit` name
-/// a session: the handler must check that the session belongs to `peer.uid` (or
-/// that the peer is root).
-///
-/// Run sessions: answer a granted `launch` with `Reply::ok(LaunchReply).with_events(rx)`
-/// and keep the sender with the session. To close the session send
-/// `Event::ProductClosed` on it: `flexctl run` then stops its child gracefully
-/// (SIGTERM, SIGKILL after a grace period) and reports `exit`. The sender's
-/// `closed()` resolves when the wrapper's connection goes away, which tells the
-/// daemon that the wrapper died without reporting an exit.
+/// The server has already checked what the kernel-given identity allows: a
+/// `user` in `launch`/`result` is resolved to an [`Acting`] account only for an
+/// admin (anyone else may only name themselves), and a `pid` in `launch` or
+/// `attach` is resolved to a [`ProcessId`](crate::process::ProcessId) only if the
+/// process belongs to the caller (any process for an admin). The handler checks
+/// what needs its state: that a session named in `attach`/`exit` belongs to the
+/// caller.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request other than `hello` and `subscribe`.
-    fn handle(&self, peer: &Peer, req: Request) -> impl Future<Output = Reply> + Send;
+    /// Per-connection state: the connection's permissions and its event sender.
+    type Conn: AsRef<Permissions> + Send + Sync + 'static;
 
-    /// The events for `peer`'s account, for `subscribe`.
-    fn subscribe(&self, peer: &Peer) -> mpsc::Receiver<Event>;
+    /// A connection was admitted; `events` writes to it.
+    fn open(&self, perms: Permissions, events: mpsc::Sender<Event>) -> Self::Conn;
+
+    fn launch(
+        &self,
+        conn: &Self::Conn,
+        acting: Acting,
+        product: String,
+        version: Option<String>,
+        process: Option<crate::process::ProcessId>,
+    ) -> impl Future<Output = Reply> + Send;
+
+    fn attach(
+        &self,
+        conn: &Self::Conn,
+        session: String,
+        process: crate::process::ProcessId,
+    ) -> impl Future<Output = Reply> + Send;
+
+    fn exit(
+        &self,
+        conn: &Self::Conn,
+        session: String,
+        code: Option<i32>,
+    ) -> impl Future<Output = Reply> + Send;
+
+    fn result(
+        &self,
+        conn: &Self::Conn,
+        acting: Acting,
+        product: String,
+        count: u64,
+        job: Option<String>,
+    ) -> impl Future<Output = Reply> + Send;
+
+    fn status(&self, conn: &Self::Conn) -> impl Future<Output = Reply> + Send;
+
+    /// Start sending this account's events on the connection.
+    fn subscribe(&self, conn: &Self::Conn) -> Reply;
+
+    /// The connection closed; release what it held.
+    fn close(&self, conn: Self::Conn) -> impl Future<Output = ()> + Send;
 }
 
 /// Limits and modes of the socket.
@@ -151,7 +198,6 @@ pub struct SocketConfig {
     /// Mode of the socket file: 0666 so every local user can connect; identity
     /// comes from peer credentials, not from the file mode.
     pub mode: u32,
-    pub max_connections: usize,
     /// A connection without an event stream that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     /// A client that does not read its replies for this long is dropped.
@@ -163,16 +209,15 @@ impl SocketConfig {
         SocketConfig {
             path: path.into(),
             mode: 0o666,
-            max_connections: 256,
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(10),
+            idle_timeout: limits::IDLE_TIMEOUT,
+            write_timeout: limits::WRITE_TIMEOUT,
         }
     }
 }
 
 /// A listening local socket, ready to [`serve`](SocketServer::serve).
 pub struct SocketServer {
-    listener: Listener,
+    listener: UnixListener,
     config: SocketConfig,
     origin: ListenOrigin,
 }
@@ -180,7 +225,6 @@ pub struct SocketServer {
 impl SocketServer {
     /// Takes the socket from systemd when socket-activated, else binds `config.path`.
     /// Must be called inside a tokio runtime.
-    #[cfg(unix)]
     pub fn bind(config: SocketConfig) -> Result<SocketServer, SocketError> {
         let (std, origin) = match systemd_listener() {
             Some(l) => (l, ListenOrigin::Systemd),
@@ -198,19 +242,7 @@ impl SocketServer {
         })
     }
 
-    /// Creates the named pipe `config.path` (`\\.\pipe\flex-agent`).
-    /// Must be called inside a tokio runtime.
-    #[cfg(windows)]
-    pub fn bind(config: SocketConfig) -> Result<SocketServer, SocketError> {
-        Ok(SocketServer {
-            listener: PipeListener::bind(&config.path)?,
-            config,
-            origin: ListenOrigin::Bound,
-        })
-    }
-
     /// Wraps a listener the caller bound.
-    #[cfg(unix)]
     pub fn from_listener(listener: UnixListener, config: SocketConfig) -> SocketServer {
         SocketServer {
             listener,
@@ -230,13 +262,12 @@ impl SocketServer {
     /// Accepts and serves clients until `shutdown` resolves, then drops every
     /// connection and, if the agent bound the path itself, removes it.
     pub async fn serve<H: Handler>(self, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
-        #[allow(unused_mut)] // accepting a pipe client replaces its instance
         let SocketServer {
-            mut listener,
+            listener,
             config,
             origin,
         } = self;
-        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let admission = Admission::default();
         let next_id = AtomicU64::new(1);
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
@@ -244,9 +275,9 @@ impl SocketServer {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = accept(&mut listener) => {
+                accepted = listener.accept() => {
                     let stream = match accepted {
-                        Ok(stream) => stream,
+                        Ok((stream, _)) => stream,
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             tracing::warn!(error = %e, "accepting a socket client failed");
@@ -254,70 +285,35 @@ impl SocketServer {
                             continue;
                         }
                     };
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        let reply = Reply::error(
-                            ErrorCode::Internal,
-                            format!("flex-agent is serving {} connections, its limit: retry shortly", config.max_connections),
-                        );
-                        // Best effort without blocking the accept loop; then close.
-                        let _ = stream.try_write(format!("{}\n", reply.line()).as_bytes());
-                        continue;
-                    };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     let handler = handler.clone();
                     let limits = config.clone();
+                    let admission = admission.clone();
                     conns.spawn(async move {
-                        let _permit = permit;
-                        match peer_of(&stream, id, limits.idle_timeout).await {
-                            Ok(peer) => serve_connection(stream, peer, handler, &limits).await,
-                            Err(e) => tracing::warn!(error = %e, "cannot read peer credentials; closing"),
+                        let peer = match Peer::from_stream(&stream, id).await {
+                            Ok(peer) => peer,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read peer credentials; closing");
+                                return;
+                            }
+                        };
+                        match admission.admit(&peer) {
+                            Ok(_ticket) => serve_connection(stream, peer, handler, &limits).await,
+                            Err(refused) => {
+                                tracing::warn!(account = %peer.account, "connection refused: {}", refused.line());
+                                // Best effort, never blocking: the client is told why.
+                                let _ = stream.try_write(format!("{}\n", refused.line()).as_bytes());
+                            }
                         }
                     });
                 }
             }
         }
         conns.shutdown().await;
-        #[cfg(unix)]
         if origin == ListenOrigin::Bound {
             let _ = std::fs::remove_file(&config.path);
         }
-        #[cfg(windows)]
-        let _ = (origin, config);
     }
-}
-
-#[cfg(unix)]
-async fn accept(listener: &mut Listener) -> std::io::Result<tokio::net::UnixStream> {
-    listener.accept().await.map(|(stream, _)| stream)
-}
-
-#[cfg(windows)]
-async fn accept(
-    listener: &mut Listener,
-) -> std::io::Result<tokio::net::windows::named_pipe::NamedPipeServer> {
-    listener.accept().await
-}
-
-#[cfg(unix)]
-async fn peer_of(
-    stream: &tokio::net::UnixStream,
-    id: u64,
-    _idle: Duration,
-) -> std::io::Result<Peer> {
-    Peer::from_stream(stream, id).await
-}
-
-/// A pipe client's identity needs its first request: one that sends nothing
-/// is dropped after the idle timeout.
-#[cfg(windows)]
-async fn peer_of(
-    stream: &tokio::net::windows::named_pipe::NamedPipeServer,
-    id: u64,
-    idle: Duration,
-) -> std::io::Result<Peer> {
-    tokio::time::timeout(idle, Peer::from_pipe(stream, id))
-        .await
-        .map_err(|_| std::io::ErrorKind::TimedOut)?
 }
 
 /// Serves one client until it disconnects, idles out or stops reading.
@@ -328,15 +324,18 @@ where
 {
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = LineReader::new(read, MAX_LINE);
-    let mut events: Option<mpsc::Receiver<Event>> = None;
-    tracing::debug!(conn = peer.conn_id, uid = peer.uid, pid = ?peer.pid, "socket client connected");
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    tracing::debug!(conn = peer.conn_id, account = %peer.account, pid = ?peer.pid, "socket client connected");
+    let conn_id = peer.conn_id;
+    let conn = handler.open(Permissions::new(peer), events_tx);
+    let mut long_lived = false;
+    let mut idle_until = tokio::time::Instant::now() + limits.idle_timeout;
     loop {
-        let streaming = events.is_some();
         let idle = async {
-            if streaming {
+            if long_lived {
                 std::future::pending::<()>().await
             } else {
-                tokio::time::sleep(limits.idle_timeout).await
+                tokio::time::sleep_until(idle_until).await
             }
         };
         let out: Reply = tokio::select! {
@@ -346,8 +345,9 @@ where
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
+                    idle_until = tokio::time::Instant::now() + limits.idle_timeout;
                     match serde_json::from_slice::<Request>(line) {
-                        Ok(req) => dispatch(&peer, req, handler.as_ref()).await,
+                        Ok(req) => dispatch(&conn, req, handler.as_ref()).await,
                         Err(e) => Reply::error(ErrorCode::InvalidRequest, format!("malformed request: {e}")),
                     }
                 }
@@ -357,48 +357,33 @@ where
                 ),
                 Ok(LineRead::Eof) => break,
                 Err(e) => {
-                    tracing::debug!(conn = peer.conn_id, error = %e, "socket read failed");
+                    tracing::debug!(conn = conn_id, error = %e, "socket read failed");
                     break;
                 }
             },
-            event = recv(&mut events) => match event {
-                Some(event) => match serde_json::to_string(&event) {
-                    Ok(line) => Reply { line, events: None },
-                    Err(_) => continue,
-                },
-                None => {
-                    events = None;
-                    continue;
-                }
+            Some(event) = events.recv() => match serde_json::to_string(&event) {
+                Ok(line) if line.len() < MAX_LINE => Reply { line, long_lived: false },
+                _ => continue,
             },
             _ = idle => {
-                tracing::debug!(conn = peer.conn_id, "closing idle socket client");
+                tracing::debug!(conn = conn_id, "closing idle socket client");
                 break;
             }
         };
-        if let Some(stream) = out.events {
-            events = Some(stream);
-        }
+        long_lived |= out.long_lived;
         let written =
             tokio::time::timeout(limits.write_timeout, write_line(&mut write, &out.line)).await;
         if !matches!(written, Ok(Ok(()))) {
-            tracing::debug!(
-                conn = peer.conn_id,
-                "socket client stopped reading; closing"
-            );
+            tracing::debug!(conn = conn_id, "socket client stopped reading; closing");
             break;
         }
     }
+    handler.close(conn).await;
 }
 
-async fn recv(events: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
-    match events {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn dispatch<H: Handler>(peer: &Peer, req: Request, handler: &H) -> Reply {
+/// Checks identity-based permissions, then calls the handler's method.
+async fn dispatch<H: Handler>(conn: &H::Conn, req: Request, handler: &H) -> Reply {
+    let perms: &Permissions = conn.as_ref();
     match req {
         Request::Hello { protocol, .. } => {
             if protocol != PROTOCOL_VERSION {
@@ -412,36 +397,46 @@ async fn dispatch<H: Handler>(peer: &Peer, req: Request, handler: &H) -> Reply {
             Reply::ok(HelloReply {
                 protocol: PROTOCOL_VERSION,
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                account: peer.account.clone(),
-                uid: peer.uid,
+                account: perms.peer().name.clone(),
+                uid: perms.peer().account.uid().unwrap_or(u32::MAX),
             })
         }
-        Request::Subscribe => {
-            Reply::ok(flex_protocol::socket::Empty {}).with_events(handler.subscribe(peer))
-        }
+        Request::Subscribe => handler.subscribe(conn),
         Request::Launch {
-            user: Some(ref user),
-            ..
+            product,
+            version,
+            pid,
+            user,
+        } => {
+            let acting = match perms.acting(user.as_deref()) {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            let process = match pid.map(|p| perms.process(p)).transpose() {
+                Ok(p) => p,
+                Err(r) => return r,
+            };
+            handler
+                .launch(conn, acting, product, version, process)
+                .await
         }
-        | Request::Result {
-            user: Some(ref user),
-            ..
-        } if !peer.may_act_as(user) => Reply::error(
-            ErrorCode::Forbidden,
-            format!(
-                "account '{}' (uid {}) cannot act for '{user}': only root may name another user",
-                peer.account, peer.uid
-            ),
-        ),
-        Request::Attach { pid, .. } | Request::Launch { pid: Some(pid), .. } => {
-            match peer.may_attach(pid) {
-                Ok(()) => handler.handle(peer, req).await,
-                Err(why) => Reply::error(ErrorCode::Forbidden, format!("cannot attach: {why}")),
-            }
-        }
-        req => handler.handle(peer, req).await,
+        Request::Attach { session, pid } => match perms.process(pid) {
+            Ok(process) => handler.attach(conn, session, process).await,
+            Err(r) => r,
+        },
+        Request::Exit { session, code } => handler.exit(conn, session, code).await,
+        Request::Result {
+            product,
+            count,
+            job,
+            user,
+        } => match perms.acting(user.as_deref()) {
+            Ok(acting) => handler.result(conn, acting, product, count, job).await,
+            Err(r) => r,
+        },
+        Request::Status => handler.status(conn).await,
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests;

@@ -1,109 +1,133 @@
-//! Who is on the other end of a connection.
+//! Who is on the other end of a connection, and what that allows.
 //!
 //! Identity comes only from the kernel (`SO_PEERCRED` on Linux, `getpeereid` on the
 //! BSDs via tokio), read once when the connection is accepted, never from a message.
-//! Root may act for another account; everyone else only for themselves.
+//! [`Permissions`] are computed from it once per connection, as tailscale's
+//! LocalAPI does, and every operation that acts for an account or hands the
+//! agent a process goes through them: an admin (root) may act for another
+//! account and hand over any process; everyone else only their own.
 
 use std::io;
 
+use flex_protocol::ErrorCode;
 use tokio::net::UnixStream;
+
+use super::Reply;
+use crate::account::{self, AccountId};
+use crate::core::ConnId;
+use crate::process::{ProcessHandle, ProcessId};
 
 /// The credentials of a connected client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
+    pub account: AccountId,
+    /// Account name, or the uid in decimal when it has no passwd entry.
+    pub name: String,
+    /// Root (Unix) — may act for other accounts.
+    pub admin: bool,
     /// Absent on systems that do not report it.
     pub pid: Option<u32>,
-    /// Account name of `uid`, or the uid in decimal when it has no passwd entry.
-    pub account: String,
-    /// Distinguishes connections in logs.
-    pub conn_id: u64,
+    /// Distinguishes connections in logs and in the daemon.
+    pub conn_id: ConnId,
 }
 
 impl Peer {
     /// Reads the peer credentials of `stream` and resolves the account name.
-    pub async fn from_stream(stream: &UnixStream, conn_id: u64) -> io::Result<Peer> {
+    pub async fn from_stream(stream: &UnixStream, conn_id: ConnId) -> io::Result<Peer> {
         let cred = stream.peer_cred()?;
         let uid = cred.uid();
         // getpwuid_r may consult NSS (LDAP, sssd): keep it off the runtime threads.
-        let account = tokio::task::spawn_blocking(move || account_name(uid))
+        let name = tokio::task::spawn_blocking(move || account::name_of_uid(uid))
             .await
             .map_err(io::Error::other)?;
         Ok(Peer {
-            uid,
-            gid: cred.gid(),
+            account: AccountId::from_uid(uid),
+            name,
+            admin: uid == 0,
             pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
-            account,
             conn_id,
         })
     }
+}
 
-    pub fn is_root(&self) -> bool {
-        self.uid == 0
+/// The account a request acts for: the caller's own, or (admins only) the one
+/// it named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acting {
+    pub account: AccountId,
+    pub name: String,
+}
+
+/// What one connection may do, decided once from its [`Peer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    peer: Peer,
+}
+
+impl AsRef<Permissions> for Permissions {
+    fn as_ref(&self) -> &Permissions {
+        self
+    }
+}
+
+impl Permissions {
+    pub fn new(peer: Peer) -> Permissions {
+        Permissions { peer }
     }
 
-    /// Whether this peer may act for local account `user`.
-    pub fn may_act_as(&self, user: &str) -> bool {
-        self.is_root() || user == self.account
+    pub fn peer(&self) -> &Peer {
+        &self.peer
     }
 
-    /// Whether this peer may hand process `pid` to the agent (which, running as
-    /// root, may later stop it): root may, others only for their own processes.
-    /// `Err` names why not.
-    pub fn may_attach(&self, pid: u32) -> Result<(), String> {
-        if self.is_root() {
-            return Ok(());
+    pub fn admin(&self) -> bool {
+        self.peer.admin
+    }
+
+    /// The account a request with `user` acts for. Naming yourself is fine;
+    /// naming anyone else is for admins only.
+    pub fn acting(&self, user: Option<&str>) -> Result<Acting, Reply> {
+        let own = || Acting {
+            account: self.peer.account.clone(),
+            name: self.peer.name.clone(),
+        };
+        let Some(name) = user.filter(|u| *u != self.peer.name) else {
+            return Ok(own());
+        };
+        if !self.peer.admin {
+            return Err(Reply::error(
+                ErrorCode::Forbidden,
+                format!(
+                    "account '{}' (uid {}) cannot act for '{name}': only root may name another user",
+                    self.peer.name, self.peer.account
+                ),
+            ));
         }
-        match process_uid(pid) {
-            Some(uid) if uid == self.uid => Ok(()),
-            Some(_) => Err(format!(
-                "process {pid} does not belong to '{}'",
-                self.account
+        match account::lookup(name) {
+            Some(account) => Ok(Acting {
+                account,
+                name: name.to_string(),
+            }),
+            None => Err(Reply::error(
+                ErrorCode::UnknownUser,
+                format!("there is no local account named '{name}'"),
             )),
-            None => Err(format!("there is no process {pid}")),
         }
     }
 
-    /// The account a request acts for: the requested one (already checked with
-    /// [`Peer::may_act_as`] by the server) or the peer's own.
-    pub fn acting_user<'a>(&'a self, requested: Option<&'a str>) -> &'a str {
-        requested.unwrap_or(&self.account)
-    }
-}
-
-/// Real uid of process `pid`; `None` if it is gone.
-#[cfg(target_os = "linux")]
-pub fn process_uid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Owner of process `pid` (effective uid, from sysinfo); `None` if it is gone.
-#[cfg(all(unix, not(target_os = "linux")))]
-pub fn process_uid(pid: u32) -> Option<u32> {
-    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
-    let mut sys = System::new();
-    let pid = Pid::from_u32(pid);
-    sys.refresh_processes_specifics(
-        ProcessesToUpdate::Some(&[pid]),
-        true,
-        ProcessRefreshKind::nothing().with_user(UpdateKind::Always),
-    );
-    sys.process(pid)?.user_id().map(|u| **u)
-}
-
-/// Account name of `uid`, falling back to the number.
-pub fn account_name(uid: u32) -> String {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(user)) => user.name,
-        _ => uid.to_string(),
+    /// The identity of process `pid`, if this peer may hand it to the agent
+    /// (which, running as root, may later stop it): an admin any process,
+    /// others only their own.
+    pub fn process(&self, pid: u32) -> Result<ProcessId, Reply> {
+        let forbidden =
+            |why: String| Reply::error(ErrorCode::Forbidden, format!("cannot attach: {why}"));
+        let handle = ProcessHandle::open(pid).map_err(|e| forbidden(e.to_string()))?;
+        if !self.peer.admin && handle.owner() != &self.peer.account {
+            return Err(forbidden(format!(
+                "process {pid} does not belong to '{}'",
+                self.peer.name
+            )));
+        }
+        Ok(handle.id())
     }
 }
 
@@ -111,36 +135,46 @@ pub fn account_name(uid: u32) -> String {
 mod tests {
     use super::*;
 
+    fn alice() -> Peer {
+        Peer {
+            account: AccountId::from_uid(1000),
+            name: "alice".into(),
+            admin: false,
+            pid: None,
+            conn_id: 1,
+        }
+    }
+
     #[tokio::test]
     async fn credentials_of_a_real_socket_pair() {
         let (a, _b) = UnixStream::pair().unwrap();
         let peer = Peer::from_stream(&a, 7).await.unwrap();
-        assert_eq!(peer.uid, nix::unistd::getuid().as_raw());
-        assert_eq!(peer.gid, nix::unistd::getgid().as_raw());
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(peer.account, AccountId::from_uid(uid));
+        assert_eq!(peer.admin, uid == 0);
         assert_eq!(peer.pid, Some(std::process::id()));
-        assert_eq!(peer.account, account_name(peer.uid));
+        assert_eq!(peer.name, account::name_of_uid(uid));
         assert_eq!(peer.conn_id, 7);
     }
 
     #[test]
     fn only_root_acts_for_others() {
-        let alice = Peer {
-            uid: 1000,
-            gid: 1000,
-            pid: None,
-            account: "alice".into(),
-            conn_id: 1,
-        };
-        assert!(alice.may_act_as("alice"));
-        assert!(!alice.may_act_as("bob"));
-        let root = Peer {
-            uid: 0,
-            account: "root".into(),
-            ..alice
-        };
-        assert!(root.may_act_as("bob"));
-        assert_eq!(root.acting_user(Some("bob")), "bob");
-        assert_eq!(root.acting_user(None), "root");
+        let alice = Permissions::new(alice());
+        assert_eq!(alice.acting(Some("alice")).unwrap().name, "alice");
+        assert_eq!(
+            alice.acting(None).unwrap().account,
+            AccountId::from_uid(1000)
+        );
+        assert!(alice.acting(Some("root")).is_err());
+        let root = Permissions::new(Peer {
+            account: AccountId::from_uid(0),
+            name: "root".into(),
+            admin: true,
+            ..self::tests::alice()
+        });
+        let acting = root.acting(Some("nobody")).unwrap();
+        assert_eq!(acting.account, AccountId::from_uid(65534));
+        assert!(root.acting(Some("no-such-account-here")).is_err());
     }
 
     #[test]
@@ -152,25 +186,29 @@ mod tests {
             .gid(1000)
             .spawn()
             .expect("tests run as root, so they can start a process as uid 1000");
-        let alice = Peer {
-            uid: 1000,
-            gid: 1000,
-            pid: None,
-            account: "alice".into(),
-            conn_id: 1,
-        };
-        assert_eq!(alice.may_attach(mine.id()), Ok(()));
-        assert_eq!(
-            alice.may_attach(1),
-            Err("process 1 does not belong to 'alice'".into())
+        let alice = Permissions::new(alice());
+        let id = alice.process(mine.id()).unwrap();
+        assert_eq!(id.pid, mine.id());
+        let err = alice.process(1).unwrap_err();
+        assert!(
+            err.line().contains("process 1 does not belong to 'alice'"),
+            "{}",
+            err.line()
         );
         mine.kill().unwrap();
         mine.wait().unwrap();
-        assert_eq!(
-            alice.may_attach(mine.id()),
-            Err(format!("there is no process {}", mine.id()))
+        let err = alice.process(mine.id()).unwrap_err();
+        assert!(
+            err.line()
+                .contains(&format!("there is no process {}", mine.id())),
+            "{}",
+            err.line()
         );
-        let root = Peer { uid: 0, ..alice };
-        assert_eq!(root.may_attach(1), Ok(()));
+        let root = Permissions::new(Peer {
+            account: AccountId::from_uid(0),
+            admin: true,
+            ..self::tests::alice()
+        });
+        assert_eq!(root.process(1).unwrap().pid, 1);
     }
 }

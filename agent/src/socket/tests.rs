@@ -17,10 +17,10 @@ use super::*;
 
 fn alice() -> Peer {
     Peer {
-        uid: 1000,
-        gid: 1000,
+        account: crate::account::AccountId::from_uid(1000),
+        name: "alice".into(),
+        admin: false,
         pid: Some(1234),
-        account: "alice".into(),
         conn_id: 1,
     }
 }
@@ -167,17 +167,22 @@ async fn non_root_cannot_act_as_another_user() {
 
     // Root may act for anyone.
     let root = Peer {
-        uid: 0,
-        gid: 0,
-        account: "root".into(),
+        account: crate::account::AccountId::from_uid(0),
+        name: "root".into(),
+        admin: true,
         ..alice()
     };
     let mut c = Client::start(root, handler, config());
     let reply = c
-        .ask(r#"{"op":"result","product":"recap-photo","count":85,"user":"bob"}"#)
+        .ask(r#"{"op":"result","product":"recap-photo","count":85,"user":"nobody"}"#)
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
     assert_eq!(reply["tokens_charged"], 2);
+    // An account that does not exist is named.
+    let reply = c
+        .ask(r#"{"op":"result","product":"recap-photo","count":85,"user":"no-such-account"}"#)
+        .await;
+    assert_eq!(error_code(&reply), "unknown_user");
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,6 +194,20 @@ async fn idle_connections_close_but_streams_stay_open() {
     let mut idle = Client::start(alice(), handler.clone(), limits.clone());
     // Time is paused and advances only when every task waits: the idle timer fires.
     assert_eq!(idle.recv().await, None);
+
+    // Blank lines are not requests: they do not keep a connection open.
+    let mut chatty = Client::start(alice(), handler.clone(), limits.clone());
+    for _ in 0..30 {
+        if write_line(&mut chatty.writer, "").await.is_err() {
+            break; // closed for idleness
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        chatty.recv().await,
+        None,
+        "blank lines kept the connection open"
+    );
 
     let mut notifier = Client::start(alice(), handler.clone(), limits);
     assert_eq!(notifier.ask(r#"{"op":"subscribe"}"#).await["ok"], true);
@@ -285,7 +304,7 @@ async fn peer_credentials_come_from_the_kernel() {
         .unwrap()
         .unwrap();
     assert_eq!(hello.uid, nix::unistd::getuid().as_raw());
-    assert_eq!(hello.account, account_name(hello.uid));
+    assert_eq!(hello.account, crate::account::name_of_uid(hello.uid));
 
     // As another uid over a real socket: identity from SO_PEERCRED, and that
     // user cannot launch as root, but can launch as themselves.
@@ -301,74 +320,79 @@ async fn peer_credentials_come_from_the_kernel() {
     })
     .await
     .unwrap();
+    let nobody = crate::account::name_of_uid(65534);
     assert_eq!(replies[0]["uid"], 65534);
-    assert_eq!(replies[0]["account"], account_name(65534));
+    assert_eq!(replies[0]["account"], nobody.as_str());
     assert_eq!(error_code(&replies[1]), "forbidden");
     assert_eq!(replies[2]["ok"], true);
     let (peer, req) = seen.recv().await.unwrap();
-    assert_eq!(peer.uid, 65534);
-    assert_eq!(peer.gid, 65534);
-    assert!(matches!(req, Request::Launch { user: None, .. }));
+    assert_eq!(peer.account, crate::account::AccountId::from_uid(65534));
+    assert!(!peer.admin);
+    assert!(matches!(req, Request::Launch { user: Some(u), .. } if u == nobody));
+}
+
+/// Holds `n` connections as `nobody` (each confirmed with a `hello`), then
+/// opens one more and returns the first line it gets, if any.
+fn nobody_holds(
+    path: std::path::PathBuf,
+    n: usize,
+) -> (Vec<std::os::unix::net::UnixStream>, Option<Value>) {
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls on this thread only; no memory is shared.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+        }
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            writeln!(s, r#"{{"op":"hello","protocol":1}}"#).unwrap();
+            let mut line = String::new();
+            StdBufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.contains("\"ok\":true"), "{line}");
+            held.push(s);
+        }
+        let extra = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let mut line = String::new();
+        StdBufReader::new(extra).read_line(&mut line).unwrap();
+        (held, serde_json::from_str(&line).ok())
+    })
+    .join()
+    .unwrap()
 }
 
 #[tokio::test]
-async fn connection_cap_rejects_extra_clients() {
+async fn max_connections_per_account_over_a_real_socket() {
+    // Regression: one uid could hold all 256 connections, and everyone else's
+    // flexctl run then failed.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-    let mut limits = SocketConfig::new(&path);
-    limits.max_connections = 1;
-    let server = SocketServer::bind(limits).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (handler, _seen) = FakeHandler::new();
-    tokio::spawn(server.serve(handler, std::future::pending()));
-
-    // A rejected client is told why as soon as it is accepted, then closed.
-    async fn first_line(stream: &mut UnixStream, hello: bool) -> Option<Value> {
-        if hello {
-            stream
-                .write_all(b"{\"op\":\"hello\",\"protocol\":1}\n")
-                .await
-                .ok()?;
-        }
-        let (r, _w) = stream.split();
-        let mut r = LineReader::new(r, MAX_LINE);
-        match r.next().await {
-            Ok(LineRead::Line) => serde_json::from_slice(r.line()).ok(),
-            _ => None,
-        }
-    }
-
-    let mut first = UnixStream::connect(&path).await.unwrap();
-    assert_eq!(first_line(&mut first, true).await.unwrap()["ok"], true);
-
-    let mut second = UnixStream::connect(&path).await.unwrap();
-    let rejected = first_line(&mut second, false).await.unwrap();
-    assert_eq!(error_code(&rejected), "internal");
-    assert!(rejected["error"]["message"]
+    let agent = start_fake_agent(dir.path(), handler);
+    let path = agent.path.clone();
+    let (held, refused) = tokio::task::spawn_blocking(move || {
+        nobody_holds(path, crate::limits::MAX_CONNECTIONS_PER_ACCOUNT)
+    })
+    .await
+    .unwrap();
+    let refused = refused.expect("the extra connection was told why");
+    assert_eq!(error_code(&refused), "limit_exceeded");
+    assert!(refused["error"]["message"]
         .as_str()
         .unwrap()
         .contains("limit"));
-    assert_eq!(
-        first_line(&mut second, false).await,
-        None,
-        "rejected client left open"
-    );
-
-    // Closing the first frees its slot; the server notices asynchronously, so
-    // retry a bounded number of times rather than sleeping.
-    drop(first);
-    let mut served = false;
-    for _ in 0..1000 {
-        let mut next = UnixStream::connect(&path).await.unwrap();
-        if first_line(&mut next, true)
-            .await
-            .is_some_and(|r| r["ok"] == true)
-        {
-            served = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(served, "slot never freed after the first client left");
+    // Root (and any other account) still gets in.
+    let mut root = UnixStream::connect(&agent.path).await.unwrap();
+    root.write_all(b"{\"op\":\"hello\",\"protocol\":1}\n")
+        .await
+        .unwrap();
+    let (r, _w) = root.split();
+    let mut r = LineReader::new(r, MAX_LINE);
+    assert_eq!(r.next().await.unwrap(), LineRead::Line);
+    drop(held);
+    agent.stop().await;
 }
 
 #[tokio::test]

@@ -1,10 +1,11 @@
 //! Detects product processes starting and exiting.
 //!
 //! [`Watcher::start`] spawns a task that reports [`ProcEvent`]s for processes whose
-//! executable matches a product of the rate sheet (see [`Matcher`]). On Linux the
-//! source is the kernel process connector ([`connector`]): exec and exit events
-//! arrive within a millisecond, and `/proc/PID` is read only for processes that just
-//! exec'd. When the connector cannot be opened (no CAP_NET_ADMIN, another network
+//! executable matches a product of the rate sheet (see [`Matcher`]; the names a
+//! process goes by, including the program a dynamic loader runs, come from
+//! [`crate::process::Names`]). On Linux the source is the kernel process connector
+//! ([`connector`]): exec and exit events arrive within a millisecond, and
+//! `/proc/PID` is read only for processes that just exec'd. When the connector cannot be opened (no CAP_NET_ADMIN, another network
 //! namespace, an old kernel) the watcher polls instead: it lists `/proc` every
 //! interval and reads details only for pids it has not seen before, because a full
 //! process-table refresh costs about seventy times as much CPU. On other systems it
@@ -15,8 +16,6 @@
 
 #[cfg(target_os = "linux")]
 pub mod connector;
-#[cfg(target_os = "linux")]
-mod procfs;
 #[cfg(unix)]
 mod sysinfo_poll;
 mod tracker;
@@ -31,15 +30,19 @@ use chrono::{DateTime, Utc};
 use flex_protocol::api::Product;
 use tokio::sync::{mpsc, Notify};
 
+use crate::account::AccountId;
+use crate::process::ProcessId;
+
 pub use tracker::Matcher;
 
 /// A product process starting or ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcEvent {
     pub kind: ProcEventKind,
-    pub pid: u32,
-    /// Real uid of the process: the user running the product.
-    pub uid: u32,
+    /// The process (pid and start time).
+    pub process: ProcessId,
+    /// Who runs it (the real uid on Unix): the user the product is charged to.
+    pub owner: AccountId,
     /// Rate-sheet id of the product.
     pub product: String,
     /// The name that matched: executable file name, comm or argv[0] base name.

@@ -57,20 +57,8 @@ impl SysinfoTracker {
             if matcher.is_empty() || (seen && !all) || self.tracked.contains_key(&pid) {
                 continue;
             }
-            let exe_name = p
-                .exe()
-                .and_then(|e| e.file_name())
-                .map(|n| n.to_string_lossy().into_owned());
-            let argv0 = p.cmd().first().and_then(|a| {
-                std::path::Path::new(a)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-            });
-            let candidates = exe_name
-                .into_iter()
-                .chain(Some(p.name().to_string_lossy().into_owned()))
-                .chain(argv0);
-            let Some((product, name)) = matcher.find(candidates) else {
+            let names = crate::process::Names::of_sysinfo(p);
+            let Some((product, name)) = matcher.find(names.candidates()) else {
                 continue;
             };
             let Some(uid) = p.user_id().map(|u| **u) else {
@@ -83,8 +71,11 @@ impl SysinfoTracker {
             };
             let ev = ProcEvent {
                 kind,
-                pid,
-                uid,
+                process: crate::process::ProcessId {
+                    pid,
+                    start: p.start_time(),
+                },
+                owner: crate::account::AccountId::from_uid(uid),
                 product,
                 exe_name: name,
                 exe_path: p.exe().map(|e| e.to_path_buf()),

@@ -80,7 +80,7 @@ async fn next_for(rx: &mut mpsc::Receiver<ProcEvent>, pid: u32) -> ProcEvent {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let ev = rx.recv().await.expect("watcher stopped");
-            if ev.pid == pid {
+            if ev.process.pid == pid {
                 return ev;
             }
         }
@@ -91,8 +91,8 @@ async fn next_for(rx: &mut mpsc::Receiver<ProcEvent>, pid: u32) -> ProcEvent {
 
 fn assert_start(ev: &ProcEvent, kind: ProcEventKind, pid: u32, product: &str, exe: &Path) {
     assert_eq!(ev.kind, kind, "{ev:?}");
-    assert_eq!(ev.pid, pid);
-    assert_eq!(ev.uid, NOBODY);
+    assert_eq!(ev.process.pid, pid);
+    assert_eq!(ev.owner.uid().unwrap(), NOBODY);
     assert_eq!(ev.product, product);
     assert_eq!(ev.exe_name, exe.file_name().unwrap().to_str().unwrap());
     assert_eq!(ev.exe_path.as_deref(), Some(exe));
@@ -134,7 +134,10 @@ async fn start_and_exit(source: SourceChoice, expected: DetectionSource, name: &
         }
         other => panic!("expected an exit, got {other:?}"),
     }
-    assert_eq!((ev.uid, ev.product.as_str()), (NOBODY, name));
+    assert_eq!(
+        (ev.owner.uid().unwrap(), ev.product.as_str()),
+        (NOBODY, name)
+    );
 }
 
 #[tokio::test]
@@ -210,7 +213,7 @@ async fn new_rate_sheet_adopts_running_processes() {
         handle.set_products(&[product(name, name)]);
         let ev = next_for(&mut rx, pid).await;
         assert_eq!(ev.product, name);
-        assert_eq!(ev.uid, NOBODY);
+        assert_eq!(ev.owner.uid().unwrap(), NOBODY);
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -228,20 +231,30 @@ fn sysinfo_poller_diffs_processes() {
     let events = tracker.scan(&matcher, false);
     let ev = events
         .iter()
-        .find(|e| e.pid == pid)
+        .find(|e| e.process.pid == pid)
         .expect("start not seen");
     assert_eq!(ev.kind, ProcEventKind::Started);
     assert_eq!(
-        (ev.uid, ev.product.as_str(), ev.exe_name.as_str()),
+        (
+            ev.owner.uid().unwrap(),
+            ev.product.as_str(),
+            ev.exe_name.as_str()
+        ),
         (NOBODY, name, name)
     );
     assert!(
-        tracker.scan(&matcher, false).iter().all(|e| e.pid != pid),
+        tracker
+            .scan(&matcher, false)
+            .iter()
+            .all(|e| e.process.pid != pid),
         "reported twice"
     );
     child.kill().unwrap();
     child.wait().unwrap();
     let events = tracker.scan(&matcher, false);
-    let ev = events.iter().find(|e| e.pid == pid).expect("exit not seen");
+    let ev = events
+        .iter()
+        .find(|e| e.process.pid == pid)
+        .expect("exit not seen");
     assert!(matches!(ev.kind, ProcEventKind::Exited { .. }));
 }

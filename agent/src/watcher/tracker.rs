@@ -143,11 +143,10 @@ pub(crate) use linux::{run_connector, run_procfs_polling, Tracker};
 #[cfg(target_os = "linux")]
 mod linux {
     use super::*;
+    use crate::process;
     use crate::watcher::connector::{CnEvent, ProcConnector};
-    use crate::watcher::procfs;
 
     struct Tracked {
-        start_ticks: u64,
         event: ProcEvent,
     }
 
@@ -161,20 +160,19 @@ mod linux {
     impl Tracker {
         /// Reads `pid` and returns its event if it is a product process.
         fn examine(pid: u32, matcher: &Matcher, kind: ProcEventKind) -> Option<Tracked> {
-            let names = procfs::names(pid);
+            let names = process::names(pid);
             let (product, exe_name) = matcher.find(names.candidates())?;
-            let uid = procfs::uid(pid)?;
-            let start_ticks = procfs::start_ticks(pid)?;
+            let owner = process::owner(pid)?;
+            let id = process::identify(pid)?;
             Some(Tracked {
-                start_ticks,
                 event: ProcEvent {
                     kind,
-                    pid,
-                    uid,
+                    process: id,
+                    owner,
                     product,
                     exe_name,
                     exe_path: names.exe_path,
-                    started_at: procfs::ticks_to_time(start_ticks),
+                    started_at: process::start_time(id),
                 },
             })
         }
@@ -184,14 +182,14 @@ mod linux {
         /// examined too (after a rate sheet change or lost events); those are
         /// reported as adopted, as is everything on the first scan.
         pub fn scan(&mut self, matcher: &Matcher, all: bool) -> Vec<ProcEvent> {
-            let Ok(pids) = procfs::list_pids() else {
+            let Ok(pids) = process::list_pids() else {
                 return Vec::new();
             };
             let current: HashSet<u32> = pids.into_iter().collect();
             let mut out = Vec::new();
             self.tracked.retain(|pid, t| {
                 let same =
-                    current.contains(pid) && procfs::start_ticks(*pid) == Some(t.start_ticks);
+                    current.contains(pid) && process::identify(*pid) == Some(t.event.process);
                 if !same {
                     out.push(exited(t.event.clone(), None, None));
                 }

@@ -13,7 +13,9 @@ pub mod call;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod fleet;
 pub mod render;
+pub mod render_reports;
 pub mod table;
 
 use std::io::Write;

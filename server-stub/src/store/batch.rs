@@ -132,7 +132,7 @@ mod tests {
             "dev-1".into(),
             ClaimRequest {
                 claim_id: id.into(),
-                user: user.into(),
+                user: flex_protocol::Email::parse(user).unwrap(),
                 product: product.into(),
                 version: None,
                 results: None,

@@ -3,32 +3,17 @@
 use flex_protocol::api::{
     AssignmentMode, DefaultAssignments, NewSubscription, NewUser, Subscription, User,
 };
+use flex_protocol::Email;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{parse_ts, ts, Result, Store, StoreError};
 
-/// Checks and normalises an email address (trimmed, lowercased). The check is
-/// deliberately plain: one `@`, a non-empty local part, a dotted domain, no spaces.
+/// Checks and normalises an email address (trimmed, lowercased), in the one
+/// place the whole system does it: [`Email::parse`].
 pub fn normalize_email(raw: &str) -> std::result::Result<String, String> {
-    let email = raw.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && match email.split_once('@') {
-            Some((local, domain)) => {
-                !local.is_empty()
-                    && !domain.contains('@')
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
-                    && !domain.contains("..")
-            }
-            None => false,
-        };
-    if valid {
-        Ok(email)
-    } else {
-        Err(format!("'{}' is not an email address", raw.trim()))
-    }
+    Email::parse(raw)
+        .map(Email::into_string)
+        .map_err(|e| e.to_string())
 }
 
 /// Checks a person's name field: present, not absurdly long, no control characters.
@@ -115,6 +100,12 @@ impl Store {
             )?;
             Ok(load_user(tx, &email)?.expect("just inserted"))
         })
+    }
+
+    /// One user, with their subscriptions.
+    pub fn user(&self, email: &str) -> Result<Option<User>> {
+        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        self.read(|c| load_user(c, &email))
     }
 
     pub fn list_users(&self) -> Result<Vec<User>> {

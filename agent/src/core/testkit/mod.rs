@@ -11,10 +11,13 @@ use flex_protocol::api::ClaimRequest;
 use flex_protocol::socket::{Event, LaunchReply};
 
 use super::{
-    Action, Core, CoreConfig, CoreState, Input, JobRequest, LaunchRequest, Now, ProcessInfo,
-    Refusal,
+    Action, Caller, CloseRoute, Core, CoreConfig, CoreState, Input, JobRequest, LaunchRequest, Now,
+    ProcessInfo, Refusal,
 };
+use crate::account::AccountId;
 use crate::journal::Journal;
+use crate::process::ProcessId;
+use flex_protocol::Email;
 
 mod server;
 pub use server::FakeServer;
@@ -30,16 +33,24 @@ pub fn hours(h: u64) -> Duration {
     Duration::from_secs(h * 3600)
 }
 
-pub fn uid_of(account: &str) -> u32 {
-    match account {
+pub fn uid_of(account: &str) -> AccountId {
+    AccountId::from_uid(match account {
         "alice" => 1001,
         "bob" => 1002,
         _ => 1999,
-    }
+    })
 }
 
-pub fn email_of(account: &str) -> String {
-    format!("{account}@example.com")
+pub fn email_of(account: &str) -> Email {
+    Email::parse(&format!("{account}@example.com")).unwrap()
+}
+
+/// A process the harness "starts": pid and a start time of its own.
+pub fn process(pid: u32) -> ProcessId {
+    ProcessId {
+        pid,
+        start: 1_000 + u64::from(pid),
+    }
 }
 
 /// What happens to claims the core sends.
@@ -72,6 +83,8 @@ pub struct Harness {
     pub log: Vec<Action>,
     next_request: u64,
     next_pid: u32,
+    /// Processes the core asked to track and has not released.
+    pub tracked: std::collections::BTreeSet<ProcessId>,
 }
 
 impl Harness {
@@ -121,6 +134,7 @@ impl Harness {
             log: Vec::new(),
             next_request: 1,
             next_pid: 4000,
+            tracked: Default::default(),
         };
         let mut queue = VecDeque::new();
         h.absorb(first, &mut queue, &mut Vec::new());
@@ -185,6 +199,15 @@ impl Harness {
                         error: "connection refused".into(),
                     }),
                 },
+                Action::Track { process } => {
+                    assert!(self.tracked.insert(*process), "{process:?} tracked twice");
+                }
+                Action::Release { process } => {
+                    assert!(
+                        self.tracked.remove(process),
+                        "{process:?} released untracked"
+                    );
+                }
                 _ => {}
             }
         }
@@ -257,6 +280,8 @@ impl Harness {
     }
 
     fn rebuild(&mut self) -> Vec<Action> {
+        // A new agent process holds no handles.
+        self.tracked.clear();
         let state = self.journal.load_state().unwrap();
         let (core, actions) =
             Core::restore(self.config(), state, self.now(), Some(self.boot_id.clone()));
@@ -283,39 +308,88 @@ impl Harness {
         format!("r{}", self.next_request)
     }
 
-    /// A wrapper launch; `None` while no answer came (claim not answered).
+    /// A wrapper launch on a connection of its own; `None` while no answer came
+    /// (claim not answered). A granted launch attaches a new process.
     pub fn launch(&mut self, account: &str, product: &str) -> Option<Result<LaunchReply, Refusal>> {
-        let request = self.request_id();
-        let actions = self.feed(Input::Launch(LaunchRequest {
-            request: request.clone(),
-            uid: uid_of(account),
-            account: account.into(),
-            user: email_of(account),
-            product: product.into(),
-            version: Some("2026".into()),
-            pid: None,
-        }));
-        let reply = actions.into_iter().find_map(|a| match a {
-            Action::ReplyLaunch { request: r, result } if r == request => Some(result),
-            _ => None,
-        });
+        let conn = self.next_request + 1_000_000;
+        let reply = self.launch_on(conn, account, product, None);
         if let Some(Ok(r)) = &reply {
             let pid = self.pid();
-            self.feed(Input::Attach {
-                session: r.session.clone(),
-                pid,
-            });
+            let done = self.attach(conn, account, &r.session, process(pid));
+            assert_eq!(done, Ok(()));
         }
         reply
     }
 
-    /// The pid of a granted session (wrapper or watcher) for the account's product.
+    /// A `launch` on connection `conn`, for an already started process or none.
+    pub fn launch_on(
+        &mut self,
+        conn: u64,
+        account: &str,
+        product: &str,
+        started: Option<ProcessId>,
+    ) -> Option<Result<LaunchReply, Refusal>> {
+        let request = self.request_id();
+        let actions = self.feed(Input::Launch(LaunchRequest {
+            request: request.clone(),
+            conn,
+            account: uid_of(account),
+            account_name: account.into(),
+            user: email_of(account),
+            product: product.into(),
+            version: Some("2026".into()),
+            process: started,
+        }));
+        actions.into_iter().find_map(|a| match a {
+            Action::ReplyLaunch { request: r, result } if r == request => Some(result),
+            _ => None,
+        })
+    }
+
+    /// An `attach` from `account` on connection `conn`.
+    pub fn attach(
+        &mut self,
+        conn: u64,
+        account: &str,
+        session: &str,
+        process: ProcessId,
+    ) -> Result<(), Refusal> {
+        let request = self.request_id();
+        let actions = self.feed(Input::Attach {
+            request: request.clone(),
+            conn,
+            caller: Caller {
+                account: uid_of(account),
+                admin: account == "root",
+            },
+            session: session.into(),
+            process,
+        });
+        done(&actions, &request)
+    }
+
+    /// An `exit` from `account` on connection `conn`.
+    pub fn wrapper_exit(&mut self, conn: u64, account: &str, session: &str) -> Result<(), Refusal> {
+        let request = self.request_id();
+        let actions = self.feed(Input::Exit {
+            request: request.clone(),
+            conn,
+            caller: Caller {
+                account: uid_of(account),
+                admin: account == "root",
+            },
+            session: session.into(),
+        });
+        done(&actions, &request)
+    }
+
+    /// The process of a granted session (wrapper or watcher) for the account's product.
     pub fn pid_of(&self, account: &str, product: &str) -> Option<u32> {
         self.core
-            .status()
+            .status(None)
             .sessions
             .into_iter()
-            .find(|s| s.user == email_of(account) && s.product == product)
+            .find(|s| s.user == email_of(account).as_str() && s.product == product)
             .and_then(|s| s.pid)
     }
 
@@ -327,33 +401,50 @@ impl Harness {
     /// The watcher sees a product process start now; returns its pid.
     pub fn start_process(&mut self, account: &str, product: &str) -> (u32, Vec<Action>) {
         let pid = self.pid();
-        let actions = self.feed(Input::ProcessStarted(ProcessInfo {
-            pid,
-            uid: uid_of(account),
-            account: account.into(),
+        let actions = self.detect(account, product, process(pid));
+        (pid, actions)
+    }
+
+    /// The watcher sees `process` exec `product`.
+    pub fn detect(&mut self, account: &str, product: &str, p: ProcessId) -> Vec<Action> {
+        self.feed(Input::ProcessStarted(ProcessInfo {
+            process: p,
+            account: uid_of(account),
+            account_name: account.into(),
             user: email_of(account),
             product: product.into(),
             version: None,
             started_at: self.now().wall,
-        }));
-        (pid, actions)
+        }))
     }
 
     pub fn exit(&mut self, pid: u32) -> Vec<Action> {
-        self.feed(Input::ProcessExited { pid })
+        self.feed(Input::ProcessExited {
+            process: process(pid),
+        })
     }
 
     pub fn job(&mut self, account: &str, product: &str, count: u64, job: &str) -> Vec<Action> {
         let request = self.request_id();
         self.feed(Input::Job(JobRequest {
             request,
-            uid: uid_of(account),
+            account: uid_of(account),
             user: email_of(account),
             product: product.into(),
             count,
-            job: Some(job.into()),
+            job: job.into(),
         }))
     }
+}
+
+fn done(actions: &[Action], request: &str) -> Result<(), Refusal> {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::ReplyDone { request: r, result } if r == request => Some(result.clone()),
+            _ => None,
+        })
+        .expect("attach and exit are always answered")
 }
 
 /// The events among `actions`.
@@ -377,13 +468,23 @@ pub fn claims(actions: &[Action]) -> Vec<&ClaimRequest> {
         .collect()
 }
 
-/// (pid, graceful) of every close/kill among `actions`.
+/// (pid, graceful) of every close/kill among `actions`; the pid of the
+/// process signalled, or the wrapper's fallback.
 pub fn closes(actions: &[Action]) -> Vec<(Option<u32>, bool)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Close { pid, graceful, .. } => Some((*pid, *graceful)),
-            Action::Kill { pid, .. } => Some((*pid, false)),
+            Action::Close {
+                route, graceful, ..
+            } => {
+                let pid = match route {
+                    CloseRoute::Signal { process } => Some(process.pid),
+                    CloseRoute::Wrapper { fallback, .. } => fallback.map(|p| p.pid),
+                    CloseRoute::Nothing => None,
+                };
+                Some((pid, *graceful))
+            }
+            Action::Kill { process, .. } => Some((Some(process.pid), false)),
             _ => None,
         })
         .collect()
