@@ -37,6 +37,17 @@ impl std::fmt::Display for AccountId {
     }
 }
 
+/// The name people know `id` by: the account name on Unix (the uid when it has
+/// no entry), `DOMAIN\user` on Windows (the SID when it does not resolve).
+/// May ask a directory service (NSS, a domain controller): keep it off async
+/// threads where that matters.
+pub fn name_of(id: &AccountId) -> String {
+    #[cfg(windows)]
+    return crate::win32::Sid(id.as_str().to_string()).account_name();
+    #[cfg(unix)]
+    id.uid().map(name_of_uid).unwrap_or_else(|| id.to_string())
+}
+
 /// Account name of `uid`, falling back to the number when it has no entry.
 #[cfg(unix)]
 pub fn name_of_uid(uid: u32) -> String {
@@ -53,6 +64,13 @@ pub fn lookup(name: &str) -> Option<AccountId> {
         Ok(Some(u)) => Some(AccountId::from_uid(u.uid.as_raw())),
         _ => None,
     }
+}
+
+/// The id of the local or domain account called `name` (`user` or
+/// `DOMAIN\user`), if there is one.
+#[cfg(windows)]
+pub fn lookup(name: &str) -> Option<AccountId> {
+    crate::win32::Sid::lookup(name).map(|sid| AccountId::new(sid.0))
 }
 
 #[cfg(test)]
@@ -74,5 +92,21 @@ mod tests {
         assert_eq!(lookup("root"), Some(AccountId::from_uid(0)));
         assert_eq!(lookup("no-such-account-here"), None);
         assert_eq!(name_of_uid(4_000_000_000), "4000000000");
+        assert_eq!(name_of(&AccountId::from_uid(0)), "root");
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn names_from_the_security_database() {
+        let system = AccountId::new("S-1-5-18");
+        let name = name_of(&system);
+        assert!(name.to_uppercase().ends_with("\\SYSTEM"), "{name}");
+        assert_eq!(lookup(&name), Some(system));
+        assert_eq!(lookup("no-such-account-here"), None);
+        // An unknown SID is shown as itself.
+        assert_eq!(
+            name_of(&AccountId::new("S-1-5-21-1-2-3-4242")),
+            "S-1-5-21-1-2-3-4242"
+        );
     }
 }

@@ -493,7 +493,8 @@ alice = "alice.smith@corp.com"
         std::fs::write(&main, "enforce = true\n").unwrap();
         let err = Config::load(&main).unwrap_err().to_string();
         assert!(
-            err.contains("server_url is not set") && err.contains("agent.d/50-site.toml"),
+            err.contains("server_url is not set")
+                && err.contains(&dropin_dir(&main).join("50-site.toml").display().to_string()),
             "{err}"
         );
         let d = dir.path().join("agent.d");

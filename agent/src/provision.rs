@@ -1,19 +1,19 @@
 //! First start after a silent install: the config written from the
-//! installer's properties, and the pending enrollment carried out.
+//! installer's properties.
 //!
 //! IT deploys the agent with three values (the MSI's `SERVER_URL`,
 //! `ENROLL_TOKEN_FILE` and `EMAIL_TEMPLATE`, which it stores in the registry).
 //! The service, running as LocalSystem, turns them into its config file when
-//! there is none yet, and enrolls when the journal has no enrollment: that way
-//! the device credential is written by the account that will read it. An
-//! existing config is never overwritten, so an upgrade or a repair keeps what
-//! IT edited; an existing enrollment is kept too.
+//! there is none yet. An existing config is never overwritten, so an upgrade
+//! or a repair keeps what IT edited. Enrollment is the agent's own
+//! self-enrollment at start ([`crate::enroll::self_enroll`]), the same on
+//! every OS, so the device credential is written by the account that will
+//! read it; the service only puts the installer's token where it looks
+//! (`win32::service`).
 
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
-use crate::enroll::{run_enroll, EnrollError, EnrollOutcome};
-use crate::journal::{Journal, JournalError};
 use crate::paths::Defaults;
 
 /// What the installer was told.
@@ -41,15 +41,6 @@ pub enum ProvisionError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "enrollment token file {path} is empty: put the token from flex-admin \
-         enroll-token in it"
-    )]
-    EmptyToken { path: PathBuf },
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error("enrollment on first start failed: {0}")]
-    Enroll(#[from] EnrollError),
 }
 
 /// The config file text for `values`, with the OS's default state directory.
@@ -117,45 +108,6 @@ pub fn write_config_if_missing(
     }
     std::fs::write(path, text).map_err(io("write config file"))?;
     Ok(true)
-}
-
-/// Enrolls with the token in `values.enroll_token_file` when the journal has
-/// no enrollment yet. `None` when nothing was to be done.
-pub async fn enroll_if_pending(
-    config: &Config,
-    values: &InstallValues,
-) -> Result<Option<EnrollOutcome>, ProvisionError> {
-    let Some(token_file) = &values.enroll_token_file else {
-        return Ok(None);
-    };
-    let state_dir = config.state_dir.clone();
-    let enrolled = tokio::task::spawn_blocking(move || {
-        if !state_dir.join(crate::journal::FILE_NAME).exists() {
-            return Ok(false);
-        }
-        Ok::<_, JournalError>(Journal::open_in(&state_dir)?.enrollment()?.is_some())
-    })
-    .await
-    .map_err(|e| ProvisionError::Io {
-        action: "inspect the journal in",
-        path: config.state_dir.clone(),
-        source: std::io::Error::other(e),
-    })??;
-    if enrolled {
-        return Ok(None);
-    }
-    let token = std::fs::read_to_string(token_file).map_err(|source| ProvisionError::Io {
-        action: "read enrollment token file",
-        path: token_file.clone(),
-        source,
-    })?;
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(ProvisionError::EmptyToken {
-            path: token_file.clone(),
-        });
-    }
-    Ok(Some(run_enroll(config, &config.server_url, token).await?))
 }
 
 #[cfg(test)]

@@ -484,10 +484,7 @@ impl Driver {
         self.accounts
             .entry(id.clone())
             .or_insert_with(|| {
-                let name = id
-                    .uid()
-                    .map(account::name_of_uid)
-                    .unwrap_or_else(|| id.to_string());
+                let name = account::name_of(id);
                 match config.email_for(&name) {
                     Ok(email) => Some((name, email)),
                     Err(e) => {

@@ -16,8 +16,13 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// Reads `WATCHDOG_USEC` (and `WATCHDOG_PID`, which must be ours if set).
+    /// Off where there is no systemd (Windows: the SCM has no watchdog).
     pub fn from_env() -> Watchdog {
-        Watchdog::every(sd_notify::watchdog_enabled().map(|allowed| allowed / 2))
+        #[cfg(unix)]
+        let allowed = sd_notify::watchdog_enabled();
+        #[cfg(not(unix))]
+        let allowed: Option<Duration> = None;
+        Watchdog::every(allowed.map(|allowed| allowed / 2))
     }
 
     /// Pings every `period` (`None`: never). Must be called inside a tokio runtime.
@@ -48,6 +53,7 @@ impl Watchdog {
 
     /// Sends `WATCHDOG=1`.
     pub fn ping(&self) {
+        #[cfg(unix)]
         if self.every.is_some() {
             if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]) {
                 tracing::warn!("cannot ping systemd's watchdog: {e}");

@@ -166,7 +166,7 @@ mod tests {
             while h.is_alive() && std::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            assert!(!h.is_alive(), "process {} outlived its job", h.pid());
+            assert!(!h.is_alive(), "process {} outlived its job", h.id());
         }
     }
 }

@@ -1,85 +1,186 @@
-//! Process identity and control on Windows, always through a process handle.
+//! Windows: identity, details and control of processes through process handles.
 //!
-//! A [`ProcessHandle`] is opened when a process is detected or attached and kept
-//! for the life of its session: while the agent holds it, Windows does not reuse
-//! the pid, and every later call (alive? close it, kill it) goes to the very
-//! process that was detected, never to whatever now has its number. The
-//! creation time (a FILETIME, 100 ns since 1601) with the pid identifies the
-//! process across agent restarts, when the handle must be opened again.
+//! A [`ProcessHandle`] is a process handle opened when a process is detected or
+//! attached and kept for the life of its session: while any handle to a process
+//! is open Windows does not give its pid to another process, so every later call
+//! (alive? close it, terminate it) reaches the very process that was detected.
+//! The creation time (a FILETIME, 100 ns since 1601) with the pid is its
+//! [`ProcessId`], kept in the journal, so after an agent restart
+//! [`ProcessHandle::open_as`] recognises a pid that now runs something else.
+//!
+//! Closing is WM_CLOSE to the process's top-level windows (a graceful stop, as
+//! a user would close it), then `TerminateProcess`. A service runs in Session 0
+//! and cannot post to a user's desktop, so for a process in another session
+//! `flexctl.exe close-windows PID` is started in that session, as its user, to
+//! post the messages there.
 
-use std::collections::HashMap;
+use std::ffi::c_void;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use windows_sys::Win32::Foundation::{FILETIME, HWND, LPARAM, WAIT_TIMEOUT};
+use chrono::{DateTime, Utc};
+use windows_sys::Win32::Foundation::{
+    ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, FILETIME, HANDLE, HWND, INVALID_HANDLE_VALUE,
+    LPARAM, WAIT_TIMEOUT,
+};
 use windows_sys::Win32::Security::TOKEN_QUERY;
 use windows_sys::Win32::Storage::FileSystem::SYNCHRONIZE;
+use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+    CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W, TH32CS_SNAPPROCESS,
+};
 use windows_sys::Win32::System::Threading::{
     GetExitCodeProcess, GetProcessTimes, OpenProcess, OpenProcessToken, QueryFullProcessImageNameW,
-    TerminateProcess, WaitForSingleObject, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION,
-    PROCESS_TERMINATE,
+    RegisterWaitForSingleObject, TerminateProcess, UnregisterWaitEx, WaitForSingleObject, INFINITE,
+    PROCESS_ACCESS_RIGHTS, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_TERMINATE, WT_EXECUTEONLYONCE,
 };
 use windows_sys::Win32::UI::WindowsAndMessaging::{
     EnumWindows, GetWindow, GetWindowThreadProcessId, IsWindowVisible, PostMessageW, GW_OWNER,
     WM_CLOSE,
 };
 
-use super::ProcessId;
-use crate::win32::{check, from_wide, token_user, Handle, Sid};
+use super::{Names, ProcessError, ProcessId, Stop};
+use crate::account::AccountId;
+use crate::win32::{check, from_wide, token_user, Handle};
 
 /// Exit code given to a process the agent terminates.
 pub const KILLED_EXIT_CODE: u32 = 1;
 
-/// An open process.
+/// (pid, executable file name) of every process, from one Toolhelp snapshot.
+pub fn snapshot() -> io::Result<Vec<(u32, String)>> {
+    // SAFETY: plain flags; the handle is checked and owned.
+    let snap = Handle::check(unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) })?;
+    let mut out = Vec::with_capacity(512);
+    // SAFETY: an all-zero PROCESSENTRY32W is valid; dwSize is set below.
+    let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
+    // SAFETY: a snapshot handle and an entry with its size set.
+    let mut more = unsafe { Process32FirstW(snap.raw(), &mut entry) } != 0;
+    while more {
+        out.push((entry.th32ProcessID, from_wide(&entry.szExeFile)));
+        // SAFETY: as above.
+        more = unsafe { Process32NextW(snap.raw(), &mut entry) } != 0;
+    }
+    Ok(out)
+}
+
+/// Every process's pid.
+pub fn list_pids() -> io::Result<Vec<u32>> {
+    Ok(snapshot()?.into_iter().map(|(pid, _)| pid).collect())
+}
+
+/// The names of `pid`: its executable's full path. The command line lives in
+/// the other process's memory; the agent does not read it.
+pub fn names(pid: u32) -> Names {
+    Names {
+        exe_path: open_raw(pid, PROCESS_QUERY_LIMITED_INFORMATION)
+            .ok()
+            .and_then(|h| image_path(&h)),
+        comm: None,
+        args: Vec::new(),
+    }
+}
+
+/// The account `pid` runs as; `None` if it is gone or not ours to see.
+pub fn owner(pid: u32) -> Option<AccountId> {
+    let h = open_raw(pid, PROCESS_QUERY_LIMITED_INFORMATION).ok()?;
+    token_owner(&h).ok()
+}
+
+/// The identity of the process running as `pid` now.
+pub fn identify(pid: u32) -> Option<ProcessId> {
+    let h = open_raw(pid, PROCESS_QUERY_LIMITED_INFORMATION | SYNCHRONIZE).ok()?;
+    if !alive(&h) {
+        return None;
+    }
+    let start = creation_time(&h).ok()?;
+    Some(ProcessId { pid, start })
+}
+
+/// Wall-clock time of a start time (a FILETIME).
+pub fn start_time(id: ProcessId) -> DateTime<Utc> {
+    filetime_to_utc(id.start)
+}
+
+/// An open process: its identity, its owner and the handle every call goes
+/// through.
 #[derive(Debug)]
 pub struct ProcessHandle {
     handle: Handle,
     id: ProcessId,
+    owner: AccountId,
 }
 
 impl ProcessHandle {
-    /// Opens `pid` with the rights the agent needs (query, wait, terminate).
-    pub fn open(pid: u32) -> io::Result<ProcessHandle> {
-        // SAFETY: plain integer arguments; the result is checked.
-        let raw = unsafe {
-            OpenProcess(
-                PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_TERMINATE | SYNCHRONIZE,
-                0,
-                pid,
-            )
+    /// Opens whatever process runs as `pid` now.
+    pub fn open(pid: u32) -> Result<ProcessHandle, ProcessError> {
+        Self::open_checked(pid, None)
+    }
+
+    /// Opens the process `id` names, or fails if `id.pid` now runs another
+    /// process (or none).
+    pub fn open_as(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
+        Self::open_checked(id.pid, Some(id.start))
+    }
+
+    fn open_checked(pid: u32, expected: Option<u64>) -> Result<ProcessHandle, ProcessError> {
+        let full = PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_TERMINATE | SYNCHRONIZE;
+        let handle = match open_raw(pid, full) {
+            // A process we may watch but not terminate (another account's, when
+            // not run as LocalSystem): stop() will say so.
+            Err(ProcessError::Io { source, .. })
+                if source.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32) =>
+            {
+                open_raw(pid, PROCESS_QUERY_LIMITED_INFORMATION | SYNCHRONIZE)?
+            }
+            other => other?,
         };
-        let handle = Handle::check(raw)?;
-        let start_time = creation_time(&handle)?;
+        // A handle keeps an ended process's object (and pid) alive: an ended
+        // process is gone, as a zombie is on Linux.
+        if !alive(&handle) {
+            return Err(ProcessError::Gone { pid });
+        }
+        let io = |action| {
+            move |source| ProcessError::Io {
+                pid,
+                action,
+                source,
+            }
+        };
+        let start = creation_time(&handle).map_err(io("read the start time of"))?;
+        let owner = token_owner(&handle).map_err(io("read the owner of"))?;
+        if let Some(expected) = expected.filter(|&e| e != start) {
+            return Err(ProcessError::Replaced {
+                pid,
+                expected,
+                found: start,
+            });
+        }
         Ok(ProcessHandle {
             handle,
-            id: ProcessId { pid, start_time },
+            id: ProcessId { pid, start },
+            owner,
         })
     }
 
-    /// Opens `id.pid` only if it is still the process `id` names.
-    pub fn reopen(id: ProcessId) -> Option<ProcessHandle> {
-        let h = ProcessHandle::open(id.pid).ok()?;
-        (h.id == id && h.is_alive()).then_some(h)
-    }
-
-    pub fn identity(&self) -> ProcessId {
+    pub fn id(&self) -> ProcessId {
         self.id
     }
 
-    pub fn pid(&self) -> u32 {
-        self.id.pid
+    pub fn owner(&self) -> &AccountId {
+        &self.owner
     }
 
     /// The raw handle, for calls that take one (job assignment).
-    pub fn raw_handle(&self) -> windows_sys::Win32::Foundation::HANDLE {
+    pub fn raw_handle(&self) -> HANDLE {
         self.handle.raw()
     }
 
     /// Whether the process still runs.
     pub fn is_alive(&self) -> bool {
-        // SAFETY: a valid process handle opened with SYNCHRONIZE.
-        unsafe { WaitForSingleObject(self.handle.raw(), 0) == WAIT_TIMEOUT }
+        alive(&self.handle)
     }
 
     /// Its exit code once it has ended.
@@ -93,133 +194,181 @@ impl ProcessHandle {
         Some(code)
     }
 
-    /// Asks the process to quit as a user would: WM_CLOSE to each of its
-    /// top-level windows. Returns how many windows were asked (1 when a helper
-    /// was sent, see below); 0 for a process without windows (a console
-    /// program), which then only stops when killed.
-    ///
-    /// A service runs in Session 0 and cannot reach windows on a user's
-    /// desktop: when the product runs in another session, `flexctl.exe
-    /// close-windows PID` is started in that session, as its user, to post
-    /// the messages there.
-    pub fn close_gracefully(&self) -> usize {
-        let here = close_windows_of(self.id.pid);
-        if here > 0 {
-            return here;
+    /// Full Win32 path of its executable.
+    pub fn exe_path(&self) -> Option<PathBuf> {
+        image_path(&self.handle)
+    }
+
+    /// Asks the process to stop: `Graceful` posts WM_CLOSE to its top-level
+    /// windows (through the close helper in the user's session when that is
+    /// not ours); a process that shows no window (a console program) then only
+    /// stops at `Forced`, which is TerminateProcess. A process that has ended
+    /// is not an error.
+    pub fn stop(&self, how: Stop) -> Result<(), ProcessError> {
+        if !self.is_alive() {
+            return Ok(());
         }
-        match close_in_users_session(self.id.pid) {
-            Ok(true) => 1,
-            Ok(false) => 0,
-            Err(e) => {
-                tracing::warn!(
-                    pid = self.id.pid,
-                    "cannot ask the product to close in its session: {e}"
-                );
-                0
+        let pid = self.id.pid;
+        match how {
+            Stop::Graceful => {
+                if close_windows_of(pid) == 0 {
+                    match close_in_users_session(pid) {
+                        Ok(true) => {}
+                        Ok(false) => tracing::info!(
+                            pid,
+                            "the product shows no window to close: it is terminated after the close grace"
+                        ),
+                        Err(source) => {
+                            return Err(ProcessError::Io {
+                                pid,
+                                action: "ask (in its user's session) to close",
+                                source,
+                            })
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Stop::Forced => {
+                // SAFETY: a valid handle, opened with PROCESS_TERMINATE when allowed.
+                let ok = unsafe { TerminateProcess(self.handle.raw(), KILLED_EXIT_CODE) };
+                match check(ok) {
+                    Ok(()) => Ok(()),
+                    // Ended between the check above and the call.
+                    Err(_) if !self.is_alive() => Ok(()),
+                    Err(source) => Err(ProcessError::Io {
+                        pid,
+                        action: "terminate",
+                        source,
+                    }),
+                }
             }
         }
     }
 
-    /// Ends the process now (TerminateProcess).
-    pub fn kill(&self) -> io::Result<()> {
-        if !self.is_alive() {
-            return Ok(());
+    /// Resolves when the process exits: a thread-pool wait on the handle, or
+    /// polling if that cannot be registered.
+    pub async fn exited(&self) {
+        match ExitWait::register(&self.handle) {
+            Ok((wait, ended)) => {
+                let _ = ended.await;
+                drop(wait);
+            }
+            Err(e) => {
+                tracing::debug!(
+                    pid = self.id.pid,
+                    "cannot wait on the process handle ({e}): polling"
+                );
+                while self.is_alive() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
-        // SAFETY: a valid handle opened with PROCESS_TERMINATE.
-        check(unsafe { TerminateProcess(self.handle.raw(), KILLED_EXIT_CODE) })
     }
+}
 
-    /// Full Win32 path of its executable.
-    pub fn exe_path(&self) -> Option<PathBuf> {
-        let mut buf = vec![0u16; 1024];
-        let mut len = buf.len() as u32;
-        // SAFETY: a buffer and its length in UTF-16 units.
-        check(unsafe {
-            QueryFullProcessImageNameW(
-                self.handle.raw(),
-                PROCESS_NAME_WIN32,
-                buf.as_mut_ptr(),
-                &mut len,
+/// A wait registered with the thread pool on a process handle; the callback
+/// fires once, when the process ends. Dropping it unregisters the wait (and
+/// waits for a running callback) before freeing the callback's sender.
+struct ExitWait {
+    wait: HANDLE,
+    sender: *mut Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+// SAFETY: the wait handle and the boxed sender may be used and freed from any
+// thread; the sender is only touched under its mutex.
+unsafe impl Send for ExitWait {}
+
+impl ExitWait {
+    fn register(process: &Handle) -> io::Result<(ExitWait, tokio::sync::oneshot::Receiver<()>)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sender = Box::into_raw(Box::new(Mutex::new(Some(tx))));
+        let mut wait: HANDLE = std::ptr::null_mut();
+        // SAFETY: a valid process handle that outlives the wait (the caller
+        // holds it while awaiting), a callback that only uses `sender`, which
+        // stays allocated until the wait is unregistered in Drop.
+        let ok = unsafe {
+            RegisterWaitForSingleObject(
+                &mut wait,
+                process.raw(),
+                Some(on_exit),
+                sender as *const c_void,
+                INFINITE,
+                WT_EXECUTEONLYONCE,
             )
-        })
-        .ok()?;
-        Some(PathBuf::from(from_wide(&buf[..len as usize])))
-    }
-
-    /// The account the process runs as.
-    pub fn owner(&self) -> Option<Sid> {
-        let mut token = std::ptr::null_mut();
-        // SAFETY: a valid process handle; `token` receives a new handle.
-        check(unsafe { OpenProcessToken(self.handle.raw(), TOKEN_QUERY, &mut token) }).ok()?;
-        token_user(&Handle::new(token)?).ok()
-    }
-}
-
-/// Handles of the processes the agent watches, held from detection (or
-/// attach) until the process is known to have exited, so closing a session
-/// always reaches the process that was detected.
-static HELD: std::sync::Mutex<Option<HashMap<u32, Arc<ProcessHandle>>>> =
-    std::sync::Mutex::new(None);
-
-fn held() -> std::sync::MutexGuard<'static, Option<HashMap<u32, Arc<ProcessHandle>>>> {
-    HELD.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Keeps `handle` until [`release`] of its pid.
-pub fn hold(handle: Arc<ProcessHandle>) {
-    held()
-        .get_or_insert_with(HashMap::new)
-        .insert(handle.pid(), handle);
-}
-
-/// Opens and holds `pid` if no handle is held for it yet.
-pub fn hold_pid(pid: u32) {
-    if held_handle(pid).is_none() {
-        if let Ok(h) = ProcessHandle::open(pid) {
-            hold(Arc::new(h));
+        };
+        if let Err(e) = check(ok) {
+            // SAFETY: not registered: we still own the box.
+            drop(unsafe { Box::from_raw(sender) });
+            return Err(e);
         }
+        Ok((ExitWait { wait, sender }, rx))
     }
 }
 
-/// The handle held for `pid`, if any.
-pub fn held_handle(pid: u32) -> Option<Arc<ProcessHandle>> {
-    held().as_ref()?.get(&pid).cloned()
-}
-
-/// Forgets the handle of `pid` (its process ended).
-pub fn release(pid: u32) {
-    if let Some(map) = held().as_mut() {
-        map.remove(&pid);
+unsafe extern "system" fn on_exit(context: *mut c_void, _timed_out: bool) {
+    // SAFETY: `context` is the sender box of a registered ExitWait, freed only
+    // after the wait is unregistered and this callback has returned.
+    let sender = unsafe { &*(context as *const Mutex<Option<tokio::sync::oneshot::Sender<()>>>) };
+    if let Some(tx) = sender.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = tx.send(());
     }
 }
 
-/// The held handle of `pid`, else a fresh one (a session restored from the
-/// journal after a restart, before the watcher adopted it again).
-fn handle_for(pid: u32) -> Option<Arc<ProcessHandle>> {
-    held_handle(pid).or_else(|| ProcessHandle::open(pid).ok().map(Arc::new))
-}
-
-/// Whether the process of `pid` still runs.
-pub fn pid_alive(pid: u32) -> bool {
-    handle_for(pid).is_some_and(|h| h.is_alive())
-}
-
-/// Asks the process of `pid` to close (WM_CLOSE); how many windows were asked.
-pub fn close_pid(pid: u32) -> usize {
-    handle_for(pid).map_or(0, |h| h.close_gracefully())
-}
-
-/// Terminates the process of `pid`.
-pub fn kill_pid(pid: u32) -> io::Result<()> {
-    match handle_for(pid) {
-        Some(h) => h.kill(),
-        None => Ok(()),
+impl Drop for ExitWait {
+    fn drop(&mut self) {
+        // SAFETY: a registered wait; INVALID_HANDLE_VALUE makes the call wait
+        // for a callback in progress, so the box is unused afterwards.
+        unsafe { UnregisterWaitEx(self.wait, INVALID_HANDLE_VALUE) };
+        // SAFETY: allocated in register, freed once, no callback can run now.
+        drop(unsafe { Box::from_raw(self.sender) });
     }
 }
 
-/// The account process `pid` runs as; `None` if it is gone or not ours to see.
-pub fn owner(pid: u32) -> Option<Sid> {
-    ProcessHandle::open(pid).ok()?.owner()
+fn open_raw(pid: u32, access: PROCESS_ACCESS_RIGHTS) -> Result<Handle, ProcessError> {
+    // SAFETY: plain integer arguments; the result is checked.
+    let raw = unsafe { OpenProcess(access, 0, pid) };
+    Handle::check(raw).map_err(|source| {
+        // No process has this pid (any more).
+        if source.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) {
+            ProcessError::Gone { pid }
+        } else {
+            ProcessError::Io {
+                pid,
+                action: "open",
+                source,
+            }
+        }
+    })
+}
+
+fn alive(handle: &Handle) -> bool {
+    // SAFETY: a valid process handle opened with SYNCHRONIZE.
+    unsafe { WaitForSingleObject(handle.raw(), 0) == WAIT_TIMEOUT }
+}
+
+fn token_owner(process: &Handle) -> io::Result<AccountId> {
+    let mut token = std::ptr::null_mut();
+    // SAFETY: a valid process handle; `token` receives a new handle.
+    check(unsafe { OpenProcessToken(process.raw(), TOKEN_QUERY, &mut token) })?;
+    let token = Handle::check(token)?;
+    Ok(AccountId::new(token_user(&token)?.0))
+}
+
+fn image_path(process: &Handle) -> Option<PathBuf> {
+    let mut buf = vec![0u16; 1024];
+    let mut len = buf.len() as u32;
+    // SAFETY: a buffer and its length in UTF-16 units.
+    check(unsafe {
+        QueryFullProcessImageNameW(
+            process.raw(),
+            PROCESS_NAME_WIN32,
+            buf.as_mut_ptr(),
+            &mut len,
+        )
+    })
+    .ok()?;
+    Some(PathBuf::from(from_wide(&buf[..len as usize])))
 }
 
 fn creation_time(handle: &Handle) -> io::Result<u64> {
@@ -238,22 +387,18 @@ fn creation_time(handle: &Handle) -> io::Result<u64> {
             &mut user,
         )
     })?;
-    Ok(filetime_u64(created))
-}
-
-pub(crate) fn filetime_u64(t: FILETIME) -> u64 {
-    (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)
+    Ok((u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
 }
 
 /// Wall-clock time of a FILETIME (100 ns ticks since 1601-01-01 UTC).
-pub fn filetime_to_utc(ticks: u64) -> chrono::DateTime<chrono::Utc> {
+pub fn filetime_to_utc(ticks: u64) -> DateTime<Utc> {
     const UNIX_EPOCH_TICKS: u64 = 116_444_736_000_000_000;
     let since = ticks.saturating_sub(UNIX_EPOCH_TICKS);
-    chrono::DateTime::from_timestamp(
+    DateTime::from_timestamp(
         (since / 10_000_000) as i64,
         (since % 10_000_000) as u32 * 100,
     )
-    .unwrap_or_else(chrono::Utc::now)
+    .unwrap_or_else(Utc::now)
 }
 
 /// Starts `flexctl.exe close-windows PID` in the session of `pid` when that is
@@ -334,9 +479,9 @@ unsafe extern "system" fn collect(hwnd: HWND, param: LPARAM) -> i32 {
     1
 }
 
-/// Posts WM_CLOSE to the visible top-level windows of `pid` (to its hidden
-/// ones if it shows none); returns how many were asked.
-pub fn close_windows_of(pid: u32) -> usize {
+/// The visible top-level windows of `pid` (its hidden ones if it shows none)
+/// on this process's desktop.
+fn main_windows(pid: u32) -> Vec<HWND> {
     let mut search = Search {
         pid,
         visible: Vec::new(),
@@ -344,12 +489,22 @@ pub fn close_windows_of(pid: u32) -> usize {
     };
     // SAFETY: the callback only reads `search` through the LPARAM, during the call.
     unsafe { EnumWindows(Some(collect), &mut search as *mut Search as LPARAM) };
-    let targets = if search.visible.is_empty() {
+    if search.visible.is_empty() {
         search.hidden
     } else {
         search.visible
-    };
-    targets
+    }
+}
+
+/// Whether `pid` has a top-level window on this desktop (one WM_CLOSE can reach).
+pub fn has_window(pid: u32) -> bool {
+    !main_windows(pid).is_empty()
+}
+
+/// Posts WM_CLOSE to the main windows of `pid` on this desktop; returns how
+/// many were asked.
+pub fn close_windows_of(pid: u32) -> usize {
+    main_windows(pid)
         .iter()
         // SAFETY: posting a message to a window handle is always allowed to fail.
         .filter(|&&hwnd| unsafe { PostMessageW(hwnd, WM_CLOSE, 0, 0) } != 0)
@@ -360,35 +515,88 @@ pub fn close_windows_of(pid: u32) -> usize {
 mod tests {
     use super::*;
 
-    #[test]
-    fn handle_identifies_and_stops_a_child() {
-        let mut child = std::process::Command::new("cmd")
-            .args(["/c", "ping", "-n", "30", "127.0.0.1"])
+    fn ping(secs: u32) -> std::process::Child {
+        std::process::Command::new("cmd")
+            .args(["/c", "ping", "-n", &secs.to_string(), "127.0.0.1"])
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("start cmd");
-        let h = ProcessHandle::open(child.id()).unwrap();
+            .expect("start cmd")
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(list_pids().unwrap().contains(&me));
+        let exe = names(me).exe_path.expect("own image path");
+        assert!(exe
+            .file_name()
+            .unwrap()
+            .eq_ignore_ascii_case(std::env::current_exe().unwrap().file_name().unwrap()));
+        let started = start_time(identify(me).unwrap());
+        let age = Utc::now() - started;
+        assert!(
+            age.num_seconds() >= -2 && age.num_minutes() < 30,
+            "{started}"
+        );
+        assert!(owner(me).unwrap().as_str().starts_with("S-1-"));
+        assert_eq!(identify(u32::MAX - 3), None);
+    }
+
+    #[test]
+    fn a_handle_names_one_process_and_outlives_it() {
+        let mut child = ping(30);
+        let pid = child.id();
+        let h = ProcessHandle::open(pid).unwrap();
         assert!(h.is_alive());
-        assert_eq!(h.identity().pid, child.id());
-        assert!(h.identity().start_time > 0);
-        let again = ProcessHandle::reopen(h.identity()).expect("same process");
-        assert_eq!(again.identity(), h.identity());
+        assert_eq!(h.id(), identify(pid).unwrap());
+        assert_eq!(Some(h.owner().clone()), owner(std::process::id()));
         let exe = h.exe_path().expect("image path");
         assert!(
             exe.file_name().unwrap().eq_ignore_ascii_case("cmd.exe"),
             "{exe:?}"
         );
-        assert_eq!(h.owner(), owner(std::process::id()));
-        // A console program has no window to close.
-        assert_eq!(h.close_gracefully(), 0);
-        h.kill().unwrap();
+        // Another start time is another process.
+        let other = ProcessId {
+            pid,
+            start: h.id().start + 1,
+        };
+        assert!(matches!(
+            ProcessHandle::open_as(other),
+            Err(ProcessError::Replaced { .. })
+        ));
+        assert_eq!(ProcessHandle::open_as(h.id()).unwrap().id(), h.id());
+        // A console program has no window to close: a graceful stop leaves it.
+        h.stop(Stop::Graceful).unwrap();
+        assert!(h.is_alive());
+        h.stop(Stop::Forced).unwrap();
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(KILLED_EXIT_CODE as i32));
         assert!(!h.is_alive());
         assert_eq!(h.exit_code(), Some(KILLED_EXIT_CODE));
-        // Killing an ended process is not an error; reopening it finds nothing.
-        h.kill().unwrap();
-        assert!(ProcessHandle::reopen(h.identity()).is_none());
+        // Stopping an ended process is not an error; reopening it finds nothing,
+        // although our handle keeps its pid from being reused.
+        h.stop(Stop::Forced).unwrap();
+        assert!(matches!(
+            ProcessHandle::open_as(h.id()),
+            Err(ProcessError::Gone { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn exited_resolves_when_the_process_ends() {
+        let mut child = ping(60);
+        let h = ProcessHandle::open(child.id()).unwrap();
+        let waiting = tokio::spawn(async move { h.exited().await });
+        // An abandoned wait is unregistered cleanly.
+        let other = ProcessHandle::open(child.id()).unwrap();
+        let abandoned = tokio::spawn(async move { other.exited().await });
+        abandoned.abort();
+        child.kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("exit seen")
+            .unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

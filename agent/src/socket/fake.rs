@@ -3,6 +3,8 @@
 //! [`FakeHandler`] grants or denies launches as told, reports every request it sees
 //! on a channel (so tests wait for "attach arrived" instead of sleeping), and lets a
 //! test close a run session or publish an event to subscribers.
+// flexctl's tests, which use all of it, run on Unix; the pipe's only part.
+#![cfg_attr(windows, allow(dead_code))]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -234,7 +236,7 @@ pub(crate) fn sample_status() -> StatusReply {
     }
 }
 
-/// A fake agent serving on `dir/agent.sock`.
+/// A fake agent serving on `dir/agent.sock` (a pipe of its own on Windows).
 pub(crate) struct FakeAgent {
     pub path: PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -250,7 +252,17 @@ impl FakeAgent {
 }
 
 pub(crate) fn start_fake_agent(dir: &Path, handler: Arc<FakeHandler>) -> FakeAgent {
+    #[cfg(unix)]
     let path = dir.join("agent.sock");
+    // A pipe of its own per test; `dir` is unused.
+    #[cfg(windows)]
+    let path = {
+        let _ = dir;
+        PathBuf::from(format!(
+            r"\\.\pipe\flex-agent-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    };
     let server = SocketServer::bind(SocketConfig::new(&path)).expect("bind fake agent socket");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(handler, async move {

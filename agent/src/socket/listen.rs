@@ -13,8 +13,10 @@ use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use tokio::net::{UnixListener, UnixStream};
 
-use super::SocketError;
+use super::{Peer, SocketConfig, SocketError};
+use crate::core::ConnId;
 
 /// Where the listener came from, for logs and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +25,61 @@ pub enum ListenOrigin {
     Systemd,
     /// Bound by the agent at the configured path.
     Bound,
+}
+
+/// The agent's listening Unix socket.
+pub struct Listener {
+    inner: UnixListener,
+    origin: ListenOrigin,
+    path: PathBuf,
+}
+
+impl Listener {
+    /// Takes the socket from systemd when socket-activated, else binds
+    /// `config.path` with `config.mode`. Must be called inside a tokio runtime.
+    pub fn bind(config: &SocketConfig) -> Result<Listener, SocketError> {
+        let (std, origin) = match systemd_listener() {
+            Some(l) => (l, ListenOrigin::Systemd),
+            None => (bind_path(&config.path, config.mode)?, ListenOrigin::Bound),
+        };
+        let inner = UnixListener::from_std(std)
+            .map_err(|e| io_err("register listener", &config.path, e))?;
+        Ok(Listener {
+            inner,
+            origin,
+            path: config.path.clone(),
+        })
+    }
+
+    /// A listener the caller bound at `path`.
+    pub fn bound(inner: UnixListener, path: &Path) -> Listener {
+        Listener {
+            inner,
+            origin: ListenOrigin::Bound,
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn origin(&self) -> ListenOrigin {
+        self.origin
+    }
+
+    pub async fn accept(&mut self) -> io::Result<UnixStream> {
+        self.inner.accept().await.map(|(stream, _)| stream)
+    }
+
+    /// Who is on the other end: the socket's peer credentials.
+    pub async fn identify(stream: UnixStream, conn_id: ConnId) -> io::Result<(Peer, UnixStream)> {
+        let peer = Peer::from_stream(&stream, conn_id).await?;
+        Ok((peer, stream))
+    }
+
+    /// Stops listening; removes the path if the agent bound it.
+    pub fn close(self) {
+        if self.origin == ListenOrigin::Bound {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The first socket passed by systemd, if this process was socket-activated.

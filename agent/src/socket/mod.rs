@@ -1,13 +1,15 @@
-//! The agent's local socket: newline-delimited JSON over a Unix socket.
+//! The agent's local socket: newline-delimited JSON over a Unix socket, or the
+//! named pipe `\\.\pipe\flex-agent` on Windows.
 //!
 //! [`SocketServer`] owns the listener (bound by [`SocketServer::bind`] or handed over
-//! by systemd) and admits clients within the per-account limits of
+//! by systemd; on Windows [`pipe_windows`]) and admits clients within the per-account limits of
 //! [`crate::limits`] ([`admission`]). Each connection reads one [`Request`] per
 //! line, capped at [`MAX_LINE`]; oversize and malformed lines get an
 //! `invalid_request` reply and the connection goes on.
 //!
 //! Who the client is comes from the kernel once, when the connection is accepted
-//! ([`Peer`]), and turns into the connection's [`Permissions`]: which account a
+//! ([`Peer`]: peer credentials of the socket, the pipe client's token on
+//! Windows), and turns into the connection's [`Permissions`]: which account a
 //! request may act for and which processes it may hand over. The server applies
 //! them before calling the daemon's [`Handler`], whose methods are typed per
 //! operation and get only checked values. `hello` is answered here.
@@ -22,8 +24,13 @@
 
 mod admission;
 mod line;
+#[cfg(unix)]
 mod listen;
 mod peer;
+#[cfg(windows)]
+mod peer_windows;
+#[cfg(windows)]
+mod pipe_windows;
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -38,15 +45,17 @@ use flex_protocol::socket::{ErrReply, Event, HelloReply, OkReply, Request, MAX_L
 use flex_protocol::{ErrorCode, PROTOCOL_VERSION};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::limits;
 pub use admission::Admission;
 pub use line::{write_json, write_line, LineRead, LineReader};
-pub use listen::{bind_path, systemd_listener, ListenOrigin};
+#[cfg(unix)]
+pub use listen::{bind_path, systemd_listener, ListenOrigin, Listener};
 pub use peer::{Acting, Peer, Permissions};
+#[cfg(windows)]
+pub use pipe_windows::{ListenOrigin, Listener};
 
 /// Events queued for one connection before new ones are dropped: a client that
 /// stops reading loses events rather than slowing the daemon.
@@ -56,7 +65,8 @@ pub const EVENT_QUEUE: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error(
-        "another flex-agent already answers on {path}: stop it first (systemctl stop flex-agent)"
+        "another flex-agent already answers on {path}: stop it first (systemctl stop flex-agent; \
+         on Windows: sc stop flex-agent)"
     )]
     AlreadyRunning { path: PathBuf },
     #[error("{path} exists and is not a socket: refusing to remove it; move it away or choose another socket_path")]
@@ -217,42 +227,32 @@ impl SocketConfig {
 
 /// A listening local socket, ready to [`serve`](SocketServer::serve).
 pub struct SocketServer {
-    listener: UnixListener,
+    listener: Listener,
     config: SocketConfig,
-    origin: ListenOrigin,
 }
 
 impl SocketServer {
-    /// Takes the socket from systemd when socket-activated, else binds `config.path`.
-    /// Must be called inside a tokio runtime.
+    /// Takes the socket from systemd when socket-activated, else binds
+    /// `config.path` (creates the named pipe on Windows). Must be called inside
+    /// a tokio runtime.
     pub fn bind(config: SocketConfig) -> Result<SocketServer, SocketError> {
-        let (std, origin) = match systemd_listener() {
-            Some(l) => (l, ListenOrigin::Systemd),
-            None => (bind_path(&config.path, config.mode)?, ListenOrigin::Bound),
-        };
-        let listener = UnixListener::from_std(std).map_err(|e| SocketError::Io {
-            action: "register listener",
-            path: config.path.clone(),
-            source: e,
-        })?;
         Ok(SocketServer {
-            listener,
+            listener: Listener::bind(&config)?,
             config,
-            origin,
         })
     }
 
     /// Wraps a listener the caller bound.
-    pub fn from_listener(listener: UnixListener, config: SocketConfig) -> SocketServer {
+    #[cfg(unix)]
+    pub fn from_listener(listener: tokio::net::UnixListener, config: SocketConfig) -> SocketServer {
         SocketServer {
-            listener,
+            listener: Listener::bound(listener, &config.path),
             config,
-            origin: ListenOrigin::Bound,
         }
     }
 
     pub fn origin(&self) -> ListenOrigin {
-        self.origin
+        self.listener.origin()
     }
 
     pub fn path(&self) -> &Path {
@@ -263,9 +263,8 @@ impl SocketServer {
     /// connection and, if the agent bound the path itself, removes it.
     pub async fn serve<H: Handler>(self, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
         let SocketServer {
-            listener,
+            mut listener,
             config,
-            origin,
         } = self;
         let admission = Admission::default();
         let next_id = AtomicU64::new(1);
@@ -277,7 +276,7 @@ impl SocketServer {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = listener.accept() => {
                     let stream = match accepted {
-                        Ok((stream, _)) => stream,
+                        Ok(stream) => stream,
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             tracing::warn!(error = %e, "accepting a socket client failed");
@@ -290,8 +289,8 @@ impl SocketServer {
                     let limits = config.clone();
                     let admission = admission.clone();
                     conns.spawn(async move {
-                        let peer = match Peer::from_stream(&stream, id).await {
-                            Ok(peer) => peer,
+                        let (peer, mut stream) = match Listener::identify(stream, id).await {
+                            Ok(identified) => identified,
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot read peer credentials; closing");
                                 return;
@@ -301,8 +300,12 @@ impl SocketServer {
                             Ok(_ticket) => serve_connection(stream, peer, handler, &limits).await,
                             Err(refused) => {
                                 tracing::warn!(account = %peer.account, "connection refused: {}", refused.line());
-                                // Best effort, never blocking: the client is told why.
-                                let _ = stream.try_write(format!("{}\n", refused.line()).as_bytes());
+                                // Best effort, never for long: the client is told why.
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(1),
+                                    write_line(&mut stream, refused.line()),
+                                )
+                                .await;
                             }
                         }
                     });
@@ -310,9 +313,7 @@ impl SocketServer {
             }
         }
         conns.shutdown().await;
-        if origin == ListenOrigin::Bound {
-            let _ = std::fs::remove_file(&config.path);
-        }
+        listener.close();
     }
 }
 
@@ -438,5 +439,5 @@ async fn dispatch<H: Handler>(conn: &H::Conn, req: Request, handler: &H) -> Repl
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;

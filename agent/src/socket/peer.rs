@@ -1,15 +1,19 @@
 //! Who is on the other end of a connection, and what that allows.
 //!
 //! Identity comes only from the kernel (`SO_PEERCRED` on Linux, `getpeereid` on the
-//! BSDs via tokio), read once when the connection is accepted, never from a message.
+//! BSDs via tokio, the pipe client's token on Windows: `peer_windows.rs`), read
+//! once when the connection is accepted, never from a message.
 //! [`Permissions`] are computed from it once per connection, as tailscale's
 //! LocalAPI does, and every operation that acts for an account or hands the
-//! agent a process goes through them: an admin (root) may act for another
-//! account and hand over any process; everyone else only their own.
+//! agent a process goes through them: an admin (root; LocalSystem or an
+//! elevated Administrator on Windows) may act for another account and hand
+//! over any process; everyone else only their own.
 
+#[cfg(unix)]
 use std::io;
 
 use flex_protocol::ErrorCode;
+#[cfg(unix)]
 use tokio::net::UnixStream;
 
 use super::Reply;
@@ -21,9 +25,11 @@ use crate::process::{ProcessHandle, ProcessId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub account: AccountId,
-    /// Account name, or the uid in decimal when it has no passwd entry.
+    /// Account name, or the uid in decimal when it has no passwd entry
+    /// (`DOMAIN\user`, or the SID, on Windows).
     pub name: String,
-    /// Root (Unix) — may act for other accounts.
+    /// Root (Unix), LocalSystem or an elevated Administrator (Windows): may
+    /// act for other accounts.
     pub admin: bool,
     /// Absent on systems that do not report it.
     pub pid: Option<u32>,
@@ -31,6 +37,7 @@ pub struct Peer {
     pub conn_id: ConnId,
 }
 
+#[cfg(unix)]
 impl Peer {
     /// Reads the peer credentials of `stream` and resolves the account name.
     pub async fn from_stream(stream: &UnixStream, conn_id: ConnId) -> io::Result<Peer> {
@@ -93,16 +100,22 @@ impl Permissions {
         let Some(name) = user.filter(|u| *u != self.peer.name) else {
             return Ok(own());
         };
+        // Another spelling of the caller's own account (`alice` for
+        // `CORP\alice`, other letter case on Windows) is still the caller.
+        let found = account::lookup(name);
+        if found.as_ref() == Some(&self.peer.account) {
+            return Ok(own());
+        }
         if !self.peer.admin {
             return Err(Reply::error(
                 ErrorCode::Forbidden,
                 format!(
-                    "account '{}' (uid {}) cannot act for '{name}': only root may name another user",
+                    "account '{}' ({}) cannot act for '{name}': only an administrator (root) may name another user",
                     self.peer.name, self.peer.account
                 ),
             ));
         }
-        match account::lookup(name) {
+        match found {
             Some(account) => Ok(Acting {
                 account,
                 name: name.to_string(),
@@ -131,7 +144,7 @@ impl Permissions {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

@@ -5,10 +5,10 @@
 //! A new process whose name matches, or any new process while some product is
 //! recognised by its version resource, is opened once: the handle gives its
 //! full path (for the version resource, read once per path), its owner and its
-//! creation time, and is then held for as long as it is tracked (see
-//! [`crate::process::hold`]), so its exit is seen on that handle and a close
-//! reaches this very process. There is no event-driven source yet: ETW and WMI
-//! process traces would slot in beside this one.
+//! creation time, and is then held for as long as it is tracked, so its exit is
+//! seen on that handle and its pid cannot be reused meanwhile: the daemon's own
+//! handle ([`crate::daemon`], opened for the reported [`ProcessId`]) reaches
+//! this very process.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,21 +16,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
-use windows_sys::Win32::System::Diagnostics::ToolHelp::{
-    CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W, TH32CS_SNAPPROCESS,
-};
 
 use super::tracker::{exited, Matcher};
 use super::{ProcEvent, ProcEventKind};
-use crate::process::{filetime_to_utc, hold, ProcessHandle};
+use crate::process::{self, ProcessHandle};
 use crate::win32::version::{self, VersionInfo};
-use crate::win32::{from_wide, Handle};
 
 /// Version resources kept per executable path (a product runs many times).
 const VERSION_CACHE: usize = 4096;
 
 struct Tracked {
-    handle: Arc<ProcessHandle>,
+    handle: ProcessHandle,
     event: ProcEvent,
 }
 
@@ -42,26 +38,6 @@ pub(crate) struct WindowsTracker {
     known: HashMap<u32, String>,
     versions: HashMap<PathBuf, Option<VersionInfo>>,
     scanned: bool,
-}
-
-/// (pid, executable file name) of every process.
-fn snapshot() -> Vec<(u32, String)> {
-    // SAFETY: plain flags; the handle is checked and owned.
-    let Ok(snap) = Handle::check(unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) }) else {
-        return Vec::new();
-    };
-    let mut out = Vec::with_capacity(512);
-    // SAFETY: an all-zero PROCESSENTRY32W is valid; dwSize is set below.
-    let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
-    entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
-    // SAFETY: a snapshot handle and an entry with its size set.
-    let mut more = unsafe { Process32FirstW(snap.raw(), &mut entry) } != 0;
-    while more {
-        out.push((entry.th32ProcessID, from_wide(&entry.szExeFile)));
-        // SAFETY: as above.
-        more = unsafe { Process32NextW(snap.raw(), &mut entry) } != 0;
-    }
-    out
 }
 
 impl WindowsTracker {
@@ -101,20 +77,16 @@ impl WindowsTracker {
                 )?
             }
         };
-        let owner = handle.owner()?;
         let event = ProcEvent {
             kind,
-            pid,
-            uid: crate::socket::account_uid(&owner),
+            process: handle.id(),
+            owner: handle.owner().clone(),
             product,
             exe_name,
             exe_path,
-            started_at: filetime_to_utc(handle.identity().start_time),
+            started_at: process::start_time(handle.id()),
         };
-        Some(Tracked {
-            handle: Arc::new(handle),
-            event,
-        })
+        Some(Tracked { handle, event })
     }
 
     /// Exits of tracked processes (seen on their handles), then new product
@@ -130,7 +102,14 @@ impl WindowsTracker {
             }
             alive
         });
-        let current = snapshot();
+        // Once its handle is closed an ended product's pid may go to a new
+        // process of the same name before the snapshot: not "seen" any more.
+        for ev in &out {
+            self.known.remove(&ev.process.pid);
+        }
+        let Ok(current) = process::snapshot() else {
+            return out;
+        };
         if !matcher.is_empty() {
             for (pid, name) in &current {
                 let seen = self.known.get(pid) == Some(name);
@@ -144,7 +123,6 @@ impl WindowsTracker {
                 };
                 if let Some(t) = self.examine(*pid, name, matcher, kind) {
                     out.push(t.event.clone());
-                    hold(t.handle.clone());
                     self.tracked.insert(*pid, t);
                 }
             }
@@ -246,7 +224,7 @@ mod tests {
         let mut a = start(&named);
         let mut b = start(&renamed);
         let events = tracker.scan(&matcher, false);
-        let of = |pid: u32| events.iter().find(|e| e.pid == pid).cloned();
+        let of = |pid: u32| events.iter().find(|e| e.process.pid == pid).cloned();
         let ea = of(a.id()).expect("copy named like the product detected");
         assert_eq!(ea.product, "by-name");
         assert_eq!(ea.kind, ProcEventKind::Started);
@@ -256,34 +234,40 @@ mod tests {
         assert!(eb.exe_name.eq_ignore_ascii_case(original));
         let age = chrono::Utc::now() - ea.started_at;
         assert!(age.num_seconds() >= -5 && age.num_seconds() < 120, "{age}");
-        assert!(crate::process::held_handle(a.id()).is_some());
+        assert_eq!(ea.owner, process::owner(std::process::id()).unwrap());
+        assert_eq!(ea.process, process::identify(a.id()).unwrap());
 
         // Seen again: nothing new.
         assert!(tracker
             .scan(&matcher, false)
             .iter()
-            .all(|e| e.pid != a.id() && e.pid != b.id()));
+            .all(|e| e.process.pid != a.id() && e.process.pid != b.id()));
         a.kill().unwrap();
         a.wait().unwrap();
         let gone = tracker.scan(&matcher, false);
-        let exit = gone.iter().find(|e| e.pid == a.id()).expect("exit seen");
+        let exit = gone
+            .iter()
+            .find(|e| e.process.pid == a.id())
+            .expect("exit seen");
         assert!(matches!(
             exit.kind,
             ProcEventKind::Exited { code: Some(_), .. }
         ));
 
-        // Closing through the handle held since detection: WM_CLOSE reaches
-        // the product's window and it quits by itself (exit code 0).
-        let held = crate::process::held_handle(b.id()).expect("held since detection");
+        // Closing through a handle opened for the detected identity, as the
+        // daemon does: WM_CLOSE reaches the product's window and it quits by
+        // itself (exit code 0).
+        let handle = ProcessHandle::open_as(eb.process).expect("the detected process");
         // Detection can come before the product has created its window.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while held.close_gracefully() == 0 {
+        while !process::has_window(b.id()) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the product never showed a window"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        handle.stop(process::Stop::Graceful).unwrap();
         let status = b.wait().unwrap();
         assert_eq!(status.code(), Some(0), "closed gracefully, not killed");
     }

@@ -82,7 +82,8 @@ impl Drop for SecurityDescriptor {
     }
 }
 
-/// Restricts directory `dir` to SYSTEM and Administrators.
+/// Restricts a directory (and what it will hold) or a file to SYSTEM and
+/// Administrators.
 pub fn restrict_to_admins(dir: &Path) -> io::Result<()> {
     SecurityDescriptor::from_sddl(STATE_DIR_SDDL)?.apply_to(dir)
 }

@@ -2,11 +2,18 @@
 //!
 //! The MSI registers the service `flex-agent` (automatic, LocalSystem) with
 //! `--service --config C:\ProgramData\Flex\agent.toml`. On start the service
-//! writes its config from the installer's values when there is none, enrolls
-//! when the journal has no enrollment ([`crate::provision`]), sets its own
-//! recovery (restart after a failure), then runs the daemon until the SCM says
-//! stop or shutdown; stopping journals the sessions like SIGTERM does on Linux.
-//! It logs to daily files in `C:\ProgramData\Flex\logs` (14 kept).
+//! writes its config from the installer's values when there is none
+//! ([`crate::provision`]), sets its own recovery (restart after a failure) and
+//! reports Running; then, as on Linux, it enrolls itself if needed
+//! ([`crate::enroll::enroll_at_start`], retried while the server cannot be
+//! reached, a stop honoured meanwhile) with the token in `enroll-token` next to
+//! the config, where it first copies the installer's `ENROLL_TOKEN_FILE` (a
+//! share many machines read, which is left alone). Then it runs the daemon
+//! until the SCM says stop or shutdown; stopping journals the sessions like
+//! SIGTERM does on Linux. A config or enrollment problem stops it with the
+//! service-specific exit code 78, as on Linux; the recovery actions start it
+//! again a minute later, so a token put in place later is picked up. It logs
+//! to daily files in `C:\ProgramData\Flex\logs` (14 kept).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -26,6 +33,7 @@ use windows_sys::Win32::System::Registry::{RegGetValueW, HKEY_LOCAL_MACHINE, RRF
 
 use super::{from_wide, wide};
 use crate::config::Config;
+use crate::enroll::{self, exit};
 use crate::provision::{self, InstallValues};
 
 /// The service's name, as `sc query flex-agent` knows it.
@@ -44,11 +52,30 @@ pub enum ServiceError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
+    Enroll(#[from] enroll::EnrollError),
+    #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
     #[error("cannot talk to the service control manager: {}", scm_reason(.0))]
     Scm(#[from] windows_service::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl ServiceError {
+    /// The service-specific exit code: 78 for what a restart alone cannot fix
+    /// (config, enrollment), as `flex-agent` exits on Linux; 1 otherwise.
+    pub fn exit_code(&self) -> u32 {
+        use crate::daemon::DaemonError;
+        match self {
+            ServiceError::Provision(_)
+            | ServiceError::Config(_)
+            | ServiceError::Enroll(_)
+            | ServiceError::Daemon(DaemonError::NotEnrolled { .. } | DaemonError::BadKeys { .. }) => {
+                exit::CONFIG as u32
+            }
+            _ => 1,
+        }
+    }
 }
 
 /// The crate's message and the OS error under it ("IO error in winapi call"
@@ -58,6 +85,39 @@ fn scm_reason(e: &windows_service::Error) -> String {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
     }
+}
+
+/// The Windows-only ways `flex-agent.exe` is started: `--start-service` (by
+/// the MSI) and `--service` (by the SCM). `None`: neither, run as on Unix.
+pub fn from_command_line(cli: &crate::cli::Cli) -> Option<i32> {
+    if cli.start_service {
+        return Some(match start() {
+            Ok(()) => {
+                println!("asked the service control manager to start {SERVICE_NAME}");
+                0
+            }
+            Err(e) => {
+                eprintln!("flex-agent: cannot start the service: {e}");
+                1
+            }
+        });
+    }
+    if !cli.service {
+        return None;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEX_AGENT_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let logs = crate::paths::current()
+        .log_dir
+        .unwrap_or_else(|| std::env::temp_dir().join("flex-agent"));
+    init_logging(&logs, filter);
+    Some(match run(cli.config.clone()) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            1
+        }
+    })
 }
 
 static CONFIG_PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -148,11 +208,10 @@ fn serve(config_path: &Path) -> Result<(), ServiceError> {
         }
     };
     let handle = service_control_handler::register(SERVICE_NAME, on_control)?;
-    // Enrollment on first start talks to the server: allow for it.
     handle.set_service_status(status(
         ServiceState::StartPending,
         0,
-        Duration::from_secs(120),
+        Duration::from_secs(30),
     ))?;
     let result = (|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,12 +220,20 @@ fn serve(config_path: &Path) -> Result<(), ServiceError> {
             .build()
             .map_err(ServiceError::Runtime)?;
         runtime.block_on(async {
-            let config = prepare(config_path).await?;
+            let values = install_values();
+            let config = prepare(config_path, &values)?;
             configure_recovery();
-            let stopped = {
-                let stop = stop.clone();
-                async move { stop.notified().await }
-            };
+            // Running from here, as systemd's READY with a status line: a stop
+            // is honoured while the agent waits for the server to enroll.
+            handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO))?;
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            let token_file = enroll::token_file_for(config_path);
+            stage_enroll_token(&config, &values, &token_file).await;
+            tokio::select! {
+                _ = &mut stopped => return Ok(()),
+                enrolled = enroll::enroll_at_start(&config, &token_file, |_| {}) => enrolled?,
+            }
             crate::daemon::run(config, stopped, |ready| {
                 tracing::info!(
                     pipe = %ready.socket.display(),
@@ -175,7 +242,6 @@ fn serve(config_path: &Path) -> Result<(), ServiceError> {
                     detection = %ready.detection,
                     "flex-agent service running"
                 );
-                let _ = handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO));
             })
             .await?;
             let _ = handle.set_service_status(status(
@@ -187,23 +253,74 @@ fn serve(config_path: &Path) -> Result<(), ServiceError> {
         })
     })();
     // A non-zero exit is a failure the SCM's recovery restarts.
-    let code = u32::from(result.is_err());
+    let code = result.as_ref().map_or_else(ServiceError::exit_code, |()| 0);
     handle.set_service_status(status(ServiceState::Stopped, code, Duration::ZERO))?;
     result
 }
 
-/// The config, written from the installer's values on the first start, and
-/// the pending enrollment done.
-async fn prepare(config_path: &Path) -> Result<Config, ServiceError> {
-    let values = install_values();
-    if provision::write_config_if_missing(config_path, &values, &crate::paths::current())? {
+/// The config, written from the installer's values on the first start.
+fn prepare(config_path: &Path, values: &InstallValues) -> Result<Config, ServiceError> {
+    if provision::write_config_if_missing(config_path, values, &crate::paths::current())? {
         tracing::info!(config = %config_path.display(), "wrote the config from the installer's values");
     }
-    let config = Config::load(config_path)?;
-    if let Some(done) = provision::enroll_if_pending(&config, &values).await? {
-        tracing::info!(device_id = %done.device_id, "enrolled on first start");
+    Ok(Config::load(config_path)?)
+}
+
+/// Copies the installer's enrollment token file to `token_file` (where
+/// self-enrollment reads it, and deletes it once used) when the workstation
+/// is not enrolled and nothing is there yet. The copy is readable by SYSTEM
+/// and Administrators only. Failures are logged: self-enrollment then says
+/// what is missing.
+async fn stage_enroll_token(config: &Config, values: &InstallValues, token_file: &Path) {
+    let Some(source) = values.enroll_token_file.clone() else {
+        return;
+    };
+    if token_file.exists() {
+        return;
     }
-    Ok(config)
+    let (config, target) = (config.clone(), token_file.to_path_buf());
+    let staged = tokio::task::spawn_blocking(move || {
+        if enroll::current_enrollment(&config)?.is_some() {
+            return Ok(false);
+        }
+        let token = enroll::read_token_file(&source)?;
+        write_admin_only(&target, token.as_bytes()).map_err(|e| {
+            enroll::EnrollError::TokenFile {
+                path: target.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok::<_, enroll::EnrollError>(true)
+    })
+    .await;
+    match staged {
+        Ok(Ok(true)) => tracing::info!(
+            "copied the installer's enrollment token to {}",
+            token_file.display()
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!("cannot use the installer's enrollment token: {e}"),
+        Err(e) => tracing::warn!("cannot use the installer's enrollment token: {e}"),
+    }
+}
+
+/// Writes a new file readable by SYSTEM and Administrators only: created
+/// empty, restricted, then filled and moved into place.
+fn write_admin_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        super::acl::restrict_to_admins(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// The MSI's properties, as it stored them under HKLM\[`INSTALL_KEY`].

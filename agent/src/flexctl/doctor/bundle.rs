@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use flate2::write::GzEncoder;
 use flex_protocol::socket::StatusReply;
@@ -38,6 +37,7 @@ pub fn write(
     };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let file = opts.open(path).map_err(err)?;
     let mut tar = tar::Builder::new(GzEncoder::new(file, flate2::Compression::default()));
@@ -119,9 +119,13 @@ fn redact(text: &str) -> String {
         + "\n"
 }
 
+#[cfg(windows)]
+use super::windows::{agent_log, system};
+
 /// The agent's last log lines from journald, or why there are none.
+#[cfg(unix)]
 fn agent_log() -> String {
-    let out = Command::new("journalctl")
+    let out = std::process::Command::new("journalctl")
         .args([
             "-u",
             "flex-agent",
@@ -144,6 +148,7 @@ fn agent_log() -> String {
     }
 }
 
+#[cfg(unix)]
 fn system() -> String {
     let uname = nix::sys::utsname::uname()
         .map(|u| {
@@ -178,6 +183,7 @@ mod tests {
         assert!(r.contains("email_template = \"{user}@c.example\""), "{r}");
     }
 
+    #[cfg(unix)]
     #[test]
     fn the_bundle_is_private_and_holds_the_report_and_config() {
         use std::os::unix::fs::PermissionsExt;

@@ -16,6 +16,11 @@
 
 pub mod bundle;
 pub mod report;
+#[cfg(windows)]
+mod windows;
+
+#[cfg(windows)]
+use windows::{caller, notifier_pids_of, paths_check};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +35,7 @@ use report::{Check, Report};
 /// Clock skew to the server above which the check fails.
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 /// How long the detection check waits to see its test exec.
+#[cfg(target_os = "linux")]
 const EXEC_WAIT: Duration = Duration::from_secs(3);
 
 /// What `flexctl doctor` was asked.
@@ -66,12 +72,8 @@ pub async fn run(opts: DoctorOptions) -> Result<i32, CtlError> {
 /// The checks, and the agent's status when it answered (for the bundle).
 pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
     let mut r = Report::default();
-    let uid = nix::unistd::getuid().as_raw();
-    let root = uid == 0;
-    let account = opts
-        .user
-        .clone()
-        .unwrap_or_else(|| crate::account::name_of_uid(uid));
+    let (me, root) = caller();
+    let account = opts.user.clone().unwrap_or(me);
 
     // Config.
     let config = match Config::load(&opts.config) {
@@ -148,6 +150,13 @@ pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
     (r, status)
 }
 
+/// The account running the doctor and whether it is root.
+#[cfg(unix)]
+fn caller() -> (String, bool) {
+    let uid = nix::unistd::getuid().as_raw();
+    (crate::account::name_of_uid(uid), uid == 0)
+}
+
 async fn agent_status(socket: &Path) -> Result<StatusReply, CtlError> {
     let mut client = Client::connect(socket).await?;
     client
@@ -156,6 +165,7 @@ async fn agent_status(socket: &Path) -> Result<StatusReply, CtlError> {
         .map_err(CtlError::Refused)
 }
 
+#[cfg(unix)]
 fn paths_check(c: &Config, socket: &Path) -> Check {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let mut problems = Vec::new();
@@ -552,11 +562,10 @@ fn notifier_check(account: &str, is_root_itself: bool) -> Check {
              doctor --user ACCOUNT",
         );
     }
-    let Ok(Some(user)) = nix::unistd::User::from_name(account) else {
+    let Some(pids) = notifier_pids_of(account) else {
         return unmapped_account(account);
     };
-    let uid = user.uid.as_raw();
-    match notifier_pids(uid) {
+    match pids {
         Ok(pids) if !pids.is_empty() => Check::ok(
             "notifier",
             format!("flexctl notify runs for {account} (pid {})", pids[0]),
@@ -579,7 +588,18 @@ fn unmapped_account(account: &str) -> Check {
     )
 }
 
+/// Pids of `flexctl notify` processes of local account `account`; `None`
+/// when there is no such account.
+#[cfg(unix)]
+fn notifier_pids_of(account: &str) -> Option<std::io::Result<Vec<u32>>> {
+    let Ok(Some(user)) = nix::unistd::User::from_name(account) else {
+        return None;
+    };
+    Some(notifier_pids(user.uid.as_raw()))
+}
+
 /// Pids of `flexctl notify` processes of `uid`, from /proc.
+#[cfg(unix)]
 fn notifier_pids(uid: u32) -> std::io::Result<Vec<u32>> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
