@@ -221,8 +221,26 @@ impl Default for Wine {
     }
 }
 
+impl Wine {
+    /// Prints the agent service's log files (a failed test's evidence).
+    pub fn print_agent_logs(&self) {
+        let dir = self.host_path(r"C:\ProgramData\Flex\logs");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("no agent logs in {}", dir.display());
+            return;
+        };
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            eprintln!("---- {}\n{text}", e.path().display());
+        }
+    }
+}
+
 impl Drop for Wine {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_agent_logs();
+        }
         self.stop_all();
     }
 }

@@ -65,7 +65,10 @@ fn raw_session(r: &Row<'_>) -> rusqlite::Result<RawSession> {
             r.get(6)?,
             r.get(7)?,
         ],
-        uid: r.get(10)?,
+        // -1 (written for an id that is no uid, a Windows SID) is no uid.
+        uid: r
+            .get::<_, Option<i64>>(10)?
+            .and_then(|u| u32::try_from(u).ok()),
         pid: r.get(11)?,
         revision: r.get(12)?,
         account_id: r.get(13)?,

@@ -200,6 +200,23 @@ fn state_round_trips() {
     );
 }
 
+/// Regression: a session of a Windows account (a SID, stored with uid -1)
+/// could not be read back, which stopped the agent on Windows.
+#[test]
+fn a_session_of_a_windows_account_round_trips() {
+    let (_dir, mut j) = open();
+    let mut row = session("s-win", None);
+    row.account = crate::account::AccountId::new("S-1-5-21-1-2-3-1001");
+    row.account_name = r"CORP\ada".into();
+    row.process = Some(crate::process::ProcessId {
+        pid: 4242,
+        // A FILETIME creation time: 100 ns ticks since 1601.
+        start: 134_000_000_000_000_000,
+    });
+    persist(&mut j, vec![Persist::Session(row.clone())]);
+    assert_eq!(j.load_state().unwrap().sessions, vec![row]);
+}
+
 #[test]
 fn uploads_are_acknowledged_by_revision() {
     let (_dir, mut j) = open();

@@ -376,6 +376,9 @@ fn configure_recovery() {
         service.set_failure_actions_on_non_crash_failures(true)
     })();
     if let Err(e) = result {
-        tracing::warn!("cannot set the service's recovery actions: {e}");
+        tracing::warn!(
+            "cannot set the service's recovery actions: {}",
+            scm_reason(&e)
+        );
     }
 }
