@@ -94,6 +94,9 @@ pub fn denial_line(product: &str, e: &ApiError) -> String {
         ErrorCode::DeviceRevoked => {
             "this workstation was removed from the license server: ask IT to enroll it again"
         }
+        _ if cfg!(windows) => {
+            r"try again; if it persists, see: flexctl status and the logs in C:\ProgramData\Flex\logs"
+        }
         _ => "try again; if it persists, see: flexctl status and journalctl -u flex-agent",
     };
     format!(
