@@ -29,12 +29,17 @@ async fn wait_for<T>(
     seen: &mut mpsc::UnboundedReceiver<(Peer, Request)>,
     mut pick: impl FnMut(Request) -> Option<T>,
 ) -> T {
-    loop {
-        let (_, req) = seen.recv().await.expect("fake agent stopped");
-        if let Some(t) = pick(req) {
-            return t;
+    let wait = async {
+        loop {
+            let (_, req) = seen.recv().await.expect("fake agent stopped");
+            if let Some(t) = pick(req) {
+                return t;
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("the request never reached the fake agent")
 }
 
 #[tokio::test]
@@ -44,10 +49,12 @@ async fn run_passes_the_exit_code_through_and_reports_it() {
     let agent = start_fake_agent(dir.path(), handler);
     let socket = agent.path.clone();
     let (_sig_tx, sig_rx) = mpsc::channel(1);
-    let code = run(opts(&socket, &["sh", "-c", "exit 3"]), sig_rx)
-        .await
-        .unwrap();
-    assert_eq!(code, 3);
+    // The product waits on a FIFO until its attach has reached the agent: the
+    // agent only takes a process that still runs.
+    let go = dir.path().join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let script = format!("read x < {}; exit 3", go.display());
+    let wrapper = tokio::spawn(run(opts(&socket, &["sh", "-c", &script]), sig_rx));
 
     let (product, version) = wait_for(&mut seen, |r| match r {
         Request::Launch {
@@ -66,6 +73,11 @@ async fn run_passes_the_exit_code_through_and_reports_it() {
     })
     .await;
     assert!(pid > 0);
+    tokio::task::spawn_blocking(move || std::fs::write(go, "go\n"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(wrapper.await.unwrap().unwrap(), 3);
     let (exit_session, exit_code) = wait_for(&mut seen, |r| match r {
         Request::Exit { session, code } => Some((session, code)),
         _ => None,
