@@ -98,8 +98,9 @@ pub struct Config {
     /// system service has no desktop keyring), `auto` or `keyring`.
     #[serde(default)]
     pub credential_store: crate::credentials::StoreChoice,
-    /// Process detection: `auto` (the kernel's process connector where it can be
-    /// opened, else polling), `proc-connector` or `polling`.
+    /// Process detection: `auto` (Linux: the kernel's process connector where it
+    /// can be opened, else polling; Windows: polling woken by ETW process events
+    /// where a session can be opened), `proc-connector` or `polling`.
     #[serde(default)]
     pub detection: Detection,
     #[serde(default)]

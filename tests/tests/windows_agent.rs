@@ -262,9 +262,9 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     assert_eq!(ready["detection"], "polling", "{ready}");
     eprintln!(
         "windows: resident memory under Wine, idle (VmRSS, RssAnon) in KiB: agent service \
-         {:?}; for scale, the keep-alive ping.exe {:?}",
+         {:?}; for scale, a plain Wine process (the keep-alive cmd /c ping) {:?}",
         rss_kib(&wine, "flex-agent.exe"),
-        rss_kib(&wine, "ping.exe")
+        rss_kib(&wine, "ping -n")
     );
     assert!(
         ready["device_id"].is_string(),

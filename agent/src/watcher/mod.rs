@@ -9,7 +9,9 @@
 //! namespace, an old kernel) the watcher polls instead: it lists `/proc` every
 //! interval and reads details only for pids it has not seen before, because a full
 //! process-table refresh costs about seventy times as much CPU. On other systems it
-//! polls with `sysinfo`; on Windows with Toolhelp snapshots ([`windows_poll`]).
+//! polls with `sysinfo`; on Windows with Toolhelp snapshots ([`windows_poll`]), woken
+//! at once by ETW process events where the service may open a kernel-provider
+//! session ([`windows_etw`]).
 //!
 //! Processes already running when the watcher starts, or when the rate sheet changes
 //! to include them, are reported as [`ProcEventKind::Adopted`].
@@ -19,6 +21,8 @@ pub mod connector;
 #[cfg(unix)]
 mod sysinfo_poll;
 mod tracker;
+#[cfg(windows)]
+mod windows_etw;
 #[cfg(windows)]
 mod windows_poll;
 
@@ -69,6 +73,8 @@ pub enum ProcEventKind {
 pub enum DetectionSource {
     ProcConnector,
     Polling,
+    /// Windows: ETW process events wake the poller (see `windows_etw`).
+    Etw,
 }
 
 impl DetectionSource {
@@ -77,6 +83,7 @@ impl DetectionSource {
         match self {
             DetectionSource::ProcConnector => "proc-connector",
             DetectionSource::Polling => "polling",
+            DetectionSource::Etw => "etw",
         }
     }
 }
@@ -236,7 +243,8 @@ fn spawn_source(
     )))
 }
 
-/// Windows: Toolhelp snapshots (no event-driven source yet, see windows_poll).
+/// Windows: Toolhelp snapshots, woken by ETW process events when a session can
+/// be started (`SourceChoice::Auto`), on the poll interval otherwise.
 #[cfg(windows)]
 fn spawn_source(
     config: &WatcherConfig,
@@ -249,12 +257,27 @@ fn spawn_source(
         return Err(WatchError::ConnectorUnsupported);
     }
     tracker::store_source(&source, DetectionSource::Polling);
+    let wake = Arc::new(Notify::new());
+    let session = match config.source {
+        SourceChoice::Polling => None,
+        _ => match windows_etw::start(wake.clone(), source.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::info!(error = %e, "no ETW process events; detection polls");
+                None
+            }
+        },
+    };
     let mut tracker = windows_poll::WindowsTracker::default();
     let initial = tracker.scan(&matcher.read().unwrap_or_else(|e| e.into_inner()), true);
     Ok(tokio::spawn(windows_poll::run(
         tracker,
         initial,
-        config.poll_interval,
+        windows_poll::Wakers {
+            interval: config.poll_interval,
+            events: wake,
+            session,
+        },
         matcher,
         rescan,
         tx,

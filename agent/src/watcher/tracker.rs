@@ -123,6 +123,7 @@ pub(crate) type SharedSource = Arc<AtomicU8>;
 pub(crate) fn load_source(s: &SharedSource) -> DetectionSource {
     match s.load(Ordering::Relaxed) {
         0 => DetectionSource::ProcConnector,
+        2 => DetectionSource::Etw,
         _ => DetectionSource::Polling,
     }
 }
@@ -132,6 +133,7 @@ pub(crate) fn store_source(s: &SharedSource, d: DetectionSource) {
         match d {
             DetectionSource::ProcConnector => 0,
             DetectionSource::Polling => 1,
+            DetectionSource::Etw => 2,
         },
         Ordering::Relaxed,
     );

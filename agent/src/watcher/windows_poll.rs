@@ -133,10 +133,18 @@ impl WindowsTracker {
     }
 }
 
+/// When the poller looks: every `interval`, and at once when `events` is
+/// notified (by the ETW `session`, kept running as long as the poller).
+pub(crate) struct Wakers {
+    pub interval: Duration,
+    pub events: Arc<Notify>,
+    pub session: Option<super::windows_etw::EtwSession>,
+}
+
 pub(crate) async fn run(
     mut tracker: WindowsTracker,
     initial: Vec<ProcEvent>,
-    interval: Duration,
+    wakers: Wakers,
     matcher: Arc<RwLock<Matcher>>,
     rescan: Arc<Notify>,
     tx: mpsc::Sender<ProcEvent>,
@@ -146,11 +154,17 @@ pub(crate) async fn run(
             return;
         }
     }
+    let Wakers {
+        interval,
+        events,
+        session: _session,
+    } = wakers;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let all = tokio::select! {
             _ = ticker.tick() => false,
+            _ = events.notified() => false,
             _ = rescan.notified() => true,
             _ = tx.closed() => return,
         };
