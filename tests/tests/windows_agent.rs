@@ -260,12 +260,6 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     })
     .await;
     assert_eq!(ready["detection"], "polling", "{ready}");
-    eprintln!(
-        "windows: resident memory under Wine, idle (VmRSS, RssAnon) in KiB: agent service \
-         {:?}; for scale, a plain Wine process (the keep-alive cmd /c ping) {:?}",
-        rss_kib(&wine, "flex-agent.exe"),
-        rss_kib(&wine, "ping -n")
-    );
     assert!(
         ready["device_id"].is_string(),
         "enrolled on first start: {ready}"
@@ -294,6 +288,13 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     // Its readiness line: from here on no event of this user is missed.
     let ready = said.recv_timeout(WAIT).expect("the notifier subscribes");
     assert!(ready.contains("subscribed"), "{ready}");
+    eprintln!(
+        "windows: resident memory under Wine, idle (VmRSS, RssAnon) in KiB: agent service \
+         {:?}; flexctl.exe notify {:?}; a plain Wine process (the keep-alive cmd /c ping) {:?}",
+        rss_kib(&wine, "flex-agent.exe"),
+        rss_kib(&wine, "notify"),
+        rss_kib(&wine, "ping")
+    );
 
     // ---- flexctl run: charged once, then free inside the window
     let ran = wine.host_path(r"C:\deploy\ran-autocad.txt");
