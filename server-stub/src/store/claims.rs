@@ -296,6 +296,11 @@ impl Store {
     }
 
     fn not_entitled(&self, tx: &Connection, user: &str, product: &str) -> Result<ClaimResponse> {
+        // Messages are for people: the product by its display name.
+        let product = self
+            .rates()
+            .get(product)
+            .map_or(product, |p| p.name.as_str());
         let msg = if load_user(tx, user)?.is_none() {
             format!("{user} is not a known user; ask your license admin to add you to Flex")
         } else {
@@ -365,7 +370,11 @@ impl Store {
         let shares = match spend(tx, cost, now)? {
             Ok(s) => s,
             Err(short) => {
-                notices::on_refusal(tx, user, &req.product, short.balance, cost, now)?;
+                let name = self
+                    .rates()
+                    .get(&req.product)
+                    .map_or(req.product.as_str(), |p| p.name.as_str());
+                notices::on_refusal(tx, user, name, short.balance, cost, now)?;
                 return Ok(denied(
                     ErrorCode::OutOfTokens,
                     format!(
@@ -468,7 +477,11 @@ impl Store {
         let shares = match spend(tx, cost, now)? {
             Ok(s) => s,
             Err(short) => {
-                notices::on_refusal(tx, user, &req.product, short.balance, cost, now)?;
+                let name = self
+                    .rates()
+                    .get(&req.product)
+                    .map_or(req.product.as_str(), |p| p.name.as_str());
+                notices::on_refusal(tx, user, name, short.balance, cost, now)?;
                 return Ok(denied(
                     ErrorCode::OutOfTokens,
                     format!(

@@ -81,7 +81,7 @@ pub(crate) fn after_charge(
     Ok(())
 }
 
-/// A charge was refused for lack of tokens.
+/// A charge was refused for lack of tokens; `product` is its display name.
 pub(crate) fn on_refusal(
     conn: &Connection,
     user: &str,
