@@ -1,8 +1,8 @@
 //! `flexctl wrap`: the launcher change that starts a product through
 //! `flexctl run`.
 //!
-//! On Linux that is a desktop entry (freedesktop Desktop Entry Specification
-//! 1.5) whose `Exec` is `flexctl run --product P -- <the product's command>`:
+//! On Linux that is a desktop entry (freedesktop Desktop Entry Specification,
+//! version 1.4 keys) whose `Exec` is `flexctl run --product P -- <the product's command>`:
 //! a new one from a command line, or the vendor's own entry (`--from`) with
 //! every `Exec` (its actions' too) rewritten and nothing else changed. Installed
 //! (`--install`) under the same file name in `~/.local/share/applications`, or
@@ -121,7 +121,7 @@ pub fn new_entry(prefix: &RunPrefix, name: &str, command: &[String]) -> Result<S
     let mut out = String::new();
     let _ = writeln!(out, "[Desktop Entry]");
     let _ = writeln!(out, "Type=Application");
-    let _ = writeln!(out, "Version=1.5");
+    let _ = writeln!(out, "Version=1.4");
     let _ = writeln!(out, "Name={name}");
     let _ = writeln!(out, "Comment=Starts {name} with a Flex license");
     let _ = writeln!(out, "Exec={}", exec_line(&args)?);
