@@ -66,11 +66,16 @@ send() {
     printf '%s\n' "$1" >&3
 }
 
-# The next line from the agent, with escaped quotes made plain (so that
-# [^"]* below never stops inside a string); fails when the agent hung up.
+# A line from the agent with escaped quotes made plain, so that [^"]* below
+# never stops inside a string.
+plain() {
+    printf '%s\n' "$1" | sed "s/\\\\\"/'/g"
+}
+
+# The next line from the agent (plain); fails when the agent hung up.
 next_line() {
     IFS= read -r line <&4 || return 1
-    printf '%s\n' "$line" | sed "s/\\\\\"/'/g"
+    plain "$line"
 }
 
 # The next reply line, skipping events.
@@ -119,7 +124,7 @@ esac
 session=$(json_str session "$grant")
 
 # Granted: start the product, then hand its pid to the agent.
-(trap - PIPE; exec "$@") &
+(trap - PIPE; exec "$@" 3>&- 4<&-) &
 pid=$!
 send "{\"op\":\"attach\",\"session\":\"$session\",\"pid\":$pid}"
 attached=$(next_reply) || attached=
@@ -128,24 +133,26 @@ case $attached in
 *) echo "$me: flex-agent did not take pid $pid: $(json_str message "$attached")" >&2 ;;
 esac
 
-# Signals to the wrapper go to the product; USR1 is the reader below telling
-# us that the agent closed the session. Only this shell signals the product,
-# and only until it has reaped it, so a reused pid is never signalled. The
-# agent forces the close itself after close_grace_secs if the product ignores
-# SIGTERM.
+# USR1 is the reader below telling us that the agent closed the session: the
+# product gets SIGTERM. Only this shell signals the product, and only until it
+# has reaped it, so a reused pid is never signalled. The agent forces the
+# close itself after close_grace_secs if the product ignores SIGTERM.
 reaped=
 # shellcheck disable=SC2317  # called by the traps below
 forward() {
     [ -z "$reaped" ] && kill "-$1" "$pid" 2>/dev/null
 }
-trap 'forward TERM' TERM USR1
-trap 'forward INT' INT
-trap 'forward HUP' HUP
+trap 'forward TERM' USR1
 
 # Events from the agent, while the product runs.
+# It reads in this subshell itself (not in a command substitution), so that
+# killing it ends the read; it must not hold the connection's write end, or
+# socat would never see the wrapper finish.
 (
-    trap - TERM INT HUP USR1
-    while l=$(next_line); do
+    trap - USR1
+    exec 3>&-
+    while IFS= read -r raw <&4; do
+        l=$(plain "$raw")
         case $(json_str event "$l") in
         product_closed)
             echo "$me: flex-agent closed $name: $(json_str message "$l")" >&2
@@ -155,6 +162,11 @@ trap 'forward HUP' HUP
     done
 ) &
 reader=$!
+# Signals to the wrapper go to the product (set after the reader started, so
+# that the reader still ends on the TERM it gets below).
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+trap 'forward HUP' HUP
 
 # Wait for the product; a trapped signal interrupts wait, so wait again.
 rc=0
