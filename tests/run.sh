@@ -18,8 +18,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # dbus: the private session bus of the notification and keyring tests;
-# gnome-keyring: a real Secret Service; the rest are what install/check.sh (run
-# by tests/tests/install.rs) validates units, plists, scripts and desktop files with.
+# gnome-keyring: a real Secret Service; python3 and socat run the example
+# wrappers (tests/tests/example_wrappers.rs); the rest are what install/check.sh
+# (run by tests/tests/install.rs) and tests/tests/flexctl_wrap.rs validate
+# units, plists, scripts and desktop files with.
 need=()
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
@@ -27,6 +29,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v desktop-file-validate >/dev/null || need+=(desktop-file-utils)
+# socat: the example shell wrapper (examples/wrappers/flex-wrap.sh) talks through it.
+command -v socat >/dev/null || need+=(socat)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq

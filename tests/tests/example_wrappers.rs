@@ -72,14 +72,6 @@ impl Wrapper {
     }
 }
 
-/// The agent has reached the server once, so it knows the rate sheet's names.
-async fn rate_sheet_known(agent: &Agent) {
-    eventually("the agent's first server contact", WAIT, || async {
-        (!agent.status()["last_server_contact"].is_null()).then_some(())
-    })
-    .await;
-}
-
 /// The parent pid of process `pid`.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -102,7 +94,7 @@ async fn wrapper_end_to_end(wrapper: Wrapper) {
         )
         .await;
     let agent = Agent::start(&server, "").await;
-    rate_sheet_known(&agent).await;
+    agent.rate_sheet_known().await;
 
     // Granted: the product runs and its exit code comes back; charged once.
     let marker = agent.dir.path().join("ran");
