@@ -143,12 +143,11 @@ pub fn rewrite_entry(
         path: path.to_owned(),
         why: why.to_string(),
     };
-    if !text
+    let first_group = text
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .is_some_and(|l| l == "[Desktop Entry]")
-    {
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    if first_group != Some("[Desktop Entry]") {
         return Err(not_entry("its first group is not [Desktop Entry]"));
     }
     if let Some(name) = name.filter(|n| n.contains(['\n', '\r'])) {
