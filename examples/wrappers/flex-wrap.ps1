@@ -102,7 +102,13 @@ if ($grant.PSObject.Properties.Name -contains 'close_grace_secs' -and $grant.clo
 
 # Granted: start the product and hand its process id to the agent.
 $argLine = ($Command | Select-Object -Skip 1 | ForEach-Object { if ($_ -match '[\s"]') { '"' + ($_ -replace '"', '\"') + '"' } else { $_ } }) -join ' '
-$proc = Start-Process -FilePath $Command[0] -ArgumentList $argLine -PassThru
+if ($argLine) {
+    $proc = Start-Process -FilePath $Command[0] -ArgumentList $argLine -PassThru -NoNewWindow
+} else {
+    $proc = Start-Process -FilePath $Command[0] -PassThru -NoNewWindow
+}
+# Reading the handle now keeps the exit code available once the product exits.
+$null = $proc.Handle
 Send @{ op = 'attach'; session = $session; pid = $proc.Id }
 $attached = Next-Reply
 if (-not $attached.ok) { [Console]::Error.WriteLine("flex-wrap: flex-agent did not take the process: $($attached.error.message)") }

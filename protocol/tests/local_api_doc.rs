@@ -171,6 +171,30 @@ fn every_example_parses_and_matches_its_golden_file() {
     }
 }
 
+/// The wire transcripts (```` ```text ```` blocks of `> request` and `< reply`
+/// lines) parse too: requests as requests, replies and events as the agent's.
+#[test]
+fn every_transcript_line_parses() {
+    let doc = doc();
+    let mut seen = 0;
+    for (n, line) in doc.lines().enumerate() {
+        let at = format!("docs/local-api.md:{}", n + 1);
+        if let Some(req) = line.strip_prefix("> {") {
+            typed::<Request>(&format!("{{{req}"), &at);
+            seen += 1;
+        } else if let Some(reply) = line.strip_prefix("< {") {
+            let value: Value = serde_json::from_str(&format!("{{{reply}")).unwrap();
+            if value.get("event").is_some() {
+                typed::<Event>(&value.to_string(), &at);
+            } else {
+                assert_eq!(value["ok"], true, "{at}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "only {seen} transcript lines");
+}
+
 /// The variant names serde knows for a type, from the error for an unknown one.
 fn variants<T: DeserializeOwned + std::fmt::Debug>(probe: &str) -> Vec<String> {
     let err = serde_json::from_str::<T>(probe).expect_err("the probe names no variant");

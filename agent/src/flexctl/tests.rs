@@ -43,11 +43,14 @@ async fn run_passes_the_exit_code_through_and_reports_it() {
     let (handler, mut seen) = FakeHandler::new();
     let agent = start_fake_agent(dir.path(), handler);
     let socket = agent.path.clone();
+    // The product exits only once the agent took its pid: a product that is
+    // gone (and reaped) before that cannot be attached, and the test would
+    // wait for an `attach` the agent refused (a flaky hang under load).
+    let fifo = dir.path().join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = format!("read _ < '{}'; exit 3", fifo.display());
     let (_sig_tx, sig_rx) = mpsc::channel(1);
-    let code = run(opts(&socket, &["sh", "-c", "exit 3"]), sig_rx)
-        .await
-        .unwrap();
-    assert_eq!(code, 3);
+    let wrapper = tokio::spawn(run(opts(&socket, &["sh", "-c", &script]), sig_rx));
 
     let (product, version) = wait_for(&mut seen, |r| match r {
         Request::Launch {
@@ -66,6 +69,10 @@ async fn run_passes_the_exit_code_through_and_reports_it() {
     })
     .await;
     assert!(pid > 0);
+    tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(wrapper.await.unwrap().unwrap(), 3);
     let (exit_session, exit_code) = wait_for(&mut seen, |r| match r {
         Request::Exit { session, code } => Some((session, code)),
         _ => None,
