@@ -5,8 +5,27 @@
 #   product started through `flexctl run` and one detected by the watcher, and
 #   what it all cost.
 # Everything runs as you, in a temp directory, and is stopped at the end.
+#
+#   ./demo.sh --console   then keeps the server running with the demo's data and
+#                         prints the web console's URL and admin token; Ctrl-C
+#                         stops everything and removes the data.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+CONSOLE=0
+for arg in "$@"; do
+    case $arg in
+    --console) CONSOLE=1 ;;
+    -h | --help)
+        sed -n '2,13p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "demo.sh: unknown option '$arg' (try --console or --help)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 echo "==> building (first time: a few minutes)"
 cargo build --quiet --workspace --bins
@@ -19,6 +38,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Ctrl-C (and a TERM) end the script normally, so the cleanup above runs.
+trap 'exit 130' INT TERM
 
 # Waits until FILE contains PATTERN (a readiness line), or fails after 30 s.
 wait_for() {
@@ -35,7 +56,8 @@ export FLEX_ADMIN_TOKEN=demo-admin-token
 echo "==> starting flex-server (database in $WORK/server)"
 "$BIN/flex-server" --listen 127.0.0.1:0 --data-dir "$WORK/server" \
     >"$WORK/server.out" 2>"$WORK/server.log" &
-PIDS+=($!)
+SERVER=$!
+PIDS+=("$SERVER")
 wait_for "$WORK/server.out" "listening on" "$WORK/server.log"
 export FLEX_SERVER=$(sed -n 's/^flex-server listening on //p' "$WORK/server.out")
 echo "    $FLEX_SERVER"
@@ -104,3 +126,13 @@ sed 's/^/    /' "$WORK/notify.out"
 echo "==> the admin's view: the ledger and the balance"
 "$BIN/flex-admin" charges
 "$BIN/flex-admin" tokens balance
+"$BIN/flex-admin" report --by user --from "$(date -u +%Y-%m-01)" --to "$(date -u +%Y-%m-%d)"
+
+if ((CONSOLE)); then
+    echo
+    echo "==> the admin console is running with the demo's data"
+    echo "    open:   $FLEX_SERVER/admin/"
+    echo "    token:  $FLEX_ADMIN_TOKEN"
+    echo "    Ctrl-C stops the server and removes the demo's data"
+    wait "$SERVER" || true
+fi

@@ -87,11 +87,23 @@ need_line() { # FILE LINE: the exact line must be present
 }
 for l in 'Type=notify' 'User=root' 'ExecStart=/usr/bin/flex-agent --config /etc/flex-agent/agent.toml' \
     'StateDirectory=flex-agent' 'StateDirectoryMode=0700' 'RuntimeDirectory=flex-agent' \
-    'RuntimeDirectoryMode=0755' 'Restart=on-failure' 'ProtectSystem=strict' \
-    'ReadWritePaths=/var/lib/flex-agent /run/flex-agent' 'ProtectHome=read-only' 'PrivateTmp=yes' \
+    'RuntimeDirectoryMode=0755' 'RuntimeDirectoryPreserve=yes' 'Restart=on-failure' \
+    'RestartPreventExitStatus=78' 'WatchdogSec=60s' 'ProtectSystem=strict' \
+    'ReadWritePaths=/var/lib/flex-agent /run/flex-agent -/etc/flex-agent' 'ProtectHome=read-only' 'PrivateTmp=yes' \
     'NoNewPrivileges=yes' 'CapabilityBoundingSet=CAP_KILL CAP_NET_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH' \
-    'WantedBy=multi-user.target'; do
+    'Wants=flex-agent.socket' 'After=flex-agent.socket' 'WantedBy=multi-user.target' 'Also=flex-agent.socket'; do
     need_line "$units/flex-agent.service" "$l"
+done
+for l in 'ListenStream=/run/flex-agent/agent.sock' 'SocketMode=0666' 'DirectoryMode=0755' 'Accept=no' \
+    'WantedBy=sockets.target'; do
+    need_line "$units/flex-agent.socket" "$l"
+done
+for u in flex-agent.service flex-server.service; do
+    if grep -Eq '^(Wants|After|Requires|BindsTo)=.*network-online' "$units/$u"; then
+        fail "$u waits for network-online.target, though it works without a network at start"
+    else
+        pass "$u does not wait for network-online.target"
+    fi
 done
 for bad in '^PrivateNetwork=yes' '^ProtectProc=invisible' '^ProcSubset=pid' '^PrivateUsers=yes' '^DynamicUser=yes'; do
     if grep -q "$bad" "$units/flex-agent.service"; then
@@ -118,13 +130,15 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     for u in flex-agent flex-server flexctl-notify; do
         sed "s#/usr/bin/#$work/units/bin/#g" "$units/$u.service" >"$work/units/$u.service"
     done
-    for u in flex-agent flex-server; do
-        out=$(systemd-analyze verify "$work/units/$u.service" 2>&1)
+    cp "$units/flex-agent.socket" "$work/units/flex-agent.socket"
+    # --man=no: the man pages are generated into the packages, not installed here.
+    for u in flex-agent.service flex-agent.socket flex-server.service; do
+        out=$(systemd-analyze verify --man=no "$work/units/$u" 2>&1)
         rc=$?
-        if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify $u.service"
-        else fail "systemd-analyze verify $u.service (rc $rc): $out"; fi
+        if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify $u"
+        else fail "systemd-analyze verify $u (rc $rc): $out"; fi
     done
-    out=$(XDG_RUNTIME_DIR="$work/units/run" systemd-analyze --user verify "$work/units/flexctl-notify.service" 2>&1)
+    out=$(XDG_RUNTIME_DIR="$work/units/run" systemd-analyze --user verify --man=no "$work/units/flexctl-notify.service" 2>&1)
     rc=$?
     if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze --user verify flexctl-notify.service"
     else fail "systemd-analyze --user verify flexctl-notify.service (rc $rc): $out"; fi
@@ -226,19 +240,23 @@ def keys(d, prefix=""):
     return out
 for example, src, structs in [
     ("agent.toml.example", "agent/src/config.rs", [("Config", ""), ("Users", "users.")]),
-    ("server.toml.example", "server-stub/src/config.rs", [("Config", ""), ("PolicyConfig", "policy.")]),
+    ("server.toml.example", "server-stub/src/config.rs", [("Config", ""), ("PolicyConfig", "policy."), ("SmtpConfig", "smtp.")]),
 ]:
     text = (cfg / example).read_text()
     try:
         tomllib.loads(text)
     except Exception as e:
         need(False, f"{example} is not valid TOML: {e}"); continue
-    full = re.sub(r"^#(\w+ = )", r"\1", text, flags=re.M)
+    # An optional section is shown as '#[name]': uncommented with its keys.
+    full = re.sub(r"^#(\w+ = |\[\w+\]$)", r"\1", text, flags=re.M)
     try:
         doc = tomllib.loads(full)
     except Exception as e:
         need(False, f"{example} with every key uncommented is not valid TOML: {e}"); continue
-    (work / ("full-" + example)).write_text(full)
+    # The server reads these files at start; the check has none, so it starts
+    # without them (their keys are still compared below).
+    runnable = re.sub(r"^(username|password_file|ca_file) = .*$", "", full, flags=re.M)
+    (work / ("full-" + example)).write_text(runnable)
     have = keys(doc)
     path = repo / src
     if not path.exists():
@@ -266,7 +284,7 @@ PY
 import subprocess, sys, os, select
 binary, config, data = sys.argv[1:]
 os.makedirs(data, mode=0o700)
-env = dict(os.environ, FLEX_ADMIN_TOKEN="check-sh-token")
+env = dict(os.environ, FLEX_ADMIN_TOKEN="check-sh-token-of-32-characters")
 p = subprocess.Popen([binary, "--listen", "127.0.0.1:0", "--data-dir", data, "--config", config],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
 try:
@@ -291,6 +309,21 @@ else
     skip "plists, desktop entry and configs: python3 not found"
 fi
 
+# ---------------------------------------------------------------- shipped small configs
+# What the package writes to /etc once: valid TOML, and no live placeholder (every
+# setting commented out except production = true for the server).
+if command -v python3 >/dev/null 2>&1; then
+    if python3 - "$here/config/agent.toml" "$here/config/server.toml" <<'PY'
+import sys, tomllib
+agent = tomllib.loads(open(sys.argv[1]).read())
+server = tomllib.loads(open(sys.argv[2]).read())
+ok = agent in ({}, {"users": {}}) and server.get("production") is True
+print("ok    shipped agent.toml/server.toml: valid TOML, no active placeholder" if ok else f"FAIL  shipped configs set values: {agent} {server}")
+sys.exit(0 if ok else 1)
+PY
+    then :; else fail "shipped small configs"; fi
+fi
+
 # ---------------------------------------------------------------- install.sh
 stub=$work/stub
 mkdir -p "$stub/bin"
@@ -313,30 +346,49 @@ else
     fail "install.sh --dry-run: $out"
 fi
 
+# --root is for images: it never enrolls (clones would share one identity); the
+# token waits in /etc/flex-agent/enroll-token for each machine's first start.
 out1=$(sh "$here/install.sh" "${args[@]}" --root "$stub/root" 2>&1); rc1=$?
 out2=$(sh "$here/install.sh" "${args[@]}" --root "$stub/root" 2>&1); rc2=$?
 r=$stub/root
 if [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ]; then pass "install.sh --root runs twice"; else fail "install.sh --root: $out1 $out2"; fi
-[ "$(grep -c '^enroll ' "$stub/calls" 2>/dev/null)" = 1 ] &&
-    grep -qx "enroll --config $r/etc/flex-agent/agent.toml --server https://flex.test.example:8443 --token SECRET-TOKEN" "$stub/calls" &&
-    pass "install.sh enrolls once, with --config --server --token" || fail "install.sh enroll calls: $(cat "$stub/calls" 2>&1)"
+[ ! -e "$stub/calls" ] && [ "$(cat "$r/etc/flex-agent/enroll-token" 2>/dev/null)" = SECRET-TOKEN ] &&
+    [ "$(stat -c %a "$r/etc/flex-agent/enroll-token")" = 600 ] && [ ! -e "$r/var/lib/flex-agent/device-token" ] &&
+    pass "install.sh --root does not enroll; the token is in etc/flex-agent/enroll-token (0600)" ||
+    fail "install.sh --root enrollment: calls $(cat "$stub/calls" 2>&1), token file $(ls -l "$r/etc/flex-agent/" 2>&1)"
 grep -q 'unchanged' <<<"$out2" && ! grep -q '^install.sh: wrote' <<<"$out2" &&
     pass "install.sh second run rewrites nothing" || fail "install.sh second run: $out2"
 grep -qx 'server_url = "https://flex.test.example:8443"' "$r/etc/flex-agent/agent.toml" &&
     grep -qx 'ca_file = "/etc/flex-agent/ca.pem"' "$r/etc/flex-agent/agent.toml" &&
     grep -qx 'email_template = "{user}@corp.example"' "$r/etc/flex-agent/agent.toml" &&
-    pass "install.sh writes server_url, ca_file, email_template" || fail "install.sh agent.toml: $(cat "$r/etc/flex-agent/agent.toml")"
+    [ -d "$r/etc/flex-agent/agent.d" ] &&
+    pass "install.sh writes server_url, ca_file, email_template into the small agent.toml" || fail "install.sh agent.toml: $(cat "$r/etc/flex-agent/agent.toml")"
 grep -qx 'ExecStart=/usr/local/bin/flex-agent --config /etc/flex-agent/agent.toml' "$r/etc/systemd/system/flex-agent.service" &&
+    [ -f "$r/etc/systemd/system/flex-agent.socket" ] &&
     grep -qx 'ExecStart=/usr/local/bin/flexctl notify' "$r/etc/systemd/user/flexctl-notify.service" &&
     grep -qx 'Exec=/usr/local/bin/flexctl notify' "$r/etc/xdg/autostart/flexctl-notify.desktop" &&
     [ -x "$r/usr/local/bin/flex-agent" ] && [ -x "$r/usr/local/bin/flexctl" ] &&
-    pass "install.sh installs binaries and units under the prefix" || fail "install.sh units/binaries under --prefix"
+    pass "install.sh installs binaries and units (socket too) under the prefix" || fail "install.sh units/binaries under --prefix"
 [ "$(stat -c %a "$r/var/lib/flex-agent")" = 700 ] &&
     pass "install.sh state dir is 0700" || fail "install.sh state dir mode $(stat -c %a "$r/var/lib/flex-agent")"
-out=$(sh "$here/install.sh" --server https://x.example 2>&1) && fail "install.sh without --token succeeded" ||
-    { grep -q -- '--token' <<<"$out" && pass "install.sh without --token: $out" || fail "install.sh without --token: $out"; }
-out=$(sh "$here/install.sh" --server ftp://x --token t 2>&1) && fail "install.sh accepted ftp://" ||
-    pass "install.sh rejects a non-http URL: $out"
+: >"$r/var/lib/flex-agent/device-token"
+out=$(sh "$here/install.sh" "${args[@]}" --root "$stub/root" 2>&1) && fail "install.sh --image over an enrolled root succeeded" ||
+    { grep -q 'identity' <<<"$out" && pass "install.sh --image refuses a root that already has a device identity" || fail "install.sh --image over identity: $out"; }
+sh "$here/install.sh" --uninstall --root "$stub/root" >/dev/null 2>&1 &&
+    [ ! -e "$r/usr/local/bin/flex-agent" ] && [ ! -e "$r/etc/systemd/system/flex-agent.socket" ] &&
+    [ -f "$r/etc/flex-agent/agent.toml" ] && [ -e "$r/var/lib/flex-agent/device-token" ] &&
+    pass "install.sh --uninstall removes the agent, keeps config and state" || fail "install.sh --uninstall"
+sh "$here/install.sh" --purge --root "$stub/root" >/dev/null 2>&1 &&
+    [ ! -e "$r/etc/flex-agent" ] && [ ! -e "$r/var/lib/flex-agent" ] &&
+    pass "install.sh --purge removes config and state" || fail "install.sh --purge: $(find "$r" | head)"
+rc=0; out=$(sh "$here/install.sh" --server https://x.example --dry-run --bin-dir "$stub/bin" --token t 2>&1) || rc=$?
+[ "$rc" = 2 ] && grep -q -- '--email-template' <<<"$out" &&
+    pass "install.sh without --email-template (exit 2): $out" || fail "install.sh without --email-template (rc $rc): $out"
+rc=0; out=$(sh "$here/install.sh" --server https://x.example --email-template '{user}@x.example' 2>&1) || rc=$?
+[ "$rc" = 2 ] && grep -q -- '--token' <<<"$out" &&
+    pass "install.sh without --token (exit 2): $out" || fail "install.sh without --token (rc $rc): $out"
+rc=0; out=$(sh "$here/install.sh" --server ftp://x --token t 2>&1) || rc=$?
+[ "$rc" = 2 ] && pass "install.sh rejects a non-http URL (exit 2): $out" || fail "install.sh ftp:// (rc $rc): $out"
 if [ "$(id -u)" -eq 0 ]; then
     if command -v setpriv >/dev/null 2>&1; then
         out=$(setpriv --reuid=65534 --regid=65534 --clear-groups sh "$here/install.sh" --server https://x.example --token t 2>&1)
@@ -348,7 +400,7 @@ else
     out=$(sh "$here/install.sh" --server https://x.example --token t 2>&1); rc=$?
 fi
 if [ "$rc" != skip ]; then
-    if [ "$rc" -ne 0 ] && grep -q 'must run as root' <<<"$out"; then pass "install.sh refuses without root: $out"
+    if [ "$rc" -eq 77 ] && grep -q 'must run as root' <<<"$out"; then pass "install.sh refuses without root (exit 77): $out"
     else fail "install.sh without root (rc $rc): $out"; fi
 fi
 
@@ -380,10 +432,15 @@ if [ "$with_deb" = yes ]; then
             fi
             case "$pkg" in
             flex-agent) expect="./usr/bin/flex-agent ./usr/bin/flexctl ./usr/lib/systemd/system/flex-agent.service
-                ./usr/lib/systemd/user/flexctl-notify.service ./etc/xdg/autostart/flexctl-notify.desktop
-                ./etc/flex-agent/agent.toml ./usr/share/doc/flex-agent/README.md" ;;
+                ./usr/lib/systemd/system/flex-agent.socket ./usr/lib/systemd/user/flexctl-notify.service
+                ./etc/xdg/autostart/flexctl-notify.desktop ./usr/share/flex-agent/agent.toml
+                ./usr/share/doc/flex-agent/README.md ./usr/share/doc/flex-agent/agent.toml.example
+                ./usr/share/doc/flex-agent/copyright ./usr/share/doc/flex-agent/changelog.gz
+                ./usr/share/man/man1/flex-agent.1.gz ./usr/share/man/man1/flexctl.1.gz" ;;
             flex-server) expect="./usr/bin/flex-server ./usr/bin/flex-admin ./usr/lib/systemd/system/flex-server.service
-                ./etc/flex-server/server.toml ./usr/share/doc/flex-server/README.md" ;;
+                ./usr/share/flex-server/server.toml ./usr/share/doc/flex-server/README.md
+                ./usr/share/doc/flex-server/copyright ./usr/share/doc/flex-server/changelog.gz
+                ./usr/share/man/man1/flex-server.1.gz ./usr/share/man/man1/flex-admin.1.gz" ;;
             esac
             missing=
             for p in $expect; do
@@ -393,12 +450,13 @@ if [ "$with_deb" = yes ]; then
             else fail "$pkg: missing from the package:$missing"; fi
             mkdir -p "$work/ctl-$pkg"
             dpkg-deb --control "$deb" "$work/ctl-$pkg"
-            for s in control postinst prerm postrm conffiles; do
+            for s in control postinst prerm postrm md5sums; do
                 [ -f "$work/ctl-$pkg/$s" ] || fail "$pkg: no $s in the control archive"
             done
             exec_mode=$(stat -c %a "$work/ctl-$pkg/postinst" 2>/dev/null)
-            [ "$exec_mode" = 755 ] && grep -q '^/etc/' "$work/ctl-$pkg/conffiles" &&
-                pass "$pkg: maintainer scripts 0755, conffiles: $(tr '\n' ' ' <"$work/ctl-$pkg/conffiles")" ||
+            # Configs are written once by postinst, never conffiles: upgrades never prompt.
+            ! grep -qs '^/etc/flex-' "$work/ctl-$pkg/conffiles" && [ "$exec_mode" = 755 ] &&
+                pass "$pkg: maintainer scripts 0755, no config conffile, md5sums" ||
                 fail "$pkg: maintainer scripts or conffiles"
         done
     fi

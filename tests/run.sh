@@ -18,10 +18,13 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # dbus: the private session bus of the notification and keyring tests;
-# gnome-keyring: a real Secret Service; python3 and socat run the example
-# wrappers (tests/tests/example_wrappers.rs); the rest are what install/check.sh
-# (run by tests/tests/install.rs) and tests/tests/flexctl_wrap.rs validate
-# units, plists, scripts and desktop files with.
+# gnome-keyring: a real Secret Service; chromium + chromium-driver: the admin
+# console's browser test (tests/tests/console.rs); python3-aiosmtpd: the SMTP
+# server the mail tests send to (tests/support/smtp_sink.py, run by Debian's
+# /usr/bin/python3); python3 and socat run the example wrappers
+# (tests/tests/example_wrappers.rs); the rest are what install/check.sh (run by
+# tests/tests/install.rs) and tests/tests/flexctl_wrap.rs validate units, plists,
+# scripts and desktop files with.
 need=()
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
@@ -29,6 +32,16 @@ command -v python3 >/dev/null || need+=(python3)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v desktop-file-validate >/dev/null || need+=(desktop-file-utils)
+# The package tests: lintian judges the .deb files; they are installed with dpkg
+# into a throwaway overlay root (unshare/nsenter from util-linux); strip is binutils.
+command -v lintian >/dev/null || need+=(lintian)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v strip >/dev/null || need+=(binutils)
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
+[[ -x /usr/bin/chromedriver ]] || need+=(chromium-driver)
+[[ -x /usr/bin/python3 ]] || need+=(python3)
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 # socat: the example shell wrapper (examples/wrappers/flex-wrap.sh) talks through it.
 command -v socat >/dev/null || need+=(socat)
 if ((${#need[@]})); then

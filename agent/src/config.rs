@@ -1,24 +1,30 @@
 //! The agent's TOML configuration (`flex-agent --config FILE`).
 //!
 //! ```toml
-//! server_url = "https://flex.example.com"
+//! server_url = "https://flex.corp.example:8443"
 //! ca_file = "/etc/flex-agent/ca.pem"      # optional; else the system roots
 //! state_dir = "/var/lib/flex-agent"
 //! socket_path = "/run/flex-agent/agent.sock"
 //! poll_interval = "1s"
 //! enforce = true
-//! credential_store = "auto"               # or "keyring", "file"
+//! credential_store = "file"               # or "auto", "keyring"
 //! detection = "auto"                      # or "proc-connector", "polling"
 //!
 //! [users]
-//! email_template = "{user}@example.com"
+//! email_template = "{user}@corp.example"
 //!
 //! [users.overrides]
-//! alice = "alice.smith@corp.com"
+//! alice = "alice.smith@corp.example"
 //! ```
 //!
-//! Unknown keys are errors, so a typo is caught at start rather than silently
-//! ignored. The rate sheet and the policy come from the server, not from here.
+//! The file is read with its drop-ins: every `*.toml` in the directory named like
+//! the file with `.d` for `.toml` (`/etc/flex-agent/agent.d/` for
+//! `/etc/flex-agent/agent.toml`), in name order, each overriding the keys it sets
+//! and adding to tables such as `[users.overrides]`. A package ships a small main
+//! file and never touches the drop-ins, so a site's settings survive upgrades.
+//!
+//! Unknown keys are errors naming the file, so a typo is caught at start rather
+//! than silently ignored. The rate sheet and the policy come from the server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +46,17 @@ pub enum ConfigError {
     },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("cannot list the config drop-ins in {dir}: {source}")]
+    DropIns {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "server_url is not set: put server_url = \"https://SERVER:8443\" in {main} or in a \
+         drop-in such as {dropin}"
+    )]
+    NoServer { main: PathBuf, dropin: PathBuf },
     #[error("config key '{key}' has invalid value '{value}': {reason}")]
     Invalid {
         key: &'static str,
@@ -59,6 +76,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Required; checked once every file is merged ([`ConfigError::NoServer`]).
+    #[serde(default)]
     pub server_url: String,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -71,7 +90,8 @@ pub struct Config {
     /// Close products that are not licensed (denied, offline too long).
     #[serde(default = "default_true")]
     pub enforce: bool,
-    /// Where the device token lives: `auto`, `keyring` or `file`.
+    /// Where the device token lives: `file` (the default on Linux, where the
+    /// system service has no desktop keyring), `auto` or `keyring`.
     #[serde(default)]
     pub credential_store: crate::credentials::StoreChoice,
     /// Process detection: `auto` (the kernel's process connector where it can be
@@ -132,20 +152,84 @@ fn default_true() -> bool {
     true
 }
 
+/// The drop-in directory of config file `path`: `agent.toml` → `agent.d`.
+pub fn dropin_dir(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "agent".into());
+    path.with_file_name(format!("{stem}.d"))
+}
+
+/// The files that make up the config at `path`, in the order they apply: the
+/// file itself, then its drop-ins (`*.toml`, by name). A missing drop-in
+/// directory is no drop-ins.
+pub fn sources(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = dropin_dir(path);
+    let mut dropins = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ConfigError::DropIns {
+                dir: dir.clone(),
+                source,
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(ConfigError::DropIns { dir, source }),
+    };
+    // Editor backups and disabled files (`10-site.toml.off`) do not count.
+    dropins.retain(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file());
+    dropins.sort();
+    Ok(std::iter::once(path.to_path_buf()).chain(dropins).collect())
+}
+
+/// Merges `over` into `base`: tables merge key by key, anything else is replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Parses one file's text; each file must be a valid config on its own (every
+/// key known, every value of the right type), so errors name the file.
+fn parse_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.message().into()))?;
+    Config::deserialize(table.clone()).map_err(|e| parse_err(e.message().into()))?;
+    Ok(table)
+}
+
 impl Config {
-    /// Reads and validates the config file at `path`.
+    /// Reads the config file at `path` with its drop-ins and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let mut merged = toml::Table::new();
+        for file in sources(path)? {
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            merge(&mut merged, parse_table(&file, &text)?);
+        }
+        let config = Config::deserialize(merged).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            source,
+            message: e.message().to_string(),
         })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        if config.server_url.is_empty() {
+            return Err(ConfigError::NoServer {
+                main: path.to_path_buf(),
+                dropin: dropin_dir(path).join("50-site.toml"),
+            });
+        }
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses and validates config text (errors name the key and the value).
@@ -318,6 +402,69 @@ alice = "alice.smith@corp.com"
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
             assert!(err.starts_with(char::is_lowercase), "lowercase: {err}");
+        }
+    }
+
+    #[test]
+    fn dropins_override_and_extend_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("agent.toml");
+        std::fs::write(&main, "# only comments: everything comes from drop-ins\n").unwrap();
+        let d = dir.path().join("agent.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(
+            d.join("10-server.toml"),
+            "server_url = \"https://a\"\nenforce = false\n[users]\nemail_template = \"{user}@corp.example\"\n[users.overrides]\nann = \"ann@corp.example\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("20-site.toml"),
+            "server_url = \"https://b\"\n[users.overrides]\nbob = \"robert@corp.example\"\n",
+        )
+        .unwrap();
+        // Not *.toml: ignored.
+        std::fs::write(d.join("30-off.toml.disabled"), "garbage = [").unwrap();
+        let c = Config::load(&main).unwrap();
+        assert_eq!(c.server_url, "https://b");
+        assert!(!c.enforce);
+        assert_eq!(c.email_for("ann").unwrap(), "ann@corp.example");
+        assert_eq!(c.email_for("bob").unwrap(), "robert@corp.example");
+        assert_eq!(c.email_for("cy").unwrap(), "cy@corp.example");
+        assert_eq!(
+            sources(&main).unwrap(),
+            vec![
+                main.clone(),
+                d.join("10-server.toml"),
+                d.join("20-site.toml")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_dropin_is_named_and_a_missing_server_says_where_to_put_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("agent.toml");
+        std::fs::write(&main, "enforce = true\n").unwrap();
+        let err = Config::load(&main).unwrap_err().to_string();
+        assert!(
+            err.contains("server_url is not set") && err.contains("agent.d/50-site.toml"),
+            "{err}"
+        );
+        let d = dir.path().join("agent.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("10-x.toml"), "server_ulr = \"https://a\"\n").unwrap();
+        let err = Config::load(&main).unwrap_err().to_string();
+        assert!(
+            err.contains("10-x.toml") && err.contains("server_ulr"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_system_service_keeps_its_credential_in_a_file_by_default() {
+        let c = Config::parse("server_url = \"https://s\"\n").unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(c.credential_store, crate::credentials::StoreChoice::File);
         }
     }
 

@@ -53,16 +53,29 @@ impl fmt::Debug for DeviceToken {
 }
 
 /// The `credential_store` config option.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreChoice {
     /// The OS store where one can be reached, else the file.
-    #[default]
     Auto,
     /// The OS store or an error.
     Keyring,
     /// Always the file in the state directory.
     File,
+}
+
+/// The agent runs as a system service. On Linux that service has no session bus
+/// and so no Secret Service: a keyring reached while enrolling from a desktop
+/// session (`sudo -E`) would hold a token the service cannot read. The file is
+/// the default there; elsewhere the OS store (with the file as its fallback).
+impl Default for StoreChoice {
+    fn default() -> Self {
+        if cfg!(all(unix, not(target_os = "macos"))) {
+            StoreChoice::File
+        } else {
+            StoreChoice::Auto
+        }
+    }
 }
 
 impl std::str::FromStr for StoreChoice {
@@ -219,6 +232,61 @@ impl CredentialStore {
                         );
                         Ok(Self::file(state_dir))
                     }
+                }
+            }
+        }
+    }
+
+    /// The store a new device token will go to, checked before the enrollment
+    /// token is spent (blocking): an enrollment token redeemed for a credential
+    /// that cannot be kept is lost. With `auto`, an OS store that fails the check
+    /// gives way to the file; with `keyring` the failure is the answer.
+    pub fn select_for_enrollment(
+        choice: StoreChoice,
+        state_dir: &Path,
+    ) -> Result<Self, CredentialError> {
+        let store = Self::select(choice, state_dir)?;
+        match store.probe() {
+            Ok(()) => Ok(store),
+            Err(e) if choice == StoreChoice::Auto && store.is_keyring() => {
+                tracing::warn!(
+                    "device token will be kept in a file in {}: the OS credential store \
+                     failed a test write ({e})",
+                    state_dir.display()
+                );
+                let file = Self::file(state_dir);
+                file.probe()?;
+                Ok(file)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes, reads back and deletes a throwaway entry next to where the token
+    /// goes (blocking), leaving any stored token alone.
+    pub fn probe(&self) -> Result<(), CredentialError> {
+        match &self.backend {
+            Backend::File { dir } => {
+                ensure_private_dir(dir)?;
+                let path = dir.join(".device-token.probe");
+                write_private_file(&path, b"probe")?;
+                remove_if_present(&path)
+            }
+            Backend::Keyring { store, user, .. } => {
+                let probe = entry(store, &format!("probe:{user}"))?;
+                probe
+                    .set_password("probe")
+                    .map_err(|e| keyring_error("store a test entry in", e))?;
+                let back = probe.get_password();
+                let _ = probe.delete_credential();
+                match back {
+                    Ok(v) if v == "probe" => Ok(()),
+                    Ok(_) => Err(CredentialError::Keyring {
+                        action: "read back a test entry from",
+                        store: self.describe(),
+                        reason: "it returned something else".into(),
+                    }),
+                    Err(e) => Err(keyring_error("read back a test entry from", e)),
                 }
             }
         }

@@ -1,17 +1,28 @@
-//! `flex-agent enroll`: trades a one-time enrollment token for this workstation's
-//! device credential.
+//! Enrollment: trading an enrollment token for this workstation's device
+//! credential, by hand (`flex-agent enroll`) or by the agent itself at start.
 //!
 //! The server answers with a device id, the secret device token and the public
 //! keys it signs leases with. The token goes to the credential store
 //! ([`crate::credentials`]); the rest is not secret and goes to the journal
 //! ([`crate::journal::Journal::set_enrollment`]), where the daemon reads the pinned
-//! lease keys at start. The keys are checked to parse before anything is stored,
-//! so a bad answer never leaves a half-enrolled agent behind.
+//! lease keys at start.
 //!
-//! Errors say what to do next: a refused token needs a new one from the admin, an
-//! unreachable server names the URL and what to check.
+//! An enrollment token is spent by the server the moment it answers, so
+//! everything that could keep the answer from being stored is checked first: the
+//! journal opens, the credential store takes a test write (an OS keyring that
+//! fails gives way to the file under `auto`). The lease keys are checked to parse
+//! before anything is stored, so a bad answer never leaves a half-enrolled agent.
+//!
+//! Self-enrollment ([`self_enroll`]): a machine installed from an image (or by a
+//! fleet tool that only drops a file) enrolls at its agent's first start with the
+//! token in `FLEX_ENROLL_TOKEN` or in the file `enroll-token` next to the config
+//! (`/etc/flex-agent/enroll-token`), which is deleted once used. Each machine
+//! thus gets its own identity, created on the machine itself.
+//!
+//! Every failure maps to a documented exit code ([`EnrollError::exit_code`],
+//! [`exit`]) so that deployment tools can branch on it, and says what to do next.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use flex_protocol::api::EnrollRequest;
 use flex_protocol::lease::LeaseVerifier;
@@ -23,19 +34,66 @@ use crate::credentials::{
 };
 use crate::journal::{Enrollment, Journal, JournalError};
 
+/// Exit codes of `flex-agent enroll` (and `install.sh`, which passes them on),
+/// listed in `install/README.md`. Deployment tools branch on them.
+pub mod exit {
+    /// Enrolled.
+    pub const OK: i32 = 0;
+    /// Bad command line (clap's own code), or a server URL that is not one.
+    pub const BAD_ARGUMENTS: i32 = 2;
+    /// Already enrolled: nothing changed, the token was not used (`--force` enrolls again).
+    pub const ALREADY_ENROLLED: i32 = 3;
+    /// The server could not be reached (DNS, refused, timeout): retry later.
+    pub const UNREACHABLE: i32 = 4;
+    /// TLS failed: the certificate is not trusted (ca_file), names another host,
+    /// or this machine's clock is wrong.
+    pub const TLS: i32 = 5;
+    /// The token was refused: unknown, used up or revoked. Get a new one.
+    pub const TOKEN_REFUSED: i32 = 6;
+    /// The token has expired. Get a new one.
+    pub const TOKEN_EXPIRED: i32 = 7;
+    /// The server failed or answered something unusable: retry later.
+    pub const SERVER_ERROR: i32 = 8;
+    /// This machine cannot keep the credential (state directory, credential
+    /// store, journal); checked before the token is spent.
+    pub const LOCAL_ERROR: i32 = 9;
+    /// The configuration is missing or invalid (EX_CONFIG), or, for the daemon,
+    /// the workstation is not enrolled and has no token.
+    pub const CONFIG: i32 = 78;
+}
+
+/// Where self-enrollment looks for a token, next to the config file.
+pub const TOKEN_FILE_NAME: &str = "enroll-token";
+/// The environment variable self-enrollment (and `flex-agent enroll`) reads.
+pub const TOKEN_ENV: &str = "FLEX_ENROLL_TOKEN";
+/// Longest enrollment token file accepted.
+const MAX_TOKEN_FILE: u64 = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
+    #[error("{0}")]
+    BadArgument(String),
     #[error(
-        "the enrollment token was refused: ask your admin for a new one \
-         (flex-admin enroll-token); the server said: {message}"
+        "this workstation is already enrolled with {server_url} as device {device_id}: \
+         nothing changed and the token was not used (run flex-agent enroll --force to \
+         enroll it again, e.g. after changing server_url)"
     )]
+    AlreadyEnrolled {
+        device_id: String,
+        server_url: String,
+    },
+    #[error("the server refused the enrollment token: {message}")]
     Refused { message: String },
+    #[error("the server refused the enrollment token: {message}")]
+    Expired { message: String },
     #[error(
         "cannot reach the server at {url}: {reason}. Check the URL, that flex-server \
          is running and reachable from this machine (DNS, firewall, proxy), and \
          ca_file in the agent config when the server uses a private CA"
     )]
     Unreachable { url: String, reason: String },
+    #[error("{0}")]
+    Tls(ClientError),
     #[error("enrollment at {url} failed: {source}")]
     Server {
         url: String,
@@ -44,12 +102,56 @@ pub enum EnrollError {
     },
     #[error("the server at {url} sent lease keys this agent cannot use: {reason}")]
     BadKeys { url: String, reason: String },
+    #[error(
+        "cannot keep a device credential on this machine, so the enrollment token was \
+         not used: {0}"
+    )]
+    CannotKeep(CredentialError),
     #[error("cannot store the device token: {0}")]
     Credential(#[from] CredentialError),
     #[error("cannot record the enrollment: {0}")]
     Journal(#[from] JournalError),
+    #[error(
+        "this workstation is not enrolled and has no enrollment token: put one in {} \
+         (mode 0600; an admin creates it with flex-admin enroll-token) or in \
+         {TOKEN_ENV}, then restart flex-agent; or run flex-agent enroll --config FILE \
+         --server URL --token TOKEN",
+        token_file.display()
+    )]
+    NotEnrolled { token_file: PathBuf },
+    #[error("cannot read the enrollment token file {path}: {reason}")]
+    TokenFile { path: PathBuf, reason: String },
     #[error("the enrollment task failed: {0}")]
     Task(String),
+}
+
+impl EnrollError {
+    /// The process exit code for this failure (see [`exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EnrollError::BadArgument(_) => exit::BAD_ARGUMENTS,
+            EnrollError::AlreadyEnrolled { .. } => exit::ALREADY_ENROLLED,
+            EnrollError::Unreachable { .. } => exit::UNREACHABLE,
+            EnrollError::Tls(_) => exit::TLS,
+            EnrollError::Refused { .. } => exit::TOKEN_REFUSED,
+            EnrollError::Expired { .. } => exit::TOKEN_EXPIRED,
+            EnrollError::Server { .. } | EnrollError::BadKeys { .. } => exit::SERVER_ERROR,
+            EnrollError::CannotKeep(_)
+            | EnrollError::Credential(_)
+            | EnrollError::Journal(_)
+            | EnrollError::Task(_) => exit::LOCAL_ERROR,
+            EnrollError::NotEnrolled { .. } | EnrollError::TokenFile { .. } => exit::CONFIG,
+        }
+    }
+
+    /// Worth trying again later without anyone changing anything: the network,
+    /// the server, or a clock not yet set (TLS "not valid yet" at first boot).
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            EnrollError::Unreachable { .. } | EnrollError::Server { .. } | EnrollError::Tls(_)
+        )
+    }
 }
 
 /// What `flex-agent enroll` reports on success.
@@ -79,13 +181,44 @@ impl std::fmt::Display for EnrollOutcome {
     }
 }
 
-/// Enrolls with the agent's configured credential store choice.
+/// One enrollment: where, with what, and whether to replace an existing one.
+#[derive(Debug, Clone)]
+pub struct EnrollOptions {
+    pub server: String,
+    pub token: String,
+    pub choice: StoreChoice,
+    /// Enroll even if this workstation already has a working enrollment.
+    pub force: bool,
+}
+
+impl EnrollOptions {
+    /// Enrolls with the config's server and credential store.
+    pub fn for_config(config: &Config, token: String) -> EnrollOptions {
+        EnrollOptions {
+            server: config.server_url.clone(),
+            token,
+            choice: config.credential_store,
+            force: false,
+        }
+    }
+}
+
+/// Enrolls with the config's credential store choice.
 pub async fn run_enroll(
     config: &Config,
     server: &str,
     token: &str,
 ) -> Result<EnrollOutcome, EnrollError> {
-    run_enroll_with(config, server, token, config.credential_store).await
+    enroll(
+        config,
+        EnrollOptions {
+            server: server.to_string(),
+            token: token.to_string(),
+            choice: config.credential_store,
+            force: false,
+        },
+    )
+    .await
 }
 
 /// [`run_enroll`] with the credential store choice given explicitly.
@@ -95,7 +228,53 @@ pub async fn run_enroll_with(
     token: &str,
     choice: StoreChoice,
 ) -> Result<EnrollOutcome, EnrollError> {
-    let server = server.trim_end_matches('/').to_string();
+    enroll(
+        config,
+        EnrollOptions {
+            server: server.to_string(),
+            token: token.to_string(),
+            choice,
+            force: false,
+        },
+    )
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EnrollError> + Send + 'static,
+) -> Result<T, EnrollError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EnrollError::Task(e.to_string()))?
+}
+
+/// The enrollment this workstation works with, if any: recorded in the journal
+/// and with a credential that can be read (blocking).
+pub fn current_enrollment(config: &Config) -> Result<Option<Enrollment>, EnrollError> {
+    if !config.journal_path().exists() {
+        return Ok(None);
+    }
+    let Some(enrollment) = Journal::open_in(&config.state_dir)?.enrollment()? else {
+        return Ok(None);
+    };
+    let store = CredentialStore::select(config.credential_store, &config.state_dir)?;
+    match store.load() {
+        Ok(_) => Ok(Some(enrollment)),
+        Err(CredentialError::Missing { .. } | CredentialError::Empty { .. }) => {
+            tracing::warn!(
+                device_id = %enrollment.device_id,
+                "the journal records an enrollment but {} holds no device token: enrolling again",
+                store.describe()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Enrolls this workstation as `opts` says.
+pub async fn enroll(config: &Config, opts: EnrollOptions) -> Result<EnrollOutcome, EnrollError> {
+    let server = opts.server.trim_end_matches('/').to_string();
     if server != config.server_url.trim_end_matches('/') {
         tracing::warn!(
             "enrolling with {server} but the config's server_url is {}: the daemon \
@@ -110,24 +289,51 @@ pub async fn run_enroll_with(
             ..ClientOptions::default()
         },
     )
-    .map_err(|source| EnrollError::Server {
-        url: server.clone(),
-        source,
+    .map_err(|e| match e {
+        ClientError::BadUrl { .. } => EnrollError::BadArgument(e.to_string()),
+        source => EnrollError::Server {
+            url: server.clone(),
+            source,
+        },
     })?;
+
+    // Everything that could keep the answer from being stored, checked before
+    // the server spends the token.
+    let (state_dir, choice, force) = (config.state_dir.clone(), opts.choice, opts.force);
+    let cfg = config.clone();
+    let store = blocking(move || {
+        if !force {
+            if let Some(e) = current_enrollment(&cfg)? {
+                return Err(EnrollError::AlreadyEnrolled {
+                    device_id: e.device_id,
+                    server_url: e.server_url,
+                });
+            }
+        }
+        ensure_private_dir(&state_dir).map_err(EnrollError::CannotKeep)?;
+        Journal::open_in(&state_dir)?;
+        CredentialStore::select_for_enrollment(choice, &state_dir).map_err(EnrollError::CannotKeep)
+    })
+    .await?;
+
     let hostname = hostname();
     let answer = client
         .enroll(&EnrollRequest {
-            enrollment_token: token.to_string(),
+            enrollment_token: opts.token.trim().to_string(),
             hostname: hostname.clone(),
+            platform: Some(std::env::consts::OS.to_string()),
+            agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         })
         .await
         .map_err(|e| match e {
             ClientError::Unauthorized { message, .. } => EnrollError::Refused { message },
+            ClientError::Expired { message, .. } => EnrollError::Expired { message },
             ClientError::Transport { url, reason } => EnrollError::Unreachable { url, reason },
             ClientError::Timeout { url, timeout } => EnrollError::Unreachable {
                 url,
                 reason: format!("no answer within {timeout:?}"),
             },
+            e @ ClientError::Tls { .. } => EnrollError::Tls(e),
             source => EnrollError::Server {
                 url: server.clone(),
                 source,
@@ -145,29 +351,32 @@ pub async fn run_enroll_with(
         reason: e.to_string(),
     })?;
 
-    let state_dir = config.state_dir.clone();
-    let dir = state_dir.clone();
-    tokio::task::spawn_blocking(move || ensure_private_dir(&dir))
-        .await
-        .map_err(|e| EnrollError::Task(e.to_string()))??;
-
-    let store = CredentialStore::select_async(choice, state_dir.clone()).await?;
-    store
-        .save_async(DeviceToken::new(answer.device_token))
-        .await?;
+    let token = DeviceToken::new(answer.device_token);
+    let store = match store.save_async(token.clone()).await {
+        Ok(()) => store,
+        // The probe passed but the real write did not: under `auto` the file
+        // still keeps the credential the server has now issued.
+        Err(e) if opts.choice == StoreChoice::Auto && store.is_keyring() => {
+            tracing::warn!("cannot store the device token in the OS store ({e}): using the file");
+            let file = CredentialStore::file(&config.state_dir);
+            file.save_async(token).await?;
+            file
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let enrollment = Enrollment {
         device_id: answer.device_id.clone(),
         server_url: server.clone(),
         lease_keys: answer.lease_keys.clone(),
     };
-    let journal_path = tokio::task::spawn_blocking(move || {
+    let state_dir = config.state_dir.clone();
+    let journal_path = blocking(move || {
         let mut journal = Journal::open_in(&state_dir)?;
         journal.set_enrollment(&enrollment)?;
-        Ok::<_, JournalError>(journal.path().to_path_buf())
+        Ok(journal.path().to_path_buf())
     })
-    .await
-    .map_err(|e| EnrollError::Task(e.to_string()))??;
+    .await?;
 
     tracing::info!(
         device_id = %answer.device_id,
@@ -182,6 +391,130 @@ pub async fn run_enroll_with(
         lease_key_ids: answer.lease_keys.into_iter().map(|k| k.kid).collect(),
         journal_path,
     })
+}
+
+/// The token file self-enrollment reads for the config at `config_path`.
+pub fn token_file_for(config_path: &Path) -> PathBuf {
+    config_path.with_file_name(TOKEN_FILE_NAME)
+}
+
+/// Where a self-enrollment token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Env,
+    File(PathBuf),
+}
+
+/// Reads an enrollment token file: a regular file of at most 4 KiB holding the
+/// token (surrounding blanks ignored).
+pub fn read_token_file(path: &Path) -> Result<String, EnrollError> {
+    let err = |reason: String| EnrollError::TokenFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() || meta.len() > MAX_TOKEN_FILE {
+        return Err(err(format!(
+            "expected a file of at most {MAX_TOKEN_FILE} bytes holding the token"
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "enrollment token file {} is readable by other users (mode {mode:o}): \
+                 install it with mode 0600",
+                path.display()
+            );
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() || token.chars().any(char::is_whitespace) {
+        return Err(err(
+            "expected the token alone (fet_...), as flex-admin enroll-token printed it".into(),
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// The token self-enrollment would use: `FLEX_ENROLL_TOKEN`, else the file.
+pub fn find_token(token_file: &Path) -> Result<Option<(String, TokenSource)>, EnrollError> {
+    if let Some(t) = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Some((t.trim().to_string(), TokenSource::Env)));
+    }
+    match std::fs::symlink_metadata(token_file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        _ => Ok(Some((
+            read_token_file(token_file)?,
+            TokenSource::File(token_file.to_path_buf()),
+        ))),
+    }
+}
+
+/// Makes sure this workstation is enrolled before the daemon starts: nothing to
+/// do if it is, else enroll with the token from [`find_token`] and delete the
+/// token file. `Ok(None)`: it was enrolled already.
+pub async fn self_enroll(
+    config: &Config,
+    token_file: &Path,
+) -> Result<Option<EnrollOutcome>, EnrollError> {
+    let cfg = config.clone();
+    let current = blocking(move || current_enrollment(&cfg)).await?;
+    if let Some(e) = current {
+        if token_file.exists() {
+            // A fleet tool may push the file to every machine; an unused secret
+            // is better gone.
+            tracing::info!(
+                device_id = %e.device_id,
+                "already enrolled: removing the unused enrollment token file {}",
+                token_file.display()
+            );
+            remove_token_file(token_file);
+        }
+        return Ok(None);
+    }
+    let Some((token, source)) = find_token(token_file)? else {
+        return Err(EnrollError::NotEnrolled {
+            token_file: token_file.to_path_buf(),
+        });
+    };
+    tracing::info!(
+        "not enrolled: enrolling with {} using the enrollment token from {}",
+        config.server_url,
+        match &source {
+            TokenSource::Env => TOKEN_ENV.to_string(),
+            TokenSource::File(p) => p.display().to_string(),
+        }
+    );
+    let mut opts = EnrollOptions::for_config(config, token);
+    // Not enrolled (checked above): an old journal entry without a credential
+    // is replaced.
+    opts.force = true;
+    let outcome = enroll(config, opts).await?;
+    match source {
+        TokenSource::File(path) => remove_token_file(&path),
+        TokenSource::Env => tracing::info!(
+            "enrolled; {TOKEN_ENV} is no longer needed: remove it from the service's environment"
+        ),
+    }
+    Ok(Some(outcome))
+}
+
+fn remove_token_file(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(
+                "cannot remove the enrollment token file {}: {e}; delete it by hand",
+                path.display()
+            );
+        }
+    }
 }
 
 /// This machine's name as the admin will see it in the device list.
@@ -258,7 +591,9 @@ mod tests {
         assert!(matches!(err, EnrollError::BadKeys { .. }), "{err:?}");
         assert!(err.to_string().contains("'k1'"), "{err}");
         assert!(!tmp.path().join(crate::credentials::TOKEN_FILE).exists());
-        assert!(!tmp.path().join(crate::journal::FILE_NAME).exists());
+        // The journal was opened before the token was spent, but records nothing.
+        let journal = Journal::open_in(tmp.path()).unwrap();
+        assert!(journal.enrollment().unwrap().is_none());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The Flex workstation agent: detects product launches, claims charge windows
 //! from the entitlement server, enforces the offline rule and notifies users.
 pub mod account;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;

@@ -305,11 +305,122 @@ pub struct NoticeList {
 
 // ---------------------------------------------------------------- devices
 
-/// `POST /v1/admin/enrollment-tokens` answer.
+/// `POST /v1/admin/enrollment-tokens`: an enrollment key for one agent or a fleet.
+/// Every field is optional: `{}` makes a key for one agent, valid for the server's
+/// `enrollment_token_ttl` (7 days by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrollmentToken {
+    /// How many agents may enroll with it (1 to 100,000). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    /// How long it stays valid, like `"30d"` or `"12h"` (1 minute to 366 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Free text for the admin, e.g. `"Berlin office, November rollout"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `POST /v1/admin/enrollment-tokens` answer. `token` is the secret: shown once,
+/// stored only as a hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollmentToken {
     pub token: String,
     pub expires_at: DateTime<Utc>,
+    /// The key's id, for listing and revoking (not a secret).
+    #[serde(default)]
+    pub id: String,
+    /// How many agents may still enroll with it.
+    #[serde(default)]
+    pub uses_left: u32,
+    #[serde(default)]
+    pub uses: u32,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Whether an enrollment key still enrolls agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentTokenState {
+    Active,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+impl EnrollmentTokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentTokenState::Active => "active",
+            EnrollmentTokenState::Expired => "expired",
+            EnrollmentTokenState::UsedUp => "used_up",
+            EnrollmentTokenState::Revoked => "revoked",
+        }
+    }
+}
+
+/// One enrollment key as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenInfo {
+    pub id: String,
+    #[serde(default)]
+    pub note: Option<String>,
+    pub uses: u32,
+    pub uses_left: u32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub state: EnrollmentTokenState,
+}
+
+/// `GET /v1/admin/enrollment-tokens`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenList {
+    pub enrollment_tokens: Vec<EnrollmentTokenInfo>,
+}
+
+/// One enrolled workstation, `GET /v1/admin/devices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub hostname: String,
+    /// `linux`, `macos`, `windows`, as the agent reported it.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// The agent's version at enrollment, then at its last heartbeat.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    pub enrolled_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
+    pub revoked: bool,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Id of the enrollment key it enrolled with.
+    #[serde(default)]
+    pub enrollment_token: Option<String>,
+}
+
+/// `GET /v1/agent/users/{email}`: whether the server knows a user and how they
+/// may run products; `flexctl doctor` asks it for the account it checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCheck {
+    /// The email as the server normalised it.
+    pub email: String,
+    pub known: bool,
+    #[serde(default)]
+    pub flex_assigned: bool,
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+}
+
+/// `GET /v1/admin/devices`, newest enrollment first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceInfo>,
 }
 
 /// `PUT /v1/admin/test-clock`.
@@ -323,6 +434,11 @@ pub struct TestClock {
 pub struct EnrollRequest {
     pub enrollment_token: String,
     pub hostname: String,
+    /// `linux`, `macos` or `windows`, shown in the device list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 /// A public key the server signs leases with.

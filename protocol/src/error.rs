@@ -38,6 +38,10 @@ pub enum ErrorCode {
     /// A per-account limit of the agent's local API was reached (connections,
     /// subscriptions, sessions, pending jobs); retry once some are closed.
     LimitExceeded,
+    /// The device's credential was revoked by an admin: enroll it again.
+    DeviceRevoked,
+    /// The enrollment token was valid once but its time is up: ask for a new one.
+    EnrollmentTokenExpired,
 }
 
 impl ErrorCode {
@@ -58,6 +62,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::Internal => "internal",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::DeviceRevoked => "device_revoked",
+            ErrorCode::EnrollmentTokenExpired => "enrollment_token_expired",
         }
     }
 }
@@ -89,6 +95,8 @@ mod tests {
             ErrorCode::UnsupportedProtocol,
             ErrorCode::Internal,
             ErrorCode::LimitExceeded,
+            ErrorCode::DeviceRevoked,
+            ErrorCode::EnrollmentTokenExpired,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

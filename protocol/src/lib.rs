@@ -3,7 +3,8 @@
 //! Everything that crosses a process boundary is defined here and only here: the
 //! JSON bodies of the HTTP API ([`api`]), the stable error codes ([`ErrorCode`]),
 //! the newline-delimited JSON spoken on the agent's local socket ([`socket`]) and
-//! the signed window lease ([`lease`]). New fields must carry `#[serde(default)]`
+//! the signed window lease ([`lease`]) and the admin's reports, estimator and
+//! forecast ([`reports`]). New fields must carry `#[serde(default)]`
 //! so that an older peer can still read a newer message; golden files under
 //! `tests/data` pin the format.
 
@@ -11,6 +12,7 @@ pub mod api;
 mod email;
 mod error;
 pub mod lease;
+pub mod reports;
 pub mod socket;
 
 pub use email::{Email, EmailError, MAX_EMAIL};

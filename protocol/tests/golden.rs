@@ -164,6 +164,17 @@ fn enrollment() {
         &EnrollRequest {
             enrollment_token: "et-abc".into(),
             hostname: "ws-17".into(),
+            platform: None,
+            agent_version: None,
+        },
+    );
+    check(
+        "enroll_request_platform",
+        &EnrollRequest {
+            enrollment_token: "fet_abc".into(),
+            hostname: "ws-17".into(),
+            platform: Some("linux".into()),
+            agent_version: Some("0.2.0".into()),
         },
     );
     check(
@@ -389,4 +400,188 @@ fn older_peers_still_read_newer_lines() {
     let newer = r#"{"ok":true,"session":"s","product":"autocad","product_name":"AutoCAD","source":"tokens","window_end":"2026-11-03T08:00:00Z","tokens_charged":0,"some_future_field":[1,2]}"#;
     let r: socket::LaunchReply = socket::parse_reply(newer).unwrap().unwrap();
     assert_eq!(r.product_name.as_deref(), Some("AutoCAD"));
+}
+
+#[test]
+fn enrollment_keys_and_devices() {
+    check(
+        "enrollment_token_new",
+        &NewEnrollmentToken {
+            uses: Some(1000),
+            ttl: Some("30d".into()),
+            note: Some("Berlin rollout".into()),
+        },
+    );
+    check(
+        "enrollment_token",
+        &EnrollmentToken {
+            token: "fet_secret".into(),
+            expires_at: t(8) + chrono::Duration::days(30),
+            id: "ek_1a2b3c4d5e6f".into(),
+            uses_left: 1000,
+            uses: 1000,
+            note: Some("Berlin rollout".into()),
+        },
+    );
+    check(
+        "enrollment_tokens",
+        &EnrollmentTokenList {
+            enrollment_tokens: vec![EnrollmentTokenInfo {
+                id: "ek_1a2b3c4d5e6f".into(),
+                note: None,
+                uses: 3,
+                uses_left: 0,
+                created_at: t(8),
+                expires_at: t(8) + chrono::Duration::days(7),
+                revoked_at: None,
+                state: EnrollmentTokenState::UsedUp,
+            }],
+        },
+    );
+    check(
+        "devices",
+        &DeviceList {
+            devices: vec![DeviceInfo {
+                id: "d-1".into(),
+                hostname: "ws-17".into(),
+                platform: Some("linux".into()),
+                agent_version: Some("0.2.0".into()),
+                enrolled_at: t(8),
+                last_seen: Some(t(9)),
+                revoked: true,
+                revoked_at: Some(t(10)),
+                enrollment_token: Some("ek_1a2b3c4d5e6f".into()),
+            }],
+        },
+    );
+    check(
+        "user_check",
+        &UserCheck {
+            email: "ada@example.com".into(),
+            known: true,
+            flex_assigned: true,
+            subscriptions: vec!["revit".into()],
+        },
+    );
+    check(
+        "error_device_revoked",
+        &ErrorBody::new(
+            ErrorCode::DeviceRevoked,
+            "device d-1 was revoked by an admin: enroll this workstation again",
+        ),
+    );
+}
+
+fn day(y: i32, m: u32, d: u32) -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+#[test]
+fn reports() {
+    use flex_protocol::reports::*;
+    check(
+        "usage_report",
+        &UsageReport {
+            from: day(2026, 11, 1),
+            to: day(2026, 11, 30),
+            timezone: "Europe/Paris".into(),
+            by: ReportBy::User,
+            total_tokens: 119,
+            rows: vec![UsageRow {
+                key: "ada@example.com".into(),
+                tokens: 119,
+                usage_days: 17,
+                users: None,
+                products: Some(1),
+                weeks: vec![WeekUsage {
+                    week_start: day(2026, 10, 26),
+                    tokens: 7,
+                    usage_days: 1,
+                }],
+            }],
+        },
+    );
+    check(
+        "recommendations",
+        &RecommendationList {
+            month: "2026-11".into(),
+            recommendations: vec![Recommendation {
+                email: "ada@example.com".into(),
+                product: "autocad".into(),
+                usage_days: 17,
+                current: Plan::Flex,
+                recommend: Plan::Subscription,
+                tokens: 119,
+                reason: "used on 17 days in 2026-11, more than 7".into(),
+            }],
+        },
+    );
+    check(
+        "estimate_request",
+        &EstimateRequest {
+            months: 12,
+            rows: Some(vec![EstimateInput {
+                product: "autocad".into(),
+                users: 10,
+                days_per_month: 4.0,
+            }]),
+            from_usage: None,
+        },
+    );
+    check(
+        "estimate_request_from_usage",
+        &EstimateRequest {
+            months: 3,
+            rows: None,
+            from_usage: Some(UsagePeriod {
+                from: day(2026, 9, 1),
+                to: day(2026, 11, 30),
+            }),
+        },
+    );
+    check(
+        "estimate",
+        &Estimate {
+            months: 12,
+            tokens_per_month: 280,
+            tokens_total: 3360,
+            packs: vec![
+                PackCount {
+                    size: 2500,
+                    count: 1,
+                },
+                PackCount {
+                    size: 500,
+                    count: 1,
+                },
+                PackCount {
+                    size: 100,
+                    count: 4,
+                },
+            ],
+            packs_tokens: 3400,
+            rows: vec![EstimateRow {
+                product: "autocad".into(),
+                users: 10,
+                days_per_month: 4.0,
+                tokens_per_month: 280,
+                subscription_cheaper: false,
+            }],
+        },
+    );
+    check(
+        "forecast",
+        &Forecast {
+            balance: 450,
+            burn_per_day: 12.5,
+            days_left: Some(36),
+            empty_on: Some(day(2026, 12, 8)),
+            expiring_unused: vec![ExpiringLot {
+                lot_id: 1,
+                remaining: 100,
+                expires_at: t(10),
+                projected_unused: 40,
+            }],
+        },
+    );
 }

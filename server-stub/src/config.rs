@@ -18,12 +18,20 @@
 //! low_balance_ratio = 0.2
 //! timezone = "Europe/Paris"
 //! pack_sizes = [100, 500, 1000, 2500, 5000, 10000]
+//!
+//! [smtp]                       # optional: admin notices by email, see crate::mail
+//! host = "mail.example.com"
+//! port = 587
+//! security = "starttls"
+//! from = "Flex <flex@example.com>"
+//! to = ["it@example.com"]
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flex_protocol::api::Policy;
+use lettre::message::Mailbox;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +63,9 @@ pub struct Config {
     pub enrollment_token_ttl: Duration,
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Admin notices by email; off when absent.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
 }
 
 impl Default for Config {
@@ -64,6 +75,7 @@ impl Default for Config {
             admin_token: None,
             enrollment_token_ttl: default_enrollment_ttl(),
             policy: PolicyConfig::default(),
+            smtp: None,
         }
     }
 }
@@ -154,6 +166,9 @@ impl Config {
             message: e.message().to_string(),
         })?;
         config.policy.validate()?;
+        if let Some(smtp) = &config.smtp {
+            smtp.validate()?;
+        }
         Ok(config)
     }
 }
@@ -221,6 +236,117 @@ impl PolicyConfig {
             timezone: self.timezone.clone(),
             pack_sizes: self.pack_sizes.clone(),
         }
+    }
+}
+
+/// How the connection to the SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host or a test sink.
+    None,
+}
+
+/// `[smtp]` of the server config: admin notices by email (see [`crate::mail`]).
+///
+/// ```toml
+/// [smtp]
+/// host = "mail.example.com"
+/// port = 587
+/// security = "starttls"            # starttls | tls | none
+/// username = "flex"                # optional, with password_file
+/// password_file = "/etc/flex/smtp-password"
+/// from = "Flex licensing <flex@example.com>"
+/// to = ["it@example.com", "finance@example.com"]
+/// console_url = "https://licensing.example.com:8443/admin/"   # optional link
+/// ca_file = "/etc/flex/smtp-ca.pem" # optional private CA
+/// check_interval = "10s"           # how often new notices are looked for
+/// retry = "5s"                     # first wait after a failure, doubled up to 15m
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    pub from: String,
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub console_url: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub check_interval: Duration,
+    #[serde(default = "default_retry", with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retry() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn invalid(key: &'static str, value: impl Into<String>, why: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.into(),
+        why,
+    }
+}
+
+impl SmtpConfig {
+    /// Checks what can be checked without connecting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.trim().is_empty() {
+            return Err(invalid("smtp.host", "", "must name the SMTP server"));
+        }
+        if self.port == 0 {
+            return Err(invalid(
+                "smtp.port",
+                "0",
+                "must be a port number such as 587",
+            ));
+        }
+        self.from.parse::<Mailbox>().map_err(|_| {
+            invalid(
+                "smtp.from",
+                &self.from,
+                "is not an email address such as Flex <flex@example.com>",
+            )
+        })?;
+        if self.to.is_empty() {
+            return Err(invalid("smtp.to", "[]", "must list at least one recipient"));
+        }
+        for to in &self.to {
+            to.parse::<Mailbox>()
+                .map_err(|_| invalid("smtp.to", to, "is not an email address"))?;
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            return Err(invalid(
+                "smtp.username",
+                self.username.clone().unwrap_or_default(),
+                "and smtp.password_file go together",
+            ));
+        }
+        if self.retry.is_zero() || self.check_interval.is_zero() {
+            return Err(invalid(
+                "smtp.retry",
+                format!("{:?}", self.retry),
+                "and smtp.check_interval must be positive",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,15 +1,22 @@
 //! The Flex entitlement server: token ledger, assignments, claims and the admin
 //! API, over one SQLite database.
 //!
-//! The rules live in [`store`] (SQL next to the rule that needs it) with the pure
-//! token arithmetic in [`ledger`]; [`api`] maps HTTP to those calls and
+//! The rules are pure functions in [`rules`] (entitlement, windows, per-result
+//! jobs, notices, reports, recommendations, estimator, forecast) and [`ledger`]
+//! (lots and the spending order); [`store`] loads their facts from SQLite and
+//! writes what they decide; [`api`] maps HTTP to those calls, [`console`]
+//! renders the admin's web pages, [`mail`] sends notices by email and
 //! [`server`] wires configuration, TLS and the listener together.
 
 pub mod admin;
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod ledger;
+pub mod mail;
 pub mod rates;
+pub mod rules;
 pub mod server;
 pub mod store;

@@ -69,6 +69,8 @@ pub enum ServerError {
     },
     #[error("server stopped with an error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
@@ -150,6 +152,8 @@ pub struct Prepared {
     pub state: AppState,
     pub listener: std::net::TcpListener,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Mails admin notices when `[smtp]` is configured.
+    pub mailer: Option<crate::mail::Mailer>,
 }
 
 pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
@@ -165,6 +169,11 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         (None, None) => None,
         _ => return Err(ServerError::TlsHalf),
     };
+    let mailer = config
+        .smtp
+        .as_ref()
+        .map(crate::mail::Mailer::new)
+        .transpose()?;
     let rates = match &opts.rates {
         Some(p) => RateSheet::load(p)?,
         None => RateSheet::sample(),
@@ -199,9 +208,11 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             source,
         })?;
     Ok(Prepared {
-        state: AppState::new(Arc::new(store), &token, test_clock),
+        state: AppState::new(Arc::new(store), &token, test_clock)
+            .with_secure_cookies(tls.is_some()),
         listener,
         tls,
+        mailer,
     })
 }
 
@@ -233,8 +244,16 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
             if let Err(e) = ticker.run(|s| s.tick()).await {
                 tracing::warn!("notice check failed: {e}");
             }
+            // Keeps the reports' usage rollup close to the ledger.
+            if let Err(e) = ticker.run(|s| s.fold_usage()).await {
+                tracing::warn!("usage rollup failed: {e}");
+            }
         }
     });
+
+    if let Some(mailer) = p.mailer {
+        tokio::spawn(mailer.run(Arc::clone(&p.state.store)));
+    }
 
     let app = router(p.state);
     println!("flex-server listening on {scheme}://{addr}");

@@ -90,6 +90,71 @@ impl Agent {
 
     /// Like [`start`](Self::start) but leaves the agent stopped after enrolling.
     pub async fn enrolled(server: &Server, extra: &str) -> Agent {
+        let agent = Self::configured(server, extra);
+        let token = server
+            .ok(
+                reqwest::Method::POST,
+                "/enrollment-tokens",
+                Some(serde_json::json!({})),
+            )
+            .await["token"]
+            .as_str()
+            .expect("enrollment token")
+            .to_string();
+        let out = agent
+            .enroll_command(&token)
+            .output()
+            .expect("run flex-agent enroll");
+        assert!(
+            out.status.success(),
+            "flex-agent enroll failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        agent
+    }
+
+    /// `flex-agent enroll --config THIS --server URL --token TOKEN`, not yet run.
+    pub fn enroll_command(&self, token: &str) -> Command {
+        let server_url = self.server_url();
+        let mut cmd = Command::new(bin("flex-agent"));
+        cmd.arg("enroll")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--server")
+            .arg(server_url)
+            .arg("--token")
+            .arg(token)
+            .env("FLEX_AGENT_LOG", "warn")
+            .env_remove("FLEX_ENROLL_TOKEN");
+        cmd
+    }
+
+    /// The config's `server_url`.
+    pub fn server_url(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).expect("read agent config");
+        text.lines()
+            .find_map(|l| l.strip_prefix("server_url = \""))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .expect("server_url line")
+            .to_string()
+    }
+
+    /// Where self-enrollment looks for a token: `enroll-token` beside the config.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("enroll-token")
+    }
+
+    /// Writes `token` to [`token_file`](Self::token_file), mode 0600.
+    pub fn put_token_file(&self, token: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.token_file();
+        std::fs::write(&path, format!("{token}\n")).expect("write token file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// An agent with its config written but not enrolled and not started (to
+    /// enroll itself from a token file, or to be refused).
+    pub fn configured(server: &Server, extra: &str) -> Agent {
         let dir = tempfile::tempdir().expect("agent temp dir");
         let state_dir = dir.path().join("state");
         let socket = dir.path().join("agent.sock");
@@ -106,32 +171,6 @@ impl Agent {
             ),
         )
         .expect("write agent config");
-        let token = server
-            .ok(
-                reqwest::Method::POST,
-                "/enrollment-tokens",
-                Some(serde_json::json!({})),
-            )
-            .await["token"]
-            .as_str()
-            .expect("enrollment token")
-            .to_string();
-        let out = Command::new(bin("flex-agent"))
-            .arg("enroll")
-            .arg("--config")
-            .arg(&config)
-            .arg("--server")
-            .arg(&server.url)
-            .arg("--token")
-            .arg(&token)
-            .env("FLEX_AGENT_LOG", "warn")
-            .output()
-            .expect("run flex-agent enroll");
-        assert!(
-            out.status.success(),
-            "flex-agent enroll failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         Agent {
             child: None,
             dir,
@@ -151,6 +190,14 @@ impl Agent {
     /// Starts the agent and waits for its readiness line. Panics, with the log,
     /// if it exits first.
     pub fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!("flex-agent did not start ({status}); log:\n{}", self.log());
+        }
+    }
+
+    /// Starts the agent and waits for its readiness line; if it exits first,
+    /// its exit status (its log is in [`log`](Self::log)).
+    pub fn try_spawn(&mut self) -> Result<(), ExitStatus> {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("agent log");
         let mut cmd = Command::new(bin("flex-agent"));
@@ -169,13 +216,10 @@ impl Agent {
             .expect("read agent readiness");
         if !line.starts_with("flex-agent listening on ") {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "flex-agent did not start (said {line:?}); log:\n{}",
-                self.log()
-            );
+            return Err(child.wait().expect("wait for flex-agent"));
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// SIGKILL, as a crash or power cut would.

@@ -6,6 +6,8 @@
 //! `listening on URL` line, which [`Server::start`] waits for: no sleeping.
 
 pub mod agent;
+pub mod debroot;
+pub mod smtp;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

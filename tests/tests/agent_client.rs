@@ -55,6 +55,8 @@ async fn enrolled() -> (Server, Client, flex_protocol::api::EnrollResponse) {
         .enroll(&EnrollRequest {
             enrollment_token: token,
             hostname: "ws-client-test".into(),
+            platform: None,
+            agent_version: None,
         })
         .await
         .expect("enrollment succeeds");
@@ -207,17 +209,29 @@ async fn run_enroll_stores_the_token_and_pins_the_keys() {
     let answer = client.claim(&claim("c-e", "autocad")).await.unwrap();
     assert!(matches!(answer, ClaimResponse::Granted(_)), "{answer:?}");
 
-    // A used token is refused with the next step.
+    // Enrolled already: refused before the server is asked, nothing changes.
     let err = run_enroll_with(&config, &s.url, &token, StoreChoice::File)
         .await
         .unwrap_err();
-    assert!(matches!(err, EnrollError::Refused { .. }), "{err:?}");
     assert!(
-        err.to_string()
-            .starts_with("the enrollment token was refused: ask your admin for a new one (flex-admin enroll-token)"),
-        "{err}"
+        matches!(err, EnrollError::AlreadyEnrolled { .. }),
+        "{err:?}"
     );
-    let err = run_enroll_with(&config, &s.url, "never-issued", StoreChoice::File)
+
+    // On another machine, a used token is refused with the next step, once.
+    let other = agent_config(&tmp.path().join("other"), &s.url, None);
+    let err = run_enroll_with(&other, &s.url, &token, StoreChoice::File)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::Refused { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("the server refused the enrollment token:")
+            && msg.contains("(flex-admin enroll-token)")
+            && msg.matches("new one").count() == 1,
+        "{msg}"
+    );
+    let err = run_enroll_with(&other, &s.url, "never-issued", StoreChoice::File)
         .await
         .unwrap_err();
     assert!(matches!(err, EnrollError::Refused { .. }), "{err:?}");
@@ -261,16 +275,18 @@ async fn tls_with_a_private_ca_trusted_alone() {
         .await
         .expect("enrollment over TLS with the private CA");
 
-    // Without the CA (public roots only) the handshake fails: a transport error
-    // the driver would retry, and enrollment says what to check.
+    // Without the CA (public roots only) the handshake fails: a TLS error the
+    // driver would retry, and enrollment says what to check (exit code 5).
     let err = plain(&s.url).health().await.unwrap_err();
-    assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+    assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+    assert!(err.is_retryable());
     let no_ca = agent_config(&dir.path().join("state2"), &s.url, None);
     let token = enrollment_token(&s).await;
     let err = run_enroll_with(&no_ca, &s.url, &token, StoreChoice::File)
         .await
         .unwrap_err();
-    assert!(matches!(err, EnrollError::Unreachable { .. }), "{err:?}");
+    assert!(matches!(err, EnrollError::Tls(_)), "{err:?}");
+    assert_eq!(err.exit_code(), 5);
     assert!(err.to_string().contains("ca_file"), "{err}");
 
     // Another CA given as ca_file replaces the public roots and is not this one.
@@ -285,5 +301,5 @@ async fn tls_with_a_private_ca_trusted_alone() {
     )
     .unwrap();
     let err = wrong.health().await.unwrap_err();
-    assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+    assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
 }

@@ -1,40 +1,24 @@
 //! `flex-agent`: the workstation daemon (`flex-agent --config FILE`) and its
-//! enrollment (`flex-agent enroll --config FILE --server URL --token TOKEN`).
+//! enrollment (`flex-agent enroll ...`). The command line is
+//! [`flex_agent::cli`]; exit codes are [`flex_agent::enroll::exit`].
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use flex_agent::cli::{Cli, Cmd, EnrollArgs};
 use flex_agent::config::Config;
+use flex_agent::daemon::watchdog::Watchdog;
+use flex_agent::daemon::DaemonError;
+use flex_agent::enroll::{self, exit, EnrollError, EnrollOptions};
 
-/// The Flex licensing agent: detects product launches, claims charge windows,
-/// enforces the offline rule and notifies users.
-#[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
-struct Cli {
-    /// Agent configuration (TOML).
-    #[arg(long, default_value = "/etc/flex-agent/agent.toml")]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
+/// Waits between self-enrollment attempts while the server cannot be reached.
+const ENROLL_RETRY_FIRST: Duration = Duration::from_secs(5);
+const ENROLL_RETRY_MAX: Duration = Duration::from_secs(300);
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// Trade a one-time enrollment token for this workstation's device credential.
-    Enroll {
-        #[arg(long, default_value = "/etc/flex-agent/agent.toml")]
-        config: PathBuf,
-        /// Server URL, e.g. https://flex.example.com
-        #[arg(long)]
-        server: String,
-        /// Enrollment token from `flex-admin enroll-token`.
-        #[arg(long, env = "FLEX_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
-    },
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     // `enroll` is run by hand or by an installer: its printed summary is the
@@ -58,33 +42,83 @@ fn main() -> anyhow::Result<()> {
         logs.with_ansi(ansi).init();
     }
     // Two workers: the driver loop, and the socket and network tasks beside it.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+        .context("cannot start the async runtime")
+    {
+        Ok(r) => r,
+        Err(e) => return ExitCode::from(fail(1, &e) as u8),
+    };
+    let code = runtime.block_on(async {
         match cli.command {
-            Some(Cmd::Enroll {
-                config,
-                server,
-                token,
-            }) => enroll(config, server, token).await,
-            None => daemon(cli.config).await,
+            Some(Cmd::Enroll(args)) => enroll_command(args).await,
+            None => daemon(&cli.config).await,
         }
-    })
+    });
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-async fn enroll(config: PathBuf, server: String, token: String) -> anyhow::Result<()> {
-    let config = Config::load(&config)?;
-    let outcome = flex_agent::enroll::run_enroll(&config, &server, &token).await?;
-    println!("{outcome}");
-    Ok(())
+/// Prints `error` (with its causes) and returns `code`.
+fn fail(code: i32, error: &dyn std::fmt::Display) -> i32 {
+    eprintln!("flex-agent: {error}");
+    code
 }
 
-async fn daemon(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&config_path)?;
-    flex_agent::daemon::run(config, stop_signal(), |ready| {
+fn load_config(path: &Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| fail(exit::CONFIG, &e))
+}
+
+async fn enroll_command(args: EnrollArgs) -> i32 {
+    let config = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => match enroll::read_token_file(path) {
+            Ok(t) => t,
+            Err(e) => return fail(exit::BAD_ARGUMENTS, &e),
+        },
+        (None, None) => unreachable!("clap requires --token or --token-file"),
+    };
+    let mut opts = EnrollOptions::for_config(&config, token);
+    if let Some(server) = args.server {
+        opts.server = server;
+    }
+    opts.force = args.force;
+    match enroll::enroll(&config, opts).await {
+        Ok(outcome) => {
+            println!("{outcome}");
+            exit::OK
+        }
+        Err(e) => fail(e.exit_code(), &e),
+    }
+}
+
+/// Runs the agent; enrolls it first if needed. Exit 78 for what a restart
+/// cannot fix (config, no or refused enrollment token), so systemd
+/// (RestartPreventExitStatus=78) does not loop on it.
+async fn daemon(config_path: &Path) -> i32 {
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let token_file = enroll::token_file_for(config_path);
+    tokio::select! {
+        _ = &mut stop => return 0,
+        enrolled = enroll_at_start(&config, &token_file) => {
+            if let Err(e) = enrolled {
+                tracing::error!("{e}");
+                refuse_waiting_clients(&e.to_string());
+                return fail(exit::CONFIG, &e);
+            }
+        }
+    }
+    let result = flex_agent::daemon::run(config, stop, |ready| {
         // Scripts and tests wait for this line; systemd for READY=1.
         println!("flex-agent listening on {}", ready.socket.display());
         tracing::info!(
@@ -93,12 +127,86 @@ async fn daemon(config_path: PathBuf) -> anyhow::Result<()> {
             detection = %ready.detection,
             "flex-agent ready"
         );
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-            tracing::warn!("cannot tell systemd the agent is ready: {e}");
-        }
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
     })
-    .await?;
-    Ok(())
+    .await;
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let code = match e {
+                DaemonError::NotEnrolled { .. } | DaemonError::BadKeys { .. } => exit::CONFIG,
+                _ => 1,
+            };
+            fail(code, &e)
+        }
+    }
+}
+
+/// Self-enrollment, retried while the server cannot be reached (a machine
+/// booting off the network, a server being upgraded): the unit counts as
+/// started meanwhile, with the reason in its status line, and keeps pinging
+/// the watchdog. A refused token or none at all ends it.
+async fn enroll_at_start(config: &Config, token_file: &Path) -> Result<(), EnrollError> {
+    let mut watchdog = Watchdog::from_env();
+    let mut wait = ENROLL_RETRY_FIRST;
+    loop {
+        match enroll::self_enroll(config, token_file).await {
+            Ok(Some(outcome)) => {
+                tracing::info!("{}", outcome.to_string().replace('\n', "; "));
+                return Ok(());
+            }
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_temporary() => {
+                tracing::warn!("cannot enroll yet, retrying in {wait:?}: {e}");
+                let status = format!("waiting to enroll: {e}");
+                notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&status),
+                ]);
+                let until = tokio::time::Instant::now() + wait;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = watchdog.tick() => watchdog.ping(),
+                    }
+                }
+                wait = (wait * 2).min(ENROLL_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Socket-activated but unable to serve (exit 78): answers the clients already
+/// queued on systemd's socket with the reason, so that `flexctl` says why and
+/// their waiting connections do not start the agent again and again.
+fn refuse_waiting_clients(reason: &str) {
+    use std::io::Write;
+    let Some(listener) = flex_agent::socket::systemd_listener() else {
+        return;
+    };
+    let reply = flex_protocol::socket::ErrReply::new(
+        flex_protocol::ErrorCode::Internal,
+        format!("flex-agent cannot start: {reason}"),
+    );
+    let Ok(line) = serde_json::to_string(&reply) else {
+        return;
+    };
+    // Non-blocking: only the connections already waiting.
+    while let Ok((mut stream, _)) = listener.accept() {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("cannot tell systemd the agent's state: {e}");
+    }
 }
 
 /// Resolves at SIGTERM or SIGINT.

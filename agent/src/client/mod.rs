@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use flex_protocol::api::{
     ClaimRequest, ClaimResponse, EnrollRequest, EnrollResponse, ErrorBody, Health,
-    HeartbeatRequest, HeartbeatResponse, ProductList,
+    HeartbeatRequest, HeartbeatResponse, ProductList, UserCheck,
 };
 use flex_protocol::ErrorCode;
 use reqwest::{Method, StatusCode};
@@ -52,6 +52,17 @@ pub enum ClientError {
          again (flex-agent enroll --config FILE --server URL --token ENROLL_TOKEN)"
     )]
     Unauthorized { url: String, message: String },
+    /// The server's message says what happened and what IT must do.
+    #[error("{message} (license server {url})")]
+    Revoked { url: String, message: String },
+    /// An enrollment token that is past its expiry (401 `enrollment_token_expired`).
+    #[error("the server at {url} refused an expired enrollment token: {message}")]
+    Expired { url: String, message: String },
+    #[error(
+        "the TLS connection to {url} failed: {reason}. If the server uses a private CA, \
+         set ca_file in the agent config to that CA's PEM certificate"
+    )]
+    Tls { url: String, reason: String },
     #[error("the server at {url} reports a conflict: {message}")]
     Conflict { url: String, message: String },
     #[error("the server at {url} rejected the request ({status}, {code}): {message}")]
@@ -90,18 +101,26 @@ impl ClientError {
             ClientError::Transport { .. }
                 | ClientError::Timeout { .. }
                 | ClientError::Server { .. }
+                // A clock set wrong at boot, a certificate being renewed: the
+                // same request (same claim id) may well pass later.
+                | ClientError::Tls { .. }
         )
     }
 
     /// The server no longer accepts this device's token: enroll again.
     pub fn needs_reenroll(&self) -> bool {
-        matches!(self, ClientError::Unauthorized { .. })
+        matches!(
+            self,
+            ClientError::Unauthorized { .. } | ClientError::Revoked { .. }
+        )
     }
 
     /// The server's error code, when it sent one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Unauthorized { .. } => Some(ErrorCode::Unauthorized),
+            ClientError::Revoked { .. } => Some(ErrorCode::DeviceRevoked),
+            ClientError::Expired { .. } => Some(ErrorCode::EnrollmentTokenExpired),
             ClientError::Conflict { .. } => Some(ErrorCode::Conflict),
             ClientError::Rejected { code, .. } => Some(*code),
             ClientError::Server { .. } => Some(ErrorCode::Internal),
@@ -231,6 +250,20 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/agent/users/{email}`: whether the server knows the user.
+    pub async fn check_user(&self, email: &str) -> Result<UserCheck, ClientError> {
+        let mut path = String::from("/v1/agent/users/");
+        for b in email.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' => {
+                    path.push(b as char)
+                }
+                _ => path.push_str(&format!("%{b:02X}")),
+            }
+        }
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
     /// `GET /v1/agent/products`: the rate sheet.
     pub async fn products(&self) -> Result<ProductList, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/agent/products", None)
@@ -271,6 +304,11 @@ impl Client {
                 url: url.to_string(),
                 timeout: self.request_timeout,
             }
+        } else if let Some(tls) = tls_cause(&e) {
+            ClientError::Tls {
+                url: url.to_string(),
+                reason: tls,
+            }
         } else {
             ClientError::Transport {
                 url: url.to_string(),
@@ -308,7 +346,11 @@ fn status_error(url: String, status: StatusCode, body: &[u8]) -> ClientError {
         };
     }
     match status {
-        StatusCode::UNAUTHORIZED => ClientError::Unauthorized { url, message },
+        StatusCode::UNAUTHORIZED => match code {
+            Some(ErrorCode::DeviceRevoked) => ClientError::Revoked { url, message },
+            Some(ErrorCode::EnrollmentTokenExpired) => ClientError::Expired { url, message },
+            _ => ClientError::Unauthorized { url, message },
+        },
         StatusCode::CONFLICT => ClientError::Conflict { url, message },
         // A proxy's rate limit or a gateway timeout in 4xx clothing: try later.
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => ClientError::Server {
@@ -341,6 +383,56 @@ fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
         });
     }
     Ok(certs)
+}
+
+/// The certificate problem behind a failed connection, in words that name the
+/// fix, when the cause is TLS. reqwest exposes no error kind for this, so the
+/// source chain is searched for the rustls error it wraps.
+fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{CertificateError, Error as Tls};
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<Tls>().or_else(|| tls_in_io(s)) {
+            return Some(match tls {
+                Tls::InvalidCertificate(
+                    CertificateError::UnknownIssuer | CertificateError::BadSignature,
+                ) => "the server's certificate is not signed by a trusted CA (unknown issuer: \
+                     check ca_file)"
+                    .to_string(),
+                Tls::InvalidCertificate(CertificateError::NotValidForName)
+                | Tls::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+                    "the server's certificate does not name this host (check server_url)"
+                        .to_string()
+                }
+                Tls::InvalidCertificate(CertificateError::Expired)
+                | Tls::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+                    "the server's certificate has expired (or this machine's clock is wrong)"
+                        .to_string()
+                }
+                Tls::InvalidCertificate(CertificateError::NotValidYet)
+                | Tls::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
+                    "the server's certificate is not valid yet (check this machine's clock)"
+                        .to_string()
+                }
+                other => format!("TLS error: {other}"),
+            });
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// The rustls error inside (nested) io::Errors: their `source()` skips the error
+/// they wrap, so the chain walk alone never meets it.
+fn tls_in_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut io = e.downcast_ref::<std::io::Error>()?;
+    loop {
+        let inner = io.get_ref()?;
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        io = inner.downcast_ref::<std::io::Error>()?;
+    }
 }
 
 /// reqwest's top-level message ("error sending request") hides the cause

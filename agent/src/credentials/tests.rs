@@ -266,3 +266,47 @@ fn keyring_child_round_trip() {
     again.delete().unwrap();
     assert!(matches!(again.load(), Err(CredentialError::Missing { .. })));
 }
+
+#[test]
+fn enrollment_probes_the_store_before_the_token_is_spent() {
+    // A session bus with no Secret Service on it (a minimal desktop, `sudo -E`).
+    let bus = crate::testsupport::PrivateBus::start();
+    let state = tempfile::tempdir().unwrap();
+    run_child(
+        "credentials::tests::keyring_child_bus_without_secret_service",
+        &bus.address,
+        state.path(),
+    );
+}
+
+#[test]
+#[ignore = "run by enrollment_probes_the_store_before_the_token_is_spent"]
+fn keyring_child_bus_without_secret_service() {
+    let (state, _bus) = child_env();
+    // auto: the OS store fails its test write, so the token goes to the file.
+    let store = CredentialStore::select_for_enrollment(StoreChoice::Auto, &state).unwrap();
+    assert!(!store.is_keyring(), "{}", store.describe());
+    assert!(!state.join(".device-token.probe").exists());
+    // keyring: the failure comes before any enrollment token is redeemed.
+    let err = CredentialStore::select_for_enrollment(StoreChoice::Keyring, &state).unwrap_err();
+    assert!(err.to_string().contains("Secret Service"), "{err}");
+}
+
+#[test]
+fn the_file_store_is_probed_without_touching_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CredentialStore::file(tmp.path());
+    store.save(&DeviceToken::new("kept")).unwrap();
+    store.probe().unwrap();
+    assert_eq!(store.load().unwrap().expose(), "kept");
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec![TOKEN_FILE.to_string()]);
+    // A state dir that cannot be made private fails the probe.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    assert!(CredentialStore::file(&shared).probe().is_err());
+}

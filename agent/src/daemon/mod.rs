@@ -20,6 +20,7 @@ mod handler;
 pub mod hub;
 mod net;
 mod processes;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -217,6 +218,8 @@ impl Driver {
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let poll = self.config.poll_interval;
+        // Pinged from this loop, so a stuck loop gets the agent restarted.
+        let mut watchdog = watchdog::Watchdog::from_env();
         loop {
             // The core's next deadline is a boot-clock reading; the poll interval
             // bounds the wait because tokio's timer does not count suspend. With
@@ -243,6 +246,7 @@ impl Driver {
                 Some(ev) = procs.recv() => self.proc_event(ev)?,
                 Some(process) = exits.recv() => self.feed(Input::ProcessExited { process })?,
                 _ = timer => self.feed(Input::Tick)?,
+                _ = watchdog.tick() => watchdog.ping(),
             }
         }
     }

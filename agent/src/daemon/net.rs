@@ -68,6 +68,9 @@ async fn claim(client: &Client, request: &ClaimRequest) -> Result<ClaimResponse,
         let decided = match &err {
             ClientError::Rejected { code, message, .. } => Some((*code, message.clone())),
             ClientError::Unauthorized { .. } => Some((ErrorCode::Unauthorized, err.to_string())),
+            // A revoked workstation: refused like any denial, so a renewal closes
+            // its product after the grace and users are told why.
+            ClientError::Revoked { .. } => Some((ErrorCode::DeviceRevoked, err.to_string())),
             ClientError::Conflict { message, .. } => Some((ErrorCode::Conflict, message.clone())),
             _ => None,
         };

@@ -6,6 +6,7 @@
 //! step for the user in their message.
 
 mod client;
+pub mod doctor;
 pub mod notify;
 pub mod run;
 mod status;
@@ -104,6 +105,24 @@ pub enum Command {
         /// The product's command line, field codes (%F, %U) included.
         #[arg(last = true, required_unless_present = "from")]
         command: Vec<String>,
+    },
+    /// Check this workstation end to end: config, agent, enrollment, server, TLS,
+    /// clock, detection, notifier, the user's email. Exit 0 when all pass, 1 otherwise.
+    Doctor {
+        /// Print the checks as JSON (for fleet tools).
+        #[arg(long)]
+        json: bool,
+        /// Also write a support archive (.tar.gz): report, status, config without
+        /// secrets, the agent's last 1,000 log lines.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<std::path::PathBuf>,
+        /// The agent's config.
+        #[arg(long, value_name = "FILE", default_value = crate::cli::DEFAULT_CONFIG)]
+        config: std::path::PathBuf,
+        /// Check this local account (notifier, email) instead of your own. Needs root
+        /// for the server's answer.
+        #[arg(long, value_name = "ACCOUNT")]
+        user: Option<String>,
     },
     /// Show the agent's events as desktop notifications (run once per desktop session).
     Notify {
@@ -314,6 +333,21 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                 print!("{entry}");
             }
             Ok(0)
+        }
+        Command::Doctor {
+            json,
+            bundle,
+            config,
+            user,
+        } => {
+            doctor::run(doctor::DoctorOptions {
+                config,
+                socket: cli.socket,
+                user,
+                json,
+                bundle,
+            })
+            .await
         }
         Command::Notify { print, no_desktop } => {
             let display = notify::Notifier {

@@ -92,6 +92,9 @@ pub fn denial_line(product: &str, e: &ApiError) -> String {
         ErrorCode::UnknownProduct => "check the product id with your license administrator",
         ErrorCode::UnknownUser => "ask your license administrator to add your account",
         ErrorCode::Forbidden => "run flexctl as the user who will use the product",
+        ErrorCode::DeviceRevoked => {
+            "this workstation was removed from the license server: ask IT to enroll it again"
+        }
         _ => "try again; if it persists, see: flexctl status and journalctl -u flex-agent",
     };
     format!(

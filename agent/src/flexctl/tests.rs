@@ -29,12 +29,17 @@ async fn wait_for<T>(
     seen: &mut mpsc::UnboundedReceiver<(Peer, Request)>,
     mut pick: impl FnMut(Request) -> Option<T>,
 ) -> T {
-    loop {
-        let (_, req) = seen.recv().await.expect("fake agent stopped");
-        if let Some(t) = pick(req) {
-            return t;
+    let wait = async {
+        loop {
+            let (_, req) = seen.recv().await.expect("fake agent stopped");
+            if let Some(t) = pick(req) {
+                return t;
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("the request never reached the fake agent")
 }
 
 #[tokio::test]
@@ -43,13 +48,12 @@ async fn run_passes_the_exit_code_through_and_reports_it() {
     let (handler, mut seen) = FakeHandler::new();
     let agent = start_fake_agent(dir.path(), handler);
     let socket = agent.path.clone();
-    // The product exits only once the agent took its pid: a product that is
-    // gone (and reaped) before that cannot be attached, and the test would
-    // wait for an `attach` the agent refused (a flaky hang under load).
-    let fifo = dir.path().join("go");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let script = format!("read _ < '{}'; exit 3", fifo.display());
     let (_sig_tx, sig_rx) = mpsc::channel(1);
+    // The product waits on a FIFO until its attach has reached the agent: the
+    // agent only takes a process that still runs.
+    let go = dir.path().join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let script = format!("read x < {}; exit 3", go.display());
     let wrapper = tokio::spawn(run(opts(&socket, &["sh", "-c", &script]), sig_rx));
 
     let (product, version) = wait_for(&mut seen, |r| match r {
@@ -69,8 +73,9 @@ async fn run_passes_the_exit_code_through_and_reports_it() {
     })
     .await;
     assert!(pid > 0);
-    tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n").unwrap())
+    tokio::task::spawn_blocking(move || std::fs::write(go, "go\n"))
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(wrapper.await.unwrap().unwrap(), 3);
     let (exit_session, exit_code) = wait_for(&mut seen, |r| match r {

@@ -9,12 +9,16 @@ use std::fmt;
 use std::path::PathBuf;
 
 use flex_protocol::api::{
-    BuyTokens, DefaultAssignments, FlexAssignment, NewSubscription, NewUser, TestClock,
+    BuyTokens, DefaultAssignments, FlexAssignment, NewEnrollmentToken, NewSubscription, NewUser,
+    TestClock,
 };
 use serde::Serialize;
 use serde_json::Value;
 
-use super::cli::{Command, DefaultsCmd, SubscriptionsCmd, TestClockCmd, TokensCmd, UsersCmd};
+use super::cli::{
+    ByArg, Command, DefaultsCmd, DevicesCmd, EnrollTokenCmd, SubscriptionsCmd, TestClockCmd,
+    TokensCmd, UsersCmd,
+};
 
 /// HTTP method of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,15 @@ impl Call {
     fn get(path: String) -> Call {
         Call {
             method: Method::Get,
+            path,
+            body: Body::None,
+            auth: true,
+        }
+    }
+
+    fn delete(path: String) -> Call {
+        Call {
+            method: Method::Delete,
             path,
             body: Body::None,
             auth: true,
@@ -115,16 +128,9 @@ pub fn plan(command: &Command) -> Call {
                 product: product.clone(),
             },
         ),
-        Command::Subscriptions(SubscriptionsCmd::Remove { email, product }) => Call {
-            method: Method::Delete,
-            path: admin(&format!(
-                "subscriptions/{}/{}",
-                encode(email),
-                encode(product)
-            )),
-            body: Body::None,
-            auth: true,
-        },
+        Command::Subscriptions(SubscriptionsCmd::Remove { email, product }) => Call::delete(admin(
+            &format!("subscriptions/{}/{}", encode(email), encode(product)),
+        )),
         Command::Products => Call::get(admin("products")),
         Command::Defaults(DefaultsCmd::Show) => Call::get(admin("default-assignments")),
         Command::Defaults(DefaultsCmd::Set { mode, products }) => Call::json(
@@ -153,11 +159,25 @@ pub fn plan(command: &Command) -> Call {
             Call::get(path)
         }
         Command::Notices => Call::get(admin("notices")),
-        Command::EnrollToken => Call::json(
-            Method::Post,
-            admin("enrollment-tokens"),
-            &serde_json::json!({}),
-        ),
+        Command::EnrollToken(args) => match &args.action {
+            None => Call::json(
+                Method::Post,
+                admin("enrollment-tokens"),
+                &NewEnrollmentToken {
+                    uses: args.uses,
+                    ttl: args.ttl.clone(),
+                    note: args.note.clone(),
+                },
+            ),
+            Some(EnrollTokenCmd::List) => Call::get(admin("enrollment-tokens")),
+            Some(EnrollTokenCmd::Revoke { id }) => {
+                Call::delete(admin(&format!("enrollment-tokens/{}", encode(id))))
+            }
+        },
+        Command::Devices(DevicesCmd::List) => Call::get(admin("devices")),
+        Command::Devices(DevicesCmd::Revoke { id }) => {
+            Call::delete(admin(&format!("devices/{}", encode(id))))
+        }
         Command::TestClock(TestClockCmd::Set { now }) => {
             Call::json(Method::Put, admin("test-clock"), &TestClock { now: *now })
         }
@@ -167,6 +187,63 @@ pub fn plan(command: &Command) -> Call {
             body: Body::None,
             auth: false,
         },
+        Command::Report(r) => {
+            let by = match r.by {
+                ByArg::Product => "product",
+                ByArg::User => "user",
+            };
+            // A month is sent as its first and last day; a bad one goes as
+            // written so the server names it.
+            let (from, to) = match &r.month {
+                Some(m) => match crate::rules::calendar::Period::month(m) {
+                    Ok(p) => (p.from.to_string(), p.to.to_string()),
+                    Err(_) => (m.clone(), m.clone()),
+                },
+                None => (
+                    r.from.clone().unwrap_or_default(),
+                    r.to.clone().unwrap_or_default(),
+                ),
+            };
+            let csv = if r.csv { "&format=csv" } else { "" };
+            Call::get(admin(&format!(
+                "reports/usage?from={}&to={}&by={by}{csv}",
+                encode(&from),
+                encode(&to)
+            )))
+        }
+        Command::Recommend { month } => {
+            Call::get(admin(&format!("recommendations?month={}", encode(month))))
+        }
+        Command::Estimate(e) => {
+            let body = flex_protocol::reports::EstimateRequest {
+                months: e.months,
+                rows: (!e.row.is_empty()).then(|| {
+                    e.row
+                        .iter()
+                        .map(
+                            |(product, users, days)| flex_protocol::reports::EstimateInput {
+                                product: product.clone(),
+                                users: *users,
+                                days_per_month: *days,
+                            },
+                        )
+                        .collect()
+                }),
+                from_usage: None,
+            };
+            let mut value = serde_json::to_value(&body).expect("api types serialize to json");
+            if let (Some(from), Some(to)) = (&e.usage_from, &e.usage_to) {
+                // Sent as written: the server names a bad date.
+                value["from_usage"] = serde_json::json!({ "from": from, "to": to });
+            }
+            Call {
+                method: Method::Post,
+                path: admin("estimate"),
+                body: Body::Json(value),
+                auth: true,
+            }
+        }
+        Command::Forecast => Call::get(admin("forecast")),
     }
 }
 
@@ -361,6 +438,43 @@ mod tests {
             (Method::Post, "/v1/admin/enrollment-tokens")
         );
         assert_eq!(call.body, Body::Json(serde_json::json!({})));
+        let call = plan_of(&[
+            "enroll-token",
+            "--uses",
+            "1000",
+            "--ttl",
+            "30d",
+            "--note",
+            "x",
+        ]);
+        assert_eq!(
+            body_as::<NewEnrollmentToken>(&call),
+            NewEnrollmentToken {
+                uses: Some(1000),
+                ttl: Some("30d".into()),
+                note: Some("x".into())
+            }
+        );
+        let call = plan_of(&["enroll-token", "list"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Get, "/v1/admin/enrollment-tokens")
+        );
+        let call = plan_of(&["enroll-token", "revoke", "ek_1"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Delete, "/v1/admin/enrollment-tokens/ek_1")
+        );
+        let call = plan_of(&["devices", "list"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Get, "/v1/admin/devices")
+        );
+        let call = plan_of(&["devices", "revoke", "d 1"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Delete, "/v1/admin/devices/d%201")
+        );
 
         let call = plan_of(&["test-clock", "set", "2026-03-15T10:00:00Z"]);
         assert_eq!(
@@ -378,6 +492,55 @@ mod tests {
             (Method::Get, "/v1/health")
         );
         assert!(!call.auth, "health needs no token");
+    }
+
+    #[test]
+    fn reports_and_estimates() {
+        assert_eq!(
+            plan_of(&["report", "--by", "user", "--month", "2026-02"]).path,
+            "/v1/admin/reports/usage?from=2026-02-01&to=2026-02-28&by=user"
+        );
+        assert_eq!(
+            plan_of(&[
+                "report",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-15",
+                "--csv"
+            ])
+            .path,
+            "/v1/admin/reports/usage?from=2026-11-01&to=2026-11-15&by=product&format=csv"
+        );
+        assert_eq!(
+            plan_of(&["recommend", "--month", "2026-11"]).path,
+            "/v1/admin/recommendations?month=2026-11"
+        );
+        assert_eq!(plan_of(&["forecast"]).path, "/v1/admin/forecast");
+        let call = plan_of(&["estimate", "--months", "3", "--row", "autocad:10:4"]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::Post, "/v1/admin/estimate")
+        );
+        assert_eq!(
+            call.body,
+            Body::Json(
+                serde_json::json!({"months": 3, "rows": [{"product": "autocad", "users": 10, "days_per_month": 4.0}]})
+            )
+        );
+        let call = plan_of(&[
+            "estimate",
+            "--from-usage",
+            "2026-09-01",
+            "--usage-to",
+            "2026-11-30",
+        ]);
+        assert_eq!(
+            call.body,
+            Body::Json(
+                serde_json::json!({"months": 12, "from_usage": {"from": "2026-09-01", "to": "2026-11-30"}})
+            )
+        );
     }
 
     #[test]

@@ -73,13 +73,88 @@ pub enum Command {
     },
     /// Show balance notices, newest first
     Notices,
-    /// Create a one-time enrollment token for installing an agent
-    EnrollToken,
+    /// Create an enrollment token for one agent or a fleet (--uses), or list/revoke them
+    EnrollToken(EnrollTokenArgs),
+    /// List enrolled workstations, or revoke one
+    #[command(subcommand)]
+    Devices(DevicesCmd),
     /// Set the server's clock (only on a server started with --test-clock)
     #[command(subcommand)]
     TestClock(TestClockCmd),
     /// Check that the server answers (needs no token)
     Health,
+    /// Usage report: tokens and usage days by product or by user, week by week
+    Report(ReportArgs),
+    /// Who should move from Flex to a subscription, or back, for a month
+    Recommend {
+        /// The month, YYYY-MM
+        #[arg(long, value_name = "YYYY-MM")]
+        month: String,
+    },
+    /// Tokens and packs to buy for planned use, or for the use of a past period
+    Estimate(EstimateArgs),
+    /// Burn rate, days left and lots that will expire unused
+    Forecast,
+}
+
+/// What to report on and for when.
+#[derive(Debug, Clone, PartialEq, Args)]
+#[command(group(ArgGroup::new("period").required(true).args(["month", "from"])))]
+pub struct ReportArgs {
+    /// Rows by product or by user
+    #[arg(long, value_enum, default_value = "product")]
+    pub by: ByArg,
+    /// A whole month, YYYY-MM
+    #[arg(long, value_name = "YYYY-MM", conflicts_with_all = ["from", "to"])]
+    pub month: Option<String>,
+    /// First day, YYYY-MM-DD (with --to)
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "to")]
+    pub from: Option<String>,
+    /// Last day, inclusive, YYYY-MM-DD
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "from")]
+    pub to: Option<String>,
+    /// Print the rows as CSV (as the server sends them)
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// `--by` of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ByArg {
+    Product,
+    User,
+}
+
+/// Planned use (`--row`) or a past period (`--from-usage`).
+#[derive(Debug, Clone, PartialEq, Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["row", "usage_from"])))]
+pub struct EstimateArgs {
+    /// Months to buy for
+    #[arg(long, default_value_t = 12)]
+    pub months: i64,
+    /// PRODUCT:USERS:DAYS_PER_MONTH, e.g. autocad:10:4 (repeat for more rows)
+    #[arg(long = "row", value_name = "PRODUCT:USERS:DAYS", value_parser = parse_row)]
+    pub row: Vec<(String, i64, f64)>,
+    /// Take the rows from real Flex usage from this day, YYYY-MM-DD (with --usage-to)
+    #[arg(long = "from-usage", value_name = "YYYY-MM-DD", requires = "usage_to")]
+    pub usage_from: Option<String>,
+    /// Last day of that usage, inclusive
+    #[arg(long = "usage-to", value_name = "YYYY-MM-DD", requires = "usage_from")]
+    pub usage_to: Option<String>,
+}
+
+/// Parses `PRODUCT:USERS:DAYS`.
+pub fn parse_row(text: &str) -> Result<(String, i64, f64), String> {
+    let bad = || format!("'{text}' is not PRODUCT:USERS:DAYS_PER_MONTH, e.g. autocad:10:4");
+    let mut parts = text.split(':');
+    let (Some(p), Some(u), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let users = u.trim().parse().map_err(|_| bad())?;
+    let days = d.trim().parse().map_err(|_| bad())?;
+    Ok((p.trim().to_owned(), users, days))
 }
 
 #[derive(Debug, Clone, PartialEq, Subcommand)]
@@ -180,6 +255,47 @@ pub enum TokensCmd {
     Balance,
 }
 
+/// `enroll-token [--uses N] [--ttl 30d] [--note TEXT]`, `enroll-token list`,
+/// `enroll-token revoke ID`.
+#[derive(Debug, Clone, PartialEq, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EnrollTokenArgs {
+    #[command(subcommand)]
+    pub action: Option<EnrollTokenCmd>,
+    /// How many agents may enroll with the token, e.g. 1000 for a fleet (default 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub uses: Option<u32>,
+    /// How long the token stays valid, e.g. 30d, 12h (default: the server's
+    /// enrollment_token_ttl, 7d)
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// A note shown in `enroll-token list`, e.g. "Berlin rollout"
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum EnrollTokenCmd {
+    /// List enrollment tokens (never their secrets) with uses left and state
+    List,
+    /// Revoke an enrollment token: no further agent enrolls with it
+    Revoke {
+        /// Token id from `enroll-token list` (ek_...)
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum DevicesCmd {
+    /// List enrolled workstations: host, platform, agent version, last contact
+    List,
+    /// Revoke a workstation: the server refuses its credential from now on
+    Revoke {
+        /// Device id from `devices list`
+        id: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum TestClockCmd {
     /// Set the server's time, e.g. 2026-03-15T10:00:00Z
@@ -257,6 +373,72 @@ mod tests {
         assert_eq!(now.to_rfc3339(), "2026-03-15T10:00:00+00:00");
         let err = parse(&["test-clock", "set", "monday"]).unwrap_err();
         assert!(err.to_string().contains("'monday' is not an RFC 3339 time"));
+    }
+
+    #[test]
+    fn enroll_token_creates_lists_and_revokes() {
+        let cli = parse(&["enroll-token", "--uses", "1000", "--ttl", "30d"]).unwrap();
+        let Command::EnrollToken(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            (args.action, args.uses, args.ttl.as_deref()),
+            (None, Some(1000), Some("30d"))
+        );
+        let cli = parse(&["enroll-token", "revoke", "ek_1"]).unwrap();
+        let Command::EnrollToken(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            args.action,
+            Some(EnrollTokenCmd::Revoke { id: "ek_1".into() })
+        );
+        assert!(parse(&["enroll-token", "--uses", "0"]).is_err());
+        assert!(parse(&["enroll-token", "--uses", "3", "list"]).is_err());
+        let cli = parse(&["devices", "revoke", "d-1"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Devices(DevicesCmd::Revoke { id: "d-1".into() })
+        );
+    }
+
+    #[test]
+    fn report_takes_a_month_or_a_period() {
+        let cli = parse(&["report", "--by", "user", "--month", "2026-11"]).unwrap();
+        let Command::Report(r) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!((r.by, r.month.as_deref()), (ByArg::User, Some("2026-11")));
+        assert!(parse(&["report"]).is_err());
+        assert!(parse(&["report", "--from", "2026-11-01"]).is_err());
+        assert!(parse(&[
+            "report",
+            "--month",
+            "2026-11",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-02"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn estimate_rows_are_product_users_days() {
+        let cli = parse(&["estimate", "--row", "autocad:10:4", "--row", "revit:2:10.5"]).unwrap();
+        let Command::Estimate(e) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(
+            e.row,
+            vec![("autocad".into(), 10, 4.0), ("revit".into(), 2, 10.5)]
+        );
+        assert_eq!(e.months, 12);
+        let err = parse(&["estimate", "--row", "autocad:ten:4"]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("'autocad:ten:4' is not PRODUCT:USERS:DAYS_PER_MONTH"));
+        assert!(parse(&["estimate"]).is_err());
     }
 
     #[test]

@@ -130,6 +130,12 @@ pub(crate) fn hint_for(code: ErrorCode, path: &str) -> &'static str {
         ErrorCode::NotFound if path.starts_with("/v1/admin/subscriptions/") => {
             ": see each user's subscriptions with `flex-admin users list`"
         }
+        ErrorCode::NotFound if path.starts_with("/v1/admin/devices/") => {
+            ": see the device ids with `flex-admin devices list`"
+        }
+        ErrorCode::NotFound if path.starts_with("/v1/admin/enrollment-tokens/") => {
+            ": see the token ids with `flex-admin enroll-token list`"
+        }
         ErrorCode::UnknownUser => {
             ": add the user first with `flex-admin users add EMAIL --first NAME --last NAME`"
         }

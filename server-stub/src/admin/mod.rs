@@ -13,8 +13,10 @@ pub mod call;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod fleet;
 pub mod names;
 pub mod render;
+pub mod render_reports;
 pub mod table;
 
 use std::io::Write;

@@ -46,7 +46,9 @@ pub fn needed(command: &Command) -> bool {
             )
             | Command::Defaults(DefaultsCmd::Show | DefaultsCmd::Set { .. })
             | Command::Charges { .. }
-    )
+            | Command::Recommend { .. }
+            | Command::Estimate(_)
+    ) || matches!(command, Command::Report(r) if !r.csv)
 }
 
 #[cfg(test)]

@@ -8,13 +8,17 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use flex_protocol::api::{
     AssignmentMode, Balance, ChargeKind, ChargeList, ChargeModel, DefaultAssignments,
-    EnrollmentToken, Health, ImportResult, Lot, NoticeKind, NoticeList, Product, ProductList,
-    Subscription, TestClock, User, UserList,
+    EnrollmentToken, EnrollmentTokenList, Health, ImportResult, Lot, NoticeKind, NoticeList,
+    Product, ProductList, Subscription, TestClock, User, UserList,
 };
 use serde::de::DeserializeOwned;
 
-use super::cli::{Command, DefaultsCmd, SubscriptionsCmd, TestClockCmd, TokensCmd, UsersCmd};
+use super::cli::{
+    Command, DefaultsCmd, DevicesCmd, EnrollTokenCmd, SubscriptionsCmd, TestClockCmd, TokensCmd,
+    UsersCmd,
+};
 use super::error::AdminError;
+use super::fleet;
 pub use super::names::Names;
 use super::table::Table;
 
@@ -85,14 +89,15 @@ pub fn render(
         Command::Tokens(TokensCmd::Balance) => balance(&decode(what, body)?),
         Command::Charges { .. } => charges(&decode(what, body)?, names),
         Command::Notices => notices(&decode(what, body)?),
-        Command::EnrollToken => {
-            let t: EnrollmentToken = decode(what, body)?;
-            format!(
-                "enrollment token: {}\nexpires:          {}\nuse it once, when installing an agent\n",
-                t.token,
-                time(&t.expires_at)
-            )
-        }
+        Command::EnrollToken(args) => match args.action {
+            None => fleet::created(&decode::<EnrollmentToken>(what, body)?),
+            Some(EnrollTokenCmd::List) => {
+                fleet::tokens(&decode::<EnrollmentTokenList>(what, body)?.enrollment_tokens)
+            }
+            Some(EnrollTokenCmd::Revoke { .. }) => fleet::token_revoked(&decode(what, body)?),
+        },
+        Command::Devices(DevicesCmd::List) => fleet::devices(&decode(what, body)?),
+        Command::Devices(DevicesCmd::Revoke { .. }) => fleet::device_revoked(&decode(what, body)?),
         Command::TestClock(TestClockCmd::Set { .. }) => {
             let t: TestClock = decode(what, body)?;
             format!("server time is now {}\n", time(&t.now))
@@ -106,6 +111,13 @@ pub fn render(
                 time(&h.server_time)
             )
         }
+        Command::Report(r) if r.csv => body.to_owned(),
+        Command::Report(_) => super::render_reports::usage(&decode(what, body)?, names),
+        Command::Recommend { .. } => {
+            super::render_reports::recommendations(&decode(what, body)?, names)
+        }
+        Command::Estimate(_) => super::render_reports::estimate(&decode(what, body)?, names),
+        Command::Forecast => super::render_reports::forecast(&decode(what, body)?),
     };
     Ok(out)
 }
@@ -509,7 +521,12 @@ mod tests {
             "bought lot 3: 500 tokens, expires 2027-03-15T10:00:00Z\n"
         );
         let out = show(
-            Command::EnrollToken,
+            Command::EnrollToken(crate::admin::cli::EnrollTokenArgs {
+                action: None,
+                uses: None,
+                ttl: None,
+                note: None,
+            }),
             json!({"token": "et_abc", "expires_at": "2026-03-16T10:00:00Z"}),
         );
         assert!(out.starts_with("enrollment token: et_abc\n"), "{out}");

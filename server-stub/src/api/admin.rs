@@ -127,12 +127,57 @@ pub async fn notices(_: Admin, State(st): State<AppState>) -> ApiResult<Json<Not
     Ok(Json(NoticeList { notices }))
 }
 
+/// A body is optional: no body (or `{}`) makes a one-use key with the default ttl.
 pub async fn enrollment_token(
     _: Admin,
     State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<EnrollmentToken>)> {
-    let token = st.store.run(|s| s.create_enrollment_token()).await?;
+    let body = body.map_err(bytes_rejection)?;
+    let req: NewEnrollmentToken = if body.iter().all(u8::is_ascii_whitespace) {
+        NewEnrollmentToken::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?
+    };
+    let token = st
+        .store
+        .run(move |s| s.create_enrollment_token(&req))
+        .await?;
     Ok((StatusCode::CREATED, Json(token)))
+}
+
+pub async fn enrollment_tokens(
+    _: Admin,
+    State(st): State<AppState>,
+) -> ApiResult<Json<EnrollmentTokenList>> {
+    let enrollment_tokens = st.store.run(|s| s.enrollment_tokens()).await?;
+    Ok(Json(EnrollmentTokenList { enrollment_tokens }))
+}
+
+pub async fn revoke_enrollment_token(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EnrollmentTokenInfo>> {
+    Ok(Json(
+        st.store
+            .run(move |s| s.revoke_enrollment_token(&id))
+            .await?,
+    ))
+}
+
+pub async fn devices(_: Admin, State(st): State<AppState>) -> ApiResult<Json<DeviceList>> {
+    let devices = st.store.run(|s| s.devices()).await?;
+    Ok(Json(DeviceList { devices }))
+}
+
+pub async fn revoke_device(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceInfo>> {
+    Ok(Json(st.store.run(move |s| s.revoke_device(&id)).await?))
 }
 
 pub async fn set_test_clock(

@@ -1,7 +1,7 @@
 //! Handlers of `/v1/agent/*` and `/v1/health`. Every agent call but `enroll`
 //! takes [`Device`]: the device token identifies the workstation.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -56,4 +56,13 @@ pub async fn products(_: Device, State(st): State<AppState>) -> Json<ProductList
     Json(ProductList {
         products: st.store.rates().products().to_vec(),
     })
+}
+
+/// Whether a user is known, for `flexctl doctor` on a workstation.
+pub async fn user_check(
+    _: Device,
+    State(st): State<AppState>,
+    Path(email): Path<String>,
+) -> Result<Json<UserCheck>, ApiError> {
+    Ok(Json(st.store.run(move |s| s.check_user(&email)).await?))
 }

@@ -69,9 +69,15 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(m) => ApiError::invalid(m),
+            StoreError::Rule(e) => ApiError::invalid(e.message),
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, m),
             StoreError::Unauthorized(m) => ApiError::unauthorized(m),
+            StoreError::Expired(m) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::EnrollmentTokenExpired,
+                m,
+            ),
             StoreError::Import(_) => ApiError::invalid(e.to_string()),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

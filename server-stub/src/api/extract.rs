@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::store::DeviceAuth;
 
 /// `axum::Json` whose rejections are `{"error":{...}}` naming the bad field.
 pub struct ApiJson<T>(pub T);
@@ -115,8 +116,18 @@ impl FromRequestParts<AppState> for Device {
             .run(move |s| s.authenticate_device(&token))
             .await?
         {
-            Some(id) => Ok(Device(id)),
-            None => Err(ApiError::unauthorized(
+            DeviceAuth::Active(id) => Ok(Device(id)),
+            DeviceAuth::Revoked { id, at } => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::DeviceRevoked,
+                format!(
+                    "this workstation (device {id}) was revoked by the license admin at {}: \
+                     it can no longer license products; ask IT to enroll it again with a new \
+                     enrollment token",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            )),
+            DeviceAuth::Unknown => Err(ApiError::unauthorized(
                 "the device token is not valid; enroll the agent again",
             )),
         }

@@ -4,6 +4,7 @@ mod admin;
 mod agent;
 pub mod error;
 mod extract;
+mod reports;
 
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     admin_token_hash: [u8; 32],
     /// Present only when the server was started with `--test-clock`.
     pub test_clock: Option<TestClock>,
+    /// The web console's sessions and cookie settings.
+    pub console: Arc<crate::console::Console>,
 }
 
 impl AppState {
@@ -41,11 +44,18 @@ impl AppState {
             store,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
             test_clock,
+            console: Arc::new(crate::console::Console::default()),
         }
     }
 
+    /// Console cookies get `Secure` (the server speaks TLS).
+    pub fn with_secure_cookies(mut self, secure: bool) -> Self {
+        self.console = Arc::new(crate::console::Console::new(secure));
+        self
+    }
+
     /// Compares digests so the time taken does not depend on a matching prefix.
-    fn admin_token_matches(&self, presented: &str) -> bool {
+    pub(crate) fn admin_token_matches(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         digest
             .iter()
@@ -77,7 +87,20 @@ pub fn router(state: AppState) -> Router {
         .route("/balance", get(admin::balance))
         .route("/charges", get(admin::charges))
         .route("/notices", get(admin::notices))
-        .route("/enrollment-tokens", post(admin::enrollment_token));
+        .route(
+            "/enrollment-tokens",
+            post(admin::enrollment_token).get(admin::enrollment_tokens),
+        )
+        .route(
+            "/enrollment-tokens/{id}",
+            delete(admin::revoke_enrollment_token),
+        )
+        .route("/devices", get(admin::devices))
+        .route("/devices/{id}", delete(admin::revoke_device))
+        .route("/reports/usage", get(reports::usage))
+        .route("/recommendations", get(reports::recommendations))
+        .route("/estimate", post(reports::estimate))
+        .route("/forecast", get(reports::forecast));
     if state.test_clock.is_some() {
         admin = admin.route(
             "/test-clock",
@@ -88,12 +111,14 @@ pub fn router(state: AppState) -> Router {
         .route("/enroll", post(agent::enroll))
         .route("/claims", post(agent::claim))
         .route("/heartbeat", post(agent::heartbeat))
-        .route("/products", get(agent::products));
+        .route("/products", get(agent::products))
+        .route("/users/{email}", get(agent::user_check));
     Router::new()
         .route("/v1/health", get(agent::health))
         .route("/v1/openapi.json", get(openapi))
         .nest("/v1/admin", admin)
         .nest("/v1/agent", agent)
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

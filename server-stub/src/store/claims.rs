@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::lots::{balance_of, spend};
 use super::users::{has_subscription, load_defaults, load_user, normalize_email};
 use super::{notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
+use crate::rules::{entitlement, per_result, windows};
 
 /// The stored answer to a claim: replayed byte for byte on a retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +153,7 @@ fn denied(reason: ErrorCode, message: String, balance: Option<u64>) -> ClaimResp
     })
 }
 
+#[derive(Clone, Copy)]
 struct ChargeRow<'a> {
     claim_id: &'a str,
     user: &'a str,
@@ -281,32 +283,69 @@ impl Store {
         Ok(ClaimOutcome { status: 200, body })
     }
 
-    /// R4: subscription first, then Flex within the default assignments.
-    fn entitlement(&self, tx: &Connection, user: &str, product: &str) -> Result<Option<Source>> {
-        let Some(u) = load_user(tx, user)? else {
-            return Ok(None);
+    /// The facts of R4 and R7, decided by [`entitlement::decide`].
+    fn entitlement(
+        &self,
+        tx: &Connection,
+        user: &str,
+        product: &str,
+    ) -> Result<std::result::Result<Source, String>> {
+        let u = load_user(tx, user)?;
+        let defaults = load_defaults(tx)?;
+        let facts = entitlement::Facts {
+            known: u.is_some(),
+            flex_assigned: u.as_ref().is_some_and(|u| u.flex_assigned),
+            subscribed: u.is_some() && has_subscription(tx, user, product)?,
+            defaults: &defaults,
         };
-        if has_subscription(tx, user, product)? {
-            return Ok(Some(Source::Subscription));
-        }
-        if u.flex_assigned && load_defaults(tx)?.allows(product) {
-            return Ok(Some(Source::Tokens));
-        }
-        Ok(None)
-    }
-
-    fn not_entitled(&self, tx: &Connection, user: &str, product: &str) -> Result<ClaimResponse> {
-        // Messages are for people: the product by its display name.
-        let product = self
+        // Refusals are read by people: the product by its display name.
+        let name = self
             .rates()
             .get(product)
             .map_or(product, |p| p.name.as_str());
-        let msg = if load_user(tx, user)?.is_none() {
-            format!("{user} is not a known user; ask your license admin to add you to Flex")
-        } else {
-            format!("{user} has no subscription to {product} and Flex does not include it; ask your license admin")
+        Ok(entitlement::decide_as(user, product, name, &facts))
+    }
+
+    /// Spends the charge's tokens in R3 order (planned by [`crate::ledger`]),
+    /// runs `before_charge`, records the charge and raises the notices it
+    /// causes; or refuses the whole charge, writes nothing and raises
+    /// `out_of_tokens`. The one path every charge takes.
+    fn pay(
+        &self,
+        tx: &Connection,
+        charge: &ChargeRow<'_>,
+        refusal: impl FnOnce(u64) -> String,
+        before_charge: impl FnOnce() -> Result<()>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClaimResponse>> {
+        let shares = match spend(tx, charge.tokens, now)? {
+            Ok(s) => s,
+            Err(short) => {
+                let name = self
+                    .rates()
+                    .get(charge.product)
+                    .map_or(charge.product, |p| p.name.as_str());
+                notices::on_refusal(tx, charge.user, name, short.balance, charge.tokens, now)?;
+                return Ok(Some(denied(
+                    ErrorCode::OutOfTokens,
+                    refusal(short.balance),
+                    Some(short.balance),
+                )));
+            }
         };
-        Ok(denied(ErrorCode::NotEntitled, msg, None))
+        before_charge()?;
+        insert_charge(
+            tx,
+            &ChargeRow {
+                shares: &shares,
+                ..*charge
+            },
+            now,
+        )?;
+        if charge.tokens > 0 {
+            notices::after_charge(tx, self.policy(), now)?;
+        }
+        Ok(None)
     }
 
     fn decide(
@@ -329,7 +368,7 @@ impl Store {
         }
 
         let len = chrono::Duration::from_std(self.policy().window).expect("window fits");
-        let (start, kind) = match &req.renews {
+        let renews_end = match &req.renews {
             Some(old_id) => {
                 let old = load_window(tx, old_id)?.ok_or_else(|| {
                     StoreError::Invalid(format!("renews: window '{old_id}' does not exist"))
@@ -340,51 +379,24 @@ impl Store {
                         old.user, old.product, req.product
                     )));
                 }
-                (old.end, ChargeKind::Renewal)
+                Some(old.end)
             }
-            None => (now, ChargeKind::Window),
+            None => None,
         };
-        let end = start + len;
+        let (start, end, kind) = windows::requested(now, renews_end, len);
 
         // Inside an open window (or one already renewed by another device) the
         // launch is free, whatever the assignments say now (R7).
-        let existing = match kind {
-            ChargeKind::Window => {
-                let instant = now + chrono::Duration::microseconds(1);
-                overlapping(tx, user, &req.product, now, instant)?
-            }
-            _ => overlapping(tx, user, &req.product, start, end)?,
-        };
-        if let Some(w) = existing {
+        let (from, to) = windows::lookup(kind, now, start, end);
+        if let Some(w) = overlapping(tx, user, &req.product, from, to)? {
             return self.grant(tx, device_id, &w, 0, now);
         }
 
-        let Some(source) = self.entitlement(tx, user, &req.product)? else {
-            return self.not_entitled(tx, user, &req.product);
+        let source = match self.entitlement(tx, user, &req.product)? {
+            Ok(source) => source,
+            Err(why) => return Ok(denied(ErrorCode::NotEntitled, why, None)),
         };
-        let cost = match (source, product.charge) {
-            (Source::Tokens, ChargeModel::Daily { tokens }) => tokens,
-            // Opening a per-result product is free; its jobs are charged.
-            _ => 0,
-        };
-        let shares = match spend(tx, cost, now)? {
-            Ok(s) => s,
-            Err(short) => {
-                let name = self
-                    .rates()
-                    .get(&req.product)
-                    .map_or(req.product.as_str(), |p| p.name.as_str());
-                notices::on_refusal(tx, user, name, short.balance, cost, now)?;
-                return Ok(denied(
-                    ErrorCode::OutOfTokens,
-                    format!(
-                        "{} costs {cost} tokens for 24 hours and the balance is {}; ask your license admin to buy tokens",
-                        product.name, short.balance
-                    ),
-                    Some(short.balance),
-                ));
-            }
-        };
+        let cost = windows::cost(source, product.charge);
         let window = WindowRow {
             id: uuid::Uuid::new_v4().to_string(),
             source,
@@ -393,29 +405,35 @@ impl Store {
             user: user.to_string(),
             product: req.product.clone(),
         };
-        tx.execute(
-            "INSERT INTO windows (id, user, product, source, start, end, renews) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![window.id, user, req.product, source.as_str(), ts(start), ts(end), req.renews],
-        )?;
-        insert_charge(
-            tx,
-            &ChargeRow {
-                claim_id: &req.claim_id,
-                user,
-                product: &req.product,
-                version: req.version.as_deref(),
-                kind,
-                source,
-                window_id: Some(&window.id),
-                results: None,
-                tokens: cost,
-                device_id,
-                shares: &shares,
-            },
-            now,
-        )?;
-        if cost > 0 {
-            notices::after_charge(tx, self.policy(), now)?;
+        let charge = ChargeRow {
+            claim_id: &req.claim_id,
+            user,
+            product: &req.product,
+            version: req.version.as_deref(),
+            kind,
+            source,
+            window_id: Some(&window.id),
+            results: None,
+            tokens: cost,
+            device_id,
+            shares: &[],
+        };
+        let refusal = |balance| {
+            format!(
+                "{} costs {cost} tokens for 24 hours and the balance is {balance}; ask your license admin to buy tokens",
+                product.name
+            )
+        };
+        // The window is written once paid for, before the charge that names it.
+        let open = || -> Result<()> {
+            tx.execute(
+                "INSERT INTO windows (id, user, product, source, start, end, renews) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![window.id, user, req.product, source.as_str(), ts(start), ts(end), req.renews],
+            )?;
+            Ok(())
+        };
+        if let Some(refused) = self.pay(tx, &charge, refusal, open, now)? {
+            return Ok(refused);
         }
         self.grant(tx, device_id, &window, cost, now)
     }
@@ -460,57 +478,37 @@ impl Store {
         results: u64,
         now: DateTime<Utc>,
     ) -> Result<ClaimResponse> {
-        let Some(job_cost) = charge.per_result_cost(results) else {
+        if charge.per_result_cost(results).is_none() {
             return Err(StoreError::Invalid(format!(
                 "product '{}' is charged per day; results are only for per-result products",
                 req.product
             )));
+        }
+        let source = match self.entitlement(tx, user, &req.product)? {
+            Ok(source) => source,
+            Err(why) => return Ok(denied(ErrorCode::NotEntitled, why, None)),
         };
-        let Some(source) = self.entitlement(tx, user, &req.product)? else {
-            return self.not_entitled(tx, user, &req.product);
+        let cost = per_result::job_cost(charge, results, source).expect("a per-result product");
+        let row = ChargeRow {
+            claim_id: &req.claim_id,
+            user,
+            product: &req.product,
+            version: req.version.as_deref(),
+            kind: ChargeKind::PerResult,
+            source,
+            window_id: None,
+            results: Some(results),
+            tokens: cost,
+            device_id,
+            shares: &[],
         };
-        let cost = if source == Source::Tokens {
-            job_cost
-        } else {
-            0
+        let refusal = |balance| {
+            format!(
+                "a job of {results} results costs {cost} tokens and the balance is {balance}; ask your license admin to buy tokens"
+            )
         };
-        let shares = match spend(tx, cost, now)? {
-            Ok(s) => s,
-            Err(short) => {
-                let name = self
-                    .rates()
-                    .get(&req.product)
-                    .map_or(req.product.as_str(), |p| p.name.as_str());
-                notices::on_refusal(tx, user, name, short.balance, cost, now)?;
-                return Ok(denied(
-                    ErrorCode::OutOfTokens,
-                    format!(
-                        "a job of {results} results costs {cost} tokens and the balance is {}; ask your license admin to buy tokens",
-                        short.balance
-                    ),
-                    Some(short.balance),
-                ));
-            }
-        };
-        insert_charge(
-            tx,
-            &ChargeRow {
-                claim_id: &req.claim_id,
-                user,
-                product: &req.product,
-                version: req.version.as_deref(),
-                kind: ChargeKind::PerResult,
-                source,
-                window_id: None,
-                results: Some(results),
-                tokens: cost,
-                device_id,
-                shares: &shares,
-            },
-            now,
-        )?;
-        if cost > 0 {
-            notices::after_charge(tx, self.policy(), now)?;
+        if let Some(refused) = self.pay(tx, &row, refusal, || Ok(()), now)? {
+            return Ok(refused);
         }
         Ok(ClaimResponse::Granted(Grant {
             source,

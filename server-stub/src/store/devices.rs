@@ -1,31 +1,71 @@
-//! Enrollment tokens and device credentials.
+//! Devices: enrollment (an enrollment key for a device credential), bearer-token
+//! authentication, the inventory and revocation.
 //!
-//! Both kinds of secret are stored only as SHA-256 hashes: a copy of the database
-//! does not let anyone act as a device.
+//! Device tokens are stored only as SHA-256 hashes: a copy of the database does
+//! not let anyone act as a device. A revoked device keeps its row (its usage and
+//! history stay in the reports) but its token is refused from then on.
 
-use flex_protocol::api::{EnrollRequest, EnrollResponse, EnrollmentToken};
-use rusqlite::{params, OptionalExtension};
+use chrono::{DateTime, Utc};
+use flex_protocol::api::{DeviceInfo, EnrollRequest, EnrollResponse};
+use rusqlite::{params, OptionalExtension, Row};
 
+use super::enrollment::{find_key, take_use, KeyRefusal};
 use super::{new_secret, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 
-impl Store {
-    /// A one-time token that lets one agent enroll.
-    pub fn create_enrollment_token(&self) -> Result<EnrollmentToken> {
-        let now = self.now();
-        let ttl = chrono::Duration::from_std(self.enrollment_ttl).expect("ttl fits");
-        let token = new_secret("fet_");
-        let expires_at = now + ttl;
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at) VALUES (?1, ?2, ?3)",
-                params![sha256_hex(token.as_bytes()), ts(now), ts(expires_at)],
-            )?;
-            Ok(())
-        })?;
-        Ok(EnrollmentToken { token, expires_at })
-    }
+/// Longest platform or agent version string kept from an agent.
+const MAX_LABEL: usize = 64;
 
-    /// Exchanges an enrollment token for a device credential.
+/// Who a device bearer token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAuth {
+    /// An enrolled device in good standing.
+    Active(String),
+    /// A device an admin revoked at the given time.
+    Revoked { id: String, at: DateTime<Utc> },
+    /// No device has this token.
+    Unknown,
+}
+
+/// A short printable label from the agent, or nothing.
+fn label(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_LABEL)
+                .collect()
+        })
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, hostname, platform, agent_version, enrolled_at, last_seen, revoked_at, enrollment_key";
+
+fn device_row(r: &Row<'_>) -> Result<DeviceInfo> {
+    let revoked_at = r
+        .get::<_, Option<String>>(6)?
+        .map(|t| parse_ts(&t))
+        .transpose()?;
+    Ok(DeviceInfo {
+        id: r.get(0)?,
+        hostname: r.get(1)?,
+        platform: r.get(2)?,
+        agent_version: r.get(3)?,
+        enrolled_at: parse_ts(&r.get::<_, String>(4)?)?,
+        last_seen: r
+            .get::<_, Option<String>>(5)?
+            .map(|t| parse_ts(&t))
+            .transpose()?,
+        revoked: revoked_at.is_some(),
+        revoked_at,
+        enrollment_token: r.get(7)?,
+    })
+}
+
+impl Store {
+    /// Exchanges an enrollment key for a device credential, taking one of its uses.
     pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
         let hostname = req.hostname.trim();
         if hostname.is_empty() || hostname.len() > 255 || hostname.chars().any(char::is_control) {
@@ -35,41 +75,30 @@ impl Store {
             )));
         }
         let now = self.now();
-        let hash = sha256_hex(req.enrollment_token.trim().as_bytes());
         let device_id = uuid::Uuid::new_v4().to_string();
         let device_token = new_secret("fdt_");
-        self.write(|tx| {
-            let row: Option<(String, Option<String>)> = tx
-                .query_row(
-                    "SELECT expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1",
-                    [&hash],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let refuse = |why: &str| {
-                Err(StoreError::Unauthorized(format!(
-                    "enrollment token {why}; ask your license admin for a new one (flex-admin enroll-token)"
-                )))
-            };
-            match row {
-                None => return refuse("is not known"),
-                Some((_, Some(_))) => return refuse("was already used"),
-                Some((expires, None)) if parse_ts(&expires)? <= now => {
-                    return refuse("has expired")
-                }
-                Some(_) => {}
-            }
+        let key_id = self.write(|tx| {
+            let key = find_key(tx, &req.enrollment_token)?
+                .ok_or(KeyRefusal::Unknown)
+                .and_then(|k| k.check(now).map(|()| k))
+                .map_err(KeyRefusal::into_error)?;
+            take_use(tx, &key.id)?;
             tx.execute(
-                "UPDATE enrollment_tokens SET used_at = ?1, device_id = ?2 WHERE token_hash = ?3",
-                params![ts(now), device_id, hash],
+                "INSERT INTO devices (id, hostname, token_hash, enrolled_at, platform, agent_version, enrollment_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    device_id,
+                    hostname,
+                    sha256_hex(device_token.as_bytes()),
+                    ts(now),
+                    label(&req.platform),
+                    label(&req.agent_version),
+                    key.id
+                ],
             )?;
-            tx.execute(
-                "INSERT INTO devices (id, hostname, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
-                params![device_id, hostname, sha256_hex(device_token.as_bytes()), ts(now)],
-            )?;
-            Ok(())
+            Ok(key.id)
         })?;
-        tracing::info!(%device_id, hostname, "device enrolled");
+        tracing::info!(%device_id, hostname, key = %key_id, "device enrolled");
         Ok(EnrollResponse {
             device_id,
             device_token,
@@ -77,16 +106,256 @@ impl Store {
         })
     }
 
-    /// The device a bearer token belongs to, if any.
-    pub fn authenticate_device(&self, token: &str) -> Result<Option<String>> {
+    /// The device a bearer token belongs to, and whether it may still call.
+    pub fn authenticate_device(&self, token: &str) -> Result<DeviceAuth> {
         let hash = sha256_hex(token.as_bytes());
-        self.read(|c| {
+        let row: Option<(String, Option<String>)> = self.read(|c| {
             Ok(c.query_row(
-                "SELECT id FROM devices WHERE token_hash = ?1",
+                "SELECT id, revoked_at FROM devices WHERE token_hash = ?1",
                 [hash],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+        })?;
+        Ok(match row {
+            None => DeviceAuth::Unknown,
+            Some((id, None)) => DeviceAuth::Active(id),
+            Some((id, Some(at))) => DeviceAuth::Revoked {
+                id,
+                at: parse_ts(&at)?,
+            },
         })
+    }
+
+    /// Whether the server knows `email` (for a device's `flexctl doctor`).
+    pub fn check_user(&self, email: &str) -> Result<flex_protocol::api::UserCheck> {
+        let normalized = super::users::normalize_email(email).map_err(|e| {
+            StoreError::Invalid(format!(
+                "'{}' {e}",
+                email.chars().take(64).collect::<String>()
+            ))
+        })?;
+        let user = self.read(|c| super::users::load_user(c, &normalized))?;
+        Ok(match user {
+            Some(u) => flex_protocol::api::UserCheck {
+                email: u.email,
+                known: true,
+                flex_assigned: u.flex_assigned,
+                subscriptions: u.subscriptions,
+            },
+            None => flex_protocol::api::UserCheck {
+                email: normalized,
+                known: false,
+                flex_assigned: false,
+                subscriptions: Vec::new(),
+            },
+        })
+    }
+
+    /// Every device, newest enrollment first.
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
+            ))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(device_row(r)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Revokes device `id`: its token is refused from the next request on.
+    /// Revoking twice keeps the first time.
+    pub fn revoke_device(&self, id: &str) -> Result<DeviceInfo> {
+        let now = self.now();
+        let device = self.write(|tx| {
+            tx.execute(
+                "UPDATE devices SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                params![ts(now), id],
+            )?;
+            tx.query_row(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+                [id],
+                |r| Ok(device_row(r)),
+            )
+            .optional()?
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "device",
+                key: id.to_string(),
+            })
+        })?;
+        tracing::warn!(device_id = %id, hostname = %device.hostname, "device revoked");
+        Ok(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use flex_protocol::api::NewEnrollmentToken;
+    use flex_protocol::ErrorCode;
+
+    use super::*;
+    use crate::clock::TestClock;
+    use crate::config::PolicyConfig;
+    use crate::rates::RateSheet;
+
+    fn store(dir: &std::path::Path) -> (Arc<Store>, TestClock) {
+        let clock = TestClock::new("2026-11-02T08:00:00Z".parse().unwrap());
+        let s = Store::open(
+            dir,
+            Arc::new(clock.clone()),
+            PolicyConfig::default(),
+            RateSheet::sample(),
+        )
+        .unwrap();
+        (Arc::new(s), clock)
+    }
+
+    fn enroll(s: &Store, token: &str, host: &str) -> Result<EnrollResponse> {
+        s.enroll(&EnrollRequest {
+            enrollment_token: token.into(),
+            hostname: host.into(),
+            platform: Some("linux".into()),
+            agent_version: Some("9.9.9".into()),
+        })
+    }
+
+    fn key(s: &Store, uses: u32, ttl: &str) -> String {
+        s.create_enrollment_token(&NewEnrollmentToken {
+            uses: Some(uses),
+            ttl: Some(ttl.into()),
+            note: None,
+        })
+        .unwrap()
+        .token
+    }
+
+    #[test]
+    fn a_key_enrolls_exactly_its_uses_even_when_agents_race() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, _) = store(tmp.path());
+        let token = key(&s, 3, "1d");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, token) = (s.clone(), token.clone());
+                std::thread::spawn(move || enroll(&s, &token, &format!("ws-{i}")).is_ok())
+            })
+            .collect();
+        let ok = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(ok, 3);
+        assert_eq!(s.devices().unwrap().len(), 3);
+        let err = enroll(&s, &token, "ws-9").unwrap_err().to_string();
+        assert!(err.contains("enrolled 3 device(s), its limit"), "{err}");
+        let list = s.enrollment_tokens().unwrap();
+        assert_eq!((list[0].uses, list[0].uses_left), (3, 0));
+        assert_eq!(
+            list[0].state,
+            flex_protocol::api::EnrollmentTokenState::UsedUp
+        );
+        let d = &s.devices().unwrap()[0];
+        assert_eq!(d.platform.as_deref(), Some("linux"));
+        assert_eq!(d.agent_version.as_deref(), Some("9.9.9"));
+        assert_eq!(d.enrollment_token.as_deref(), Some(list[0].id.as_str()));
+    }
+
+    #[test]
+    fn expired_and_revoked_keys_are_refused_and_use_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, clock) = store(tmp.path());
+        let token = key(&s, 5, "1h");
+        clock.advance(chrono::Duration::hours(2));
+        let err = enroll(&s, &token, "ws-1").unwrap_err();
+        assert!(matches!(err, StoreError::Expired(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("expired at 2026-11-02T09:00:00"),
+            "{err}"
+        );
+        let api = crate::api::error::ApiError::from(err);
+        assert_eq!(
+            (api.status.as_u16(), api.code),
+            (401, ErrorCode::EnrollmentTokenExpired)
+        );
+
+        let token = key(&s, 5, "1d");
+        let id = s.enrollment_tokens().unwrap()[0].id.clone();
+        let revoked = s.revoke_enrollment_token(&id).unwrap();
+        assert_eq!(revoked.uses_left, 5);
+        let err = enroll(&s, &token, "ws-1").unwrap_err().to_string();
+        assert!(err.contains("revoked"), "{err}");
+        assert!(s.devices().unwrap().is_empty());
+        assert!(matches!(
+            s.revoke_enrollment_token("ek_nope"),
+            Err(StoreError::NotFound { .. })
+        ));
+        let err = enroll(&s, "fet_guess", "ws-1").unwrap_err().to_string();
+        assert!(err.contains("not known"), "{err}");
+    }
+
+    #[test]
+    fn a_revoked_device_is_refused_and_stays_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, clock) = store(tmp.path());
+        let d = enroll(&s, &key(&s, 1, "1d"), "ws-1").unwrap();
+        assert_eq!(
+            s.authenticate_device(&d.device_token).unwrap(),
+            DeviceAuth::Active(d.device_id.clone())
+        );
+        clock.advance(chrono::Duration::minutes(5));
+        let first = s.revoke_device(&d.device_id).unwrap();
+        assert!(first.revoked);
+        clock.advance(chrono::Duration::minutes(5));
+        assert_eq!(
+            s.revoke_device(&d.device_id).unwrap().revoked_at,
+            first.revoked_at
+        );
+        assert_eq!(
+            s.authenticate_device(&d.device_token).unwrap(),
+            DeviceAuth::Revoked {
+                id: d.device_id.clone(),
+                at: first.revoked_at.unwrap()
+            }
+        );
+        assert_eq!(s.authenticate_device("fdt_x").unwrap(), DeviceAuth::Unknown);
+        assert_eq!(s.devices().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn single_use_tokens_of_the_first_schema_carry_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flex.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(super::super::MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, used_at) VALUES
+                 (?1, '2026-11-01T00:00:00.000000Z', '2026-11-09T00:00:00.000000Z', NULL),
+                 (?2, '2026-11-01T00:00:00.000000Z', '2026-11-09T00:00:00.000000Z', '2026-11-01T01:00:00.000000Z')",
+                [sha256_hex(b"fet_fresh"), sha256_hex(b"fet_used")],
+            )
+            .unwrap();
+        }
+        let (s, _) = store(tmp.path());
+        assert!(enroll(&s, "fet_used", "ws-1").is_err());
+        enroll(&s, "fet_fresh", "ws-1").unwrap();
+        assert!(enroll(&s, "fet_fresh", "ws-2").is_err());
+    }
+
+    #[test]
+    fn labels_are_trimmed_capped_and_printable() {
+        assert_eq!(label(&None), None);
+        assert_eq!(label(&Some("  ".into())), None);
+        assert_eq!(label(&Some(" linux\n".into())).as_deref(), Some("linux"));
+        assert_eq!(label(&Some("x".repeat(100))).unwrap().len(), MAX_LABEL);
     }
 }

@@ -71,8 +71,14 @@ impl Store {
                 )?;
             }
             tx.execute(
-                "UPDATE devices SET last_seen = ?1 WHERE id = ?2",
-                params![ts(now), device_id],
+                "UPDATE devices SET last_seen = ?1, agent_version = COALESCE(?3, agent_version) WHERE id = ?2",
+                params![
+                    ts(now),
+                    device_id,
+                    req.agent_version
+                        .as_deref()
+                        .map(|v| v.chars().filter(|c| !c.is_control()).take(64).collect::<String>())
+                ],
             )?;
             notices::check_expiring(tx, now)?;
             let mut recent = notices::list(tx, req.notices_after, 50)?;

@@ -13,10 +13,13 @@ mod batch;
 mod charges;
 mod claims;
 mod devices;
+mod enrollment;
 mod heartbeat;
 mod import;
 mod lots;
+mod mail;
 mod notices;
+mod reports;
 mod users;
 
 use std::path::Path;
@@ -34,22 +37,34 @@ use crate::rates::RateSheet;
 pub use batch::ClaimBatcher;
 pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
+pub use devices::DeviceAuth;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
+pub use users::{check_name, normalize_email};
 
 /// Numbered migrations, embedded in the binary and applied in order.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_enrollment_keys.sql"),
+    include_str!("../../migrations/0003_reports.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The request names an invalid value; nothing was written.
     #[error("{0}")]
     Invalid(String),
+    /// A rule refused a value, naming the field it is in; nothing was written.
+    #[error(transparent)]
+    Rule(#[from] crate::rules::Invalid),
     #[error("{what} '{key}' does not exist")]
     NotFound { what: &'static str, key: String },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// A credential that was valid once and has run out (an enrollment key).
+    #[error("{0}")]
+    Expired(String),
     /// A CSV import with bad lines; nothing was written.
     #[error("{} invalid line(s); nothing was imported", .0.len())]
     Import(Vec<flex_protocol::api::ImportError>),
@@ -86,7 +101,7 @@ pub struct Store {
     policy: PolicyConfig,
     rates: RateSheet,
     signer: LeaseSigner,
-    enrollment_ttl: std::time::Duration,
+    pub(crate) enrollment_ttl: std::time::Duration,
 }
 
 impl Store {

@@ -3,19 +3,18 @@
 //! zero or on a refused charge, re-armed by a purchase; `tokens_expiring` once per
 //! lot that has tokens left within 90 days of expiry.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use flex_protocol::api::{Notice, NoticeKind};
 use rusqlite::{params, Connection};
 
 use super::lots::load_lots;
 use super::{get_meta, parse_ts, set_meta, ts, Result, Store, StoreError};
 use crate::config::PolicyConfig;
-use crate::ledger;
+use crate::ledger::LotState;
+use crate::rules::notices::{self as rules, Armed, Raise};
 
 const LOW_ARMED: &str = "notice.low_balance.armed";
 const OUT_ARMED: &str = "notice.out_of_tokens.armed";
-/// How far ahead `tokens_expiring` looks.
-pub const EXPIRY_NOTICE_DAYS: i64 = 90;
 
 fn kind_str(kind: NoticeKind) -> &'static str {
     match kind {
@@ -34,17 +33,42 @@ fn kind_of(s: &str) -> Result<NoticeKind> {
     })
 }
 
-fn raise(conn: &Connection, kind: NoticeKind, message: &str, now: DateTime<Utc>) -> Result<()> {
-    tracing::info!(kind = kind_str(kind), "notice: {message}");
+fn raise(conn: &Connection, r: &Raise, now: DateTime<Utc>) -> Result<()> {
+    tracing::info!(kind = kind_str(r.kind), "notice: {}", r.message);
     conn.execute(
         "INSERT INTO notices (kind, message, created_at) VALUES (?1, ?2, ?3)",
-        params![kind_str(kind), message, ts(now)],
+        params![kind_str(r.kind), r.message, ts(now)],
     )?;
     Ok(())
 }
 
-fn armed(conn: &Connection, key: &str) -> Result<bool> {
-    Ok(get_meta(conn, key)?.as_deref() != Some("0"))
+fn load_armed(conn: &Connection) -> Result<Armed> {
+    let armed = |key| -> Result<bool> { Ok(get_meta(conn, key)?.as_deref() != Some("0")) };
+    Ok(Armed {
+        low: armed(LOW_ARMED)?,
+        out: armed(OUT_ARMED)?,
+    })
+}
+
+/// Raises `notices` and stores what changed in `armed`.
+fn apply(
+    conn: &Connection,
+    before: Armed,
+    notices: &[Raise],
+    after: Armed,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for n in notices {
+        raise(conn, n, now)?;
+    }
+    let flag = |b: bool| if b { "1" } else { "0" };
+    if before.low != after.low {
+        set_meta(conn, LOW_ARMED, flag(after.low))?;
+    }
+    if before.out != after.out {
+        set_meta(conn, OUT_ARMED, flag(after.out))?;
+    }
+    Ok(())
 }
 
 /// After tokens were spent.
@@ -53,32 +77,10 @@ pub(crate) fn after_charge(
     policy: &PolicyConfig,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let lots = load_lots(conn)?;
-    let balance = ledger::balance(&lots, now);
-    let bought = ledger::live_purchased(&lots, now);
-    let line = ledger::low_balance_threshold(bought, policy.low_balance_ratio);
-    if balance <= line && armed(conn, LOW_ARMED)? {
-        raise(
-            conn,
-            NoticeKind::LowBalance,
-            &format!(
-                "token balance is {balance}, at or below {:.0}% of the {bought} tokens in unexpired lots; buy tokens to keep Flex users working",
-                policy.low_balance_ratio * 100.0
-            ),
-            now,
-        )?;
-        set_meta(conn, LOW_ARMED, "0")?;
-    }
-    if balance == 0 && armed(conn, OUT_ARMED)? {
-        raise(
-            conn,
-            NoticeKind::OutOfTokens,
-            "token balance is 0: Flex launches are refused until tokens are bought",
-            now,
-        )?;
-        set_meta(conn, OUT_ARMED, "0")?;
-    }
-    Ok(())
+    let armed = load_armed(conn)?;
+    let (notices, next) =
+        rules::after_charge(&load_lots(conn)?, policy.low_balance_ratio, armed, now);
+    apply(conn, armed, &notices, next, now)
 }
 
 /// A charge was refused for lack of tokens; `product` is its display name.
@@ -90,16 +92,9 @@ pub(crate) fn on_refusal(
     needed: u64,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    if armed(conn, OUT_ARMED)? {
-        raise(
-            conn,
-            NoticeKind::OutOfTokens,
-            &format!("{user} was refused {product}: it costs {needed} tokens and the balance is {balance}"),
-            now,
-        )?;
-        set_meta(conn, OUT_ARMED, "0")?;
-    }
-    Ok(())
+    let armed = load_armed(conn)?;
+    let (notices, next) = rules::on_refusal(user, product, balance, needed, armed);
+    apply(conn, armed, &notices, next, now)
 }
 
 pub(crate) fn after_purchase(
@@ -107,42 +102,37 @@ pub(crate) fn after_purchase(
     policy: &PolicyConfig,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let lots = load_lots(conn)?;
-    let balance = ledger::balance(&lots, now);
-    let line =
-        ledger::low_balance_threshold(ledger::live_purchased(&lots, now), policy.low_balance_ratio);
-    if balance > line {
-        set_meta(conn, LOW_ARMED, "1")?;
-    }
-    if balance > 0 {
-        set_meta(conn, OUT_ARMED, "1")?;
-    }
+    let armed = load_armed(conn)?;
+    let next = rules::after_purchase(&load_lots(conn)?, policy.low_balance_ratio, armed, now);
+    apply(conn, armed, &[], next, now)?;
     check_expiring(conn, now)
 }
 
 /// Raises `tokens_expiring` for lots with tokens left that expire within 90 days.
 pub(crate) fn check_expiring(conn: &Connection, now: DateTime<Utc>) -> Result<()> {
-    let horizon = ts(now + Duration::days(EXPIRY_NOTICE_DAYS));
-    let mut stmt = conn.prepare(
-        "SELECT id, remaining, expires_at FROM lots
-         WHERE expiry_noticed = 0 AND remaining > 0 AND expires_at > ?1 AND expires_at <= ?2",
+    // Only lots that could be due are loaded: claims call this every time.
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, tokens, remaining, purchased_at, expires_at FROM lots
+         WHERE expiry_noticed = 0 AND remaining > 0 AND expires_at > ?1",
     )?;
-    let due: Vec<(i64, i64, String)> = stmt
-        .query_map([ts(now), horizon], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    let rows: Vec<(i64, i64, i64, String, String)> = stmt
+        .query_map([ts(now)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    for (id, remaining, expires) in due {
-        let expires = parse_ts(&expires)?;
-        raise(
-            conn,
-            NoticeKind::TokensExpiring,
-            &format!(
-                "lot {id}: {remaining} tokens expire on {}; unused tokens are lost",
-                expires.format("%Y-%m-%d %H:%M UTC")
-            ),
-            now,
-        )?;
+    let mut lots = Vec::with_capacity(rows.len());
+    for (id, tokens, remaining, bought, expires) in rows {
+        let lot = LotState {
+            id,
+            tokens: tokens as u64,
+            remaining: remaining as u64,
+            purchased_at: parse_ts(&bought)?,
+            expires_at: parse_ts(&expires)?,
+        };
+        lots.push((lot, false));
+    }
+    for (id, notice) in rules::expiring(&lots, now) {
+        raise(conn, &notice, now)?;
         conn.execute("UPDATE lots SET expiry_noticed = 1 WHERE id = ?1", [id])?;
     }
     Ok(())

@@ -102,6 +102,12 @@ impl Store {
         })
     }
 
+    /// One user, with their subscriptions.
+    pub fn user(&self, email: &str) -> Result<Option<User>> {
+        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        self.read(|c| load_user(c, &email))
+    }
+
     pub fn list_users(&self) -> Result<Vec<User>> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT email FROM users ORDER BY email")?;

@@ -1,15 +1,18 @@
-//! The fake entitlement server: the claim rules of R4–R6, idempotent by claim id,
-//! signing leases with a fixed key.
+//! The fake entitlement server: the server's own claim rules (R4–R6, from
+//! `flex_server::rules`) over in-memory state, idempotent by claim id, signing
+//! leases with a fixed key.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use flex_protocol::api::{
-    ChargeModel, ClaimRequest, ClaimResponse, Denial, Grant, Notice, Policy, Source, Window,
+    AssignmentMode, ChargeModel, ClaimRequest, ClaimResponse, DefaultAssignments, Denial, Grant,
+    Notice, Policy, Source, Window,
 };
 use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
 use flex_protocol::ErrorCode;
+use flex_server::rules::{entitlement, per_result, windows};
 
 use super::DEVICE;
 use crate::core::default_policy;
@@ -95,18 +98,35 @@ impl FakeServer {
         answer
     }
 
+    /// The server's own rules (`flex_server::rules`) over this fake's state:
+    /// every user is on Flex with every product allowed, the balance is one lot.
     fn decide(&mut self, req: &ClaimRequest, now: DateTime<Utc>) -> ClaimResponse {
         let Some(charge) = self.rates.get(&req.product).copied() else {
             return deny(ErrorCode::UnknownProduct, "no such product", None);
         };
         let key = (req.user.to_string(), req.product.clone());
-        let source = if self.subscriptions.contains(&key) {
-            Source::Subscription
-        } else {
-            Source::Tokens
+        let all = DefaultAssignments {
+            mode: AssignmentMode::All,
+            products: Vec::new(),
+        };
+        let facts = entitlement::Facts {
+            known: true,
+            flex_assigned: true,
+            subscribed: self.subscriptions.contains(&key),
+            defaults: &all,
+        };
+        let source = match entitlement::decide(&key.0, &key.1, &facts) {
+            Ok(source) => source,
+            Err(why) => return deny(ErrorCode::NotEntitled, &why, None),
         };
         if let Some(n) = req.results {
-            let cost = charge.per_result_cost(n).unwrap_or(0);
+            let Some(cost) = per_result::job_cost(charge, n, source) else {
+                return deny(
+                    ErrorCode::InvalidRequest,
+                    "results on a daily product",
+                    None,
+                );
+            };
             if !self.pay(req, cost, false) {
                 return deny(
                     ErrorCode::OutOfTokens,
@@ -122,24 +142,21 @@ impl FakeServer {
                 lease: None,
             });
         }
-        let rate = match (source, charge) {
-            (Source::Subscription, _) => 0,
-            (_, ChargeModel::Daily { tokens }) => tokens,
-            (_, ChargeModel::PerResult { .. }) => {
-                return deny(ErrorCode::InvalidRequest, "per-result product", None)
-            }
-        };
         let day = chrono::Duration::seconds(self.policy.window_secs as i64);
         let current = self.windows.get(&key).cloned();
-        let start = match (&req.renews, &current) {
-            (Some(old), Some(cur)) if &cur.id == old => cur.end,
-            // Renewing a window that was already renewed: the newer one stands.
-            (Some(_), Some(cur)) => return self.grant(req, source, cur.clone(), 0, now),
-            (None, Some(cur)) if cur.start <= now && now < cur.end => {
-                return self.grant(req, source, cur.clone(), 0, now)
-            }
-            _ => now,
+        // The fake keeps only the newest window per (user, product); one that
+        // was already renewed is the renewal's predecessor, ending at its start.
+        let renews_end = match (&req.renews, &current) {
+            (Some(old), Some(cur)) if &cur.id == old => Some(cur.end),
+            (Some(_), Some(cur)) => Some(cur.start),
+            _ => None,
         };
+        let (start, end, kind) = windows::requested(now, renews_end, day);
+        let (from, to) = windows::lookup(kind, now, start, end);
+        if let Some(cur) = current.filter(|c| windows::overlaps(c.start, c.end, from, to)) {
+            return self.grant(req, source, cur, 0, now);
+        }
+        let rate = windows::cost(source, charge);
         if !self.pay(req, rate, req.renews.is_some()) {
             return deny(
                 ErrorCode::OutOfTokens,
@@ -150,7 +167,7 @@ impl FakeServer {
         let window = Window {
             id: format!("w{}", self.next_window),
             start,
-            end: start + day,
+            end,
         };
         self.next_window += 1;
         self.windows.insert(key, window.clone());

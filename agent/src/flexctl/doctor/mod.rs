@@ -1,0 +1,612 @@
+//! `flexctl doctor [--json] [--bundle FILE]`: every check a fleet admin needs to
+//! tell why a workstation does not license products, each with what was found
+//! and the fix. Exit 0 when nothing failed, 1 otherwise.
+//!
+//! Checks, in order: the config (with its drop-ins) parses; the state directory
+//! and the socket; the agent answers; the workstation is enrolled and its
+//! credential readable; the server answers, its TLS chain is trusted and its
+//! clock agrees with this one; the server still accepts the device credential;
+//! process detection sees a test exec; the user's notifier runs; the user's
+//! email is known to the server. Run as root it checks everything (the journal
+//! and the credential are root's); as a user it checks what a user can see and
+//! says which checks need `sudo`.
+//!
+//! The checks gather facts here; [`report`] holds the check list and its
+//! rendering, and [`bundle`] the support archive.
+
+pub mod bundle;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flex_protocol::socket::{Request, StatusReply};
+
+use super::{Client, CtlError};
+use crate::client::{Client as ServerClient, ClientError};
+use crate::config::{self, Config};
+use report::{Check, Report};
+
+/// Clock skew to the server above which the check fails.
+pub const MAX_SKEW: Duration = Duration::from_secs(60);
+/// How long the detection check waits to see its test exec.
+const EXEC_WAIT: Duration = Duration::from_secs(3);
+
+/// What `flexctl doctor` was asked.
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    /// The account to check (root only for another account); default: the caller.
+    pub user: Option<String>,
+    pub json: bool,
+    pub bundle: Option<PathBuf>,
+}
+
+/// Runs every check, prints the report (and writes the bundle); returns the exit code.
+pub async fn run(opts: DoctorOptions) -> Result<i32, CtlError> {
+    let (report, status) = diagnose(&opts).await;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if let Some(path) = &opts.bundle {
+        match bundle::write(path, &opts.config, &report, status.as_ref()) {
+            Ok(()) => eprintln!("flexctl: support bundle written to {}", path.display()),
+            Err(e) => {
+                eprintln!("flexctl: {e}");
+                return Ok(1);
+            }
+        }
+    }
+    Ok(if report.ok() { 0 } else { 1 })
+}
+
+/// The checks, and the agent's status when it answered (for the bundle).
+pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
+    let mut r = Report::default();
+    let uid = nix::unistd::getuid().as_raw();
+    let root = uid == 0;
+    let account = opts
+        .user
+        .clone()
+        .unwrap_or_else(|| crate::account::name_of_uid(uid));
+
+    // Config.
+    let config = match Config::load(&opts.config) {
+        Ok(c) => {
+            let files = config::sources(&opts.config).map(|s| s.len()).unwrap_or(1);
+            r.push(Check::ok(
+                "config",
+                format!(
+                    "{} and {} drop-in(s) parse; server {}",
+                    opts.config.display(),
+                    files.saturating_sub(1),
+                    c.server_url
+                ),
+            ));
+            Some(c)
+        }
+        Err(e) => {
+            r.push(Check::fail(
+                "config",
+                e.to_string(),
+                "fix the file and key named above (every key is documented in \
+                 /usr/share/doc/flex-agent/agent.toml.example), then: systemctl restart flex-agent",
+            ));
+            None
+        }
+    };
+
+    // Paths.
+    if let Some(c) = &config {
+        r.push(paths_check(c, &opts.socket));
+    }
+
+    // The agent.
+    let status = agent_status(&opts.socket).await;
+    match &status {
+        Ok(s) => r.push(Check::ok(
+            "agent",
+            format!(
+                "flex-agent {} answers on {} ({})",
+                s.agent_version,
+                opts.socket.display(),
+                if s.online { "online" } else { "offline" }
+            ),
+        )),
+        Err(e) => r.push(Check::fail(
+            "agent",
+            e.to_string(),
+            "start it: systemctl start flex-agent; see why it stopped: journalctl -u flex-agent -n 50",
+        )),
+    }
+    let status = status.ok();
+
+    // Enrollment and credential.
+    let enrollment = enrollment_check(config.as_ref(), status.as_ref(), root).await;
+    let device_token = enrollment.1;
+    r.push(enrollment.0);
+
+    // Server, TLS, clock, credential accepted, user known.
+    match &config {
+        Some(c) => server_checks(&mut r, c, device_token, &account, root).await,
+        None => {
+            for name in ["server", "tls", "clock", "credential", "user"] {
+                r.push(Check::skip(name, "no usable config"));
+            }
+        }
+    }
+
+    // Detection.
+    r.push(detection_check(status.as_ref(), root).await);
+
+    // The notifier.
+    r.push(notifier_check(&account, root && opts.user.is_none()));
+
+    (r, status)
+}
+
+async fn agent_status(socket: &Path) -> Result<StatusReply, CtlError> {
+    let mut client = Client::connect(socket).await?;
+    client
+        .call(&Request::Status)
+        .await?
+        .map_err(CtlError::Refused)
+}
+
+fn paths_check(c: &Config, socket: &Path) -> Check {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut problems = Vec::new();
+    match std::fs::metadata(&c.state_dir) {
+        Ok(m) if !m.is_dir() => {
+            problems.push(format!("{} is not a directory", c.state_dir.display()))
+        }
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => problems.push(format!(
+            "{} has mode {:o}, not 0700",
+            c.state_dir.display(),
+            m.permissions().mode() & 0o777
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("state_dir {}: {e}", c.state_dir.display())),
+    }
+    match std::fs::metadata(socket) {
+        Ok(m) if !m.file_type().is_socket() => {
+            problems.push(format!("{} exists but is not a socket", socket.display()))
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(format!("socket {}: {e}", socket.display())),
+    }
+    if problems.is_empty() {
+        Check::ok(
+            "paths",
+            format!(
+                "state_dir {} (0700), socket {}",
+                c.state_dir.display(),
+                socket.display()
+            ),
+        )
+    } else {
+        Check::fail(
+            "paths",
+            problems.join("; "),
+            "the unit creates both (StateDirectory=, flex-agent.socket): systemctl restart \
+             flex-agent.socket flex-agent; with a custom state_dir: chmod 0700 it",
+        )
+    }
+}
+
+/// The enrollment check and, for root, the device token to test with the server.
+async fn enrollment_check(
+    config: Option<&Config>,
+    status: Option<&StatusReply>,
+    root: bool,
+) -> (Check, Option<crate::credentials::DeviceToken>) {
+    let fix = "put an enrollment token in /etc/flex-agent/enroll-token (mode 0600; an admin \
+               creates one with flex-admin enroll-token) and run: systemctl restart flex-agent";
+    if root {
+        let Some(c) = config else {
+            return (Check::skip("enrollment", "no usable config"), None);
+        };
+        let cfg = c.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let e = crate::enroll::current_enrollment(&cfg)?;
+            let token = match &e {
+                Some(_) => Some(
+                    crate::credentials::CredentialStore::select(
+                        cfg.credential_store,
+                        &cfg.state_dir,
+                    )?
+                    .load()?,
+                ),
+                None => None,
+            };
+            Ok::<_, crate::enroll::EnrollError>((e, token))
+        })
+        .await;
+        match found {
+            Ok(Ok((Some(e), token))) => (
+                Check::ok(
+                    "enrollment",
+                    format!(
+                        "device {} with {}; credential readable",
+                        e.device_id, e.server_url
+                    ),
+                ),
+                token,
+            ),
+            Ok(Ok((None, _))) => (
+                Check::fail("enrollment", "this workstation is not enrolled", fix),
+                None,
+            ),
+            Ok(Err(e)) => (Check::fail("enrollment", e.to_string(), fix), None),
+            Err(e) => (Check::fail("enrollment", e.to_string(), fix), None),
+        }
+    } else {
+        match status.and_then(|s| s.device_id.clone()) {
+            Some(id) => (
+                Check::ok(
+                    "enrollment",
+                    format!(
+                        "device {id}, credential in {} (as reported by the agent)",
+                        status.map(|s| s.credential_store.as_str()).unwrap_or("?")
+                    ),
+                ),
+                None,
+            ),
+            None if status.is_some() => (
+                Check::fail("enrollment", "the agent reports no device id", fix),
+                None,
+            ),
+            None => (
+                Check::skip(
+                    "enrollment",
+                    "the agent did not answer; run sudo flexctl doctor to read the journal",
+                ),
+                None,
+            ),
+        }
+    }
+}
+
+async fn server_checks(
+    r: &mut Report,
+    c: &Config,
+    token: Option<crate::credentials::DeviceToken>,
+    account: &str,
+    root: bool,
+) {
+    let client = match ServerClient::from_config(c) {
+        Ok(client) => client,
+        Err(e) => {
+            let fix = "fix server_url / ca_file in the config";
+            r.push(Check::fail("server", e.to_string(), fix));
+            for name in ["tls", "clock", "credential", "user"] {
+                r.push(Check::skip(name, "no HTTPS client"));
+            }
+            return;
+        }
+    };
+    let https = c.server_url.starts_with("https://");
+    let ca = c
+        .ca_file
+        .as_ref()
+        .map_or("the system's trusted roots".to_string(), |p| {
+            format!("ca_file {}", p.display())
+        });
+    let health = client.health().await;
+    let reached = match &health {
+        Ok(h) => {
+            r.push(Check::ok(
+                "server",
+                format!("{} answers (flex-server {})", c.server_url, h.version),
+            ));
+            if https {
+                r.push(Check::ok(
+                    "tls",
+                    format!("certificate chain trusted by {ca}"),
+                ));
+            } else {
+                r.push(Check::warn(
+                    "tls",
+                    "server_url is http://: traffic is not encrypted",
+                    "use an https:// server_url",
+                ));
+            }
+            let skew = (h.server_time - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
+            if skew.abs() > MAX_SKEW.as_secs_f64() {
+                r.push(Check::fail(
+                    "clock",
+                    format!(
+                        "this machine's clock is {:.0} s {} the server's ({})",
+                        skew.abs(),
+                        if skew > 0.0 { "behind" } else { "ahead of" },
+                        h.server_time
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    "enable time synchronisation (timedatectl set-ntp true) on this machine, or \
+                     fix the server's clock",
+                ));
+            } else {
+                r.push(Check::ok(
+                    "clock",
+                    format!("within {:.1} s of the server", skew.abs()),
+                ));
+            }
+            true
+        }
+        Err(e @ ClientError::Tls { reason, .. }) => {
+            r.push(Check::ok(
+                "server",
+                format!("{} accepts connections", c.server_url),
+            ));
+            r.push(Check::fail(
+                "tls",
+                format!("{reason}; trusted: {ca}"),
+                "set ca_file to the PEM certificate of the CA that signed the server's \
+                 certificate (install.sh --ca-file PEM), or fix the server's certificate",
+            ));
+            tracing::debug!("{e}");
+            r.push(Check::skip("clock", "no TLS connection to the server"));
+            false
+        }
+        Err(e) => {
+            r.push(Check::fail(
+                "server",
+                e.to_string(),
+                "check server_url, that flex-server runs (systemctl status flex-server on the \
+                 server), and DNS, firewall and proxy between here and there",
+            ));
+            r.push(Check::skip("tls", "the server did not answer"));
+            r.push(Check::skip("clock", "the server did not answer"));
+            false
+        }
+    };
+
+    // The credential and the user: need the device token (root).
+    let Some(token) = token.filter(|_| reached) else {
+        let why = if !reached {
+            "the server did not answer"
+        } else if root {
+            "not enrolled"
+        } else {
+            "the device credential is root's: run sudo flexctl doctor --user ACCOUNT"
+        };
+        r.push(Check::skip("credential", why));
+        user_mapping_only(r, c, account, why);
+        return;
+    };
+    let device = client.with_token(token);
+    match device.products().await {
+        Ok(_) => r.push(Check::ok(
+            "credential",
+            "the server accepts this device's credential",
+        )),
+        Err(e @ ClientError::Revoked { .. }) => r.push(Check::fail(
+            "credential",
+            e.to_string(),
+            "enroll again: put a new enrollment token in /etc/flex-agent/enroll-token and run: \
+             flex-agent enroll --force --config /etc/flex-agent/agent.toml --token-file \
+             /etc/flex-agent/enroll-token",
+        )),
+        Err(e) => r.push(Check::fail(
+            "credential",
+            e.to_string(),
+            "if the server was reinstalled or the device deleted, enroll again \
+             (flex-agent enroll --force ...)",
+        )),
+    }
+    let email = match c.email_for(account) {
+        Ok(e) => e,
+        Err(e) => {
+            r.push(unmapped(e.to_string()));
+            return;
+        }
+    };
+    match device.check_user(&email).await {
+        Ok(u) if u.known => r.push(Check::ok(
+            "user",
+            format!(
+                "{account} is {} on the server: {}{}",
+                u.email,
+                if u.flex_assigned {
+                    "assigned to Flex"
+                } else {
+                    "not on Flex"
+                },
+                if u.subscriptions.is_empty() {
+                    String::new()
+                } else {
+                    format!(", subscriptions {}", u.subscriptions.join(", "))
+                }
+            ),
+        )),
+        Ok(u) => r.push(Check::fail(
+            "user",
+            format!(
+                "{account} maps to {} (users.email_template / users.overrides), which the \
+                 server does not know",
+                u.email
+            ),
+            &format!(
+                "ask the license admin to add the user (flex-admin users add {} --first NAME \
+                 --last NAME), or fix the mapping in /etc/flex-agent/agent.toml or \
+                 agent.d/*.toml ([users.overrides] {account} = \"EMAIL\")",
+                u.email
+            ),
+        )),
+        Err(e) => r.push(Check::fail(
+            "user",
+            e.to_string(),
+            "see the credential check above",
+        )),
+    }
+}
+
+fn unmapped(reason: String) -> Check {
+    Check::fail(
+        "user",
+        reason,
+        "set [users] email_template (e.g. \"{user}@corp.example\") or add the account to \
+         [users.overrides] in /etc/flex-agent/agent.toml or a drop-in",
+    )
+}
+
+/// Without the credential: at least the mapping from account to email.
+fn user_mapping_only(r: &mut Report, c: &Config, account: &str, why: &str) {
+    match c.email_for(account) {
+        Ok(email) => r.push(Check::skip(
+            "user",
+            format!("{account} maps to {email}; not asked of the server: {why}"),
+        )),
+        Err(e) => r.push(unmapped(e.to_string())),
+    }
+}
+
+async fn detection_check(status: Option<&StatusReply>, root: bool) -> Check {
+    let reported = status.map(|s| s.detection.clone());
+    if reported.as_deref() == Some("off") {
+        return Check::fail(
+            "detection",
+            "the agent runs without process detection: only flexctl run launches are seen",
+            "see journalctl -u flex-agent for why; set detection = \"auto\"",
+        );
+    }
+    if !root {
+        return match reported {
+            Some(d) => Check::ok("detection", format!("the agent detects products by {d}")),
+            None => Check::skip("detection", "the agent did not answer"),
+        };
+    }
+    #[cfg(target_os = "linux")]
+    {
+        match exec_seen().await {
+            Ok(()) => Check::ok(
+                "detection",
+                format!(
+                    "a test exec was seen by the kernel's process connector{}",
+                    reported
+                        .map(|d| format!("; the agent uses {d}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Err(e) if reported.as_deref() == Some("polling") => Check::ok(
+                "detection",
+                format!("the agent polls /proc (the process connector is unusable here: {e})"),
+            ),
+            Err(e) => Check::fail(
+                "detection",
+                e,
+                "the agent falls back to polling /proc; check that flex-agent.service keeps \
+                 CAP_NET_ADMIN and runs in the host's network namespace",
+            ),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    match reported {
+        Some(d) => Check::ok("detection", format!("the agent detects products by {d}")),
+        None => Check::skip("detection", "the agent did not answer"),
+    }
+}
+
+/// Starts `true` and waits for the process connector to report its exec.
+#[cfg(target_os = "linux")]
+async fn exec_seen() -> Result<(), String> {
+    use crate::watcher::connector::{CnEvent, ProcConnector};
+    let mut cn = ProcConnector::open().map_err(|e| e.to_string())?;
+    let true_bin = ["/usr/bin/true", "/bin/true"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no /usr/bin/true to run as a test")?;
+    let mut child = tokio::process::Command::new(true_bin)
+        .spawn()
+        .map_err(|e| format!("cannot run {true_bin}: {e}"))?;
+    let pid = child.id().unwrap_or(0);
+    let wait = async {
+        let mut events = Vec::new();
+        loop {
+            events.clear();
+            cn.recv(&mut events).await.map_err(|e| e.to_string())?;
+            if events.contains(&CnEvent::Exec { pid }) {
+                return Ok::<(), String>(());
+            }
+        }
+    };
+    let seen = tokio::time::timeout(EXEC_WAIT, wait).await;
+    let _ = child.wait().await;
+    match seen {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no exec event for a test process within {EXEC_WAIT:?}"
+        )),
+    }
+}
+
+/// Whether `account` has a `flexctl notify` running.
+fn notifier_check(account: &str, is_root_itself: bool) -> Check {
+    if is_root_itself {
+        return Check::skip(
+            "notifier",
+            "root has no desktop: run flexctl doctor as the desktop user, or sudo flexctl \
+             doctor --user ACCOUNT",
+        );
+    }
+    let Ok(Some(user)) = nix::unistd::User::from_name(account) else {
+        return unmapped_account(account);
+    };
+    let uid = user.uid.as_raw();
+    match notifier_pids(uid) {
+        Ok(pids) if !pids.is_empty() => Check::ok(
+            "notifier",
+            format!("flexctl notify runs for {account} (pid {})", pids[0]),
+        ),
+        Ok(_) => Check::fail(
+            "notifier",
+            format!("no flexctl notify runs for {account}: they get no desktop notifications"),
+            "log out and in again, or: systemctl --user enable --now flexctl-notify \
+             (desktops without systemd user sessions use /etc/xdg/autostart/flexctl-notify.desktop)",
+        ),
+        Err(e) => Check::skip("notifier", format!("cannot list processes: {e}")),
+    }
+}
+
+fn unmapped_account(account: &str) -> Check {
+    Check::fail(
+        "notifier",
+        format!("there is no local account named '{account}'"),
+        "give --user the name of a local account",
+    )
+}
+
+/// Pids of `flexctl notify` processes of `uid`, from /proc.
+fn notifier_pids(uid: u32) -> std::io::Result<Vec<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if entry.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let exe = args.next().unwrap_or_default();
+        let is_flexctl =
+            Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(exe))
+                .file_name()
+                .is_some_and(|n| n == "flexctl");
+        if is_flexctl && args.any(|a| a == b"notify") {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
