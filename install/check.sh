@@ -275,9 +275,12 @@ PY
     then :; else fail "example configs"; fi
 
     # The server example, every key uncommented, must be accepted by the real server.
+    # The most recently built one: a stale release build must not judge new code.
     server_bin=
     for b in "${CARGO_TARGET_DIR:-$repo/target}"/{debug,release}/flex-server; do
-        [ -x "$b" ] && server_bin=$b
+        if [ -x "$b" ] && { [ -z "$server_bin" ] || [ "$b" -nt "$server_bin" ]; }; then
+            server_bin=$b
+        fi
     done
     if [ -n "$server_bin" ] && [ -f "$work/full-server.toml.example" ]; then
         if python3 - "$server_bin" "$work/full-server.toml.example" "$work/server-data" <<'PY'
