@@ -97,6 +97,10 @@ echo "==> you open AutoCAD through its wrapper: flexctl run --product autocad --
 echo "==> and open it again: free inside today's window"
 "${CTL[@]}" run --product autocad --version 2025 -- sh -c 'echo "    [AutoCAD 2025 is running]"'
 
+echo "==> Maya is not on Flex here: its wrapper refuses with exit code 77 and never starts it"
+"$BIN/flex-admin" defaults set --mode deny maya >/dev/null
+"${CTL[@]}" run --product maya -- sh -c 'echo "    [Maya would run here]"' || echo "    (exit code $?)"
+
 echo "==> you start Revit directly; the agent's process watcher sees it"
 mkdir -p "$WORK/opt/revit"
 cp "$(command -v sleep)" "$WORK/opt/revit/revit"
@@ -104,7 +108,7 @@ cp "$(command -v sleep)" "$WORK/opt/revit/revit"
 REVIT=$!
 PIDS+=($REVIT)
 for _ in $(seq 100); do
-    "${CTL[@]}" status | grep -q '^revit' && break
+    "${CTL[@]}" status | grep -q '^Revit' && break
     sleep 0.1
 done
 
@@ -112,8 +116,11 @@ echo "==> flexctl status"
 "${CTL[@]}" status | sed 's/^/    /'
 kill "$REVIT" 2>/dev/null || true
 
+echo "==> a desktop launcher for AutoCAD that starts it through the wrapper (flexctl wrap)"
+"${CTL[@]}" wrap --product autocad --name AutoCAD -- /opt/autodesk/autocad/acad %F | sed 's/^/    /'
+
 echo "==> your notifications"
-wait_for "$WORK/notify.out" "revit" "$WORK/notify.log"
+wait_for "$WORK/notify.out" "Revit" "$WORK/notify.log"
 sed 's/^/    /' "$WORK/notify.out"
 
 echo "==> the admin's view: the ledger and the balance"

@@ -23,8 +23,10 @@ fi
 # gnome-keyring: a real Secret Service; chromium + chromium-driver: the admin
 # console's browser test (tests/tests/console.rs); python3-aiosmtpd: the SMTP
 # server the mail tests send to (tests/support/smtp_sink.py, run by Debian's
-# /usr/bin/python3); the rest are what install/check.sh (run by
-# tests/tests/install.rs) validates units, plists, scripts and desktop files with.
+# /usr/bin/python3); python3 and socat run the example wrappers
+# (tests/tests/example_wrappers.rs); the rest are what install/check.sh (run by
+# tests/tests/install.rs) and tests/tests/flexctl_wrap.rs validate units, plists,
+# scripts and desktop files with.
 need=()
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
@@ -42,6 +44,8 @@ command -v systemd-socket-activate >/dev/null || need+=(systemd)
 [[ -x /usr/bin/chromedriver ]] || need+=(chromium-driver)
 [[ -x /usr/bin/python3 ]] || need+=(python3)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
+# socat: the example shell wrapper (examples/wrappers/flex-wrap.sh) talks through it.
+command -v socat >/dev/null || need+=(socat)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq

@@ -78,6 +78,10 @@ pub struct HelloReply {
 pub struct LaunchReply {
     pub session: String,
     pub product: String,
+    /// The product's display name from the rate sheet ("AutoCAD"), when the
+    /// agent knows it; show this to people and keep `product` for logic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
     pub source: Source,
     pub window_end: DateTime<Utc>,
     pub tokens_charged: u64,
@@ -95,6 +99,10 @@ pub struct LaunchReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultReply {
     pub product: String,
+    /// The product's display name from the rate sheet ("AutoCAD"), when the
+    /// agent knows it; show this to people and keep `product` for logic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
     pub job: String,
     pub tokens_charged: u64,
     pub balance: u64,
@@ -112,6 +120,10 @@ pub struct SessionStatus {
     pub session: String,
     pub user: String,
     pub product: String,
+    /// The product's display name from the rate sheet ("AutoCAD"), when the
+    /// agent knows it; show this to people and keep `product` for logic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
     #[serde(default)]
     pub version: Option<String>,
     #[serde(default)]
@@ -128,6 +140,10 @@ pub struct SessionStatus {
 pub struct WindowStatus {
     pub user: String,
     pub product: String,
+    /// The product's display name from the rate sheet ("AutoCAD"), when the
+    /// agent knows it; show this to people and keep `product` for logic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
     pub source: Source,
     /// What opening (or renewing) this window cost; 0 for a subscription.
     pub tokens_charged: u64,
@@ -183,6 +199,10 @@ pub enum CloseReason {
 pub enum Event {
     Charged {
         product: String,
+        /// The product's display name from the rate sheet ("AutoCAD"), when the
+        /// agent knows it; show this to people and keep `product` for logic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
         tokens: u64,
         balance: u64,
         window_end: Option<DateTime<Utc>>,
@@ -192,24 +212,44 @@ pub enum Event {
     },
     OutOfTokens {
         product: String,
+        /// The product's display name from the rate sheet ("AutoCAD"), when the
+        /// agent knows it; show this to people and keep `product` for logic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
     },
     LaunchDenied {
         product: String,
+        /// The product's display name from the rate sheet ("AutoCAD"), when the
+        /// agent knows it; show this to people and keep `product` for logic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
         reason: ErrorCode,
         message: String,
     },
     OfflineWarning {
         product: String,
+        /// The product's display name from the rate sheet ("AutoCAD"), when the
+        /// agent knows it; show this to people and keep `product` for logic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
         seconds_left: u64,
         deadline: DateTime<Utc>,
     },
     RenewalFailed {
         product: String,
+        /// The product's display name from the rate sheet ("AutoCAD"), when the
+        /// agent knows it; show this to people and keep `product` for logic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
         reason: ErrorCode,
         closes_at: DateTime<Utc>,
     },
     ProductClosed {
         product: String,
+        /// The product's display name from the rate sheet ("AutoCAD"), when the
+        /// agent knows it; show this to people and keep `product` for logic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
         reason: CloseReason,
         message: String,
     },
@@ -237,6 +277,10 @@ impl<T> OkReply<T> {
 pub struct ErrReply {
     pub ok: bool,
     pub error: ApiError,
+    /// A refused `launch` or `result` of a product on the rate sheet: its
+    /// display name, for the line a wrapper shows ("AutoCAD not started: ...").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
 }
 
 impl ErrReply {
@@ -247,8 +291,22 @@ impl ErrReply {
                 code,
                 message: message.into(),
             },
+            product_name: None,
         }
     }
+
+    /// The same refusal, naming the product it is about.
+    pub fn about(mut self, product_name: Option<String>) -> Self {
+        self.product_name = product_name;
+        self
+    }
+}
+
+/// What people call a product: its display name when known, else its id.
+pub fn display_name<'a>(product: &'a str, product_name: Option<&'a str>) -> &'a str {
+    product_name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or(product)
 }
 
 /// Reads a reply line: `Ok(Ok(data))`, `Ok(Err(error))` for `ok:false`, or a
@@ -256,6 +314,13 @@ impl ErrReply {
 pub fn parse_reply<T: DeserializeOwned>(
     line: &str,
 ) -> Result<Result<T, ApiError>, serde_json::Error> {
+    Ok(parse_answer(line)?.map_err(|refused| refused.error))
+}
+
+/// Like [`parse_reply`], keeping the whole refusal (with its `product_name`).
+pub fn parse_answer<T: DeserializeOwned>(
+    line: &str,
+) -> Result<Result<T, ErrReply>, serde_json::Error> {
     #[derive(Deserialize)]
     struct Probe {
         ok: bool,
@@ -264,7 +329,7 @@ pub fn parse_reply<T: DeserializeOwned>(
     if probe.ok {
         Ok(Ok(serde_json::from_str::<OkReply<T>>(line)?.data))
     } else {
-        Ok(Err(serde_json::from_str::<ErrReply>(line)?.error))
+        Ok(Err(serde_json::from_str::<ErrReply>(line)?))
     }
 }
 
@@ -280,6 +345,7 @@ mod tests {
             tokens_charged: 2,
             balance: 98,
             already_charged: false,
+            product_name: Some("ReCap Photo".into()),
         }))
         .unwrap();
         assert!(line.starts_with("{\"ok\":true"));

@@ -191,8 +191,17 @@ fn enrollment() {
     );
 }
 
+/// Every request, reply and event of the local socket. `docs/local-api.md`
+/// shows each of these as its example (checked by `tests/local_api_doc.rs`).
 #[test]
-fn socket_messages() {
+fn socket_requests() {
+    check(
+        "socket_hello",
+        &Request::Hello {
+            protocol: 1,
+            client: Some("my-wrapper 1.0".into()),
+        },
+    );
     check(
         "socket_launch",
         &Request::Launch {
@@ -203,10 +212,49 @@ fn socket_messages() {
         },
     );
     check(
+        "socket_attach",
+        &Request::Attach {
+            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
+            pid: 48213,
+        },
+    );
+    check(
+        "socket_exit",
+        &Request::Exit {
+            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
+            code: Some(0),
+        },
+    );
+    check(
+        "socket_result",
+        &Request::Result {
+            product: "recap-photo".into(),
+            count: 85,
+            job: Some("survey-2026-11-02".into()),
+            user: None,
+        },
+    );
+    check("socket_status", &Request::Status);
+    check("socket_subscribe", &Request::Subscribe);
+}
+
+#[test]
+fn socket_replies() {
+    check(
+        "socket_hello_reply",
+        &OkReply::new(socket::HelloReply {
+            protocol: 1,
+            agent_version: "0.1.0".into(),
+            account: "ada".into(),
+            uid: 1000,
+        }),
+    );
+    check(
         "socket_launch_reply",
         &OkReply::new(socket::LaunchReply {
-            session: "s-1".into(),
+            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
             product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
             source: Source::Tokens,
             window_end: t(8) + chrono::Duration::hours(24),
             tokens_charged: 7,
@@ -215,14 +263,144 @@ fn socket_messages() {
             close_grace_secs: Some(30),
         }),
     );
+    check("socket_ok", &OkReply::new(socket::Empty {}));
+    check(
+        "socket_result_reply",
+        &OkReply::new(socket::ResultReply {
+            product: "recap-photo".into(),
+            product_name: Some("ReCap Photo".into()),
+            job: "survey-2026-11-02".into(),
+            tokens_charged: 2,
+            balance: 491,
+            already_charged: false,
+        }),
+    );
+    check(
+        "socket_status_reply",
+        &OkReply::new(socket::StatusReply {
+            agent_version: "0.1.0".into(),
+            server_url: "https://flex.example.com".into(),
+            device_id: Some("d-1".into()),
+            credential_store: "keyring".into(),
+            detection: "proc-connector".into(),
+            sessions: vec![socket::SessionStatus {
+                session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
+                user: "ada@example.com".into(),
+                product: "autocad".into(),
+                product_name: Some("AutoCAD".into()),
+                version: Some("2026".into()),
+                pid: Some(48213),
+                source: Source::Tokens,
+                started_at: t(8),
+                window_end: t(8) + chrono::Duration::hours(24),
+                origin: "wrapper".into(),
+            }],
+            sessions_omitted: 0,
+            windows: vec![socket::WindowStatus {
+                user: "ada@example.com".into(),
+                product: "autocad".into(),
+                product_name: Some("AutoCAD".into()),
+                source: Source::Tokens,
+                tokens_charged: 7,
+                start: t(8),
+                end: t(8) + chrono::Duration::hours(24),
+            }],
+            windows_omitted: 0,
+            balance: Some(493),
+            last_server_contact: Some(t(9)),
+            offline_seconds_left: Some(86_400),
+            online: true,
+        }),
+    );
+    check(
+        "socket_error",
+        &socket::ErrReply::new(
+            ErrorCode::OutOfTokens,
+            "AutoCAD costs 7 tokens for 24 hours and the balance is 3; ask your license admin to buy tokens",
+        )
+        .about(Some("AutoCAD".into())),
+    );
+}
+
+#[test]
+fn socket_events() {
+    let name = |n: &str| Some(n.to_string());
+    check(
+        "socket_event_charged",
+        &Event::Charged {
+            product: "autocad".into(),
+            product_name: name("AutoCAD"),
+            tokens: 7,
+            balance: 493,
+            window_end: Some(t(8) + chrono::Duration::hours(24)),
+        },
+    );
+    check(
+        "socket_event_low_balance",
+        &Event::LowBalance { balance: 95 },
+    );
+    check(
+        "socket_event_out_of_tokens",
+        &Event::OutOfTokens {
+            product: "revit".into(),
+            product_name: name("Revit"),
+        },
+    );
+    check(
+        "socket_event_launch_denied",
+        &Event::LaunchDenied {
+            product: "maya".into(),
+            product_name: name("Maya"),
+            reason: ErrorCode::NotEntitled,
+            message: "ada@example.com has no subscription to Maya and Flex does not include it; ask your license admin".into(),
+        },
+    );
     check(
         "socket_event_offline_warning",
         &Event::OfflineWarning {
             product: "autocad".into(),
+            product_name: name("AutoCAD"),
             seconds_left: 300,
             deadline: t(12),
         },
     );
+    check(
+        "socket_event_renewal_failed",
+        &Event::RenewalFailed {
+            product: "autocad".into(),
+            product_name: name("AutoCAD"),
+            reason: ErrorCode::OutOfTokens,
+            closes_at: t(8) + chrono::Duration::minutes(30),
+        },
+    );
+    check(
+        "socket_event_product_closed",
+        &Event::ProductClosed {
+            product: "autocad".into(),
+            product_name: name("AutoCAD"),
+            reason: socket::CloseReason::Offline,
+            message: "this workstation has not reached the license server for 24 h".into(),
+        },
+    );
+    check(
+        "socket_event_clock_rollback",
+        &Event::ClockRollback { seconds: -3600 },
+    );
+}
+
+#[test]
+fn older_peers_still_read_newer_lines() {
+    // A line from an agent before display names parses, without the name.
+    let old =
+        r#"{"event":"charged","product":"autocad","tokens":7,"balance":493,"window_end":null}"#;
+    match serde_json::from_str::<Event>(old).unwrap() {
+        Event::Charged { product_name, .. } => assert_eq!(product_name, None),
+        other => panic!("{other:?}"),
+    }
+    // Fields an older reader does not know are ignored.
+    let newer = r#"{"ok":true,"session":"s","product":"autocad","product_name":"AutoCAD","source":"tokens","window_end":"2026-11-03T08:00:00Z","tokens_charged":0,"some_future_field":[1,2]}"#;
+    let r: socket::LaunchReply = socket::parse_reply(newer).unwrap().unwrap();
+    assert_eq!(r.product_name.as_deref(), Some("AutoCAD"));
 }
 
 #[test]

@@ -292,6 +292,15 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// Waits for the agent's first server contact: from then on it knows the
+    /// rate sheet, and names products by their display names.
+    pub async fn rate_sheet_known(&self) {
+        eventually("the agent's first server contact", WAIT, || async {
+            (!self.status()["last_server_contact"].is_null()).then_some(())
+        })
+        .await;
+    }
+
     /// The status's sessions.
     pub fn sessions(&self) -> Vec<Value> {
         self.status()["sessions"]

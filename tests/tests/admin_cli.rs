@@ -107,18 +107,25 @@ async fn every_subcommand_works_against_the_server() {
         ok(url, &["users", "flex", "ann@example.com", "--assign"]),
         "ann@example.com is now assigned to Flex\n"
     );
-    ok(url, &["subscriptions", "add", "ann@example.com", "revit"]);
+    // Tables name products as people know them; --json keeps the ids.
+    assert!(
+        ok(url, &["subscriptions", "add", "ann@example.com", "revit"])
+            .starts_with("ann@example.com now has a subscription to Revit (since "),
+    );
     let users = ok(url, &["users", "list"]);
     assert_eq!(
         users,
-        "EMAIL            NAME     FLEX  SUBSCRIPTIONS\nann@example.com  Ann Lee  yes   revit\n"
+        "EMAIL            NAME     FLEX  SUBSCRIPTIONS\nann@example.com  Ann Lee  yes   Revit\n"
     );
     let users = ok_json(url, &["users", "list"]);
     assert_eq!(users["users"][0]["subscriptions"], json!(["revit"]));
 
-    ok(
-        url,
-        &["subscriptions", "remove", "ann@example.com", "revit"],
+    assert_eq!(
+        ok(
+            url,
+            &["subscriptions", "remove", "ann@example.com", "revit"],
+        ),
+        "removed the subscription of ann@example.com to Revit\n"
     );
     assert_eq!(
         ok_json(url, &["users", "list"])["users"][0]["subscriptions"],
@@ -137,7 +144,7 @@ async fn every_subcommand_works_against_the_server() {
             url,
             &["defaults", "set", "--mode", "allow", "autocad", "revit"]
         ),
-        "Flex users may open only: autocad, revit (mode allow)\n"
+        "Flex users may open only: AutoCAD, Revit (mode allow)\n"
     );
     assert_eq!(
         ok_json(url, &["defaults", "show"]),
@@ -172,7 +179,7 @@ async fn every_subcommand_works_against_the_server() {
     );
     assert!(
         lines[1].starts_with(
-            "2026-03-15T10:00:00Z  ann@example.com  autocad  window  tokens       7  "
+            "2026-03-15T10:00:00Z  ann@example.com  AutoCAD  window  tokens       7  "
         ),
         "{charges}"
     );
@@ -183,6 +190,7 @@ async fn every_subcommand_works_against_the_server() {
     assert_eq!(ok(url, &["charges", "--product", "revit"]), "no charges\n");
     let charges = ok_json(url, &["charges"]);
     assert_eq!(charges["charges"][0]["tokens"], 7);
+    assert_eq!(charges["charges"][0]["product"], "autocad");
 
     // 493 of 500 left is above the 20% line: no notice yet.
     assert_eq!(ok(url, &["notices"]), "no notices\n");

@@ -115,6 +115,8 @@ impl Desk {
         let desktop = NotificationServer::start(&bus).await;
         let server = flex_server(SHORT_POLICY, None, tokens).await;
         let agent = Agent::start(&server, "").await;
+        // Notifications name products as the rate sheet does.
+        agent.rate_sheet_known().await;
         let notifier = Notifier::start(&agent, &bus);
         Desk {
             notifier,
@@ -175,25 +177,31 @@ async fn charge_denied_launch_and_low_balance_reach_the_desktop() {
     let denied = desk
         .expect(
             "launch denied",
-            |s| s == "maya was not started",
+            |s| s == "Maya was not started",
             URGENCY_NORMAL,
         )
         .await;
-    assert!(denied.body.contains("(not_entitled)"), "{denied:?}");
+    assert_eq!(
+        denied.body,
+        "Your account is not licensed for Maya. Ask your license administrator for access.",
+        "{denied:?}"
+    );
 
     // A charge: tokens and the balance after it.
     let _autocad = desk.running("autocad").await;
     let charged = desk
         .expect(
             "charged",
-            |s| s == "autocad: 7 tokens charged",
+            |s| s == "AutoCAD: 7 tokens charged",
             URGENCY_NORMAL,
         )
         .await;
     assert!(
-        charged
-            .body
-            .starts_with("Balance: 93 tokens. Reopening autocad is free until "),
+        charged.body.starts_with("Reopening AutoCAD is free until "),
+        "{charged:?}"
+    );
+    assert!(
+        charged.body.ends_with(". Balance: 93 tokens."),
         "{charged:?}"
     );
 
@@ -218,11 +226,14 @@ async fn charge_denied_launch_and_low_balance_reach_the_desktop() {
     let job = desk
         .expect(
             "the job charged",
-            |s| s == "recap-photo: 74 tokens charged",
+            |s| s == "ReCap Photo: 74 tokens charged",
             URGENCY_NORMAL,
         )
         .await;
-    assert_eq!(job.body, "Balance: 19 tokens.", "{job:?}");
+    assert_eq!(
+        job.body, "The job is paid for. Balance: 19 tokens.",
+        "{job:?}"
+    );
     let low = desk
         .expect(
             "low balance",
@@ -264,7 +275,7 @@ async fn offline_warnings_and_the_closure_reach_the_desktop() {
     let autocad = desk.running("autocad").await;
     desk.expect(
         "charged",
-        |s| s == "autocad: 7 tokens charged",
+        |s| s == "AutoCAD: 7 tokens charged",
         URGENCY_NORMAL,
     )
     .await;
@@ -275,7 +286,7 @@ async fn offline_warnings_and_the_closure_reach_the_desktop() {
     let warning = desk
         .expect(
             "an offline warning",
-            |s| s.starts_with("autocad closes in "),
+            |s| s.starts_with("AutoCAD closes in "),
             URGENCY_CRITICAL,
         )
         .await;
@@ -286,13 +297,13 @@ async fn offline_warnings_and_the_closure_reach_the_desktop() {
         "{warning:?}"
     );
     assert!(
-        warning.body.contains("autocad will be closed"),
+        warning.body.contains("AutoCAD will be closed"),
         "{warning:?}"
     );
     let closed = desk
         .expect(
             "the closure",
-            |s| s == "autocad was closed",
+            |s| s == "AutoCAD was closed",
             URGENCY_CRITICAL,
         )
         .await;
@@ -323,12 +334,12 @@ async fn offline_warnings_and_the_closure_reach_the_desktop() {
     let warnings: Vec<usize> = summaries
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.starts_with("autocad closes in "))
+        .filter(|(_, s)| s.starts_with("AutoCAD closes in "))
         .map(|(i, _)| i)
         .collect();
     let closure = summaries
         .iter()
-        .position(|s| s == "autocad was closed")
+        .position(|s| s == "AutoCAD was closed")
         .unwrap();
     assert_eq!(warnings.len(), 2, "{summaries:?}");
     assert!(warnings.iter().all(|&w| w < closure), "{summaries:?}");

@@ -115,7 +115,7 @@ async fn offline_limit_closes_watched_and_wrapped_products_only_after_it() {
         "the wrapped product's SIGTERM: {code:?}"
     );
     let stderr = wrapper.stderr();
-    assert!(stderr.contains("closed fusion"), "{stderr}");
+    assert!(stderr.contains("closed Fusion"), "{stderr}");
     assert!(
         stderr.to_lowercase().contains("connect to the network"),
         "{stderr}"

@@ -616,7 +616,7 @@ async fn status_hides_what_the_user_paid_for() {
     let out = agent.flexctl().arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("autocad") && text.contains("7 tokens"),
+        text.contains("AutoCAD") && text.contains("7 tokens"),
         "{text}"
     );
 }

@@ -55,13 +55,18 @@ async fn denied_launch_exits_77_and_never_starts_the_product() {
             Some(serde_json::json!({"mode": "deny", "products": ["maya"]})),
         )
         .await;
+    agent.rate_sheet_known().await;
     let marker = agent.dir.path().join("started");
     let out = agent.run("maya", &[OsStr::new("touch"), marker.as_os_str()]);
     assert_eq!(out.status.code(), Some(77), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    // The refusal names Maya as people know it, says why and what to do.
     assert!(
-        stderr.contains("not_entitled") || stderr.contains("not entitled"),
+        stderr.starts_with("flexctl: Maya not started: ")
+            && stderr.contains("has no subscription to Maya")
+            && stderr.contains("(not_entitled)")
+            && stderr.contains("ask your license administrator"),
         "{stderr}"
     );
     assert!(!marker.exists(), "the product must not start");

@@ -120,7 +120,7 @@ async fn each_notice_is_mailed_once_to_every_recipient() {
     assert_mail(
         &sink.next(30),
         "[Flex] Out of tokens: Flex launches are refused",
-        "ada@example.com was refused recap-photo",
+        "ada@example.com was refused ReCap Photo",
     );
 }
 

@@ -82,6 +82,8 @@ pub struct JobRequest {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// The display name of the product refused, for the wrapper's line.
+    pub product_name: Option<String>,
 }
 
 impl Refusal {
@@ -89,7 +91,14 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            product_name: None,
         }
+    }
+
+    /// The same refusal, naming the product it refuses.
+    pub fn about(mut self, product_name: Option<String>) -> Refusal {
+        self.product_name = product_name;
+        self
     }
 }
 

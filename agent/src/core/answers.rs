@@ -3,7 +3,7 @@
 //! closes what must not run, and an undelivered claim is refused as offline.
 
 use flex_protocol::api::{ClaimResponse, Denial, Grant};
-use flex_protocol::socket::{CloseReason, Event, LaunchReply};
+use flex_protocol::socket::{display_name, CloseReason, Event, LaunchReply};
 use flex_protocol::ErrorCode;
 
 use super::{Action, Core, HeldWindow, PendingClaim, Persist, Refusal, Waiter};
@@ -15,7 +15,7 @@ const RENEWAL_RETRY_START: chrono::Duration = chrono::Duration::seconds(30);
 
 fn offline_message(product: &str) -> String {
     format!(
-        "cannot reach the license server and no window is held for '{product}': \
+        "cannot reach the license server and this computer holds no license for {product}: \
          connect to the network and try again"
     )
 }
@@ -168,6 +168,7 @@ impl Core {
                 account: Some(account.clone()),
                 event: Event::Charged {
                     product: product.to_string(),
+                    product_name: self.product_name(product),
                     tokens: grant.tokens_charged,
                     balance: grant.balance,
                     window_end: grant.window.as_ref().map(|w| w.end),
@@ -200,6 +201,7 @@ impl Core {
                 result: Ok(LaunchReply {
                     session: session.clone(),
                     product: held.product.clone(),
+                    product_name: self.product_name(&held.product),
                     source: held.source,
                     window_end: held.window.end,
                     tokens_charged: charged,
@@ -235,6 +237,7 @@ impl Core {
                 account,
                 event: Event::OutOfTokens {
                     product: req.product.clone(),
+                    product_name: self.product_name(&req.product),
                 },
             });
         }
@@ -293,6 +296,7 @@ impl Core {
             out.push(Action::Notify {
                 account: Some(account),
                 event: Event::RenewalFailed {
+                    product_name: self.product_name(&product),
                     product,
                     reason,
                     closes_at: self.clock.wall_at(closes_at),
@@ -319,14 +323,13 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let product = &pending.request.product;
+        let product_name = self.product_name(product);
+        let refusal = || Refusal::new(code, message.clone()).about(product_name.clone());
         for w in &pending.waiters {
             match w {
                 Waiter::Job { request, .. } => out.push(Action::ReplyJob {
                     request: request.clone(),
-                    result: Err(Refusal {
-                        code,
-                        message: message.clone(),
-                    }),
+                    result: Err(refusal()),
                 }),
                 Waiter::Launch { request, session } => {
                     if let Some(account) = self.sessions.get(session).map(|s| s.account.clone()) {
@@ -335,6 +338,7 @@ impl Core {
                             account: Some(account),
                             event: Event::LaunchDenied {
                                 product: product.clone(),
+                                product_name: product_name.clone(),
                                 reason: code,
                                 message: message.clone(),
                             },
@@ -342,10 +346,7 @@ impl Core {
                     }
                     out.push(Action::ReplyLaunch {
                         request: request.clone(),
-                        result: Err(Refusal {
-                            code,
-                            message: message.clone(),
-                        }),
+                        result: Err(refusal()),
                     });
                 }
                 Waiter::Watch { session } => {
@@ -357,6 +358,7 @@ impl Core {
                         account: Some(account),
                         event: Event::LaunchDenied {
                             product: product.clone(),
+                            product_name: product_name.clone(),
                             reason: code,
                             message: message.clone(),
                         },
@@ -391,9 +393,10 @@ impl Core {
         } else if let Some(p) = self.claims.get_mut(claim_id) {
             p.waiters.clear();
         }
-        let product = &pending.request.product;
+        let name = self.product_name(&pending.request.product);
+        let product = display_name(&pending.request.product, name.as_deref());
         let message = if pending.request.results.is_some() {
-            format!("cannot reach the license server to charge the '{product}' job ({error}): connect to the network and retry with the same job id")
+            format!("cannot reach the license server to charge the {product} job ({error}): connect to the network and retry with the same job id")
         } else {
             offline_message(product)
         };

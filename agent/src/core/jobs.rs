@@ -40,17 +40,18 @@ fn retryable(code: ErrorCode) -> bool {
 impl Core {
     /// A per-result job: one claim per job and attempt.
     pub(super) fn job(&mut self, req: JobRequest, out: &mut Vec<Action>) {
+        let name = self.product_name(&req.product);
         let refuse = |out: &mut Vec<Action>, r: Refusal| {
             out.push(Action::ReplyJob {
                 request: req.request.clone(),
-                result: Err(r),
+                result: Err(r.about(name.clone())),
             })
         };
         if let Some(p) = self.products.get(&req.product) {
             if p.charge.per_result_cost(req.count).is_none() {
                 let message = format!(
-                    "'{}' is charged per day, not per result: launch it instead",
-                    req.product
+                    "{} is charged per day, not per result: launch it instead",
+                    p.name
                 );
                 return refuse(out, Refusal::new(ErrorCode::InvalidRequest, message));
             }
@@ -177,6 +178,7 @@ impl Core {
     ) -> ResultReply {
         ResultReply {
             product: req.product.clone(),
+            product_name: self.product_name(&req.product),
             job: job.to_string(),
             tokens_charged,
             balance,

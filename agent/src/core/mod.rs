@@ -85,6 +85,11 @@ pub use clock::{ClockState, Now, OfflineClock};
 pub use jobs::JOB_MEMORY;
 pub use policy::default_policy;
 
+/// The display name of `product` in a rate sheet keyed by id.
+fn name_of(products: &HashMap<String, Product>, product: &str) -> Option<String> {
+    products.get(product).map(|p| p.name.clone())
+}
+
 /// What the core needs to know about this device.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -390,6 +395,12 @@ impl Core {
         self.products.values()
     }
 
+    /// The rate sheet's display name of `product` ("AutoCAD"), if the agent
+    /// has a rate sheet naming it. Events and replies carry it beside the id.
+    pub fn product_name(&self, product: &str) -> Option<String> {
+        name_of(&self.products, product)
+    }
+
     /// The agent's trusted estimate of the server's time.
     pub fn trusted_now(&self) -> DateTime<Utc> {
         self.clock.trusted_now()
@@ -411,6 +422,7 @@ impl Core {
                     session: s.id.clone(),
                     user: s.user.to_string(),
                     product: s.product.clone(),
+                    product_name: self.product_name(&s.product),
                     version: s.version.clone(),
                     pid: s.process.map(|p| p.pid),
                     source,
@@ -428,6 +440,7 @@ impl Core {
             .map(|h| WindowStatus {
                 user: h.user.to_string(),
                 product: h.product.clone(),
+                product_name: self.product_name(&h.product),
                 source: h.source,
                 tokens_charged: h.tokens_charged,
                 start: h.window.start,

@@ -91,6 +91,7 @@ impl Core {
                     account: Some(s.account.clone()),
                     event: Event::OfflineWarning {
                         product: s.product.clone(),
+                        product_name: super::name_of(&self.products, &s.product),
                         seconds_left: left.as_secs(),
                         deadline: self.clock.wall_at(now + chrono(left)),
                     },

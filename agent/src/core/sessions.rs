@@ -351,6 +351,7 @@ impl Core {
     /// Carries out due closes: the graceful close (and tell the user why), then
     /// the forced one. A session with neither a wrapper nor a process just ends.
     pub(super) fn run_closes(&mut self, out: &mut Vec<Action>) {
+        let products = &self.products;
         let now = self.clock.trusted_now();
         let grace = chrono::Duration::seconds(self.policy.close_grace_secs as i64);
         let mut ended = Vec::new();
@@ -362,6 +363,7 @@ impl Core {
                 c.kill_at = Some(now + grace);
                 let event = Event::ProductClosed {
                     product: s.product.clone(),
+                    product_name: super::name_of(products, &s.product),
                     reason: c.reason,
                     message: c.message.clone(),
                 };

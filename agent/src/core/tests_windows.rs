@@ -258,3 +258,43 @@ fn restart_inside_window_honours_it_without_network() {
     assert_eq!(r.tokens_charged, 0);
     assert!(r.offline);
 }
+
+/// Events, grants, refusals and the status name products by the rate sheet's
+/// display name, beside the id; before the agent has a rate sheet they carry
+/// the id only.
+#[test]
+fn products_are_named_as_the_rate_sheet_names_them() {
+    use flex_protocol::api::{ChargeModel, Executables, Product};
+    let mut h = Harness::new(monday(8, 0), 14);
+    let unnamed = h.launch("bob", "autocad").unwrap().unwrap();
+    assert_eq!(unnamed.product_name, None, "no rate sheet yet");
+
+    let sheet = |id: &str, name: &str| Product {
+        id: id.into(),
+        name: name.into(),
+        charge: ChargeModel::Daily { tokens: 7 },
+        executables: Executables::default(),
+        sample: false,
+    };
+    h.feed(Input::RateSheet(vec![sheet("autocad", "AutoCAD")]));
+    let granted = h.launch("alice", "autocad").unwrap().unwrap();
+    assert_eq!(granted.product, "autocad");
+    assert_eq!(granted.product_name.as_deref(), Some("AutoCAD"));
+    let status = h.core.status(None);
+    assert!(status
+        .sessions
+        .iter()
+        .all(|s| s.product_name.as_deref() == Some("AutoCAD")));
+    assert!(status
+        .windows
+        .iter()
+        .all(|w| w.product_name.as_deref() == Some("AutoCAD")));
+
+    // The balance (14 - 7 - 7 = 0) cannot pay carol's window: the refusal and
+    // the events name AutoCAD too.
+    let conn = 77;
+    let refused = h.launch_on(conn, "carol", "autocad", None).unwrap();
+    let refusal = refused.unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::OutOfTokens);
+    assert_eq!(refusal.product_name.as_deref(), Some("AutoCAD"));
+}

@@ -15,8 +15,8 @@ use flex_protocol::api::ClaimRequest;
 use flex_protocol::Email;
 
 use super::{
-    Action, Core, HeldWindow, LaunchRequest, Origin, PendingClaim, Persist, ProcessInfo, Session,
-    Waiter,
+    Action, Core, HeldWindow, LaunchRequest, Origin, PendingClaim, Persist, ProcessInfo, Refusal,
+    Session, Waiter,
 };
 
 impl Core {
@@ -101,9 +101,10 @@ impl Core {
     /// session is held by the asking connection, which lets go of any session it
     /// held before.
     pub(super) fn launch(&mut self, req: LaunchRequest, out: &mut Vec<Action>) {
-        let refused = |result| Action::ReplyLaunch {
+        let name = self.product_name(&req.product);
+        let refused = |result: Refusal| Action::ReplyLaunch {
             request: req.request.clone(),
-            result: Err(result),
+            result: Err(result.about(name.clone())),
         };
         if let Err(r) = self.wrapper_room(&req.account) {
             out.push(refused(r));

@@ -297,21 +297,21 @@ impl Driver {
                     &request,
                     match result {
                         Ok(granted) => Reply::ok(granted).long_lived(),
-                        Err(r) => Reply::error(r.code, r.message),
+                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
                     },
                 ),
                 Action::ReplyJob { request, result } => self.reply(
                     &request,
                     match result {
                         Ok(done) => Reply::ok(done),
-                        Err(r) => Reply::error(r.code, r.message),
+                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
                     },
                 ),
                 Action::ReplyDone { request, result } => self.reply(
                     &request,
                     match result {
                         Ok(()) => Reply::ok(Empty {}),
-                        Err(r) => Reply::error(r.code, r.message),
+                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
                     },
                 ),
             }

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use flex_protocol::api::ApiError;
-use flex_protocol::socket::{parse_reply, Event, HelloReply, Request, MAX_LINE};
+use flex_protocol::socket::{
+    parse_answer, parse_reply, ErrReply, Event, HelloReply, Request, MAX_LINE,
+};
 use flex_protocol::PROTOCOL_VERSION;
 use serde::de::DeserializeOwned;
 use tokio::io::{ReadHalf, WriteHalf};
@@ -111,8 +113,29 @@ impl Client {
     /// The next reply, handing events that arrive first to `on_event`.
     pub async fn reply<T: DeserializeOwned>(
         &mut self,
-        mut on_event: impl FnMut(Event),
+        on_event: impl FnMut(Event),
     ) -> Result<Result<T, ApiError>, CtlError> {
+        Ok(self
+            .answer(on_event)
+            .await?
+            .map_err(|refused| refused.error))
+    }
+
+    /// Sends `req` and waits for its reply, keeping a refusal whole (with the
+    /// display name of the product it refuses).
+    pub async fn ask<T: DeserializeOwned>(
+        &mut self,
+        req: &Request,
+    ) -> Result<Result<T, ErrReply>, CtlError> {
+        self.send(req).await?;
+        self.answer(|_| {}).await
+    }
+
+    /// Like [`reply`](Self::reply), keeping a refusal whole.
+    pub async fn answer<T: DeserializeOwned>(
+        &mut self,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Result<T, ErrReply>, CtlError> {
         loop {
             match self.next().await? {
                 None => {
@@ -122,7 +145,10 @@ impl Client {
                     })
                 }
                 Some(Incoming::Event(e)) => on_event(e),
-                Some(Incoming::Reply(line)) => return decode_reply(&line),
+                Some(Incoming::Reply(line)) => {
+                    return parse_answer(&line)
+                        .map_err(|e| CtlError::Garbled(format!("{e}: {line}")))
+                }
             }
         }
     }

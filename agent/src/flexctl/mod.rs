@@ -12,12 +12,13 @@ mod job_windows;
 pub mod notify;
 pub mod run;
 mod status;
+pub mod wrap;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use flex_protocol::api::ApiError;
-use flex_protocol::socket::{Request, ResultReply, StatusReply};
+use flex_protocol::socket::{display_name, Request, ResultReply, StatusReply};
 
 pub use client::{Client, Incoming};
 
@@ -78,6 +79,41 @@ pub enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Print (or install) a launcher that starts a product through `flexctl run`:
+    /// a .desktop entry, or with --windows the shortcut's target.
+    Wrap {
+        /// Product id from the rate sheet, e.g. autocad.
+        #[arg(long)]
+        product: String,
+        /// Product version, for usage reports.
+        #[arg(long)]
+        version: Option<String>,
+        /// The launcher's name, e.g. "AutoCAD" (default: the --from entry's own,
+        /// else the product id).
+        #[arg(long)]
+        name: Option<String>,
+        /// The vendor's .desktop file to rewrite, instead of a command.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["command", "windows"])]
+        from: Option<PathBuf>,
+        /// Write the entry where it takes precedence over the vendor's
+        /// (~/.local/share/applications; /usr/local/share/applications as root).
+        #[arg(long, conflicts_with = "windows")]
+        install: bool,
+        /// With --install: write into this directory instead.
+        #[arg(long, requires = "install", value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Print the Windows shortcut (target, folder, icon, PowerShell) instead
+        /// (always so on Windows).
+        #[arg(long)]
+        windows: bool,
+        /// flexctl's path in the launcher (default: this flexctl; with --windows
+        /// C:\Program Files\Flex\flexctl.exe).
+        #[arg(long, value_name = "PATH")]
+        flexctl: Option<String>,
+        /// The product's command line, field codes (%F, %U) included.
+        #[arg(last = true, required_unless_present = "from")]
+        command: Vec<String>,
     },
     /// Check this workstation end to end: config, agent, enrollment, server, TLS,
     /// clock, detection, notifier, the user's email. Exit 0 when all pass, 1 otherwise.
@@ -148,6 +184,8 @@ pub enum CtlError {
     },
     #[error("cannot encode the status as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Wrap(#[from] wrap::WrapError),
 }
 
 /// Runs one parsed command line and returns the exit code.
@@ -182,7 +220,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             let answer = async {
                 let mut client = Client::connect(&cli.socket).await?;
                 client
-                    .call::<ResultReply>(&Request::Result {
+                    .ask::<ResultReply>(&Request::Result {
                         product: product.clone(),
                         count,
                         job: Some(job.clone()),
@@ -203,7 +241,9 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                     };
                     println!(
                         "{}: job {} of {count} results {what}; balance {}",
-                        r.product, r.job, r.balance
+                        display_name(&r.product, r.product_name.as_deref()),
+                        r.job,
+                        r.balance
                     );
                     Ok(0)
                 }
@@ -213,8 +253,10 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                     }
                     Err(e)
                 }
-                Ok(Err(e)) => {
-                    eprintln!("{}", run::denial_line(&product, &e));
+                Ok(Err(refused)) => {
+                    let name = display_name(&product, refused.product_name.as_deref());
+                    eprintln!("{}", run::denial_line(name, &refused.error));
+                    let e = refused.error;
                     if e.code == flex_protocol::ErrorCode::Offline
                         || e.code == flex_protocol::ErrorCode::Internal
                     {
@@ -236,6 +278,80 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status::render(&status, chrono::Utc::now()));
+            }
+            Ok(0)
+        }
+        Command::Wrap {
+            product,
+            version,
+            name,
+            from,
+            install,
+            dir,
+            windows,
+            flexctl,
+            command,
+        } => {
+            // On Windows a shortcut's target is the only launcher there is.
+            let windows = windows || cfg!(windows);
+            let flexctl = match (flexctl, windows) {
+                (Some(path), _) => path,
+                (None, true) => wrap::WINDOWS_FLEXCTL.to_string(),
+                (None, false) => std::env::current_exe()
+                    .and_then(std::fs::canonicalize)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "flexctl".into()),
+            };
+            // A launcher for an agent at another socket must say so.
+            let socket = (!windows && cli.socket != crate::paths::current().socket)
+                .then(|| cli.socket.display().to_string());
+            let prefix = wrap::RunPrefix {
+                flexctl,
+                socket,
+                product: product.clone(),
+                version,
+            };
+            let label = name.clone().unwrap_or_else(|| product.clone());
+            if windows {
+                print!("{}", wrap::windows_shortcut(&prefix, &label, &command));
+                return Ok(0);
+            }
+            let (entry, file_name) = match &from {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).map_err(|source| wrap::WrapError::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    let file = path
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| format!("flex-{product}.desktop"));
+                    (
+                        wrap::rewrite_entry(path, &text, &prefix, name.as_deref())?,
+                        file,
+                    )
+                }
+                None => (
+                    wrap::new_entry(&prefix, &label, &command)?,
+                    format!("flex-{product}.desktop"),
+                ),
+            };
+            if install {
+                let home = std::env::var("HOME").ok();
+                let xdg = std::env::var("XDG_DATA_HOME").ok();
+                #[cfg(unix)]
+                let root = nix::unistd::geteuid().is_root();
+                #[cfg(windows)]
+                let root = crate::win32::current_is_admin();
+                let dir = wrap::install_dir(dir.as_deref(), root, xdg.as_deref(), home.as_deref())?;
+                let path = wrap::install(&dir, &file_name, &entry)?;
+                println!(
+                    "wrote {}: {label} now starts through flexctl run",
+                    path.display()
+                );
+            } else {
+                print!("{entry}");
             }
             Ok(0)
         }

@@ -9,8 +9,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::{DateTime, Local, Utc};
-use flex_protocol::socket::{CloseReason, Empty, Event, Request};
+use chrono::{DateTime, Local, TimeZone, Utc};
+use flex_protocol::socket::{display_name, CloseReason, Empty, Event, Request};
+use flex_protocol::ErrorCode;
 
 use super::{Client, CtlError, Incoming};
 
@@ -71,98 +72,179 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-fn clock(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local).format("%a %H:%M").to_string()
+/// "Tue 11:50" in `tz`: when something ends, as a person near the screen reads it.
+fn clock<Tz: TimeZone>(t: DateTime<Utc>, tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    t.with_timezone(tz).format("%a %H:%M").to_string()
 }
 
-/// The notification shown for `event`.
+/// "1 token", "7 tokens".
+fn tokens(n: u64) -> String {
+    if n == 1 {
+        "1 token".into()
+    } else {
+        format!("{n} tokens")
+    }
+}
+
+/// A message from the agent or server as a sentence inside a notification:
+/// capitalised, without its own closing punctuation (the caller adds one).
+fn sentence(message: &str) -> String {
+    let trimmed = message
+        .trim()
+        .trim_end_matches(|c: char| matches!(c, '.' | ';' | ':' | ',') || c.is_whitespace());
+    let mut chars = trimmed.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The notification shown for `event`, with times in the local time zone.
 pub fn notification_for(event: &Event) -> Notification {
+    notification_in(event, &Local)
+}
+
+/// The notification shown for `event`, with times in `tz`.
+///
+/// Each one is a summary line saying what happened and a body line saying what
+/// it means and what to do; products are named as people know them (the rate
+/// sheet's display name, the id only when the agent has no name for it).
+pub fn notification_in<Tz: TimeZone>(event: &Event, tz: &Tz) -> Notification
+where
+    Tz::Offset: std::fmt::Display,
+{
     use Urgency::*;
+    let at = |t: &DateTime<Utc>| clock(*t, tz);
     let (summary, body, urgency) = match event {
         Event::Charged {
             product,
+            product_name,
             tokens: 0,
             window_end,
             ..
-        } => (
-            format!("{product} is licensed"),
-            match window_end {
-                Some(end) => format!("No tokens charged. Licensed until {}.", clock(*end)),
-                None => "No tokens charged.".into(),
-            },
-            Normal,
-        ),
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} is licensed"),
+                match window_end {
+                    Some(end) => {
+                        format!("No tokens charged. Reopening {p} is free until {}.", at(end))
+                    }
+                    None => "No tokens charged.".into(),
+                },
+                Normal,
+            )
+        }
         Event::Charged {
             product,
-            tokens,
+            product_name,
+            tokens: n,
             balance,
             window_end,
-        } => (
-            format!("{product}: {tokens} tokens charged"),
-            match window_end {
-                Some(end) => format!(
-                    "Balance: {balance} tokens. Reopening {product} is free until {}.",
-                    clock(*end)
-                ),
-                None => format!("Balance: {balance} tokens."),
-            },
-            Normal,
-        ),
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p}: {} charged", tokens(*n)),
+                match window_end {
+                    Some(end) => format!(
+                        "Reopening {p} is free until {}. Balance: {}.",
+                        at(end),
+                        tokens(*balance)
+                    ),
+                    None => format!("The job is paid for. Balance: {}.", tokens(*balance)),
+                },
+                Normal,
+            )
+        }
         Event::LowBalance { balance } => (
             "Flex token balance is low".into(),
-            format!("{balance} tokens left. Ask your license administrator to buy more before they run out."),
+            format!(
+                "{} left. Ask your license administrator to buy more before they run out.",
+                tokens(*balance)
+            ),
             Normal,
         ),
-        Event::OutOfTokens { product } => (
-            "Out of Flex tokens".into(),
-            format!("{product} cannot be charged: the token balance is used up. Ask your license administrator to buy tokens."),
-            Critical,
-        ),
+        Event::OutOfTokens {
+            product,
+            product_name,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                "Out of Flex tokens".into(),
+                format!("{p} cannot be charged: the token balance is used up. Ask your license administrator to buy tokens."),
+                Critical,
+            )
+        }
         Event::LaunchDenied {
             product,
-            reason,
-            message,
-        } => (
-            format!("{product} was not started"),
-            format!("{message} ({reason})"),
-            Normal,
-        ),
-        Event::OfflineWarning {
-            product,
-            seconds_left,
-            deadline,
-        } => (
-            format!("{product} closes in {}", human_duration(*seconds_left)),
-            format!(
-                "This computer has not reached the license server for too long. Connect to the network before {} or save your work: {product} will be closed.",
-                clock(*deadline)
-            ),
-            Critical,
-        ),
-        Event::RenewalFailed {
-            product,
-            reason,
-            closes_at,
-        } => (
-            format!("{product} license could not be renewed"),
-            format!(
-                "The next 24-hour window was refused ({reason}). Save your work: {product} will be closed at {}.",
-                clock(*closes_at)
-            ),
-            Critical,
-        ),
-        Event::ProductClosed {
-            product,
+            product_name,
             reason,
             message,
         } => {
-            let next = next_step(*reason);
-            (format!("{product} was closed"), format!("{message}. {next}"), Critical)
+            let p = display_name(product, product_name.as_deref());
+            (format!("{p} was not started"), denied_body(p, *reason, message), Normal)
+        }
+        Event::OfflineWarning {
+            product,
+            product_name,
+            seconds_left,
+            deadline,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} closes in {}", human_duration(*seconds_left)),
+                format!(
+                    "This computer has not reached the license server for too long. Connect to the network before {}, or save your work: {p} will be closed.",
+                    at(deadline)
+                ),
+                Critical,
+            )
+        }
+        Event::RenewalFailed {
+            product,
+            product_name,
+            reason,
+            closes_at,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            let why = match reason {
+                ErrorCode::OutOfTokens => "The token balance does not cover the next window".to_string(),
+                ErrorCode::NotEntitled => format!("Your account is no longer licensed for {p}"),
+                _ => "The license server did not renew it".to_string(),
+            };
+            (
+                format!("{p} license could not be renewed"),
+                format!("{why}. Save your work: {p} will be closed at {}.", at(closes_at)),
+                Critical,
+            )
+        }
+        Event::ProductClosed {
+            product,
+            product_name,
+            reason,
+            message,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            let why = match reason {
+                CloseReason::NotEntitled => format!("Your account is not licensed for {p}"),
+                CloseReason::OutOfTokens => {
+                    format!("The token balance does not cover {p}")
+                }
+                CloseReason::Offline | CloseReason::Denied => sentence(message),
+            };
+            (
+                format!("{p} was closed"),
+                format!("{why}. {}", next_step(*reason)),
+                Critical,
+            )
         }
         Event::ClockRollback { seconds } => (
             "System clock was set back".into(),
             format!(
-                "The clock moved back by {}. Offline time still counts from the last server contact; the change was reported to your administrator.",
+                "The clock moved back by {}. Offline time still counts from the last server contact, and the change was reported to your administrator.",
                 human_duration(seconds.unsigned_abs())
             ),
             Critical,
@@ -172,6 +254,32 @@ pub fn notification_for(event: &Event) -> Notification {
         summary,
         body,
         urgency,
+    }
+}
+
+/// What a refused launch means for product `p` and what to do about it.
+fn denied_body(p: &str, reason: ErrorCode, message: &str) -> String {
+    match reason {
+        ErrorCode::NotEntitled => {
+            format!("Your account is not licensed for {p}. Ask your license administrator for access.")
+        }
+        ErrorCode::OutOfTokens => format!(
+            "The Flex token balance does not cover {p}. Ask your license administrator to buy tokens."
+        ),
+        ErrorCode::Offline => format!(
+            "This computer cannot reach the license server and holds no license for {p}. Connect to the network, then start it again."
+        ),
+        ErrorCode::UnknownUser => "The license server does not know your account. Ask your license administrator to add you.".into(),
+        ErrorCode::UnknownProduct => format!(
+            "{p} is not on the license server's rate sheet. Check the product with your license administrator."
+        ),
+        ErrorCode::LimitExceeded => format!(
+            "Too many products are open through wrappers on this account. Close one, then start {p} again."
+        ),
+        _ => format!(
+            "{}. If it happens again, run flexctl status and tell your license administrator.",
+            sentence(message)
+        ),
     }
 }
 
@@ -314,12 +422,13 @@ mod line_tests {
     fn printed_lines_carry_urgency_summary_and_body() {
         let n = notification_for(&Event::ProductClosed {
             product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
             reason: CloseReason::Offline,
             message: "offline for more than 24 h".into(),
         });
         assert_eq!(
             n.line(),
-            "[critical] autocad was closed: offline for more than 24 h. \
+            "[critical] AutoCAD was closed: Offline for more than 24 h. \
              Connect to the network, then start it again."
         );
         let n = notification_for(&Event::LowBalance { balance: 12 });

@@ -15,7 +15,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use flex_protocol::api::ApiError;
-use flex_protocol::socket::{Empty, Event, LaunchReply, Request};
+use flex_protocol::socket::{display_name, Empty, Event, LaunchReply, Request};
 use flex_protocol::ErrorCode;
 use tokio::sync::mpsc;
 
@@ -78,7 +78,8 @@ pub fn forward_signals() -> mpsc::Receiver<i32> {
     rx
 }
 
-/// One line for stderr: what was refused, why, and what to do.
+/// One line for stderr: what was refused, why, and what to do. `product` is
+/// what people call it: the display name from the refusal, else the id.
 pub fn denial_line(product: &str, e: &ApiError) -> String {
     let advice = match e.code {
         ErrorCode::OutOfTokens => "ask your license administrator to buy Flex tokens",
@@ -223,7 +224,7 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
                 user: opts.user.clone(),
             })
             .await?;
-        let answer = client.reply::<LaunchReply>(|_| {}).await?;
+        let answer = client.answer::<LaunchReply>(|_| {}).await?;
         Ok::<_, CtlError>((client, answer))
     };
     let (mut client, answer) = tokio::select! {
@@ -233,8 +234,9 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
     let mut closed = false;
     let grant = match answer {
         Ok(grant) => grant,
-        Err(e) => {
-            eprintln!("{}", denial_line(&opts.product, &e));
+        Err(refused) => {
+            let product = display_name(&opts.product, refused.product_name.as_deref());
+            eprintln!("{}", denial_line(product, &refused.error));
             return Ok(EXIT_DENIED);
         }
     };
@@ -292,10 +294,12 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
                 kill_at = None;
             }
             line = from_agent => match line {
-                Ok(Some(Incoming::Event(Event::ProductClosed { product, reason, message }))) => {
+                Ok(Some(Incoming::Event(Event::ProductClosed { product, product_name, reason, message }))) => {
                     if !closed {
                         eprintln!(
-                            "flexctl: flex-agent closed {product}: {message}. {}",
+                            "flexctl: flex-agent closed {}: {}. {}",
+                            display_name(&product, product_name.as_deref()),
+                            message.trim_end_matches('.'),
                             super::notify::next_step(reason)
                         );
                         running.close();

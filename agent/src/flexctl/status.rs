@@ -1,9 +1,10 @@
-//! The human form of `flexctl status`.
+//! The human form of `flexctl status`: products by their display names (the
+//! ids are in `flexctl status --json`).
 
 use std::fmt::Write;
 
 use chrono::{DateTime, Local, Utc};
-use flex_protocol::socket::StatusReply;
+use flex_protocol::socket::{display_name, StatusReply};
 
 use super::notify::human_duration;
 
@@ -66,7 +67,7 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
         .iter()
         .map(|x| {
             [
-                x.product.clone(),
+                display_name(&x.product, x.product_name.as_deref()).to_string(),
                 x.version.clone().unwrap_or_else(|| "-".into()),
                 x.user.clone(),
                 x.pid.map_or("-".into(), |p| p.to_string()),
@@ -106,7 +107,7 @@ fn render_windows(out: &mut String, s: &StatusReply, now: DateTime<Utc>) {
         .iter()
         .map(|w| {
             [
-                w.product.clone(),
+                display_name(&w.product, w.product_name.as_deref()).to_string(),
                 w.user.clone(),
                 match w.source {
                     flex_protocol::api::Source::Subscription => "subscription".into(),

@@ -264,7 +264,7 @@ fn status_table_shows_the_facts() {
         "(5 min ago)",
         "23 h 55 min before offline products close",
         "PRODUCT",
-        "autocad",
+        "AutoCAD",
         "alice",
         "4242",
         "tokens",
@@ -282,6 +282,8 @@ fn status_table_shows_the_facts() {
     let text = status::render(&ended, Utc::now());
     assert!(text.contains("no product sessions"), "{text}");
     assert!(text.contains("7 tokens"), "{text}");
+    // People read display names; ids are for `--json`.
+    assert!(!text.contains("autocad"), "{text}");
 }
 
 #[test]
@@ -315,103 +317,214 @@ fn cli_parses_run_with_the_command_after_dashes() {
     assert!(Cli::try_parse_from(["flexctl", "run", "--product", "autocad"]).is_err());
 }
 
+/// The text of every event, pinned as a user reads it (times in UTC here).
 #[test]
 fn notification_texts_and_urgency() {
     let at = Utc.with_ymd_and_hms(2026, 11, 28, 17, 0, 0).unwrap();
+    let name = |n: &str| Some(n.to_string());
     let cases: Vec<(Event, &str, &str, Urgency)> = vec![
         (
             Event::Charged {
                 product: "autocad".into(),
+                product_name: name("AutoCAD"),
                 tokens: 7,
                 balance: 93,
                 window_end: Some(at),
             },
-            "autocad: 7 tokens charged",
-            "Balance: 93 tokens. Reopening autocad is free until",
+            "AutoCAD: 7 tokens charged",
+            "Reopening AutoCAD is free until Sat 17:00. Balance: 93 tokens.",
+            Urgency::Normal,
+        ),
+        (
+            Event::Charged {
+                product: "recap-photo".into(),
+                product_name: name("ReCap Photo"),
+                tokens: 1,
+                balance: 1,
+                window_end: None,
+            },
+            "ReCap Photo: 1 token charged",
+            "The job is paid for. Balance: 1 token.",
             Urgency::Normal,
         ),
         (
             Event::Charged {
                 product: "revit".into(),
+                product_name: name("Revit"),
                 tokens: 0,
                 balance: 93,
-                window_end: None,
+                window_end: Some(at),
             },
-            "revit is licensed",
-            "No tokens charged.",
+            "Revit is licensed",
+            "No tokens charged. Reopening Revit is free until Sat 17:00.",
             Urgency::Normal,
         ),
         (
             Event::LowBalance { balance: 12 },
             "Flex token balance is low",
-            "12 tokens left. Ask your license administrator to buy more",
+            "12 tokens left. Ask your license administrator to buy more before they run out.",
             Urgency::Normal,
         ),
         (
             Event::OutOfTokens {
                 product: "autocad".into(),
+                product_name: name("AutoCAD"),
             },
             "Out of Flex tokens",
-            "autocad cannot be charged",
+            "AutoCAD cannot be charged: the token balance is used up. Ask your license administrator to buy tokens.",
             Urgency::Critical,
         ),
         (
             Event::LaunchDenied {
                 product: "maya".into(),
+                product_name: name("Maya"),
                 reason: ErrorCode::NotEntitled,
-                message: "not assigned to Flex".into(),
+                message: "ada@example.com has no subscription to Maya and Flex does not include it; ask your license admin".into(),
             },
-            "maya was not started",
-            "not assigned to Flex (not_entitled)",
+            "Maya was not started",
+            "Your account is not licensed for Maya. Ask your license administrator for access.",
+            Urgency::Normal,
+        ),
+        (
+            Event::LaunchDenied {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                reason: ErrorCode::OutOfTokens,
+                message: "AutoCAD costs 7 tokens for 24 hours and the balance is 3.".into(),
+            },
+            "AutoCAD was not started",
+            "The Flex token balance does not cover AutoCAD. Ask your license administrator to buy tokens.",
+            Urgency::Normal,
+        ),
+        (
+            Event::LaunchDenied {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                reason: ErrorCode::Offline,
+                message: "cannot reach the license server".into(),
+            },
+            "AutoCAD was not started",
+            "This computer cannot reach the license server and holds no license for AutoCAD. Connect to the network, then start it again.",
+            Urgency::Normal,
+        ),
+        (
+            Event::LaunchDenied {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                reason: ErrorCode::Internal,
+                message: "refusing the server's grant for AutoCAD: bad signature.".into(),
+            },
+            "AutoCAD was not started",
+            "Refusing the server's grant for AutoCAD: bad signature. If it happens again, run flexctl status and tell your license administrator.",
             Urgency::Normal,
         ),
         (
             Event::OfflineWarning {
                 product: "autocad".into(),
+                product_name: name("AutoCAD"),
                 seconds_left: 1800,
                 deadline: at,
             },
-            "autocad closes in 30 min",
-            "Connect to the network before",
+            "AutoCAD closes in 30 min",
+            "This computer has not reached the license server for too long. Connect to the network before Sat 17:00, or save your work: AutoCAD will be closed.",
             Urgency::Critical,
         ),
         (
             Event::RenewalFailed {
                 product: "autocad".into(),
+                product_name: name("AutoCAD"),
                 reason: ErrorCode::OutOfTokens,
                 closes_at: at,
             },
-            "autocad license could not be renewed",
-            "refused (out_of_tokens). Save your work",
+            "AutoCAD license could not be renewed",
+            "The token balance does not cover the next window. Save your work: AutoCAD will be closed at Sat 17:00.",
             Urgency::Critical,
         ),
         (
             Event::ProductClosed {
                 product: "autocad".into(),
+                product_name: name("AutoCAD"),
                 reason: CloseReason::Offline,
-                message: "offline for more than 24 h".into(),
+                message: "this workstation has not reached the license server for 24 h".into(),
             },
-            "autocad was closed",
-            "offline for more than 24 h. Connect to the network, then start it again.",
+            "AutoCAD was closed",
+            "This workstation has not reached the license server for 24 h. Connect to the network, then start it again.",
+            Urgency::Critical,
+        ),
+        (
+            Event::ProductClosed {
+                product: "revit".into(),
+                product_name: name("Revit"),
+                reason: CloseReason::OutOfTokens,
+                message: "Revit costs 10 tokens for 24 hours and the balance is 3; ask your license admin to buy tokens".into(),
+            },
+            "Revit was closed",
+            "The token balance does not cover Revit. Ask your license administrator to buy tokens.",
             Urgency::Critical,
         ),
         (
             Event::ClockRollback { seconds: -259_200 },
             "System clock was set back",
-            "moved back by 3 d.",
+            "The clock moved back by 3 d. Offline time still counts from the last server contact, and the change was reported to your administrator.",
             Urgency::Critical,
         ),
     ];
     for (event, summary, body, urgency) in cases {
-        let n = notification_for(&event);
-        assert_eq!(n.summary, summary, "{event:?}");
-        assert!(n.body.contains(body), "{event:?}: body {:?}", n.body);
+        let n = notify::notification_in(&event, &Utc);
+        assert_eq!(
+            (n.summary.as_str(), n.body.as_str()),
+            (summary, body),
+            "{event:?}"
+        );
         assert_eq!(n.urgency, urgency, "{event:?}");
+        assert_reads_well(&n);
     }
     assert_eq!(human_duration(7200), "2 h");
     assert_eq!(human_duration(7500), "2 h 5 min");
     assert_eq!(human_duration(300), "5 min");
     assert_eq!(human_duration(45), "45 s");
+}
+
+/// One summary line without a full stop, one body line of sentences, no
+/// repeated punctuation, and no product id when a display name is known.
+fn assert_reads_well(n: &Notification) {
+    assert!(!n.summary.contains('\n') && !n.body.contains('\n'), "{n:?}");
+    assert!(!n.summary.ends_with('.'), "{n:?}");
+    assert!(n.body.ends_with('.'), "{n:?}");
+    for doubled in ["..", ". .", ";.", ":.", ",.", "  ", "::", ";;", ".;"] {
+        assert!(
+            !n.body.contains(doubled) && !n.summary.contains(doubled),
+            "{doubled:?} in {n:?}"
+        );
+    }
+    for id in ["autocad", "revit", "maya", "recap-photo"] {
+        assert!(
+            !n.summary.contains(id) && !n.body.contains(id),
+            "{id} in {n:?}"
+        );
+    }
+}
+
+/// An agent that sends no display names (older, or before it learned the rate
+/// sheet) still gets readable notifications, naming the product by its id.
+#[test]
+fn notifications_fall_back_to_the_product_id() {
+    let n = notification_for(&Event::OutOfTokens {
+        product: "autocad".into(),
+        product_name: None,
+    });
+    assert!(n.body.starts_with("autocad cannot be charged"), "{n:?}");
+    let n = notification_for(&Event::ProductClosed {
+        product: "autocad".into(),
+        product_name: Some("  ".into()),
+        reason: CloseReason::Denied,
+        message: "refused.".into(),
+    });
+    assert_eq!(n.summary, "autocad was closed");
+    assert_eq!(
+        n.body,
+        "Refused. Ask your license administrator for access."
+    );
 }
 
 /// A display that hands notifications to the test.
@@ -453,6 +566,7 @@ async fn notifier_shows_events_and_survives_an_agent_restart() {
     handler
         .publish(Event::OutOfTokens {
             product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
         })
         .await;
     let n = shown.recv().await.unwrap();

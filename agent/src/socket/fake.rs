@@ -75,6 +75,7 @@ impl FakeHandler {
         let tx = tx.unwrap_or_else(|| panic!("no session {session}"));
         tx.send(Event::ProductClosed {
             product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
             reason: CloseReason::Offline,
             message: "offline for more than 24 hours".into(),
         })
@@ -133,6 +134,7 @@ impl Handler for FakeHandler {
             .insert(session.clone(), conn.events.clone());
         Reply::ok(LaunchReply {
             session,
+            product_name: None,
             product,
             source: Source::Tokens,
             window_end: Utc::now() + Duration::hours(24),
@@ -178,6 +180,7 @@ impl Handler for FakeHandler {
             },
         );
         Reply::ok(ResultReply {
+            product_name: None,
             product,
             job: job.unwrap_or_else(|| "job-1".into()),
             tokens_charged: count.div_ceil(50),
@@ -212,6 +215,7 @@ pub(crate) fn sample_status() -> StatusReply {
             session: "s1".into(),
             user: "alice".into(),
             product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
             version: Some("2026".into()),
             pid: Some(4242),
             source: Source::Tokens,
@@ -223,6 +227,7 @@ pub(crate) fn sample_status() -> StatusReply {
         windows: vec![WindowStatus {
             user: "alice@example.com".into(),
             product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
             source: Source::Tokens,
             tokens_charged: 7,
             start,

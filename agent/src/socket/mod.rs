@@ -116,6 +116,15 @@ impl Reply {
 
     /// `{"ok":false,"error":{"code","message"}}`.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::refusal(code, message, None)
+    }
+
+    /// An error reply that names the product refused (`"product_name"`).
+    pub fn refusal(
+        code: ErrorCode,
+        message: impl Into<String>,
+        product_name: Option<String>,
+    ) -> Reply {
         let mut message: String = message.into();
         if message.len() > 4096 {
             let mut end = 4096;
@@ -124,7 +133,7 @@ impl Reply {
             }
             message.truncate(end);
         }
-        let line = serde_json::to_string(&ErrReply::new(code, message))
+        let line = serde_json::to_string(&ErrReply::new(code, message).about(product_name))
             .expect("an error reply always encodes");
         Reply {
             line,

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod error;
 pub mod fleet;
+pub mod names;
 pub mod render;
 pub mod render_reports;
 pub mod table;
@@ -74,8 +75,13 @@ pub async fn run(
         return Err(err);
     }
 
+    let names = if !json && names::needed(&cli.command) {
+        product_names(&client, token.as_deref()).await
+    } else {
+        names::Names::default()
+    };
     write_answer(out, json, &reply.body, || {
-        render::render(&cli.command, &what, &reply.body)
+        render::render(&cli.command, &what, &reply.body, &names)
     })?;
 
     if let Command::Users(UsersCmd::Import { .. }) = cli.command {
@@ -87,6 +93,25 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The rate sheet's display names, for tables that name products. Without
+/// them (an older server, a failed call) the tables show product ids.
+async fn product_names(client: &AdminClient, token: Option<&str>) -> names::Names {
+    let call = call::Call {
+        method: call::Method::Get,
+        path: format!("{}/admin/products", flex_protocol::API_PREFIX),
+        body: Body::None,
+        auth: true,
+    };
+    match client.send(&call, token, None).await {
+        Ok(reply) if reply.status == 200 => {
+            render::decode::<flex_protocol::api::ProductList>("GET /v1/admin/products", &reply.body)
+                .map(|list| names::Names::new(&list.products))
+                .unwrap_or_default()
+        }
+        _ => names::Names::default(),
+    }
 }
 
 /// Writes `body` as pretty JSON under `--json`, else the human rendering.

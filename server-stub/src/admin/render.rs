@@ -19,17 +19,24 @@ use super::cli::{
 };
 use super::error::AdminError;
 use super::fleet;
+pub use super::names::Names;
 use super::table::Table;
 
-/// Formats the success answer `body` of `command`; `what` names the call for errors.
-pub fn render(command: &Command, what: &str, body: &str) -> Result<String, AdminError> {
+/// Formats the success answer `body` of `command`; `what` names the call for
+/// errors; products are shown by their `names`.
+pub fn render(
+    command: &Command,
+    what: &str,
+    body: &str,
+    names: &Names,
+) -> Result<String, AdminError> {
     let out = match command {
         Command::Users(UsersCmd::Add { .. }) => {
             let user: User = decode(what, body)?;
             format!(
                 "added user {}\n{}",
                 user.email,
-                users_table(std::slice::from_ref(&user))
+                users_table(std::slice::from_ref(&user), names)
             )
         }
         Command::Users(UsersCmd::Flex { .. }) => {
@@ -47,7 +54,7 @@ pub fn render(command: &Command, what: &str, body: &str) -> Result<String, Admin
                 "no users yet: add one with `flex-admin users add` or `flex-admin users import`\n"
                     .to_owned()
             } else {
-                users_table(&list.users)
+                users_table(&list.users, names)
             }
         }
         Command::Users(UsersCmd::Import { .. }) => import(&decode(what, body)?),
@@ -56,16 +63,19 @@ pub fn render(command: &Command, what: &str, body: &str) -> Result<String, Admin
             format!(
                 "{} now has a subscription to {} (since {})\n",
                 s.email,
-                s.product,
+                names.label(&s.product),
                 time(&s.created_at)
             )
         }
         Command::Subscriptions(SubscriptionsCmd::Remove { email, product }) => {
-            format!("removed the subscription of {email} to {product}\n")
+            format!(
+                "removed the subscription of {email} to {}\n",
+                names.label(product)
+            )
         }
         Command::Products => products(&decode::<ProductList>(what, body)?.products),
         Command::Defaults(DefaultsCmd::Show | DefaultsCmd::Set { .. }) => {
-            defaults(&decode(what, body)?)
+            defaults(&decode(what, body)?, names)
         }
         Command::Tokens(TokensCmd::Buy { .. }) => {
             let lot: Lot = decode(what, body)?;
@@ -77,7 +87,7 @@ pub fn render(command: &Command, what: &str, body: &str) -> Result<String, Admin
             )
         }
         Command::Tokens(TokensCmd::Balance) => balance(&decode(what, body)?),
-        Command::Charges { .. } => charges(&decode(what, body)?),
+        Command::Charges { .. } => charges(&decode(what, body)?, names),
         Command::Notices => notices(&decode(what, body)?),
         Command::EnrollToken(args) => match args.action {
             None => fleet::created(&decode::<EnrollmentToken>(what, body)?),
@@ -102,9 +112,11 @@ pub fn render(command: &Command, what: &str, body: &str) -> Result<String, Admin
             )
         }
         Command::Report(r) if r.csv => body.to_owned(),
-        Command::Report(_) => super::render_reports::usage(&decode(what, body)?),
-        Command::Recommend { .. } => super::render_reports::recommendations(&decode(what, body)?),
-        Command::Estimate(_) => super::render_reports::estimate(&decode(what, body)?),
+        Command::Report(_) => super::render_reports::usage(&decode(what, body)?, names),
+        Command::Recommend { .. } => {
+            super::render_reports::recommendations(&decode(what, body)?, names)
+        }
+        Command::Estimate(_) => super::render_reports::estimate(&decode(what, body)?, names),
         Command::Forecast => super::render_reports::forecast(&decode(what, body)?),
     };
     Ok(out)
@@ -205,7 +217,7 @@ fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn users_table(users: &[User]) -> String {
+fn users_table(users: &[User], names: &Names) -> String {
     let mut t = Table::new(&["EMAIL", "NAME", "FLEX", "SUBSCRIPTIONS"]);
     for u in users {
         t.row([
@@ -215,7 +227,7 @@ fn users_table(users: &[User]) -> String {
             if u.subscriptions.is_empty() {
                 "-".to_owned()
             } else {
-                u.subscriptions.join(", ")
+                names.list(&u.subscriptions)
             },
         ]);
     }
@@ -253,8 +265,8 @@ fn products(products: &[Product]) -> String {
     out
 }
 
-fn defaults(d: &DefaultAssignments) -> String {
-    let list = d.products.join(", ");
+fn defaults(d: &DefaultAssignments, names: &Names) -> String {
+    let list = names.list(&d.products);
     match d.mode {
         AssignmentMode::All => "Flex users may open every product (mode all)\n".to_owned(),
         AssignmentMode::Allow if d.products.is_empty() => {
@@ -295,7 +307,7 @@ fn balance(b: &Balance) -> String {
     out
 }
 
-fn charges(list: &ChargeList) -> String {
+fn charges(list: &ChargeList, names: &Names) -> String {
     if list.charges.is_empty() {
         return "no charges\n".to_owned();
     }
@@ -326,7 +338,7 @@ fn charges(list: &ChargeList) -> String {
         t.row([
             time(&c.created_at),
             c.user.clone(),
-            c.product.clone(),
+            names.label(&c.product).to_owned(),
             kind,
             c.source.as_str().to_owned(),
             c.tokens.to_string(),
@@ -364,7 +376,7 @@ mod tests {
     use serde_json::json;
 
     fn show(command: Command, body: serde_json::Value) -> String {
-        render(&command, "GET /x", &body.to_string()).expect("renders")
+        render(&command, "GET /x", &body.to_string(), &Names::default()).expect("renders")
     }
 
     #[test]
@@ -523,7 +535,7 @@ mod tests {
             product: "revit".into(),
         });
         assert_eq!(
-            render(&remove, "DELETE /x", "").unwrap(),
+            render(&remove, "DELETE /x", "", &Names::default()).unwrap(),
             "removed the subscription of ann@example.com to revit\n"
         );
     }
@@ -589,7 +601,13 @@ mod tests {
 
     #[test]
     fn an_unexpected_body_is_a_decode_error_naming_the_call() {
-        let err = render(&Command::Notices, "GET /v1/admin/notices", "{\"nope\":1}").unwrap_err();
+        let err = render(
+            &Command::Notices,
+            "GET /v1/admin/notices",
+            "{\"nope\":1}",
+            &Names::default(),
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.starts_with("cannot read the server's answer to GET /v1/admin/notices:"),

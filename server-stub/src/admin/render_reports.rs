@@ -4,9 +4,11 @@
 use chrono::SecondsFormat;
 use flex_protocol::reports::{Estimate, Forecast, RecommendationList, ReportBy, UsageReport};
 
+use super::names::Names;
 use super::table::Table;
 
-pub fn usage(r: &UsageReport) -> String {
+/// A usage report; products by their display `names`.
+pub fn usage(r: &UsageReport, names: &Names) -> String {
     let mut out = format!(
         "usage by {} from {} to {} ({}): {} tokens\n",
         r.by.as_str(),
@@ -39,8 +41,12 @@ pub fn usage(r: &UsageReport) -> String {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        let key = match r.by {
+            ReportBy::Product => names.label(&row.key).to_owned(),
+            ReportBy::User => row.key.clone(),
+        };
         t.row([
-            row.key.clone(),
+            key,
             row.tokens.to_string(),
             row.usage_days.to_string(),
             row.users.or(row.products).unwrap_or(0).to_string(),
@@ -51,7 +57,7 @@ pub fn usage(r: &UsageReport) -> String {
     out
 }
 
-pub fn recommendations(r: &RecommendationList) -> String {
+pub fn recommendations(r: &RecommendationList, names: &Names) -> String {
     if r.recommendations.is_empty() {
         return format!(
             "no recommendations for {}: everyone is on the cheaper plan\n",
@@ -63,7 +69,7 @@ pub fn recommendations(r: &RecommendationList) -> String {
     for x in &r.recommendations {
         t.row([
             x.email.clone(),
-            x.product.clone(),
+            names.label(&x.product).to_owned(),
             x.usage_days.to_string(),
             x.current.as_str().to_owned(),
             x.recommend.as_str().to_owned(),
@@ -74,12 +80,12 @@ pub fn recommendations(r: &RecommendationList) -> String {
     format!("recommendations for {}:\n{}", r.month, t.render())
 }
 
-pub fn estimate(e: &Estimate) -> String {
+pub fn estimate(e: &Estimate, names: &Names) -> String {
     let mut t =
         Table::new(&["PRODUCT", "USERS", "DAYS/MONTH", "TOKENS/MONTH", "NOTE"]).right(&[1, 2, 3]);
     for r in &e.rows {
         t.row([
-            r.product.clone(),
+            names.label(&r.product).to_owned(),
             r.users.to_string(),
             format!("{}", r.days_per_month),
             r.tokens_per_month.to_string(),
@@ -152,7 +158,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            usage(&r),
+            usage(&r, &Names::default()),
             "usage by user from 2026-11-01 to 2026-11-30 (UTC): 119 tokens\n\
              USER       TOKENS  USAGE DAYS  PRODUCTS  WEEKS (tokens/days)\n\
              ada@x.com     119          17         1  10-26: 7/1\n"
@@ -162,7 +168,7 @@ mod tests {
             total_tokens: 0,
             ..r
         };
-        assert!(usage(&empty).ends_with("no usage in this period\n"));
+        assert!(usage(&empty, &Names::default()).ends_with("no usage in this period\n"));
     }
 
     #[test]
@@ -174,9 +180,10 @@ mod tests {
         }))
         .unwrap();
         assert!(
-            estimate(&e).ends_with("buy: 1 × 2500 + 1 × 500 + 4 × 100 = 3400 tokens\n"),
+            estimate(&e, &Names::default())
+                .ends_with("buy: 1 × 2500 + 1 × 500 + 4 × 100 = 3400 tokens\n"),
             "{}",
-            estimate(&e)
+            estimate(&e, &Names::default())
         );
     }
 

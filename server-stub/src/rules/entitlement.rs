@@ -16,6 +16,12 @@ pub struct Facts<'a> {
 
 /// The source that pays for `product`, or the `not_entitled` message.
 pub fn decide(user: &str, product: &str, f: &Facts<'_>) -> Result<Source, String> {
+    decide_as(user, product, product, f)
+}
+
+/// Like [`decide`], naming the product in the message by `name`, its display
+/// name ("Maya" rather than `maya`).
+pub fn decide_as(user: &str, product: &str, name: &str, f: &Facts<'_>) -> Result<Source, String> {
     if !f.known {
         return Err(format!(
             "{user} is not a known user; ask your license admin to add you to Flex"
@@ -28,7 +34,7 @@ pub fn decide(user: &str, product: &str, f: &Facts<'_>) -> Result<Source, String
         return Ok(Source::Tokens);
     }
     Err(format!(
-        "{user} has no subscription to {product} and Flex does not include it; ask your license admin"
+        "{user} has no subscription to {name} and Flex does not include it; ask your license admin"
     ))
 }
 

@@ -298,7 +298,12 @@ impl Store {
             subscribed: u.is_some() && has_subscription(tx, user, product)?,
             defaults: &defaults,
         };
-        Ok(entitlement::decide(user, product, &facts))
+        // Refusals are read by people: the product by its display name.
+        let name = self
+            .rates()
+            .get(product)
+            .map_or(product, |p| p.name.as_str());
+        Ok(entitlement::decide_as(user, product, name, &facts))
     }
 
     /// Spends the charge's tokens in R3 order (planned by [`crate::ledger`]),
@@ -316,14 +321,11 @@ impl Store {
         let shares = match spend(tx, charge.tokens, now)? {
             Ok(s) => s,
             Err(short) => {
-                notices::on_refusal(
-                    tx,
-                    charge.user,
-                    charge.product,
-                    short.balance,
-                    charge.tokens,
-                    now,
-                )?;
+                let name = self
+                    .rates()
+                    .get(charge.product)
+                    .map_or(charge.product, |p| p.name.as_str());
+                notices::on_refusal(tx, charge.user, name, short.balance, charge.tokens, now)?;
                 return Ok(Some(denied(
                     ErrorCode::OutOfTokens,
                     refusal(short.balance),

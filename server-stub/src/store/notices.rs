@@ -83,7 +83,7 @@ pub(crate) fn after_charge(
     apply(conn, armed, &notices, next, now)
 }
 
-/// A charge was refused for lack of tokens.
+/// A charge was refused for lack of tokens; `product` is its display name.
 pub(crate) fn on_refusal(
     conn: &Connection,
     user: &str,
