@@ -229,6 +229,14 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     assert!(wine
         .host_path(r"C:\Program Files\Flex\flexctl.exe")
         .exists());
+    // The notifier starts at every user's logon.
+    let entry = run_key(&wine);
+    let said = String::from_utf8_lossy(&entry.stdout);
+    assert!(
+        entry.status.success() && said.contains("flexctl.exe") && said.contains("notify"),
+        "the notifier's Run entry: {}",
+        text(&entry)
+    );
     let query = service_state(&wine);
     assert!(
         query.contains("flex-agent"),
@@ -319,7 +327,7 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
         .recv_timeout(WAIT)
         .expect("the notifier prints the charge");
     assert!(
-        shown.contains("autocad: 7 tokens charged") && shown.contains("493"),
+        shown.contains("AutoCAD: 7 tokens charged") && shown.contains("Balance: 493 tokens"),
         "{shown}"
     );
     let second = flexctl(
@@ -361,7 +369,7 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     );
     assert_eq!(denied.status.code(), Some(77), "{}", text(&denied));
     assert!(!wine.host_path(r"C:\deploy\ran-revit.txt").exists());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("revit not started"));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Revit not started"));
 
     // ---- detection by polling: a copy named like Navisworks' executable
     let started = Instant::now();
@@ -447,7 +455,22 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
 
     notifier.quit();
 
-    // ---- uninstall removes the service and the binaries
+    // ---- uninstall removes the service, the binaries and the logon entry
+    // Windows Installer stops the service and waits for it (ServiceControl
+    // Wait="yes") before removing files; Wine's msi sends the stop without
+    // waiting, so the binaries of a service still ending would stay behind.
+    // The test stops it first, as Windows Installer would.
+    let stop = wine.run("sc", &["stop", "flex-agent"]);
+    assert!(stop.status.success(), "sc stop flex-agent: {}", text(&stop));
+    eventually(
+        "the service to stop and its process to end",
+        WAIT,
+        || async {
+            (service_state(&wine).contains("STOPPED") && rss_kib(&wine, "flex-agent.exe").is_none())
+                .then_some(())
+        },
+    )
+    .await;
     let remove = wine.run("msiexec", &["/x", &Wine::windows_path(&msi), "/qn"]);
     assert!(
         remove.status.success(),
@@ -472,4 +495,22 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
         !Path::new(&wine.host_path(r"C:\Program Files\Flex\flexctl.exe")).exists(),
         "binaries removed"
     );
+    assert!(
+        !run_key(&wine).status.success(),
+        "the notifier's Run entry is removed: {}",
+        text(&run_key(&wine))
+    );
+}
+
+/// The notifier's logon entry the MSI writes.
+fn run_key(wine: &Wine) -> Output {
+    wine.run(
+        "reg",
+        &[
+            "query",
+            r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Run",
+            "/v",
+            "FlexNotify",
+        ],
+    )
 }
