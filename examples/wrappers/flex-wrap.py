@@ -26,7 +26,11 @@ import time
 PROTOCOL = 1
 MAX_LINE = 64 * 1024
 EXIT_REFUSED = 77
-DEFAULT_SOCKET = os.environ.get("FLEX_AGENT_SOCKET", "/run/flex-agent/agent.sock")
+# macOS has no /run: its agent listens under /var/run (docs/local-api.md).
+DEFAULT_SOCKET = os.environ.get(
+    "FLEX_AGENT_SOCKET",
+    "/var/run/flex-agent/agent.sock" if sys.platform == "darwin" else "/run/flex-agent/agent.sock",
+)
 
 
 class Agent:

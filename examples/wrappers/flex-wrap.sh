@@ -13,7 +13,10 @@
 # agent sends (one compact object per line). Needs: sh, socat, sed, mkfifo.
 set -u
 
-sock=${FLEX_AGENT_SOCKET:-/run/flex-agent/agent.sock}
+# macOS has no /run: its agent listens under /var/run (docs/local-api.md).
+default_sock=/run/flex-agent/agent.sock
+[ "$(uname -s)" = Darwin ] && default_sock=/var/run/flex-agent/agent.sock
+sock=${FLEX_AGENT_SOCKET:-$default_sock}
 product=
 version=
 me=flex-wrap.sh
