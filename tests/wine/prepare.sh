@@ -69,6 +69,13 @@ wine_prepare() {
         # Windows without a display: the null graphics driver still gives
         # processes real top-level windows and message queues (WM_CLOSE).
         "$WINE" reg add 'HKCU\Software\Wine\Drivers' /v Graphics /d null /f >/dev/null 2>&1
+        # The desktop process wineboot started has no driver (no DISPLAY), and
+        # windows created while it runs fail: start Wine again with the setting.
+        local server
+        server="$(dirname "$WINE")/wineserver"
+        [[ -x "$server" ]] || server=wineserver
+        "$server" -k 2>/dev/null || true
+        "$server" -w 2>/dev/null || true
     fi
     wine_keepalive
     flock -u "$lock"
