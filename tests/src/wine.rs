@@ -50,6 +50,29 @@ pub fn msi() -> PathBuf {
     })
 }
 
+/// An MSI of the same debug build with another `version`, made with wixl in
+/// `dir` (a major upgrade of [`msi`]'s when the version is higher).
+pub fn msi_version(version: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("flex-agent-{version}-x64.msi"));
+    windows_bin("flex-agent.exe");
+    let made = Command::new("wixl")
+        .args(["-a", "x64", "-D"])
+        .arg(format!("Version={version}"))
+        .args(["-D", "BinDir=target/x86_64-pc-windows-gnu/debug", "-o"])
+        .arg(&out)
+        .arg("install/windows/flex-agent.wxs")
+        // wixl resolves Source paths relative to the current directory.
+        .current_dir(repo_root())
+        .output()
+        .expect("run wixl (tests/run.sh installs it)");
+    assert!(
+        made.status.success(),
+        "wixl failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    out
+}
+
 pub struct Wine {
     _tmp: tempfile::TempDir,
     pub prefix: PathBuf,

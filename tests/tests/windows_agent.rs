@@ -2,7 +2,8 @@
 //! loopback: the MSI installed silently with its properties, the service
 //! started by the Service Control Manager, `flexctl.exe` over the named pipe,
 //! detection by polling (by file name and by version resource), the offline
-//! close, and uninstall.
+//! close, a major upgrade that keeps config, journal and enrollment, and
+//! uninstall.
 //!
 //! Needs wine64, mingw and the Windows build and MSI, which tests/run.sh
 //! installs and builds (`bash install/windows/build-msi.sh --debug`). It never
@@ -20,7 +21,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use flex_e2e::agent::{eventually, Running, USER};
-use flex_e2e::wine::{msi, Wine};
+use flex_e2e::wine::{msi, msi_version, Wine};
 use flex_e2e::{Server, ServerOpts};
 use serde_json::{json, Value};
 
@@ -268,6 +269,7 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     })
     .await;
     assert_eq!(ready["detection"], "polling", "{ready}");
+    let device_id = ready["device_id"].clone();
     assert!(
         ready["device_id"].is_string(),
         "enrolled on first start: {ready}"
@@ -455,23 +457,31 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
 
     notifier.quit();
 
-    // ---- uninstall removes the service, the binaries and the logon entry
-    // Windows Installer stops the service and waits for it (ServiceControl
-    // Wait="yes") before removing files; Wine's msi sends the stop without
-    // waiting, so the binaries of a service still ending would stay behind.
-    // The test stops it first, as Windows Installer would.
-    let stop = wine.run("sc", &["stop", "flex-agent"]);
-    assert!(stop.status.success(), "sc stop flex-agent: {}", text(&stop));
-    eventually(
-        "the service to stop and its process to end",
-        WAIT,
-        || async {
-            (service_state(&wine).contains("STOPPED") && rss_kib(&wine, "flex-agent.exe").is_none())
-                .then_some(())
-        },
-    )
+    // ---- a major upgrade keeps the config, the journal and the enrollment
+    let newer_dir = tempfile::tempdir().expect("temp dir");
+    let newer = msi_version("0.1.1", newer_dir.path());
+    stop_service(&wine).await;
+    let upgrade = wine.run("msiexec", &["/i", &Wine::windows_path(&newer), "/qn"]);
+    assert!(upgrade.status.success(), "upgrade: {}", text(&upgrade));
+    wine.reboot();
+    let after = eventually("the upgraded service to answer", WAIT, || async {
+        status(&wine)
+    })
     .await;
-    let remove = wine.run("msiexec", &["/x", &Wine::windows_path(&msi), "/qn"]);
+    assert_eq!(after["device_id"], device_id, "still enrolled: {after}");
+    assert_eq!(
+        std::fs::read_to_string(wine.host_path(r"C:\ProgramData\Flex\agent.toml")).unwrap(),
+        config,
+        "the config is kept"
+    );
+    assert_eq!(
+        after["last_server_contact"], s["last_server_contact"],
+        "the journal is kept: {after}"
+    );
+
+    // ---- uninstall removes the service, the binaries and the logon entry
+    stop_service(&wine).await;
+    let remove = wine.run("msiexec", &["/x", &Wine::windows_path(&newer), "/qn"]);
     assert!(
         remove.status.success(),
         "msiexec /x failed: {}",
@@ -500,6 +510,25 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
         "the notifier's Run entry is removed: {}",
         text(&run_key(&wine))
     );
+}
+
+/// Stops the service and waits until its process has ended. Windows Installer
+/// stops a service and waits for it (ServiceControl Wait="yes") before it
+/// replaces or removes files; Wine's msi sends the stop without waiting, so
+/// the files of a service still ending would stay behind: the test stops it
+/// first, as Windows Installer would.
+async fn stop_service(wine: &Wine) {
+    let stop = wine.run("sc", &["stop", "flex-agent"]);
+    assert!(stop.status.success(), "sc stop flex-agent: {}", text(&stop));
+    eventually(
+        "the service to stop and its process to end",
+        WAIT,
+        || async {
+            (service_state(wine).contains("STOPPED") && rss_kib(wine, "flex-agent.exe").is_none())
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// The notifier's logon entry the MSI writes.
