@@ -29,7 +29,7 @@ done
 
 echo "==> building (first time: a few minutes)"
 cargo build --quiet --workspace --bins
-BIN=$PWD/target/debug
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

@@ -81,26 +81,26 @@ pub fn forward_signals() -> mpsc::Receiver<i32> {
 /// One line for stderr: what was refused, why, and what to do. `product` is
 /// what people call it: the display name from the refusal, else the id.
 pub fn denial_line(product: &str, e: &ApiError) -> String {
+    // The server's refusals (and the agent's unknown-user one) already end with
+    // what to do; repeating it read as "ask your license admin… ; ask your
+    // license administrator…". The agent's own refusals carry only the fact.
     let advice = match e.code {
-        ErrorCode::OutOfTokens => "ask your license administrator to buy Flex tokens",
-        ErrorCode::NotEntitled => {
-            "ask your license administrator to assign you to Flex or give you a subscription"
-        }
-        ErrorCode::Offline => {
-            "connect to the network so flex-agent can reach the license server, then try again"
-        }
-        ErrorCode::UnknownProduct => "check the product id with your license administrator",
-        ErrorCode::UnknownUser => "ask your license administrator to add your account",
-        ErrorCode::Forbidden => "run flexctl as the user who will use the product",
+        ErrorCode::OutOfTokens | ErrorCode::NotEntitled | ErrorCode::UnknownUser => None,
+        ErrorCode::Offline => Some(
+            "connect to the network so flex-agent can reach the license server, then try again",
+        ),
+        ErrorCode::UnknownProduct => Some("check the product id with your license administrator"),
+        ErrorCode::Forbidden => Some("run flexctl as the user who will use the product"),
         ErrorCode::DeviceRevoked => {
-            "this workstation was removed from the license server: ask IT to enroll it again"
+            Some("this workstation was removed from the license server: ask IT to enroll it again")
         }
-        _ => "try again; if it persists, see: flexctl status and journalctl -u flex-agent",
+        _ => Some("try again; if it persists, see: flexctl status and journalctl -u flex-agent"),
     };
-    format!(
-        "flexctl: {product} not started: {} ({}); {advice}",
-        e.message, e.code
-    )
+    let line = format!("flexctl: {product} not started: {} ({})", e.message, e.code);
+    match advice {
+        Some(advice) => format!("{line}; {advice}"),
+        None => line,
+    }
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
