@@ -1,13 +1,14 @@
 //! Usage reports (R10): tokens and usage days by product or by user over a
 //! period, with a weekly breakdown.
 //!
-//! The input is the store's daily rollup, one fact per (user, product, local
-//! day): how many windows started that day and how many tokens were charged.
-//! A day with at least one window is one usage day of that (user, product).
-//! Facts stream through [`UsageAccumulator`] so a year of a large tenant is
-//! never held as a list.
+//! The input is the store's rollup: each (user, product) is declared once as
+//! a numbered pair, then its facts arrive by day (the edges of a period) or by
+//! whole week: how many usage days and how many tokens. A day with at least one
+//! window is one usage day of that (user, product). Facts stream through
+//! [`UsageAccumulator`] so a year of a large tenant is never held as a list,
+//! and each fact is a few integer operations: no string is hashed per fact.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use flex_protocol::reports::{ReportBy, UsageReport, UsageRow, WeekUsage};
 
@@ -15,9 +16,9 @@ use super::calendar::{date_of, day_number, week_start, Period};
 
 /// One (user, product, day) of usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DayUsage<'a> {
-    pub user: &'a str,
-    pub product: &'a str,
+pub struct DayUsage {
+    /// The pair, as declared with [`UsageAccumulator::pair`].
+    pub pair: u32,
     /// Day number in the tenant's zone (see [`super::calendar`]).
     pub day: i32,
     /// Windows that started that day (a usage day when > 0).
@@ -27,9 +28,8 @@ pub struct DayUsage<'a> {
 
 /// One (user, product, week) of usage: a whole week inside the period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WeekFact<'a> {
-    pub user: &'a str,
-    pub product: &'a str,
+pub struct WeekFact {
+    pub pair: u32,
     /// Day number of the week's Monday.
     pub week: i32,
     pub usage_days: u64,
@@ -40,12 +40,21 @@ pub struct WeekFact<'a> {
 struct RowAcc {
     tokens: u64,
     usage_days: u64,
-    others: HashSet<u32>,
+    /// Distinct users (by product) or products (by user): one pair each.
+    others: u64,
     /// (tokens, usage days) per week of the period.
     weeks: Vec<(u64, u64)>,
 }
 
-/// Folds [`DayUsage`] facts into a report.
+#[derive(Clone, Copy)]
+struct PairSlot {
+    /// Index of the row (the user or the product) the pair counts in.
+    row: u32,
+    /// Whether the pair has counted yet, for the row's `others`.
+    seen: bool,
+}
+
+/// Folds declared pairs' facts into a report.
 pub struct UsageAccumulator {
     by: ReportBy,
     period: Period,
@@ -53,10 +62,10 @@ pub struct UsageAccumulator {
     last_day: i32,
     first_week: i32,
     weeks: usize,
-    keys: HashMap<String, usize>,
-    last: Option<(String, usize)>,
-    others: HashMap<String, u32>,
-    rows: Vec<(String, RowAcc)>,
+    keys: HashMap<String, u32>,
+    pairs: Vec<Option<PairSlot>>,
+    /// Per key, in the order first declared: its name and, once it has usage, its sums.
+    rows: Vec<(String, Option<RowAcc>)>,
 }
 
 impl UsageAccumulator {
@@ -73,20 +82,40 @@ impl UsageAccumulator {
             first_week,
             weeks,
             keys: HashMap::new(),
-            last: None,
-            others: HashMap::new(),
+            pairs: Vec::new(),
             rows: Vec::new(),
         }
     }
 
+    /// Declares pair `id` as (user, product); its facts may follow.
+    pub fn pair(&mut self, id: u32, user: &str, product: &str) {
+        let key = match self.by {
+            ReportBy::Product => product,
+            ReportBy::User => user,
+        };
+        let row = match self.keys.get(key) {
+            Some(&r) => r,
+            None => {
+                let r = self.rows.len() as u32;
+                self.rows.push((key.to_owned(), None));
+                self.keys.insert(key.to_owned(), r);
+                r
+            }
+        };
+        let i = id as usize;
+        if self.pairs.len() <= i {
+            self.pairs.resize(i + 1, None);
+        }
+        self.pairs[i] = Some(PairSlot { row, seen: false });
+    }
+
     /// Adds one day; days outside the period or with nothing in them are ignored.
-    pub fn add(&mut self, f: &DayUsage<'_>) {
+    pub fn add(&mut self, f: &DayUsage) {
         if f.day < self.first_day || f.day > self.last_day {
             return;
         }
         self.count(
-            f.user,
-            f.product,
+            f.pair,
             week_start(f.day),
             u64::from(f.windows > 0),
             f.tokens,
@@ -94,50 +123,32 @@ impl UsageAccumulator {
     }
 
     /// Adds a whole week, which must lie inside the period.
-    pub fn add_week(&mut self, f: &WeekFact<'_>) {
+    pub fn add_week(&mut self, f: &WeekFact) {
         debug_assert!(f.week >= self.first_day && f.week + 6 <= self.last_day);
-        self.count(f.user, f.product, f.week, f.usage_days, f.tokens);
+        self.count(f.pair, f.week, f.usage_days, f.tokens);
     }
 
-    fn count(&mut self, user: &str, product: &str, week: i32, usage_days: u64, tokens: u64) {
+    fn count(&mut self, pair: u32, week: i32, usage_days: u64, tokens: u64) {
         if usage_days == 0 && tokens == 0 {
             return;
         }
-        let (key, other) = match self.by {
-            ReportBy::Product => (product, user),
-            ReportBy::User => (user, product),
+        // The store declares every pair it reads facts of.
+        let Some(Some(slot)) = self.pairs.get_mut(pair as usize) else {
+            debug_assert!(false, "pair {pair} was not declared");
+            return;
         };
-        // Rows come grouped by day or week, users in order: the last key often repeats.
-        let idx = match self.last.as_ref() {
-            Some((k, i)) if k == key => *i,
-            _ => {
-                let i = match self.keys.get(key) {
-                    Some(&i) => i,
-                    None => {
-                        self.rows.push((key.to_owned(), RowAcc::default()));
-                        self.keys.insert(key.to_owned(), self.rows.len() - 1);
-                        self.rows.len() - 1
-                    }
-                };
-                self.last = Some((key.to_owned(), i));
-                i
-            }
-        };
-        let next = self.others.len() as u32;
-        let other = match self.others.get(other) {
-            Some(&o) => o,
-            None => {
-                self.others.insert(other.to_owned(), next);
-                next
-            }
-        };
-        let row = &mut self.rows[idx].1;
+        let first = !slot.seen;
+        slot.seen = true;
+        let weeks = self.weeks;
+        let row = self.rows[slot.row as usize]
+            .1
+            .get_or_insert_with(|| RowAcc {
+                weeks: vec![(0, 0); weeks],
+                ..RowAcc::default()
+            });
         row.tokens += tokens;
         row.usage_days += usage_days;
-        row.others.insert(other);
-        if row.weeks.is_empty() {
-            row.weeks = vec![(0, 0); self.weeks];
-        }
+        row.others += u64::from(first);
         let w = ((week - self.first_week) / 7) as usize;
         row.weeks[w].0 += tokens;
         row.weeks[w].1 += usage_days;
@@ -151,26 +162,24 @@ impl UsageAccumulator {
         let mut rows: Vec<UsageRow> = self
             .rows
             .into_iter()
-            .map(|(key, acc)| {
-                let n = acc.others.len() as u64;
-                UsageRow {
-                    key,
-                    tokens: acc.tokens,
-                    usage_days: acc.usage_days,
-                    users: (by == ReportBy::Product).then_some(n),
-                    products: (by == ReportBy::User).then_some(n),
-                    weeks: acc
-                        .weeks
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (t, d))| *t > 0 || *d > 0)
-                        .map(|(i, &(tokens, usage_days))| WeekUsage {
-                            week_start: date_of(first_week + 7 * i as i32),
-                            tokens,
-                            usage_days,
-                        })
-                        .collect(),
-                }
+            .filter_map(|(key, acc)| acc.map(|acc| (key, acc)))
+            .map(|(key, acc)| UsageRow {
+                key,
+                tokens: acc.tokens,
+                usage_days: acc.usage_days,
+                users: (by == ReportBy::Product).then_some(acc.others),
+                products: (by == ReportBy::User).then_some(acc.others),
+                weeks: acc
+                    .weeks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (t, d))| *t > 0 || *d > 0)
+                    .map(|(i, &(tokens, usage_days))| WeekUsage {
+                        week_start: date_of(first_week + 7 * i as i32),
+                        tokens,
+                        usage_days,
+                    })
+                    .collect(),
             })
             .collect();
         rows.sort_by(|a, b| b.tokens.cmp(&a.tokens).then_with(|| a.key.cmp(&b.key)));
@@ -216,8 +225,18 @@ mod tests {
         day_number(NaiveDate::from_ymd_opt(2026, m, day).unwrap())
     }
 
-    fn fact<'a>(user: &'a str, product: &'a str, day: i32, tokens: u64) -> DayUsage<'a> {
-        DayUsage {
+    /// A day of usage named by user and product, as the tests write it.
+    #[derive(Clone, Copy)]
+    struct Day<'a> {
+        user: &'a str,
+        product: &'a str,
+        day: i32,
+        windows: u64,
+        tokens: u64,
+    }
+
+    fn fact<'a>(user: &'a str, product: &'a str, day: i32, tokens: u64) -> Day<'a> {
+        Day {
             user,
             product,
             day,
@@ -226,24 +245,40 @@ mod tests {
         }
     }
 
-    fn report(by: ReportBy, facts: &[DayUsage<'_>]) -> UsageReport {
+    /// Numbers each (user, product) as the store does and adds the days.
+    fn add_days(acc: &mut UsageAccumulator, facts: &[Day<'_>]) {
+        let mut ids: HashMap<(&str, &str), u32> = HashMap::new();
+        for f in facts {
+            let next = ids.len() as u32;
+            let id = *ids.entry((f.user, f.product)).or_insert_with(|| {
+                acc.pair(next, f.user, f.product);
+                next
+            });
+            acc.add(&DayUsage {
+                pair: id,
+                day: f.day,
+                windows: f.windows,
+                tokens: f.tokens,
+            });
+        }
+    }
+
+    fn report(by: ReportBy, facts: &[Day<'_>]) -> UsageReport {
         let period = Period::month("2026-11").unwrap();
         let mut acc = UsageAccumulator::new(by, period);
-        for f in facts {
-            acc.add(f);
-        }
+        add_days(&mut acc, facts);
         acc.finish("UTC")
     }
 
     #[test]
     fn seventeen_autocad_days_by_user_and_by_product() {
-        let mut facts: Vec<DayUsage> = (1..=17)
+        let mut facts: Vec<Day> = (1..=17)
             .map(|i| fact("ada@x.com", "autocad", d(11, i), 7))
             .collect();
         // Bob holds a Revit subscription: usage days, no tokens.
         facts.extend((2..=4).map(|i| fact("bob@x.com", "revit", d(11, i), 0)));
         // A per-result job: tokens, no usage day.
-        facts.push(DayUsage {
+        facts.push(Day {
             windows: 0,
             ..fact("bob@x.com", "recap-photo", d(11, 20), 2)
         });
@@ -302,13 +337,14 @@ mod tests {
     fn whole_weeks_add_up_like_their_days() {
         let period = Period::month("2026-11").unwrap();
         let mut by_days = UsageAccumulator::new(ReportBy::User, period);
-        for day in 9..=13 {
-            by_days.add(&fact("ada@x.com", "autocad", d(11, day), 7));
-        }
+        let days: Vec<Day> = (9..=13)
+            .map(|day| fact("ada@x.com", "autocad", d(11, day), 7))
+            .collect();
+        add_days(&mut by_days, &days);
         let mut by_week = UsageAccumulator::new(ReportBy::User, period);
+        by_week.pair(0, "ada@x.com", "autocad");
         by_week.add_week(&WeekFact {
-            user: "ada@x.com",
-            product: "autocad",
+            pair: 0,
             week: d(11, 9),
             usage_days: 5,
             tokens: 35,

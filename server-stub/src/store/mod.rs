@@ -20,6 +20,7 @@ mod lots;
 mod mail;
 mod notices;
 mod reports;
+mod usage_blocks;
 mod users;
 
 use std::path::Path;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_enrollment_keys.sql"),
     include_str!("../../migrations/0003_reports.sql"),
+    include_str!("../../migrations/0004_usage_blocks.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,19 +1,29 @@
 //! The facts behind reports, recommendations, the estimator and the forecast.
 //!
-//! Reports read `usage_daily`, a rollup of the ledger kept up to date by
+//! Reports read a rollup of the ledger kept up to date by
 //! [`Store::fold_usage`]: the ticker folds new charges every minute and every
 //! report folds what is left first, in short transactions so claims never wait
-//! long. The rules in [`crate::rules`] make every decision from what is loaded
-//! here.
+//! long. The ledger is append-only and the fold records the last charge it
+//! took in the same transaction as its sums, so a report is always exact.
+//!
+//! The rollup (migration 0004) numbers each (user, product) once in
+//! `usage_pairs`, keeps per (local day, pair) the windows started and the
+//! tokens charged in `usage_days`, and the same per week packed 64 weeks to a
+//! row in `usage_weeks` (see [`usage_blocks`]). A period reads its whole weeks
+//! from the blocks and only its edge days by day. The rules in
+//! [`crate::rules`] make every decision from what is loaded here.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use flex_protocol::reports::{
     Estimate, EstimateRequest, Forecast, RecommendationList, ReportBy, UsageReport,
 };
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::lots::load_lots;
+use super::usage_blocks::{self, WeekCell};
 use super::{get_meta, parse_ts, set_meta, ts, Result, Store, StoreError};
 use crate::rules::calendar::{self, local_day, Period};
 use crate::rules::estimate::{self, PastUse};
@@ -37,11 +47,101 @@ pub struct MonthUsage {
     pub tokens: u64,
 }
 
+/// What one charge adds to one local day of its (user, product).
+struct DayAdd {
+    day: i32,
+    pair: i64,
+    windows: i64,
+    paid: i64,
+    tokens: i64,
+}
+
+/// The rollup rows one chunk of the fold writes.
+struct Folder<'c> {
+    tx: &'c Connection,
+    pairs: HashMap<(String, String), i64>,
+    /// Blocks read and changed in this chunk, written back at its end.
+    blocks: HashMap<(i32, i64), Vec<u8>>,
+}
+
+impl Folder<'_> {
+    fn pair(&mut self, user: &str, product: &str) -> Result<i64> {
+        if let Some(&id) = self.pairs.get(&(user.to_owned(), product.to_owned())) {
+            return Ok(id);
+        }
+        let found: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM usage_pairs WHERE user = ?1 AND product = ?2")?
+            .query_row(params![user, product], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => self
+                .tx
+                .prepare_cached(
+                    "INSERT INTO usage_pairs (user, product) VALUES (?1, ?2) RETURNING id",
+                )?
+                .query_row(params![user, product], |r| r.get(0))?,
+        };
+        self.pairs.insert((user.to_owned(), product.to_owned()), id);
+        Ok(id)
+    }
+
+    /// Adds to a day and to its week; a day's first window (or first paid
+    /// one) is a new usage day (or paid usage day) of the week.
+    fn add(&mut self, a: DayAdd) -> Result<()> {
+        let (w, p): (i64, i64) = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO usage_days (day, pair, windows, token_windows, tokens)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (day, pair) DO UPDATE SET
+                     windows = windows + excluded.windows,
+                     token_windows = token_windows + excluded.token_windows,
+                     tokens = tokens + excluded.tokens
+                 RETURNING windows, token_windows",
+            )?
+            .query_row(params![a.day, a.pair, a.windows, a.paid, a.tokens], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let new_day = u8::from(a.windows > 0 && w == a.windows);
+        let new_paid = u8::from(a.paid > 0 && p == a.paid);
+        if new_day == 0 && new_paid == 0 && a.tokens == 0 {
+            return Ok(());
+        }
+        let (block, slot) = usage_blocks::locate(a.day);
+        let blob = match self.blocks.entry((block, a.pair)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let stored: Option<Vec<u8>> = self
+                    .tx
+                    .prepare_cached("SELECT weeks FROM usage_weeks WHERE block = ?1 AND pair = ?2")?
+                    .query_row(params![block, a.pair], |r| r.get(0))
+                    .optional()?;
+                e.insert(stored.unwrap_or_else(usage_blocks::empty))
+            }
+        };
+        usage_blocks::add(blob, slot, new_day, new_paid, a.tokens as u64);
+        Ok(())
+    }
+
+    fn write_blocks(self) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO usage_weeks (block, pair, weeks) VALUES (?1, ?2, ?3)
+             ON CONFLICT (block, pair) DO UPDATE SET weeks = excluded.weeks",
+        )?;
+        for ((block, pair), blob) in &self.blocks {
+            stmt.execute(params![block, pair, blob])?;
+        }
+        Ok(())
+    }
+}
+
 /// Folds up to one chunk of new charges into the rollup; returns how many.
 fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
     if get_meta(tx, ROLLUP_ZONE)?.as_deref() != Some(tz.name()) {
-        tx.execute("DELETE FROM usage_daily", [])?;
-        tx.execute("DELETE FROM usage_weekly", [])?;
+        tx.execute("DELETE FROM usage_days", [])?;
+        tx.execute("DELETE FROM usage_weeks", [])?;
         set_meta(tx, ROLLUP_ID, "0")?;
         set_meta(tx, ROLLUP_ZONE, tz.name())?;
     }
@@ -53,77 +153,85 @@ fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
          FROM charges c LEFT JOIN windows w ON w.id = c.window_id
          WHERE c.id > ?1 ORDER BY c.id LIMIT ?2",
     )?;
-    let mut daily = tx.prepare_cached(
-        "INSERT INTO usage_daily (day, user, product, windows, token_windows, tokens)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (day, user, product) DO UPDATE SET
-             windows = windows + excluded.windows,
-             token_windows = token_windows + excluded.token_windows,
-             tokens = tokens + excluded.tokens
-         RETURNING windows, token_windows",
-    )?;
-    let mut weekly = tx.prepare_cached(
-        "INSERT INTO usage_weekly (week, user, product, usage_days, token_days, tokens)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (week, user, product) DO UPDATE SET
-             usage_days = usage_days + excluded.usage_days,
-             token_days = token_days + excluded.token_days,
-             tokens = tokens + excluded.tokens",
-    )?;
-    // Adds to a day and to its week; a day's first window (or first paid one)
-    // is a new usage day (or paid usage day) of the week.
-    let mut add =
-        |day: i32, user: &str, product: &str, windows: i64, paid: i64, tokens: i64| -> Result<()> {
-            let (w, p): (i64, i64) = daily
-                .query_row(params![day, user, product, windows, paid, tokens], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            let new_day = i64::from(windows > 0 && w == windows);
-            let new_paid = i64::from(paid > 0 && p == paid);
-            weekly.execute(params![
-                calendar::week_start(day),
-                user,
-                product,
-                new_day,
-                new_paid,
-                tokens
-            ])?;
-            Ok(())
-        };
+    let mut folder = Folder {
+        tx,
+        pairs: HashMap::new(),
+        blocks: HashMap::new(),
+    };
     let mut rows = stmt.query(params![after, FOLD_CHUNK])?;
     let (mut last, mut n) = (after, 0);
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
-        let user: String = r.get(1)?;
-        let product: String = r.get(2)?;
-        let paid = r.get_ref(3)?.as_str().unwrap_or("") == "tokens";
+        let pair = folder.pair(text(r, 1)?, text(r, 2)?)?;
+        let paid = i64::from(r.get_ref(3)?.as_str().unwrap_or("") == "tokens");
         let tokens: i64 = r.get(4)?;
-        let charged = local_day(parse_ts(r.get_ref(5)?.as_str().unwrap_or(""))?, tz);
+        let charged = local_day(parse_ts(text(r, 5)?)?, tz);
+        let day = |day, windows, paid, tokens| DayAdd {
+            day,
+            pair,
+            windows,
+            paid,
+            tokens,
+        };
+        // Usage counts on the window's start day, tokens on the charge's day;
+        // a per-result charge has no window.
         match r.get_ref(6)?.as_str_or_null().ok().flatten() {
             Some(start) => {
-                let day = local_day(parse_ts(start)?, tz);
-                if day == charged {
-                    add(day, &user, &product, 1, paid as i64, tokens)?;
+                let start = local_day(parse_ts(start)?, tz);
+                if start == charged {
+                    folder.add(day(start, 1, paid, tokens))?;
                 } else {
-                    add(day, &user, &product, 1, paid as i64, 0)?;
-                    add(charged, &user, &product, 0, 0, tokens)?;
+                    folder.add(day(start, 1, paid, 0))?;
+                    folder.add(day(charged, 0, 0, tokens))?;
                 }
             }
-            None => add(charged, &user, &product, 0, 0, tokens)?,
+            None => folder.add(day(charged, 0, 0, tokens))?,
         }
         last = id;
         n += 1;
     }
+    folder.write_blocks()?;
     if n > 0 {
         set_meta(tx, ROLLUP_ID, &last.to_string())?;
     }
     Ok(n)
 }
 
-/// Reads a period's usage: whole weeks from `usage_weekly`, the days before
-/// the first Monday and after the last whole week from `usage_daily`.
-fn report_from(conn: &Connection, by: ReportBy, period: Period, tz: &str) -> Result<UsageReport> {
-    let mut acc = UsageAccumulator::new(by, period);
+/// One fact of a period, about one numbered (user, product).
+enum Fact<'a> {
+    /// A day at the period's edge: windows started (of which paid), tokens.
+    Day {
+        pair: u32,
+        day: i32,
+        windows: i64,
+        paid: i64,
+        tokens: i64,
+    },
+    /// A whole week inside the period, by its Monday.
+    Week {
+        pair: u32,
+        monday: i32,
+        cell: &'a WeekCell,
+    },
+}
+
+fn pair_id(id: i64) -> Result<u32> {
+    u32::try_from(id).map_err(|_| StoreError::Corrupt(format!("usage pair id {id}")))
+}
+
+/// Calls `f(id, user, product)` for every (user, product) with usage.
+fn each_pair(conn: &Connection, mut f: impl FnMut(u32, &str, &str)) -> Result<()> {
+    let mut stmt = conn.prepare_cached("SELECT id, user, product FROM usage_pairs")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        f(pair_id(r.get(0)?)?, text(r, 1)?, text(r, 2)?);
+    }
+    Ok(())
+}
+
+/// Streams a period's usage: whole weeks from `usage_weeks`, the days before
+/// the first Monday and after the last whole week from `usage_days`.
+fn period_facts(conn: &Connection, period: Period, mut f: impl FnMut(Fact<'_>)) -> Result<()> {
     let first = calendar::day_number(period.from);
     let last = calendar::day_number(period.to);
     let w0 = calendar::week_start(first);
@@ -132,35 +240,68 @@ fn report_from(conn: &Connection, by: ReportBy, period: Period, tz: &str) -> Res
     let mut days = vec![(first, last)];
     if weeks_from < weeks_to {
         days = vec![(first, weeks_from - 1), (weeks_to, last)];
+        let (b0, _) = usage_blocks::locate(weeks_from);
+        let (b1, _) = usage_blocks::locate(weeks_to - 7);
         let mut stmt = conn.prepare_cached(
-            "SELECT user, product, week, usage_days, tokens FROM usage_weekly WHERE week BETWEEN ?1 AND ?2",
+            "SELECT pair, block, weeks FROM usage_weeks WHERE block BETWEEN ?1 AND ?2",
         )?;
-        let mut rows = stmt.query(params![weeks_from, weeks_to - 7])?;
+        let mut rows = stmt.query(params![b0, b1])?;
         while let Some(r) = rows.next()? {
-            acc.add_week(&WeekFact {
-                user: text(r, 0)?,
-                product: text(r, 1)?,
-                week: r.get(2)?,
-                usage_days: r.get::<_, i64>(3)? as u64,
-                tokens: r.get::<_, i64>(4)? as u64,
+            let pair = pair_id(r.get(0)?)?;
+            let blob = r
+                .get_ref(2)?
+                .as_blob()
+                .map_err(|e| StoreError::Corrupt(format!("usage weeks: {e}")))?;
+            usage_blocks::each(blob, r.get(1)?, weeks_from, weeks_to - 7, |monday, cell| {
+                f(Fact::Week {
+                    pair,
+                    monday,
+                    cell: &cell,
+                })
             });
         }
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT user, product, day, windows, tokens FROM usage_daily WHERE day BETWEEN ?1 AND ?2",
+        "SELECT pair, day, windows, token_windows, tokens FROM usage_days WHERE day BETWEEN ?1 AND ?2",
     )?;
     for (a, b) in days.into_iter().filter(|(a, b)| a <= b) {
         let mut rows = stmt.query(params![a, b])?;
         while let Some(r) = rows.next()? {
-            acc.add(&DayUsage {
-                user: text(r, 0)?,
-                product: text(r, 1)?,
-                day: r.get(2)?,
-                windows: r.get::<_, i64>(3)? as u64,
-                tokens: r.get::<_, i64>(4)? as u64,
+            f(Fact::Day {
+                pair: pair_id(r.get(0)?)?,
+                day: r.get(1)?,
+                windows: r.get(2)?,
+                paid: r.get(3)?,
+                tokens: r.get(4)?,
             });
         }
     }
+    Ok(())
+}
+
+fn report_from(conn: &Connection, by: ReportBy, period: Period, tz: &str) -> Result<UsageReport> {
+    let mut acc = UsageAccumulator::new(by, period);
+    each_pair(conn, |id, user, product| acc.pair(id, user, product))?;
+    period_facts(conn, period, |fact| match fact {
+        Fact::Day {
+            pair,
+            day,
+            windows,
+            tokens,
+            ..
+        } => acc.add(&DayUsage {
+            pair,
+            day,
+            windows: windows as u64,
+            tokens: tokens as u64,
+        }),
+        Fact::Week { pair, monday, cell } => acc.add_week(&WeekFact {
+            pair,
+            week: monday,
+            usage_days: u64::from(cell.usage_days),
+            tokens: cell.tokens,
+        }),
+    })?;
     Ok(acc.finish(tz))
 }
 
@@ -170,33 +311,53 @@ fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str> {
         .map_err(|e| StoreError::Corrupt(format!("usage rollup: {e}")))
 }
 
-/// Per (user, product) usage days and tokens in a period; `paid_only` counts
-/// only windows paid with tokens.
+/// Per (user, product) usage days and tokens in a period, for the pairs with
+/// usage days or tokens; `paid_only` counts only days with a window paid with
+/// tokens.
 fn pair_usage(conn: &Connection, period: Period, paid_only: bool) -> Result<Vec<PairUsage>> {
-    let days = if paid_only {
-        "SUM(token_windows > 0)"
-    } else {
-        "SUM(windows > 0)"
+    let mut sums: Vec<(u64, u64)> = Vec::new();
+    let mut add = |pair: u32, days: u64, tokens: u64| {
+        let i = pair as usize;
+        if sums.len() <= i {
+            sums.resize(i + 1, (0, 0));
+        }
+        sums[i].0 += days;
+        sums[i].1 += tokens;
     };
-    let mut stmt = conn.prepare(&format!(
-        "SELECT user, product, {days}, SUM(tokens) FROM usage_daily
-         WHERE day BETWEEN ?1 AND ?2 GROUP BY user, product"
-    ))?;
-    let rows = stmt.query_map(
-        params![
-            calendar::day_number(period.from),
-            calendar::day_number(period.to)
-        ],
-        |r| {
-            Ok(PairUsage {
-                user: r.get(0)?,
-                product: r.get(1)?,
-                usage_days: r.get::<_, i64>(2)? as u64,
-                tokens: r.get::<_, i64>(3)? as u64,
-            })
-        },
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    period_facts(conn, period, |fact| match fact {
+        Fact::Day {
+            pair,
+            windows,
+            paid,
+            tokens,
+            ..
+        } => {
+            let used = if paid_only { paid } else { windows };
+            add(pair, u64::from(used > 0), tokens as u64)
+        }
+        Fact::Week { pair, cell, .. } => {
+            let days = if paid_only {
+                cell.paid_days
+            } else {
+                cell.usage_days
+            };
+            add(pair, u64::from(days), cell.tokens)
+        }
+    })?;
+    let mut out = Vec::new();
+    each_pair(conn, |id, user, product| {
+        if let Some(&(usage_days, tokens)) = sums.get(id as usize) {
+            if usage_days > 0 || tokens > 0 {
+                out.push(PairUsage {
+                    user: user.to_owned(),
+                    product: product.to_owned(),
+                    usage_days,
+                    tokens,
+                });
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 fn charged_since(conn: &Connection, since: DateTime<Utc>) -> Result<u64> {
@@ -361,8 +522,9 @@ impl Store {
         self.fold_usage()?;
         let rows: Vec<(String, i32, i64, i64)> = self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT product, day, windows, tokens FROM usage_daily
-                 WHERE user = ?1 AND day BETWEEN ?2 AND ?3",
+                "SELECT p.product, d.day, d.windows, d.tokens
+                 FROM usage_pairs p JOIN usage_days d ON d.pair = p.id
+                 WHERE p.user = ?1 AND d.day BETWEEN ?2 AND ?3",
             )?;
             let rows = stmt
                 .query_map(
