@@ -24,6 +24,35 @@ pub struct DebRoot {
     _dir: tempfile::TempDir,
 }
 
+/// Mount commands that show the repository and the built binaries inside the
+/// root at their own paths, read-only: a clone under /tmp (or on a mount the
+/// overlay of / does not carry) would otherwise be hidden by the root's own /tmp.
+fn visible_inside(merged: &Path) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .canonicalize()
+        .expect("workspace root");
+    let bins = crate::bin("flex-agent")
+        .parent()
+        .expect("binaries' directory")
+        .canonicalize()
+        .expect("binaries' directory");
+    let mut dirs = vec![repo];
+    if !bins.starts_with(&dirs[0]) {
+        dirs.push(bins);
+    }
+    dirs.iter()
+        .map(|d| {
+            let (d, m) = (d.display(), merged.display());
+            format!(
+                "mkdir -p '{m}{d}' && mount --bind '{d}' '{m}{d}' && mount -o remount,bind,ro '{m}{d}'"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n             ")
+}
+
 impl DebRoot {
     /// Sets up the namespace, the overlay and /proc, /dev, /run, /tmp in it.
     pub fn create() -> DebRoot {
@@ -45,10 +74,12 @@ impl DebRoot {
              mount --rbind /dev {m}/dev
              mount -t tmpfs -o mode=0755 tmpfs {m}/run
              mount -t tmpfs -o mode=1777 tmpfs {m}/tmp
+             {visible}
              echo ready
              exec sleep 3600",
             base = base.display(),
-            m = merged.display()
+            m = merged.display(),
+            visible = visible_inside(&merged),
         );
         let mut holder = Command::new("unshare")
             .args([
