@@ -55,7 +55,8 @@ fi
 bash tests/wine/install-tools.sh
 
 cargo build --workspace --bins
-# The Windows agent and its MSI, for tests/tests/windows_agent.rs (under Wine).
+# The Windows agent and its MSI (with its custom action DLL), for
+# tests/tests/windows_agent.rs (under Wine).
 bash install/windows/build-msi.sh --debug >/dev/null
 # Every failure in one run, not just the first test binary's.
 failed=0

@@ -50,28 +50,32 @@ pub fn msi() -> PathBuf {
     })
 }
 
-/// An MSI of the same debug build with another `version`, made with wixl in
-/// `dir` (a major upgrade of [`msi`]'s when the version is higher).
+/// An MSI of the same debug build with `version` (a new product code, as
+/// every build has), made by `build-msi.sh` in `dir`: a major upgrade of
+/// [`msi`]'s when the version is higher, a rebuild when it is the same, a
+/// downgrade when lower.
 pub fn msi_version(version: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("flex-agent-{version}-x64.msi"));
     windows_bin("flex-agent.exe");
-    let made = Command::new("wixl")
-        .args(["-a", "x64", "-D"])
-        .arg(format!("Version={version}"))
-        .args(["-D", "BinDir=target/x86_64-pc-windows-gnu/debug", "-o"])
+    let made = Command::new("bash")
+        .arg("install/windows/build-msi.sh")
+        .args(["--debug", "--version", version, "--out"])
         .arg(&out)
-        .arg("install/windows/flex-agent.wxs")
-        // wixl resolves Source paths relative to the current directory.
         .current_dir(repo_root())
         .output()
-        .expect("run wixl (tests/run.sh installs it)");
+        .expect("run install/windows/build-msi.sh");
     assert!(
         made.status.success(),
-        "wixl failed: {}",
+        "build-msi.sh failed: {}",
         String::from_utf8_lossy(&made.stderr)
     );
     out
 }
+
+/// What Wine's `msiexec` exits with for Windows Installer's 1603 (a fatal
+/// error: a bad property, a refused downgrade): Linux keeps only the low byte
+/// of a process's exit code. On Windows it is 1603.
+pub const MSI_FAILED: i32 = 1603 & 0xff;
 
 pub struct Wine {
     _tmp: tempfile::TempDir,
@@ -125,6 +129,9 @@ impl Wine {
             ],
         );
         assert!(timeout.status.success(), "reg add ServicesPipeTimeout");
+        // Test setup only: the MSI's custom action DLL runs from a temp file,
+        // so the ProcessPrng shim goes where every process finds it.
+        w.shim_into(r"C:\windows\system32");
         w.keep_alive();
         w
     }
@@ -235,6 +242,34 @@ impl Wine {
             &self.helpers.join("bcryptprimitives.dll"),
             &format!("{dir}\\bcryptprimitives.dll"),
         );
+    }
+}
+
+impl Wine {
+    /// The Windows Installer products named `name` in "Add/Remove Programs"
+    /// (the Uninstall key), by product code.
+    pub fn installed_products(&self, name: &str) -> Vec<String> {
+        let out = self.run(
+            "reg",
+            &[
+                "query",
+                r"HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall",
+                "/s",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut products = Vec::new();
+        let mut key = "";
+        for line in text.lines() {
+            if line.starts_with("HKEY_") {
+                key = line.rsplit('\\').next().unwrap_or_default();
+            } else if line.trim_start().starts_with("DisplayName")
+                && line.trim_end().ends_with(name)
+            {
+                products.push(key.to_string());
+            }
+        }
+        products
     }
 }
 

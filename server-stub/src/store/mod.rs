@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_enrollment_keys.sql"),
     include_str!("../../migrations/0003_reports.sql"),
     include_str!("../../migrations/0004_usage_blocks.sql"),
+    include_str!("../../migrations/0005_enrollment_requests.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
