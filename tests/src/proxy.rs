@@ -83,9 +83,11 @@ impl Proxy {
     /// Waits until `n` enroll answers have been kept from the agent (so the
     /// server has enrolled that many devices), up to `timeout`.
     pub async fn held(&mut self, n: usize, timeout: Duration) {
-        let reached = tokio::time::timeout(timeout, self.held.wait_for(|&h| h >= n)).await;
+        let reached = tokio::time::timeout(timeout, self.held.wait_for(|&h| h >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
         assert!(
-            matches!(reached, Ok(Ok(_))),
+            reached,
             "the proxy kept {} enroll answer(s) within {timeout:?}, not {n}",
             *self.held.borrow()
         );
