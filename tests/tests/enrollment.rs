@@ -6,6 +6,9 @@
 //! server answers with the same device and credential: one device, one use,
 //! and an agent that works.
 //!
+//! Also `flex-agent configure` moving an enrolled agent (item 3): to the same
+//! server under a new name, or to another server with a token from it.
+//!
 //! The real `flex-agent` and `flex-server`, with [`Proxy`] between them. The
 //! Windows service's side (`sc stop` mid-request) is in `windows_agent.rs`.
 
@@ -135,4 +138,59 @@ async fn agent_stopped_while_its_enroll_request_is_in_flight_wastes_no_token() {
     .await
     .expect("the agent's start");
     enrolled_once(&server, &agent).await;
+}
+
+/// `flex-agent configure` as IT runs it (the MSI runs the same on Windows).
+fn configure(agent: &Agent, args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin("flex-agent"))
+        .arg("configure")
+        .arg("--config")
+        .arg(&agent.config)
+        .args(args)
+        .output()
+        .expect("run flex-agent configure");
+    assert!(
+        out.status.success(),
+        "flex-agent configure {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Issue 18, item 3, the fleet's server changed: a new address for the same
+/// server (the URL alone) keeps the enrollment; another server, with a token
+/// from it, gets a device there at the agent's next start.
+#[tokio::test]
+async fn a_server_given_again_keeps_the_enrollment_or_moves_it_with_a_token() {
+    let old = flex_server(SHORT_POLICY, None, 100).await;
+    let mut agent = Agent::start(&old, "").await;
+    let device = agent.status()["device_id"].clone();
+    agent.stop();
+
+    let renamed = old.url.replace("127.0.0.1", "localhost");
+    configure(&agent, &["--server-url", &renamed]);
+    assert_eq!(agent.server_url(), renamed);
+    agent.spawn();
+    agent.rate_sheet_known().await;
+    assert_eq!(agent.status()["device_id"], device, "the same server: still enrolled");
+    agent.stop();
+
+    let new = flex_server(SHORT_POLICY, None, 100).await;
+    let token = one_use_token(&new).await;
+    let file = agent.dir.path().join("new-server-token.txt");
+    std::fs::write(&file, &token).unwrap();
+    let said = configure(
+        &agent,
+        &["--server-url", &new.url, "--token-file", &file.display().to_string()],
+    );
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(said.contains("placed the enrollment token"), "{said}");
+    agent.spawn();
+    agent.rate_sheet_known().await;
+    let status = agent.status();
+    let (devices, uses_left) = devices_and_uses_left(&new).await;
+    assert_eq!((devices.len(), uses_left), (1, 0), "{devices:?}");
+    assert_eq!(status["device_id"], devices[0]["id"], "{status}");
+    assert_ne!(status["device_id"], device);
+    assert!(!agent.token_file().exists());
 }
