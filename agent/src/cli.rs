@@ -70,7 +70,7 @@ pub struct ConfigureArgs {
     /// A file holding an enrollment token from `flex-admin enroll-token`
     /// (blank: not given).
     #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    pub token_file: Option<String>,
     /// How accounts map to emails, e.g. {user}@corp.example (blank: not given).
     #[arg(long, value_name = "TEMPLATE")]
     pub email_template: Option<String>,
@@ -109,6 +109,26 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The MSI passes every property, blank when it was not given.
+    #[test]
+    fn configure_takes_blank_values() {
+        let cli = Cli::try_parse_from([
+            "flex-agent",
+            "configure",
+            "--server-url=",
+            "--token-file=",
+            "--email-template=",
+        ])
+        .unwrap();
+        let Some(Cmd::Configure(a)) = cli.command else {
+            panic!("not configure")
+        };
+        assert_eq!(
+            (a.server_url, a.token_file, a.email_template),
+            (Some(String::new()), Some(String::new()), Some(String::new()))
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ async fn configure_command(args: ConfigureArgs) -> i32 {
     use flex_agent::provision::{self, InstallValues, ProvisionError};
     let values = InstallValues {
         server_url: args.server_url,
-        enroll_token_file: args.token_file,
+        enroll_token_file: args.token_file.map(std::path::PathBuf::from),
         email_template: args.email_template,
     };
     let config = args.config;
