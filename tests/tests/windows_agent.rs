@@ -634,6 +634,23 @@ async fn start_and_wait_enrolled(wine: &Wine) -> Value {
     .await
 }
 
+/// The service's status once it has enrolled, after an install that (re)started
+/// it. Should Wine's service manager not know the service yet (see the first
+/// test), a service left stopped is started as IT would.
+async fn enrolled_after_install(wine: &Wine) -> Value {
+    eventually("the service, (re)started by the install, to enroll", WAIT, || async {
+        if let Some(s) = status(wine).filter(|s| s["device_id"].is_string()) {
+            return Some(s);
+        }
+        if service_state(wine).contains("STOPPED") {
+            eprintln!("windows: the service is stopped after the install; sc start");
+            let _ = wine.run("sc", &["start", "flex-agent"]);
+        }
+        None
+    })
+    .await
+}
+
 /// Issue 18, item 1, on Windows: `sc stop` lands while the enroll request is
 /// in flight (the server made the device and spent the token, the answer is
 /// still on its way); `sc start` enrolls as that same device, spending nothing
@@ -767,16 +784,7 @@ async fn msi_token_file_given_again_replaces_a_refused_one() {
         text(&out)
     );
     assert!(log.contains("replacing the one waiting"), "{log}");
-    // Windows: the install restarts the service. Wine's msiexec can start
-    // only what its service manager knew at boot: start it as IT would.
-    if !service_state(&wine).contains("RUNNING") {
-        let started = start_and_wait_enrolled(&wine).await;
-        assert!(started["device_id"].is_string());
-    }
-    let status = eventually("the service to enroll", WAIT, || async {
-        status(&wine).filter(|s| s["device_id"].is_string())
-    })
-    .await;
+    let status = enrolled_after_install(&wine).await;
     assert_eq!(status["device_id"], devices(&server).await[0]["id"]);
 }
 
@@ -833,15 +841,8 @@ async fn msi_corrected_server_url_replaces_the_kept_one() {
         "{config}"
     );
     assert!(config.contains("# IT: polling is fine here"), "{config}");
-    if !status(&wine).is_some_and(|s| s["device_id"].is_string()) {
-        // Wine: the install cannot restart the service (see above).
-        stop_service(&wine).await;
-        start_and_wait_enrolled(&wine).await;
-    }
-    let status = eventually("the service to enroll", WAIT, || async {
-        status(&wine).filter(|s| s["device_id"].is_string())
-    })
-    .await;
+    // The install restarted the service, which now enrolls with the new URL.
+    let status = enrolled_after_install(&wine).await;
     assert_eq!(status["device_id"], devices(&server).await[0]["id"]);
 
     // Uninstall, then reinstall with the server under another name: the kept
