@@ -127,7 +127,11 @@ mod tests {
         };
         assert_eq!(
             (a.server_url, a.token_file, a.email_template),
-            (Some(String::new()), Some(String::new()), Some(String::new()))
+            (
+                Some(String::new()),
+                Some(String::new()),
+                Some(String::new())
+            )
         );
     }
 

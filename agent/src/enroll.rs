@@ -329,27 +329,7 @@ pub async fn enroll(config: &Config, opts: EnrollOptions) -> Result<EnrollOutcom
 
     let hostname = hostname();
     let token = opts.token.trim().to_string();
-    let request = {
-        let (state_dir, server, hostname) =
-            (config.state_dir.clone(), server.clone(), hostname.clone());
-        let token_sha256 = sha256_hex(&token);
-        blocking(move || {
-            let mut journal = Journal::open_in(&state_dir)?;
-            let pending = journal.pending_enrollment()?;
-            let (request, fresh) =
-                request_for(pending, &server, &token_sha256, &hostname, new_request_id);
-            if fresh {
-                journal.set_pending_enrollment(&request)?;
-            } else {
-                tracing::info!(
-                    "asking {server} again with the enrollment request of an earlier attempt, \
-                     whose answer never arrived"
-                );
-            }
-            Ok(request)
-        })
-        .await?
-    };
+    let request = journal_request(config, &server, &token, &hostname).await?;
     let sent = client
         .enroll(&EnrollRequest {
             enrollment_token: token,
@@ -359,18 +339,16 @@ pub async fn enroll(config: &Config, opts: EnrollOptions) -> Result<EnrollOutcom
             enrollment_request_id: Some(request.request_id.clone()),
         })
         .await;
-    if let Err(e) = &sent {
-        // A refused token, or a request the server will not answer again:
-        // the next attempt starts a new request.
-        if matches!(
-            e,
-            ClientError::Unauthorized { .. }
-                | ClientError::Expired { .. }
-                | ClientError::Conflict { .. }
-        ) {
-            let state_dir = config.state_dir.clone();
-            blocking(move || Ok(Journal::open_in(&state_dir)?.clear_pending_enrollment()?)).await?;
-        }
+    // A refused token, or a request the server will not answer again: the
+    // next attempt starts a new request.
+    if let Err(
+        ClientError::Unauthorized { .. }
+        | ClientError::Expired { .. }
+        | ClientError::Conflict { .. },
+    ) = &sent
+    {
+        let state_dir = config.state_dir.clone();
+        blocking(move || Ok(Journal::open_in(&state_dir)?.clear_pending_enrollment()?)).await?;
     }
     let answer = sent.map_err(|e| match e {
         ClientError::Unauthorized { message, .. } => EnrollError::Refused { message },
@@ -438,6 +416,38 @@ pub async fn enroll(config: &Config, opts: EnrollOptions) -> Result<EnrollOutcom
         lease_key_ids: answer.lease_keys.into_iter().map(|k| k.kid).collect(),
         journal_path,
     })
+}
+
+/// The enrollment request this attempt sends, journaled before it goes: the
+/// pending one of an earlier attempt whose answer was lost, else a new one.
+async fn journal_request(
+    config: &Config,
+    server: &str,
+    token: &str,
+    hostname: &str,
+) -> Result<PendingEnrollment, EnrollError> {
+    let (state_dir, server, hostname) = (
+        config.state_dir.clone(),
+        server.to_string(),
+        hostname.to_string(),
+    );
+    let token_sha256 = sha256_hex(token);
+    blocking(move || {
+        let mut journal = Journal::open_in(&state_dir)?;
+        let pending = journal.pending_enrollment()?;
+        let (request, fresh) =
+            request_for(pending, &server, &token_sha256, &hostname, new_request_id);
+        if fresh {
+            journal.set_pending_enrollment(&request)?;
+        } else {
+            tracing::info!(
+                "asking {server} again with the enrollment request of an earlier attempt, \
+                 whose answer never arrived"
+            );
+        }
+        Ok(request)
+    })
+    .await
 }
 
 /// The enrollment request to send: the pending one when it went to the same

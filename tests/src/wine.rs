@@ -162,6 +162,19 @@ impl Wine {
             "Wine did not start in {}",
             self.prefix.display()
         );
+        // The same for the desktop process (explorer.exe /desktop), which Wine
+        // starts for the first program that wants a window: were that the
+        // agent started by msiexec, it would hold msiexec's output open. A
+        // window that closes at once brings it up.
+        let desktop = self
+            .cmd(self.helpers.join("fake-product.exe"))
+            .arg("0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start the desktop");
+        assert!(desktop.success(), "no desktop in {}", self.prefix.display());
     }
 
     /// Ends every process of the prefix and starts Wine again, as a reboot

@@ -172,7 +172,11 @@ async fn a_server_given_again_keeps_the_enrollment_or_moves_it_with_a_token() {
     assert_eq!(agent.server_url(), renamed);
     agent.spawn();
     agent.rate_sheet_known().await;
-    assert_eq!(agent.status()["device_id"], device, "the same server: still enrolled");
+    assert_eq!(
+        agent.status()["device_id"],
+        device,
+        "the same server: still enrolled"
+    );
     agent.stop();
 
     let new = flex_server(SHORT_POLICY, None, 100).await;
@@ -181,7 +185,12 @@ async fn a_server_given_again_keeps_the_enrollment_or_moves_it_with_a_token() {
     std::fs::write(&file, &token).unwrap();
     let said = configure(
         &agent,
-        &["--server-url", &new.url, "--token-file", &file.display().to_string()],
+        &[
+            "--server-url",
+            &new.url,
+            "--token-file",
+            &file.display().to_string(),
+        ],
     );
     let said = String::from_utf8_lossy(&said.stdout);
     assert!(said.contains("placed the enrollment token"), "{said}");

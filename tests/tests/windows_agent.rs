@@ -638,16 +638,20 @@ async fn start_and_wait_enrolled(wine: &Wine) -> Value {
 /// it. Should Wine's service manager not know the service yet (see the first
 /// test), a service left stopped is started as IT would.
 async fn enrolled_after_install(wine: &Wine) -> Value {
-    eventually("the service, (re)started by the install, to enroll", WAIT, || async {
-        if let Some(s) = status(wine).filter(|s| s["device_id"].is_string()) {
-            return Some(s);
-        }
-        if service_state(wine).contains("STOPPED") {
-            eprintln!("windows: the service is stopped after the install; sc start");
-            let _ = wine.run("sc", &["start", "flex-agent"]);
-        }
-        None
-    })
+    eventually(
+        "the service, (re)started by the install, to enroll",
+        WAIT,
+        || async {
+            if let Some(s) = status(wine).filter(|s| s["device_id"].is_string()) {
+                return Some(s);
+            }
+            if service_state(wine).contains("STOPPED") {
+                eprintln!("windows: the service is stopped after the install; sc start");
+                let _ = wine.run("sc", &["start", "flex-agent"]);
+            }
+            None
+        },
+    )
     .await
 }
 

@@ -31,6 +31,15 @@ pub enum DeviceAuth {
     Unknown,
 }
 
+/// The credential an enrollment hands out.
+struct Issued {
+    device_id: String,
+    device_token: String,
+    key_id: String,
+    /// A repeat of an earlier request, answered as it was.
+    repeated: bool,
+}
+
 /// A short printable label from the agent, or nothing.
 fn label(value: &Option<String>) -> Option<String> {
     value
@@ -100,8 +109,12 @@ impl Store {
             if let (Some(id), Some(hash)) = (request_id, &request_hash) {
                 if let Some(prior) = find_request(tx, hash)? {
                     let salt = prior.repeat(key.as_ref().map(|k| k.id.as_str()), hostname)?;
-                    let token = device_token_for(id, salt);
-                    return Ok((prior.device_id.clone(), token, prior.key_id.clone(), true));
+                    return Ok(Issued {
+                        device_token: device_token_for(id, salt),
+                        device_id: prior.device_id,
+                        key_id: prior.key_id,
+                        repeated: true,
+                    });
                 }
             }
             let key = key
@@ -136,9 +149,19 @@ impl Store {
                 };
                 record_request(tx, hash, &request, now)?;
             }
-            Ok((fresh_device_id.clone(), device_token, key.id, false))
+            Ok(Issued {
+                device_id: fresh_device_id.clone(),
+                device_token,
+                key_id: key.id,
+                repeated: false,
+            })
         })?;
-        let (device_id, device_token, key_id, repeated) = answer;
+        let Issued {
+            device_id,
+            device_token,
+            key_id,
+            repeated,
+        } = answer;
         if repeated {
             tracing::info!(%device_id, hostname, key = %key_id, "enrollment request repeated: the original answer sent again");
         } else {
