@@ -43,9 +43,9 @@ cargo build -p flex-agent -p flex-msi-action --bins --lib --target x86_64-pc-win
 # wixl resolves Source paths relative to the current directory only.
 bin="target/x86_64-pc-windows-gnu/$profile"
 if [[ -z "$out" ]]; then
-    mkdir -p "$repo/target/windows"
     out="$repo/target/windows/flex-agent-$version-x64.msi"
 fi
+mkdir -p "$(dirname "$out")"
 upgrade_code="$(sed -n 's/.*UpgradeCode="\([^"]*\)".*/\1/p' "$here/flex-agent.wxs")"
 wixl -a x64 -D "Version=$version" -D "BinDir=$bin" -o "$out.tmp" "$here/flex-agent.wxs"
 # The row that finds older versions to replace also finds this very version
