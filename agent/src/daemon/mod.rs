@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flex_protocol::api::{HeartbeatRequest, Product};
 use flex_protocol::lease::LeaseVerifier;
@@ -392,8 +391,7 @@ impl Driver {
             },
             NetEvent::Heartbeat { batch, outcome } => match outcome {
                 Ok(resp) => {
-                    self.journal.acknowledge(&batch, &resp.accepted_sessions)?;
-                    if !resp.products.is_empty() && !self.same_products(&resp.products) {
+                    if !resp.products.is_empty() && !self.core.same_products(&resp.products) {
                         if let Some(w) = &self.watcher {
                             w.set_products(&resp.products);
                         }
@@ -404,6 +402,7 @@ impl Driver {
                         policy: resp.policy,
                         balance: resp.balance,
                         notices: resp.notices,
+                        uploaded: batch.receipt(resp.accepted_sessions),
                     })
                 }
                 Err(e) => {
@@ -412,20 +411,18 @@ impl Driver {
                     } else {
                         tracing::warn!("heartbeat failed: {e}");
                     }
-                    self.feed(Input::ContactFailed {
-                        error: e.to_string(),
-                    })
+                    if matches!(e, ClientError::Revoked { .. }) {
+                        self.feed(Input::DeviceRevoked {
+                            message: e.to_string(),
+                        })
+                    } else {
+                        self.feed(Input::ContactFailed {
+                            error: e.to_string(),
+                        })
+                    }
                 }
             },
         }
-    }
-
-    fn same_products(&self, new: &[Product]) -> bool {
-        let mut old: Vec<&Product> = self.core.products().collect();
-        old.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut new: Vec<&Product> = new.iter().collect();
-        new.sort_by(|a, b| a.id.cmp(&b.id));
-        old == new
     }
 
     /// Sends the heartbeat the core asked for (the core never asks for a
@@ -438,17 +435,11 @@ impl Driver {
             notices_after: self.core.notices_after(),
             agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         };
-        // No jitter before the first contact: the rate sheet comes with it.
-        let interval = if self.core.last_server_contact().is_some() {
-            Duration::from_secs(self.core.policy().heartbeat_interval_secs)
-        } else {
-            Duration::ZERO
-        };
         net::spawn_heartbeat(
             self.client.clone(),
             request,
             batch,
-            interval,
+            self.core.heartbeat_jitter(),
             self.net_tx.clone(),
         );
         Ok(())
