@@ -159,13 +159,18 @@ impl Core {
                     event,
                 });
             }
-            if let (Some(kill_at), Some(process)) = (close.kill_at, run.process) {
+            if let Some(kill_at) = close.kill_at {
                 if !close.killed && now >= kill_at {
                     close.killed = true;
-                    out.push(Action::Kill {
-                        session: run.id.clone(),
-                        process,
-                    });
+                    match run.process {
+                        Some(process) => out.push(Action::Kill {
+                            session: run.id.clone(),
+                            process,
+                        }),
+                        // A wrapper told to close a product it never
+                        // attached: nothing runs, the session ends.
+                        None => ended.push(found.clone()),
+                    }
                 }
             }
         }

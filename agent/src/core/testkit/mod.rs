@@ -67,6 +67,19 @@ pub enum Network {
     Hold,
 }
 
+/// A directory for a real SQLite journal, on tmpfs where there is one:
+/// month-long scenarios journal tens of thousands of batches and disk fsyncs
+/// would dominate.
+pub fn journal_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap()
+}
+
 /// Plays the driver: owns the core, the clocks, the fake server and a journal.
 pub struct Harness {
     pub core: Core,
@@ -104,18 +117,16 @@ impl Harness {
         balance: u64,
         notices: Vec<flex_protocol::api::Notice>,
     ) -> Self {
-        // A real SQLite file, on tmpfs where there is one: month-long scenarios
-        // journal tens of thousands of batches and disk fsyncs would dominate.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .unwrap();
-        let journal = Journal::open_in(&dir.path().join("state")).unwrap();
+        let dir = journal_dir();
         let mut server = FakeServer::new(balance);
         server.notices = notices;
+        Self::with_server(start, server, dir)
+    }
+
+    /// An enrolled agent that first reaches `server` at `start` (its policy
+    /// applies from then on).
+    pub fn with_server(start: DateTime<Utc>, server: FakeServer, dir: tempfile::TempDir) -> Self {
+        let journal = Journal::open_in(&dir.path().join("state")).unwrap();
         let boot = Duration::from_secs(3600);
         let config = CoreConfig {
             device_id: DEVICE.into(),

@@ -94,6 +94,11 @@ impl FakeServer {
             .collect()
     }
 
+    /// The newest window the server opened for (user, product).
+    pub fn window_of(&self, user: &flex_protocol::Email, product: &str) -> Option<&Window> {
+        self.windows.get(&(user.to_string(), product.to_string()))
+    }
+
     pub fn total_charged(&self) -> u64 {
         self.charges.iter().map(|c| c.tokens).sum()
     }
