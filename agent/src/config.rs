@@ -9,6 +9,7 @@
 //! enforce = true
 //! credential_store = "file"               # or "auto", "keyring"
 //! detection = "auto"                      # or "proc-connector", "polling"
+//! product_dirs = ["/opt", "/usr/local"]   # where products are installed (Linux)
 //!
 //! [users]
 //! email_template = "{user}@corp.example"
@@ -103,6 +104,10 @@ pub struct Config {
     /// where a session can be opened), `proc-connector` or `polling`.
     #[serde(default)]
     pub detection: Detection,
+    /// Where products are installed: indexed at start so that a product is
+    /// recognised by its file (device and inode, content) under any name.
+    #[serde(default = "default_product_dirs")]
+    pub product_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub users: Users,
 }
@@ -147,6 +152,14 @@ fn default_state_dir() -> PathBuf {
 
 fn default_socket_path() -> PathBuf {
     crate::paths::current().socket
+}
+
+fn default_product_dirs() -> Vec<PathBuf> {
+    if cfg!(target_os = "linux") {
+        vec!["/opt".into(), "/usr/local".into()]
+    } else {
+        Vec::new()
+    }
 }
 
 fn default_poll_interval() -> Duration {

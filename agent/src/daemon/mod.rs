@@ -129,6 +129,7 @@ pub async fn run(
         WatcherConfig {
             source: config.detection.source_choice(),
             poll_interval: config.poll_interval,
+            product_dirs: config.product_dirs.clone(),
             ..WatcherConfig::default()
         },
         &products,

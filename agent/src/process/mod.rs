@@ -66,6 +66,38 @@ pub enum ProcessError {
     },
 }
 
+/// A file as the kernel knows it: device and inode name it whatever path it
+/// is reached by (a symlink, a hard link, a bind mount); size and mtime tell
+/// whether a cached content hash still applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    /// The file's owner: an executable a user owns may be a loader of theirs.
+    pub uid: u32,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            uid: meta.uid(),
+        }
+    }
+
+    /// Device and inode: the file, whatever its size or age.
+    pub fn inode(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+}
+
 /// How to ask a process to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -80,7 +112,8 @@ pub enum Stop {
 pub struct Names {
     pub exe_path: Option<std::path::PathBuf>,
     pub comm: Option<String>,
-    /// The command line's first arguments (at most a few KiB of it).
+    /// The command line's arguments (the whole of it, up to a cap far above
+    /// what a shell can pass).
     pub args: Vec<String>,
 }
 
