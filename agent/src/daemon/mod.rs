@@ -88,6 +88,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), DaemonError> {
+    // One descriptor per product process: the soft limit a service starts
+    // with (1024 under systemd) is far below what a busy machine needs.
+    #[cfg(unix)]
+    match crate::process::raise_fd_limit() {
+        Ok((old, new)) if old != new => {
+            tracing::info!("raised the open-file limit from {old} to {new}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let config = Arc::new(config);
     let state_dir = config.state_dir.clone();
     let (journal, enrollment) = tokio::task::spawn_blocking(move || {
@@ -288,7 +298,7 @@ impl Driver {
                     self.processes.stop(process, Stop::Forced);
                 }
                 Action::Track { process } => {
-                    if !self.processes.track(process) {
+                    if self.processes.track(process) == processes::Tracking::Gone {
                         gone.push(process);
                     }
                 }

@@ -136,11 +136,24 @@ fn parse_map_line(line: &str) -> Option<MappedFile> {
     })
 }
 
-/// The file a mapping of `pid` comes from, as the kernel holds it.
+/// The file a mapping of `pid` comes from: by its path as the process sees
+/// it (its root), checked to be the mapped inode, else through
+/// `map_files` (which needs CAP_SYS_ADMIN, which the service does not have).
 pub fn mapped_file(pid: u32, m: &MappedFile) -> Option<(FileId, fs::File)> {
-    let f = fs::File::open(format!("/proc/{pid}/map_files/{}", m.range)).ok()?;
-    let meta = f.metadata().ok()?;
-    Some((FileId::of(&meta), f))
+    let by_path = format!("/proc/{pid}/root{}", m.path.display());
+    for candidate in [by_path, format!("/proc/{pid}/map_files/{}", m.range)] {
+        let Ok(f) = fs::File::open(&candidate) else {
+            continue;
+        };
+        let Ok(meta) = f.metadata() else {
+            continue;
+        };
+        let id = FileId::of(&meta);
+        if (id.dev, id.ino) == (m.dev, m.ino) {
+            return Some((id, f));
+        }
+    }
+    None
 }
 
 /// `path` as process `pid` sees it (its root and working directory, so its
@@ -327,27 +340,62 @@ impl ProcessHandle {
     }
 
     /// Resolves when the process exits. Must be called inside a tokio runtime.
+    /// Waits on the handle's own pidfd, registered as it is (no second
+    /// descriptor: a process costs the agent one fd, see defect 5 of issue 14).
     pub async fn exited(&self) {
         if let Some(fd) = &self.fd {
-            if let Ok(dup) = fd.try_clone() {
-                // SAFETY: the AsyncFd owns `dup`, an open pidfd that stays open
-                // and unchanged until the AsyncFd is dropped.
-                let registered = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        dup,
-                        tokio::io::Interest::READABLE,
-                    )
-                };
-                if let Ok(afd) = registered {
-                    let _ = afd.readable().await;
-                    return;
-                }
+            // SAFETY: the pidfd is owned by `self`, which this future borrows,
+            // so it stays open and unchanged for as long as the AsyncFd lives.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    RawPidfd(fd.as_raw_fd()),
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            if let Ok(afd) = registered {
+                let _ = afd.readable().await;
+                return;
             }
         }
-        // No pidfd (or no reactor for it): poll.
+        // No pidfd (an old kernel, or none could be opened): look now and then.
         while self.is_alive() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(BY_PID_POLL).await;
         }
+    }
+
+    /// A handle without a pidfd, for when none can be opened (the agent is out
+    /// of descriptors): the process is checked by pid and start time before
+    /// every signal, as on kernels without pidfd_open. Fails only if `id` no
+    /// longer runs.
+    pub fn by_pid(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
+        let pid = id.pid;
+        let start = start_ticks(pid).ok_or(ProcessError::Gone { pid })?;
+        if start != id.start {
+            return Err(ProcessError::Replaced {
+                pid,
+                expected: id.start,
+                found: start,
+            });
+        }
+        let owner = owner(pid).ok_or(ProcessError::Gone { pid })?;
+        Ok(ProcessHandle {
+            id,
+            owner,
+            fd: None,
+        })
+    }
+}
+
+/// How often a handle without a pidfd checks that its process still runs.
+const BY_PID_POLL: Duration = Duration::from_secs(2);
+
+/// The raw pidfd of a [`ProcessHandle`], registered with the reactor while the
+/// handle (which owns and closes it) is alive.
+struct RawPidfd(std::os::fd::RawFd);
+
+impl AsRawFd for RawPidfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
     }
 }
 

@@ -98,6 +98,46 @@ impl FileId {
     }
 }
 
+/// Whether an I/O error means "out of descriptors" (this process's or the
+/// system's): an error to retry, never a sign that a process is gone.
+#[cfg(unix)]
+pub fn out_of_descriptors(e: &ProcessError) -> bool {
+    matches!(e, ProcessError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)))
+}
+
+/// Windows processes hold handles, not descriptors: no such limit applies.
+#[cfg(windows)]
+pub fn out_of_descriptors(_e: &ProcessError) -> bool {
+    false
+}
+
+/// Raises this process's soft limit on open files to its hard limit: the
+/// agent holds one descriptor per product process, and systemd's default soft
+/// limit (1024) is far below what a busy machine can make it hold. Returns
+/// (old soft, new soft).
+#[cfg(unix)]
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((old, lim.rlim_cur))
+}
+
 /// How to ask a process to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
