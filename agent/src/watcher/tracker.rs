@@ -190,6 +190,13 @@ mod linux {
             }
         }
 
+        /// Indexes the product directories again (products installed since).
+        pub fn reindex(&mut self) {
+            if !self.product_dirs.is_empty() {
+                self.identifier.index_dirs(&self.product_dirs);
+            }
+        }
+
         /// Reads `pid` and returns its event if it is a product process.
         fn examine(&mut self, pid: u32, kind: ProcEventKind) -> Option<Tracked> {
             let names = process::names(pid);
@@ -364,6 +371,17 @@ mod linux {
         }
     }
 
+    /// How often the product directories are indexed again, for products
+    /// installed while the agent runs.
+    const REINDEX_EVERY: Duration = Duration::from_secs(600);
+
+    fn reindex_timer() -> tokio::time::Interval {
+        let mut t =
+            tokio::time::interval_at(tokio::time::Instant::now() + REINDEX_EVERY, REINDEX_EVERY);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+
     async fn send_all(tx: &mpsc::Sender<ProcEvent>, events: Vec<ProcEvent>) -> bool {
         for ev in events {
             if tx.send(ev).await.is_err() {
@@ -401,10 +419,15 @@ mod linux {
     ) {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reindex = reindex_timer();
         loop {
             let all = tokio::select! {
                 _ = ticker.tick() => false,
                 _ = rescan.notified() => true,
+                _ = reindex.tick() => {
+                    tracker.reindex();
+                    continue;
+                }
                 _ = tx.closed() => return,
             };
             let mut events = tracker.scan(&read(&matcher), all);
@@ -436,6 +459,7 @@ mod linux {
         let mut batch = Vec::new();
         let mut recheck = tokio::time::interval(interval);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reindex = reindex_timer();
         loop {
             batch.clear();
             let rechecking = tracker.rechecking();
@@ -455,6 +479,10 @@ mod linux {
                 },
                 _ = rescan.notified() => Wake::All,
                 _ = recheck.tick(), if rechecking => Wake::Recheck,
+                _ = reindex.tick() => {
+                    tracker.reindex();
+                    continue;
+                }
                 _ = tx.closed() => return,
             };
             let events = {
