@@ -1,0 +1,10 @@
+-- The users each device spoke for (claims, user checks) per day in the
+-- tenant's time zone: a device that speaks for more people in a day than
+-- policy.device_users_alert raises a device_users notice, once that day.
+-- Days older than yesterday are pruned by the periodic tick.
+CREATE TABLE device_user_days (
+    device_id TEXT NOT NULL,
+    day       INTEGER NOT NULL,
+    user      TEXT NOT NULL,
+    PRIMARY KEY (device_id, day, user)
+) WITHOUT ROWID;
