@@ -8,3 +8,11 @@ CREATE TABLE device_user_days (
     user      TEXT NOT NULL,
     PRIMARY KEY (device_id, day, user)
 ) WITHOUT ROWID;
+
+-- The (device, day) pairs that already raised their notice: once a day, even if
+-- the alert is lowered while the day runs.
+CREATE TABLE device_user_alerts (
+    device_id TEXT NOT NULL,
+    day       INTEGER NOT NULL,
+    PRIMARY KEY (device_id, day)
+) WITHOUT ROWID;

@@ -119,18 +119,20 @@ pub fn expiring(lots: &[(LotState, bool)], now: DateTime<Utc>) -> Vec<(i64, Rais
 /// Longest list of users a `device_users` notice names.
 const DEVICE_USERS_LISTED: usize = 20;
 
-/// The device `device` (enrolled as `hostname`) now spoke for `users` on
-/// `date`; raises once, when their number first goes above `alert`.
+/// Whether a device that spoke for `users` people in a day is above `alert`.
+pub fn device_users_over(users: u64, alert: u32) -> bool {
+    users > u64::from(alert)
+}
+
+/// The notice for device `device` (enrolled as `hostname`), which spoke for
+/// `users` on `date`, more than `alert`.
 pub fn device_users(
     device: &str,
     hostname: &str,
     date: chrono::NaiveDate,
     users: &[String],
     alert: u32,
-) -> Option<Raise> {
-    if users.len() as u64 != u64::from(alert) + 1 {
-        return None;
-    }
+) -> Raise {
     let mut named = users
         .iter()
         .take(DEVICE_USERS_LISTED)
@@ -140,7 +142,7 @@ pub fn device_users(
     if users.len() > DEVICE_USERS_LISTED {
         named.push_str(", ...");
     }
-    Some(Raise {
+    Raise {
         kind: NoticeKind::DeviceUsers,
         message: format!(
             "device {device} ({hostname}) claimed for or looked up {} different users on \
@@ -149,7 +151,7 @@ pub fn device_users(
              check it with flex-admin devices and revoke it if it is not expected",
             users.len()
         ),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -221,23 +223,25 @@ mod tests {
     }
 
     #[test]
-    fn device_users_once_when_the_alert_is_passed() {
+    fn device_users_above_the_alert_name_the_device_and_the_users() {
+        assert!(!device_users_over(10, 10));
+        assert!(device_users_over(11, 10));
         let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
-        let users: Vec<String> = (0..12).map(|i| format!("u{i}@x.com")).collect();
-        assert!(device_users("d1", "ws-1", date, &users[..10], 10).is_none());
-        let n = device_users("d1", "ws-1", date, &users[..11], 10).expect("the 11th user");
+        let users: Vec<String> = (0..25).map(|i| format!("u{i:02}@x.com")).collect();
+        let n = device_users("d1", "ws-1", date, &users[..11], 10);
         assert_eq!(n.kind, NoticeKind::DeviceUsers);
         assert!(
             n.message.starts_with(
                 "device d1 (ws-1) claimed for or looked up 11 different users on 2026-11-02, \
-                 more than policy.device_users_alert = 10: u0@x.com, u1@x.com,"
+                 more than policy.device_users_alert = 10: u00@x.com, u01@x.com,"
             ),
             "{}",
             n.message
         );
+        let long = device_users("d1", "ws-1", date, &users, 10).message;
         assert!(
-            device_users("d1", "ws-1", date, &users[..12], 10).is_none(),
-            "once a day"
+            long.contains("u19@x.com, ...") && !long.contains("u20@x.com"),
+            "{long}"
         );
     }
 
