@@ -238,17 +238,10 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             }
         }
     }
-    let listener =
-        std::net::TcpListener::bind(opts.listen).map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
+    let listener = bind(opts.listen).map_err(|source| ServerError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
     let throttle = crate::net::throttle::AuthThrottle::new(
         limits.admin_auth_failures,
         limits.admin_auth_window,
@@ -263,6 +256,24 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         limits,
         admission,
     })
+}
+
+/// Connections the kernel queues before the server accepts them. std's 128 is
+/// too few under a burst (a slowloris opening thousands at once): a full queue
+/// drops new SYNs, and an agent's connect then waits for its 1 s retransmit.
+/// The kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener on `addr` with [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does: a restarted server rebinds while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 async fn shutdown_signal() {
