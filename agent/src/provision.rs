@@ -139,7 +139,8 @@ mod tests {
         assert_eq!(c.state_dir, win.state_dir);
         // An account of the domain the computer is joined to maps by name.
         assert_eq!(
-            c.email_for_on(r"CORP\alice", &["CORP".to_string()]).unwrap(),
+            c.email_for_on(r"CORP\alice", &["CORP".to_string()])
+                .unwrap(),
             "alice@corp.com"
         );
     }

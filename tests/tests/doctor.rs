@@ -98,7 +98,10 @@ async fn the_bundle_follows_a_planted_symlink_and_keeps_a_planted_files_owner() 
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
     let meta = std::fs::symlink_metadata(&planted).unwrap();
-    assert!(meta.file_type().is_file(), "the symlink was replaced by the bundle");
+    assert!(
+        meta.file_type().is_file(),
+        "the symlink was replaced by the bundle"
+    );
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
     let precreated = agent.dir.path().join("precreated.tar.gz");
