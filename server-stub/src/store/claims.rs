@@ -272,6 +272,18 @@ impl Store {
                 req.claim_id
             )));
         }
+        if self.rates().get(&req.product).is_none() {
+            // Refused, charging nothing, and kept nowhere: a flood of claims for
+            // products that do not exist costs no storage. A retry gets the same
+            // answer while the rate sheet does not name the product.
+            let response = denied(
+                ErrorCode::UnknownProduct,
+                format!("product '{}' is not on the rate sheet", req.product),
+                None,
+            );
+            let body = serde_json::to_string(&response).expect("claim response serializes");
+            return Ok(ClaimOutcome { status: 200, body });
+        }
         notices::check_expiring(tx, now)?;
         device_users::spoke_for(tx, device_id, user, self.policy(), now)?;
         let response = self.decide(tx, device_id, user, req, now)?;

@@ -33,6 +33,8 @@ pub struct FakeServer {
     pub balance: u64,
     pub rates: HashMap<String, ChargeModel>,
     pub subscriptions: HashSet<(String, String)>,
+    /// Users not on Flex (every other user is, with every product allowed).
+    pub not_on_flex: HashSet<String>,
     pub policy: Policy,
     windows: HashMap<(String, String), Window>,
     answers: HashMap<String, (ClaimRequest, ClaimResponse)>,
@@ -56,6 +58,7 @@ impl FakeServer {
             balance,
             rates: rates.iter().map(|(p, c)| (p.to_string(), *c)).collect(),
             subscriptions: HashSet::new(),
+            not_on_flex: HashSet::new(),
             policy: default_policy(),
             windows: HashMap::new(),
             answers: HashMap::new(),
@@ -74,6 +77,26 @@ impl FakeServer {
 
     pub fn verifier(&self) -> LeaseVerifier {
         LeaseVerifier::from_keys(&[self.signer.public_key()]).unwrap()
+    }
+
+    /// The rate sheet the server would send: every product it rates.
+    pub fn products(&self) -> Vec<flex_protocol::api::Product> {
+        let mut ids: Vec<&String> = self.rates.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| flex_protocol::api::Product {
+                id: id.clone(),
+                name: id.clone(),
+                charge: self.rates[id],
+                executables: Default::default(),
+                sample: false,
+            })
+            .collect()
+    }
+
+    /// The newest window the server opened for (user, product).
+    pub fn window_of(&self, user: &flex_protocol::Email, product: &str) -> Option<&Window> {
+        self.windows.get(&(user.to_string(), product.to_string()))
     }
 
     pub fn total_charged(&self) -> u64 {
@@ -111,7 +134,7 @@ impl FakeServer {
         };
         let facts = entitlement::Facts {
             known: true,
-            flex_assigned: true,
+            flex_assigned: !self.not_on_flex.contains(&key.0),
             subscribed: self.subscriptions.contains(&key),
             defaults: &all,
         };
