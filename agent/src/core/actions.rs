@@ -313,6 +313,8 @@ pub enum Action {
         route: CloseRoute,
         graceful: bool,
     },
+    /// Send `event` to the wrapper on connection `conn` (if it is still there).
+    TellWrapper { conn: ConnId, event: Event },
     /// The graceful close was ignored for `close_grace`: SIGKILL / TerminateProcess,
     /// through the process's handle.
     Kill {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::contact::chrono;
-use super::{Action, ConnId, Core};
+use super::{ConnId, Core};
 use crate::account::AccountId;
 
 /// A report older than this says nothing any more (notifiers report every
@@ -52,6 +52,14 @@ impl Activity {
         );
     }
 
+    /// Whether a notifier of `account` reports now: its desktop can be asked
+    /// to close a product's windows.
+    pub fn has_desktop(&self, account: &AccountId, now: DateTime<Utc>) -> bool {
+        self.reports
+            .values()
+            .any(|r| &r.account == account && now - r.at <= REPORT_TTL)
+    }
+
     pub fn forget(&mut self, conn: ConnId) {
         self.reports.remove(&conn);
     }
@@ -90,16 +98,5 @@ impl Core {
     ) {
         let now = self.contact.now();
         self.activity.report(conn, account, now, idle, locked);
-    }
-
-    /// A notifier asked windows of `pid` to close; with none found, the
-    /// process is stopped by signal at once.
-    pub(super) fn windows_closing(
-        &mut self,
-        _account: &AccountId,
-        _pid: u32,
-        _windows: u32,
-        _out: &mut [Action],
-    ) {
     }
 }

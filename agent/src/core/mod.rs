@@ -45,6 +45,7 @@ pub mod actions;
 mod activity;
 mod answers;
 pub mod clock;
+mod closes;
 mod contact;
 mod jobs;
 mod ledger;
@@ -60,6 +61,8 @@ mod sessions;
 mod testkit;
 #[cfg(all(test, unix))]
 mod tests_claims;
+#[cfg(all(test, unix))]
+mod tests_closes;
 #[cfg(all(test, unix))]
 mod tests_enforcement;
 #[cfg(all(test, unix))]
@@ -280,7 +283,7 @@ impl Core {
                 account,
                 pid,
                 windows,
-            } => self.windows_closing(&account, pid, windows, &mut out),
+            } => self.windows_closing(&account, pid, windows),
             Input::Tick => {}
         }
         self.evaluate(&mut out);

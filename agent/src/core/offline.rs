@@ -14,8 +14,8 @@ use flex_protocol::socket::{CloseReason, Event};
 
 use super::contact::chrono;
 use super::policy::{offline_limit, warning_offsets};
-use super::runs::{Found, RunState, CLAIM_TIMEOUT};
-use super::{Action, CloseRoute, Core, Persist, UploadReceipt};
+use super::runs::{RunState, CLAIM_TIMEOUT};
+use super::{Action, Core, Persist, UploadReceipt};
 
 /// "24h", "30m", "1h 30m", "45s": a duration as people read it.
 fn format_span(d: Duration) -> String {
@@ -114,75 +114,6 @@ impl Core {
         out.extend(events);
     }
 
-    /// Carries out due closes: the graceful close (and tell the user why), then
-    /// the forced one. A run with neither a wrapper nor a process just ends.
-    fn run_closes(&mut self, out: &mut Vec<Action>) {
-        let now = self.contact.now();
-        let grace = chrono::Duration::seconds(self.policy.close_grace_secs as i64);
-        let mut ended = Vec::new();
-        for found in self.runs.all() {
-            let products = &self.products;
-            let Some(run) = self.runs.get_mut(&found) else {
-                continue;
-            };
-            let RunState::Closing { close, .. } = &mut run.state else {
-                continue;
-            };
-            if close.kill_at.is_none() && now >= close.term_at {
-                close.kill_at = Some(now + grace);
-                let event = Event::ProductClosed {
-                    product: run.product.clone(),
-                    product_name: super::name_of(products, &run.product),
-                    reason: close.reason,
-                    message: close.message.clone(),
-                };
-                let conn = run.wrapper.as_ref().and_then(|w| w.conn);
-                let route = match (conn, run.process) {
-                    (Some(conn), fallback) => CloseRoute::Wrapper {
-                        conn,
-                        event: event.clone(),
-                        fallback,
-                    },
-                    (None, Some(process)) => CloseRoute::Signal { process },
-                    (None, None) => CloseRoute::Nothing,
-                };
-                if route == CloseRoute::Nothing {
-                    ended.push(found.clone());
-                }
-                out.push(Action::Close {
-                    session: run.id.clone(),
-                    route,
-                    graceful: true,
-                });
-                out.push(Action::Notify {
-                    account: Some(run.account.clone()),
-                    event,
-                });
-            }
-            if let Some(kill_at) = close.kill_at {
-                if !close.killed && now >= kill_at {
-                    close.killed = true;
-                    match run.process {
-                        Some(process) => out.push(Action::Kill {
-                            session: run.id.clone(),
-                            process,
-                        }),
-                        // A wrapper told to close a product it never
-                        // attached: nothing runs, the session ends.
-                        None => ended.push(found.clone()),
-                    }
-                }
-            }
-        }
-        for found in ended {
-            if let Found::Pending(id) = found {
-                if let Some(run) = self.runs.take_pending(&id) {
-                    self.end_run(&run, out);
-                }
-            }
-        }
-    }
-
     /// Back in touch with the server: resend undelivered claims, clear warnings
     /// and cancel the offline rule's closes of licensed runs. Unlicensed runs
     /// keep their close: they never had a window.
@@ -224,13 +155,7 @@ impl Core {
                 }
             }
         }
-        for close in self.runs.iter().filter_map(|r| r.closing()) {
-            match close.kill_at {
-                None => at.push(close.term_at),
-                Some(k) if !close.killed => at.push(k),
-                Some(_) => {}
-            }
-        }
+        at.extend(self.close_deadlines());
         for c in self.ledger.claims() {
             if c.in_flight && c.request.renews.is_none() && c.request.results.is_none() {
                 at.push(c.since + CLAIM_TIMEOUT);

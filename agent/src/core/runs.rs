@@ -48,7 +48,9 @@ pub(super) struct Cover {
     pub source: Source,
 }
 
-/// A close in progress: graceful at `term_at`, forced `close_grace` later.
+/// A close in progress: announced, graceful from `term_at` (the desktop asks
+/// the product's windows to close; SIGTERM when it has none), forced
+/// `close_grace` later.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Closing {
     pub reason: CloseReason,
@@ -57,9 +59,37 @@ pub(super) struct Closing {
     /// successful renewal of it cancels the close.
     pub renewal_of: Option<String>,
     pub term_at: DateTime<Utc>,
-    /// Set once the graceful close was sent.
+    /// Set once the close began (at `term_at`): when it is forced.
     pub kill_at: Option<DateTime<Utc>>,
     pub killed: bool,
+    /// The user and the wrapper were told when it closes.
+    pub announced: bool,
+    /// When the user's desktop was asked to close the product's windows.
+    pub asked_desktop: Option<DateTime<Utc>>,
+    /// The graceful step was taken: windows asked to close, or SIGTERM (or
+    /// the wrapper's order) sent.
+    pub graceful: bool,
+}
+
+impl Closing {
+    pub fn new(
+        reason: CloseReason,
+        message: String,
+        term_at: DateTime<Utc>,
+        renewal_of: Option<String>,
+    ) -> Closing {
+        Closing {
+            reason,
+            message,
+            renewal_of,
+            term_at,
+            kill_at: None,
+            killed: false,
+            announced: false,
+            asked_desktop: None,
+            graceful: false,
+        }
+    }
 }
 
 /// Where a run stands: exactly one of these at every moment.
@@ -171,14 +201,7 @@ impl Run {
             _ => None,
         };
         self.state = RunState::Closing {
-            close: Closing {
-                reason,
-                message,
-                renewal_of,
-                term_at,
-                kill_at: None,
-                killed: false,
-            },
+            close: Closing::new(reason, message, term_at, renewal_of),
             cover,
         };
     }

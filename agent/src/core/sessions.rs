@@ -379,6 +379,7 @@ impl Core {
         let runs = self.runs.exited(process);
         for run in &runs {
             self.end_run(run, out);
+            self.closed(run, out);
         }
         if !runs.is_empty() {
             out.push(Action::Release { process });

@@ -33,11 +33,13 @@ fn warnings(actions: &[Action]) -> Vec<u64> {
         .collect()
 }
 
+/// The user was told the product closes for being offline (`product_closing`
+/// when the close begins; `product_closed` comes when the process is gone).
 fn offline_closed(actions: &[Action]) -> bool {
     events(actions).iter().any(|e| {
         matches!(
             e,
-            Event::ProductClosed {
+            Event::ProductClosing {
                 reason: CloseReason::Offline,
                 ..
             }

@@ -289,6 +289,11 @@ impl Driver {
                     route,
                     graceful,
                 } => self.close(&session, route, graceful),
+                Action::TellWrapper { conn, event } => {
+                    if let Some(tx) = self.wrappers.get(&conn) {
+                        let _ = tx.try_send(event);
+                    }
+                }
                 Action::Kill { session, process } => {
                     tracing::warn!(
                         session,

@@ -454,6 +454,16 @@ impl Harness {
         })
     }
 
+    /// `account`'s notifier (on connection `conn`) reports `idle` without input.
+    pub fn activity(&mut self, conn: u64, account: &str, idle: Duration) -> Vec<Action> {
+        self.feed(Input::Activity {
+            conn,
+            account: uid_of(account),
+            idle,
+            locked: false,
+        })
+    }
+
     pub fn job(&mut self, account: &str, product: &str, count: u64, job: &str) -> Vec<Action> {
         let request = self.request_id();
         self.feed(Input::Job(JobRequest {
