@@ -282,9 +282,13 @@ impl Core {
             });
         }
         if let Some(old) = &req.renews {
-            // Renewal refused: warn, then close after the renewal grace.
-            self.renewal_failed(old, d.reason, d.message.clone(), false, out);
-            self.ledger.drop_window(&req.user, &req.product, out);
+            // Renewal refused: warn, close after the renewal grace, and try
+            // again meanwhile (and at once when the balance grows): an admin
+            // who buys tokens during the grace saves the run. A revoked
+            // workstation has dropped every window already.
+            if d.reason != ErrorCode::DeviceRevoked {
+                self.renewal_failed(old, d.reason, d.message.clone(), out);
+            }
         }
         self.refuse(pending, d.reason, d.message, out);
     }
@@ -297,30 +301,27 @@ impl Core {
     fn unverifiable(&mut self, pending: &PendingClaim, message: String, out: &mut Vec<Action>) {
         tracing::error!("{message}");
         if let Some(old) = &pending.request.renews {
-            self.renewal_failed(old, ErrorCode::Internal, message.clone(), true, out);
+            self.renewal_failed(old, ErrorCode::Internal, message.clone(), out);
         }
         self.refuse(pending, ErrorCode::Internal, message, out);
     }
 
     /// Warns the users of window `old` that it could not be renewed and schedules
-    /// their products' close after the renewal grace; with `retry`, the renewal
-    /// is tried again later and a success cancels the close.
+    /// their products' close after the renewal grace; the renewal is tried
+    /// again meanwhile (with backoff, and at once when the balance grows) and
+    /// a success cancels the close.
     fn renewal_failed(
         &mut self,
         old: &str,
         reason: ErrorCode,
         message: String,
-        retry: bool,
         out: &mut Vec<Action>,
     ) {
         let now = self.contact.now();
         let grace = chrono::Duration::seconds(self.policy.renewal_grace_secs as i64);
-        let first = if retry {
-            self.ledger
-                .renewal_retry_after(old, now, RENEWAL_RETRY_START, grace)
-        } else {
-            !self.ledger.renewal_failed_before(old)
-        };
+        let first = self
+            .ledger
+            .renewal_retry_after(old, now, RENEWAL_RETRY_START, grace);
         if !first {
             return; // warned and scheduled at the first failure
         }
@@ -341,7 +342,7 @@ impl Core {
                 close_reason(reason),
                 message.clone(),
                 closes_at,
-                retry.then(|| old.to_string()),
+                Some(old.to_string()),
             );
         }
     }

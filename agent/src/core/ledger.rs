@@ -311,8 +311,11 @@ impl Ledger {
         tries == 1
     }
 
-    pub fn renewal_failed_before(&self, window: &str) -> bool {
-        self.renewal_retry.contains_key(window)
+    /// Renewals waiting for a retry are tried at once (the balance grew).
+    pub fn retry_renewals_now(&mut self, now: DateTime<Utc>) {
+        for (at, _) in self.renewal_retry.values_mut() {
+            *at = (*at).min(now);
+        }
     }
 
     pub fn renewal_done(&mut self, window: &str) {

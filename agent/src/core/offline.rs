@@ -187,6 +187,9 @@ impl Core {
             self.policy = policy;
         }
         if self.balance != Some(balance) {
+            if self.balance.is_some_and(|b| balance > b) {
+                self.ledger.retry_renewals_now(self.contact.now());
+            }
             self.balance = Some(balance);
             out.push(Action::Persist(Persist::Balance(balance)));
         }

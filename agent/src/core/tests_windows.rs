@@ -305,3 +305,25 @@ fn products_are_named_as_the_rate_sheet_names_them() {
     assert_eq!(refusal.code, ErrorCode::OutOfTokens);
     assert_eq!(refusal.product_name.as_deref(), Some("AutoCAD"));
 }
+
+#[test]
+fn topping_up_during_the_renewal_grace_rescues_the_product() {
+    // Issue 15 §4: the admin bought tokens during Revit's renewal grace (the
+    // agent showed the new balance), and Revit was still closed with "the
+    // token balance does not cover Revit".
+    let mut h = Harness::new(monday(8, 0), 10);
+    h.launch("alice", "autocad").unwrap().unwrap();
+    let pid = h.pid_of("alice", "autocad").unwrap();
+    let at_end = h.advance_to(tuesday(8, 0));
+    assert!(events(&at_end)
+        .iter()
+        .any(|e| matches!(e, Event::RenewalFailed { .. })));
+    h.server.balance += 100;
+    // The next heartbeat brings the new balance: the renewal is tried at once.
+    let rescued = h.advance_to(tuesday(8, 10));
+    assert!(events(&rescued).iter().any(|e| matches!(e, Event::Charged { tokens: 7, .. })));
+    let after_grace = h.advance_to(tuesday(9, 0));
+    assert!(closes(&after_grace).is_empty(), "{after_grace:?}");
+    assert_eq!(h.pid_of("alice", "autocad"), Some(pid));
+    assert_eq!(h.server.total_charged(), 14);
+}
