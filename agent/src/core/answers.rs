@@ -91,7 +91,7 @@ impl Core {
                     )),
                 });
                 if !already {
-                    self.notify_charged(&w.account, &req.product, &grant, out);
+                    self.notify_charged(&w.account, &req.product, &grant, false, out);
                 }
             }
             return;
@@ -137,7 +137,7 @@ impl Core {
                 self.cover(f, &held, out);
             }
             if let Some(account) = account {
-                self.notify_charged(&account, &req.product, &grant, out);
+                self.notify_charged(&account, &req.product, &grant, true, out);
                 // Told once: launches that joined the renewal got it free.
                 charged = 0;
             }
@@ -157,7 +157,7 @@ impl Core {
                 tokens_charged: charged,
                 ..grant.clone()
             };
-            self.notify_charged(&account, &req.product, &grant, out);
+            self.notify_charged(&account, &req.product, &grant, false, out);
         }
         for w in &pending.launches {
             self.reply_granted(&w.request, &w.session, &held, charged, out);
@@ -221,6 +221,7 @@ impl Core {
         account: &AccountId,
         product: &str,
         grant: &Grant,
+        renewal: bool,
         out: &mut Vec<Action>,
     ) {
         if grant.tokens_charged > 0 {
@@ -232,6 +233,7 @@ impl Core {
                     tokens: grant.tokens_charged,
                     balance: grant.balance,
                     window_end: grant.window.as_ref().map(|w| w.end),
+                    renewal,
                 },
             });
         }

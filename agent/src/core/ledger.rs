@@ -57,6 +57,8 @@ pub(super) struct Ledger {
     /// Renewals whose grant could not be verified, by window id: when to try
     /// again and how many tries failed. Never a tight loop of fresh claims.
     renewal_retry: HashMap<String, (DateTime<Utc>, u32)>,
+    /// Windows whose users were told of the coming renewal.
+    noticed: std::collections::HashSet<String>,
 }
 
 /// Checks a lease's signature and that it says what the window says.
@@ -322,10 +324,21 @@ impl Ledger {
         self.renewal_retry.remove(window);
     }
 
-    /// Drops retry schedules of windows no longer held.
+    /// Drops retry schedules and notices of windows no longer held.
     pub fn prune_retries(&mut self) {
         let windows = &self.windows;
         self.renewal_retry
             .retain(|id, _| windows.values().any(|h| h.window.id == *id));
+        self.noticed
+            .retain(|id| windows.values().any(|h| h.window.id == *id));
+    }
+
+    /// Marks window `id`'s renewal as announced; `false` if it already was.
+    pub fn notice(&mut self, id: &str) -> bool {
+        self.noticed.insert(id.to_string())
+    }
+
+    pub fn noticed(&self, id: &str) -> bool {
+        self.noticed.contains(id)
     }
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::api::{ClaimRequest, Notice, NoticeKind, Policy};
+use flex_protocol::api::{ChargeModel, ClaimRequest, Notice, NoticeKind, Policy, Source};
 use flex_protocol::socket::{CloseReason, Event};
 
 use super::contact::chrono;
@@ -40,6 +40,7 @@ impl Core {
         self.ledger.prune_retries();
         self.give_up_stuck_claims(out);
         self.renewals(out);
+        self.renewal_notices(out);
         self.offline_rule(out);
         self.run_closes(out);
         let busy = !self.runs.is_empty() || self.ledger.has_claims();
@@ -70,6 +71,78 @@ impl Core {
             };
             self.ledger.send(request, now, out);
         }
+    }
+
+    /// The daily rate of `product`, when it is charged per day.
+    fn daily_rate(&self, product: &str) -> Option<u64> {
+        match self.products.get(product)?.charge {
+            ChargeModel::Daily { tokens } => Some(tokens),
+            _ => None,
+        }
+    }
+
+    /// Tells the users of a token window with a product still running in it,
+    /// `renewal_notice` before its end, that it will be renewed and for how
+    /// much — once per window, once per user.
+    fn renewal_notices(&mut self, out: &mut Vec<Action>) {
+        let notice = chrono::Duration::seconds(self.policy.renewal_notice_secs as i64);
+        if notice.is_zero() {
+            return;
+        }
+        let now = self.contact.now();
+        let due: Vec<(String, String, DateTime<Utc>)> = self
+            .ledger
+            .windows()
+            .filter(|h| h.source == Source::Tokens && !self.ledger.noticed(&h.window.id))
+            .filter(|h| h.window.end - notice <= now && now < h.window.end)
+            .map(|h| (h.window.id.clone(), h.product.clone(), h.window.end))
+            .collect();
+        for (id, product, end) in due {
+            let mut accounts: Vec<crate::account::AccountId> = self
+                .runs
+                .iter()
+                .filter(|r| matches!(&r.state, RunState::Covered(c) if c.window == id))
+                .map(|r| r.account.clone())
+                .collect();
+            accounts.sort();
+            accounts.dedup();
+            let Some(tokens) = self.daily_rate(&product) else {
+                continue;
+            };
+            if accounts.is_empty() || !self.ledger.notice(&id) {
+                continue;
+            }
+            for account in accounts {
+                out.push(Action::Notify {
+                    account: Some(account),
+                    event: Event::RenewalNotice {
+                        product: product.clone(),
+                        product_name: self.product_name(&product),
+                        at: self.contact.clock.wall_at(end),
+                        tokens,
+                    },
+                });
+            }
+        }
+    }
+
+    fn renewal_notice_deadlines(&self) -> Vec<DateTime<Utc>> {
+        let notice = chrono::Duration::seconds(self.policy.renewal_notice_secs as i64);
+        if notice.is_zero() {
+            return Vec::new();
+        }
+        let now = self.contact.now();
+        self.ledger
+            .windows()
+            .filter(|h| h.source == Source::Tokens && !self.ledger.noticed(&h.window.id))
+            .filter(|h| {
+                self.runs
+                    .iter()
+                    .any(|r| matches!(&r.state, RunState::Covered(c) if c.window == h.window.id))
+            })
+            .map(|h| h.window.end - notice)
+            .filter(|at| *at > now)
+            .collect()
     }
 
     fn offline_rule(&mut self, out: &mut Vec<Action>) {
@@ -156,6 +229,7 @@ impl Core {
             }
         }
         at.extend(self.close_deadlines());
+        at.extend(self.renewal_notice_deadlines());
         for c in self.ledger.claims() {
             if c.in_flight && c.request.renews.is_none() && c.request.results.is_none() {
                 at.push(c.since + CLAIM_TIMEOUT);

@@ -327,3 +327,38 @@ fn topping_up_during_the_renewal_grace_rescues_the_product() {
     assert_eq!(h.pid_of("alice", "autocad"), Some(pid));
     assert_eq!(h.server.total_charged(), 14);
 }
+
+#[test]
+fn a_renewal_is_announced_ahead_with_its_price() {
+    // Issue 15 §4: a product left open was charged again at window end with
+    // the same pop-up as a first launch, with no warning.
+    let mut h = Harness::new(monday(8, 0), 100);
+    let products = h.server.products();
+    h.feed(super::Input::RateSheet(products));
+    h.launch("alice", "autocad").unwrap().unwrap();
+    let before = h.advance_to(tuesday(7, 45) - chrono::Duration::seconds(1));
+    assert!(!events(&before)
+        .iter()
+        .any(|e| matches!(e, Event::RenewalNotice { .. })));
+    let notice = h.advance(Duration::from_secs(1));
+    let told: Vec<_> = events(&notice)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RenewalNotice { at, tokens, .. } => Some((*at, *tokens)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![(tuesday(8, 0), 7)], "once, with the time and price");
+    let renewed = h.advance_to(tuesday(8, 0));
+    assert!(events(&renewed).iter().any(|e| matches!(
+        e,
+        Event::Charged {
+            tokens: 7,
+            renewal: true,
+            ..
+        }
+    )));
+    assert!(!events(&renewed)
+        .iter()
+        .any(|e| matches!(e, Event::RenewalNotice { .. })));
+}
