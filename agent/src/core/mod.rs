@@ -250,7 +250,7 @@ impl Core {
                 self.claim_answered(&claim_id, response, &mut out)
             }
             Input::ClaimFailed { claim_id, error } => {
-                self.contact.online = false;
+                self.contact.claim_failed();
                 self.claim_failed(&claim_id, &error, &mut out)
             }
             Input::ContactOk {
@@ -332,7 +332,8 @@ impl Core {
     /// Whether the next heartbeat may wait for its jitter: only once the server
     /// was reached (the first contact brings the rate sheet, so it goes at once).
     pub fn heartbeat_jitter(&self) -> Duration {
-        if self.contact.clock.last_contact().is_some() {
+        // A check before a warning or a close goes at once too.
+        if self.contact.clock.last_contact().is_some() && !self.contact.checking() {
             Duration::from_secs(self.policy.heartbeat_interval_secs)
         } else {
             Duration::ZERO

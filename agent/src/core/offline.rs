@@ -150,7 +150,26 @@ impl Core {
             return;
         };
         let now = self.contact.now();
+        // What is due: closes, and warnings not yet sent.
+        let mut due_any = false;
+        for run in self.runs.iter() {
+            let RunState::Covered(cover) = &run.state else {
+                continue;
+            };
+            let limit = offline_limit(&self.policy, cover.source);
+            let left = limit.saturating_sub(offline);
+            due_any |= offline >= limit
+                || warning_offsets(&self.policy, cover.source)
+                    .into_iter()
+                    .any(|o| Duration::from_secs(o) >= left && !run.warned.contains(&o));
+        }
+        // Never alarm or close while the server is reachable: before warning
+        // or closing, make sure a contact attempt just failed.
+        if !due_any || !self.contact.confirm_offline(now, out) {
+            return;
+        }
         let deadline_wall = |left: Duration| self.contact.clock.wall_at(now + chrono(left));
+        let mut told: Vec<(crate::account::AccountId, String)> = Vec::new();
         let mut events = Vec::new();
         for run in self.runs.iter_mut() {
             let RunState::Covered(cover) = &run.state else {
@@ -171,18 +190,26 @@ impl Core {
                 .into_iter()
                 .filter(|&o| Duration::from_secs(o) >= left && !run.warned.contains(&o))
                 .collect();
-            if !due.is_empty() {
-                run.warned.extend(due);
-                events.push(Action::Notify {
-                    account: Some(run.account.clone()),
-                    event: Event::OfflineWarning {
-                        product: run.product.clone(),
-                        product_name: super::name_of(&self.products, &run.product),
-                        seconds_left: left.as_secs(),
-                        deadline: deadline_wall(left),
-                    },
-                });
+            if due.is_empty() {
+                continue;
             }
+            run.warned.extend(due);
+            // One warning per user and product, however many of its
+            // processes run.
+            let key = (run.account.clone(), run.product.clone());
+            if told.contains(&key) {
+                continue;
+            }
+            told.push(key);
+            events.push(Action::Notify {
+                account: Some(run.account.clone()),
+                event: Event::OfflineWarning {
+                    product: run.product.clone(),
+                    product_name: super::name_of(&self.products, &run.product),
+                    seconds_left: left.as_secs(),
+                    deadline: deadline_wall(left),
+                },
+            });
         }
         out.extend(events);
     }
@@ -192,6 +219,24 @@ impl Core {
     /// keep their close: they never had a window.
     pub(super) fn reconnected(&mut self, out: &mut Vec<Action>) {
         self.ledger.resend(out);
+        // Whoever was warned is told it no longer applies.
+        let mut warned: Vec<crate::account::AccountId> = self
+            .runs
+            .iter()
+            .filter(|r| {
+                !r.warned.is_empty()
+                    || matches!(r.closing(), Some(c) if c.reason == CloseReason::Offline && !c.killed)
+            })
+            .map(|r| r.account.clone())
+            .collect();
+        warned.sort();
+        warned.dedup();
+        for account in warned {
+            out.push(Action::Notify {
+                account: Some(account),
+                event: Event::BackOnline,
+            });
+        }
         for run in self.runs.iter_mut() {
             run.warned.clear();
             if let RunState::Closing {
@@ -229,6 +274,7 @@ impl Core {
             }
         }
         at.extend(self.close_deadlines());
+        at.extend(self.contact.check_deadline());
         at.extend(self.renewal_notice_deadlines());
         for c in self.ledger.claims() {
             if c.in_flight && c.request.renews.is_none() && c.request.results.is_none() {

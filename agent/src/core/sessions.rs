@@ -286,6 +286,10 @@ impl Core {
         );
         let now = self.contact.now();
         if let Some(held) = self.ledger.valid(&user, &product, now).cloned() {
+            // Free inside the window; but the offline rule will judge this
+            // product by the last contact, so make it a fresh one.
+            self.contact
+                .refresh_if_stale(self.policy.heartbeat_interval_secs, now, out);
             self.cover(&found, &held, out);
             if let Some(request) = launch {
                 self.reply_granted(&request, &session, &held, 0, out);
