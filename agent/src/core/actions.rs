@@ -8,8 +8,8 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{
-    ClaimRequest, ClaimResponse, ClockRollback, Notice, Policy, Product, SessionRecord, Source,
-    Window,
+    ClaimRequest, ClaimResponse, ClockRollback, Notice, Policy, Product, RefundResponse,
+    SessionRecord, Source, Window,
 };
 use flex_protocol::lease::SignedLease;
 use flex_protocol::socket::{Event, LaunchReply, ResultReply};
@@ -157,6 +157,16 @@ pub enum Input {
     ContactFailed {
         error: String,
     },
+    /// The server answered a refund: refunded, or refused for good (`Err`
+    /// with its reason).
+    RefundAnswered {
+        window_id: String,
+        result: Result<RefundResponse, String>,
+    },
+    /// The refund could not be delivered; it is asked again at next contact.
+    RefundFailed {
+        window_id: String,
+    },
     /// The server answered that this workstation's credential was revoked.
     DeviceRevoked {
         message: String,
@@ -270,6 +280,13 @@ pub enum Persist {
     NoticesSeen(i64),
     /// Insert or replace a job's state.
     Job(JobState),
+    /// A refund about to be asked; written before the matching
+    /// [`Action::Refund`].
+    RefundPending(RefundAsk),
+    /// The refund's answer (or refusal) was acted upon; never asked again.
+    RefundSettled {
+        window_id: String,
+    },
     /// Forget the window held for (user, product).
     DropWindow {
         user: Email,
@@ -277,6 +294,16 @@ pub enum Persist {
     },
     /// A heartbeat's upload was stored by the server.
     Uploaded(UploadReceipt),
+}
+
+/// A refund of a window no process used past the short-use grace (R13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundAsk {
+    pub window_id: String,
+    pub user: Email,
+    pub product: String,
+    /// Whom to tell (the account that last ran the product in the window).
+    pub account: Option<AccountId>,
 }
 
 /// What a successful heartbeat uploaded and the server took: the journal marks
@@ -314,7 +341,10 @@ pub enum Action {
         graceful: bool,
     },
     /// Send `event` to the wrapper on connection `conn` (if it is still there).
-    TellWrapper { conn: ConnId, event: Event },
+    TellWrapper {
+        conn: ConnId,
+        event: Event,
+    },
     /// The graceful close was ignored for `close_grace`: SIGKILL / TerminateProcess,
     /// through the process's handle.
     Kill {
@@ -343,6 +373,10 @@ pub enum Action {
         request: String,
         result: Result<(), Refusal>,
     },
+    /// Ask the server to refund a window (`POST /v1/agent/refunds`, with the
+    /// journal's records of the user's runs of the product); answer with
+    /// [`Input::RefundAnswered`] or [`Input::RefundFailed`].
+    Refund(RefundAsk),
     /// Contact the server now (`POST /v1/agent/heartbeat` with the journal's
     /// unsent session records and clock rollbacks); answer with
     /// [`Input::ContactOk`] or [`Input::ContactFailed`]. The driver adds jitter.
@@ -378,5 +412,7 @@ pub struct CoreState {
     pub sessions: Vec<SessionRow>,
     /// Claims journaled but never settled, oldest first.
     pub pending_claims: Vec<ClaimRequest>,
+    /// Refunds journaled but never answered.
+    pub pending_refunds: Vec<RefundAsk>,
     pub jobs: Vec<JobState>,
 }

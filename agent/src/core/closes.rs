@@ -177,12 +177,7 @@ impl Core {
 
     /// The desktop of `account` asked `windows` windows of process `pid` to
     /// close: with none, the graceful stop goes by signal at once.
-    pub(super) fn windows_closing(
-        &mut self,
-        account: &AccountId,
-        pid: u32,
-        windows: u32,
-    ) {
+    pub(super) fn windows_closing(&mut self, account: &AccountId, pid: u32, windows: u32) {
         for run in self.runs.iter_mut() {
             if &run.account != account || run.process.is_none_or(|p| p.pid != pid) {
                 continue;

@@ -184,7 +184,12 @@ impl Contact {
     /// A launch inside a held window when the server was last reached more
     /// than a heartbeat interval ago: the server is asked now, so the offline
     /// rule judges the product against a fresh contact.
-    pub fn refresh_if_stale(&mut self, interval_secs: u64, now: DateTime<Utc>, out: &mut Vec<Action>) {
+    pub fn refresh_if_stale(
+        &mut self,
+        interval_secs: u64,
+        now: DateTime<Utc>,
+        out: &mut Vec<Action>,
+    ) {
         let stale = self
             .clock
             .last_contact()

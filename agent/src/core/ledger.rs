@@ -173,11 +173,13 @@ impl Ledger {
     }
 
     /// Journals and sends a new claim, or resends an outstanding one; returns it
-    /// so the caller can add who waits.
+    /// so the caller can add who waits. With `hold`, it is journaled but not
+    /// sent yet (a refund of the same user and product is in flight).
     pub fn send(
         &mut self,
         request: ClaimRequest,
         now: DateTime<Utc>,
+        hold: bool,
         out: &mut Vec<Action>,
     ) -> &mut PendingClaim {
         let id = request.claim_id.clone();
@@ -191,7 +193,7 @@ impl Ledger {
                 jobs: Vec::new(),
             }
         });
-        if !pending.in_flight {
+        if !pending.in_flight && !hold {
             pending.in_flight = true;
             out.push(Action::Claim {
                 claim_id: id,
@@ -243,9 +245,14 @@ impl Ledger {
         Some(copy)
     }
 
-    /// Back in touch with the server: resend what could not be delivered.
-    pub fn resend(&mut self, out: &mut Vec<Action>) {
-        for pending in self.claims.values_mut().filter(|c| !c.in_flight) {
+    /// Back in touch with the server (or a refund answered): resend what could
+    /// not be delivered or was held, except what `held` still holds.
+    pub fn resend(&mut self, held: impl Fn(&ClaimRequest) -> bool, out: &mut Vec<Action>) {
+        for pending in self
+            .claims
+            .values_mut()
+            .filter(|c| !c.in_flight && !held(&c.request))
+        {
             pending.in_flight = true;
             out.push(Action::Claim {
                 claim_id: pending.request.claim_id.clone(),
@@ -254,11 +261,11 @@ impl Ledger {
         }
     }
 
-    /// Launch claims in flight for longer than `timeout`.
+    /// Launch claims waiting (in flight, or held) for longer than `timeout`.
     pub fn stuck(&self, now: DateTime<Utc>, timeout: chrono::Duration) -> Vec<String> {
         self.claims
             .values()
-            .filter(|c| c.in_flight && c.request.renews.is_none() && c.request.results.is_none())
+            .filter(|c| c.request.renews.is_none() && c.request.results.is_none())
             .filter(|c| now - c.since >= timeout)
             .map(|c| c.request.claim_id.clone())
             .collect()

@@ -51,6 +51,7 @@ mod jobs;
 mod ledger;
 mod offline;
 mod policy;
+mod refunds;
 mod runs;
 mod sessions;
 
@@ -72,6 +73,8 @@ mod tests_offline;
 #[cfg(all(test, unix))]
 mod tests_sessions;
 #[cfg(all(test, unix))]
+mod tests_short_use;
+#[cfg(all(test, unix))]
 mod tests_windows;
 
 use std::collections::HashMap;
@@ -87,7 +90,8 @@ use crate::limits;
 
 pub use actions::{
     Action, Caller, CloseRoute, ConnId, CoreState, HeldWindow, Input, JobOutcome, JobRequest,
-    JobState, LaunchRequest, Origin, Persist, ProcessInfo, Refusal, SessionRow, UploadReceipt,
+    JobState, LaunchRequest, Origin, Persist, ProcessInfo, RefundAsk, Refusal, SessionRow,
+    UploadReceipt,
 };
 pub use clock::{ClockState, Now, OfflineClock};
 pub use jobs::JOB_MEMORY;
@@ -98,6 +102,7 @@ use activity::Activity;
 use contact::Contact;
 use jobs::Jobs;
 use ledger::Ledger;
+use refunds::Refunds;
 use runs::Runs;
 
 /// The display name of `product` in a rate sheet keyed by id.
@@ -147,6 +152,7 @@ pub struct Core {
     runs: Runs,
     jobs: Jobs,
     activity: Activity,
+    refunds: Refunds,
     timer: Option<Duration>,
 }
 
@@ -189,6 +195,7 @@ impl Core {
             ledger: Ledger::default(),
             runs: Runs::default(),
             activity: Activity::default(),
+            refunds: Refunds::default(),
             timer: None,
         };
         core.note_rollback(rollback, &mut out);
@@ -206,6 +213,7 @@ impl Core {
         for request in state.pending_claims {
             core.ledger.resume(request, now, &mut out);
         }
+        core.restore_refunds(state.pending_refunds, &mut out);
         core.contact.persist_clock(&mut out);
         core.evaluate(&mut out);
         core.arm_timer(&mut out);
@@ -264,6 +272,14 @@ impl Core {
                 self.notices(notices, &mut out);
             }
             Input::ContactFailed { .. } => self.contact.heartbeat_failed(),
+            Input::RefundAnswered { window_id, result } => {
+                self.contact.claim_answered(&mut out);
+                self.refund_answered(&window_id, result, &mut out)
+            }
+            Input::RefundFailed { window_id } => {
+                self.contact.claim_failed();
+                self.refund_failed(&window_id, &mut out)
+            }
             Input::DeviceRevoked { message } => {
                 self.contact.heartbeat_failed();
                 self.revoked(message, &mut out);

@@ -39,6 +39,7 @@ impl Core {
     pub(super) fn evaluate(&mut self, out: &mut Vec<Action>) {
         self.ledger.prune_retries();
         self.give_up_stuck_claims(out);
+        self.short_use(out);
         self.renewals(out);
         self.renewal_notices(out);
         self.offline_rule(out);
@@ -69,7 +70,7 @@ impl Core {
                 results: None,
                 renews: Some(h.window.id.clone()),
             };
-            self.ledger.send(request, now, out);
+            self.ledger.send(request, now, false, out);
         }
     }
 
@@ -218,7 +219,10 @@ impl Core {
     /// and cancel the offline rule's closes of licensed runs. Unlicensed runs
     /// keep their close: they never had a window.
     pub(super) fn reconnected(&mut self, out: &mut Vec<Action>) {
-        self.ledger.resend(out);
+        let refunds = &self.refunds;
+        self.ledger
+            .resend(|c| refunds.in_flight(&c.user, &c.product), out);
+        self.resend_refunds(out);
         // Whoever was warned is told it no longer applies.
         let mut warned: Vec<crate::account::AccountId> = self
             .runs
@@ -274,10 +278,11 @@ impl Core {
             }
         }
         at.extend(self.close_deadlines());
+        at.extend(self.short_use_deadlines());
         at.extend(self.contact.check_deadline());
         at.extend(self.renewal_notice_deadlines());
         for c in self.ledger.claims() {
-            if c.in_flight && c.request.renews.is_none() && c.request.results.is_none() {
+            if c.request.renews.is_none() && c.request.results.is_none() {
                 at.push(c.since + CLAIM_TIMEOUT);
             }
         }

@@ -308,7 +308,8 @@ impl Core {
             },
         };
         let claim = request.claim_id.clone();
-        let pending = self.ledger.send(request, now, out);
+        let hold = self.refunds.in_flight(&request.user, &request.product);
+        let pending = self.ledger.send(request, now, hold, out);
         if let Some(request) = launch {
             pending.launches.push(LaunchWaiter { request, session });
         }
@@ -325,6 +326,7 @@ impl Core {
                 window: held.window.id.clone(),
                 source: held.source,
             });
+            self.refunds.ran(&run.user, &run.product, &run.account);
         }
         self.persist_run(found, out);
     }

@@ -25,7 +25,9 @@ fn signalled(actions: &[Action]) -> Vec<(CloseRoute, bool)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Close { route, graceful, .. } => Some((route.clone(), *graceful)),
+            Action::Close {
+                route, graceful, ..
+            } => Some((route.clone(), *graceful)),
             Action::Kill { process, .. } => Some((CloseRoute::Signal { process: *process }, false)),
             _ => None,
         })
@@ -51,11 +53,20 @@ fn the_desktop_closes_the_windows_and_no_sigterm_is_sent() {
         at_limit = h.advance(step.to_std().unwrap());
     }
     assert_eq!(asked_to_close_windows(&at_limit), Some(pid), "{at_limit:?}");
-    assert!(signalled(&at_limit).is_empty(), "no SIGTERM while the desktop answers");
+    assert!(
+        signalled(&at_limit).is_empty(),
+        "no SIGTERM while the desktop answers"
+    );
     // The wrapper was told, with the deadline, before anything was stopped.
     assert!(at_limit.iter().any(|a| matches!(
         a,
-        Action::TellWrapper { conn: 1, event: Event::ProductClosing { reason: CloseReason::Offline, .. } }
+        Action::TellWrapper {
+            conn: 1,
+            event: Event::ProductClosing {
+                reason: CloseReason::Offline,
+                ..
+            }
+        }
     )));
     let answered = h.feed(Input::WindowsClosing {
         account: uid_of("alice"),
@@ -67,7 +78,15 @@ fn the_desktop_closes_the_windows_and_no_sigterm_is_sent() {
     assert!(signalled(&later).is_empty(), "the product may save");
     // Killed at close_grace (30 s) whatever it did.
     let killed = h.advance(Duration::from_secs(20));
-    assert_eq!(signalled(&killed), vec![(CloseRoute::Signal { process: process(pid) }, false)]);
+    assert_eq!(
+        signalled(&killed),
+        vec![(
+            CloseRoute::Signal {
+                process: process(pid)
+            },
+            false
+        )]
+    );
 }
 
 #[test]
@@ -88,7 +107,10 @@ fn no_window_found_means_sigterm_at_once() {
     });
     let graceful: Vec<_> = signalled(&answered);
     assert_eq!(graceful.len(), 1, "{answered:?}");
-    assert!(matches!(&graceful[0], (CloseRoute::Wrapper { conn: 1, .. }, true)));
+    assert!(matches!(
+        &graceful[0],
+        (CloseRoute::Wrapper { conn: 1, .. }, true)
+    ));
 }
 
 #[test]
@@ -125,12 +147,22 @@ fn was_closed_is_told_once_when_the_product_has_closed() {
         .filter(|e| matches!(e, Event::ProductClosing { .. }))
         .count();
     assert!(closing >= 1);
-    assert!(!events(&at_limit).iter().any(|e| matches!(e, Event::ProductClosed { .. })));
+    assert!(!events(&at_limit)
+        .iter()
+        .any(|e| matches!(e, Event::ProductClosed { .. })));
     let first_gone = h.exit(pid);
-    assert!(!events(&first_gone).iter().any(|e| matches!(e, Event::ProductClosed { .. })), "another process still closing");
+    assert!(
+        !events(&first_gone)
+            .iter()
+            .any(|e| matches!(e, Event::ProductClosed { .. })),
+        "another process still closing"
+    );
     let all_gone = h.exit(second.pid);
     assert_eq!(
-        events(&all_gone).iter().filter(|e| matches!(e, Event::ProductClosed { .. })).count(),
+        events(&all_gone)
+            .iter()
+            .filter(|e| matches!(e, Event::ProductClosed { .. }))
+            .count(),
         1
     );
 }

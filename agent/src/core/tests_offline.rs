@@ -267,7 +267,11 @@ fn one_warning_per_product_however_many_processes_and_back_online_after() {
     let (mut h, _pid) = offline_from_nine();
     h.detect("alice", "autocad", process(7777));
     let before = h.advance_to(tuesday(7, 0));
-    assert_eq!(warnings(&before), vec![7200], "one warning for two processes");
+    assert_eq!(
+        warnings(&before),
+        vec![7200],
+        "one warning for two processes"
+    );
     h.network = Network::Up;
     let back = h.advance(Duration::from_secs(700));
     assert!(

@@ -229,6 +229,8 @@ fn offline_launch_is_free_inside_a_held_window_and_denied_otherwise() {
     let mut h = Harness::new(monday(8, 0), 100);
     h.launch("alice", "autocad").unwrap().unwrap();
     let pid = h.pid_of("alice", "autocad").unwrap();
+    // Used past the short-use grace: the window is kept.
+    h.advance(Duration::from_secs(600));
     h.exit(pid);
     h.network = Network::Down;
     h.advance(hours(2));
@@ -321,7 +323,9 @@ fn topping_up_during_the_renewal_grace_rescues_the_product() {
     h.server.balance += 100;
     // The next heartbeat brings the new balance: the renewal is tried at once.
     let rescued = h.advance_to(tuesday(8, 10));
-    assert!(events(&rescued).iter().any(|e| matches!(e, Event::Charged { tokens: 7, .. })));
+    assert!(events(&rescued)
+        .iter()
+        .any(|e| matches!(e, Event::Charged { tokens: 7, .. })));
     let after_grace = h.advance_to(tuesday(9, 0));
     assert!(closes(&after_grace).is_empty(), "{after_grace:?}");
     assert_eq!(h.pid_of("alice", "autocad"), Some(pid));
@@ -348,7 +352,11 @@ fn a_renewal_is_announced_ahead_with_its_price() {
             _ => None,
         })
         .collect();
-    assert_eq!(told, vec![(tuesday(8, 0), 7)], "once, with the time and price");
+    assert_eq!(
+        told,
+        vec![(tuesday(8, 0), 7)],
+        "once, with the time and price"
+    );
     let renewed = h.advance_to(tuesday(8, 0));
     assert!(events(&renewed).iter().any(|e| matches!(
         e,

@@ -27,7 +27,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use flex_protocol::api::{HeartbeatRequest, Product};
+use flex_protocol::api::{HeartbeatRequest, Product, RefundRequest};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Empty, Event, StatusReply};
 use flex_protocol::Email;
@@ -279,6 +279,15 @@ impl Driver {
                     net::spawn_claim(self.client.clone(), request, self.net_tx.clone());
                 }
                 Action::Heartbeat => self.heartbeat()?,
+                Action::Refund(ask) => {
+                    let request = RefundRequest {
+                        sessions: self.journal.session_records(&ask.user, &ask.product)?,
+                        window_id: ask.window_id,
+                        user: ask.user,
+                        product: ask.product,
+                    };
+                    net::spawn_refund(self.client.clone(), request, self.net_tx.clone());
+                }
                 Action::Notify { account, event } => {
                     // The journal's record of what users were told and why.
                     tracing::info!(account = ?account.as_ref().map(AccountId::as_str), ?event, "user event");
@@ -424,6 +433,25 @@ impl Driver {
             NetEvent::Claim { claim_id, outcome } => match outcome {
                 Ok(response) => self.feed(Input::ClaimAnswered { claim_id, response }),
                 Err(error) => self.feed(Input::ClaimFailed { claim_id, error }),
+            },
+            NetEvent::Refund { window_id, outcome } => match outcome {
+                Ok(response) => self.feed(Input::RefundAnswered {
+                    window_id,
+                    result: Ok(response),
+                }),
+                // The server's decision (refused, not this device's window):
+                // final. Anything else is asked again at the next contact.
+                Err(e) if !e.is_retryable() => {
+                    tracing::info!("refund of window {window_id} refused: {e}");
+                    self.feed(Input::RefundAnswered {
+                        window_id,
+                        result: Err(e.to_string()),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("refund of window {window_id} not delivered: {e}");
+                    self.feed(Input::RefundFailed { window_id })
+                }
             },
             NetEvent::Heartbeat { batch, outcome } => match outcome {
                 Ok(resp) => {

@@ -37,6 +37,7 @@ pub const FILE_NAME: &str = "journal.sqlite3";
 const MIGRATIONS: &[&str] = &[
     include_str!("0001_init.sql"),
     include_str!("0002_identity.sql"),
+    include_str!("0003_refunds.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

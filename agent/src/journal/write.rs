@@ -149,6 +149,25 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         Persist::RateSheet(products) => meta(tx, "products", json(products))?,
         Persist::Balance(b) => meta(tx, "balance", b.to_string())?,
         Persist::NoticesSeen(id) => meta(tx, "notices_seen", id.to_string())?,
+        Persist::RefundPending(ask) => {
+            tx.execute(
+                "INSERT INTO pending_refunds (window_id, user, product, account, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (window_id) DO NOTHING",
+                params![
+                    ask.window_id,
+                    ask.user.as_str(),
+                    ask.product,
+                    ask.account.as_ref().map(|a| a.as_str()),
+                    ts(&chrono::Utc::now())
+                ],
+            )?;
+        }
+        Persist::RefundSettled { window_id } => {
+            tx.execute(
+                "DELETE FROM pending_refunds WHERE window_id = ?1",
+                [window_id],
+            )?;
+        }
         Persist::DropWindow { user, product } => {
             tx.execute(
                 "DELETE FROM windows WHERE user = ?1 AND product = ?2",

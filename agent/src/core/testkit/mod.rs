@@ -199,6 +199,33 @@ impl Harness {
                     Network::DieBeforeSend => {}
                     Network::Hold => self.held.push(request.clone()),
                 },
+                Action::Refund(ask) => match self.network {
+                    Network::Up => {
+                        let sessions = self
+                            .journal
+                            .session_records(&ask.user, &ask.product)
+                            .unwrap();
+                        queue.push_back(Input::RefundAnswered {
+                            window_id: ask.window_id.clone(),
+                            result: self
+                                .server
+                                .refund(&ask.window_id, &sessions, self.true_time),
+                        });
+                    }
+                    Network::LoseAnswers => {
+                        let sessions = self
+                            .journal
+                            .session_records(&ask.user, &ask.product)
+                            .unwrap();
+                        let _ = self
+                            .server
+                            .refund(&ask.window_id, &sessions, self.true_time);
+                    }
+                    Network::Down | Network::Hold => queue.push_back(Input::RefundFailed {
+                        window_id: ask.window_id.clone(),
+                    }),
+                    Network::DieBeforeSend => {}
+                },
                 Action::Heartbeat => match self.network {
                     Network::Up => {
                         let batch = self.journal.heartbeat_batch().unwrap();
