@@ -189,6 +189,11 @@ pub enum Input {
         pid: u32,
         windows: u32,
     },
+    /// CPU time used so far by each process asked in [`Action::SampleCpu`]
+    /// (those gone are left out).
+    CpuTimes {
+        samples: Vec<(ProcessId, Duration)>,
+    },
     /// A timer set by [`Action::SetTimer`] fired, or the driver's periodic tick.
     Tick,
 }
@@ -372,6 +377,11 @@ pub enum Action {
     ReplyDone {
         request: String,
         result: Result<(), Refusal>,
+    },
+    /// Read the CPU time each process has used so far and answer with
+    /// [`Input::CpuTimes`] (the idle rule, R14).
+    SampleCpu {
+        processes: Vec<ProcessId>,
     },
     /// Ask the server to refund a window (`POST /v1/agent/refunds`, with the
     /// journal's records of the user's runs of the product); answer with

@@ -142,22 +142,39 @@ impl Core {
                 charged = 0;
             }
         }
-        self.cover_all(&held, out);
         // One claim, one charge: it is told to the first who waited, and the
-        // first wrapper's reply carries it.
-        let first_account = pending
+        // first wrapper's reply carries it; a paused product in use again is
+        // told it resumed.
+        let first = pending
             .launches
             .first()
             .and_then(|w| self.runs.find(&w.session))
             .or_else(|| self.runs.waiting_for(&req.claim_id).into_iter().next())
             .and_then(|f| self.runs.get(&f))
-            .map(|r| r.account.clone());
-        if let Some(account) = first_account {
-            let grant = Grant {
-                tokens_charged: charged,
-                ..grant.clone()
-            };
-            self.notify_charged(&account, &req.product, &grant, false, out);
+            .map(|r| (r.account.clone(), r.resuming));
+        self.cover_all(&held, out);
+        match first {
+            Some((account, true)) => out.push(Action::Notify {
+                account: Some(account),
+                event: Event::Resumed {
+                    product: req.product.clone(),
+                    product_name: self.product_name(&req.product),
+                    tokens: charged,
+                },
+            }),
+            Some((account, false)) => {
+                let grant = Grant {
+                    tokens_charged: charged,
+                    ..grant.clone()
+                };
+                self.notify_charged(&account, &req.product, &grant, false, out);
+            }
+            None => {}
+        }
+        for run in self.runs.iter_mut() {
+            if run.user == held.user && run.product == held.product {
+                run.resuming = false;
+            }
         }
         for w in &pending.launches {
             self.reply_granted(&w.request, &w.session, &held, charged, out);
@@ -178,7 +195,9 @@ impl Core {
                     r.user == held.user
                         && r.product == held.product
                         && match &r.state {
-                            RunState::Claiming { .. } | RunState::Unlicensed { .. } => true,
+                            RunState::Claiming { .. }
+                            | RunState::Unlicensed { .. }
+                            | RunState::Paused { .. } => true,
                             RunState::Closing { close, cover } => {
                                 cover.is_none() && close.kill_at.is_none()
                             }

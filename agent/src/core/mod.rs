@@ -69,6 +69,8 @@ mod tests_enforcement;
 #[cfg(all(test, unix))]
 mod tests_hostile;
 #[cfg(all(test, unix))]
+mod tests_idle;
+#[cfg(all(test, unix))]
 mod tests_offline;
 #[cfg(all(test, unix))]
 mod tests_sessions;
@@ -300,6 +302,7 @@ impl Core {
                 pid,
                 windows,
             } => self.windows_closing(&account, pid, windows),
+            Input::CpuTimes { samples } => self.cpu_times(samples),
             Input::Tick => {}
         }
         self.evaluate(&mut out);
@@ -366,14 +369,27 @@ impl Core {
             .iter()
             .filter(|r| mine(&r.user))
             .filter_map(|r| {
-                let cover = r.cover()?;
-                let window = self
-                    .ledger
-                    .window_by_id(&cover.window)
-                    .or_else(|| self.ledger.window(&r.user, &r.product))?;
+                let (source, window_end) = match (&r.state, r.cover()) {
+                    (runs::RunState::Paused { since, source }, _) => (*source, *since),
+                    (_, Some(cover)) => {
+                        let window = self
+                            .ledger
+                            .window_by_id(&cover.window)
+                            .or_else(|| self.ledger.window(&r.user, &r.product))?;
+                        (cover.source, window.window.end)
+                    }
+                    _ => return None,
+                };
                 let (state, closes_at) = match &r.state {
                     runs::RunState::Closing { close, .. } => ("closing", Some(close.term_at)),
+                    runs::RunState::Paused { .. } => ("paused", None),
                     _ => ("running", None),
+                };
+                let paused_since = match &r.state {
+                    runs::RunState::Paused { since, .. } => {
+                        Some(self.contact.clock.wall_at(*since))
+                    }
+                    _ => None,
                 };
                 Some(SessionStatus {
                     session: r.wrapper.as_ref().map_or(&r.id, |w| &w.session).clone(),
@@ -382,12 +398,12 @@ impl Core {
                     product_name: self.product_name(&r.product),
                     version: r.version.clone(),
                     pid: r.process.map(|p| p.pid),
-                    source: cover.source,
+                    source,
                     started_at: r.started_at,
-                    window_end: window.window.end,
+                    window_end,
                     origin: r.origin.as_str().to_string(),
                     state: state.into(),
-                    paused_since: None,
+                    paused_since,
                     closes_at: closes_at.map(|t| self.contact.clock.wall_at(t)),
                 })
             })

@@ -40,6 +40,8 @@ impl Core {
         self.ledger.prune_retries();
         self.give_up_stuck_claims(out);
         self.short_use(out);
+        self.sample_cpu(out);
+        self.resume_paused(out);
         self.renewals(out);
         self.renewal_notices(out);
         self.offline_rule(out);
@@ -58,6 +60,10 @@ impl Core {
             .ledger
             .renewals_due(now, |w| runs.running_in(w).next().is_some());
         for h in due {
+            if self.window_idle(&h.window.id) {
+                self.pause(&h.window.id, h.window.end, out);
+                continue;
+            }
             let version = self
                 .runs
                 .running_in(&h.window.id)
@@ -279,6 +285,7 @@ impl Core {
         }
         at.extend(self.close_deadlines());
         at.extend(self.short_use_deadlines());
+        at.extend(self.sample_deadline());
         at.extend(self.contact.check_deadline());
         at.extend(self.renewal_notice_deadlines());
         for c in self.ledger.claims() {

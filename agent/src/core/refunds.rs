@@ -109,11 +109,44 @@ impl Core {
                     .get(&(user.clone(), product.clone()))
                     .cloned(),
             };
-            // The window is no longer ours: a reopen claims a new one.
+            // The window is no longer ours: a reopen claims a new one. A
+            // wrapper's session granted in it that never started its product
+            // holds nothing now; it claims when the product starts.
             self.ledger.drop_window(&user, &product, out);
+            self.unhold_window(&window_id, out);
             out.push(Action::Persist(Persist::RefundPending(ask.clone())));
             out.push(Action::Refund(ask.clone()));
             self.refunds.pending.insert(window_id, (ask, true));
+        }
+    }
+
+    /// Runs (without a process: nothing ran) covered by a refunded window
+    /// lose it: their records end, and they claim if their product starts.
+    fn unhold_window(&mut self, window_id: &str, out: &mut Vec<Action>) {
+        let covered: Vec<super::runs::Found> = self
+            .runs
+            .all()
+            .into_iter()
+            .filter(|f| {
+                self.runs
+                    .get(f)
+                    .and_then(|r| r.cover())
+                    .is_some_and(|c| c.window == window_id)
+            })
+            .collect();
+        for f in covered {
+            let Some(run) = self.runs.get(&f).cloned() else {
+                continue;
+            };
+            if let Some(row) = run.row(Some(run.started_at)) {
+                self.contact.changed();
+                out.push(Action::Persist(Persist::Session(row)));
+            }
+            if let Some(r) = self.runs.get_mut(&f) {
+                r.state = super::runs::RunState::Unlicensed {
+                    reason: flex_protocol::ErrorCode::NotFound,
+                };
+            }
         }
     }
 
@@ -141,6 +174,21 @@ impl Core {
         }));
         match result {
             Ok(r) => {
+                // Nothing may run in a refunded window: a process that got it
+                // from the server meanwhile claims anew.
+                let uncovered: Vec<super::runs::Found> = self
+                    .runs
+                    .all()
+                    .into_iter()
+                    .filter(|f| {
+                        self.runs.get(f).is_some_and(|r| {
+                            r.process.is_some() && r.cover().is_some_and(|c| c.window == window_id)
+                        })
+                    })
+                    .collect();
+                for f in uncovered {
+                    self.start_or_claim(f, None, out);
+                }
                 if self.balance != Some(r.balance) {
                     self.balance = Some(r.balance);
                     out.push(Action::Persist(Persist::Balance(r.balance)));

@@ -7,7 +7,8 @@
 //! process it declares, or a *pending* run for a product it has not started yet.
 //! Every run is, at every moment, in exactly one [`RunState`]: claiming a window
 //! (bounded by [`CLAIM_TIMEOUT`]), covered by a held window, closing (a deadline,
-//! then killed), or — only where the site does not enforce — unlicensed.
+//! then killed), paused (idle when its window ended, R14), or — only where the
+//! site does not enforce — unlicensed.
 //!
 //! The rule this module makes structural: **a run that has a process leaves the
 //! set only when that process exits** ([`Runs::exited`]). There is no other way
@@ -109,6 +110,13 @@ pub(super) enum RunState {
     /// Refused (or its claim failed) where the site does not enforce: left
     /// running, not licensed, never charged.
     Unlicensed { reason: ErrorCode },
+    /// Idle when its window ended (R14): not renewed, left running, not
+    /// charged, until its user comes back (input, or CPU use).
+    Paused {
+        since: DateTime<Utc>,
+        /// What paid for the window it was paused at the end of.
+        source: Source,
+    },
 }
 
 /// The wrapper that announced or adopted a run.
@@ -140,6 +148,8 @@ pub(super) struct Run {
     pub state: RunState,
     /// Offline warning offsets (seconds before the limit) already sent.
     pub warned: Vec<u64>,
+    /// Waiting for a new window after a pause: its user is told it resumed.
+    pub resuming: bool,
 }
 
 impl Run {

@@ -271,6 +271,7 @@ impl Driver {
         // Journal first: nothing below may happen unless it is durable.
         self.journal.apply(&actions)?;
         let mut gone = Vec::new();
+        let mut cpu = None;
         for action in actions {
             match action {
                 Action::Persist(_) | Action::SetTimer(_) => {}
@@ -279,6 +280,9 @@ impl Driver {
                     net::spawn_claim(self.client.clone(), request, self.net_tx.clone());
                 }
                 Action::Heartbeat => self.heartbeat()?,
+                Action::SampleCpu { processes } => {
+                    cpu = Some(self.processes.cpu_times(&processes));
+                }
                 Action::Refund(ask) => {
                     let request = RefundRequest {
                         sessions: self.journal.session_records(&ask.user, &ask.product)?,
@@ -343,6 +347,9 @@ impl Driver {
         // Processes that were gone before a handle could be opened.
         for process in gone {
             self.feed(Input::ProcessExited { process })?;
+        }
+        if let Some(samples) = cpu {
+            self.feed(Input::CpuTimes { samples })?;
         }
         Ok(())
     }

@@ -49,6 +49,8 @@ pub struct FakeServer {
     pub refunds: HashMap<String, Result<RefundResponse, String>>,
     /// Every refund request received, retries included.
     pub refund_requests: Vec<String>,
+    /// (window id, when) of every grant of a window to a launch.
+    window_grants: Vec<(String, DateTime<Utc>)>,
     next_window: u64,
 }
 
@@ -73,6 +75,7 @@ impl FakeServer {
             notices: Vec::new(),
             refunds: HashMap::new(),
             refund_requests: Vec::new(),
+            window_grants: Vec::new(),
             next_window: 1,
         }
     }
@@ -255,7 +258,16 @@ impl FakeServer {
                 let running = sessions
                     .iter()
                     .any(|s| s.started_at <= point && s.ended_at.is_none_or(|e| e > point));
-                if running {
+                // A launch granted this window after the grace point used it.
+                let used = self
+                    .window_grants
+                    .iter()
+                    .any(|(id, at)| id == window_id && *at >= point);
+                if used {
+                    Err(format!(
+                        "window {window_id} was granted to a launch after {point}"
+                    ))
+                } else if running {
                     Err(format!("a process was running at {point}"))
                 } else {
                     let tokens: u64 = self
@@ -288,13 +300,16 @@ impl FakeServer {
     }
 
     fn grant(
-        &self,
+        &mut self,
         req: &ClaimRequest,
         source: Source,
         window: Window,
         tokens: u64,
         now: DateTime<Utc>,
     ) -> ClaimResponse {
+        if req.results.is_none() {
+            self.window_grants.push((window.id.clone(), now));
+        }
         let lease = self.signer.sign(&LeaseBody {
             window_id: window.id.clone(),
             device_id: DEVICE.into(),
