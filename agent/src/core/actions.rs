@@ -311,6 +311,28 @@ pub struct RefundAsk {
     pub account: Option<AccountId>,
 }
 
+impl Persist {
+    /// Whether losing this write could cost money or licence: a claim or
+    /// refund about to be sent, a window and its lease, a job's attempt, the
+    /// offline clock. Such a batch is made durable (fsync) before anything
+    /// else happens. The others (usage records, settled marks, caches) may be
+    /// written after the reply and without waiting for the disk: a power cut
+    /// may lose the last of them, and each is either sent again (the server
+    /// answers a repeat as it answered the first) or rebuilt.
+    pub fn is_money(&self) -> bool {
+        matches!(
+            self,
+            Persist::ClaimPending(_)
+                | Persist::Window(_)
+                | Persist::DropWindow { .. }
+                | Persist::RefundPending(_)
+                | Persist::Job(_)
+                | Persist::Clock(_)
+                | Persist::ClockRollback(_)
+        )
+    }
+}
+
 /// What a successful heartbeat uploaded and the server took: the journal marks
 /// those session revisions as uploaded and deletes the reported rollbacks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -268,8 +268,23 @@ impl Driver {
     }
 
     fn carry_out(&mut self, actions: Vec<Action>) -> Result<(), DaemonError> {
-        // Journal first: nothing below may happen unless it is durable.
-        self.journal.apply(&actions)?;
+        // Journal first when the batch holds money (a claim id, a window, a
+        // refund): nothing below may happen unless it is durable. A batch of
+        // usage records only (a launch inside an open window) is answered
+        // first and written right after: the reply does not wait for SQLite.
+        let money = actions
+            .iter()
+            .any(|a| matches!(a, Action::Persist(p) if p.is_money()));
+        if money {
+            self.journal.apply(&actions)?;
+        } else {
+            for action in &actions {
+                if let Action::ReplyLaunch { .. } | Action::ReplyDone { .. } = action {
+                    self.carry_out_reply(action.clone());
+                }
+            }
+            self.journal.apply(&actions)?;
+        }
         let mut gone = Vec::new();
         let mut cpu = None;
         for action in actions {
@@ -321,24 +336,15 @@ impl Driver {
                     }
                 }
                 Action::Release { process } => self.processes.release(process),
-                Action::ReplyLaunch { request, result } => self.reply(
-                    &request,
-                    match result {
-                        Ok(granted) => Reply::ok(granted).long_lived(),
-                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
-                    },
-                ),
+                Action::ReplyLaunch { .. } | Action::ReplyDone { .. } => {
+                    if money {
+                        self.carry_out_reply(action);
+                    }
+                }
                 Action::ReplyJob { request, result } => self.reply(
                     &request,
                     match result {
                         Ok(done) => Reply::ok(done),
-                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
-                    },
-                ),
-                Action::ReplyDone { request, result } => self.reply(
-                    &request,
-                    match result {
-                        Ok(()) => Reply::ok(Empty {}),
                         Err(r) => Reply::refusal(r.code, r.message, r.product_name),
                     },
                 ),
@@ -352,6 +358,27 @@ impl Driver {
             self.feed(Input::CpuTimes { samples })?;
         }
         Ok(())
+    }
+
+    /// Sends a launch's or attach/exit's answer.
+    fn carry_out_reply(&mut self, action: Action) {
+        match action {
+            Action::ReplyLaunch { request, result } => self.reply(
+                &request,
+                match result {
+                    Ok(granted) => Reply::ok(granted).long_lived(),
+                    Err(r) => Reply::refusal(r.code, r.message, r.product_name),
+                },
+            ),
+            Action::ReplyDone { request, result } => self.reply(
+                &request,
+                match result {
+                    Ok(()) => Reply::ok(Empty {}),
+                    Err(r) => Reply::refusal(r.code, r.message, r.product_name),
+                },
+            ),
+            _ => {}
+        }
     }
 
     fn reply(&mut self, request: &str, reply: Reply) {

@@ -41,12 +41,25 @@ impl Journal {
         if items.peek().is_none() {
             return Ok(());
         }
+        let items: Vec<&Persist> = items.collect();
         let path = self.path.clone();
         let err = move |source| JournalError::Sqlite {
             action: "write",
             path,
             source,
         };
+        // Money waits for the disk (synchronous=FULL: the WAL is fsynced at
+        // commit); usage records and caches do not (NORMAL: durable at the next
+        // checkpoint or FULL commit, and through a crash of the agent, which
+        // leaves them in the OS cache; only a power cut can lose them).
+        let durable = items.iter().any(|p| p.is_money());
+        if durable != self.durable {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            self.conn
+                .pragma_update(None, "synchronous", mode)
+                .map_err(err.clone())?;
+            self.durable = durable;
+        }
         let tx = self.conn.transaction().map_err(err.clone())?;
         for item in items {
             write_one(&tx, item).map_err(err.clone())?;
