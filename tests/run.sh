@@ -46,6 +46,9 @@ command -v systemd-socket-activate >/dev/null || need+=(systemd)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 # socat: the example shell wrapper (examples/wrappers/flex-wrap.sh) talks through it.
 command -v socat >/dev/null || need+=(socat)
+# valgrind: a product run inside valgrind must still be recognised
+# (agent/src/watcher/tests.rs, tests/tests/agent_enforcement.rs).
+command -v valgrind >/dev/null || need+=(valgrind)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq

@@ -16,8 +16,22 @@
 //! renewal_grace = "30m"
 //! close_grace = "30s"
 //! low_balance_ratio = 0.2
+//! short_use_grace = "5m"              # R13: a shorter run is refunded ("0s": off)
+//! idle_after = "15m"                  # R14: idle after this without input or CPU ("0s": off)
+//! idle_cpu_percent = 2.0              # R14: CPU use under which a product is idle
+//! renewal_notice = "15m"              # tell users this long before a renewal
 //! timezone = "Europe/Paris"
 //! pack_sizes = [100, 500, 1000, 2500, 5000, 10000]
+//! device_users_alert = 10
+//!
+//! [limits]                     # what one client may hold of the server, see crate::net
+//! header_read_timeout = "10s"
+//! request_timeout = "30s"
+//! tls_handshake_timeout = "10s"
+//! max_connections = 10000
+//! max_connections_per_address = 1000
+//! admin_auth_failures = 10
+//! admin_auth_window = "1m"
 //!
 //! [smtp]                       # optional: admin notices by email, see crate::mail
 //! host = "mail.example.com"
@@ -66,6 +80,9 @@ pub struct Config {
     /// Admin notices by email; off when absent.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// Timeouts and caps on what clients may hold.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -76,6 +93,7 @@ impl Default for Config {
             enrollment_token_ttl: default_enrollment_ttl(),
             policy: PolicyConfig::default(),
             smtp: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -107,6 +125,20 @@ pub struct PolicyConfig {
     pub low_balance_ratio: f64,
     pub timezone: String,
     pub pack_sizes: Vec<u64>,
+    /// A `device_users` notice is raised when one device claims for more
+    /// distinct users than this in one tenant day.
+    pub device_users_alert: u32,
+    /// R13: a window no process uses past this is refunded ("0s": off).
+    #[serde(with = "humantime_serde")]
+    pub short_use_grace: Duration,
+    /// R14: no input and little CPU for this long is idle ("0s": off).
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+    /// R14: CPU use (percent of one core) under which a product is idle.
+    pub idle_cpu_percent: f64,
+    /// How long before a renewal its user is told ("0s": not told).
+    #[serde(with = "humantime_serde")]
+    pub renewal_notice: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -125,7 +157,88 @@ impl Default for PolicyConfig {
             low_balance_ratio: 0.2,
             timezone: "UTC".into(),
             pack_sizes: vec![100, 500, 1000, 2500, 5000, 10000],
+            device_users_alert: 10,
+            short_use_grace: m(5),
+            idle_after: m(15),
+            idle_cpu_percent: 2.0,
+            renewal_notice: m(15),
         }
+    }
+}
+
+/// `[limits]`: what one client may hold of the server (see [`crate::net`]).
+///
+/// An idle kept-alive connection and a half-sent request look alike (both owe
+/// the server a request head), so `header_read_timeout` bounds both.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// From the moment a connection may send a request until its head is in.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Reading the body and answering one request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// From accept until the TLS handshake is done.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Open connections in total (also held below the open-file limit).
+    pub max_connections: u32,
+    /// Open connections from one IPv4 address or IPv6 /64.
+    pub max_connections_per_address: u32,
+    /// Wrong admin tokens one address may present per `admin_auth_window`
+    /// before its attempts answer 429 until the window ends.
+    pub admin_auth_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub admin_auth_window: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            admin_auth_failures: 10,
+            admin_auth_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("limits.header_read_timeout", self.header_read_timeout),
+            ("limits.request_timeout", self.request_timeout),
+            ("limits.tls_handshake_timeout", self.tls_handshake_timeout),
+            ("limits.admin_auth_window", self.admin_auth_window),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "0s", "must be positive"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "0", "must be at least 1"));
+        }
+        if self.max_connections_per_address == 0
+            || self.max_connections_per_address > self.max_connections
+        {
+            return Err(invalid(
+                "limits.max_connections_per_address",
+                self.max_connections_per_address.to_string(),
+                "must be between 1 and limits.max_connections",
+            ));
+        }
+        if self.admin_auth_failures == 0 {
+            return Err(invalid(
+                "limits.admin_auth_failures",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -166,6 +279,7 @@ impl Config {
             message: e.message().to_string(),
         })?;
         config.policy.validate()?;
+        config.limits.validate()?;
         if let Some(smtp) = &config.smtp {
             smtp.validate()?;
         }
@@ -211,6 +325,20 @@ impl PolicyConfig {
                 why: "is not an IANA time zone name such as Europe/Paris",
             });
         }
+        if !(self.idle_cpu_percent >= 0.0 && self.idle_cpu_percent <= 100.0) {
+            return Err(ConfigError::Invalid {
+                key: "policy.idle_cpu_percent",
+                value: self.idle_cpu_percent.to_string(),
+                why: "must be a percentage of one core, from 0 to 100",
+            });
+        }
+        if self.device_users_alert == 0 {
+            return Err(ConfigError::Invalid {
+                key: "policy.device_users_alert",
+                value: "0".into(),
+                why: "must be at least 1",
+            });
+        }
         if self.pack_sizes.is_empty() || self.pack_sizes.contains(&0) {
             return Err(ConfigError::Invalid {
                 key: "policy.pack_sizes",
@@ -235,6 +363,10 @@ impl PolicyConfig {
             low_balance_ratio: self.low_balance_ratio,
             timezone: self.timezone.clone(),
             pack_sizes: self.pack_sizes.clone(),
+            short_use_grace_secs: self.short_use_grace.as_secs(),
+            idle_after_secs: self.idle_after.as_secs(),
+            idle_cpu_percent: self.idle_cpu_percent,
+            renewal_notice_secs: self.renewal_notice.as_secs(),
         }
     }
 }
@@ -382,6 +514,13 @@ mod tests {
         let e = Config::parse("[policy]\nwindow = \"soon\"\n").unwrap_err();
         assert!(
             e.to_string().contains("soon") || e.to_string().contains("window"),
+            "{e}"
+        );
+        let e = Config::parse("[limits]\nmax_connections = 10\nmax_connections_per_address = 11\n")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("limits.max_connections_per_address = 11"),
             "{e}"
         );
         let e = Config::parse("polcy = 1\n").unwrap_err();

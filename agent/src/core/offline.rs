@@ -1,27 +1,21 @@
-//! The offline rule (R8), server contact, heartbeats and the timer: what is due
-//! at a given time.
+//! What time brings: renewals at window end, the offline rule (R8), closes
+//! carried out, claims given up, heartbeats, and the timer.
 //!
-//! Offline time is the clock's time since the last successful contact (a
-//! heartbeat or a claim answer). Each licensed session is warned once at every
-//! offset before its limit that it reaches, then closed when offline time reaches
-//! the limit exactly; reconnecting first clears the warnings and cancels any close
-//! the offline rule scheduled.
+//! Each covered run is warned once at every offset before its offline limit
+//! that it reaches, then closed when offline time reaches the limit exactly;
+//! reconnecting first clears the warnings and cancels any close the offline
+//! rule scheduled.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::api::{Notice, NoticeKind, Policy};
+use flex_protocol::api::{ChargeModel, ClaimRequest, Notice, NoticeKind, Policy, Source};
 use flex_protocol::socket::{CloseReason, Event};
 
+use super::contact::chrono;
 use super::policy::{offline_limit, warning_offsets};
-use super::{Action, Closing, Core, Persist};
-
-/// First retry delay after a failed heartbeat; it doubles up to the interval.
-const BACKOFF_START: Duration = Duration::from_secs(5);
-
-fn chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
+use super::runs::{RunState, CLAIM_TIMEOUT};
+use super::{Action, Core, Persist, UploadReceipt};
 
 /// "24h", "30m", "1h 30m", "45s": a duration as people read it.
 fn format_span(d: Duration) -> String {
@@ -43,157 +37,271 @@ fn format_span(d: Duration) -> String {
 impl Core {
     /// Everything time-driven, run after every input.
     pub(super) fn evaluate(&mut self, out: &mut Vec<Action>) {
-        let windows = &self.windows;
-        self.renewal_retry
-            .retain(|id, _| windows.values().any(|h| h.window.id == *id));
+        self.ledger.prune_retries();
+        self.give_up_stuck_claims(out);
+        self.short_use(out);
+        self.sample_cpu(out);
+        self.resume_paused(out);
         self.renewals(out);
+        self.renewal_notices(out);
         self.offline_rule(out);
         self.run_closes(out);
-        self.heartbeat(out);
+        let busy = !self.runs.is_empty() || self.ledger.has_claims();
+        self.contact
+            .heartbeat(self.policy.heartbeat_interval_secs, busy, out);
     }
 
-    fn offline_rule(&mut self, out: &mut Vec<Action>) {
-        let Some(offline) = self.clock.offline_for() else {
+    /// Starts a renewal claim for every held window that ended while a run of
+    /// it still runs.
+    fn renewals(&mut self, out: &mut Vec<Action>) {
+        let now = self.contact.now();
+        let runs = &self.runs;
+        let due = self
+            .ledger
+            .renewals_due(now, |w| runs.running_in(w).next().is_some());
+        for h in due {
+            if self.window_idle(&h.window.id) {
+                self.pause(&h.window.id, h.window.end, out);
+                continue;
+            }
+            let version = self
+                .runs
+                .running_in(&h.window.id)
+                .find_map(|r| r.version.clone());
+            let request = ClaimRequest {
+                claim_id: uuid::Uuid::new_v4().to_string(),
+                user: h.user.clone(),
+                product: h.product.clone(),
+                version,
+                results: None,
+                renews: Some(h.window.id.clone()),
+            };
+            self.ledger.send(request, now, false, out);
+        }
+    }
+
+    /// The daily rate of `product`, when it is charged per day.
+    fn daily_rate(&self, product: &str) -> Option<u64> {
+        match self.products.get(product)?.charge {
+            ChargeModel::Daily { tokens } => Some(tokens),
+            _ => None,
+        }
+    }
+
+    /// Tells the users of a token window with a product still running in it,
+    /// `renewal_notice` before its end, that it will be renewed and for how
+    /// much — once per window, once per user.
+    fn renewal_notices(&mut self, out: &mut Vec<Action>) {
+        let notice = chrono::Duration::seconds(self.policy.renewal_notice_secs as i64);
+        if notice.is_zero() {
             return;
-        };
-        let now = self.clock.trusted_now();
-        for s in self.sessions.values_mut() {
-            let Some(source) = s.source else {
+        }
+        let now = self.contact.now();
+        let due: Vec<(String, String, DateTime<Utc>)> = self
+            .ledger
+            .windows()
+            .filter(|h| h.source == Source::Tokens && !self.ledger.noticed(&h.window.id))
+            .filter(|h| h.window.end - notice <= now && now < h.window.end)
+            .map(|h| (h.window.id.clone(), h.product.clone(), h.window.end))
+            .collect();
+        for (id, product, end) in due {
+            let mut accounts: Vec<crate::account::AccountId> = self
+                .runs
+                .iter()
+                .filter(|r| matches!(&r.state, RunState::Covered(c) if c.window == id))
+                .map(|r| r.account.clone())
+                .collect();
+            accounts.sort();
+            accounts.dedup();
+            let Some(tokens) = self.daily_rate(&product) else {
                 continue;
             };
-            if s.closing.is_some() {
+            if accounts.is_empty() || !self.ledger.notice(&id) {
                 continue;
             }
-            let limit = offline_limit(&self.policy, source);
-            if offline >= limit {
-                s.closing = Some(Closing {
-                    reason: CloseReason::Offline,
-                    // The why; notifier and wrapper add the next step for the reason.
-                    message: format!(
-                        "this workstation has not reached the license server for {}",
-                        format_span(limit)
-                    ),
-                    renewal_of: None,
-                    term_at: now,
-                    kill_at: None,
-                    killed: false,
-                });
-                continue;
-            }
-            let left = limit - offline;
-            let due: Vec<u64> = warning_offsets(&self.policy, source)
-                .into_iter()
-                .filter(|&o| Duration::from_secs(o) >= left && !s.warned.contains(&o))
-                .collect();
-            if !due.is_empty() {
-                s.warned.extend(due);
+            for account in accounts {
                 out.push(Action::Notify {
-                    account: Some(s.account.clone()),
-                    event: Event::OfflineWarning {
-                        product: s.product.clone(),
-                        product_name: super::name_of(&self.products, &s.product),
-                        seconds_left: left.as_secs(),
-                        deadline: self.clock.wall_at(now + chrono(left)),
+                    account: Some(account),
+                    event: Event::RenewalNotice {
+                        product: product.clone(),
+                        product_name: self.product_name(&product),
+                        at: self.contact.clock.wall_at(end),
+                        tokens,
                     },
                 });
             }
         }
     }
 
-    /// Back in touch with the server: resend undelivered claims, clear warnings
-    /// and cancel the offline rule's closes of licensed sessions. Unlicensed
-    /// watched processes keep their close: they never had a window.
-    pub(super) fn reconnected(&mut self, out: &mut Vec<Action>) {
-        self.heartbeat_in_flight = false;
-        self.resend_claims(out);
-        for s in self.sessions.values_mut() {
-            s.warned.clear();
-            let offline_close = matches!(&s.closing, Some(c) if c.reason == CloseReason::Offline);
-            if offline_close && s.source.is_some() {
-                s.closing = None;
-            }
+    fn renewal_notice_deadlines(&self) -> Vec<DateTime<Utc>> {
+        let notice = chrono::Duration::seconds(self.policy.renewal_notice_secs as i64);
+        if notice.is_zero() {
+            return Vec::new();
         }
+        let now = self.contact.now();
+        self.ledger
+            .windows()
+            .filter(|h| h.source == Source::Tokens && !self.ledger.noticed(&h.window.id))
+            .filter(|h| {
+                self.runs
+                    .iter()
+                    .any(|r| matches!(&r.state, RunState::Covered(c) if c.window == h.window.id))
+            })
+            .map(|h| h.window.end - notice)
+            .filter(|at| *at > now)
+            .collect()
     }
 
-    /// Whether there is anything to tell the server or to keep fresh.
-    fn heartbeat_needed(&self) -> bool {
-        !self.sessions.is_empty()
-            || self.unsent > self.acked
-            || !self.claims.is_empty()
-            || self.clock.last_contact().is_none()
-    }
-
-    /// When the next heartbeat is due: at the policy interval after the last one,
-    /// sooner with exponential backoff while the server is unreachable.
-    fn heartbeat_due(&self) -> Option<DateTime<Utc>> {
-        if self.heartbeat_in_flight || !self.heartbeat_needed() {
-            return None;
-        }
-        let interval = Duration::from_secs(self.policy.heartbeat_interval_secs.max(1));
-        let delay = match self.failures {
-            0 => interval,
-            n => BACKOFF_START
-                .saturating_mul(1u32 << (n - 1).min(16))
-                .min(interval),
+    fn offline_rule(&mut self, out: &mut Vec<Action>) {
+        let Some(offline) = self.contact.clock.offline_for() else {
+            return;
         };
-        Some(match self.heartbeat_at {
-            None => self.clock.trusted_now(),
-            Some(t) => t + chrono(delay),
-        })
+        let now = self.contact.now();
+        // What is due: closes, and warnings not yet sent.
+        let mut due_any = false;
+        for run in self.runs.iter() {
+            let RunState::Covered(cover) = &run.state else {
+                continue;
+            };
+            let limit = offline_limit(&self.policy, cover.source);
+            let left = limit.saturating_sub(offline);
+            due_any |= offline >= limit
+                || warning_offsets(&self.policy, cover.source)
+                    .into_iter()
+                    .any(|o| Duration::from_secs(o) >= left && !run.warned.contains(&o));
+        }
+        // Never alarm or close while the server is reachable: before warning
+        // or closing, make sure a contact attempt just failed.
+        if !due_any || !self.contact.confirm_offline(now, out) {
+            return;
+        }
+        let deadline_wall = |left: Duration| self.contact.clock.wall_at(now + chrono(left));
+        let mut told: Vec<(crate::account::AccountId, String)> = Vec::new();
+        let mut events = Vec::new();
+        for run in self.runs.iter_mut() {
+            let RunState::Covered(cover) = &run.state else {
+                continue;
+            };
+            let limit = offline_limit(&self.policy, cover.source);
+            if offline >= limit {
+                // The why; notifier and wrapper add the next step for the reason.
+                let message = format!(
+                    "this workstation has not reached the license server for {}",
+                    format_span(limit)
+                );
+                run.close(CloseReason::Offline, message, now, None);
+                continue;
+            }
+            let left = limit - offline;
+            let due: Vec<u64> = warning_offsets(&self.policy, cover.source)
+                .into_iter()
+                .filter(|&o| Duration::from_secs(o) >= left && !run.warned.contains(&o))
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            run.warned.extend(due);
+            // One warning per user and product, however many of its
+            // processes run.
+            let key = (run.account.clone(), run.product.clone());
+            if told.contains(&key) {
+                continue;
+            }
+            told.push(key);
+            events.push(Action::Notify {
+                account: Some(run.account.clone()),
+                event: Event::OfflineWarning {
+                    product: run.product.clone(),
+                    product_name: super::name_of(&self.products, &run.product),
+                    seconds_left: left.as_secs(),
+                    deadline: deadline_wall(left),
+                },
+            });
+        }
+        out.extend(events);
     }
 
-    fn heartbeat(&mut self, out: &mut Vec<Action>) {
-        let now = self.clock.trusted_now();
-        if self.heartbeat_due().is_some_and(|due| now >= due) {
-            self.heartbeat_at = Some(now);
-            self.heartbeat_in_flight = true;
-            self.sending = self.unsent;
-            out.push(Action::Heartbeat);
+    /// Back in touch with the server: resend undelivered claims, clear warnings
+    /// and cancel the offline rule's closes of licensed runs. Unlicensed runs
+    /// keep their close: they never had a window.
+    pub(super) fn reconnected(&mut self, out: &mut Vec<Action>) {
+        let refunds = &self.refunds;
+        self.ledger
+            .resend(|c| refunds.in_flight(&c.user, &c.product), out);
+        self.resend_refunds(out);
+        // Whoever was warned is told it no longer applies.
+        let mut warned: Vec<crate::account::AccountId> = self
+            .runs
+            .iter()
+            .filter(|r| {
+                !r.warned.is_empty()
+                    || matches!(r.closing(), Some(c) if c.reason == CloseReason::Offline && !c.killed)
+            })
+            .map(|r| r.account.clone())
+            .collect();
+        warned.sort();
+        warned.dedup();
+        for account in warned {
+            out.push(Action::Notify {
+                account: Some(account),
+                event: Event::BackOnline,
+            });
+        }
+        for run in self.runs.iter_mut() {
+            run.warned.clear();
+            if let RunState::Closing {
+                close,
+                cover: Some(cover),
+            } = &run.state
+            {
+                if close.reason == CloseReason::Offline {
+                    run.state = RunState::Covered(cover.clone());
+                }
+            }
         }
     }
 
     /// Every future moment at which something becomes due, in trusted time.
-    pub(super) fn deadlines(&self) -> impl Iterator<Item = DateTime<Utc>> {
-        let now = self.clock.trusted_now();
-        let mut at = Vec::new();
-        for h in self.windows.values() {
-            let renewing = self
-                .claims
-                .values()
-                .any(|c| c.request.renews.as_deref() == Some(&h.window.id));
-            if !renewing && self.running_in(&h.window.id).next().is_some() {
-                // A renewal that failed verification waits for its retry.
-                let retry = self.renewal_retry.get(&h.window.id).map(|(at, _)| *at);
-                at.push(retry.unwrap_or(h.window.end).max(h.window.end));
-            }
-        }
-        if let Some(offline) = self.clock.offline_for() {
+    pub(super) fn deadlines(&self) -> Vec<DateTime<Utc>> {
+        let now = self.contact.now();
+        let runs = &self.runs;
+        let mut at = self
+            .ledger
+            .renewal_deadlines(|w| runs.running_in(w).next().is_some());
+        if let Some(offline) = self.contact.clock.offline_for() {
             let contact = now - chrono(offline);
-            for s in self.sessions.values() {
-                let (Some(source), None) = (s.source, &s.closing) else {
+            for run in self.runs.iter() {
+                let RunState::Covered(cover) = &run.state else {
                     continue;
                 };
-                let limit = offline_limit(&self.policy, source);
+                let limit = offline_limit(&self.policy, cover.source);
                 at.push(contact + chrono(limit));
-                for o in warning_offsets(&self.policy, source) {
-                    if !s.warned.contains(&o) {
+                for o in warning_offsets(&self.policy, cover.source) {
+                    if !run.warned.contains(&o) {
                         at.push(contact + chrono(limit - Duration::from_secs(o)));
                     }
                 }
             }
         }
-        for c in self.sessions.values().filter_map(|s| s.closing.as_ref()) {
-            match c.kill_at {
-                None => at.push(c.term_at),
-                Some(k) if !c.killed => at.push(k),
-                Some(_) => {}
+        at.extend(self.close_deadlines());
+        at.extend(self.short_use_deadlines());
+        at.extend(self.sample_deadline());
+        at.extend(self.contact.check_deadline());
+        at.extend(self.renewal_notice_deadlines());
+        for c in self.ledger.claims() {
+            if c.request.renews.is_none() && c.request.results.is_none() {
+                at.push(c.since + CLAIM_TIMEOUT);
             }
         }
-        at.extend(self.heartbeat_due());
-        if !self.sessions.is_empty() {
-            at.push(self.clock_persisted_at + super::CLOCK_PERSIST_EVERY);
+        let busy = !self.runs.is_empty() || self.ledger.has_claims();
+        at.extend(
+            self.contact
+                .heartbeat_due(self.policy.heartbeat_interval_secs, busy),
+        );
+        if !self.runs.is_empty() {
+            at.push(self.contact.next_checkpoint());
         }
-        at.into_iter()
+        at
     }
 
     pub(super) fn contact_ok(
@@ -201,22 +309,23 @@ impl Core {
         server_time: DateTime<Utc>,
         policy: Policy,
         balance: u64,
+        uploaded: UploadReceipt,
         out: &mut Vec<Action>,
     ) {
-        self.clock.contact(server_time);
-        self.online = true;
-        self.failures = 0;
-        self.acked = self.sending;
+        out.push(Action::Persist(Persist::Uploaded(uploaded)));
+        self.contact.heartbeat_ok(server_time, out);
         if policy != self.policy {
             out.push(Action::Persist(Persist::Policy(policy.clone())));
             self.policy = policy;
         }
         if self.balance != Some(balance) {
+            if self.balance.is_some_and(|b| balance > b) {
+                self.ledger.retry_renewals_now(self.contact.now());
+            }
             self.balance = Some(balance);
             out.push(Action::Persist(Persist::Balance(balance)));
         }
-        self.persist_clock(out);
-        self.forget_old_jobs();
+        self.jobs.forget_old(self.contact.now());
         self.reconnected(out);
     }
 
@@ -225,14 +334,15 @@ impl Core {
     /// An empty backlog is marked too (as "seen up to 0"), or the tenant's very
     /// first notice would later be taken for backlog and never told.
     pub(super) fn notices(&mut self, notices: Vec<Notice>, out: &mut Vec<Action>) {
+        let seen = self.contact.notices_seen;
         let Some(newest) = notices.iter().map(|n| n.id).max() else {
-            if self.notices_seen.is_none() {
-                self.notices_seen = Some(0);
+            if seen.is_none() {
+                self.contact.notices_seen = Some(0);
                 out.push(Action::Persist(Persist::NoticesSeen(0)));
             }
             return;
         };
-        if let (Some(seen), Some(balance)) = (self.notices_seen, self.balance) {
+        if let (Some(seen), Some(balance)) = (seen, self.balance) {
             let low = notices
                 .iter()
                 .any(|n| n.id > seen && n.kind == NoticeKind::LowBalance);
@@ -243,19 +353,9 @@ impl Core {
                 });
             }
         }
-        if self.notices_seen.is_none_or(|seen| newest > seen) {
-            self.notices_seen = Some(newest);
+        if seen.is_none_or(|seen| newest > seen) {
+            self.contact.notices_seen = Some(newest);
             out.push(Action::Persist(Persist::NoticesSeen(newest)));
         }
-    }
-
-    /// A claim answer proves the server is reachable: the offline time restarts.
-    pub(super) fn contact_by_claim(&mut self, out: &mut Vec<Action>) {
-        let now = self.clock.trusted_now();
-        self.clock.contact(now);
-        self.online = true;
-        self.failures = 0;
-        self.persist_clock(out);
-        self.reconnected(out);
     }
 }

@@ -131,7 +131,8 @@ fn only_the_owner_attaches_or_ends_a_session_and_only_through_a_wrapper() {
         .attach(1, "alice", &grant.session, process(5001))
         .unwrap_err();
     assert_eq!(again.code, ErrorCode::Conflict);
-    // A watched session has no wrapper to end it: it ends with its process.
+    // A watched session ends with its process, whatever a client says: an
+    // `exit` of it is answered and changes nothing.
     let (pid, _) = h.start_process("alice", "revit");
     let watched = h
         .core
@@ -141,10 +142,8 @@ fn only_the_owner_attaches_or_ends_a_session_and_only_through_a_wrapper() {
         .find(|s| s.pid == Some(pid))
         .unwrap()
         .session;
-    assert_eq!(
-        h.wrapper_exit(1, "alice", &watched).unwrap_err().code,
-        ErrorCode::Conflict
-    );
+    assert_eq!(h.wrapper_exit(1, "alice", &watched), Ok(()));
+    assert!(h.pid_of("alice", "revit").is_some(), "still enforced");
     assert_eq!(
         h.wrapper_exit(1, "alice", "no-such-session")
             .unwrap_err()
@@ -311,6 +310,16 @@ fn a_renewal_the_agent_cannot_verify_backs_off_and_closes_after_the_grace() {
             ..
         }
     )));
+    // Announced with its deadline and why.
+    assert!(events(&at_end).iter().any(|e| matches!(
+        e,
+        Event::ProductClosing {
+            reason: CloseReason::Denied,
+            message,
+            deadline,
+            ..
+        } if message.contains("lease") && *deadline == tuesday(8, 30)
+    )));
     let grace_end = tuesday(8, 30);
     let before_close = h.advance_to(grace_end - chrono::Duration::seconds(1));
     assert!(closes(&before_close).is_empty());
@@ -321,7 +330,9 @@ fn a_renewal_the_agent_cannot_verify_backs_off_and_closes_after_the_grace() {
     );
     let closed = h.advance(Duration::from_secs(1));
     assert_eq!(closes(&closed), vec![(Some(pid), true)]);
-    assert!(events(&closed).iter().any(|e| matches!(
+    // "Was closed" once it has.
+    let gone = h.exit(pid);
+    assert!(events(&gone).iter().any(|e| matches!(
         e,
         Event::ProductClosed {
             reason: CloseReason::Denied,

@@ -26,9 +26,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use flex_protocol::api::{HeartbeatRequest, Product};
+use flex_protocol::api::{HeartbeatRequest, Product, RefundRequest};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Empty, Event, StatusReply};
 use flex_protocol::Email;
@@ -89,6 +88,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), DaemonError> {
+    // One descriptor per product process: the soft limit a service starts
+    // with (1024 under systemd) is far below what a busy machine needs.
+    #[cfg(unix)]
+    match crate::process::raise_fd_limit() {
+        Ok((old, new)) if old != new => {
+            tracing::info!("raised the open-file limit from {old} to {new}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let config = Arc::new(config);
     let state_dir = config.state_dir.clone();
     let (journal, enrollment) = tokio::task::spawn_blocking(move || {
@@ -130,6 +139,7 @@ pub async fn run(
         WatcherConfig {
             source: config.detection.source_choice(),
             poll_interval: config.poll_interval,
+            product_dirs: config.product_dirs.clone(),
             ..WatcherConfig::default()
         },
         &products,
@@ -258,9 +268,25 @@ impl Driver {
     }
 
     fn carry_out(&mut self, actions: Vec<Action>) -> Result<(), DaemonError> {
-        // Journal first: nothing below may happen unless it is durable.
-        self.journal.apply(&actions)?;
+        // Journal first when the batch holds money (a claim id, a window, a
+        // refund): nothing below may happen unless it is durable. A batch of
+        // usage records only (a launch inside an open window) is answered
+        // first and written right after: the reply does not wait for SQLite.
+        let money = actions
+            .iter()
+            .any(|a| matches!(a, Action::Persist(p) if p.is_money()));
+        if money {
+            self.journal.apply(&actions)?;
+        } else {
+            for action in &actions {
+                if let Action::ReplyLaunch { .. } | Action::ReplyDone { .. } = action {
+                    self.carry_out_reply(action.clone());
+                }
+            }
+            self.journal.apply(&actions)?;
+        }
         let mut gone = Vec::new();
+        let mut cpu = None;
         for action in actions {
             match action {
                 Action::Persist(_) | Action::SetTimer(_) => {}
@@ -269,6 +295,18 @@ impl Driver {
                     net::spawn_claim(self.client.clone(), request, self.net_tx.clone());
                 }
                 Action::Heartbeat => self.heartbeat()?,
+                Action::SampleCpu { processes } => {
+                    cpu = Some(self.processes.cpu_times(&processes));
+                }
+                Action::Refund(ask) => {
+                    let request = RefundRequest {
+                        sessions: self.journal.session_records(&ask.user, &ask.product)?,
+                        window_id: ask.window_id,
+                        user: ask.user,
+                        product: ask.product,
+                    };
+                    net::spawn_refund(self.client.clone(), request, self.net_tx.clone());
+                }
                 Action::Notify { account, event } => {
                     // The journal's record of what users were told and why.
                     tracing::info!(account = ?account.as_ref().map(AccountId::as_str), ?event, "user event");
@@ -279,6 +317,11 @@ impl Driver {
                     route,
                     graceful,
                 } => self.close(&session, route, graceful),
+                Action::TellWrapper { conn, event } => {
+                    if let Some(tx) = self.wrappers.get(&conn) {
+                        let _ = tx.try_send(event);
+                    }
+                }
                 Action::Kill { session, process } => {
                     tracing::warn!(
                         session,
@@ -288,29 +331,20 @@ impl Driver {
                     self.processes.stop(process, Stop::Forced);
                 }
                 Action::Track { process } => {
-                    if !self.processes.track(process) {
+                    if self.processes.track(process) == processes::Tracking::Gone {
                         gone.push(process);
                     }
                 }
                 Action::Release { process } => self.processes.release(process),
-                Action::ReplyLaunch { request, result } => self.reply(
-                    &request,
-                    match result {
-                        Ok(granted) => Reply::ok(granted).long_lived(),
-                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
-                    },
-                ),
+                Action::ReplyLaunch { .. } | Action::ReplyDone { .. } => {
+                    if money {
+                        self.carry_out_reply(action);
+                    }
+                }
                 Action::ReplyJob { request, result } => self.reply(
                     &request,
                     match result {
                         Ok(done) => Reply::ok(done),
-                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
-                    },
-                ),
-                Action::ReplyDone { request, result } => self.reply(
-                    &request,
-                    match result {
-                        Ok(()) => Reply::ok(Empty {}),
                         Err(r) => Reply::refusal(r.code, r.message, r.product_name),
                     },
                 ),
@@ -320,7 +354,31 @@ impl Driver {
         for process in gone {
             self.feed(Input::ProcessExited { process })?;
         }
+        if let Some(samples) = cpu {
+            self.feed(Input::CpuTimes { samples })?;
+        }
         Ok(())
+    }
+
+    /// Sends a launch's or attach/exit's answer.
+    fn carry_out_reply(&mut self, action: Action) {
+        match action {
+            Action::ReplyLaunch { request, result } => self.reply(
+                &request,
+                match result {
+                    Ok(granted) => Reply::ok(granted).long_lived(),
+                    Err(r) => Reply::refusal(r.code, r.message, r.product_name),
+                },
+            ),
+            Action::ReplyDone { request, result } => self.reply(
+                &request,
+                match result {
+                    Ok(()) => Reply::ok(Empty {}),
+                    Err(r) => Reply::refusal(r.code, r.message, r.product_name),
+                },
+            ),
+            _ => {}
+        }
     }
 
     fn reply(&mut self, request: &str, reply: Reply) {
@@ -381,6 +439,26 @@ impl Driver {
                 self.wrappers.remove(&conn);
                 self.feed(Input::ConnectionClosed { conn })
             }
+            Command::Idle {
+                conn,
+                caller,
+                idle_secs,
+                locked,
+            } => self.feed(Input::Activity {
+                conn,
+                account: caller.account,
+                idle: std::time::Duration::from_secs(idle_secs),
+                locked,
+            }),
+            Command::Closing {
+                caller,
+                pid,
+                windows,
+            } => self.feed(Input::WindowsClosing {
+                account: caller.account,
+                pid,
+                windows,
+            }),
         }
     }
 
@@ -390,10 +468,28 @@ impl Driver {
                 Ok(response) => self.feed(Input::ClaimAnswered { claim_id, response }),
                 Err(error) => self.feed(Input::ClaimFailed { claim_id, error }),
             },
+            NetEvent::Refund { window_id, outcome } => match outcome {
+                Ok(response) => self.feed(Input::RefundAnswered {
+                    window_id,
+                    result: Ok(response),
+                }),
+                // The server's decision (refused, not this device's window):
+                // final. Anything else is asked again at the next contact.
+                Err(e) if !e.is_retryable() => {
+                    tracing::info!("refund of window {window_id} refused: {e}");
+                    self.feed(Input::RefundAnswered {
+                        window_id,
+                        result: Err(e.to_string()),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("refund of window {window_id} not delivered: {e}");
+                    self.feed(Input::RefundFailed { window_id })
+                }
+            },
             NetEvent::Heartbeat { batch, outcome } => match outcome {
                 Ok(resp) => {
-                    self.journal.acknowledge(&batch, &resp.accepted_sessions)?;
-                    if !resp.products.is_empty() && !self.same_products(&resp.products) {
+                    if !resp.products.is_empty() && !self.core.same_products(&resp.products) {
                         if let Some(w) = &self.watcher {
                             w.set_products(&resp.products);
                         }
@@ -404,6 +500,7 @@ impl Driver {
                         policy: resp.policy,
                         balance: resp.balance,
                         notices: resp.notices,
+                        uploaded: batch.receipt(resp.accepted_sessions),
                     })
                 }
                 Err(e) => {
@@ -412,20 +509,18 @@ impl Driver {
                     } else {
                         tracing::warn!("heartbeat failed: {e}");
                     }
-                    self.feed(Input::ContactFailed {
-                        error: e.to_string(),
-                    })
+                    if matches!(e, ClientError::Revoked { .. }) {
+                        self.feed(Input::DeviceRevoked {
+                            message: e.to_string(),
+                        })
+                    } else {
+                        self.feed(Input::ContactFailed {
+                            error: e.to_string(),
+                        })
+                    }
                 }
             },
         }
-    }
-
-    fn same_products(&self, new: &[Product]) -> bool {
-        let mut old: Vec<&Product> = self.core.products().collect();
-        old.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut new: Vec<&Product> = new.iter().collect();
-        new.sort_by(|a, b| a.id.cmp(&b.id));
-        old == new
     }
 
     /// Sends the heartbeat the core asked for (the core never asks for a
@@ -438,17 +533,11 @@ impl Driver {
             notices_after: self.core.notices_after(),
             agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         };
-        // No jitter before the first contact: the rate sheet comes with it.
-        let interval = if self.core.last_server_contact().is_some() {
-            Duration::from_secs(self.core.policy().heartbeat_interval_secs)
-        } else {
-            Duration::ZERO
-        };
         net::spawn_heartbeat(
             self.client.clone(),
             request,
             batch,
-            interval,
+            self.core.heartbeat_jitter(),
             self.net_tx.clone(),
         );
         Ok(())

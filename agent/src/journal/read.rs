@@ -4,13 +4,16 @@
 use std::time::Duration;
 
 use flex_protocol::api::{ClaimRequest, ClockRollback, SessionRecord, Source, Window};
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{OptionalExtension, Row};
 
 use flex_protocol::Email;
 
 use super::{parse_ts, Journal, JournalError};
 use crate::account::AccountId;
-use crate::core::{ClockState, CoreState, HeldWindow, JobOutcome, JobState, Origin, SessionRow};
+use crate::core::{
+    ClockState, CoreState, HeldWindow, JobOutcome, JobState, Origin, RefundAsk, SessionRow,
+    UploadReceipt,
+};
 use crate::process::ProcessId;
 
 /// The records one heartbeat uploads, and what to mark once the server took them.
@@ -244,8 +247,49 @@ impl Journal {
                 .map(|(row, _)| row)
                 .collect(),
             pending_claims: self.load_claims()?,
+            pending_refunds: self.load_refunds()?,
             jobs: self.load_jobs()?,
         })
+    }
+
+    fn load_refunds(&self) -> Result<Vec<RefundAsk>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT window_id, user, product, account FROM pending_refunds ORDER BY created",
+            )
+            .map_err(self.sqlite("read pending refunds from"))?;
+        type Raw = (String, String, String, Option<String>);
+        let raws: Vec<Raw> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.sqlite("read pending refunds from"))?;
+        raws.into_iter()
+            .map(|(window_id, user, product, account)| {
+                Ok(RefundAsk {
+                    window_id,
+                    user: Email::parse(&user).map_err(|e| self.corrupt("pending refund", e))?,
+                    product,
+                    account: account.map(AccountId::new),
+                })
+            })
+            .collect()
+    }
+
+    /// The journal's records of `user`'s runs of `product` not yet acknowledged
+    /// by the server (running, or ended since the last upload): what a refund
+    /// request carries.
+    pub fn session_records(
+        &self,
+        user: &Email,
+        product: &str,
+    ) -> Result<Vec<SessionRecord>, JournalError> {
+        Ok(self
+            .session_rows("revision > uploaded_revision OR ended_at IS NULL")?
+            .into_iter()
+            .map(|(row, _)| row.record)
+            .filter(|r| &r.user == user && r.product == product)
+            .collect())
     }
 
     fn load_jobs(&self) -> Result<Vec<JobState>, JournalError> {
@@ -314,42 +358,18 @@ impl Journal {
         }
         Ok(batch)
     }
-
-    /// The server stored `batch` (`accepted` lists the session ids it took):
-    /// acknowledged ended sessions and the reported rollbacks are deleted; a session
-    /// changed since the batch was read stays due.
-    pub fn acknowledge(
-        &mut self,
-        batch: &HeartbeatBatch,
-        accepted: &[String],
-    ) -> Result<(), JournalError> {
-        let tx = self.conn.transaction().map_err(self_sqlite(&self.path))?;
-        for (id, revision) in &batch.revisions {
-            if accepted.contains(id) {
-                tx.execute(
-                    "UPDATE sessions SET uploaded_revision = ?2 WHERE id = ?1",
-                    params![id, revision],
-                )
-                .map_err(self_sqlite(&self.path))?;
-            }
-        }
-        tx.execute(
-            "DELETE FROM sessions WHERE ended_at IS NOT NULL AND uploaded_revision >= revision",
-            [],
-        )
-        .map_err(self_sqlite(&self.path))?;
-        if let Some(last) = batch.last_rollback {
-            tx.execute("DELETE FROM clock_rollbacks WHERE id <= ?1", [last])
-                .map_err(self_sqlite(&self.path))?;
-        }
-        tx.commit().map_err(self_sqlite(&self.path))
-    }
 }
 
-fn self_sqlite(path: &std::path::Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
-    move |source| JournalError::Sqlite {
-        action: "acknowledge an upload in",
-        path: path.to_path_buf(),
-        source,
+impl HeartbeatBatch {
+    /// What to journal once the server stored this batch (`accepted` lists
+    /// the session ids it took): acknowledged ended sessions and the reported
+    /// rollbacks are deleted; a session changed since the batch was read stays
+    /// due. The core journals it with the rest of the heartbeat's answer.
+    pub fn receipt(&self, accepted: Vec<String>) -> UploadReceipt {
+        UploadReceipt {
+            revisions: self.revisions.clone(),
+            last_rollback: self.last_rollback,
+            accepted,
+        }
     }
 }

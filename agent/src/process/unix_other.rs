@@ -72,6 +72,12 @@ impl ProcessHandle {
         })
     }
 
+    /// The same as [`open_as`](Self::open_as) here: there is no descriptor to
+    /// run out of.
+    pub fn by_pid(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
+        Self::open_as(id)
+    }
+
     pub fn open_as(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
         let h = Self::open(id.pid)?;
         if h.id.start != id.start {
@@ -94,6 +100,12 @@ impl ProcessHandle {
 
     pub fn is_alive(&self) -> bool {
         identify(self.id.pid) == Some(self.id)
+    }
+
+    /// CPU time used so far: not read here (sysinfo has no cumulative figure),
+    /// so the idle rule never finds such a product idle by its CPU.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        None
     }
 
     pub fn stop(&self, how: Stop) -> Result<(), ProcessError> {

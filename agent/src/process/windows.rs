@@ -121,6 +121,12 @@ impl ProcessHandle {
 
     /// Opens the process `id` names, or fails if `id.pid` now runs another
     /// process (or none).
+    /// The same as [`open_as`](Self::open_as) here: there is no descriptor to
+    /// run out of.
+    pub fn by_pid(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
+        Self::open_as(id)
+    }
+
     pub fn open_as(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
         Self::open_checked(id.pid, Some(id.start))
     }
@@ -181,6 +187,31 @@ impl ProcessHandle {
     /// Whether the process still runs.
     pub fn is_alive(&self) -> bool {
         alive(&self.handle)
+    }
+
+    /// CPU time used so far (kernel and user), for the idle rule (R14).
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let zero = FILETIME {
+            dwLowDateTime: 0,
+            dwHighDateTime: 0,
+        };
+        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+        // SAFETY: a valid handle and four out FILETIMEs.
+        check(unsafe {
+            GetProcessTimes(
+                self.handle.raw(),
+                &mut created,
+                &mut exited,
+                &mut kernel,
+                &mut user,
+            )
+        })
+        .ok()?;
+        let ticks = |f: FILETIME| (u64::from(f.dwHighDateTime) << 32) | u64::from(f.dwLowDateTime);
+        // FILETIME counts 100 ns.
+        Some(std::time::Duration::from_nanos(
+            (ticks(kernel) + ticks(user)).saturating_mul(100),
+        ))
     }
 
     /// Its exit code once it has ended.

@@ -85,6 +85,8 @@ impl Store {
                     tokens: tokens as u64,
                     lots,
                     created_at: parse_ts(&at)?,
+                    refunded_tokens: 0,
+                    refunded_at: None,
                 });
             }
             Ok(out)

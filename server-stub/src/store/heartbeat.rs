@@ -83,7 +83,7 @@ impl Store {
             // The device holds its credential: its enrollment request is spent.
             super::enrollment::acknowledge(tx, device_id)?;
             notices::check_expiring(tx, now)?;
-            let mut recent = notices::list(tx, req.notices_after, 50)?;
+            let mut recent = notices::list(tx, req.notices_after, 50, notices::Audience::Agents)?;
             recent.reverse();
             Ok((balance_of(tx, now)?, recent))
         })?;

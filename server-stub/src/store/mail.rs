@@ -35,10 +35,11 @@ impl Store {
                 )?
                 .query_map([after], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut out: Vec<Notice> = notices::list(c, Some(after), i64::MAX)?
-                .into_iter()
-                .filter(|n| unsent.contains(&n.id))
-                .collect();
+            let mut out: Vec<Notice> =
+                notices::list(c, Some(after), i64::MAX, notices::Audience::Admins)?
+                    .into_iter()
+                    .filter(|n| unsent.contains(&n.id))
+                    .collect();
             out.reverse();
             out.truncate(limit.max(0) as usize);
             Ok(out)

@@ -12,6 +12,7 @@
 mod batch;
 mod charges;
 mod claims;
+mod device_users;
 mod devices;
 mod enrollment;
 mod heartbeat;
@@ -48,7 +49,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_enrollment_keys.sql"),
     include_str!("../../migrations/0003_reports.sql"),
     include_str!("../../migrations/0004_usage_blocks.sql"),
-    include_str!("../../migrations/0005_enrollment_requests.sql"),
+    include_str!("../../migrations/0005_device_users.sql"),
+    include_str!("../../migrations/0006_enrollment_requests.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -63,6 +63,21 @@ pub enum Network {
     LoseAnswers,
     /// Claims are journaled but the agent dies before sending them.
     DieBeforeSend,
+    /// Claims stay in flight until [`Harness::release_claims`] delivers them.
+    Hold,
+}
+
+/// A directory for a real SQLite journal, on tmpfs where there is one:
+/// month-long scenarios journal tens of thousands of batches and disk fsyncs
+/// would dominate.
+pub fn journal_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap()
 }
 
 /// Plays the driver: owns the core, the clocks, the fake server and a journal.
@@ -85,6 +100,12 @@ pub struct Harness {
     next_pid: u32,
     /// Processes the core asked to track and has not released.
     pub tracked: std::collections::BTreeSet<ProcessId>,
+    /// Claims sent while the network holds them ([`Network::Hold`]).
+    pub held: Vec<ClaimRequest>,
+    /// The share of a core each process uses (by pid; 0 unless set).
+    pub cpu_percent: std::collections::HashMap<u32, f64>,
+    /// CPU time each process used so far, and when it was last counted.
+    cpu_used: std::collections::HashMap<u32, (DateTime<Utc>, Duration)>,
 }
 
 impl Harness {
@@ -100,18 +121,16 @@ impl Harness {
         balance: u64,
         notices: Vec<flex_protocol::api::Notice>,
     ) -> Self {
-        // A real SQLite file, on tmpfs where there is one: month-long scenarios
-        // journal tens of thousands of batches and disk fsyncs would dominate.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .unwrap();
-        let journal = Journal::open_in(&dir.path().join("state")).unwrap();
+        let dir = journal_dir();
         let mut server = FakeServer::new(balance);
         server.notices = notices;
+        Self::with_server(start, server, dir)
+    }
+
+    /// An enrolled agent that first reaches `server` at `start` (its policy
+    /// applies from then on).
+    pub fn with_server(start: DateTime<Utc>, server: FakeServer, dir: tempfile::TempDir) -> Self {
+        let journal = Journal::open_in(&dir.path().join("state")).unwrap();
         let boot = Duration::from_secs(3600);
         let config = CoreConfig {
             device_id: DEVICE.into(),
@@ -135,6 +154,9 @@ impl Harness {
             next_request: 1,
             next_pid: 4000,
             tracked: Default::default(),
+            held: Vec::new(),
+            cpu_percent: Default::default(),
+            cpu_used: Default::default(),
         };
         let mut queue = VecDeque::new();
         h.absorb(first, &mut queue, &mut Vec::new());
@@ -181,24 +203,68 @@ impl Harness {
                         self.server.claim(request, self.true_time);
                     }
                     Network::DieBeforeSend => {}
+                    Network::Hold => self.held.push(request.clone()),
+                },
+                Action::Refund(ask) => match self.network {
+                    Network::Up => {
+                        let sessions = self
+                            .journal
+                            .session_records(&ask.user, &ask.product)
+                            .unwrap();
+                        queue.push_back(Input::RefundAnswered {
+                            window_id: ask.window_id.clone(),
+                            result: self
+                                .server
+                                .refund(&ask.window_id, &sessions, self.true_time),
+                        });
+                    }
+                    Network::LoseAnswers => {
+                        let sessions = self
+                            .journal
+                            .session_records(&ask.user, &ask.product)
+                            .unwrap();
+                        let _ = self
+                            .server
+                            .refund(&ask.window_id, &sessions, self.true_time);
+                    }
+                    Network::Down | Network::Hold => queue.push_back(Input::RefundFailed {
+                        window_id: ask.window_id.clone(),
+                    }),
+                    Network::DieBeforeSend => {}
                 },
                 Action::Heartbeat => match self.network {
                     Network::Up => {
                         let batch = self.journal.heartbeat_batch().unwrap();
                         let ids: Vec<String> =
                             batch.sessions.iter().map(|s| s.id.clone()).collect();
-                        self.journal.acknowledge(&batch, &ids).unwrap();
                         queue.push_back(Input::ContactOk {
                             server_time: self.true_time,
                             policy: self.server.policy.clone(),
                             balance: self.server.balance,
                             notices: std::mem::take(&mut self.server.notices),
+                            uploaded: batch.receipt(ids),
                         });
                     }
                     _ => queue.push_back(Input::ContactFailed {
                         error: "connection refused".into(),
                     }),
                 },
+                Action::SampleCpu { processes } => {
+                    let now = self.true_time;
+                    let samples = processes
+                        .iter()
+                        .map(|p| {
+                            let percent = self.cpu_percent.get(&p.pid).copied().unwrap_or(0.0);
+                            let (last, used) =
+                                self.cpu_used.entry(p.pid).or_insert((now, Duration::ZERO));
+                            let secs = (now - *last).num_milliseconds().max(0) as f64 / 1000.0;
+                            *used += Duration::from_secs_f64(secs * percent / 100.0);
+                            *last = now;
+                            (*p, *used)
+                        })
+                        .collect();
+                    queue.push_back(Input::CpuTimes { samples });
+                }
                 Action::Track { process } => {
                     assert!(self.tracked.insert(*process), "{process:?} tracked twice");
                 }
@@ -213,6 +279,19 @@ impl Harness {
         }
         self.log.extend(actions.iter().cloned());
         all.extend(actions);
+    }
+
+    /// Delivers the claims held in flight to the server, and its answers back.
+    pub fn release_claims(&mut self) -> Vec<Action> {
+        let held = std::mem::take(&mut self.held);
+        let queue = held
+            .iter()
+            .map(|request| Input::ClaimAnswered {
+                claim_id: request.claim_id.clone(),
+                response: self.server.claim(request, self.true_time),
+            })
+            .collect();
+        self.drain(queue)
     }
 
     /// Lets `d` pass with the agent running, firing every timer at its moment.
@@ -421,6 +500,16 @@ impl Harness {
     pub fn exit(&mut self, pid: u32) -> Vec<Action> {
         self.feed(Input::ProcessExited {
             process: process(pid),
+        })
+    }
+
+    /// `account`'s notifier (on connection `conn`) reports `idle` without input.
+    pub fn activity(&mut self, conn: u64, account: &str, idle: Duration) -> Vec<Action> {
+        self.feed(Input::Activity {
+            conn,
+            account: uid_of(account),
+            idle,
+            locked: false,
         })
     }
 
