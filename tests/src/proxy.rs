@@ -51,7 +51,7 @@ impl Proxy {
         let (held_tx, held_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: crate::http_client(),
             to_hold: AtomicUsize::new(hold),
             held: held_tx,
         });

@@ -133,6 +133,7 @@ impl Wine {
         // so the ProcessPrng shim goes where every process finds it.
         w.shim_into(r"C:\windows\system32");
         w.keep_alive();
+        w.bring_up_desktop();
         w
     }
 
@@ -162,10 +163,15 @@ impl Wine {
             "Wine did not start in {}",
             self.prefix.display()
         );
-        // The same for the desktop process (explorer.exe /desktop), which Wine
-        // starts for the first program that wants a window: were that the
-        // agent started by msiexec, it would hold msiexec's output open. A
-        // window that closes at once brings it up.
+    }
+
+    /// Brings up the desktop process (explorer.exe /desktop) with no output
+    /// of ours, as [`keep_alive`](Self::keep_alive) does Wine: Wine starts it
+    /// for the first program that wants a window, and were that the agent
+    /// started by msiexec, it would hold msiexec's output open for good. A
+    /// window that closes at once brings it up; before any agent is
+    /// installed, so no agent takes it for a product.
+    fn bring_up_desktop(&self) {
         let desktop = self
             .cmd(self.helpers.join("fake-product.exe"))
             .arg("0")
