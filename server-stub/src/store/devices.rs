@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{DeviceInfo, EnrollRequest, EnrollResponse};
-use rusqlite::{params, OptionalExtension, Row};
 
+use super::db::{params, Row};
 use super::enrollment::{find_key, take_use, KeyRefusal};
 use super::{new_secret, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 
@@ -44,20 +44,14 @@ const DEVICE_COLUMNS: &str =
     "id, hostname, platform, agent_version, enrolled_at, last_seen, revoked_at, enrollment_key";
 
 fn device_row(r: &Row<'_>) -> Result<DeviceInfo> {
-    let revoked_at = r
-        .get::<_, Option<String>>(6)?
-        .map(|t| parse_ts(&t))
-        .transpose()?;
+    let revoked_at = r.opt_str(6)?.map(parse_ts).transpose()?;
     Ok(DeviceInfo {
         id: r.get(0)?,
         hostname: r.get(1)?,
         platform: r.get(2)?,
         agent_version: r.get(3)?,
-        enrolled_at: parse_ts(&r.get::<_, String>(4)?)?,
-        last_seen: r
-            .get::<_, Option<String>>(5)?
-            .map(|t| parse_ts(&t))
-            .transpose()?,
+        enrolled_at: parse_ts(r.str(4)?)?,
+        last_seen: r.opt_str(5)?.map(parse_ts).transpose()?,
         revoked: revoked_at.is_some(),
         revoked_at,
         enrollment_token: r.get(7)?,
@@ -110,12 +104,11 @@ impl Store {
     pub fn authenticate_device(&self, token: &str) -> Result<DeviceAuth> {
         let hash = sha256_hex(token.as_bytes());
         let row: Option<(String, Option<String>)> = self.read(|c| {
-            Ok(c.query_row(
+            c.query_opt(
                 "SELECT id, revoked_at FROM devices WHERE token_hash = ?1",
-                [hash],
+                params![hash],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?)
         })?;
         Ok(match row {
             None => DeviceAuth::Unknown,
@@ -155,15 +148,13 @@ impl Store {
     /// Every device, newest enrollment first.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(device_row(r)?);
-            }
-            Ok(out)
+            c.query_all(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
+                ),
+                params![],
+                device_row,
+            )
         })
     }
 
@@ -176,13 +167,11 @@ impl Store {
                 "UPDATE devices SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
                 params![ts(now), id],
             )?;
-            tx.query_row(
+            tx.query_opt(
                 &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
-                [id],
-                |r| Ok(device_row(r)),
-            )
-            .optional()?
-            .transpose()?
+                params![id],
+                device_row,
+            )?
             .ok_or_else(|| StoreError::NotFound {
                 what: "device",
                 key: id.to_string(),
@@ -335,7 +324,7 @@ mod tests {
         let path = tmp.path().join("flex.db");
         {
             let c = rusqlite::Connection::open(&path).unwrap();
-            c.execute_batch(super::super::MIGRATIONS[0]).unwrap();
+            c.execute_batch(super::super::schema::SQLITE[0]).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             c.execute(
                 "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, used_at) VALUES

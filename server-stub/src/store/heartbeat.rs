@@ -2,8 +2,8 @@
 //! down.
 
 use flex_protocol::api::{HeartbeatRequest, HeartbeatResponse};
-use rusqlite::params;
 
+use super::db::params;
 use super::lots::balance_of;
 use super::users::normalize_email;
 use super::{notices, ts, Result, Store, StoreError};
@@ -46,7 +46,7 @@ impl Store {
             for s in &req.sessions {
                 // Re-uploading a record (after a lost answer) replaces it.
                 tx.execute(
-                    "INSERT INTO sessions (id, device_id, user, product, version, source, window_id, started_at, ended_at)
+                    "INSERT INTO sessions (id, device_id, \"user\", product, version, source, window_id, started_at, ended_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT(id) DO UPDATE SET ended_at = excluded.ended_at
                      WHERE sessions.device_id = excluded.device_id",
@@ -59,7 +59,7 @@ impl Store {
                         s.source.as_str(),
                         s.window_id,
                         ts(s.started_at),
-                        s.ended_at.map(ts)
+                        s.ended_at.map(ts),
                     ],
                 )?;
             }

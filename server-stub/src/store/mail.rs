@@ -1,8 +1,8 @@
 //! Which notices have been mailed (see [`crate::mail`]).
 
 use flex_protocol::api::Notice;
-use rusqlite::params;
 
+use super::db::params;
 use super::{get_meta, notices, set_meta, ts, Result, Store};
 
 /// Notices with an id above this were raised after mail was configured.
@@ -15,7 +15,9 @@ impl Store {
         self.write(|tx| {
             if get_meta(tx, MAIL_AFTER)?.is_none() {
                 let last: i64 =
-                    tx.query_row("SELECT COALESCE(MAX(id), 0) FROM notices", [], |r| r.get(0))?;
+                    tx.query_one("SELECT COALESCE(MAX(id), 0) FROM notices", params![], |r| {
+                        r.get(0)
+                    })?;
                 set_meta(tx, MAIL_AFTER, &last.to_string())?;
             }
             Ok(())
@@ -29,12 +31,14 @@ impl Store {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(i64::MAX);
             let unsent: std::collections::HashSet<i64> = c
-                .prepare(
+                .query_all(
                     "SELECT n.id FROM notices n LEFT JOIN notice_mail m ON m.notice_id = n.id
                      WHERE n.id > ?1 AND m.sent_at IS NULL",
+                    params![after],
+                    |r| r.get(0),
                 )?
-                .query_map([after], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .into_iter()
+                .collect();
             let mut out: Vec<Notice> = notices::list(c, Some(after), i64::MAX)?
                 .into_iter()
                 .filter(|n| unsent.contains(&n.id))
