@@ -4,8 +4,7 @@ use clap::Parser;
 use flex_server::cli::Args;
 use flex_server::server::{prepare, serve, ServerOptions};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -22,6 +21,8 @@ async fn main() -> anyhow::Result<()> {
         tls_key: a.tls_key,
         rates: a.rates,
     })?;
-    serve(prepared).await?;
+    // The store is opened before the runtime starts: PostgreSQL's blocking
+    // client must not run on the runtime's threads.
+    tokio::runtime::Runtime::new()?.block_on(serve(prepared))?;
     Ok(())
 }

@@ -121,15 +121,16 @@ mod tests {
     use crate::clock::TestClock;
     use crate::config::PolicyConfig;
     use crate::rates::RateSheet;
+    use crate::store::testing::{backends, TestBackend};
     use flex_protocol::api::{ClaimResponse, NewUser};
 
-    fn store(dir: &std::path::Path) -> Arc<Store> {
+    fn store(backend: &TestBackend) -> Arc<Store> {
         let clock = Arc::new(TestClock::new(
             chrono::DateTime::parse_from_rfc3339("2026-11-02T08:00:00Z")
                 .unwrap()
                 .into(),
         ));
-        let s = Store::open(dir, clock, PolicyConfig::default(), RateSheet::sample()).unwrap();
+        let s = backend.open(clock, PolicyConfig::default(), RateSheet::sample());
         s.buy_tokens(100).unwrap();
         for email in ["ada@example.com", "bob@example.com"] {
             s.add_user(NewUser {
@@ -166,8 +167,13 @@ mod tests {
 
     #[test]
     fn a_batch_behaves_like_claims_committed_one_by_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
+        for backend in backends() {
+            a_batch_behaves_like_claims_committed_one_by_one_on(&backend);
+        }
+    }
+
+    fn a_batch_behaves_like_claims_committed_one_by_one_on(backend: &TestBackend) {
+        let s = store(backend);
         let mut conflicting = req("c1", "ada@example.com", "autocad");
         conflicting.1.product = "revit".into();
         let answers = s.claim_batch(&[
@@ -199,11 +205,15 @@ mod tests {
         assert_eq!(rows, 2);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_claims_through_the_batcher_never_overdraw() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        let batcher = ClaimBatcher::start(s.clone());
+    #[test]
+    fn concurrent_claims_through_the_batcher_never_overdraw() {
+        for backend in backends() {
+            concurrent_claims_never_overdraw_on(&backend);
+        }
+    }
+
+    fn concurrent_claims_never_overdraw_on(backend: &TestBackend) {
+        let s = store(backend);
         // 100 tokens, 40 users' first AutoCAD launches at 7 each: 14 fit.
         for i in 0..40 {
             s.add_user(NewUser {
@@ -214,21 +224,30 @@ mod tests {
             .unwrap();
             s.set_flex(&format!("u{i}@example.com"), true).unwrap();
         }
-        let mut tasks = Vec::new();
-        for i in 0..40 {
-            let b = batcher.clone();
-            let (dev, r) = req(&format!("k{i}"), &format!("u{i}@example.com"), "autocad");
-            tasks.push(tokio::spawn(async move { b.claim(dev, r).await }));
-        }
-        let mut granted = 0;
-        for t in tasks {
-            let o = t.await.unwrap().unwrap();
-            if let ClaimResponse::Granted(g) = serde_json::from_str(&o.body).unwrap() {
-                assert_eq!(g.tokens_charged, 7);
-                granted += 1;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let granted = rt.block_on(async {
+            let batcher = ClaimBatcher::start(s.clone());
+            let mut tasks = Vec::new();
+            for i in 0..40 {
+                let b = batcher.clone();
+                let (dev, r) = req(&format!("k{i}"), &format!("u{i}@example.com"), "autocad");
+                tasks.push(tokio::spawn(async move { b.claim(dev, r).await }));
             }
-        }
-        assert_eq!(granted, 14);
+            let mut granted = 0;
+            for t in tasks {
+                let o = t.await.unwrap().unwrap();
+                if let ClaimResponse::Granted(g) = serde_json::from_str(&o.body).unwrap() {
+                    assert_eq!(g.tokens_charged, 7);
+                    granted += 1;
+                }
+            }
+            granted
+        });
+        assert_eq!(granted, 14, "{}", backend.name());
         assert_eq!(s.balance().unwrap().balance, 2);
     }
 }

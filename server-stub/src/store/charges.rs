@@ -21,7 +21,7 @@ impl Store {
                 "SELECT c.id, c.claim_id, c.\"user\", c.product, c.version, c.kind, c.source,
                         c.results, c.tokens, c.created_at, w.id, w.start, w.\"end\"
                  FROM charges c LEFT JOIN windows w ON w.id = c.window_id
-                 WHERE (?1 IS NULL OR c.\"user\" = ?1) AND (?2 IS NULL OR c.product = ?2)
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR c.\"user\" = ?1) AND (CAST(?2 AS TEXT) IS NULL OR c.product = ?2)
                  ORDER BY c.id",
                 params![user, filter.product],
                 |r| {
@@ -61,7 +61,7 @@ impl Store {
             c.query_each(
                 "SELECT cl.charge_id, cl.lot_id, cl.tokens
                  FROM charge_lots cl JOIN charges c ON c.id = cl.charge_id
-                 WHERE (?1 IS NULL OR c.\"user\" = ?1) AND (?2 IS NULL OR c.product = ?2)
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR c.\"user\" = ?1) AND (CAST(?2 AS TEXT) IS NULL OR c.product = ?2)
                  ORDER BY cl.charge_id, cl.rowid",
                 params![user, filter.product],
                 |r| {

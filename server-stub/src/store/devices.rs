@@ -193,16 +193,16 @@ mod tests {
     use crate::clock::TestClock;
     use crate::config::PolicyConfig;
     use crate::rates::RateSheet;
+    use crate::store::testing::{backends, TestBackend};
+    use crate::store::Database;
 
-    fn store(dir: &std::path::Path) -> (Arc<Store>, TestClock) {
+    fn store(backend: &TestBackend) -> (Arc<Store>, TestClock) {
         let clock = TestClock::new("2026-11-02T08:00:00Z".parse().unwrap());
-        let s = Store::open(
-            dir,
+        let s = backend.open(
             Arc::new(clock.clone()),
             PolicyConfig::default(),
             RateSheet::sample(),
-        )
-        .unwrap();
+        );
         (Arc::new(s), clock)
     }
 
@@ -227,8 +227,13 @@ mod tests {
 
     #[test]
     fn a_key_enrolls_exactly_its_uses_even_when_agents_race() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, _) = store(tmp.path());
+        for backend in backends() {
+            a_key_enrolls_exactly_its_uses_even_when_agents_race_on(&backend);
+        }
+    }
+
+    fn a_key_enrolls_exactly_its_uses_even_when_agents_race_on(backend: &TestBackend) {
+        let (s, _) = store(backend);
         let token = key(&s, 3, "1d");
         let handles: Vec<_> = (0..8)
             .map(|i| {
@@ -259,8 +264,13 @@ mod tests {
 
     #[test]
     fn expired_and_revoked_keys_are_refused_and_use_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, clock) = store(tmp.path());
+        for backend in backends() {
+            expired_and_revoked_keys_are_refused_and_use_nothing_on(&backend);
+        }
+    }
+
+    fn expired_and_revoked_keys_are_refused_and_use_nothing_on(backend: &TestBackend) {
+        let (s, clock) = store(backend);
         let token = key(&s, 5, "1h");
         clock.advance(chrono::Duration::hours(2));
         let err = enroll(&s, &token, "ws-1").unwrap_err();
@@ -292,8 +302,13 @@ mod tests {
 
     #[test]
     fn a_revoked_device_is_refused_and_stays_listed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, clock) = store(tmp.path());
+        for backend in backends() {
+            a_revoked_device_is_refused_and_stays_listed_on(&backend);
+        }
+    }
+
+    fn a_revoked_device_is_refused_and_stays_listed_on(backend: &TestBackend) {
+        let (s, clock) = store(backend);
         let d = enroll(&s, &key(&s, 1, "1d"), "ws-1").unwrap();
         assert_eq!(
             s.authenticate_device(&d.device_token).unwrap(),
@@ -320,8 +335,12 @@ mod tests {
 
     #[test]
     fn single_use_tokens_of_the_first_schema_carry_over() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("flex.db");
+        // SQLite's schema history; PostgreSQL starts from today's schema.
+        let backend = TestBackend::sqlite();
+        let Database::Sqlite { data_dir } = &backend.database else {
+            unreachable!()
+        };
+        let path = data_dir.join("flex.db");
         {
             let c = rusqlite::Connection::open(&path).unwrap();
             c.execute_batch(super::super::schema::SQLITE[0]).unwrap();
@@ -334,7 +353,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (s, _) = store(tmp.path());
+        let (s, _) = store(&backend);
         assert!(enroll(&s, "fet_used", "ws-1").is_err());
         enroll(&s, "fet_fresh", "ws-1").unwrap();
         assert!(enroll(&s, "fet_fresh", "ws-2").is_err());

@@ -22,6 +22,7 @@ mod mail;
 mod notices;
 mod reports;
 mod schema;
+pub mod testing;
 mod usage_blocks;
 mod users;
 
