@@ -13,9 +13,13 @@ pub struct Args {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Directory for the database and the generated admin token.
+    /// Directory for the database (flex.db, SQLite) and the generated admin token.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Keep the ledger in PostgreSQL instead of SQLite, e.g.
+    /// postgres://flex@db.example.com/flex; any number of servers may share it.
+    #[arg(long, env = "FLEX_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// TOML configuration (policy, admin token, production flag).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -46,6 +46,8 @@ pub struct ServerOpts {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// A rate sheet (TOML) written to a file and passed with `--rates`.
     pub rates: Option<String>,
+    /// PostgreSQL instead of SQLite (`--database-url`); replicas share it.
+    pub database_url: Option<String>,
 }
 
 /// A running `flex-server` on a loopback port with its own data directory.
@@ -109,6 +111,9 @@ impl Server {
         }
         if let Some((cert, key)) = &self.opts.tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        if let Some(url) = &self.opts.database_url {
+            cmd.arg("--database-url").arg(url);
         }
         let mut child = cmd.spawn().expect("start flex-server");
         let stdout = child.stdout.take().expect("stdout");

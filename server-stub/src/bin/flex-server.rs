@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     let prepared = prepare(&ServerOptions {
         listen: a.listen,
         data_dir: a.data_dir,
+        database_url: a.database_url,
         config: a.config,
         test_clock: a.test_clock,
         tls_cert: a.tls_cert,

@@ -23,24 +23,20 @@ use axum::{Form, Router};
 use maud::{html, Markup, DOCTYPE};
 
 use crate::api::AppState;
-use session::{cookie, same, set_cookie, Session, Sessions, COOKIE, LOGIN_COOKIE};
+use session::{cookie, same, set_cookie, Session, COOKIE, LOGIN_COOKIE};
 
 const STYLE: &str = include_str!("style.css");
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Console state: sessions and whether cookies need `Secure`.
+/// Console state: whether cookies need `Secure` (sessions are in the store).
 #[derive(Debug, Default)]
 pub struct Console {
-    pub sessions: Sessions,
     pub secure: bool,
 }
 
 impl Console {
     pub fn new(secure: bool) -> Self {
-        Console {
-            sessions: Sessions::default(),
-            secure,
-        }
+        Console { secure }
     }
 }
 
@@ -141,10 +137,15 @@ impl FromRequestParts<AppState> for Authed {
             .and_then(|v| v.to_str().ok())
             .and_then(|c| cookie(c, COOKIE))
             .map(str::to_owned);
+        let Some(id) = id else {
+            return Err(Redirect::to("/admin/login").into_response());
+        };
         let now = st.store.now();
-        match id.and_then(|id| st.console.sessions.get(&id, now).map(|s| (id, s))) {
-            Some((id, session)) => Ok(Authed { session, id }),
-            None => Err(Redirect::to("/admin/login").into_response()),
+        let lookup = id.clone();
+        match st.store.run(move |s| s.console_session(&lookup, now)).await {
+            Ok(Some(session)) => Ok(Authed { session, id }),
+            Ok(None) => Err(Redirect::to("/admin/login").into_response()),
+            Err(e) => Err(crate::api::error::ApiError::from(e).into_response()),
         }
     }
 }
@@ -339,7 +340,11 @@ async fn login(
             secure,
         );
     }
-    let (id, _) = st.console.sessions.create(st.store.now());
+    let now = st.store.now();
+    let id = match st.store.run(move |s| s.create_console_session(now)).await {
+        Ok((id, _)) => id,
+        Err(e) => return crate::api::error::ApiError::from(e).into_response(),
+    };
     let mut res = Redirect::to("/admin/").into_response();
     let h = res.headers_mut();
     let max_age = session::TTL.num_seconds();
@@ -367,7 +372,10 @@ async fn logout(a: Authed, State(st): State<AppState>, Form(f): Form<CsrfForm>) 
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r.into_response();
     }
-    st.console.sessions.end(&a.id);
+    let id = a.id.clone();
+    if let Err(e) = st.store.run(move |s| s.end_console_session(&id)).await {
+        return crate::api::error::ApiError::from(e).into_response();
+    }
     (
         [(
             header::SET_COOKIE,

@@ -12,11 +12,13 @@
 mod batch;
 mod charges;
 mod claims;
+mod console_sessions;
 pub mod db;
 mod devices;
 mod enrollment;
 mod heartbeat;
 mod import;
+mod leader;
 mod lots;
 mod mail;
 mod notices;
@@ -41,6 +43,7 @@ use crate::rates::RateSheet;
 pub use batch::ClaimBatcher;
 pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
+pub use console_sessions::{ConsoleSession, MAX_SESSIONS, SESSION_TTL};
 pub use db::Backend;
 use db::{params, Conn};
 pub use devices::DeviceAuth;
@@ -138,6 +141,7 @@ pub struct Store {
     rates: RateSheet,
     signer: LeaseSigner,
     pub(crate) enrollment_ttl: std::time::Duration,
+    leadership: leader::Leadership,
 }
 
 impl Store {
@@ -193,6 +197,7 @@ impl Store {
             // Replaced below by the key in the database.
             signer: LeaseSigner::new(String::new(), SigningKey::from_bytes(&[0; 32])),
             enrollment_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            leadership: leader::Leadership::default(),
         };
         let now = store.now();
         store.signer = store.write(|c| load_or_create_signer(c, now))?;
@@ -280,6 +285,19 @@ impl Store {
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.write(|tx| set_meta(tx, key, value))
+    }
+
+    /// The value of `key` in `meta`, set to `make()` by the first caller: every
+    /// replica that asks gets the same value.
+    pub fn shared_secret(&self, key: &str, make: impl Fn() -> String) -> Result<String> {
+        self.write(|tx| match get_meta(tx, key)? {
+            Some(v) => Ok(v),
+            None => {
+                let v = make();
+                set_meta(tx, key, &v)?;
+                Ok(v)
+            }
+        })
     }
 }
 

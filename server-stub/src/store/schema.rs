@@ -39,9 +39,7 @@ pub(crate) fn migrate_sqlite(conn: &Connection) -> Result<()> {
 }
 
 pub(crate) fn migrate_postgres(pool: &Pool) -> Result<()> {
-    let mut conn = pool
-        .get()
-        .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))?;
+    let mut conn = pool.get()?;
     let mut tx = conn.client().transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])?;
     tx.batch_execute(

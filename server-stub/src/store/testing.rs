@@ -115,11 +115,8 @@ impl TestDatabase {
     pub fn create_in(admin: &str) -> TestDatabase {
         use rand::Rng;
         let name = format!("flex_test_{:016x}", rand::thread_rng().gen::<u64>());
-        let mut client = postgres::Client::connect(admin, postgres::NoTls)
-            .unwrap_or_else(|e| panic!("cannot reach the test cluster at {admin}: {e}"));
-        client
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
-            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        admin_sql(admin, &format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .unwrap_or_else(|e| panic!("cannot create test database {name} in {admin}: {e}"));
         TestDatabase {
             url: with_dbname(admin, &name),
             admin: admin.to_string(),
@@ -134,13 +131,21 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        let _ = admin_sql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
+}
+
+/// Runs `sql` on the cluster, on a thread of its own: the blocking client must
+/// not run on an async test's runtime.
+fn admin_sql(admin: &str, sql: &str) -> Result<(), postgres::Error> {
+    std::thread::scope(|s| {
+        s.spawn(|| postgres::Client::connect(admin, postgres::NoTls)?.batch_execute(sql))
+            .join()
+            .expect("the admin connection's thread")
+    })
 }
 
 /// One place a test's store lives; the files or the database go when dropped.

@@ -65,7 +65,24 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
-pub type Pool = r2d2::Pool<Manager>;
+/// The pool, and the settings it connects with (for connections of its own,
+/// such as the leader's).
+pub struct Pool {
+    pool: r2d2::Pool<Manager>,
+    config: postgres::Config,
+}
+
+impl Pool {
+    pub fn connection_config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    pub(crate) fn get(&self) -> Result<r2d2::PooledConnection<Manager>> {
+        self.pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+    }
+}
 
 /// The parsed connection settings of a `postgres://` URL (or key=value string).
 pub fn config(url: &str) -> Result<postgres::Config> {
@@ -98,17 +115,19 @@ pub fn redact(url: &str) -> String {
 
 pub fn pool(url: &str, size: u32) -> Result<Pool> {
     let config = config(url)?;
-    r2d2::Pool::builder()
+    let pool = r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
         .connection_timeout(CHECKOUT_TIMEOUT)
-        .build(Manager { config })
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", redact(url))))
+        .build(Manager {
+            config: config.clone(),
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", redact(url))))?;
+    Ok(Pool { pool, config })
 }
 
 fn checkout(pool: &Pool) -> Result<r2d2::PooledConnection<Manager>> {
     pool.get()
-        .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
 }
 
 /// Whether PostgreSQL rolled a transaction back because a concurrent one won:
