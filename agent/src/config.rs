@@ -560,7 +560,10 @@ alice = "alice.smith@corp.com"
         let err = Config::parse("server_urls = [\"https://a\", \"b.example\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("server_urls") && err.contains("b.example"), "{err}");
+        assert!(
+            err.contains("server_urls") && err.contains("b.example"),
+            "{err}"
+        );
     }
 
     #[test]

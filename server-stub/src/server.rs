@@ -73,6 +73,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error(transparent)]
     Mail(#[from] crate::mail::MailError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
@@ -182,6 +184,9 @@ pub struct Prepared {
     pub mailer: Option<crate::mail::Mailer>,
     /// How often the background work (notices, the usage rollup) runs.
     pub background_interval: std::time::Duration,
+    /// Held while serving a SQLite data directory: one server per ledger file,
+    /// and `flex-server restore` waits for it to stop.
+    pub dir_lock: Option<crate::backup::DirLock>,
 }
 
 pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
@@ -219,6 +224,10 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             data_dir: opts.data_dir.clone(),
         },
     };
+    let dir_lock = match &database {
+        Database::Sqlite { data_dir } => Some(crate::backup::DirLock::take(data_dir)?),
+        Database::Postgres { .. } => None,
+    };
     let store = Store::open_at(&database, clock, config.policy.clone(), rates)?
         .with_enrollment_ttl(config.enrollment_token_ttl);
     tracing::info!(backend = store.backend().name(), database = %database.describe(), "ledger opened");
@@ -249,6 +258,7 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         tls,
         mailer,
         background_interval: config.background_interval,
+        dir_lock,
     })
 }
 
@@ -302,6 +312,7 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
     }
 
     let store = Arc::clone(&p.state.store);
+    let _dir_lock = p.dir_lock;
     let app = router(p.state);
     println!("flex-server listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();

@@ -132,6 +132,11 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no graceful shutdown, as in a crash or power loss.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

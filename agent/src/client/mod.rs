@@ -328,7 +328,10 @@ impl Client {
         let mut k = 0;
         loop {
             let i = (first + k) % n;
-            match self.call_one(&self.bases[i], method.clone(), path, body).await {
+            match self
+                .call_one(&self.bases[i], method.clone(), path, body)
+                .await
+            {
                 Ok(answer) => {
                     if i != first {
                         tracing::info!(server = %self.bases[i], "switched to this server");

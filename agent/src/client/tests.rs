@@ -166,8 +166,8 @@ const HEALTH: &str = r#"{"status":"ok","version":"9","server_time":"2026-11-02T0
 async fn a_dead_replica_fails_over_to_the_next_and_the_client_stays_there() {
     let dead = refused().await;
     let live = canned(200, HEALTH).await;
-    let c = Client::with_servers(&[dead.clone(), live.url.clone()], &ClientOptions::default())
-        .unwrap();
+    let c =
+        Client::with_servers(&[dead.clone(), live.url.clone()], &ClientOptions::default()).unwrap();
     assert_eq!(c.server_url(), dead);
     assert_eq!(c.health().await.unwrap().version, "9");
     assert_eq!(c.server_url(), live.url, "sticky to the one that answered");
@@ -180,16 +180,32 @@ async fn a_dead_replica_fails_over_to_the_next_and_the_client_stays_there() {
 async fn a_failing_replica_is_skipped_but_a_final_answer_is_not() {
     let failing = canned(503, r#"{"error":{"code":"internal","message":"db down"}}"#).await;
     let live = canned(200, HEALTH).await;
-    let c = Client::with_servers(&[failing.url.clone(), live.url.clone()], &ClientOptions::default())
-        .unwrap();
+    let c = Client::with_servers(
+        &[failing.url.clone(), live.url.clone()],
+        &ClientOptions::default(),
+    )
+    .unwrap();
     c.health().await.unwrap();
-    assert_eq!((failing.hits.load(Ordering::SeqCst), live.hits.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(
+        (
+            failing.hits.load(Ordering::SeqCst),
+            live.hits.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
 
     // A refusal is the answer of every replica (one database): not retried.
-    let refusing = canned(400, r#"{"error":{"code":"invalid_request","message":"no"}}"#).await;
+    let refusing = canned(
+        400,
+        r#"{"error":{"code":"invalid_request","message":"no"}}"#,
+    )
+    .await;
     let other = canned(200, HEALTH).await;
-    let c = Client::with_servers(&[refusing.url.clone(), other.url.clone()], &ClientOptions::default())
-        .unwrap();
+    let c = Client::with_servers(
+        &[refusing.url.clone(), other.url.clone()],
+        &ClientOptions::default(),
+    )
+    .unwrap();
     let err = c.health().await.unwrap_err();
     assert!(!err.is_retryable(), "{err}");
     assert_eq!(other.hits.load(Ordering::SeqCst), 0);
@@ -201,5 +217,8 @@ async fn with_every_replica_down_the_call_fails_as_with_one_server() {
     let c = Client::with_servers(&[a, b.clone()], &ClientOptions::default()).unwrap();
     let err = c.health().await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    assert!(err.to_string().contains(&b), "the last server tried is named: {err}");
+    assert!(
+        err.to_string().contains(&b),
+        "the last server tried is named: {err}"
+    );
 }

@@ -44,7 +44,11 @@ impl Store {
             );
             *held = None;
         }
-        let mut client = pool.connection_config().connect(NoTls)?;
+        // Named so that an operator (and the tests) can see in
+        // pg_stat_activity which replica leads.
+        let mut config = pool.connection_config().clone();
+        config.application_name(&format!("flex-server leader pid={}", std::process::id()));
+        let mut client = config.connect(NoTls)?;
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])?
             .get(0);

@@ -41,6 +41,13 @@ use crate::config::PolicyConfig;
 use crate::rates::RateSheet;
 
 pub use batch::ClaimBatcher;
+pub(crate) use lots::load_lots;
+pub(crate) use schema::{migrate_postgres, migrate_sqlite};
+
+/// The newest schema version of each backend: (SQLite, PostgreSQL).
+pub fn schema_versions() -> (usize, usize) {
+    (schema::SQLITE.len(), schema::POSTGRES.len())
+}
 pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
 pub use console_sessions::{ConsoleSession, MAX_SESSIONS, SESSION_TTL};

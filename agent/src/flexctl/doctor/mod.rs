@@ -306,7 +306,11 @@ async fn replica_checks(r: &mut Report, c: &Config) {
                      there (systemctl status flex-server) and the network path to it",
                 )),
             },
-            Err(e) => r.push(Check::fail(&name, e.to_string(), "fix server_urls in the config")),
+            Err(e) => r.push(Check::fail(
+                &name,
+                e.to_string(),
+                "fix server_urls in the config",
+            )),
         }
     }
 }
@@ -342,7 +346,11 @@ async fn server_checks(
         Ok(h) => {
             r.push(Check::ok(
                 "server",
-                format!("{} answers (flex-server {})", client.server_url(), h.version),
+                format!(
+                    "{} answers (flex-server {})",
+                    client.server_url(),
+                    h.version
+                ),
             ));
             if https {
                 r.push(Check::ok(

@@ -114,7 +114,10 @@ pub fn redact(url: &str) -> String {
 }
 
 pub fn pool(url: &str, size: u32) -> Result<Pool> {
-    let config = config(url)?;
+    let mut config = config(url)?;
+    if config.get_application_name().is_none() {
+        config.application_name("flex-server");
+    }
     let pool = r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
