@@ -41,20 +41,20 @@ async fn leader_pid(url: &str) -> Option<u32> {
     .unwrap()
 }
 
-/// Whether notice mail for every notice so far is recorded as sent.
-async fn all_mail_recorded(url: &str) -> bool {
+/// Whether the mail of the notice of `kind` is recorded as sent.
+async fn mail_recorded(url: &str, kind: &'static str) -> bool {
     let url = url.to_string();
     tokio::task::spawn_blocking(move || {
         let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let unsent: i64 = c
+        let sent: i64 = c
             .query_one(
-                "SELECT COUNT(*) FROM notices n LEFT JOIN notice_mail m ON m.notice_id = n.id
-                 WHERE m.sent_at IS NULL",
-                &[],
+                "SELECT COUNT(*) FROM notices n JOIN notice_mail m ON m.notice_id = n.id
+                 WHERE n.kind = $1 AND m.sent_at IS NOT NULL",
+                &[&kind],
             )
             .unwrap()
             .get(0);
-        unsent == 0
+        sent == 1
     })
     .await
     .unwrap()
@@ -117,7 +117,7 @@ async fn killing_a_replica_mid_claims_fails_agents_over_and_moves_the_background
     let mail = sink.next(15);
     assert_eq!(mail["subject"], "[Flex] Low token balance", "{mail}");
     eventually("A records the mail as sent", WAIT, || async {
-        all_mail_recorded(db.url()).await.then_some(())
+        mail_recorded(db.url(), "low_balance").await.then_some(())
     })
     .await;
 

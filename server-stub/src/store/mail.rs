@@ -54,7 +54,7 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO notice_mail (notice_id, attempts, sent_at) VALUES (?1, 1, ?2)
-                 ON CONFLICT (notice_id) DO UPDATE SET attempts = attempts + 1, sent_at = excluded.sent_at, last_error = NULL",
+                 ON CONFLICT (notice_id) DO UPDATE SET attempts = notice_mail.attempts + 1, sent_at = excluded.sent_at, last_error = NULL",
                 params![notice_id, ts(now)],
             )?;
             Ok(())
@@ -66,10 +66,67 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO notice_mail (notice_id, attempts, last_error) VALUES (?1, 1, ?2)
-                 ON CONFLICT (notice_id) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error",
+                 ON CONFLICT (notice_id) DO UPDATE SET attempts = notice_mail.attempts + 1, last_error = excluded.last_error",
                 params![notice_id, error],
             )?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::TestClock;
+    use crate::config::PolicyConfig;
+    use crate::rates::RateSheet;
+    use crate::store::testing::backends;
+
+    /// Regression: on PostgreSQL the retry count's upsert named `attempts`
+    /// unqualified, which PostgreSQL refuses as ambiguous, so a mailed notice
+    /// was never recorded and was mailed again.
+    #[test]
+    fn mailed_and_failed_notices_are_recorded_once_each() {
+        for backend in backends() {
+            let clock = TestClock::new("2026-11-02T08:00:00Z".parse().unwrap());
+            let s = backend.open(
+                Arc::new(clock),
+                PolicyConfig::default(),
+                RateSheet::sample(),
+            );
+            s.start_mail().unwrap();
+            s.write(|tx| {
+                tx.execute(
+                    "INSERT INTO notices (kind, message, created_at) VALUES ('low_balance', 'm', '2026-11-02T08:00:00.000000Z')",
+                    params![],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+            let pending = s.unmailed_notices(10).unwrap();
+            assert_eq!(pending.len(), 1, "{}", backend.name());
+            let id = pending[0].id;
+            s.mail_failed(id, "smtp down").unwrap();
+            s.mail_failed(id, "smtp still down").unwrap();
+            assert_eq!(s.unmailed_notices(10).unwrap().len(), 1);
+            s.mail_sent(id).unwrap();
+            assert!(
+                s.unmailed_notices(10).unwrap().is_empty(),
+                "{}",
+                backend.name()
+            );
+            let attempts: i64 = s
+                .read(|c| {
+                    c.query_one(
+                        "SELECT attempts FROM notice_mail WHERE notice_id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                })
+                .unwrap();
+            assert_eq!(attempts, 3);
+        }
     }
 }
