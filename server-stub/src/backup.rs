@@ -30,7 +30,7 @@ pub enum BackupError {
     NotALedger { path: PathBuf, why: String },
     #[error(
         "a flex-server is running on {0}: stop it first (systemctl stop flex-server), then \
-         restore"
+         run this again"
     )]
     InUse(PathBuf),
     #[error("cannot {action} {path}: {source}")]
@@ -171,8 +171,16 @@ fn copy_sqlite(from: &Path, to: &Path) -> Result<(), BackupError> {
         let mut dst = Connection::open(&tmp).map_err(copy)?;
         let b = rusqlite::backup::Backup::new(&src, &mut dst).map_err(copy)?;
         // All pages in one step: one read transaction, one moment of the ledger.
-        b.run_to_completion(-1, std::time::Duration::ZERO, None)
-            .map_err(copy)?;
+        loop {
+            use rusqlite::backup::StepResult;
+            match b.step(-1).map_err(copy)? {
+                StepResult::Done => break,
+                StepResult::More | StepResult::Busy | StepResult::Locked => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
     }
     File::open(&tmp)
         .and_then(|f| f.sync_all())
@@ -227,12 +235,15 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<String, BackupError> {
     Ok(out)
 }
 
-/// The tables a migration copies, parents before children, with the
-/// PostgreSQL columns that stand for SQLite's implicit `rowid`.
+/// The tables a migration copies, parents before children (a renewal's
+/// window after the one it renews: in insertion order), and whether the
+/// PostgreSQL table has a `rowid` column standing for SQLite's implicit one.
+/// The rollup's WITHOUT ROWID tables are copied in key order.
 const TABLES: &[(&str, bool)] = &[
     ("meta", false),
     ("users", false),
     ("subscriptions", false),
+    ("default_assignments", false),
     ("lots", false),
     ("windows", false),
     ("charges", false),
@@ -250,6 +261,9 @@ const TABLES: &[(&str, bool)] = &[
     ("usage_weeks", false),
     ("console_sessions", false),
 ];
+
+/// Tables SQLite keeps WITHOUT ROWID.
+const WITHOUT_ROWID: &[&str] = &["usage_days", "usage_weeks"];
 
 /// Identity columns whose sequences continue after the copied rows.
 const SEQUENCES: &[(&str, &str)] = &[
@@ -301,6 +315,8 @@ pub fn migrate(data_dir: &Path, url: &str) -> Result<String, BackupError> {
     if !path.exists() {
         return Err(BackupError::NoLedger(path));
     }
+    // A server still writing would write past the copy.
+    let _lock = DirLock::take(data_dir)?;
     // Brings the file to the current schema first, as a start would.
     let lite = crate::store::open_sqlite(&path)?;
     crate::store::migrate_sqlite(&lite)?;
@@ -325,7 +341,7 @@ pub fn migrate(data_dir: &Path, url: &str) -> Result<String, BackupError> {
         }
         // The one row every schema starts with.
         pg.execute("DELETE FROM default_assignments", params![])?;
-        for &(table, rowid) in TABLES.iter().chain([("default_assignments", false)].iter()) {
+        for &(table, rowid) in TABLES {
             let columns = Conn::Lite(&lite).query_all(
                 &format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
                 params![],
@@ -341,7 +357,14 @@ pub fn migrate(data_dir: &Path, url: &str) -> Result<String, BackupError> {
             let mut rows = 0u64;
             let mut pending: Vec<Vec<Owned>> = Vec::new();
             Conn::Lite(&lite).query_each(
-                &format!("SELECT {cols} FROM {table} ORDER BY rowid"),
+                &format!(
+                    "SELECT {cols} FROM {table} ORDER BY {}",
+                    if WITHOUT_ROWID.contains(&table) {
+                        "1, 2"
+                    } else {
+                        "rowid"
+                    }
+                ),
                 params![],
                 |r| {
                     pending.push(
