@@ -258,7 +258,7 @@ fn run(
                     .count() as u64,
             })
             .collect();
-        let rows = estimate::rows_from_usage(&past, period.days());
+        let rows = estimate::rows_from_usage(&past, period.months());
         let got = store.estimate(&EstimateRequest {
             months: 2,
             rows: None,

@@ -453,7 +453,7 @@ impl Store {
                         usage_days: u.usage_days,
                     })
                     .collect();
-                let rows = estimate::rows_from_usage(&past, period.days());
+                let rows = estimate::rows_from_usage(&past, period.months());
                 if rows.is_empty() {
                     return Err(Invalid::new(
                         "from_usage",
