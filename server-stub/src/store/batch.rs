@@ -8,6 +8,10 @@
 //! an fsync is shared by the whole batch while each claim still sees all earlier
 //! ones exactly as if they had committed separately. An idle server runs batches of
 //! one, so a lone claim waits for nothing.
+//!
+//! On PostgreSQL the same thread makes each replica one writer of claims:
+//! its claims never conflict with each other, only with another replica's,
+//! and a batch that lost such a conflict runs again whole.
 
 use std::sync::Arc;
 
@@ -32,19 +36,11 @@ struct Job {
 #[derive(Clone)]
 pub struct ClaimBatcher {
     jobs: mpsc::Sender<Job>,
-    /// Set on PostgreSQL, where claims skip the writer thread.
-    direct: Option<Arc<Store>>,
 }
 
 impl ClaimBatcher {
     pub fn start(store: Arc<Store>) -> ClaimBatcher {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        if store.backend() == super::Backend::Postgres {
-            return ClaimBatcher {
-                jobs: tx,
-                direct: Some(store),
-            };
-        }
         std::thread::Builder::new()
             .name("claim-writer".into())
             .spawn(move || {
@@ -60,19 +56,11 @@ impl ClaimBatcher {
                 }
             })
             .expect("spawn the claim writer thread");
-        ClaimBatcher {
-            jobs: tx,
-            direct: None,
-        }
+        ClaimBatcher { jobs: tx }
     }
 
     /// Answers one claim, durably, sharing the commit with concurrent claims.
     pub async fn claim(&self, device_id: String, request: ClaimRequest) -> Result<ClaimOutcome> {
-        if let Some(store) = &self.direct {
-            // PostgreSQL shares commits among connections itself: each claim
-            // is its own transaction on a pooled connection.
-            return store.run(move |s| s.claim(&device_id, &request)).await;
-        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             device_id,

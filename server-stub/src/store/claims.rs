@@ -19,6 +19,9 @@ use super::users::{has_subscription, load_defaults, load_user, normalize_email};
 use super::{notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 use crate::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
 
+/// Advisory lock key the replicas' claim writers take turns with ("flexclm").
+const CLAIM_WRITERS: i64 = 0x0066_6c65_7863_6c6d;
+
 /// The stored answer to a claim: replayed byte for byte on a retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimOutcome {
@@ -211,11 +214,23 @@ impl Store {
     /// exactly as if they had been committed one by one, and a claim that fails
     /// leaves nothing behind. No answer is released before the commit; if the
     /// commit fails, every claim of the batch fails and nothing was written.
-    /// On PostgreSQL, where the database shares commits among connections
-    /// itself, each claim is its own transaction.
+    /// On PostgreSQL the batch is one SERIALIZABLE transaction, run again
+    /// whole when another replica's transaction conflicted with it.
     pub fn claim_batch(&self, claims: &[(String, ClaimRequest)]) -> Vec<Result<ClaimOutcome>> {
-        let super::Engine::Sqlite(conn) = self.engine() else {
-            return claims.iter().map(|(d, req)| self.claim(d, req)).collect();
+        let conn = match self.engine() {
+            super::Engine::Sqlite(conn) => conn,
+            super::Engine::Postgres(pool) => {
+                return super::db::postgres::write_in_turn(pool, CLAIM_WRITERS, |tx| {
+                    self.claims_in(tx, claims)
+                })
+                .unwrap_or_else(|e| {
+                    let msg = e.to_string();
+                    claims
+                        .iter()
+                        .map(|_| Err(StoreError::Commit(msg.clone())))
+                        .collect()
+                })
+            }
         };
         let mut answers: Vec<Result<ClaimOutcome>> = Vec::with_capacity(claims.len());
         let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -247,6 +262,39 @@ impl Store {
                 .collect();
         }
         answers
+    }
+
+    /// Each claim of a PostgreSQL batch in a savepoint of `tx`: one that fails
+    /// leaves nothing behind; a conflict with another replica fails the whole
+    /// transaction, to be run again.
+    fn claims_in(
+        &self,
+        tx: &Conn<'_>,
+        claims: &[(String, ClaimRequest)],
+    ) -> Result<Vec<Result<ClaimOutcome>>> {
+        let mut answers = Vec::with_capacity(claims.len());
+        for (device_id, req) in claims {
+            let user = match validate(req) {
+                Ok(user) => user,
+                Err(e) => {
+                    answers.push(Err(e));
+                    continue;
+                }
+            };
+            tx.batch("SAVEPOINT claim")?;
+            match self.claim_in(tx, device_id, &user, req) {
+                Ok(out) => {
+                    tx.batch("RELEASE SAVEPOINT claim")?;
+                    answers.push(Ok(out));
+                }
+                Err(e) if super::db::postgres::is_conflict(&e) => return Err(e),
+                Err(e) => {
+                    tx.batch("ROLLBACK TO SAVEPOINT claim; RELEASE SAVEPOINT claim")?;
+                    answers.push(Err(e));
+                }
+            }
+        }
+        Ok(answers)
     }
 
     /// The body of one claim, on a connection inside a write transaction.

@@ -23,6 +23,13 @@ pub(crate) struct Leadership {
     held: Mutex<Option<Client>>,
 }
 
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        let held = self.held.get_mut().map(Option::take).unwrap_or(None);
+        super::db::postgres::off_runtime(move || drop(held));
+    }
+}
+
 impl Store {
     /// Whether this replica should run background work now: always on
     /// SQLite; on PostgreSQL, when it holds (or just took) the leader's lock.

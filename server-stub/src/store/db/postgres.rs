@@ -68,8 +68,28 @@ impl r2d2::ManageConnection for Manager {
 /// The pool, and the settings it connects with (for connections of its own,
 /// such as the leader's).
 pub struct Pool {
-    pool: r2d2::Pool<Manager>,
+    /// Always Some; taken only when the pool is dropped.
+    pool: Option<r2d2::Pool<Manager>>,
     config: postgres::Config,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let pool = self.pool.take();
+        off_runtime(move || drop(pool));
+    }
+}
+
+/// Runs `f` (which may block on PostgreSQL's client, as closing a connection
+/// does) on a thread of its own when called on an async runtime's thread.
+pub(crate) fn off_runtime(f: impl FnOnce() + Send) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(f);
+        });
+    } else {
+        f();
+    }
 }
 
 impl Pool {
@@ -79,6 +99,8 @@ impl Pool {
 
     pub(crate) fn get(&self) -> Result<r2d2::PooledConnection<Manager>> {
         self.pool
+            .as_ref()
+            .expect("the pool until dropped")
             .get()
             .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
     }
@@ -126,7 +148,10 @@ pub fn pool(url: &str, size: u32) -> Result<Pool> {
             config: config.clone(),
         })
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", redact(url))))?;
-    Ok(Pool { pool, config })
+    Ok(Pool {
+        pool: Some(pool),
+        config,
+    })
 }
 
 fn checkout(pool: &Pool) -> Result<r2d2::PooledConnection<Manager>> {
@@ -156,6 +181,39 @@ pub(crate) fn write<T>(pool: &Pool, mut f: impl FnMut(&Conn<'_>) -> Result<T>) -
     loop {
         let mut conn = checkout(pool)?;
         let outcome = run(&mut conn, IsolationLevel::Serializable, false, &mut f);
+        match outcome {
+            Err(e) if is_conflict(&e) && attempt + 1 < ATTEMPTS => {
+                drop(conn);
+                attempt += 1;
+                backoff(attempt);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Like [`write`], holding the session-level advisory lock `key` around the
+/// transaction, taken before it starts (so its snapshot is taken after the
+/// previous holder committed): writers of the same kind on every replica take
+/// turns instead of running into each other and starting again.
+/// SERIALIZABLE still keeps them correct against every other writer. The lock
+/// goes with the connection if this process dies.
+pub(crate) fn write_in_turn<T>(
+    pool: &Pool,
+    key: i64,
+    mut f: impl FnMut(&Conn<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        let mut conn = checkout(pool)?;
+        conn.client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])?;
+        let outcome = run(&mut conn, IsolationLevel::Serializable, false, &mut f);
+        // A failed unlock means a broken connection, which r2d2 then drops,
+        // and PostgreSQL releases the lock with it.
+        let _ = conn
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key]);
         match outcome {
             Err(e) if is_conflict(&e) && attempt + 1 < ATTEMPTS => {
                 drop(conn);
