@@ -59,9 +59,9 @@ async fn two_replicas_and_sixty_four_clients_spend_a_small_lot_exactly() {
     // 100 tokens; AutoCAD costs 7 a day: 14 launches fit, 2 tokens stay.
     s[0].buy(100).await;
     const CLIENTS: usize = 32;
-    for r in 0..2 {
+    for (r, server) in s.iter().enumerate() {
         for c in 0..CLIENTS {
-            s[r].flex_user(&format!("u{r}-{c}@example.com")).await;
+            server.flex_user(&format!("u{r}-{c}@example.com")).await;
         }
     }
     let dev = Arc::new(s[0].enroll().await);
