@@ -112,7 +112,7 @@ for bad in '^PrivateNetwork=yes' '^ProtectProc=invisible' '^ProcSubset=pid' '^Pr
 done
 for l in 'User=flex-server' 'Group=flex-server' 'DynamicUser=no' 'StateDirectory=flex-server' \
     'StateDirectoryMode=0700' 'Restart=on-failure' 'CapabilityBoundingSet=' 'NoNewPrivileges=yes' \
-    'ProtectSystem=strict' 'ExecStart=/usr/bin/flex-server --listen 0.0.0.0:8443 --data-dir /var/lib/flex-server --config /etc/flex-server/server.toml --tls-cert /etc/flex-server/tls/cert.pem --tls-key /etc/flex-server/tls/key.pem'; do
+    'LimitNOFILE=65536' 'ProtectSystem=strict' 'ExecStart=/usr/bin/flex-server --listen 0.0.0.0:8443 --data-dir /var/lib/flex-server --config /etc/flex-server/server.toml --tls-cert /etc/flex-server/tls/cert.pem --tls-key /etc/flex-server/tls/key.pem'; do
     need_line "$units/flex-server.service" "$l"
 done
 for l in 'ExecStart=/usr/bin/flexctl notify' 'PartOf=graphical-session.target' 'WantedBy=graphical-session.target'; do
@@ -242,7 +242,7 @@ def keys(d, prefix=""):
     return out
 for example, src, structs in [
     ("agent.toml.example", "agent/src/config.rs", [("Config", ""), ("Users", "users.")]),
-    ("server.toml.example", "server-stub/src/config.rs", [("Config", ""), ("PolicyConfig", "policy."), ("SmtpConfig", "smtp.")]),
+    ("server.toml.example", "server-stub/src/config.rs", [("Config", ""), ("PolicyConfig", "policy."), ("LimitsConfig", "limits."), ("SmtpConfig", "smtp.")]),
 ]:
     text = (cfg / example).read_text()
     try:

@@ -51,6 +51,9 @@ command -v socat >/dev/null || need+=(socat)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # python3-venv: schemathesis (the OpenAPI fuzzer, from PyPI) runs in a venv.
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# valgrind: a product run inside valgrind must still be recognised
+# (agent/src/watcher/tests.rs, tests/tests/agent_enforcement.rs).
+command -v valgrind >/dev/null || need+=(valgrind)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq

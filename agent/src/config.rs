@@ -11,6 +11,7 @@
 //! enforce = true
 //! credential_store = "file"               # or "auto", "keyring"
 //! detection = "auto"                      # or "proc-connector", "polling"
+//! product_dirs = ["/opt", "/usr/local"]   # where products are installed (Linux)
 //!
 //! [users]
 //! email_template = "{user}@corp.example"
@@ -77,6 +78,13 @@ pub enum ConfigError {
         #[source]
         source: flex_protocol::EmailError,
     },
+    #[error(
+        "account '{account}' is in domain {domain}, and [users] email_template has no {{domain}}: \
+         its user name alone could be another domain's user. Put {{domain}} in the template, \
+         set [users] domain = \"{domain}\" if every account of that domain maps by its name, \
+         or add '{account}' to [users.overrides]"
+    )]
+    OtherDomain { account: String, domain: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -110,6 +118,10 @@ pub struct Config {
     /// where a session can be opened), `proc-connector` or `polling`.
     #[serde(default)]
     pub detection: Detection,
+    /// Where products are installed: indexed at start so that a product is
+    /// recognised by its file (device and inode, content) under any name.
+    #[serde(default = "default_product_dirs")]
+    pub product_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub users: Users,
 }
@@ -146,6 +158,13 @@ pub struct Users {
     /// normalised (trimmed, lowercased) as they are read, like everywhere else.
     #[serde(default)]
     pub overrides: BTreeMap<String, Email>,
+    /// Windows: another domain whose accounts a template without `{domain}`
+    /// maps by user name alone (`CORP` for `CORP\alice`). Local accounts and
+    /// those of the domain the computer is joined to always do; accounts of
+    /// any other domain (a trusted forest) are refused rather than taken for a
+    /// same-named user of this one.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -156,12 +175,38 @@ fn default_socket_path() -> PathBuf {
     crate::paths::current().socket
 }
 
+fn default_product_dirs() -> Vec<PathBuf> {
+    if cfg!(target_os = "linux") {
+        vec!["/opt".into(), "/usr/local".into()]
+    } else {
+        Vec::new()
+    }
+}
+
 fn default_poll_interval() -> Duration {
     Duration::from_secs(1)
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// The domains whose accounts a template without `{domain}` maps by name:
+/// on Windows the computer's own (its local accounts) and the one it is
+/// joined to; elsewhere accounts have no domain.
+fn home_domains() -> Vec<String> {
+    #[cfg(windows)]
+    {
+        let mut home: Vec<String> = std::env::var("COMPUTERNAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .into_iter()
+            .collect();
+        home.extend(crate::win32::joined_domain());
+        home
+    }
+    #[cfg(not(windows))]
+    Vec::new()
 }
 
 /// The drop-in directory of config file `path`: `agent.toml` → `agent.d`.
@@ -325,14 +370,25 @@ impl Config {
     /// the template with `{user}` and `{domain}` replaced. A Windows account
     /// `DOMAIN\user` splits into both; its override may name it either way.
     pub fn email_for(&self, account: &str) -> Result<Email, ConfigError> {
+        self.email_for_on(account, &home_domains())
+    }
+
+    /// [`email_for`](Self::email_for) on a computer whose own domains (its
+    /// name for local accounts, the domain it is joined to) are `home`.
+    pub fn email_for_on(&self, account: &str, home: &[String]) -> Result<Email, ConfigError> {
         let (domain, user) = account.rsplit_once('\\').unwrap_or(("", account));
+        let same = |d: &str| d.eq_ignore_ascii_case(domain);
+        // An account's user name alone names it only outside any domain, in
+        // the computer's own domains, or in the one the config names.
+        let by_name = domain.is_empty()
+            || home.iter().any(|d| same(d))
+            || self.users.domain.as_deref().is_some_and(same);
         let overridden = self.users.overrides.get(account).or_else(|| {
             self.users
                 .overrides
                 .iter()
                 .find(|(k, _)| {
-                    k.eq_ignore_ascii_case(account)
-                        || (!domain.is_empty() && k.eq_ignore_ascii_case(user))
+                    k.eq_ignore_ascii_case(account) || (by_name && k.eq_ignore_ascii_case(user))
                 })
                 .map(|(_, v)| v)
         });
@@ -340,6 +396,12 @@ impl Config {
             return Ok(email.clone());
         }
         match &self.users.email_template {
+            Some(t) if !by_name && !t.contains(DOMAIN_PLACEHOLDER) => {
+                Err(ConfigError::OtherDomain {
+                    account: account.to_string(),
+                    domain: domain.to_string(),
+                })
+            }
             Some(t) => Email::parse(
                 &t.replace(USER_PLACEHOLDER, user)
                     .replace(DOMAIN_PLACEHOLDER, domain),
@@ -426,6 +488,43 @@ alice = "alice.smith@corp.com"
     }
 
     #[test]
+    fn the_default_template_maps_two_domains_users_to_one_person() {
+        // Regression (issue 14, defect 9): with `{user}@corp.example`, CORP\alice
+        // and OTHER\alice were both charged as alice@corp.example.
+        let c = Config::parse(
+            "server_url = \"https://s\"\n[users]\nemail_template = \"{user}@corp.example\"\n\
+             domain = \"CORP\"\n[users.overrides]\nbob = \"robert@corp.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.email_for(r"CORP\alice").unwrap(), "alice@corp.example");
+        assert_eq!(c.email_for(r"corp\bob").unwrap(), "robert@corp.example");
+        let err = c.email_for(r"OTHER\alice").unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::OtherDomain { domain, .. } if domain == "OTHER"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("{domain}"), "{err}");
+        // Nor does a bare-name override reach into another domain.
+        assert!(c.email_for(r"OTHER\bob").is_err());
+        // Local accounts (the computer's own name) map by name.
+        let home = ["ws042".to_string(), "CORPX".to_string()];
+        assert_eq!(
+            c.email_for_on(r"WS042\alice", &home).unwrap(),
+            "alice@corp.example"
+        );
+        // Without a configured domain: local accounts and those of the domain
+        // the computer is joined to.
+        let c = Config::parse(
+            "server_url = \"https://s\"\n[users]\nemail_template = \"{user}@corp.example\"\n",
+        )
+        .unwrap();
+        assert!(c.email_for_on(r"CORPX\alice", &home).is_ok());
+        assert!(c.email_for_on(r"WS042\alice", &home).is_ok());
+        assert!(c.email_for_on(r"OTHER\alice", &home).is_err());
+        assert!(c.email_for("alice").is_ok());
+    }
+
+    #[test]
     fn windows_accounts_split_into_user_and_domain() {
         let c = Config::parse(
             "server_url = \"https://s\"\n[users]\nemail_template = \"{user}@{domain}.corp.com\"\n\
@@ -437,7 +536,10 @@ alice = "alice.smith@corp.com"
         let err = c.email_for("bob").unwrap_err().to_string();
         assert!(err.contains("'bob'"), "{err}");
         assert_eq!(c.email_for(r"corp\carol").unwrap(), "carol.x@corp.com");
-        assert_eq!(c.email_for(r"CORP\dave").unwrap(), "dave.y@corp.com");
+        // A bare-name override does not reach into a domain it was not
+        // given for: the template maps CORP\dave.
+        assert_eq!(c.email_for(r"CORP\dave").unwrap(), "dave@corp.corp.com");
+        assert_eq!(c.email_for("dave").unwrap(), "dave.y@corp.com");
         let err = Config::parse(
             "server_url = \"https://s\"\n[users]\nemail_template = \"{domain}@x.com\"\n",
         )

@@ -15,6 +15,8 @@
 //! | [`MAX_SUBSCRIPTIONS_PER_ACCOUNT`] | 8 | `subscribe` answers `limit_exceeded` |
 //! | [`MAX_WRAPPER_SESSIONS_PER_ACCOUNT`] | 64 | `launch` answers `limit_exceeded` |
 //! | [`MAX_PENDING_JOBS_PER_ACCOUNT`] | 16 | `result` answers `limit_exceeded` |
+//! | [`MAX_STORED_JOBS_PER_ACCOUNT`] | 1024 | the oldest settled job is forgotten (safe: job claim ids are derived, the server answers them again) |
+//! | [`MAX_HANDLES_PER_ACCOUNT`] | 4096 | the account's further product processes are held by pid and start time (still enforced) |
 //! | [`MAX_STATUS_ITEMS`] | 50 | `status` lists the first ones and counts the rest |
 //! | [`IDLE_TIMEOUT`] | 60 s | a connection without a subscription or session is closed |
 //! | [`WRITE_TIMEOUT`] | 10 s | a client that does not read its replies is dropped |
@@ -41,6 +43,14 @@ pub const MAX_SUBSCRIPTIONS_PER_ACCOUNT: usize = 8;
 pub const MAX_WRAPPER_SESSIONS_PER_ACCOUNT: usize = 64;
 /// Per-result jobs of one account waiting for the server at once.
 pub const MAX_PENDING_JOBS_PER_ACCOUNT: usize = 16;
+/// Per-result job states kept for one account (user) for retries. Jobs for a
+/// product the rate sheet does not name are refused without keeping anything.
+pub const MAX_STORED_JOBS_PER_ACCOUNT: usize = 1024;
+/// Process handles (pidfds: one descriptor each) held for one account's
+/// product processes. With the service's 65,536 descriptors this keeps any one
+/// account from exhausting them; beyond it a process is held by pid and start
+/// time, checked before every signal.
+pub const MAX_HANDLES_PER_ACCOUNT: usize = 4096;
 /// Sessions (and windows) listed by `status`; the rest are counted.
 pub const MAX_STATUS_ITEMS: usize = 50;
 /// A connection without a subscription or a session that sends no request for

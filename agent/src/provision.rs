@@ -137,7 +137,12 @@ mod tests {
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.server_url, "https://flex.corp.example:8443");
         assert_eq!(c.state_dir, win.state_dir);
-        assert_eq!(c.email_for(r"CORP\alice").unwrap(), "alice@corp.com");
+        // An account of the domain the computer is joined to maps by name.
+        assert_eq!(
+            c.email_for_on(r"CORP\alice", &["CORP".to_string()])
+                .unwrap(),
+            "alice@corp.com"
+        );
     }
 
     #[test]

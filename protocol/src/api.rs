@@ -315,6 +315,26 @@ pub enum NoticeKind {
     LowBalance,
     OutOfTokens,
     TokensExpiring,
+    /// One device claimed for more distinct users in a tenant day than
+    /// `policy.device_users_alert`. For admins only: heartbeats never carry it.
+    DeviceUsers,
+}
+
+impl NoticeKind {
+    /// The wire form, e.g. `"low_balance"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::LowBalance => "low_balance",
+            NoticeKind::OutOfTokens => "out_of_tokens",
+            NoticeKind::TokensExpiring => "tokens_expiring",
+            NoticeKind::DeviceUsers => "device_users",
+        }
+    }
+
+    /// Whether agents get it in heartbeats (the balance notices of R9).
+    pub fn for_agents(self) -> bool {
+        !matches!(self, NoticeKind::DeviceUsers)
+    }
 }
 
 /// An R9 notice.
@@ -433,17 +453,16 @@ pub struct DeviceInfo {
     pub enrollment_token: Option<String>,
 }
 
-/// `GET /v1/agent/users/{email}`: whether the server knows a user and how they
-/// may run products; `flexctl doctor` asks it for the account it checks.
+/// `GET /v1/agent/users/{email}`: whether the server knows a user, which is
+/// all `flexctl doctor` needs to tell a wrong account-to-email mapping. What the
+/// user may run (Flex, subscriptions) is not a device's business: a claim
+/// answers that for the one product asked. Each check counts as the device
+/// speaking for that user (`policy.device_users_alert`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserCheck {
     /// The email as the server normalised it.
     pub email: String,
     pub known: bool,
-    #[serde(default)]
-    pub flex_assigned: bool,
-    #[serde(default)]
-    pub subscriptions: Vec<String>,
 }
 
 /// `GET /v1/admin/devices`, newest enrollment first.

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     DeviceRevoked,
     /// The enrollment token was valid once but its time is up: ask for a new one.
     EnrollmentTokenExpired,
+    /// Too many wrong admin tokens came from this client address: wait for the
+    /// `Retry-After` seconds (HTTP 429).
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::DeviceRevoked => "device_revoked",
             ErrorCode::EnrollmentTokenExpired => "enrollment_token_expired",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 }
@@ -97,6 +101,7 @@ mod tests {
             ErrorCode::LimitExceeded,
             ErrorCode::DeviceRevoked,
             ErrorCode::EnrollmentTokenExpired,
+            ErrorCode::TooManyAttempts,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -148,12 +148,21 @@ fn balance_and_notices() {
     check(
         "notices",
         &NoticeList {
-            notices: vec![Notice {
-                id: 3,
-                kind: NoticeKind::LowBalance,
-                message: "balance 100 is at or below 20% of 500 tokens".into(),
-                created_at: t(9),
-            }],
+            notices: vec![
+                Notice {
+                    id: 4,
+                    kind: NoticeKind::DeviceUsers,
+                    message: "device d-1 (ws-17) claimed for 11 different users on 2026-11-02"
+                        .into(),
+                    created_at: t(10),
+                },
+                Notice {
+                    id: 3,
+                    kind: NoticeKind::LowBalance,
+                    message: "balance 100 is at or below 20% of 500 tokens".into(),
+                    created_at: t(9),
+                },
+            ],
         },
     );
 }
@@ -460,8 +469,6 @@ fn enrollment_keys_and_devices() {
         &UserCheck {
             email: "ada@example.com".into(),
             known: true,
-            flex_assigned: true,
-            subscriptions: vec!["revit".into()],
         },
     );
     check(

@@ -259,11 +259,18 @@ const TABLES: &[(&str, bool)] = &[
     ("usage_pairs", false),
     ("usage_days", false),
     ("usage_weeks", false),
+    ("device_user_days", false),
+    ("device_user_alerts", false),
     ("console_sessions", false),
 ];
 
 /// Tables SQLite keeps WITHOUT ROWID.
-const WITHOUT_ROWID: &[&str] = &["usage_days", "usage_weeks"];
+const WITHOUT_ROWID: &[&str] = &[
+    "usage_days",
+    "usage_weeks",
+    "device_user_days",
+    "device_user_alerts",
+];
 
 /// Identity columns whose sequences continue after the copied rows.
 const SEQUENCES: &[(&str, &str)] = &[

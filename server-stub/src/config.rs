@@ -19,6 +19,16 @@
 //! low_balance_ratio = 0.2
 //! timezone = "Europe/Paris"
 //! pack_sizes = [100, 500, 1000, 2500, 5000, 10000]
+//! device_users_alert = 10
+//!
+//! [limits]                     # what one client may hold of the server, see crate::net
+//! header_read_timeout = "10s"
+//! request_timeout = "30s"
+//! tls_handshake_timeout = "10s"
+//! max_connections = 10000
+//! max_connections_per_address = 1000
+//! admin_auth_failures = 10
+//! admin_auth_window = "1m"
 //!
 //! [smtp]                       # optional: admin notices by email, see crate::mail
 //! host = "mail.example.com"
@@ -71,6 +81,9 @@ pub struct Config {
     /// Admin notices by email; off when absent.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// Timeouts and caps on what clients may hold.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -82,6 +95,7 @@ impl Default for Config {
             background_interval: default_background_interval(),
             policy: PolicyConfig::default(),
             smtp: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -117,6 +131,9 @@ pub struct PolicyConfig {
     pub low_balance_ratio: f64,
     pub timezone: String,
     pub pack_sizes: Vec<u64>,
+    /// A `device_users` notice is raised when one device claims for more
+    /// distinct users than this in one tenant day.
+    pub device_users_alert: u32,
 }
 
 impl Default for PolicyConfig {
@@ -135,7 +152,84 @@ impl Default for PolicyConfig {
             low_balance_ratio: 0.2,
             timezone: "UTC".into(),
             pack_sizes: vec![100, 500, 1000, 2500, 5000, 10000],
+            device_users_alert: 10,
         }
+    }
+}
+
+/// `[limits]`: what one client may hold of the server (see [`crate::net`]).
+///
+/// An idle kept-alive connection and a half-sent request look alike (both owe
+/// the server a request head), so `header_read_timeout` bounds both.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// From the moment a connection may send a request until its head is in.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Reading the body and answering one request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// From accept until the TLS handshake is done.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Open connections in total (also held below the open-file limit).
+    pub max_connections: u32,
+    /// Open connections from one IPv4 address or IPv6 /64.
+    pub max_connections_per_address: u32,
+    /// Wrong admin tokens one address may present per `admin_auth_window`
+    /// before its attempts answer 429 until the window ends.
+    pub admin_auth_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub admin_auth_window: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            admin_auth_failures: 10,
+            admin_auth_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("limits.header_read_timeout", self.header_read_timeout),
+            ("limits.request_timeout", self.request_timeout),
+            ("limits.tls_handshake_timeout", self.tls_handshake_timeout),
+            ("limits.admin_auth_window", self.admin_auth_window),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "0s", "must be positive"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "0", "must be at least 1"));
+        }
+        if self.max_connections_per_address == 0
+            || self.max_connections_per_address > self.max_connections
+        {
+            return Err(invalid(
+                "limits.max_connections_per_address",
+                self.max_connections_per_address.to_string(),
+                "must be between 1 and limits.max_connections",
+            ));
+        }
+        if self.admin_auth_failures == 0 {
+            return Err(invalid(
+                "limits.admin_auth_failures",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -176,6 +270,7 @@ impl Config {
             message: e.message().to_string(),
         })?;
         config.policy.validate()?;
+        config.limits.validate()?;
         if let Some(smtp) = &config.smtp {
             smtp.validate()?;
         }
@@ -219,6 +314,13 @@ impl PolicyConfig {
                 key: "policy.timezone",
                 value: self.timezone.clone(),
                 why: "is not an IANA time zone name such as Europe/Paris",
+            });
+        }
+        if self.device_users_alert == 0 {
+            return Err(ConfigError::Invalid {
+                key: "policy.device_users_alert",
+                value: "0".into(),
+                why: "must be at least 1",
             });
         }
         if self.pack_sizes.is_empty() || self.pack_sizes.contains(&0) {
@@ -392,6 +494,13 @@ mod tests {
         let e = Config::parse("[policy]\nwindow = \"soon\"\n").unwrap_err();
         assert!(
             e.to_string().contains("soon") || e.to_string().contains("window"),
+            "{e}"
+        );
+        let e = Config::parse("[limits]\nmax_connections = 10\nmax_connections_per_address = 11\n")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("limits.max_connections_per_address = 11"),
             "{e}"
         );
         let e = Config::parse("polcy = 1\n").unwrap_err();

@@ -5,8 +5,9 @@
 //! jobs, notices, reports, recommendations, estimator, forecast) and [`ledger`]
 //! (lots and the spending order); [`store`] loads their facts from SQLite and
 //! writes what they decide; [`api`] maps HTTP to those calls, [`console`]
-//! renders the admin's web pages, [`mail`] sends notices by email and
-//! [`server`] wires configuration, TLS and the listener together.
+//! renders the admin's web pages, [`mail`] sends notices by email, [`net`]
+//! bounds what one client may hold (connections, timeouts, admin-token
+//! guesses) and [`server`] wires configuration, TLS and the listener together.
 
 pub mod admin;
 pub mod api;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod console;
 pub mod ledger;
 pub mod mail;
+pub mod net;
 pub mod rates;
 pub mod rules;
 pub mod server;

@@ -44,6 +44,7 @@ pub fn compose(notice: &Notice, console_url: Option<&str>) -> (String, String) {
         NoticeKind::LowBalance => "[Flex] Low token balance",
         NoticeKind::OutOfTokens => "[Flex] Out of tokens: Flex launches are refused",
         NoticeKind::TokensExpiring => "[Flex] Tokens expiring soon",
+        NoticeKind::DeviceUsers => "[Flex] One workstation claims for many users",
     };
     let mut body = format!(
         "{}\n\nRaised by the Flex licensing server at {} (notice {}).\n",
@@ -51,8 +52,13 @@ pub fn compose(notice: &Notice, console_url: Option<&str>) -> (String, String) {
         notice.created_at.format("%Y-%m-%d %H:%M UTC"),
         notice.id
     );
-    if let Some(url) = console_url {
-        body.push_str(&format!("Balance, forecast and lots: {url}\n"));
+    match (notice.kind, console_url) {
+        (NoticeKind::DeviceUsers, _) => body.push_str(
+            "List the workstations with: flex-admin devices; revoke one that should not \
+             speak for these users with: flex-admin devices revoke ID\n",
+        ),
+        (_, Some(url)) => body.push_str(&format!("Balance, forecast and lots: {url}\n")),
+        (_, None) => {}
     }
     (subject.to_owned(), body)
 }

@@ -1,7 +1,9 @@
 //! Wiring: configuration, admin token, database, listener and TLS.
 //!
 //! The server prints `flex-server listening on URL` on stdout once the socket is
-//! bound, so scripts and tests wait on that line instead of sleeping.
+//! bound, so scripts and tests wait on that line instead of sleeping. Before
+//! that it raises its open-file limit and sizes its connection cap to fit
+//! (see [`crate::net`]).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +15,8 @@ use chrono::{DateTime, Utc};
 
 use crate::api::{router, AppState};
 use crate::clock::{Clock, SystemClock, TestClock};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::net::admission::Admission;
 use crate::rates::{RateSheet, RatesError};
 use crate::store::{Backend, Database, Store, StoreError};
 
@@ -179,7 +182,7 @@ fn prepare_data_dir(dir: &Path) -> Result<(), ServerError> {
 pub struct Prepared {
     pub state: AppState,
     pub listener: std::net::TcpListener,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Mails admin notices when `[smtp]` is configured.
     pub mailer: Option<crate::mail::Mailer>,
     /// How often the background work (notices, the usage rollup) runs.
@@ -187,6 +190,33 @@ pub struct Prepared {
     /// Held while serving a SQLite data directory: one server per ledger file,
     /// and `flex-server restore` waits for it to stop.
     pub dir_lock: Option<crate::backup::DirLock>,
+    pub limits: LimitsConfig,
+    /// The connection caps, the total already fitted to the open-file limit.
+    pub admission: Admission,
+}
+
+/// The certificate chain and key, for HTTP/1.1 only (see [`crate::net::serve`]).
+fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let failed = |source: std::io::Error| ServerError::Tls {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    };
+    let pem = |e: rustls::pki_types::pem::Error| failed(std::io::Error::other(e.to_string()));
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(pem)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem)?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(pem)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
+        .map_err(|e| failed(std::io::Error::other(e)))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
@@ -198,10 +228,22 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         return Err(ServerError::TestClockInProduction);
     }
     let tls = match (&opts.tls_cert, &opts.tls_key) {
-        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (Some(c), Some(k)) => Some(tls_config(c, k)?),
         (None, None) => None,
         _ => return Err(ServerError::TlsHalf),
     };
+    let limits = config.limits.clone();
+    let nofile = crate::net::nofile::raise();
+    let total = crate::net::nofile::connection_cap(limits.max_connections, nofile);
+    if total < limits.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            open_file_limit = nofile,
+            "serving at most {total} connections: the open-file limit leaves no room for more; \
+             raise LimitNOFILE= (the packaged unit sets 65536)"
+        );
+    }
+    let admission = Admission::new(total, limits.max_connections_per_address);
     let mailer = config
         .smtp
         .as_ref()
@@ -240,26 +282,44 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
             }
         }
     }
-    let listener =
-        std::net::TcpListener::bind(opts.listen).map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
+    let listener = bind(opts.listen).map_err(|source| ServerError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    let throttle = crate::net::throttle::AuthThrottle::new(
+        limits.admin_auth_failures,
+        limits.admin_auth_window,
+    );
     Ok(Prepared {
         state: AppState::new(Arc::new(store), &token, test_clock)
-            .with_secure_cookies(tls.is_some()),
+            .with_secure_cookies(tls.is_some())
+            .with_auth_throttle(throttle),
         listener,
         tls,
         mailer,
         background_interval: config.background_interval,
         dir_lock,
+        limits,
+        admission,
     })
+}
+
+/// Connections the kernel queues before the server accepts them. std's 128 is
+/// too few under a burst (a slowloris opening thousands at once): a full queue
+/// drops new SYNs, and an agent's connect then waits for its 1 s retransmit.
+/// The kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener on `addr` with [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does: a restarted server rebinds while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 async fn shutdown_signal() {
@@ -314,35 +374,17 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
     let store = Arc::clone(&p.state.store);
     let _dir_lock = p.dir_lock;
     let app = router(p.state);
+    let listener = tokio::net::TcpListener::from_std(p.listener).map_err(ServerError::Serve)?;
     println!("flex-server listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
-    let served = match p.tls {
-        None => {
-            let listener =
-                tokio::net::TcpListener::from_std(p.listener).map_err(ServerError::Serve)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-                .map_err(ServerError::Serve)
-        }
-        Some((cert, key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                .await
-                .map_err(|source| ServerError::Tls { cert, key, source })?;
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-            });
-            axum_server::from_tcp_rustls(p.listener, config)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-                .map_err(ServerError::Serve)
-        }
+    let edge = crate::net::serve::Edge {
+        limits: p.limits,
+        admission: p.admission,
+        tls: p.tls,
     };
+    let served = crate::net::serve::run(listener, app, edge, shutdown_signal())
+        .await
+        .map_err(ServerError::Serve);
     // Another replica takes the background work at once.
     let _ = store
         .run(|s| {

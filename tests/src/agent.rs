@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use std::io::Write as _;
+use std::os::unix::net::UnixStream as StdStream;
+
 use crate::{bin, Server, ServerOpts};
 
 /// How long a test waits for what the agent or server does soon (a charge, a
@@ -74,6 +77,9 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Extra environment for the next start (e.g. a failpoint).
     pub env: Vec<(String, String)>,
+    /// The open-file limit (soft, hard) to start it with, as a service
+    /// manager would set it.
+    pub nofile: Option<(u64, u64)>,
     starts: u32,
 }
 
@@ -178,6 +184,7 @@ impl Agent {
             socket,
             state_dir,
             env: Vec::new(),
+            nofile: None,
             starts: 0,
         }
     }
@@ -208,6 +215,22 @@ impl Agent {
             .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("start flex-agent");
         let mut line = String::new();
@@ -529,13 +552,23 @@ impl Drop for Running {
 
 /// A copy of a harmless long-running binary (`sleep`) named like a product's
 /// executable, in `dir`. Started with an argument of seconds, it just waits.
+///
+/// The copy gets a tail of its own: agents know products by their content
+/// too, and a plain copy of `sleep` would make every `sleep` on the machine
+/// (and every other test's products) that product for every agent.
 pub fn fake_product(dir: &Path, exe_name: &str) -> PathBuf {
+    use std::io::Write;
     let sleep = ["/bin/sleep", "/usr/bin/sleep"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("a sleep binary");
     let path = dir.join(exe_name);
     std::fs::copy(sleep, &path).expect("copy sleep");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open the copy");
+    writeln!(f, "flex test product {exe_name} {}", uuid::Uuid::new_v4()).expect("tag the copy");
     path
 }
 
@@ -589,4 +622,74 @@ impl Rates {
     pub fn exe(&self, base: &str) -> String {
         format!("{base}{}", self.suffix)
     }
+}
+
+/// nobody: not root, and not a Flex user of a test server unless the test
+/// makes `nobody@example.com` one.
+pub const NOBODY: u32 = 65534;
+
+/// Runs `f` on a thread whose credentials are uid/gid `uid`. A raw setresuid
+/// changes only the calling thread, which is what the kernel records when that
+/// thread connects to a socket.
+pub fn as_uid<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls on this thread only; no memory is shared.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setresgid, uid, uid, uid),
+                0,
+                "setresgid: run as root"
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresuid, uid, uid, uid),
+                0,
+                "setresuid: run as root"
+            );
+        }
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Opens the agent's socket (from the calling thread) and sends `line`;
+/// returns the stream and the first line the agent sent back.
+pub fn ask_blocking(path: &Path, line: &str) -> (StdStream, Value) {
+    let mut s = StdStream::connect(path).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    if !line.is_empty() {
+        writeln!(s, "{line}").unwrap();
+    }
+    let mut reply = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut reply)
+        .unwrap();
+    let v = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+    (s, v)
+}
+
+/// Lets other accounts reach the agent's socket (the harness dir is 0700).
+pub fn open_socket_dir(agent: &Agent) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Tokens charged for `product` in the ledger.
+pub async fn charged(server: &Server, product: &str) -> u64 {
+    server
+        .charges()
+        .await
+        .iter()
+        .filter(|c| c["product"] == product)
+        .map(|c| c["tokens"].as_u64().unwrap())
+        .sum()
 }

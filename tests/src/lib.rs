@@ -48,6 +48,12 @@ pub struct ServerOpts {
     pub rates: Option<String>,
     /// PostgreSQL instead of SQLite (`--database-url`); replicas share it.
     pub database_url: Option<String>,
+    /// The soft open-file limit the server starts with (its hard limit stays
+    /// this process's), e.g. 1,024 as systemd leaves a unit without LimitNOFILE.
+    pub nofile: Option<u64>,
+    /// Server's stderr to a file that [`Server::log`] reads, instead of the
+    /// test's own stderr.
+    pub capture_log: bool,
 }
 
 /// A running `flex-server` on a loopback port with its own data directory.
@@ -115,6 +121,31 @@ impl Server {
         if let Some(url) = &self.opts.database_url {
             cmd.arg("--database-url").arg(url);
         }
+        if let Some(soft) = self.opts.nofile {
+            let (_, hard) = nofile();
+            let limit = libc::rlimit {
+                rlim_cur: soft.min(hard),
+                rlim_max: hard,
+            };
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and `limit` is a plain copy.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if self.opts.capture_log {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path())
+                .expect("open the server log");
+            cmd.stderr(log);
+        }
         let mut child = cmd.spawn().expect("start flex-server");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
@@ -135,6 +166,21 @@ impl Server {
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.with_file_name("server.log")
+    }
+
+    /// What the server logged so far (with [`ServerOpts::capture_log`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let hostport = self.url.rsplit("//").next().expect("url with a scheme");
+        hostport.parse().expect("url names an IP and a port")
     }
 
     /// SIGKILL: no graceful shutdown, as in a crash or power loss.
@@ -308,6 +354,47 @@ pub struct Device {
     pub id: String,
     pub token: String,
     pub enroll: Value,
+}
+
+/// This process's open-file limits (soft, hard).
+pub fn nofile() -> (u64, u64) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+    assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    (l.rlim_cur, l.rlim_max)
+}
+
+/// Raises this process's soft open-file limit to its hard limit, for tests that
+/// hold thousands of sockets; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let (_, hard) = nofile();
+    let l = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    hard
+}
+
+/// An HTTP client whose connections come from `ip` (any of 127.0.0.0/8 on
+/// Linux), trusting `ca_pem` when given: another client address to the server.
+pub fn client_from(ip: std::net::IpAddr, ca_pem: Option<&str>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .local_address(ip)
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = ca_pem {
+        b = b
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA PEM"));
+    }
+    b.build().expect("http client")
 }
 
 /// Parses RFC 3339 in assertions.

@@ -84,6 +84,38 @@ async fn a_healthy_agent_passes_every_check_and_bundles_its_report() {
 }
 
 #[tokio::test]
+async fn the_bundle_follows_a_planted_symlink_and_keeps_a_planted_files_owner() {
+    // `sudo flexctl doctor --bundle FILE` followed a symlink planted at FILE
+    // (overwriting what it pointed to) and kept a pre-created file's owner and
+    // mode (a user could then read the bundle).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (_rates, _server, agent) = setup().await;
+    let victim = agent.dir.path().join("victim");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    let planted = agent.dir.path().join("planted.tar.gz");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let (code, report) = doctor(&agent, &["--bundle", planted.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+    let meta = std::fs::symlink_metadata(&planted).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the symlink was replaced by the bundle"
+    );
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let precreated = agent.dir.path().join("precreated.tar.gz");
+    std::fs::write(&precreated, "").unwrap();
+    std::os::unix::fs::chown(&precreated, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&precreated, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, report) = doctor(&agent, &["--bundle", precreated.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{report:#}");
+    let meta = std::fs::metadata(&precreated).unwrap();
+    assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o600));
+    assert!(meta.len() > 0);
+}
+
+#[tokio::test]
 async fn a_stopped_server_fails_the_server_check_with_its_fix() {
     let (_rates, mut server, agent) = setup().await;
     server.kill9();

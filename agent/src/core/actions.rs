@@ -150,9 +150,16 @@ pub enum Input {
         balance: u64,
         /// The heartbeat's R9 notices (those after [`super::Core::notices_after`]).
         notices: Vec<Notice>,
+        /// What the server took of the uploaded records: journaled by the core's
+        /// [`Persist::Uploaded`].
+        uploaded: UploadReceipt,
     },
     ContactFailed {
         error: String,
+    },
+    /// The server answered that this workstation's credential was revoked.
+    DeviceRevoked {
+        message: String,
     },
     /// The rate sheet changed (heartbeat `products`, or the journal at start).
     RateSheet(Vec<Product>),
@@ -248,6 +255,25 @@ pub enum Persist {
     NoticesSeen(i64),
     /// Insert or replace a job's state.
     Job(JobState),
+    /// Forget the window held for (user, product).
+    DropWindow {
+        user: Email,
+        product: String,
+    },
+    /// A heartbeat's upload was stored by the server.
+    Uploaded(UploadReceipt),
+}
+
+/// What a successful heartbeat uploaded and the server took: the journal marks
+/// those session revisions as uploaded and deletes the reported rollbacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadReceipt {
+    /// (session id, revision sent) of every session record sent.
+    pub revisions: Vec<(String, i64)>,
+    /// The last clock rollback row sent.
+    pub last_rollback: Option<i64>,
+    /// The session ids the server stored.
+    pub accepted: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

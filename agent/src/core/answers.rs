@@ -1,12 +1,16 @@
 //! Acting on the server's answer to a claim: a grant opens or renews a window
-//! (after checking its signed lease), a denial is passed on to whoever waits and
-//! closes what must not run, and an undelivered claim is refused as offline.
+//! (after checking its signed lease) and covers every run waiting for it; a
+//! denial is passed on to whoever waits and closes what must not run; an
+//! undelivered claim is refused as offline.
 
 use flex_protocol::api::{ClaimResponse, Denial, Grant};
-use flex_protocol::socket::{display_name, CloseReason, Event, LaunchReply};
+use flex_protocol::socket::{display_name, CloseReason, Event};
 use flex_protocol::ErrorCode;
 
-use super::{Action, Core, HeldWindow, PendingClaim, Persist, Refusal, Waiter};
+use super::jobs::job_reply;
+use super::ledger::{check_lease, PendingClaim};
+use super::runs::{Found, RunState, CLAIM_TIMEOUT};
+use super::{Action, Core, HeldWindow, Persist, Refusal};
 use crate::account::AccountId;
 
 /// First wait before retrying a renewal whose grant could not be verified; it
@@ -20,6 +24,25 @@ fn offline_message(product: &str) -> String {
     )
 }
 
+/// The error code a wrapper is given for a run closed for `reason`.
+pub(super) fn close_code(reason: CloseReason) -> ErrorCode {
+    match reason {
+        CloseReason::Offline => ErrorCode::Offline,
+        CloseReason::OutOfTokens => ErrorCode::OutOfTokens,
+        CloseReason::NotEntitled => ErrorCode::NotEntitled,
+        CloseReason::Denied => ErrorCode::Forbidden,
+    }
+}
+
+pub(super) fn close_reason(code: ErrorCode) -> CloseReason {
+    match code {
+        ErrorCode::OutOfTokens => CloseReason::OutOfTokens,
+        ErrorCode::NotEntitled => CloseReason::NotEntitled,
+        ErrorCode::Offline => CloseReason::Offline,
+        _ => CloseReason::Denied,
+    }
+}
+
 impl Core {
     /// The server answered a claim.
     pub(super) fn claim_answered(
@@ -28,45 +51,47 @@ impl Core {
         response: ClaimResponse,
         out: &mut Vec<Action>,
     ) {
-        let Some(pending) = self.claims.remove(claim_id) else {
-            return; // a late duplicate of an answer already acted upon
+        let Some(pending) = self.ledger.settle(claim_id, out) else {
+            // The claim was given up (no answer in time) or is a late duplicate:
+            // a grant is still a paid window, so it is held.
+            if let ClaimResponse::Granted(grant) = response {
+                self.late_grant(grant, out);
+            }
+            return;
         };
         match response {
             ClaimResponse::Granted(grant) => self.granted(&pending, grant, out),
             ClaimResponse::Denied(denial) => self.denied(&pending, denial, out),
         }
-        out.push(Action::Persist(Persist::ClaimSettled {
-            claim_id: claim_id.to_string(),
-        }));
+    }
+
+    fn set_balance(&mut self, balance: u64, out: &mut Vec<Action>) {
+        if self.balance != Some(balance) {
+            self.balance = Some(balance);
+            out.push(Action::Persist(Persist::Balance(balance)));
+        }
     }
 
     fn granted(&mut self, pending: &PendingClaim, grant: Grant, out: &mut Vec<Action>) {
-        self.balance = Some(grant.balance);
-        out.push(Action::Persist(Persist::Balance(grant.balance)));
+        self.set_balance(grant.balance, out);
         let req = &pending.request;
+        let now = self.contact.now();
         if req.results.is_some() {
-            let already =
-                self.job_answered(req, Some((grant.tokens_charged, grant.balance)), None, out);
-            for w in &pending.waiters {
-                if let Waiter::Job {
-                    request,
-                    account,
-                    job,
-                } = w
-                {
-                    out.push(Action::ReplyJob {
-                        request: request.clone(),
-                        result: Ok(self.job_reply(
-                            req,
-                            job,
-                            grant.tokens_charged,
-                            grant.balance,
-                            already,
-                        )),
-                    });
-                    if !already {
-                        self.notify_charged(account, &req.product, &grant, out);
-                    }
+            let already = self.jobs.answered(req, true, None, now, out);
+            for w in &pending.jobs {
+                out.push(Action::ReplyJob {
+                    request: w.request.clone(),
+                    result: Ok(job_reply(
+                        req,
+                        self.product_name(&req.product),
+                        &w.job,
+                        grant.tokens_charged,
+                        grant.balance,
+                        already,
+                    )),
+                });
+                if !already {
+                    self.notify_charged(&w.account, &req.product, &grant, out);
                 }
             }
             return;
@@ -88,40 +113,28 @@ impl Core {
                 return self.unverifiable(pending, message, out);
             }
         };
-        if let Err(e) = self.check_lease(&held) {
+        if let Err(e) = check_lease(&self.config.verifier, &self.config.device_id, &held) {
             let message = format!("refusing the server's grant for '{}': {e}", req.product);
             return self.unverifiable(pending, message, out);
         }
-        let key = (held.user.clone(), held.product.clone());
-        let held = match self.windows.get(&key) {
-            // A resent claim's original answer can be older than what is held.
-            Some(newer) if newer.window.end > held.window.end => newer.clone(),
-            // The same window again (a free launch inside it): keep its cost.
-            Some(same) if same.window.id == held.window.id => same.clone(),
-            _ => {
-                out.push(Action::Persist(Persist::Window(held.clone())));
-                self.windows.insert(key, held.clone());
-                held
-            }
-        };
+        let held = self.ledger.hold(held, out);
         let mut charged = grant.tokens_charged;
-        // Sessions in the renewed window move to the new one.
+        // Runs in the renewed window move to the new one; a close a failed
+        // renewal scheduled is off.
         if let Some(old) = &req.renews {
-            self.renewal_retry.remove(old);
-            let ids: Vec<String> = self.running_in(old).map(|s| s.id.clone()).collect();
-            let account = ids.first().map(|id| self.sessions[id].account.clone());
-            for id in ids {
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    s.window_id = Some(held.window.id.clone());
-                    // A retry saved the run: the failed renewal's close is off.
-                    if s.closing
-                        .as_ref()
-                        .is_some_and(|c| c.renewal_of.as_deref() == Some(old))
-                    {
-                        s.closing = None;
-                    }
-                }
-                self.persist_session(&id, out);
+            self.ledger.renewal_done(old);
+            let renewed: Vec<Found> = self
+                .runs
+                .all()
+                .into_iter()
+                .filter(|f| self.runs.get(f).is_some_and(|r| r.runs_in(old)))
+                .collect();
+            let account = renewed
+                .first()
+                .and_then(|f| self.runs.get(f))
+                .map(|r| r.account.clone());
+            for f in &renewed {
+                self.cover(f, &held, out);
             }
             if let Some(account) = account {
                 self.notify_charged(&account, &req.product, &grant, out);
@@ -129,30 +142,77 @@ impl Core {
                 charged = 0;
             }
         }
-        for w in &pending.waiters {
-            if let Some(account) = self.waiter_account(w) {
-                self.notify_charged(
-                    &account,
-                    &req.product,
-                    &Grant {
-                        tokens_charged: charged,
-                        ..grant.clone()
-                    },
-                    out,
-                );
-            }
-            self.grant_waiter(w, &held, charged, out);
-            // One claim, one charge: later waiters on it got their launch free.
+        self.cover_all(&held, out);
+        // One claim, one charge: it is told to the first who waited, and the
+        // first wrapper's reply carries it.
+        let first_account = pending
+            .launches
+            .first()
+            .and_then(|w| self.runs.find(&w.session))
+            .or_else(|| self.runs.waiting_for(&req.claim_id).into_iter().next())
+            .and_then(|f| self.runs.get(&f))
+            .map(|r| r.account.clone());
+        if let Some(account) = first_account {
+            let grant = Grant {
+                tokens_charged: charged,
+                ..grant.clone()
+            };
+            self.notify_charged(&account, &req.product, &grant, out);
+        }
+        for w in &pending.launches {
+            self.reply_granted(&w.request, &w.session, &held, charged, out);
             charged = 0;
         }
     }
 
-    fn waiter_account(&self, w: &Waiter) -> Option<AccountId> {
-        match w {
-            Waiter::Launch { session, .. } | Waiter::Watch { session } => {
-                self.sessions.get(session).map(|s| s.account.clone())
-            }
-            Waiter::Job { account, .. } => Some(account.clone()),
+    /// A window is held for (user, product): every run of that user and
+    /// product that has none (waiting, left unlicensed, or refused and not yet
+    /// sent its close) runs in it now.
+    fn cover_all(&mut self, held: &HeldWindow, out: &mut Vec<Action>) {
+        let uncovered: Vec<Found> = self
+            .runs
+            .all()
+            .into_iter()
+            .filter(|f| {
+                self.runs.get(f).is_some_and(|r| {
+                    r.user == held.user
+                        && r.product == held.product
+                        && match &r.state {
+                            RunState::Claiming { .. } | RunState::Unlicensed { .. } => true,
+                            RunState::Closing { close, cover } => {
+                                cover.is_none() && close.kill_at.is_none()
+                            }
+                            RunState::Covered(_) => false,
+                        }
+                })
+            })
+            .collect();
+        for f in &uncovered {
+            self.cover(f, held, out);
+        }
+    }
+
+    /// A grant for a claim the agent gave up on: if its lease verifies, the
+    /// window is held (it was paid for) and covers the runs that need it.
+    fn late_grant(&mut self, grant: Grant, out: &mut Vec<Action>) {
+        let (Some(window), Some(lease)) = (grant.window, grant.lease) else {
+            return;
+        };
+        let Ok(body) = self.config.verifier.verify(&lease) else {
+            return;
+        };
+        let held = HeldWindow {
+            user: body.user,
+            product: body.product,
+            source: grant.source,
+            window,
+            lease,
+            tokens_charged: grant.tokens_charged,
+        };
+        if check_lease(&self.config.verifier, &self.config.device_id, &held).is_ok() {
+            self.set_balance(grant.balance, out);
+            let held = self.ledger.hold(held, out);
+            self.cover_all(&held, out);
         }
     }
 
@@ -177,61 +237,41 @@ impl Core {
         }
     }
 
-    /// A session runs in `held`; a wrapper gets its answer.
-    pub(super) fn grant_waiter(
-        &mut self,
-        w: &Waiter,
-        held: &HeldWindow,
-        charged: u64,
-        out: &mut Vec<Action>,
-    ) {
-        let (Waiter::Launch { session, .. } | Waiter::Watch { session }) = w else {
-            return;
-        };
-        let Some(s) = self.sessions.get_mut(session) else {
-            return;
-        };
-        s.source = Some(held.source);
-        s.window_id = Some(held.window.id.clone());
-        let id = s.id.clone();
-        self.persist_session(&id, out);
-        if let Waiter::Launch { request, session } = w {
-            out.push(Action::ReplyLaunch {
-                request: request.clone(),
-                result: Ok(LaunchReply {
-                    session: session.clone(),
-                    product: held.product.clone(),
-                    product_name: self.product_name(&held.product),
-                    source: held.source,
-                    window_end: held.window.end,
-                    tokens_charged: charged,
-                    balance: self.balance,
-                    offline: !self.online,
-                    close_grace_secs: Some(self.policy.close_grace_secs),
-                }),
-            });
-        }
-    }
-
     fn denied(&mut self, pending: &PendingClaim, d: Denial, out: &mut Vec<Action>) {
         if let Some(b) = d.balance {
-            self.balance = Some(b);
-            out.push(Action::Persist(Persist::Balance(b)));
+            self.set_balance(b, out);
         }
         let req = &pending.request;
-        if req.results.is_some() && self.job_answered(req, None, Some(d.reason), out) {
+        let now = self.contact.now();
+        if req.results.is_some() && self.jobs.answered(req, false, Some(d.reason), now, out) {
             // A charged job retried with another body: it stays charged.
             return self.refuse(pending, d.reason, d.message, out);
         }
+        if d.reason == ErrorCode::DeviceRevoked {
+            self.revoked(d.message.clone(), out);
+        }
         if d.reason == ErrorCode::OutOfTokens {
             let account = pending
-                .waiters
-                .iter()
-                .find_map(|w| self.waiter_account(w))
+                .jobs
+                .first()
+                .map(|w| w.account.clone())
                 .or_else(|| {
-                    req.renews
-                        .as_deref()
-                        .and_then(|w| self.running_in(w).next().map(|s| s.account.clone()))
+                    pending
+                        .launches
+                        .first()
+                        .and_then(|w| self.runs.find(&w.session))
+                        .and_then(|f| self.runs.get(&f))
+                        .map(|r| r.account.clone())
+                })
+                .or_else(|| {
+                    let old = req.renews.as_deref();
+                    self.runs
+                        .iter()
+                        .find(|r| {
+                            old.is_some_and(|w| r.runs_in(w))
+                                || matches!(&r.state, RunState::Claiming { claim, .. } if *claim == req.claim_id)
+                        })
+                        .map(|r| r.account.clone())
                 });
             out.push(Action::Notify {
                 account,
@@ -244,8 +284,7 @@ impl Core {
         if let Some(old) = &req.renews {
             // Renewal refused: warn, then close after the renewal grace.
             self.renewal_failed(old, d.reason, d.message.clone(), false, out);
-            self.windows
-                .remove(&(req.user.clone(), req.product.clone()));
+            self.ledger.drop_window(&req.user, &req.product, out);
         }
         self.refuse(pending, d.reason, d.message, out);
     }
@@ -274,47 +313,43 @@ impl Core {
         retry: bool,
         out: &mut Vec<Action>,
     ) {
-        let now = self.clock.trusted_now();
+        let now = self.contact.now();
         let grace = chrono::Duration::seconds(self.policy.renewal_grace_secs as i64);
-        let first = !self.renewal_retry.contains_key(old);
-        if retry {
-            let tries = self.renewal_retry.get(old).map_or(0, |(_, n)| *n) + 1;
-            let wait = (RENEWAL_RETRY_START * 2i32.pow((tries - 1).min(16)))
-                .min(grace.max(RENEWAL_RETRY_START));
-            self.renewal_retry
-                .insert(old.to_string(), (now + wait, tries));
-        }
+        let first = if retry {
+            self.ledger
+                .renewal_retry_after(old, now, RENEWAL_RETRY_START, grace)
+        } else {
+            !self.ledger.renewal_failed_before(old)
+        };
         if !first {
             return; // warned and scheduled at the first failure
         }
         let closes_at = now + grace;
-        let ids: Vec<(String, AccountId, String)> = self
-            .running_in(old)
-            .map(|s| (s.id.clone(), s.account.clone(), s.product.clone()))
-            .collect();
-        for (id, account, product) in ids {
+        let wall = self.contact.clock.wall_at(closes_at);
+        let products = &self.products;
+        for run in self.runs.iter_mut().filter(|r| r.runs_in(old)) {
             out.push(Action::Notify {
-                account: Some(account),
+                account: Some(run.account.clone()),
                 event: Event::RenewalFailed {
-                    product_name: self.product_name(&product),
-                    product,
+                    product_name: super::name_of(products, &run.product),
+                    product: run.product.clone(),
                     reason,
-                    closes_at: self.clock.wall_at(closes_at),
+                    closes_at: wall,
                 },
             });
-            let renewal_of = retry.then(|| old.to_string());
-            self.schedule_close(
-                &id,
+            run.close(
                 close_reason(reason),
                 message.clone(),
                 closes_at,
-                renewal_of,
+                retry.then(|| old.to_string()),
             );
         }
     }
 
-    /// Tells every waiter of a claim that it was refused; watched processes are
-    /// closed when enforcing.
+    /// Tells everyone waiting for a claim that it was refused: wrappers and
+    /// jobs get the refusal; runs waiting for it with no process leave the
+    /// set; runs with a process are closed where the site enforces, left
+    /// unlicensed otherwise.
     fn refuse(
         &mut self,
         pending: &PendingClaim,
@@ -325,74 +360,60 @@ impl Core {
         let product = &pending.request.product;
         let product_name = self.product_name(product);
         let refusal = || Refusal::new(code, message.clone()).about(product_name.clone());
-        for w in &pending.waiters {
-            match w {
-                Waiter::Job { request, .. } => out.push(Action::ReplyJob {
-                    request: request.clone(),
-                    result: Err(refusal()),
-                }),
-                Waiter::Launch { request, session } => {
-                    if let Some(account) = self.sessions.get(session).map(|s| s.account.clone()) {
-                        self.drop_session(session, out);
-                        out.push(Action::Notify {
-                            account: Some(account),
-                            event: Event::LaunchDenied {
-                                product: product.clone(),
-                                product_name: product_name.clone(),
-                                reason: code,
-                                message: message.clone(),
-                            },
-                        });
-                    }
-                    out.push(Action::ReplyLaunch {
-                        request: request.clone(),
-                        result: Err(refusal()),
-                    });
+        let denied = |account: AccountId| Action::Notify {
+            account: Some(account),
+            event: Event::LaunchDenied {
+                product: product.clone(),
+                product_name: product_name.clone(),
+                reason: code,
+                message: message.clone(),
+            },
+        };
+        for w in &pending.jobs {
+            out.push(Action::ReplyJob {
+                request: w.request.clone(),
+                result: Err(refusal()),
+            });
+        }
+        let mut told = Vec::new();
+        for w in &pending.launches {
+            if let Some(run) = self.runs.find(&w.session).and_then(|f| self.runs.get(&f)) {
+                told.push(run.id.clone());
+                out.push(denied(run.account.clone()));
+            }
+            out.push(Action::ReplyLaunch {
+                request: w.request.clone(),
+                result: Err(refusal()),
+            });
+        }
+        let now = self.contact.now();
+        for found in self.runs.waiting_for(&pending.request.claim_id) {
+            if let Found::Pending(id) = &found {
+                if let Some(run) = self.runs.take_pending(id) {
+                    self.end_run(&run, out);
                 }
-                Waiter::Watch { session } => {
-                    let Some(account) = self.sessions.get(session).map(|s| s.account.clone())
-                    else {
-                        continue;
-                    };
-                    out.push(Action::Notify {
-                        account: Some(account),
-                        event: Event::LaunchDenied {
-                            product: product.clone(),
-                            product_name: product_name.clone(),
-                            reason: code,
-                            message: message.clone(),
-                        },
-                    });
-                    if self.config.enforce {
-                        let now = self.clock.trusted_now();
-                        self.schedule_close(
-                            session,
-                            close_reason(code),
-                            message.clone(),
-                            now,
-                            None,
-                        );
-                    }
-                }
+                continue;
+            }
+            let enforce = self.config.enforce;
+            let Some(run) = self.runs.get_mut(&found) else {
+                continue;
+            };
+            if !told.contains(&run.id) {
+                out.push(denied(run.account.clone()));
+            }
+            if enforce {
+                run.close(close_reason(code), message.clone(), now, None);
+            } else {
+                run.state = RunState::Unlicensed { reason: code };
             }
         }
     }
 
-    /// A claim could not be delivered.
+    /// A claim could not be delivered (or got no answer in time).
     pub(super) fn claim_failed(&mut self, claim_id: &str, error: &str, out: &mut Vec<Action>) {
-        let Some(pending) = self.claims.get_mut(claim_id) else {
+        let Some(pending) = self.ledger.undelivered(claim_id, out) else {
             return;
         };
-        pending.in_flight = false;
-        let pending = pending.clone();
-        if pending.request.renews.is_none() {
-            self.claims.remove(claim_id);
-            out.push(Action::Persist(Persist::ClaimSettled {
-                claim_id: claim_id.to_string(),
-            }));
-        } else if let Some(p) = self.claims.get_mut(claim_id) {
-            p.waiters.clear();
-        }
         let name = self.product_name(&pending.request.product);
         let product = display_name(&pending.request.product, name.as_deref());
         let message = if pending.request.results.is_some() {
@@ -403,23 +424,27 @@ impl Core {
         self.refuse(&pending, ErrorCode::Offline, message, out);
     }
 
-    /// Back in touch with the server: resend renewals that could not be delivered.
-    pub(super) fn resend_claims(&mut self, out: &mut Vec<Action>) {
-        for pending in self.claims.values_mut().filter(|c| !c.in_flight) {
-            pending.in_flight = true;
-            out.push(Action::Claim {
-                claim_id: pending.request.claim_id.clone(),
-                request: pending.request.clone(),
-            });
+    /// Launch claims that got no answer within [`CLAIM_TIMEOUT`] are given up:
+    /// their runs do not wait unlicensed any longer.
+    pub(super) fn give_up_stuck_claims(&mut self, out: &mut Vec<Action>) {
+        let now = self.contact.now();
+        for id in self.ledger.stuck(now, CLAIM_TIMEOUT) {
+            tracing::warn!(claim_id = %id, "no answer to the claim in time: refusing its launches as offline");
+            self.claim_failed(&id, "no answer in time", out);
         }
     }
-}
 
-fn close_reason(code: ErrorCode) -> CloseReason {
-    match code {
-        ErrorCode::OutOfTokens => CloseReason::OutOfTokens,
-        ErrorCode::NotEntitled => CloseReason::NotEntitled,
-        ErrorCode::Offline => CloseReason::Offline,
-        _ => CloseReason::Denied,
+    /// The server says this workstation was removed: no window it holds is
+    /// honoured any more, and what runs in one is closed after the renewal
+    /// grace (its users are told why, and may save).
+    pub(super) fn revoked(&mut self, message: String, out: &mut Vec<Action>) {
+        self.ledger.drop_all(out);
+        let now = self.contact.now();
+        let closes_at = now + chrono::Duration::seconds(self.policy.renewal_grace_secs as i64);
+        for run in self.runs.iter_mut() {
+            if matches!(run.state, RunState::Covered(_)) {
+                run.close(CloseReason::Denied, message.clone(), closes_at, None);
+            }
+        }
     }
 }

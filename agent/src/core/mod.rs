@@ -26,8 +26,8 @@
 //!     for a in actions { Claim => POST /v1/agent/claims then feed ClaimAnswered/ClaimFailed,
 //!                        Heartbeat => batch = journal.heartbeat_batch(); POST with
 //!                                     notices_after = core.notices_after(); on success
-//!                                     journal.acknowledge(&batch, &resp.accepted_sessions)
-//!                                     and feed ContactOk (+ RateSheet if products came),
+//!                                     feed ContactOk with batch.receipt(accepted)
+//!                                     (+ RateSheet if products came),
 //!                        Close/Kill => signal, Notify => publish, Reply* => answer socket }
 //! }
 //! ```
@@ -44,11 +44,13 @@
 pub mod actions;
 mod answers;
 pub mod clock;
+mod contact;
 mod jobs;
+mod ledger;
 mod offline;
 mod policy;
+mod runs;
 mod sessions;
-mod windows;
 
 // The core's tests decide claims with the server's own rules (flex-server),
 // which builds for Unix only; the core itself has no per-OS code, so they run
@@ -58,32 +60,40 @@ mod testkit;
 #[cfg(all(test, unix))]
 mod tests_claims;
 #[cfg(all(test, unix))]
+mod tests_enforcement;
+#[cfg(all(test, unix))]
+mod tests_hostile;
+#[cfg(all(test, unix))]
 mod tests_offline;
 #[cfg(all(test, unix))]
 mod tests_sessions;
 #[cfg(all(test, unix))]
 mod tests_windows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::api::{ClaimRequest, Policy, Product, Source};
+use flex_protocol::api::{Policy, Product};
 use flex_protocol::lease::LeaseVerifier;
-use flex_protocol::socket::{CloseReason, Event, SessionStatus, WindowStatus};
+use flex_protocol::socket::{Event, SessionStatus, WindowStatus};
 use flex_protocol::Email;
 
-use crate::account::AccountId;
 use crate::limits;
-use crate::process::ProcessId;
 
 pub use actions::{
     Action, Caller, CloseRoute, ConnId, CoreState, HeldWindow, Input, JobOutcome, JobRequest,
-    JobState, LaunchRequest, Origin, Persist, ProcessInfo, Refusal, SessionRow,
+    JobState, LaunchRequest, Origin, Persist, ProcessInfo, Refusal, SessionRow, UploadReceipt,
 };
 pub use clock::{ClockState, Now, OfflineClock};
 pub use jobs::JOB_MEMORY;
 pub use policy::default_policy;
+pub use runs::CLAIM_TIMEOUT;
+
+use contact::Contact;
+use jobs::Jobs;
+use ledger::Ledger;
+use runs::Runs;
 
 /// The display name of `product` in a rate sheet keyed by id.
 fn name_of(products: &HashMap<String, Product>, product: &str) -> Option<String> {
@@ -98,69 +108,6 @@ pub struct CoreConfig {
     pub enforce: bool,
     /// The lease keys pinned at enrollment.
     pub verifier: LeaseVerifier,
-}
-
-/// One product run the agent tracks.
-#[derive(Debug, Clone)]
-struct Session {
-    id: String,
-    account: AccountId,
-    account_name: String,
-    user: Email,
-    product: String,
-    version: Option<String>,
-    /// The product's process, once attached or detected.
-    process: Option<ProcessId>,
-    origin: Origin,
-    /// The `flexctl run` connection holding this session, while it is open. A
-    /// wrapper session whose connection is gone goes on while its process runs.
-    holder: Option<ConnId>,
-    /// `None` while the claim is outstanding or when the run is not licensed.
-    source: Option<Source>,
-    window_id: Option<String>,
-    started_at: DateTime<Utc>,
-    /// Offline warning offsets (seconds before the limit) already sent.
-    warned: Vec<u64>,
-    closing: Option<Closing>,
-}
-
-/// A close in progress: graceful at `term_at`, forced `close_grace` later.
-#[derive(Debug, Clone, PartialEq)]
-struct Closing {
-    reason: CloseReason,
-    message: String,
-    /// Set when a failed renewal of this window scheduled the close: a later
-    /// successful renewal of it cancels the close.
-    renewal_of: Option<String>,
-    term_at: DateTime<Utc>,
-    /// Set once the graceful close was sent.
-    kill_at: Option<DateTime<Utc>>,
-    killed: bool,
-}
-
-/// Who waits for a claim's answer.
-#[derive(Debug, Clone, PartialEq)]
-enum Waiter {
-    Launch {
-        request: String,
-        session: String,
-    },
-    Watch {
-        session: String,
-    },
-    Job {
-        request: String,
-        account: AccountId,
-        job: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-struct PendingClaim {
-    request: ClaimRequest,
-    waiters: Vec<Waiter>,
-    /// Sent and not yet answered nor failed.
-    in_flight: bool,
 }
 
 /// A summary for `flexctl status`.
@@ -178,50 +125,33 @@ pub struct CoreStatus {
     pub online: bool,
 }
 
+/// The decision core, split by owner: each part keeps its own fields and rules,
+/// and `Core` only passes facts between them.
+///
+/// * [`Contact`]: the offline clock, heartbeats, what the server has yet to hear;
+/// * [`Ledger`]: windows held and claims in flight;
+/// * [`Runs`]: the enforcement set, every product process and its state;
+/// * [`Jobs`]: per-result jobs.
 pub struct Core {
     config: CoreConfig,
     policy: Policy,
     products: HashMap<String, Product>,
     balance: Option<u64>,
-    notices_seen: Option<i64>,
-    clock: OfflineClock,
-    /// The last contact attempt succeeded.
-    online: bool,
-    windows: HashMap<(Email, String), HeldWindow>,
-    sessions: BTreeMap<String, Session>,
-    claims: BTreeMap<String, PendingClaim>,
-    /// Per-result jobs by (user, product, job id).
-    jobs: HashMap<(Email, String, String), JobState>,
-    /// Renewals whose grant could not be verified, by window id: when to try
-    /// again and how many tries failed. Never a tight loop of fresh claims.
-    renewal_retry: HashMap<String, (DateTime<Utc>, u32)>,
-    /// Trusted time of the last heartbeat sent, and failures in a row since.
-    heartbeat_at: Option<DateTime<Utc>>,
-    heartbeat_in_flight: bool,
-    failures: u32,
-    /// Session changes counted: made, included in the heartbeat in flight, and
-    /// acknowledged by a successful heartbeat. `unsent > acked`: upload due.
-    unsent: u64,
-    sending: u64,
-    acked: u64,
-    clock_persisted_at: DateTime<Utc>,
+    contact: Contact,
+    ledger: Ledger,
+    runs: Runs,
+    jobs: Jobs,
     timer: Option<Duration>,
 }
-
-/// How often the clock's checkpoint is journaled while sessions run. A reboot
-/// with the wall clock wound back can lose at most this much offline time (the
-/// boot clock restarts and the wall clock is not believed), so it is short; one
-/// small row write a minute costs nothing.
-const CLOCK_PERSIST_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 
 impl Core {
     /// Builds the core at agent start from what the journal holds (an empty
     /// [`CoreState`] for a fresh journal); carry out the returned actions. They
-    /// actions resend unsettled claims, report a clock rollback that happened while
-    /// the agent was down and ask for a heartbeat. After a reboot (a new
-    /// `boot_id`) every journaled session is ended; otherwise the driver must
-    /// report [`Input::ProcessExited`] for restored session pids that no longer
-    /// run (checking the process start time, as pids are reused).
+    /// resend unsettled claims, report a clock rollback that happened while the
+    /// agent was down and ask for a heartbeat. After a reboot (a new `boot_id`)
+    /// every journaled session is ended; otherwise the driver must report
+    /// [`Input::ProcessExited`] for restored processes that no longer run
+    /// (checking the process start time, as pids are reused).
     pub fn restore(
         config: CoreConfig,
         state: CoreState,
@@ -240,6 +170,7 @@ impl Core {
             None => (OfflineClock::new(now, boot_id), None),
         };
         let mut core = Core {
+            jobs: Jobs::new(&config.device_id),
             config,
             policy: state.policy.unwrap_or_else(default_policy),
             products: state
@@ -248,54 +179,27 @@ impl Core {
                 .map(|p| (p.id.clone(), p))
                 .collect(),
             balance: state.balance,
-            notices_seen: state.notices_seen,
-            online: false,
-            clock_persisted_at: clock.trusted_now(),
-            clock,
-            windows: HashMap::new(),
-            sessions: BTreeMap::new(),
-            claims: BTreeMap::new(),
-            jobs: HashMap::new(),
-            renewal_retry: HashMap::new(),
-            heartbeat_at: None,
-            heartbeat_in_flight: false,
-            failures: 0,
-            // The journal may hold records from before the restart.
-            unsent: 1,
-            sending: 0,
-            acked: 0,
+            contact: Contact::new(clock, state.notices_seen),
+            ledger: Ledger::default(),
+            runs: Runs::default(),
             timer: None,
         };
         core.note_rollback(rollback, &mut out);
         for held in state.windows {
             // A journal edited by hand cannot mint windows: re-verify each lease.
-            if core.check_lease(&held).is_ok() {
-                core.windows
-                    .insert((held.user.clone(), held.product.clone()), held);
+            if ledger::check_lease(&core.config.verifier, &core.config.device_id, &held).is_ok() {
+                core.ledger.restore(held);
             }
         }
         for job in state.jobs {
-            core.jobs.insert(
-                (job.user.clone(), job.product.clone(), job.job.clone()),
-                job,
-            );
+            core.jobs.restore(job);
         }
         core.restore_sessions(state.sessions, ended_by_reboot, &mut out);
+        let now = core.contact.now();
         for request in state.pending_claims {
-            out.push(Action::Claim {
-                claim_id: request.claim_id.clone(),
-                request: request.clone(),
-            });
-            core.claims.insert(
-                request.claim_id.clone(),
-                PendingClaim {
-                    request,
-                    waiters: Vec::new(),
-                    in_flight: true,
-                },
-            );
+            core.ledger.resume(request, now, &mut out);
         }
-        out.push(Action::Persist(Persist::Clock(core.clock.state().clone())));
+        core.contact.persist_clock(&mut out);
         core.evaluate(&mut out);
         core.arm_timer(&mut out);
         (core, out)
@@ -304,18 +208,18 @@ impl Core {
     /// Feeds one observed fact; returns what the driver must do, in order.
     pub fn handle(&mut self, input: Input, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
-        let rollback = self.clock.advance(now);
+        let rollback = self.contact.advance(now);
         self.note_rollback(rollback, &mut out);
         match input {
             Input::Launch(req) => self.launch(req, &mut out),
             Input::Attach {
                 request,
-                conn,
+                conn: _,
                 caller,
                 session,
                 process,
             } => {
-                let result = self.attach(conn, &caller, &session, process, &mut out);
+                let result = self.attach(&caller, &session, process, &mut out);
                 out.push(Action::ReplyDone { request, result });
             }
             Input::Exit {
@@ -329,23 +233,14 @@ impl Core {
             }
             Input::ConnectionClosed { conn } => self.connection_closed(conn, &mut out),
             Input::ProcessStarted(info) => self.process_started(info, &mut out),
-            Input::ProcessExited { process } => {
-                let ids: Vec<String> = self
-                    .sessions
-                    .values()
-                    .filter(|s| s.process == Some(process))
-                    .map(|s| s.id.clone())
-                    .collect();
-                for id in ids {
-                    self.end_session(&id, &mut out);
-                }
-            }
+            Input::ProcessExited { process } => self.process_exited(process, &mut out),
             Input::ClaimAnswered { claim_id, response } => {
-                self.contact_by_claim(&mut out);
+                self.contact.claim_answered(&mut out);
+                self.reconnected(&mut out);
                 self.claim_answered(&claim_id, response, &mut out)
             }
             Input::ClaimFailed { claim_id, error } => {
-                self.online = false;
+                self.contact.online = false;
                 self.claim_failed(&claim_id, &error, &mut out)
             }
             Input::ContactOk {
@@ -353,14 +248,15 @@ impl Core {
                 policy,
                 balance,
                 notices,
+                uploaded,
             } => {
-                self.contact_ok(server_time, policy, balance, &mut out);
+                self.contact_ok(server_time, policy, balance, uploaded, &mut out);
                 self.notices(notices, &mut out);
             }
-            Input::ContactFailed { .. } => {
-                self.online = false;
-                self.heartbeat_in_flight = false;
-                self.failures = self.failures.saturating_add(1);
+            Input::ContactFailed { .. } => self.contact.heartbeat_failed(),
+            Input::DeviceRevoked { message } => {
+                self.contact.heartbeat_failed();
+                self.revoked(message, &mut out);
             }
             Input::RateSheet(products) => {
                 self.products = products.iter().map(|p| (p.id.clone(), p.clone())).collect();
@@ -370,21 +266,22 @@ impl Core {
             Input::Tick => {}
         }
         self.evaluate(&mut out);
-        if self.clock.trusted_now() - self.clock_persisted_at >= CLOCK_PERSIST_EVERY {
-            self.persist_clock(&mut out);
-        }
+        self.contact.checkpoint(&mut out);
         self.arm_timer(&mut out);
         out
     }
 
     /// The boot-clock reading at which the core next needs a [`Input::Tick`].
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.deadlines().min().map(|at| self.clock.boot_at(at))
+        self.deadlines()
+            .into_iter()
+            .min()
+            .map(|at| self.contact.clock.boot_at(at))
     }
 
     /// For the heartbeat request: only notices newer than this are wanted.
     pub fn notices_after(&self) -> Option<i64> {
-        self.notices_seen
+        self.contact.notices_seen
     }
 
     pub fn policy(&self) -> &Policy {
@@ -395,6 +292,11 @@ impl Core {
         self.products.values()
     }
 
+    /// Whether `new` is the rate sheet the core already has (in any order).
+    pub fn same_products(&self, new: &[Product]) -> bool {
+        new.len() == self.products.len() && new.iter().all(|p| self.products.get(&p.id) == Some(p))
+    }
+
     /// The rate sheet's display name of `product` ("AutoCAD"), if the agent
     /// has a rate sheet naming it. Events and replies carry it beside the id.
     pub fn product_name(&self, product: &str) -> Option<String> {
@@ -403,7 +305,17 @@ impl Core {
 
     /// The agent's trusted estimate of the server's time.
     pub fn trusted_now(&self) -> DateTime<Utc> {
-        self.clock.trusted_now()
+        self.contact.now()
+    }
+
+    /// Whether the next heartbeat may wait for its jitter: only once the server
+    /// was reached (the first contact brings the rate sheet, so it goes at once).
+    pub fn heartbeat_jitter(&self) -> Duration {
+        if self.contact.clock.last_contact().is_some() {
+            Duration::from_secs(self.policy.heartbeat_interval_secs)
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// What `flexctl status` shows: every session and held window, or only
@@ -412,30 +324,34 @@ impl Core {
     pub fn status(&self, user: Option<&Email>) -> CoreStatus {
         let mine = |u: &Email| user.is_none_or(|x| x == u);
         let mut sessions: Vec<SessionStatus> = self
-            .sessions
-            .values()
-            .filter(|s| mine(&s.user))
-            .filter_map(|s| {
-                let source = s.source?;
-                let window = self.windows.get(&(s.user.clone(), s.product.clone()))?;
+            .runs
+            .iter()
+            .filter(|r| mine(&r.user))
+            .filter_map(|r| {
+                let cover = r.cover()?;
+                let window = self
+                    .ledger
+                    .window_by_id(&cover.window)
+                    .or_else(|| self.ledger.window(&r.user, &r.product))?;
                 Some(SessionStatus {
-                    session: s.id.clone(),
-                    user: s.user.to_string(),
-                    product: s.product.clone(),
-                    product_name: self.product_name(&s.product),
-                    version: s.version.clone(),
-                    pid: s.process.map(|p| p.pid),
-                    source,
-                    started_at: s.started_at,
+                    session: r.wrapper.as_ref().map_or(&r.id, |w| &w.session).clone(),
+                    user: r.user.to_string(),
+                    product: r.product.clone(),
+                    product_name: self.product_name(&r.product),
+                    version: r.version.clone(),
+                    pid: r.process.map(|p| p.pid),
+                    source: cover.source,
+                    started_at: r.started_at,
                     window_end: window.window.end,
-                    origin: s.origin.as_str().to_string(),
+                    origin: r.origin.as_str().to_string(),
                 })
             })
             .collect();
-        let now = self.clock.trusted_now();
+        sessions.sort_by(|a, b| (a.started_at, &a.session).cmp(&(b.started_at, &b.session)));
+        let now = self.contact.now();
         let mut windows: Vec<WindowStatus> = self
-            .windows
-            .values()
+            .ledger
+            .windows()
             .filter(|h| mine(&h.user) && h.window.end > now)
             .map(|h| WindowStatus {
                 user: h.user.to_string(),
@@ -459,23 +375,24 @@ impl Core {
             windows,
             windows_omitted,
             balance: self.balance,
-            last_server_contact: self.clock.last_contact(),
-            offline_seconds_left: self.clock.offline_for().map(|d| {
+            last_server_contact: self.contact.clock.last_contact(),
+            offline_seconds_left: self.contact.clock.offline_for().map(|d| {
                 (limit - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
                     .num_seconds()
                     .max(0)
             }),
-            online: self.online,
+            online: self.contact.online,
         }
     }
 
     pub fn last_server_contact(&self) -> Option<DateTime<Utc>> {
-        self.clock.last_contact()
+        self.contact.clock.last_contact()
     }
 
-    /// Whether any session runs: the driver then wakes at its poll interval.
+    /// Whether any product process is tracked: the driver then wakes at its
+    /// poll interval.
     pub fn has_sessions(&self) -> bool {
-        !self.sessions.is_empty()
+        !self.runs.is_empty()
     }
 
     fn note_rollback(
@@ -491,13 +408,8 @@ impl Core {
                     seconds: rb.seconds,
                 },
             });
-            self.persist_clock(out);
+            self.contact.persist_clock(out);
         }
-    }
-
-    fn persist_clock(&mut self, out: &mut Vec<Action>) {
-        self.clock_persisted_at = self.clock.trusted_now();
-        out.push(Action::Persist(Persist::Clock(self.clock.state().clone())));
     }
 
     fn arm_timer(&mut self, out: &mut Vec<Action>) {

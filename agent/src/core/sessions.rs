@@ -1,72 +1,46 @@
-//! Sessions: who holds them, which process they stand for, and how they end.
+//! What clients and the watcher tell the core about runs: a wrapper's
+//! `launch`, `attach` and `exit`, a connection closing, a product process
+//! starting or exiting.
 //!
-//! A session is one run of one product for one user. It is found by the process
-//! watcher (every exec of a product's executable, whoever started it) or
-//! announced by a wrapper (`launch`), which then holds it on its connection.
-//! The rules that keep a local user from getting a product unpaid or making the
-//! agent stop someone else's process live here:
+//! The enforcement set ([`super::runs`]) decides what may leave it; this module
+//! only feeds it. The rules a hostile local user meets here:
 //!
-//! * a session stands for one process identity (pid + start time) and one
-//!   product; there is never a second session for the same (process, product),
-//!   but a process may be in sessions of two products: a wrapper's session for
-//!   the product it asked for, and a watcher session for the product it really
-//!   execs, which is claimed and enforced as itself;
-//! * only the session's account, or an admin, may attach or end it, and only
-//!   while a wrapper holds it; a session the watcher found, or whose wrapper went
-//!   away, ends when its process does;
-//! * a connection holds at most one session; an account at most
-//!   [`limits::MAX_WRAPPER_SESSIONS_PER_ACCOUNT`] wrapper sessions;
-//! * a process is tracked ([`Action::Track`]) while any session holds it, and
-//!   every close goes through that handle or the holding wrapper.
+//! * every exec of a product's file is a run of that product, whoever started
+//!   it and whatever a wrapper said about the process before;
+//! * a wrapper naming a process (in `launch` or `attach`) that the set already
+//!   holds for that product joins that run: it learns its session and may be
+//!   told of its close, nothing more. A run being closed stays closing;
+//! * `exit` and a closed connection end only a run with no process; a run with
+//!   a process ends when the kernel says the process exited;
+//! * only the run's account, or an admin, may attach or end it; `exit` of a
+//!   session that already ended is `ok` (the wrapper may learn of the exit
+//!   after the agent), `not_found` only for one that never existed;
+//! * a connection holds at most one wrapper session; an account at most
+//!   [`limits::MAX_WRAPPER_SESSIONS_PER_ACCOUNT`] at once.
 
-use flex_protocol::api::SessionRecord;
-use flex_protocol::socket::{CloseReason, Event};
+use flex_protocol::api::ClaimRequest;
+use flex_protocol::socket::LaunchReply;
 use flex_protocol::ErrorCode;
 
+use super::ledger::LaunchWaiter;
+use super::runs::{Cover, Found, Run, RunState, WrapperLink};
 use super::{
-    Action, Caller, CloseRoute, Closing, ConnId, Core, Origin, Persist, Refusal, Session,
-    SessionRow, Waiter,
+    Action, Caller, ConnId, Core, HeldWindow, LaunchRequest, Origin, Persist, ProcessInfo, Refusal,
+    SessionRow,
 };
 use crate::limits;
 use crate::process::ProcessId;
 
+pub(super) fn new_session_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 impl Core {
-    pub(super) fn new_session_id() -> String {
-        uuid::Uuid::new_v4().to_string()
-    }
-
-    /// The journal row of a licensed session; `None` while it has no source.
-    pub(super) fn row(&self, s: &Session, ended: bool) -> Option<SessionRow> {
-        Some(SessionRow {
-            record: SessionRecord {
-                id: s.id.clone(),
-                user: s.user.clone(),
-                product: s.product.clone(),
-                version: s.version.clone(),
-                source: s.source?,
-                window_id: s.window_id.clone(),
-                started_at: s.started_at,
-                ended_at: ended.then(|| self.clock.trusted_now()),
-            },
-            account: s.account.clone(),
-            account_name: s.account_name.clone(),
-            process: s.process,
-            origin: s.origin,
-        })
-    }
-
-    pub(super) fn persist_session(&mut self, id: &str, out: &mut Vec<Action>) {
-        if let Some(row) = self.sessions.get(id).and_then(|s| self.row(s, false)) {
-            self.unsent += 1;
-            out.push(Action::Persist(Persist::Session(row)));
-        }
-    }
-
-    /// Rebuilds sessions from the journal. Sessions without a known process
-    /// lost their wrapper with the agent, so they are ended; the others are
-    /// tracked again, and the driver reports the ones whose process is gone (or
-    /// whose pid now runs another process). After a reboot all are ended, at the
-    /// last moment the agent was known to run (`ended_by_reboot`).
+    /// Rebuilds runs from the journal. Runs without a known process lost
+    /// their wrapper with the agent, so they are ended; the others are tracked
+    /// again, and the driver reports the ones whose process is gone (or whose
+    /// pid now runs another process). After a reboot all are ended, at the last
+    /// moment the agent was known to run (`ended_by_reboot`).
     pub(super) fn restore_sessions(
         &mut self,
         rows: Vec<SessionRow>,
@@ -74,333 +48,490 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         for mut row in rows {
-            if let Some(at) = ended_by_reboot {
-                row.record.ended_at = Some(at.max(row.record.started_at));
-                self.unsent += 1;
-                out.push(Action::Persist(Persist::Session(row)));
-                continue;
-            }
-            let s = Session {
+            let process = match (ended_by_reboot, row.process) {
+                (None, Some(p)) => p,
+                (reboot, _) => {
+                    let at = reboot.unwrap_or_else(|| self.contact.now());
+                    row.record.ended_at = Some(at.max(row.record.started_at));
+                    self.contact.changed();
+                    out.push(Action::Persist(Persist::Session(row)));
+                    continue;
+                }
+            };
+            let run = Run {
                 id: row.record.id.clone(),
                 account: row.account,
                 account_name: row.account_name,
                 user: row.record.user,
                 product: row.record.product,
                 version: row.record.version,
-                process: None,
+                process: Some(process),
                 origin: row.origin,
-                holder: None,
-                source: Some(row.record.source),
-                window_id: row.record.window_id,
+                // The watcher's adoption scan confirms it again.
+                seen: false,
+                wrapper: None,
                 started_at: row.record.started_at,
+                state: RunState::Covered(Cover {
+                    window: row.record.window_id.unwrap_or_default(),
+                    source: row.record.source,
+                }),
                 warned: Vec::new(),
-                closing: None,
             };
-            let id = s.id.clone();
-            self.sessions.insert(id.clone(), s);
-            match row.process {
-                Some(p) => self.set_process(&id, p, out),
-                None => self.end_session(&id, out),
+            if self.add_live(run.clone(), out).is_err() {
+                // The same run journaled twice: keep one.
+                self.end_unused(&run, out);
             }
         }
     }
 
-    /// Sessions of (process, product) other than `except`.
-    pub(super) fn same_run(
-        &self,
-        process: ProcessId,
-        product: &str,
-        except: Option<&str>,
-    ) -> Vec<String> {
-        self.sessions
-            .values()
-            .filter(|s| s.process == Some(process) && s.product == product)
-            .filter(|s| except != Some(s.id.as_str()))
-            .map(|s| s.id.clone())
-            .collect()
-    }
-
-    /// Makes room for a wrapper session of `product` on `process`: the watcher's
-    /// session of the same run is a duplicate and goes; a session another
-    /// wrapper holds (or held) for it is a conflict.
-    pub(super) fn claim_run(
-        &mut self,
-        process: ProcessId,
-        product: &str,
-        except: Option<&str>,
-        out: &mut Vec<Action>,
-    ) -> Result<(), Refusal> {
-        let others = self.same_run(process, product, except);
-        if let Some(held) = others
-            .iter()
-            .find(|id| self.sessions[*id].origin == Origin::Wrapper)
-        {
-            return Err(Refusal::new(
-                ErrorCode::Conflict,
-                format!("process {process} already runs '{product}' in session {held}"),
-            ));
-        }
-        for dup in others {
-            self.drop_session(&dup, out);
-        }
-        Ok(())
-    }
-
-    /// Gives session `id` its process, tracking the process if no other
-    /// session did.
-    pub(super) fn set_process(&mut self, id: &str, process: ProcessId, out: &mut Vec<Action>) {
-        let tracked = self.sessions.values().any(|s| s.process == Some(process));
-        if let Some(s) = self.sessions.get_mut(id) {
-            s.process = Some(process);
+    /// Adds a run with a process to the set, tracking the process if no
+    /// other run holds it. Returns the run's key, or the key of the run
+    /// already holding (process, product).
+    fn add_live(&mut self, run: Run, out: &mut Vec<Action>) -> Result<Found, Found> {
+        let process = run.process.expect("a live run has a process");
+        let key = (process, run.product.clone());
+        let tracked = self.runs.holds(process);
+        if !self.runs.insert_live(run) {
+            return Err(Found::Live(key));
         }
         if !tracked {
             out.push(Action::Track { process });
         }
+        Ok(Found::Live(key))
     }
 
-    /// Whether a wrapper may open another session for `account`.
-    pub(super) fn wrapper_room(&self, account: &crate::account::AccountId) -> Result<(), Refusal> {
-        let held = self
-            .sessions
-            .values()
-            .filter(|s| &s.account == account && s.origin == Origin::Wrapper)
-            .count();
+    fn new_run(&self, req: &LaunchRequest, process: Option<ProcessId>, conn: ConnId) -> Run {
+        let id = new_session_id();
+        Run {
+            wrapper: Some(WrapperLink {
+                session: id.clone(),
+                conn: Some(conn),
+            }),
+            id,
+            account: req.account.clone(),
+            account_name: req.account_name.clone(),
+            user: req.user.clone(),
+            product: req.product.clone(),
+            version: req.version.clone(),
+            process,
+            origin: Origin::Wrapper,
+            seen: false,
+            started_at: self.contact.now(),
+            state: RunState::Unlicensed {
+                reason: ErrorCode::Internal,
+            },
+            warned: Vec::new(),
+        }
+    }
+
+    /// A wrapper asks to launch: free inside a held window, otherwise claim.
+    /// The session is held by the asking connection, which lets go of any
+    /// session it held before.
+    pub(super) fn launch(&mut self, req: LaunchRequest, out: &mut Vec<Action>) {
+        let name = self.product_name(&req.product);
+        let refuse = |out: &mut Vec<Action>, r: Refusal| {
+            out.push(Action::ReplyLaunch {
+                request: req.request.clone(),
+                result: Err(r.about(name.clone())),
+            })
+        };
+        self.release_hold(req.conn, out);
+        let held = self.runs.wrapped_by(&req.account);
         if held >= limits::MAX_WRAPPER_SESSIONS_PER_ACCOUNT {
-            return Err(Refusal::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "account {account} already has {held} wrapped product sessions, the limit: \
-                     close some products first"
-                ),
-            ));
+            let message = format!(
+                "account {} already has {held} wrapped product sessions, the limit: close some \
+                 products first",
+                req.account
+            );
+            return refuse(out, Refusal::new(ErrorCode::LimitExceeded, message));
         }
-        Ok(())
-    }
-
-    /// A connection that starts a new session lets go of the one it held.
-    pub(super) fn release_hold(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        let held: Vec<String> = self
-            .sessions
-            .values()
-            .filter(|s| s.holder == Some(conn))
-            .map(|s| s.id.clone())
-            .collect();
-        for id in held {
-            self.unhold(&id, out);
-        }
-    }
-
-    /// The wrapper of session `id` is gone: without a process there is nothing
-    /// left to track and the session ends; otherwise it ends with its process.
-    fn unhold(&mut self, id: &str, out: &mut Vec<Action>) {
-        let Some(s) = self.sessions.get_mut(id) else {
-            return;
+        let Some(process) = req.process else {
+            let run = self.new_run(&req, None, req.conn);
+            let id = run.id.clone();
+            self.runs.insert_pending(run);
+            return self.start_or_claim(Found::Pending(id), Some(req.request), out);
         };
-        s.holder = None;
-        if s.process.is_none() {
-            self.end_session(id, out);
-        }
-    }
-
-    pub(super) fn connection_closed(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        self.release_hold(conn, out);
-    }
-
-    /// Checks that `caller` may manage session `id` through its wrapper.
-    fn managed(&self, caller: &Caller, id: &str) -> Result<&Session, Refusal> {
-        let Some(s) = self.sessions.get(id) else {
-            return Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("no running session {id}: it ended or was never granted"),
-            ));
+        let run = self.new_run(&req, Some(process), req.conn);
+        let found = match self.add_live(run, out) {
+            Ok(found) => return self.start_or_claim(found, Some(req.request), out),
+            Err(existing) => existing,
         };
-        if s.account != caller.account && !caller.admin {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("session {id} belongs to another account"),
-            ));
+        // The set already holds this process as this product: the wrapper
+        // joins that run and changes nothing about it.
+        if let Err(r) = self.join(&found, &req.user, req.conn, None, req.version.clone(), out) {
+            return refuse(out, r);
         }
-        if s.holder.is_none() {
+        let run = self.runs.get(&found).expect("joined").clone();
+        match &run.state {
+            RunState::Closing { close, .. } => {
+                let r = Refusal::new(
+                    super::answers::close_code(close.reason),
+                    format!("this product is being closed: {}", close.message),
+                );
+                refuse(out, r)
+            }
+            RunState::Covered(_) => match self.ledger.window(&run.user, &run.product).cloned() {
+                Some(held) => self.reply_granted(&req.request, &run.id, &held, 0, out),
+                None => self.start_or_claim(found, Some(req.request), out),
+            },
+            RunState::Claiming { claim, .. } => {
+                let claim = claim.clone();
+                if let Some(p) = self.ledger.claim_mut(&claim) {
+                    p.launches.push(LaunchWaiter {
+                        request: req.request,
+                        session: run.id.clone(),
+                    });
+                }
+            }
+            RunState::Unlicensed { .. } => self.start_or_claim(found, Some(req.request), out),
+        }
+    }
+
+    /// Links a wrapper to an existing run: its session id (`session`, or the
+    /// run's own), its connection, and the version it reports.
+    fn join(
+        &mut self,
+        found: &Found,
+        user: &flex_protocol::Email,
+        conn: ConnId,
+        session: Option<String>,
+        version: Option<String>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refusal> {
+        let run = self.runs.get_mut(found).expect("found");
+        if &run.user != user {
             return Err(Refusal::new(
                 ErrorCode::Conflict,
                 format!(
-                    "session {id} {}: it ends when its product process exits",
-                    match s.origin {
+                    "process {} already runs '{}' for another user",
+                    run.process.map_or(0, |p| p.pid),
+                    run.product
+                ),
+            ));
+        }
+        if let Some(w) = &run.wrapper {
+            if w.conn.is_some_and(|c| c != conn) {
+                return Err(Refusal::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "process {} already runs '{}' in session {}",
+                        run.process.map_or(0, |p| p.pid),
+                        run.product,
+                        w.session
+                    ),
+                ));
+            }
+        }
+        run.wrapper = Some(WrapperLink {
+            session: session.unwrap_or_else(|| run.id.clone()),
+            conn: Some(conn),
+        });
+        run.origin = Origin::Wrapper;
+        if version.is_some() {
+            run.version = version;
+        }
+        self.persist_run(found, out);
+        Ok(())
+    }
+
+    /// The watcher saw a product start (or adopted one at agent start). Every
+    /// exec of a product's file is a run of that product, whoever started it:
+    /// only a run of this very (process, product) makes it nothing new.
+    pub(super) fn process_started(&mut self, p: ProcessInfo, out: &mut Vec<Action>) {
+        let key = (p.process, p.product.clone());
+        if let Some(run) = self.runs.live_mut(&key) {
+            run.seen = true;
+            return;
+        }
+        let run = Run {
+            id: new_session_id(),
+            account: p.account,
+            account_name: p.account_name,
+            user: p.user,
+            product: p.product,
+            version: p.version,
+            process: Some(p.process),
+            origin: Origin::Watcher,
+            seen: true,
+            wrapper: None,
+            // The process may have started before the agent saw it (adoption).
+            started_at: p.started_at.min(self.contact.now()),
+            state: RunState::Unlicensed {
+                reason: ErrorCode::Internal,
+            },
+            warned: Vec::new(),
+        };
+        if let Ok(found) = self.add_live(run, out) {
+            self.start_or_claim(found, None, out);
+        }
+    }
+
+    /// A run needs a window: free inside a held one, otherwise a claim (joining
+    /// the one in flight for the same user and product, if any). `launch` is
+    /// the wrapper request to answer.
+    pub(super) fn start_or_claim(
+        &mut self,
+        found: Found,
+        launch: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(run) = self.runs.get(&found) else {
+            return;
+        };
+        let (user, product, version, session) = (
+            run.user.clone(),
+            run.product.clone(),
+            run.version.clone(),
+            run.wrapper.as_ref().map_or(&run.id, |w| &w.session).clone(),
+        );
+        let now = self.contact.now();
+        if let Some(held) = self.ledger.valid(&user, &product, now).cloned() {
+            self.cover(&found, &held, out);
+            if let Some(request) = launch {
+                self.reply_granted(&request, &session, &held, 0, out);
+            }
+            return;
+        }
+        let request = match self.ledger.open_claim_for(&user, &product) {
+            Some(c) => c.request.clone(),
+            None => ClaimRequest {
+                claim_id: uuid::Uuid::new_v4().to_string(),
+                user,
+                product,
+                version,
+                results: None,
+                renews: None,
+            },
+        };
+        let claim = request.claim_id.clone();
+        let pending = self.ledger.send(request, now, out);
+        if let Some(request) = launch {
+            pending.launches.push(LaunchWaiter { request, session });
+        }
+        let since = pending.since;
+        if let Some(run) = self.runs.get_mut(&found) {
+            run.state = RunState::Claiming { claim, since };
+        }
+    }
+
+    /// The run now runs in `held`.
+    pub(super) fn cover(&mut self, found: &Found, held: &HeldWindow, out: &mut Vec<Action>) {
+        if let Some(run) = self.runs.get_mut(found) {
+            run.state = RunState::Covered(Cover {
+                window: held.window.id.clone(),
+                source: held.source,
+            });
+        }
+        self.persist_run(found, out);
+    }
+
+    pub(super) fn reply_granted(
+        &self,
+        request: &str,
+        session: &str,
+        held: &HeldWindow,
+        charged: u64,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::ReplyLaunch {
+            request: request.to_string(),
+            result: Ok(LaunchReply {
+                session: session.to_string(),
+                product: held.product.clone(),
+                product_name: self.product_name(&held.product),
+                source: held.source,
+                window_end: held.window.end,
+                tokens_charged: charged,
+                balance: self.balance,
+                offline: !self.contact.online,
+                close_grace_secs: Some(self.policy.close_grace_secs),
+            }),
+        });
+    }
+
+    /// Journals a licensed run's current record.
+    pub(super) fn persist_run(&mut self, found: &Found, out: &mut Vec<Action>) {
+        if let Some(row) = self.runs.get(found).and_then(|r| r.row(None)) {
+            self.contact.changed();
+            out.push(Action::Persist(Persist::Session(row)));
+        }
+    }
+
+    /// Journals the end of a run that left the set.
+    pub(super) fn end_run(&mut self, run: &Run, out: &mut Vec<Action>) {
+        if let Some(row) = run.row(Some(self.contact.now())) {
+            self.contact.changed();
+            out.push(Action::Persist(Persist::Session(row)));
+        }
+    }
+
+    /// Journals a run that merged into another as adding no usage: ended at
+    /// its own start.
+    fn end_unused(&mut self, run: &Run, out: &mut Vec<Action>) {
+        if let Some(row) = run.row(Some(run.started_at)) {
+            self.contact.changed();
+            out.push(Action::Persist(Persist::Session(row)));
+        }
+    }
+
+    /// A process exited: its runs leave the set.
+    pub(super) fn process_exited(&mut self, process: ProcessId, out: &mut Vec<Action>) {
+        let runs = self.runs.exited(process);
+        for run in &runs {
+            self.end_run(run, out);
+        }
+        if !runs.is_empty() {
+            out.push(Action::Release { process });
+        }
+    }
+
+    /// The wrapper started the granted product as `process`.
+    pub(super) fn attach(
+        &mut self,
+        caller: &Caller,
+        session: &str,
+        process: ProcessId,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refusal> {
+        let found = self.managed(caller, session)?;
+        let run = self.runs.get(&found).expect("found");
+        if run.wrapper.as_ref().is_none_or(|w| w.conn.is_none()) {
+            return Err(Refusal::new(
+                ErrorCode::Conflict,
+                format!(
+                    "session {session} {}: it ends when its product process exits",
+                    match run.origin {
                         Origin::Watcher => "was found by the process watcher",
                         Origin::Wrapper => "lost its flexctl run connection",
                     }
                 ),
             ));
         }
-        Ok(s)
-    }
-
-    /// The wrapper started the granted product as `process`.
-    pub(super) fn attach(
-        &mut self,
-        _conn: ConnId,
-        caller: &Caller,
-        id: &str,
-        process: ProcessId,
-        out: &mut Vec<Action>,
-    ) -> Result<(), Refusal> {
-        let s = self.managed(caller, id)?;
-        if s.process == Some(process) {
+        let id = match &found {
+            Found::Live((p, _)) if *p == process => return Ok(()),
+            Found::Live((p, _)) => {
+                return Err(Refusal::new(
+                    ErrorCode::Conflict,
+                    format!("session {session} is already attached to process {p}"),
+                ))
+            }
+            Found::Pending(id) => id.clone(),
+        };
+        let key = (process, run.product.clone());
+        if self.runs.live(&key).is_none() {
+            let mut run = self.runs.take_pending(&id).expect("pending");
+            run.process = Some(process);
+            let found = self.add_live(run, out).expect("checked free");
+            self.persist_run(&found, out);
             return Ok(());
         }
-        if let Some(p) = s.process {
-            return Err(Refusal::new(
-                ErrorCode::Conflict,
-                format!("session {id} is already attached to process {p}"),
-            ));
+        // The set already holds this process as this product (the watcher saw
+        // it exec first): the pending run merges into that one, which keeps
+        // its state; a window the pending run holds covers it too.
+        let user = run.user.clone();
+        let conn = run.wrapper.as_ref().and_then(|w| w.conn).expect("held");
+        let version = run.version.clone();
+        let existing = Found::Live(key);
+        self.join(&existing, &user, conn, Some(id.clone()), version, out)?;
+        let pending = self.runs.take_pending(&id).expect("pending");
+        if let Some(cover) = pending.cover().cloned() {
+            let run = self.runs.get_mut(&existing).expect("joined");
+            if matches!(
+                run.state,
+                RunState::Claiming { .. } | RunState::Unlicensed { .. }
+            ) {
+                run.state = RunState::Covered(cover);
+                self.persist_run(&existing, out);
+            }
         }
-        let product = s.product.clone();
-        self.claim_run(process, &product, Some(id), out)?;
-        self.set_process(id, process, out);
-        self.persist_session(id, out);
+        self.end_unused(&pending, out);
         Ok(())
     }
 
-    /// The wrapper reports that its product exited.
+    /// The wrapper reports that its product exited. A run with a process
+    /// ends when the kernel says so; this only lets go of the wrapper.
     pub(super) fn exit(
         &mut self,
         caller: &Caller,
-        id: &str,
+        session: &str,
         out: &mut Vec<Action>,
     ) -> Result<(), Refusal> {
-        self.managed(caller, id)?;
-        self.end_session(id, out);
+        let found = match self.managed(caller, session) {
+            Ok(found) => found,
+            Err(r) if r.code == ErrorCode::NotFound => {
+                return match self.runs.ended_account(session) {
+                    Some(account) if *account == caller.account || caller.admin => Ok(()),
+                    Some(_) => Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        format!("session {session} belongs to another account"),
+                    )),
+                    None => Err(r),
+                };
+            }
+            Err(r) => return Err(r),
+        };
+        match found {
+            Found::Pending(id) => {
+                let run = self.runs.take_pending(&id).expect("pending");
+                self.end_run(&run, out);
+            }
+            Found::Live(_) => {
+                if let Some(w) = self.runs.get_mut(&found).and_then(|r| r.wrapper.as_mut()) {
+                    w.conn = None;
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Removes a session that should leave no usage record (a duplicate).
-    pub(super) fn drop_session(&mut self, id: &str, out: &mut Vec<Action>) {
-        if let Some(s) = self.sessions.remove(id) {
-            if s.source.is_some() {
-                // Already journaled as running: end it at its own start so the
-                // record adds no usage.
-                let mut row = self.row(&s, true).expect("licensed session has a row");
-                row.record.ended_at = Some(s.started_at);
-                out.push(Action::Persist(Persist::Session(row)));
-            }
-            self.forget_waiter(id);
-            self.release_process(s.process, out);
-        }
-    }
-
-    /// The product of a session exited (or the wrapper says so).
-    pub(super) fn end_session(&mut self, id: &str, out: &mut Vec<Action>) {
-        let Some(s) = self.sessions.remove(id) else {
-            return;
+    /// Finds the run a wrapper names and checks that `caller` may manage it.
+    fn managed(&self, caller: &Caller, session: &str) -> Result<Found, Refusal> {
+        let Some(found) = self.runs.find(session) else {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!("no session {session}: it was never granted"),
+            ));
         };
-        if let Some(row) = self.row(&s, true) {
-            self.unsent += 1;
-            out.push(Action::Persist(Persist::Session(row)));
+        let run = self.runs.get(&found).expect("found");
+        if run.account != caller.account && !caller.admin {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("session {session} belongs to another account"),
+            ));
         }
-        self.forget_waiter(id);
-        self.release_process(s.process, out);
+        Ok(found)
     }
 
-    /// Closes the handle of a process no session holds any more.
-    fn release_process(&self, process: Option<ProcessId>, out: &mut Vec<Action>) {
-        if let Some(p) = process {
-            if !self.sessions.values().any(|s| s.process == Some(p)) {
-                out.push(Action::Release { process: p });
-            }
-        }
-    }
-
-    /// A session gone before its claim was answered: the claim still settles (the
-    /// server may have opened the window) but nobody waits for it any more.
-    fn forget_waiter(&mut self, id: &str) {
-        for claim in self.claims.values_mut() {
-            claim.waiters.retain(|w| match w {
-                Waiter::Launch { session, .. } | Waiter::Watch { session } => session != id,
-                Waiter::Job { .. } => true,
-            });
-        }
-    }
-
-    /// Schedules a close: graceful at `term_at`, forced `close_grace` later. An
-    /// earlier close already scheduled wins.
-    pub(super) fn schedule_close(
-        &mut self,
-        id: &str,
-        reason: CloseReason,
-        message: String,
-        term_at: chrono::DateTime<chrono::Utc>,
-        renewal_of: Option<String>,
-    ) {
-        if let Some(s) = self.sessions.get_mut(id) {
-            match &s.closing {
-                Some(c) if c.kill_at.is_some() || c.term_at <= term_at => {}
-                _ => {
-                    s.closing = Some(Closing {
-                        reason,
-                        message,
-                        renewal_of,
-                        term_at,
-                        kill_at: None,
-                        killed: false,
-                    })
+    /// A connection that starts a new session, or closes, lets go of what it
+    /// held: a run with no process ends, one with a process goes on.
+    pub(super) fn release_hold(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        let held: Vec<Found> = self
+            .runs
+            .all()
+            .into_iter()
+            .filter(|f| {
+                self.runs
+                    .get(f)
+                    .and_then(|r| r.wrapper.as_ref())
+                    .is_some_and(|w| w.conn == Some(conn))
+            })
+            .collect();
+        for found in held {
+            match found {
+                Found::Pending(id) => {
+                    let run = self.runs.take_pending(&id).expect("pending");
+                    self.end_run(&run, out);
+                }
+                Found::Live(_) => {
+                    if let Some(w) = self.runs.get_mut(&found).and_then(|r| r.wrapper.as_mut()) {
+                        w.conn = None;
+                    }
                 }
             }
         }
     }
 
-    /// Carries out due closes: the graceful close (and tell the user why), then
-    /// the forced one. A session with neither a wrapper nor a process just ends.
-    pub(super) fn run_closes(&mut self, out: &mut Vec<Action>) {
-        let products = &self.products;
-        let now = self.clock.trusted_now();
-        let grace = chrono::Duration::seconds(self.policy.close_grace_secs as i64);
-        let mut ended = Vec::new();
-        for s in self.sessions.values_mut() {
-            let Some(c) = s.closing.as_mut() else {
-                continue;
-            };
-            if c.kill_at.is_none() && now >= c.term_at {
-                c.kill_at = Some(now + grace);
-                let event = Event::ProductClosed {
-                    product: s.product.clone(),
-                    product_name: super::name_of(products, &s.product),
-                    reason: c.reason,
-                    message: c.message.clone(),
-                };
-                let route = match (s.holder, s.process) {
-                    (Some(conn), fallback) => CloseRoute::Wrapper {
-                        conn,
-                        event: event.clone(),
-                        fallback,
-                    },
-                    (None, Some(process)) => CloseRoute::Signal { process },
-                    (None, None) => CloseRoute::Nothing,
-                };
-                if route == CloseRoute::Nothing {
-                    ended.push(s.id.clone());
-                }
-                out.push(Action::Close {
-                    session: s.id.clone(),
-                    route,
-                    graceful: true,
-                });
-                out.push(Action::Notify {
-                    account: Some(s.account.clone()),
-                    event,
-                });
-            }
-            if let (Some(kill_at), Some(process)) = (c.kill_at, s.process) {
-                if !c.killed && now >= kill_at {
-                    c.killed = true;
-                    out.push(Action::Kill {
-                        session: s.id.clone(),
-                        process,
-                    });
-                }
-            }
-        }
-        for id in ended {
-            self.end_session(&id, out);
-        }
+    pub(super) fn connection_closed(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        self.release_hold(conn, out);
     }
 }

@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flex_protocol::api::{HeartbeatRequest, Product};
 use flex_protocol::lease::LeaseVerifier;
@@ -89,6 +88,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), DaemonError> {
+    // One descriptor per product process: the soft limit a service starts
+    // with (1024 under systemd) is far below what a busy machine needs.
+    #[cfg(unix)]
+    match crate::process::raise_fd_limit() {
+        Ok((old, new)) if old != new => {
+            tracing::info!("raised the open-file limit from {old} to {new}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let config = Arc::new(config);
     let state_dir = config.state_dir.clone();
     let (journal, enrollment) = tokio::task::spawn_blocking(move || {
@@ -130,6 +139,7 @@ pub async fn run(
         WatcherConfig {
             source: config.detection.source_choice(),
             poll_interval: config.poll_interval,
+            product_dirs: config.product_dirs.clone(),
             ..WatcherConfig::default()
         },
         &products,
@@ -288,7 +298,7 @@ impl Driver {
                     self.processes.stop(process, Stop::Forced);
                 }
                 Action::Track { process } => {
-                    if !self.processes.track(process) {
+                    if self.processes.track(process) == processes::Tracking::Gone {
                         gone.push(process);
                     }
                 }
@@ -392,8 +402,7 @@ impl Driver {
             },
             NetEvent::Heartbeat { batch, outcome } => match outcome {
                 Ok(resp) => {
-                    self.journal.acknowledge(&batch, &resp.accepted_sessions)?;
-                    if !resp.products.is_empty() && !self.same_products(&resp.products) {
+                    if !resp.products.is_empty() && !self.core.same_products(&resp.products) {
                         if let Some(w) = &self.watcher {
                             w.set_products(&resp.products);
                         }
@@ -404,6 +413,7 @@ impl Driver {
                         policy: resp.policy,
                         balance: resp.balance,
                         notices: resp.notices,
+                        uploaded: batch.receipt(resp.accepted_sessions),
                     })
                 }
                 Err(e) => {
@@ -412,20 +422,18 @@ impl Driver {
                     } else {
                         tracing::warn!("heartbeat failed: {e}");
                     }
-                    self.feed(Input::ContactFailed {
-                        error: e.to_string(),
-                    })
+                    if matches!(e, ClientError::Revoked { .. }) {
+                        self.feed(Input::DeviceRevoked {
+                            message: e.to_string(),
+                        })
+                    } else {
+                        self.feed(Input::ContactFailed {
+                            error: e.to_string(),
+                        })
+                    }
                 }
             },
         }
-    }
-
-    fn same_products(&self, new: &[Product]) -> bool {
-        let mut old: Vec<&Product> = self.core.products().collect();
-        old.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut new: Vec<&Product> = new.iter().collect();
-        new.sort_by(|a, b| a.id.cmp(&b.id));
-        old == new
     }
 
     /// Sends the heartbeat the core asked for (the core never asks for a
@@ -438,17 +446,11 @@ impl Driver {
             notices_after: self.core.notices_after(),
             agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         };
-        // No jitter before the first contact: the rate sheet comes with it.
-        let interval = if self.core.last_server_contact().is_some() {
-            Duration::from_secs(self.core.policy().heartbeat_interval_secs)
-        } else {
-            Duration::ZERO
-        };
         net::spawn_heartbeat(
             self.client.clone(),
             request,
             batch,
-            interval,
+            self.core.heartbeat_jitter(),
             self.net_tx.clone(),
         );
         Ok(())

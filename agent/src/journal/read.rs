@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use flex_protocol::api::{ClaimRequest, ClockRollback, SessionRecord, Source, Window};
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{OptionalExtension, Row};
 
 use flex_protocol::Email;
 
 use super::{parse_ts, Journal, JournalError};
 use crate::account::AccountId;
-use crate::core::{ClockState, CoreState, HeldWindow, JobOutcome, JobState, Origin, SessionRow};
+use crate::core::{
+    ClockState, CoreState, HeldWindow, JobOutcome, JobState, Origin, SessionRow, UploadReceipt,
+};
 use crate::process::ProcessId;
 
 /// The records one heartbeat uploads, and what to mark once the server took them.
@@ -314,42 +316,18 @@ impl Journal {
         }
         Ok(batch)
     }
-
-    /// The server stored `batch` (`accepted` lists the session ids it took):
-    /// acknowledged ended sessions and the reported rollbacks are deleted; a session
-    /// changed since the batch was read stays due.
-    pub fn acknowledge(
-        &mut self,
-        batch: &HeartbeatBatch,
-        accepted: &[String],
-    ) -> Result<(), JournalError> {
-        let tx = self.conn.transaction().map_err(self_sqlite(&self.path))?;
-        for (id, revision) in &batch.revisions {
-            if accepted.contains(id) {
-                tx.execute(
-                    "UPDATE sessions SET uploaded_revision = ?2 WHERE id = ?1",
-                    params![id, revision],
-                )
-                .map_err(self_sqlite(&self.path))?;
-            }
-        }
-        tx.execute(
-            "DELETE FROM sessions WHERE ended_at IS NOT NULL AND uploaded_revision >= revision",
-            [],
-        )
-        .map_err(self_sqlite(&self.path))?;
-        if let Some(last) = batch.last_rollback {
-            tx.execute("DELETE FROM clock_rollbacks WHERE id <= ?1", [last])
-                .map_err(self_sqlite(&self.path))?;
-        }
-        tx.commit().map_err(self_sqlite(&self.path))
-    }
 }
 
-fn self_sqlite(path: &std::path::Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
-    move |source| JournalError::Sqlite {
-        action: "acknowledge an upload in",
-        path: path.to_path_buf(),
-        source,
+impl HeartbeatBatch {
+    /// What to journal once the server stored this batch (`accepted` lists
+    /// the session ids it took): acknowledged ended sessions and the reported
+    /// rollbacks are deleted; a session changed since the batch was read stays
+    /// due. The core journals it with the rest of the heartbeat's answer.
+    pub fn receipt(&self, accepted: Vec<String>) -> UploadReceipt {
+        UploadReceipt {
+            revisions: self.revisions.clone(),
+            last_rollback: self.last_rollback,
+            accepted,
+        }
     }
 }

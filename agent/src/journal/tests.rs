@@ -245,7 +245,10 @@ fn uploads_are_acknowledged_by_revision() {
             }),
         ],
     );
-    j.acknowledge(&batch, &["a".into(), "b".into()]).unwrap();
+    j.apply_persist([&Persist::Uploaded(
+        batch.receipt(["a".into(), "b".into()].to_vec()),
+    )])
+    .unwrap();
     let next = j.heartbeat_batch().unwrap();
     let ids: Vec<&str> = next.sessions.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(
@@ -256,7 +259,8 @@ fn uploads_are_acknowledged_by_revision() {
     assert_eq!(next.sessions[0].ended_at, Some(t(13)));
     assert_eq!(next.clock_rollbacks.len(), 1);
     assert_eq!(next.clock_rollbacks[0].seconds, 60);
-    j.acknowledge(&next, &["a".into()]).unwrap();
+    j.apply_persist([&Persist::Uploaded(next.receipt(["a".into()].to_vec()))])
+        .unwrap();
     let empty = j.heartbeat_batch().unwrap();
     assert!(empty.sessions.is_empty() && empty.clock_rollbacks.is_empty());
     let rows: i64 = j
@@ -271,7 +275,8 @@ fn a_session_the_server_did_not_accept_stays_due() {
     let (_dir, mut j) = open();
     persist(&mut j, vec![Persist::Session(session("a", Some(t(12))))]);
     let batch = j.heartbeat_batch().unwrap();
-    j.acknowledge(&batch, &[]).unwrap();
+    j.apply_persist([&Persist::Uploaded(batch.receipt([].to_vec()))])
+        .unwrap();
     assert_eq!(j.heartbeat_batch().unwrap().sessions.len(), 1);
 }
 

@@ -149,6 +149,29 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         Persist::RateSheet(products) => meta(tx, "products", json(products))?,
         Persist::Balance(b) => meta(tx, "balance", b.to_string())?,
         Persist::NoticesSeen(id) => meta(tx, "notices_seen", id.to_string())?,
+        Persist::DropWindow { user, product } => {
+            tx.execute(
+                "DELETE FROM windows WHERE user = ?1 AND product = ?2",
+                params![user.as_str(), product],
+            )?;
+        }
+        Persist::Uploaded(receipt) => {
+            for (id, revision) in &receipt.revisions {
+                if receipt.accepted.contains(id) {
+                    tx.execute(
+                        "UPDATE sessions SET uploaded_revision = ?2 WHERE id = ?1",
+                        params![id, revision],
+                    )?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM sessions WHERE ended_at IS NOT NULL AND uploaded_revision >= revision",
+                [],
+            )?;
+            if let Some(last) = receipt.last_rollback {
+                tx.execute("DELETE FROM clock_rollbacks WHERE id <= ?1", [last])?;
+            }
+        }
         Persist::Job(j) => {
             tx.execute(
                 "INSERT INTO jobs (user, product, job, attempt, outcome, updated)

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::{Names, ProcessError, ProcessId, Stop};
+use super::{FileId, Names, ProcessError, ProcessId, Stop};
 use crate::account::AccountId;
 
 /// Every numeric entry of `/proc`.
@@ -33,9 +33,12 @@ pub fn list_pids() -> std::io::Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// How much of `/proc/PID/cmdline` is read: enough for argv[0] and a loader's
-/// options and program in any sane case; command lines can be huge.
-const CMDLINE_READ: usize = 4096;
+/// How much of `/proc/PID/cmdline` is read: all of it in practice. The
+/// kernel caps a command line at a quarter of the stack limit (2 MiB with the
+/// usual 8 MiB stack); a loader's options before the program it runs can be
+/// made arbitrarily long, so reading only the first KiB let a long
+/// `--library-path` hide the program.
+const CMDLINE_READ: usize = 4 << 20;
 
 pub fn names(pid: u32) -> Names {
     let base = format!("/proc/{pid}");
@@ -52,18 +55,116 @@ pub fn names(pid: u32) -> Names {
 }
 
 fn read_args(path: &str) -> Vec<String> {
-    let mut buf = [0u8; CMDLINE_READ];
-    let Ok(mut f) = fs::File::open(path) else {
+    let Ok(f) = fs::File::open(path) else {
         return Vec::new();
     };
-    let n = f.read(&mut buf).unwrap_or(0);
-    let mut args: Vec<String> = buf[..n]
+    let mut buf = Vec::with_capacity(256);
+    if f.take(CMDLINE_READ as u64).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let mut args: Vec<String> = buf
         .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     // The buffer ends with a NUL (or mid-argument when cut): drop the tail.
     args.pop();
     args
+}
+
+/// The file `pid` executes (through `/proc/PID/exe`, which names the file
+/// itself: a bind mount, a symlink or another mount namespace does not hide it).
+pub fn exe_file(pid: u32) -> Option<FileId> {
+    fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| FileId::of(&m))
+}
+
+/// Opens the file `pid` executes, for reading its content (root can, even for
+/// an execute-only file).
+pub fn open_exe(pid: u32) -> std::io::Result<fs::File> {
+    fs::File::open(format!("/proc/{pid}/exe"))
+}
+
+/// A file mapped executable into a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedFile {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: std::path::PathBuf,
+    /// The mapping's address range as `/proc/PID/map_files` names it.
+    pub range: String,
+}
+
+/// The files `pid` has mapped executable: what a dynamic loader, valgrind or
+/// any other loader actually runs, whatever its command line says.
+pub fn exec_mappings(pid: u32) -> Vec<MappedFile> {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<MappedFile> = Vec::new();
+    for line in maps.lines() {
+        if let Some(m) = parse_map_line(line) {
+            if !out.iter().any(|o| o.dev == m.dev && o.ino == m.ino) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+/// One line of `/proc/PID/maps`: `range perms offset MAJ:MIN inode path`,
+/// kept when executable and backed by a file.
+fn parse_map_line(line: &str) -> Option<MappedFile> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let _offset = fields.next()?;
+    let dev = fields.next()?;
+    let ino: u64 = fields.next()?.parse().ok()?;
+    let path = fields.next()?.trim_start();
+    if !perms.contains('x') || ino == 0 || !path.starts_with('/') {
+        return None;
+    }
+    let (major, minor) = dev.split_once(':')?;
+    let major = u32::from_str_radix(major, 16).ok()?;
+    let minor = u32::from_str_radix(minor, 16).ok()?;
+    Some(MappedFile {
+        dev: libc::makedev(major, minor),
+        ino,
+        path: path.into(),
+        range: range.to_string(),
+    })
+}
+
+/// The file a mapping of `pid` comes from: by its path as the process sees
+/// it (its root), checked to be the mapped inode, else through
+/// `map_files` (which needs CAP_SYS_ADMIN, which the service does not have).
+pub fn mapped_file(pid: u32, m: &MappedFile) -> Option<(FileId, fs::File)> {
+    let by_path = format!("/proc/{pid}/root{}", m.path.display());
+    for candidate in [by_path, format!("/proc/{pid}/map_files/{}", m.range)] {
+        let Ok(f) = fs::File::open(&candidate) else {
+            continue;
+        };
+        let Ok(meta) = f.metadata() else {
+            continue;
+        };
+        let id = FileId::of(&meta);
+        if (id.dev, id.ino) == (m.dev, m.ino) {
+            return Some((id, f));
+        }
+    }
+    None
+}
+
+/// `path` as process `pid` sees it (its root and working directory, so its
+/// mount namespace too), following symlinks.
+pub fn resolve_in(pid: u32, path: &str) -> Option<FileId> {
+    let seen = if path.starts_with('/') {
+        format!("/proc/{pid}/root{path}")
+    } else {
+        format!("/proc/{pid}/cwd/{path}")
+    };
+    fs::metadata(seen).ok().map(|m| FileId::of(&m))
 }
 
 /// Real uid of `pid`: the user who started it, even for a setuid binary.
@@ -239,27 +340,62 @@ impl ProcessHandle {
     }
 
     /// Resolves when the process exits. Must be called inside a tokio runtime.
+    /// Waits on the handle's own pidfd, registered as it is (no second
+    /// descriptor: a process costs the agent one fd, see defect 5 of issue 14).
     pub async fn exited(&self) {
         if let Some(fd) = &self.fd {
-            if let Ok(dup) = fd.try_clone() {
-                // SAFETY: the AsyncFd owns `dup`, an open pidfd that stays open
-                // and unchanged until the AsyncFd is dropped.
-                let registered = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        dup,
-                        tokio::io::Interest::READABLE,
-                    )
-                };
-                if let Ok(afd) = registered {
-                    let _ = afd.readable().await;
-                    return;
-                }
+            // SAFETY: the pidfd is owned by `self`, which this future borrows,
+            // so it stays open and unchanged for as long as the AsyncFd lives.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    RawPidfd(fd.as_raw_fd()),
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            if let Ok(afd) = registered {
+                let _ = afd.readable().await;
+                return;
             }
         }
-        // No pidfd (or no reactor for it): poll.
+        // No pidfd (an old kernel, or none could be opened): look now and then.
         while self.is_alive() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(BY_PID_POLL).await;
         }
+    }
+
+    /// A handle without a pidfd, for when none can be opened (the agent is out
+    /// of descriptors): the process is checked by pid and start time before
+    /// every signal, as on kernels without pidfd_open. Fails only if `id` no
+    /// longer runs.
+    pub fn by_pid(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
+        let pid = id.pid;
+        let start = start_ticks(pid).ok_or(ProcessError::Gone { pid })?;
+        if start != id.start {
+            return Err(ProcessError::Replaced {
+                pid,
+                expected: id.start,
+                found: start,
+            });
+        }
+        let owner = owner(pid).ok_or(ProcessError::Gone { pid })?;
+        Ok(ProcessHandle {
+            id,
+            owner,
+            fd: None,
+        })
+    }
+}
+
+/// How often a handle without a pidfd checks that its process still runs.
+const BY_PID_POLL: Duration = Duration::from_secs(2);
+
+/// The raw pidfd of a [`ProcessHandle`], registered with the reactor while the
+/// handle (which owns and closes it) is alive.
+struct RawPidfd(std::os::fd::RawFd);
+
+impl AsRawFd for RawPidfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
     }
 }
 

@@ -66,6 +66,78 @@ pub enum ProcessError {
     },
 }
 
+/// A file as the kernel knows it: device and inode name it whatever path it
+/// is reached by (a symlink, a hard link, a bind mount); size and mtime tell
+/// whether a cached content hash still applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    /// The file's owner: an executable a user owns may be a loader of theirs.
+    pub uid: u32,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            uid: meta.uid(),
+        }
+    }
+
+    /// Device and inode: the file, whatever its size or age.
+    pub fn inode(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+}
+
+/// Whether an I/O error means "out of descriptors" (this process's or the
+/// system's): an error to retry, never a sign that a process is gone.
+#[cfg(unix)]
+pub fn out_of_descriptors(e: &ProcessError) -> bool {
+    matches!(e, ProcessError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)))
+}
+
+/// Windows processes hold handles, not descriptors: no such limit applies.
+#[cfg(windows)]
+pub fn out_of_descriptors(_e: &ProcessError) -> bool {
+    false
+}
+
+/// Raises this process's soft limit on open files to its hard limit: the
+/// agent holds one descriptor per product process, and systemd's default soft
+/// limit (1024) is far below what a busy machine can make it hold. Returns
+/// (old soft, new soft).
+#[cfg(unix)]
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((old, lim.rlim_cur))
+}
+
 /// How to ask a process to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -80,7 +152,8 @@ pub enum Stop {
 pub struct Names {
     pub exe_path: Option<std::path::PathBuf>,
     pub comm: Option<String>,
-    /// The command line's first arguments (at most a few KiB of it).
+    /// The command line's arguments (the whole of it, up to a cap far above
+    /// what a shell can pass).
     pub args: Vec<String>,
 }
 

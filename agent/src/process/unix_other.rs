@@ -72,6 +72,12 @@ impl ProcessHandle {
         })
     }
 
+    /// The same as [`open_as`](Self::open_as) here: there is no descriptor to
+    /// run out of.
+    pub fn by_pid(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
+        Self::open_as(id)
+    }
+
     pub fn open_as(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
         let h = Self::open(id.pid)?;
         if h.id.start != id.start {

@@ -121,6 +121,12 @@ impl ProcessHandle {
 
     /// Opens the process `id` names, or fails if `id.pid` now runs another
     /// process (or none).
+    /// The same as [`open_as`](Self::open_as) here: there is no descriptor to
+    /// run out of.
+    pub fn by_pid(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
+        Self::open_as(id)
+    }
+
     pub fn open_as(id: ProcessId) -> Result<ProcessHandle, ProcessError> {
         Self::open_checked(id.pid, Some(id.start))
     }

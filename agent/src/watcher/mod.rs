@@ -18,6 +18,8 @@
 
 #[cfg(target_os = "linux")]
 pub mod connector;
+#[cfg(target_os = "linux")]
+mod identify;
 #[cfg(unix)]
 mod sysinfo_poll;
 mod tracker;
@@ -104,6 +106,9 @@ pub struct WatcherConfig {
     pub poll_interval: Duration,
     /// Events buffered before the watcher waits for the daemon.
     pub channel_capacity: usize,
+    /// Where product files are installed: indexed at start, so a product is
+    /// recognised by its file under any name (Linux).
+    pub product_dirs: Vec<PathBuf>,
 }
 
 impl Default for WatcherConfig {
@@ -112,6 +117,7 @@ impl Default for WatcherConfig {
             source: SourceChoice::Auto,
             poll_interval: Duration::from_secs(1),
             channel_capacity: 1024,
+            product_dirs: Vec::new(),
         }
     }
 }
@@ -201,7 +207,7 @@ fn spawn_source(
         },
     };
     let interval = config.poll_interval;
-    let mut tracker = tracker::Tracker::default();
+    let mut tracker = tracker::Tracker::new(config.product_dirs.clone());
     let initial = tracker.scan(&matcher.read().unwrap_or_else(|e| e.into_inner()), true);
     Ok(match connector {
         Some(c) => {

@@ -7,6 +7,7 @@
 #![cfg_attr(target_os = "linux", allow(dead_code))]
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,49 +23,67 @@ pub(crate) struct SysinfoTracker {
     sys: Option<System>,
     /// pid → (start time, event) of product processes.
     tracked: HashMap<u32, (u64, ProcEvent)>,
-    /// pid → start time of every process seen, so unchanged ones are skipped.
-    known: HashMap<u32, u64>,
+    /// pid → (start time, executable) of every process seen, so unchanged ones
+    /// are skipped and an exec (same pid and start, another executable) is
+    /// looked at again.
+    known: HashMap<u32, (u64, Option<PathBuf>)>,
 }
 
 impl SysinfoTracker {
     pub fn scan(&mut self, matcher: &Matcher, all: bool) -> Vec<ProcEvent> {
         let first = self.sys.is_none();
         let sys = self.sys.get_or_insert_with(System::new);
+        // The executable is read every time: an exec keeps the pid and start
+        // time, and only a changed executable shows it.
         sys.refresh_processes_specifics(
             ProcessesToUpdate::All,
             true,
             ProcessRefreshKind::nothing()
-                .with_exe(UpdateKind::OnlyIfNotSet)
+                .with_exe(UpdateKind::Always)
                 .with_cmd(UpdateKind::OnlyIfNotSet)
                 .with_user(UpdateKind::OnlyIfNotSet),
         );
         let mut out = Vec::new();
         let procs = sys.processes();
-        self.tracked.retain(|pid, (start, ev)| {
-            let alive = procs
-                .get(&sysinfo::Pid::from_u32(*pid))
-                .is_some_and(|p| p.start_time() == *start);
-            if !alive {
-                out.push(exited(ev.clone(), None, None));
-            }
-            alive
-        });
         let mut current = HashMap::with_capacity(procs.len());
         for (pid, p) in procs {
+            current.insert(
+                pid.as_u32(),
+                (p.start_time(), p.exe().map(|e| e.to_path_buf())),
+            );
+        }
+        self.tracked.retain(|pid, (start, ev)| {
+            let same = current
+                .get(pid)
+                .is_some_and(|(s, exe)| s == start && exe.as_deref() == ev.exe_path.as_deref());
+            if !same {
+                out.push(exited(ev.clone(), None, None));
+            }
+            same
+        });
+        for (pid, p) in procs {
             let pid = pid.as_u32();
-            current.insert(pid, p.start_time());
-            let seen = self.known.get(&pid) == Some(&p.start_time());
-            if matcher.is_empty() || (seen && !all) || self.tracked.contains_key(&pid) {
+            let now = &current[&pid];
+            let seen = self.known.get(&pid);
+            let unchanged = seen == Some(now);
+            if matcher.is_empty() || (unchanged && !all) || self.tracked.contains_key(&pid) {
                 continue;
             }
-            let names = crate::process::Names::of_sysinfo(p);
+            // Same process, another executable: it exec'd; its command line
+            // is read again.
+            let execed = seen.is_some_and(|(start, _)| *start == now.0) && !unchanged;
+            let names = if execed {
+                crate::process::names(pid)
+            } else {
+                crate::process::Names::of_sysinfo(p)
+            };
             let Some((product, name)) = matcher.find(names.candidates()) else {
                 continue;
             };
             let Some(uid) = p.user_id().map(|u| **u) else {
                 continue;
             };
-            let kind = if first || seen {
+            let kind = if first || (seen.is_some() && !execed) {
                 ProcEventKind::Adopted
             } else {
                 ProcEventKind::Started

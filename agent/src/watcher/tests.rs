@@ -43,6 +43,9 @@ impl FakeProduct {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join(name);
         std::fs::copy(binary, &path).unwrap();
+        // A content of its own: products are also known by their content, and
+        // a plain copy of `sleep` would make every `sleep` on the machine one.
+        unique_content(&path, name);
         FakeProduct { _dir: dir, path }
     }
 
@@ -72,6 +75,14 @@ impl FakeProduct {
     fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Appends bytes to an executable copy (an ELF file runs the same with a
+/// tail): its content is its own.
+pub(crate) fn unique_content(path: &Path, tag: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    writeln!(f, "flex test product {tag} {}", uuid::Uuid::new_v4()).unwrap();
 }
 
 /// Next event about `pid`; other processes' events are skipped. The timeout only
@@ -109,6 +120,7 @@ fn config(source: SourceChoice) -> WatcherConfig {
         source,
         poll_interval: Duration::from_millis(50),
         channel_capacity: 64,
+        product_dirs: Vec::new(),
     }
 }
 
@@ -257,4 +269,180 @@ fn sysinfo_poller_diffs_processes() {
         .find(|e| e.process.pid == pid)
         .expect("exit not seen");
     assert!(matches!(ev.kind, ProcEventKind::Exited { .. }));
+}
+
+/// Starts `program args` as `nobody`, retrying ETXTBSY (see [`FakeProduct::spawn`]).
+fn spawn_nobody(program: &str, args: &[&str]) -> Child {
+    for _ in 0..50 {
+        match Command::new(program)
+            .args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::yield_now(),
+            Err(e) => panic!("cannot start {program} as nobody (tests run as root): {e}"),
+        }
+    }
+    panic!("{program} stayed busy");
+}
+
+/// A product installed in a directory the watcher indexes (`product_dirs`),
+/// and a directory `nobody` may write to.
+struct Installed {
+    product: FakeProduct,
+    scratch: tempfile::TempDir,
+}
+
+impl Installed {
+    fn new(name: &str) -> Installed {
+        let product = FakeProduct::new("/bin/sleep", name);
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        Installed { product, scratch }
+    }
+
+    fn config(&self, source: SourceChoice) -> WatcherConfig {
+        WatcherConfig {
+            product_dirs: vec![self.product.path().parent().unwrap().to_path_buf()],
+            ..config(source)
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.product.path().to_str().unwrap()
+    }
+
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+}
+
+/// Waits for the start of `pid` as `product` (any other events are skipped).
+async fn started_as(rx: &mut mpsc::Receiver<ProcEvent>, pid: u32, product: &str) {
+    let ev = next_for(rx, pid).await;
+    assert_eq!(ev.kind, ProcEventKind::Started, "{ev:?}");
+    assert_eq!(ev.product, product, "{ev:?}");
+    assert_eq!(ev.owner.uid(), Some(NOBODY));
+}
+
+#[tokio::test]
+async fn renamed_without_a_copy_symlink_through_the_loader() {
+    // Defect 3a: `ld-linux-x86-64.so.2 ~/notes`, `notes` a symlink to the
+    // product, ran uncharged: every name the kernel shows is the loader's or
+    // the symlink's.
+    let p = Installed::new("acadlnk");
+    let link = p.scratch("notes");
+    std::os::unix::fs::symlink(p.product.path(), &link).unwrap();
+    let (_h, mut rx) = Watcher::start(
+        p.config(SourceChoice::ProcConnector),
+        &[product("acadlnk", "acadlnk")],
+    )
+    .unwrap();
+    let mut child = spawn_nobody(
+        "/lib64/ld-linux-x86-64.so.2",
+        &[link.to_str().unwrap(), "30"],
+    );
+    started_as(&mut rx, child.id(), "acadlnk").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn renamed_without_a_copy_long_library_path() {
+    // Defect 3b: a `--library-path` longer than 4 KiB pushed the program out
+    // of the part of the command line the agent read.
+    let p = Installed::new("acadlib");
+    let long = format!("/nonexistent/{}", "x".repeat(6000));
+    let (_h, mut rx) = Watcher::start(
+        config(SourceChoice::ProcConnector),
+        &[product("acadlib", "acadlib")],
+    )
+    .unwrap();
+    let mut child = spawn_nobody(
+        "/lib64/ld-linux-x86-64.so.2",
+        &["--library-path", &long, p.path(), "30"],
+    );
+    started_as(&mut rx, child.id(), "acadlib").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn renamed_without_a_copy_valgrind() {
+    // Defect 3c: `valgrind --tool=none PRODUCT` runs the product's code in a
+    // process whose executable is valgrind's tool.
+    let p = Installed::new("revitvg");
+    let (_h, mut rx) = Watcher::start(
+        p.config(SourceChoice::ProcConnector),
+        &[product("revitvg", "revitvg")],
+    )
+    .unwrap();
+    let mut child = spawn_nobody("valgrind", &["--tool=none", "-q", p.path(), "30"]);
+    // valgrind execs its tool: the event is about the same pid.
+    started_as(&mut rx, child.id(), "revitvg").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn renamed_without_a_copy_bind_mount_in_a_user_namespace() {
+    // Defect 3d: an execute-only product bind-mounted under another name in
+    // a user namespace: the exe link shows the mount's name, and the file
+    // cannot be read by the user to be copied.
+    let p = Installed::new("acadbind");
+    std::fs::set_permissions(p.product.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let report = p.scratch("report");
+    std::fs::write(&report, b"").unwrap();
+    std::os::unix::fs::chown(&report, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (_h, mut rx) = Watcher::start(
+        p.config(SourceChoice::ProcConnector),
+        &[product("acadbind", "acadbind")],
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {} {r} && exec {r} 30",
+        p.path(),
+        r = report.display()
+    );
+    let mut child = spawn_nobody("unshare", &["-Urm", "sh", "-c", &script]);
+    started_as(&mut rx, child.id(), "acadbind").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn renamed_copy_is_known_by_its_content() {
+    let p = Installed::new("acadcopy");
+    let copy = p.scratch("holiday-photos");
+    std::fs::copy(p.product.path(), &copy).unwrap();
+    std::os::unix::fs::chown(&copy, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (_h, mut rx) = Watcher::start(
+        p.config(SourceChoice::ProcConnector),
+        &[product("acadcopy", "acadcopy")],
+    )
+    .unwrap();
+    let mut child = spawn_nobody(copy.to_str().unwrap(), &["30"]);
+    started_as(&mut rx, child.id(), "acadcopy").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn polling_never_looks_twice() {
+    // Defect 4: with polling, a pid already seen was never examined again, so
+    // `sh -c 'sleep 1; exec PRODUCT'` was never charged.
+    let p = Installed::new("acadlate");
+    let (_h, mut rx) = Watcher::start(
+        config(SourceChoice::Polling),
+        &[product("acadlate", "acadlate")],
+    )
+    .unwrap();
+    let script = format!("sleep 1; exec {} 30", p.path());
+    let mut child = spawn_nobody("sh", &["-c", &script]);
+    started_as(&mut rx, child.id(), "acadlate").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

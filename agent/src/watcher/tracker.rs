@@ -7,8 +7,6 @@
 //! sheet changes and when the kernel reports lost events.
 
 use std::collections::HashMap;
-#[cfg(target_os = "linux")]
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 #[cfg(target_os = "linux")]
@@ -49,6 +47,11 @@ impl Matcher {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty() && self.versions.is_empty()
+    }
+
+    /// Whether `product` is one this matcher recognises.
+    pub fn has_product(&self, product: &str) -> bool {
+        self.names.values().any(|p| p == product) || self.versions.iter().any(|(_, p)| p == product)
     }
 
     /// Whether any product is recognised by its version resource, which costs
@@ -144,26 +147,69 @@ pub(crate) use linux::{run_connector, run_procfs_polling, Tracker};
 
 #[cfg(target_os = "linux")]
 mod linux {
+    use std::path::PathBuf;
+
     use super::*;
-    use crate::process;
+    use crate::process::{self, FileId, ProcessId};
     use crate::watcher::connector::{CnEvent, ProcConnector};
+    use crate::watcher::identify::{Identifier, Identity, RECHECKS};
 
     struct Tracked {
         event: ProcEvent,
     }
 
+    /// Product processes by pid, what every pid ran at the last look, and the
+    /// identifier that tells products apart.
     #[derive(Default)]
     pub(crate) struct Tracker {
         tracked: HashMap<u32, Tracked>,
-        known: HashSet<u32>,
+        /// pid → the file it executed at the last look: with polling, an
+        /// exec shows as a changed file (the pid and start time stay).
+        known: HashMap<u32, Option<FileId>>,
         scanned: bool,
+        identifier: Identifier,
+        product_dirs: Vec<PathBuf>,
+        /// Runners to look at again: pid → (process, looks left).
+        recheck: HashMap<u32, (ProcessId, u8)>,
     }
 
     impl Tracker {
+        pub fn new(product_dirs: Vec<PathBuf>) -> Tracker {
+            Tracker {
+                product_dirs,
+                ..Tracker::default()
+            }
+        }
+
+        /// Takes a new rate sheet: the identifier learns it and indexes the
+        /// product directories again.
+        fn sync(&mut self, matcher: &Matcher) {
+            self.identifier.set_matcher(matcher.clone());
+            if !matcher.is_empty() {
+                self.identifier.index_dirs(&self.product_dirs);
+            }
+        }
+
+        /// Indexes the product directories again (products installed since).
+        pub fn reindex(&mut self) {
+            if !self.product_dirs.is_empty() {
+                self.identifier.index_dirs(&self.product_dirs);
+            }
+        }
+
         /// Reads `pid` and returns its event if it is a product process.
-        fn examine(pid: u32, matcher: &Matcher, kind: ProcEventKind) -> Option<Tracked> {
+        fn examine(&mut self, pid: u32, kind: ProcEventKind) -> Option<Tracked> {
             let names = process::names(pid);
-            let (product, exe_name) = matcher.find(names.candidates())?;
+            let (product, exe_name) = match self.identifier.identify(pid, &names) {
+                Identity::Product { product, name } => (product, name),
+                Identity::Runner => {
+                    if let Some(id) = process::identify(pid) {
+                        self.recheck.insert(pid, (id, RECHECKS));
+                    }
+                    return None;
+                }
+                Identity::Nothing => return None,
+            };
             let owner = process::owner(pid)?;
             let id = process::identify(pid)?;
             Some(Tracked {
@@ -179,40 +225,61 @@ mod linux {
             })
         }
 
+        fn track(&mut self, t: Tracked, out: &mut Vec<ProcEvent>) {
+            self.recheck.remove(&t.event.process.pid);
+            out.push(t.event.clone());
+            self.tracked.insert(t.event.process.pid, t);
+        }
+
         /// Diffs `/proc` against the last scan: exits (and reused pids) of tracked
-        /// processes, then new product processes. With `all`, pids seen before are
-        /// examined too (after a rate sheet change or lost events); those are
-        /// reported as adopted, as is everything on the first scan.
+        /// processes, execs (a pid whose file changed), then new product
+        /// processes. With `all`, pids seen before are examined too (after a
+        /// rate sheet change or lost events); those are reported as adopted, as
+        /// is everything on the first scan.
         pub fn scan(&mut self, matcher: &Matcher, all: bool) -> Vec<ProcEvent> {
+            if all || !self.scanned {
+                self.sync(matcher);
+            }
             let Ok(pids) = process::list_pids() else {
                 return Vec::new();
             };
-            let current: HashSet<u32> = pids.into_iter().collect();
+            let mut current: HashMap<u32, Option<FileId>> = HashMap::with_capacity(pids.len());
+            for pid in pids {
+                current.insert(pid, process::exe_file(pid));
+            }
             let mut out = Vec::new();
             self.tracked.retain(|pid, t| {
                 let same =
-                    current.contains(pid) && process::identify(*pid) == Some(t.event.process);
+                    current.contains_key(pid) && process::identify(*pid) == Some(t.event.process);
                 if !same {
                     out.push(exited(t.event.clone(), None, None));
                 }
                 same
             });
+            self.recheck.retain(|pid, _| current.contains_key(pid));
             if !matcher.is_empty() {
-                let mut new: Vec<u32> = current
+                let mut look: Vec<(u32, bool)> = current
                     .iter()
-                    .copied()
-                    .filter(|p| (all || !self.known.contains(p)) && !self.tracked.contains_key(p))
+                    .filter_map(|(pid, file)| match self.known.get(pid) {
+                        None => Some((*pid, false)),
+                        Some(old) if old != file => Some((*pid, true)),
+                        Some(_) if all && !self.tracked.contains_key(pid) => Some((*pid, false)),
+                        Some(_) => None,
+                    })
                     .collect();
-                new.sort_unstable();
-                for pid in new {
-                    let kind = if !self.scanned || self.known.contains(&pid) {
+                look.sort_unstable();
+                for (pid, execed) in look {
+                    if execed {
+                        out.extend(self.exec_seen(pid));
+                        continue;
+                    }
+                    let kind = if !self.scanned || self.known.contains_key(&pid) {
                         ProcEventKind::Adopted
                     } else {
                         ProcEventKind::Started
                     };
-                    if let Some(t) = Self::examine(pid, matcher, kind) {
-                        out.push(t.event.clone());
-                        self.tracked.insert(pid, t);
+                    if let Some(t) = self.examine(pid, kind) {
+                        self.track(t, &mut out);
                     }
                 }
             }
@@ -222,23 +289,27 @@ mod linux {
         }
 
         /// `pid` replaced its program.
-        pub fn exec(&mut self, pid: u32, matcher: &Matcher) -> Vec<ProcEvent> {
+        pub fn exec(&mut self, pid: u32) -> Vec<ProcEvent> {
+            self.known.insert(pid, process::exe_file(pid));
+            self.exec_seen(pid)
+        }
+
+        fn exec_seen(&mut self, pid: u32) -> Vec<ProcEvent> {
             let mut out = Vec::new();
-            self.known.insert(pid);
-            let found = Self::examine(pid, matcher, ProcEventKind::Started);
+            self.recheck.remove(&pid);
+            let found = self.examine(pid, ProcEventKind::Started);
             if let Some(old) = self.tracked.get(&pid) {
                 if found
                     .as_ref()
                     .is_some_and(|f| f.event.product == old.event.product)
                 {
-                    return out; // a product re-executing itself is the same session
+                    return out; // a product re-executing itself is the same run
                 }
                 let old = self.tracked.remove(&pid).expect("present");
                 out.push(exited(old.event, None, None));
             }
             if let Some(t) = found {
-                out.push(t.event.clone());
-                self.tracked.insert(pid, t);
+                self.track(t, &mut out);
             }
             out
         }
@@ -246,10 +317,69 @@ mod linux {
         /// `pid` ended with wait status `status`.
         pub fn exit(&mut self, pid: u32, status: u32) -> Option<ProcEvent> {
             self.known.remove(&pid);
+            self.recheck.remove(&pid);
             let t = self.tracked.remove(&pid)?;
             let (code, signal) = decode_status(status);
             Some(exited(t.event, code, signal))
         }
+
+        /// Whether runners wait to be looked at again.
+        pub fn rechecking(&self) -> bool {
+            !self.recheck.is_empty()
+        }
+
+        /// Looks again at the files runners have mapped executable: a loader
+        /// maps its program after the exec the watcher saw.
+        pub fn recheck(&mut self) -> Vec<ProcEvent> {
+            let mut out = Vec::new();
+            let due: Vec<(u32, ProcessId, u8)> = self
+                .recheck
+                .iter()
+                .map(|(p, (id, n))| (*p, *id, *n))
+                .collect();
+            for (pid, id, left) in due {
+                if process::identify(pid) != Some(id) || self.tracked.contains_key(&pid) {
+                    self.recheck.remove(&pid);
+                    continue;
+                }
+                let found = match self.identifier.mappings(pid) {
+                    Some(Identity::Product { product, name }) => Some((product, name)),
+                    _ => None,
+                };
+                match found.zip(process::owner(pid)) {
+                    Some(((product, name), owner)) => {
+                        let event = ProcEvent {
+                            kind: ProcEventKind::Started,
+                            process: id,
+                            owner,
+                            product,
+                            exe_name: name,
+                            exe_path: process::names(pid).exe_path,
+                            started_at: process::start_time(id),
+                        };
+                        self.track(Tracked { event }, &mut out);
+                    }
+                    None if left <= 1 => {
+                        self.recheck.remove(&pid);
+                    }
+                    None => {
+                        self.recheck.insert(pid, (id, left - 1));
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    /// How often the product directories are indexed again, for products
+    /// installed while the agent runs.
+    const REINDEX_EVERY: Duration = Duration::from_secs(600);
+
+    fn reindex_timer() -> tokio::time::Interval {
+        let mut t =
+            tokio::time::interval_at(tokio::time::Instant::now() + REINDEX_EVERY, REINDEX_EVERY);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
     }
 
     async fn send_all(tx: &mpsc::Sender<ProcEvent>, events: Vec<ProcEvent>) -> bool {
@@ -289,13 +419,19 @@ mod linux {
     ) {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reindex = reindex_timer();
         loop {
             let all = tokio::select! {
                 _ = ticker.tick() => false,
                 _ = rescan.notified() => true,
+                _ = reindex.tick() => {
+                    tracker.reindex();
+                    continue;
+                }
                 _ = tx.closed() => return,
             };
-            let events = tracker.scan(&read(&matcher), all);
+            let mut events = tracker.scan(&read(&matcher), all);
+            events.extend(tracker.recheck());
             if !send_all(&tx, events).await {
                 return;
             }
@@ -304,7 +440,8 @@ mod linux {
 
     /// Follows connector events, after sending `initial`. The caller subscribed
     /// before its adoption scan, so nothing started in between is missed; anything
-    /// seen twice is deduplicated by the tracked set.
+    /// seen twice is deduplicated by the tracked set. Runners are looked at
+    /// again at the poll interval, only while there are any.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_connector(
         mut connector: ProcConnector,
@@ -320,38 +457,55 @@ mod linux {
             return;
         }
         let mut batch = Vec::new();
+        let mut recheck = tokio::time::interval(interval);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reindex = reindex_timer();
         loop {
             batch.clear();
-            let all = tokio::select! {
+            let rechecking = tracker.rechecking();
+            enum Wake {
+                Batch,
+                All,
+                Recheck,
+            }
+            let wake = tokio::select! {
                 r = connector.recv(&mut batch) => match r {
-                    Ok(()) => false,
+                    Ok(()) => Wake::Batch,
                     Err(e) => {
                         tracing::warn!(error = %e, "process connector failed; polling /proc from now on");
                         store_source(&source, DetectionSource::Polling);
                         return run_polling(tracker, interval, matcher, rescan, tx).await;
                     }
                 },
-                _ = rescan.notified() => true,
+                _ = rescan.notified() => Wake::All,
+                _ = recheck.tick(), if rechecking => Wake::Recheck,
+                _ = reindex.tick() => {
+                    tracker.reindex();
+                    continue;
+                }
                 _ = tx.closed() => return,
             };
             let events = {
                 let m = read(&matcher);
-                if all || batch.contains(&CnEvent::Overflow) {
-                    tracker.scan(&m, true)
-                } else {
-                    let mut events = Vec::new();
-                    for ev in &batch {
-                        match *ev {
-                            CnEvent::Exec { pid } if !m.is_empty() => {
-                                events.extend(tracker.exec(pid, &m))
+                match wake {
+                    Wake::Recheck => tracker.recheck(),
+                    Wake::All => tracker.scan(&m, true),
+                    Wake::Batch if batch.contains(&CnEvent::Overflow) => tracker.scan(&m, true),
+                    Wake::Batch => {
+                        let mut events = Vec::new();
+                        for ev in &batch {
+                            match *ev {
+                                CnEvent::Exec { pid } if !m.is_empty() => {
+                                    events.extend(tracker.exec(pid))
+                                }
+                                CnEvent::Exit { pid, status } => {
+                                    events.extend(tracker.exit(pid, status))
+                                }
+                                _ => {}
                             }
-                            CnEvent::Exit { pid, status } => {
-                                events.extend(tracker.exit(pid, status))
-                            }
-                            _ => {}
                         }
+                        events
                     }
-                    events
                 }
             };
             if !send_all(&tx, events).await {

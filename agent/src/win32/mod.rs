@@ -237,6 +237,27 @@ pub fn token_is_admin(token: &Handle, user: &Sid) -> bool {
 /// The machine's ProgramData folder (`C:\ProgramData`), as the shell knows
 /// it: the folder the MSI's CommonAppDataFolder names. The environment
 /// variable is not used, because a service's environment may differ.
+/// The NetBIOS name of the domain this computer is joined to, if any (a
+/// workgroup or an unjoined computer has none).
+pub fn joined_domain() -> Option<String> {
+    use windows_sys::Win32::NetworkManagement::NetManagement::{
+        NetApiBufferFree, NetGetJoinInformation, NetSetupDomainName, NETSETUP_JOIN_STATUS,
+    };
+    let mut name: windows_sys::core::PWSTR = null_mut();
+    let mut status: NETSETUP_JOIN_STATUS = 0;
+    // SAFETY: out-pointers to fill; the buffer is freed below.
+    let rc = unsafe { NetGetJoinInformation(std::ptr::null(), &mut name, &mut status) };
+    if rc != 0 || name.is_null() {
+        return None;
+    }
+    // SAFETY: the API returned a NUL-terminated wide string.
+    let len = (0..).take_while(|&i| unsafe { *name.add(i) } != 0).count();
+    let domain = from_wide(unsafe { std::slice::from_raw_parts(name, len) });
+    // SAFETY: allocated by NetGetJoinInformation.
+    unsafe { NetApiBufferFree(name as *const c_void) };
+    (status == NetSetupDomainName && !domain.is_empty()).then_some(domain)
+}
+
 pub fn program_data() -> Option<String> {
     use windows_sys::Win32::System::Com::CoTaskMemFree;
     use windows_sys::Win32::UI::Shell::{FOLDERID_ProgramData, SHGetKnownFolderPath};

@@ -1,5 +1,5 @@
 -- The PostgreSQL schema: the same tables and columns as SQLite's after its
--- migration 0005, so that one set of queries serves both. Times are RFC 3339
+-- migration 0006, so that one set of queries serves both. Times are RFC 3339
 -- UTC text of fixed width, compared byte by byte (COLLATE "C"), as in SQLite;
 -- integers are 64-bit; booleans are 0/1 integers. Tables whose order of
 -- insertion matters have a `rowid` column, as SQLite's tables have implicitly.
@@ -176,6 +176,20 @@ CREATE TABLE usage_weeks (
     pair   BIGINT NOT NULL REFERENCES usage_pairs(id),
     weeks  BYTEA NOT NULL,
     PRIMARY KEY (block, pair)
+);
+
+-- Which users each device spoke for per tenant day (SQLite's 0005).
+CREATE TABLE device_user_days (
+    device_id TEXT COLLATE "C" NOT NULL,
+    day       BIGINT NOT NULL,
+    "user"    TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (device_id, day, "user")
+);
+
+CREATE TABLE device_user_alerts (
+    device_id TEXT COLLATE "C" NOT NULL,
+    day       BIGINT NOT NULL,
+    PRIMARY KEY (device_id, day)
 );
 
 CREATE TABLE console_sessions (

@@ -141,6 +141,9 @@ pub(crate) fn hint_for(code: ErrorCode, path: &str) -> &'static str {
         }
         ErrorCode::UnknownProduct => ": see the product ids with `flex-admin products`",
         ErrorCode::Unauthorized => ": check FLEX_ADMIN_TOKEN or --token-file",
+        ErrorCode::TooManyAttempts => {
+            ": check FLEX_ADMIN_TOKEN or --token-file before the wait is over"
+        }
         ErrorCode::PayloadTooLarge => ": send a smaller request (split the file)",
         ErrorCode::Internal => ": see the server's log; the request may be retried",
         _ => "",

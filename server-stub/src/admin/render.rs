@@ -8,8 +8,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use flex_protocol::api::{
     AssignmentMode, Balance, ChargeKind, ChargeList, ChargeModel, DefaultAssignments,
-    EnrollmentToken, EnrollmentTokenList, Health, ImportResult, Lot, NoticeKind, NoticeList,
-    Product, ProductList, Subscription, TestClock, User, UserList,
+    EnrollmentToken, EnrollmentTokenList, Health, ImportResult, Lot, NoticeList, Product,
+    ProductList, Subscription, TestClock, User, UserList,
 };
 use serde::de::DeserializeOwned;
 
@@ -359,12 +359,11 @@ fn notices(list: &NoticeList) -> String {
     }
     let mut t = Table::new(&["TIME", "KIND", "MESSAGE"]);
     for n in &list.notices {
-        let kind = match n.kind {
-            NoticeKind::LowBalance => "low_balance",
-            NoticeKind::OutOfTokens => "out_of_tokens",
-            NoticeKind::TokensExpiring => "tokens_expiring",
-        };
-        t.row([time(&n.created_at), kind.to_owned(), n.message.clone()]);
+        t.row([
+            time(&n.created_at),
+            n.kind.as_str().to_owned(),
+            n.message.clone(),
+        ]);
     }
     t.render()
 }

@@ -58,11 +58,13 @@ pub async fn products(_: Device, State(st): State<AppState>) -> Json<ProductList
     })
 }
 
-/// Whether a user is known, for `flexctl doctor` on a workstation.
+/// Whether a user is known (nothing more), for `flexctl doctor` on a workstation.
 pub async fn user_check(
-    _: Device,
+    Device(device): Device,
     State(st): State<AppState>,
     Path(email): Path<String>,
 ) -> Result<Json<UserCheck>, ApiError> {
-    Ok(Json(st.store.run(move |s| s.check_user(&email)).await?))
+    Ok(Json(
+        st.store.run(move |s| s.check_user(&device, &email)).await?,
+    ))
 }

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -21,6 +23,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: too many wrong admin tokens from this address.
+    pub fn throttled(retry_after: std::time::Duration) -> Self {
+        let secs = retry_after_secs(retry_after);
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyAttempts,
+                format!("too many wrong admin tokens from this address: try again in {secs}s"),
+            )
         }
     }
 
@@ -43,6 +59,17 @@ impl IntoResponse for ApiError {
             tracing::error!(code = %self.code, "{}", self.message);
         }
         let body = Json(ErrorBody::new(self.code, self.message));
+        if let Some(wait) = self.retry_after {
+            return (
+                self.status,
+                [(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after_secs(wait).to_string(),
+                )],
+                body,
+            )
+                .into_response();
+        }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the oversize body was never read, so this connection
             // cannot carry another request: say so, or a client reusing it fails.
@@ -55,6 +82,11 @@ impl IntoResponse for ApiError {
         }
         (self.status, body).into_response()
     }
+}
+
+/// `Retry-After` in whole seconds, never 0 (that would invite an instant retry).
+pub fn retry_after_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// An import with bad lines answers 422 with the import shape plus the error.

@@ -2,14 +2,16 @@
 //! authentication for admins and devices.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use flex_protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AdminAuth, AppState};
 use crate::store::DeviceAuth;
 
 /// `axum::Json` whose rejections are `{"error":{...}}` naming the bad field.
@@ -116,19 +118,43 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Proof that the request carries the admin token.
+/// The client's IP address, as the accept loop saw it (none in unit tests
+/// that call the router directly).
+pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The client's IP address; never rejects.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(peer_ip(parts)))
+    }
+}
+
+/// Proof that the request carries the admin token. Wrong tokens are counted
+/// per client address (see [`crate::net::throttle`]).
 pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts) {
-            Some(t) if state.admin_token_matches(t) => Ok(Admin),
-            Some(_) => Err(ApiError::unauthorized("the admin token is not valid")),
-            None => Err(ApiError::unauthorized(
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::unauthorized(
                 "missing admin token: send Authorization: Bearer <token>",
-            )),
+            ));
+        };
+        match state.admin_auth(peer_ip(parts), token) {
+            AdminAuth::Ok => Ok(Admin),
+            AdminAuth::Wrong => Err(ApiError::unauthorized("the admin token is not valid")),
+            AdminAuth::Throttled(wait) => Err(ApiError::throttled(wait)),
         }
     }
 }

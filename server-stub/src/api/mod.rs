@@ -3,9 +3,10 @@
 mod admin;
 mod agent;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 mod reports;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -14,6 +15,7 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 
 use crate::clock::TestClock;
+use crate::net::throttle::AuthThrottle;
 use crate::store::{ClaimBatcher, Store};
 use error::ApiError;
 
@@ -37,6 +39,17 @@ pub struct AppState {
     pub console: Arc<crate::console::Console>,
     /// `/v1/openapi.json` with this server's pack sizes.
     openapi: Arc<str>,
+    /// Wrong admin tokens per client address.
+    auth_throttle: Arc<AuthThrottle>,
+}
+
+/// What a presented admin token got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminAuth {
+    Ok,
+    Wrong,
+    /// The address is throttled; the token was not looked at.
+    Throttled(std::time::Duration),
 }
 
 impl AppState {
@@ -48,6 +61,7 @@ impl AppState {
             .iter()
             .map(|p| p.id.clone())
             .collect();
+        let defaults = crate::config::LimitsConfig::default();
         AppState {
             claims: ClaimBatcher::start(store.clone()),
             store,
@@ -55,7 +69,51 @@ impl AppState {
             test_clock,
             console: Arc::new(crate::console::Console::default()),
             openapi: openapi_for(&store_pack_sizes, &product_ids),
+            auth_throttle: Arc::new(AuthThrottle::new(
+                defaults.admin_auth_failures,
+                defaults.admin_auth_window,
+            )),
         }
+    }
+
+    /// Counts wrong admin tokens with `throttle` (from `[limits]`).
+    pub fn with_auth_throttle(mut self, throttle: AuthThrottle) -> Self {
+        self.auth_throttle = Arc::new(throttle);
+        self
+    }
+
+    /// Checks an admin token presented from `peer` (the console's login form or
+    /// a bearer token), throttling an address that keeps guessing.
+    pub(crate) fn admin_auth(&self, peer: Option<IpAddr>, presented: &str) -> AdminAuth {
+        let ip = peer.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        let key = crate::net::client_key(ip);
+        let now = std::time::Instant::now();
+        if let Err(wait) = self.auth_throttle.check(key, now) {
+            return AdminAuth::Throttled(wait);
+        }
+        if self.admin_token_matches(presented) {
+            self.auth_throttle.succeeded(key);
+            return AdminAuth::Ok;
+        }
+        let f = self.auth_throttle.failed(key, now);
+        let (max, window) = (
+            self.auth_throttle.max_failures(),
+            self.auth_throttle.window(),
+        );
+        tracing::warn!(
+            client = %ip,
+            "wrong admin token from {ip} ({} of {max} allowed in {}s)",
+            f.failures,
+            window.as_secs()
+        );
+        if let Some(wait) = f.blocked_for {
+            tracing::warn!(
+                client = %ip,
+                "admin-token attempts from {ip} answer 429 for {}s: {max} wrong tokens",
+                error::retry_after_secs(wait)
+            );
+        }
+        AdminAuth::Wrong
     }
 
     /// Console cookies get `Secure` (the server speaks TLS).
@@ -65,7 +123,7 @@ impl AppState {
     }
 
     /// Compares digests so the time taken does not depend on a matching prefix.
-    pub(crate) fn admin_token_matches(&self, presented: &str) -> bool {
+    fn admin_token_matches(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         digest
             .iter()

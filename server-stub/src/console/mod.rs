@@ -7,7 +7,9 @@
 //! CSRF token, and a post whose `Origin` is another site or whose
 //! `Sec-Fetch-Site` says cross-site is refused. Pages are sent with a strict
 //! Content-Security-Policy (no script at all, styles only from the stylesheet),
-//! `frame-ancestors 'none'` and `Cache-Control: no-store`.
+//! `frame-ancestors 'none'` and `Cache-Control: no-store`. Wrong tokens on the
+//! form count against the client address like wrong bearer tokens do (429
+//! after `limits.admin_auth_failures`, see [`crate::net::throttle`]).
 
 mod charts;
 mod pages;
@@ -22,7 +24,9 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{html, Markup, DOCTYPE};
 
-use crate::api::AppState;
+use crate::api::error::retry_after_secs;
+use crate::api::extract::ClientIp;
+use crate::api::{AdminAuth, AppState};
 use session::{cookie, same, set_cookie, Session, COOKIE, LOGIN_COOKIE};
 
 const STYLE: &str = include_str!("style.css");
@@ -307,6 +311,7 @@ pub struct LoginForm {
 
 async fn login(
     State(st): State<AppState>,
+    ClientIp(peer): ClientIp,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
@@ -331,14 +336,30 @@ async fn login(
             secure,
         );
     }
-    if !st.admin_token_matches(f.token.trim()) {
-        tracing::warn!("console login refused: wrong admin token");
-        return login_response(
-            StatusCode::UNAUTHORIZED,
-            Some("this is not the admin token of this server"),
-            None,
-            secure,
-        );
+    match st.admin_auth(peer, f.token.trim()) {
+        AdminAuth::Ok => {}
+        AdminAuth::Wrong => {
+            return login_response(
+                StatusCode::UNAUTHORIZED,
+                Some("this is not the admin token of this server"),
+                None,
+                secure,
+            )
+        }
+        AdminAuth::Throttled(wait) => {
+            let secs = retry_after_secs(wait);
+            let mut res = login_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "too many wrong tokens from this address: try again in {secs} seconds"
+                )),
+                None,
+                secure,
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return res;
+        }
     }
     let now = st.store.now();
     let id = match st.store.run(move |s| s.create_console_session(now)).await {

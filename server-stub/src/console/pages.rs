@@ -104,7 +104,7 @@ pub async fn overview(a: Authed, State(st): State<AppState>) -> Response {
             h2 { "Latest notices" }
             @if notices.is_empty() { p.empty { "No notices." } } @else {
                 ul.notices { @for n in notices.iter().take(10) {
-                    li class=(match n.kind { NoticeKind::OutOfTokens => "bad", NoticeKind::LowBalance => "warn", NoticeKind::TokensExpiring => "info" }) {
+                    li class=(match n.kind { NoticeKind::OutOfTokens | NoticeKind::DeviceUsers => "bad", NoticeKind::LowBalance => "warn", NoticeKind::TokensExpiring => "info" }) {
                         time { (n.created_at.format("%Y-%m-%d %H:%M UTC")) } " " (n.message)
                     }
                 } }

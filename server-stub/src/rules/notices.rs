@@ -3,7 +3,10 @@
 //! (20% of the tokens in unexpired lots), re-armed when a purchase lifts it
 //! above; `out_of_tokens` at zero or on a refused charge, re-armed by a
 //! purchase; `tokens_expiring` once per lot with tokens left within 90 days of
-//! its expiry.
+//! its expiry. Beside them, for admins only, `device_users` once per device and
+//! tenant day when one device speaks for more distinct users than
+//! `policy.device_users_alert` (a shared workstation, or a device credential
+//! used to charge other people).
 
 use chrono::{DateTime, Duration, Utc};
 use flex_protocol::api::NoticeKind;
@@ -113,6 +116,44 @@ pub fn expiring(lots: &[(LotState, bool)], now: DateTime<Utc>) -> Vec<(i64, Rais
         .collect()
 }
 
+/// Longest list of users a `device_users` notice names.
+const DEVICE_USERS_LISTED: usize = 20;
+
+/// Whether a device that spoke for `users` people in a day is above `alert`.
+pub fn device_users_over(users: u64, alert: u32) -> bool {
+    users > u64::from(alert)
+}
+
+/// The notice for device `device` (enrolled as `hostname`), which spoke for
+/// `users` on `date`, more than `alert`.
+pub fn device_users(
+    device: &str,
+    hostname: &str,
+    date: chrono::NaiveDate,
+    users: &[String],
+    alert: u32,
+) -> Raise {
+    let mut named = users
+        .iter()
+        .take(DEVICE_USERS_LISTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if users.len() > DEVICE_USERS_LISTED {
+        named.push_str(", ...");
+    }
+    Raise {
+        kind: NoticeKind::DeviceUsers,
+        message: format!(
+            "device {device} ({hostname}) claimed for or looked up {} different users on \
+             {date}, more than policy.device_users_alert = {alert}: {named}. A shared \
+             workstation does this; otherwise its credential may be charging other people: \
+             check it with flex-admin devices and revoke it if it is not expected",
+            users.len()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +220,29 @@ mod tests {
             "ada@x.com was refused autocad: it costs 7 tokens and the balance is 3"
         );
         assert!(!armed.out);
+    }
+
+    #[test]
+    fn device_users_above_the_alert_name_the_device_and_the_users() {
+        assert!(!device_users_over(10, 10));
+        assert!(device_users_over(11, 10));
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
+        let users: Vec<String> = (0..25).map(|i| format!("u{i:02}@x.com")).collect();
+        let n = device_users("d1", "ws-1", date, &users[..11], 10);
+        assert_eq!(n.kind, NoticeKind::DeviceUsers);
+        assert!(
+            n.message.starts_with(
+                "device d1 (ws-1) claimed for or looked up 11 different users on 2026-11-02, \
+                 more than policy.device_users_alert = 10: u00@x.com, u01@x.com,"
+            ),
+            "{}",
+            n.message
+        );
+        let long = device_users("d1", "ws-1", date, &users, 10).message;
+        assert!(
+            long.contains("u19@x.com, ...") && !long.contains("u20@x.com"),
+            "{long}"
+        );
     }
 
     #[test]

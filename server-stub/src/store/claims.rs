@@ -16,7 +16,7 @@ use flex_protocol::ErrorCode;
 use super::db::{params, Conn, Row};
 use super::lots::{balance_of, spend};
 use super::users::{has_subscription, load_defaults, load_user, normalize_email};
-use super::{notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
+use super::{device_users, notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 use crate::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
 
 /// Advisory lock key the replicas' claim writers take turns with ("flexclm").
@@ -322,7 +322,20 @@ impl Store {
                 req.claim_id
             )));
         }
+        if self.rates().get(&req.product).is_none() {
+            // Refused, charging nothing, and kept nowhere: a flood of claims for
+            // products that do not exist costs no storage. A retry gets the same
+            // answer while the rate sheet does not name the product.
+            let response = denied(
+                ErrorCode::UnknownProduct,
+                format!("product '{}' is not on the rate sheet", req.product),
+                None,
+            );
+            let body = serde_json::to_string(&response).expect("claim response serializes");
+            return Ok(ClaimOutcome { status: 200, body });
+        }
         notices::check_expiring(tx, now)?;
+        device_users::spoke_for(tx, device_id, user, self.policy(), now)?;
         let response = self.answer(tx, device_id, user, req, now)?;
         let body = serde_json::to_string(&response).expect("claim response serializes");
         tx.execute(

@@ -120,28 +120,27 @@ impl Store {
         })
     }
 
-    /// Whether the server knows `email` (for a device's `flexctl doctor`).
-    pub fn check_user(&self, email: &str) -> Result<flex_protocol::api::UserCheck> {
+    /// Whether the server knows `email`, asked by device `device_id` (its
+    /// `flexctl doctor`); counts as the device speaking for that user.
+    pub fn check_user(
+        &self,
+        device_id: &str,
+        email: &str,
+    ) -> Result<flex_protocol::api::UserCheck> {
         let normalized = super::users::normalize_email(email).map_err(|e| {
             StoreError::Invalid(format!(
                 "'{}' {e}",
                 email.chars().take(64).collect::<String>()
             ))
         })?;
-        let user = self.read(|c| super::users::load_user(c, &normalized))?;
-        Ok(match user {
-            Some(u) => flex_protocol::api::UserCheck {
-                email: u.email,
-                known: true,
-                flex_assigned: u.flex_assigned,
-                subscriptions: u.subscriptions,
-            },
-            None => flex_protocol::api::UserCheck {
-                email: normalized,
-                known: false,
-                flex_assigned: false,
-                subscriptions: Vec::new(),
-            },
+        let now = self.now();
+        self.write(|tx| {
+            super::device_users::spoke_for(tx, device_id, &normalized, self.policy(), now)?;
+            let known = super::users::load_user(tx, &normalized)?.is_some();
+            Ok(flex_protocol::api::UserCheck {
+                email: normalized.clone(),
+                known,
+            })
         })
     }
 

@@ -81,7 +81,7 @@ impl Store {
                 ],
             )?;
             notices::check_expiring(tx, now)?;
-            let mut recent = notices::list(tx, req.notices_after, 50)?;
+            let mut recent = notices::list(tx, req.notices_after, 50, notices::Audience::Agents)?;
             recent.reverse();
             Ok((balance_of(tx, now)?, recent))
         })?;

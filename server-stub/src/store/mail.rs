@@ -39,10 +39,11 @@ impl Store {
                 )?
                 .into_iter()
                 .collect();
-            let mut out: Vec<Notice> = notices::list(c, Some(after), i64::MAX)?
-                .into_iter()
-                .filter(|n| unsent.contains(&n.id))
-                .collect();
+            let mut out: Vec<Notice> =
+                notices::list(c, Some(after), i64::MAX, notices::Audience::Admins)?
+                    .into_iter()
+                    .filter(|n| unsent.contains(&n.id))
+                    .collect();
             out.reverse();
             out.truncate(limit.max(0) as usize);
             Ok(out)

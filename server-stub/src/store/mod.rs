@@ -14,6 +14,7 @@ mod charges;
 mod claims;
 mod console_sessions;
 pub mod db;
+mod device_users;
 mod devices;
 mod enrollment;
 mod heartbeat;

@@ -16,28 +16,25 @@ use crate::rules::notices::{self as rules, Armed, Raise};
 const LOW_ARMED: &str = "notice.low_balance.armed";
 const OUT_ARMED: &str = "notice.out_of_tokens.armed";
 
-fn kind_str(kind: NoticeKind) -> &'static str {
-    match kind {
-        NoticeKind::LowBalance => "low_balance",
-        NoticeKind::OutOfTokens => "out_of_tokens",
-        NoticeKind::TokensExpiring => "tokens_expiring",
-    }
-}
+const KINDS: [NoticeKind; 4] = [
+    NoticeKind::LowBalance,
+    NoticeKind::OutOfTokens,
+    NoticeKind::TokensExpiring,
+    NoticeKind::DeviceUsers,
+];
 
 fn kind_of(s: &str) -> Result<NoticeKind> {
-    Ok(match s {
-        "low_balance" => NoticeKind::LowBalance,
-        "out_of_tokens" => NoticeKind::OutOfTokens,
-        "tokens_expiring" => NoticeKind::TokensExpiring,
-        other => return Err(StoreError::Corrupt(format!("notice kind '{other}'"))),
-    })
+    KINDS
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("notice kind '{s}'")))
 }
 
-fn raise(conn: &Conn<'_>, r: &Raise, now: DateTime<Utc>) -> Result<()> {
-    tracing::info!(kind = kind_str(r.kind), "notice: {}", r.message);
+pub(crate) fn raise(conn: &Conn<'_>, r: &Raise, now: DateTime<Utc>) -> Result<()> {
+    tracing::info!(kind = r.kind.as_str(), "notice: {}", r.message);
     conn.execute(
         "INSERT INTO notices (kind, message, created_at) VALUES (?1, ?2, ?3)",
-        params![kind_str(r.kind), r.message, ts(now)],
+        params![r.kind.as_str(), r.message, ts(now)],
     )?;
     Ok(())
 }
@@ -138,9 +135,33 @@ pub(crate) fn check_expiring(conn: &Conn<'_>, now: DateTime<Utc>) -> Result<()> 
     Ok(())
 }
 
-pub(crate) fn list(conn: &Conn<'_>, after: Option<i64>, limit: i64) -> Result<Vec<Notice>> {
+/// Who reads a notice list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Audience {
+    Admins,
+    /// Heartbeats: only kinds agents know ([`NoticeKind::for_agents`]); an
+    /// older agent cannot parse the others.
+    Agents,
+}
+
+pub(crate) fn list(
+    conn: &Conn<'_>,
+    after: Option<i64>,
+    limit: i64,
+    audience: Audience,
+) -> Result<Vec<Notice>> {
+    // The kinds are our own constants, not input.
+    let kinds: Vec<String> = KINDS
+        .iter()
+        .filter(|k| audience == Audience::Admins || k.for_agents())
+        .map(|k| format!("'{}'", k.as_str()))
+        .collect();
     conn.query_all(
-        "SELECT id, kind, message, created_at FROM notices WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
+        &format!(
+            "SELECT id, kind, message, created_at FROM notices
+             WHERE id > ?1 AND kind IN ({}) ORDER BY id DESC LIMIT ?2",
+            kinds.join(", ")
+        ),
         params![after.unwrap_or(0), limit],
         |r| {
             Ok(Notice {
@@ -159,7 +180,7 @@ impl Store {
         let now = self.now();
         self.write(|tx| {
             check_expiring(tx, now)?;
-            list(tx, None, i64::MAX)
+            list(tx, None, i64::MAX, Audience::Admins)
         })
     }
 
@@ -167,6 +188,9 @@ impl Store {
     /// test clock moves.
     pub fn tick(&self) -> Result<()> {
         let now = self.now();
-        self.write(|tx| check_expiring(tx, now))
+        self.write(|tx| {
+            check_expiring(tx, now)?;
+            super::device_users::prune(tx, self.policy(), now)
+        })
     }
 }

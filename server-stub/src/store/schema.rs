@@ -18,7 +18,8 @@ pub(crate) const SQLITE: &[&str] = &[
     include_str!("../../migrations/0002_enrollment_keys.sql"),
     include_str!("../../migrations/0003_reports.sql"),
     include_str!("../../migrations/0004_usage_blocks.sql"),
-    include_str!("../../migrations/0005_console_sessions.sql"),
+    include_str!("../../migrations/0005_device_users.sql"),
+    include_str!("../../migrations/0006_console_sessions.sql"),
 ];
 
 /// PostgreSQL's migrations, applied in order.

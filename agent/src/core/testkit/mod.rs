@@ -63,6 +63,21 @@ pub enum Network {
     LoseAnswers,
     /// Claims are journaled but the agent dies before sending them.
     DieBeforeSend,
+    /// Claims stay in flight until [`Harness::release_claims`] delivers them.
+    Hold,
+}
+
+/// A directory for a real SQLite journal, on tmpfs where there is one:
+/// month-long scenarios journal tens of thousands of batches and disk fsyncs
+/// would dominate.
+pub fn journal_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap()
 }
 
 /// Plays the driver: owns the core, the clocks, the fake server and a journal.
@@ -85,6 +100,8 @@ pub struct Harness {
     next_pid: u32,
     /// Processes the core asked to track and has not released.
     pub tracked: std::collections::BTreeSet<ProcessId>,
+    /// Claims sent while the network holds them ([`Network::Hold`]).
+    pub held: Vec<ClaimRequest>,
 }
 
 impl Harness {
@@ -100,18 +117,16 @@ impl Harness {
         balance: u64,
         notices: Vec<flex_protocol::api::Notice>,
     ) -> Self {
-        // A real SQLite file, on tmpfs where there is one: month-long scenarios
-        // journal tens of thousands of batches and disk fsyncs would dominate.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .unwrap();
-        let journal = Journal::open_in(&dir.path().join("state")).unwrap();
+        let dir = journal_dir();
         let mut server = FakeServer::new(balance);
         server.notices = notices;
+        Self::with_server(start, server, dir)
+    }
+
+    /// An enrolled agent that first reaches `server` at `start` (its policy
+    /// applies from then on).
+    pub fn with_server(start: DateTime<Utc>, server: FakeServer, dir: tempfile::TempDir) -> Self {
+        let journal = Journal::open_in(&dir.path().join("state")).unwrap();
         let boot = Duration::from_secs(3600);
         let config = CoreConfig {
             device_id: DEVICE.into(),
@@ -135,6 +150,7 @@ impl Harness {
             next_request: 1,
             next_pid: 4000,
             tracked: Default::default(),
+            held: Vec::new(),
         };
         let mut queue = VecDeque::new();
         h.absorb(first, &mut queue, &mut Vec::new());
@@ -181,18 +197,19 @@ impl Harness {
                         self.server.claim(request, self.true_time);
                     }
                     Network::DieBeforeSend => {}
+                    Network::Hold => self.held.push(request.clone()),
                 },
                 Action::Heartbeat => match self.network {
                     Network::Up => {
                         let batch = self.journal.heartbeat_batch().unwrap();
                         let ids: Vec<String> =
                             batch.sessions.iter().map(|s| s.id.clone()).collect();
-                        self.journal.acknowledge(&batch, &ids).unwrap();
                         queue.push_back(Input::ContactOk {
                             server_time: self.true_time,
                             policy: self.server.policy.clone(),
                             balance: self.server.balance,
                             notices: std::mem::take(&mut self.server.notices),
+                            uploaded: batch.receipt(ids),
                         });
                     }
                     _ => queue.push_back(Input::ContactFailed {
@@ -213,6 +230,19 @@ impl Harness {
         }
         self.log.extend(actions.iter().cloned());
         all.extend(actions);
+    }
+
+    /// Delivers the claims held in flight to the server, and its answers back.
+    pub fn release_claims(&mut self) -> Vec<Action> {
+        let held = std::mem::take(&mut self.held);
+        let queue = held
+            .iter()
+            .map(|request| Input::ClaimAnswered {
+                claim_id: request.claim_id.clone(),
+                response: self.server.claim(request, self.true_time),
+            })
+            .collect();
+        self.drain(queue)
     }
 
     /// Lets `d` pass with the agent running, firing every timer at its moment.

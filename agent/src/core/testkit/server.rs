@@ -35,6 +35,8 @@ pub struct FakeServer {
     pub balance: u64,
     pub rates: HashMap<String, ChargeModel>,
     pub subscriptions: HashSet<(String, String)>,
+    /// Users not on Flex (every other user is, with every product allowed).
+    pub not_on_flex: HashSet<String>,
     pub policy: Policy,
     /// Every window granted, oldest first.
     windows: Vec<WindowFact>,
@@ -59,6 +61,7 @@ impl FakeServer {
             balance,
             rates: rates.iter().map(|(p, c)| (p.to_string(), *c)).collect(),
             subscriptions: HashSet::new(),
+            not_on_flex: HashSet::new(),
             policy: default_policy(),
             windows: Vec::new(),
             answers: HashMap::new(),
@@ -82,6 +85,30 @@ impl FakeServer {
 
     pub fn verifier(&self) -> LeaseVerifier {
         LeaseVerifier::from_keys(&[self.signer.public_key()]).unwrap()
+    }
+
+    /// The rate sheet the server would send: every product it rates.
+    pub fn products(&self) -> Vec<flex_protocol::api::Product> {
+        let mut ids: Vec<&String> = self.rates.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| flex_protocol::api::Product {
+                id: id.clone(),
+                name: id.clone(),
+                charge: self.rates[id],
+                executables: Default::default(),
+                sample: false,
+            })
+            .collect()
+    }
+
+    /// The newest window the server opened for (user, product).
+    pub fn window_of(&self, user: &flex_protocol::Email, product: &str) -> Option<Window> {
+        self.windows
+            .iter()
+            .rev()
+            .find(|w| w.user == user.as_str() && w.product == product)
+            .map(wire)
     }
 
     pub fn total_charged(&self) -> u64 {
@@ -242,7 +269,7 @@ impl claim::Facts for FakeServer {
     fn user(&mut self, user: &str, product: &str) -> Result<UserFacts, Invalid> {
         Ok(UserFacts {
             known: true,
-            flex_assigned: true,
+            flex_assigned: !self.not_on_flex.contains(user),
             subscribed: self
                 .subscriptions
                 .contains(&(user.to_string(), product.to_string())),

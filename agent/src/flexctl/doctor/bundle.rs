@@ -35,11 +35,57 @@ pub fn write(
         path: path.to_path_buf(),
         source,
     };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let file = opts.open(path).map_err(err)?;
+    // `sudo flexctl doctor --bundle FILE` runs as root in a directory a user
+    // may write to: never open FILE itself (a planted symlink would be
+    // followed, a planted file would keep its owner and mode). Write a new
+    // file of our own beside it, then rename it over FILE.
+    let (tmp, file) = create_new_beside(path).map_err(err)?;
+    let written = write_archive(file, config_path, report, status);
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(err(e))
+        }
+    }
+}
+
+/// Creates a new file (0600, never an existing one, never through a symlink)
+/// in `path`'s directory.
+fn create_new_beside(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let mut last = None;
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        match opts.open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+fn write_archive(
+    file: std::fs::File,
+    config_path: &Path,
+    report: &Report,
+    status: Option<&StatusReply>,
+) -> std::io::Result<()> {
     let mut tar = tar::Builder::new(GzEncoder::new(file, flate2::Compression::default()));
     let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
         let mut header = tar::Header::new_gnu();
@@ -85,11 +131,12 @@ pub fn write(
         }
         add("log.txt", agent_log().as_bytes())?;
         add("system.txt", system().as_bytes())?;
-        Ok(())
-    })()
-    .map_err(err)?;
-    let gz = tar.into_inner().map_err(err)?;
-    gz.finish().map_err(err)?.flush().map_err(err)
+        Ok::<(), std::io::Error>(())
+    })()?;
+    let gz = tar.into_inner()?;
+    let mut file = gz.finish()?;
+    file.flush()?;
+    file.sync_all()
 }
 
 /// Lines whose key names a secret keep the key, not the value.

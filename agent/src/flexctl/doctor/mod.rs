@@ -455,22 +455,11 @@ async fn server_checks(
         }
     };
     match device.check_user(&email).await {
+        // The server tells a device only whether the user exists; what they may
+        // run is shown to admins (flex-admin users) and answered per claim.
         Ok(u) if u.known => r.push(Check::ok(
             "user",
-            format!(
-                "{account} is {} on the server: {}{}",
-                u.email,
-                if u.flex_assigned {
-                    "assigned to Flex"
-                } else {
-                    "not on Flex"
-                },
-                if u.subscriptions.is_empty() {
-                    String::new()
-                } else {
-                    format!(", subscriptions {}", u.subscriptions.join(", "))
-                }
-            ),
+            format!("{account} is {} on the server", u.email),
         )),
         Ok(u) => r.push(Check::fail(
             "user",
