@@ -116,32 +116,44 @@ impl claim::Facts for StoreFacts<'_, '_, '_> {
 }
 
 fn validate(req: &ClaimRequest) -> Result<String> {
-    let invalid = |m: String| Err(StoreError::Invalid(m));
+    let invalid = |field: &str, m: String| Err(StoreError::invalid(field, m));
     let id_ok = !req.claim_id.is_empty()
         && req.claim_id.len() <= 128
         && req.claim_id.bytes().all(|b| b.is_ascii_graphic());
     if !id_ok {
-        return invalid(format!(
+        return invalid(
+            "claim_id",
+            format!(
             "claim_id '{}' must be 1-128 printable characters without spaces",
             req.claim_id.chars().take(140).collect::<String>()
-        ));
+        ),
+        );
     }
-    let user = normalize_email(&req.user).map_err(|e| StoreError::Invalid(format!("user {e}")))?;
+    let user = normalize_email(&req.user).map_err(|e| StoreError::invalid("user", format!("user {e}")))?;
     if req.product.is_empty() || req.product.len() > 64 {
-        return invalid(format!("product '{}' is not a product id", req.product));
+        return invalid(
+            "product",
+            format!("product '{}' is not a product id", req.product),
+        );
     }
     if req.version.as_ref().is_some_and(|v| v.len() > 64) {
-        return invalid("version is longer than 64 characters".into());
+        return invalid("version", "version is longer than 64 characters".into());
     }
     match req.results {
-        Some(0) => return invalid("results must be at least 1".into()),
+        Some(0) => return invalid("results", "results must be at least 1".into()),
         Some(n) if n > 1_000_000_000 => {
-            return invalid(format!("results {n} is more than one job can hold"))
+            return invalid(
+                "results",
+                format!("results {n} is more than one job can hold"),
+            )
         }
         _ => {}
     }
     if req.results.is_some() && req.renews.is_some() {
-        return invalid("a claim cannot both renew a window and carry results".into());
+        return invalid(
+            "renews",
+            "a claim cannot both renew a window and carry results".into(),
+        );
     }
     Ok(user)
 }
@@ -459,7 +471,7 @@ impl Store {
             device_id: device_id.to_string(),
             // Stored users were normalised on the way in; this cannot fail.
             user: flex_protocol::Email::parse(&w.user)
-                .map_err(|e| StoreError::Invalid(format!("stored window user {e}")))?,
+                .map_err(|e| StoreError::Corrupt(format!("stored window user {e}")))?,
             product: w.product.clone(),
             source: w.source,
             start: w.start,

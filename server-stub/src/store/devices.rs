@@ -63,7 +63,7 @@ impl Store {
     pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
         let hostname = req.hostname.trim();
         if hostname.is_empty() || hostname.len() > 255 || hostname.chars().any(char::is_control) {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid("hostname", format!(
                 "hostname '{}' is not a valid host name",
                 hostname.chars().take(64).collect::<String>()
             )));
@@ -128,7 +128,7 @@ impl Store {
         email: &str,
     ) -> Result<flex_protocol::api::UserCheck> {
         let normalized = super::users::normalize_email(email).map_err(|e| {
-            StoreError::Invalid(format!(
+            StoreError::invalid("email", format!(
                 "'{}' {e}",
                 email.chars().take(64).collect::<String>()
             ))

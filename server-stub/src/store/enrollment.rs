@@ -116,7 +116,7 @@ fn validate(
 ) -> Result<(u32, std::time::Duration, Option<String>)> {
     let uses = req.uses.unwrap_or(1);
     if uses == 0 || uses > MAX_USES {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid("uses", format!(
             "uses {uses} is out of range: one key enrolls 1 to {MAX_USES} devices"
         )));
     }
@@ -124,12 +124,12 @@ fn validate(
         None => default_ttl,
         Some(text) => {
             let ttl = humantime::parse_duration(text).map_err(|e| {
-                StoreError::Invalid(format!(
+                StoreError::invalid("ttl", format!(
                     "ttl '{text}' is not a duration ({e}): write it like \"30d\", \"12h\" or \"90m\""
                 ))
             })?;
             if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid("ttl", format!(
                     "ttl '{text}' is out of range: a key is valid for 1 minute to 366 days"
                 )));
             }
@@ -139,7 +139,7 @@ fn validate(
     let note = match req.note.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(n) if n.chars().count() > MAX_NOTE || n.chars().any(char::is_control) => {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid("note", format!(
                 "note '{}' must be at most {MAX_NOTE} characters on one line",
                 n.chars().take(40).collect::<String>()
             )))

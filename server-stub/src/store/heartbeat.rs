@@ -14,28 +14,28 @@ pub const MAX_SESSIONS_PER_HEARTBEAT: usize = 1000;
 impl Store {
     pub fn heartbeat(&self, device_id: &str, req: &HeartbeatRequest) -> Result<HeartbeatResponse> {
         if req.sessions.len() > MAX_SESSIONS_PER_HEARTBEAT {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid("sessions", format!(
                 "{} session records in one heartbeat; send at most {MAX_SESSIONS_PER_HEARTBEAT}",
                 req.sessions.len()
             )));
         }
         if req.clock_rollbacks.len() > 100 {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid("clock_rollbacks", format!(
                 "{} clock rollbacks in one heartbeat; send at most 100",
                 req.clock_rollbacks.len()
             )));
         }
         for s in &req.sessions {
             if s.id.is_empty() || s.id.len() > 128 {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid("sessions", format!(
                     "session id '{}' must be 1-128 characters",
                     s.id
                 )));
             }
             normalize_email(&s.user)
-                .map_err(|e| StoreError::Invalid(format!("session {}: user {e}", s.id)))?;
+                .map_err(|e| StoreError::invalid("sessions", format!("session {}: user {e}", s.id)))?;
             if s.ended_at.is_some_and(|end| end < s.started_at) {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid("sessions", format!(
                     "session {} ends before it starts",
                     s.id
                 )));

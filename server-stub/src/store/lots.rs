@@ -66,7 +66,7 @@ impl Store {
         let packs = &self.policy().pack_sizes;
         if !packs.contains(&tokens) {
             let list: Vec<String> = packs.iter().map(u64::to_string).collect();
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid("tokens", format!(
                 "{tokens} is not a pack size; packs are {}",
                 list.join(", ")
             )));

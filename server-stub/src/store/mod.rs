@@ -60,12 +60,11 @@ pub use users::{check_name, normalize_email};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The request names an invalid value; nothing was written.
-    #[error("{0}")]
-    Invalid(String),
-    /// A rule refused a value, naming the field it is in; nothing was written.
+    /// The request names an invalid value, in the field it names; nothing
+    /// was written. The API answers 400 with the message; the console shows
+    /// it next to the field.
     #[error(transparent)]
-    Rule(#[from] crate::rules::Invalid),
+    Invalid(#[from] crate::rules::Invalid),
     #[error("{what} '{key}' does not exist")]
     NotFound { what: &'static str, key: String },
     #[error("{0}")]
@@ -98,6 +97,13 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// A refused value of request field `field` (`email`, `rows.2.users`).
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> StoreError {
+        StoreError::Invalid(crate::rules::Invalid::new(field, message))
+    }
+}
 
 /// Times are stored as fixed-width RFC 3339 text so that text order is time order.
 pub(crate) fn ts(t: DateTime<Utc>) -> String {

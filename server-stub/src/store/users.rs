@@ -80,9 +80,11 @@ pub(crate) fn load_defaults(conn: &Conn<'_>) -> Result<DefaultAssignments> {
 
 impl Store {
     pub fn add_user(&self, new: NewUser) -> Result<User> {
-        let email = normalize_email(&new.email).map_err(StoreError::Invalid)?;
-        let first = check_name("first_name", &new.first_name).map_err(StoreError::Invalid)?;
-        let last = check_name("last_name", &new.last_name).map_err(StoreError::Invalid)?;
+        let email = normalize_email(&new.email).map_err(|m| StoreError::invalid("email", m))?;
+        let first = check_name("first_name", &new.first_name)
+            .map_err(|m| StoreError::invalid("first_name", m))?;
+        let last = check_name("last_name", &new.last_name)
+            .map_err(|m| StoreError::invalid("last_name", m))?;
         let now = self.now();
         self.write(|tx| {
             if load_user(tx, &email)?.is_some() {
@@ -101,7 +103,7 @@ impl Store {
 
     /// One user, with their subscriptions.
     pub fn user(&self, email: &str) -> Result<Option<User>> {
-        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(email).map_err(|m| StoreError::invalid("email", m))?;
         self.read(|c| load_user(c, &email))
     }
 
@@ -137,7 +139,7 @@ impl Store {
     }
 
     pub fn set_flex(&self, email: &str, assigned: bool) -> Result<User> {
-        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(email).map_err(|m| StoreError::invalid("email", m))?;
         self.write(|tx| {
             let n = tx.execute(
                 "UPDATE users SET flex_assigned = ?1 WHERE email = ?2",
@@ -154,9 +156,9 @@ impl Store {
     }
 
     pub fn add_subscription(&self, new: NewSubscription) -> Result<Subscription> {
-        let email = normalize_email(&new.email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(&new.email).map_err(|m| StoreError::invalid("email", m))?;
         if self.rates().get(&new.product).is_none() {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid("product", format!(
                 "product '{}' is not on the rate sheet",
                 new.product
             )));
@@ -189,7 +191,7 @@ impl Store {
     }
 
     pub fn remove_subscription(&self, email: &str, product: &str) -> Result<()> {
-        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(email).map_err(|m| StoreError::invalid("email", m))?;
         self.write(|tx| {
             let n = tx.execute(
                 "DELETE FROM subscriptions WHERE email = ?1 AND product = ?2",
@@ -212,7 +214,7 @@ impl Store {
     pub fn set_default_assignments(&self, d: DefaultAssignments) -> Result<DefaultAssignments> {
         for p in &d.products {
             if self.rates().get(p).is_none() {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid("products", format!(
                     "product '{p}' is not on the rate sheet"
                 )));
             }

@@ -109,7 +109,7 @@ impl Pool {
 /// The parsed connection settings of a `postgres://` URL (or key=value string).
 pub fn config(url: &str) -> Result<postgres::Config> {
     url.parse::<postgres::Config>().map_err(|e| {
-        StoreError::Invalid(format!(
+        StoreError::invalid("database_url", format!(
             "database url '{}' is not a PostgreSQL connection string: {e}",
             redact(url)
         ))
