@@ -15,7 +15,7 @@ use flex_protocol::ErrorCode;
 
 use super::db::{params, Conn, Row};
 use super::lots::{balance_of, spend};
-use super::users::{has_subscription, load_defaults, load_user, normalize_email};
+use super::users::{has_subscription, load_defaults, load_user};
 use super::{device_users, notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 use crate::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
 
@@ -117,25 +117,12 @@ impl claim::Facts for StoreFacts<'_, '_, '_> {
 
 fn validate(req: &ClaimRequest) -> Result<String> {
     let invalid = |field: &str, m: String| Err(StoreError::invalid(field, m));
-    let id_ok = !req.claim_id.is_empty()
-        && req.claim_id.len() <= 128
-        && req.claim_id.bytes().all(|b| b.is_ascii_graphic());
-    if !id_ok {
-        return invalid(
-            "claim_id",
-            format!(
-            "claim_id '{}' must be 1-128 printable characters without spaces",
-            req.claim_id.chars().take(140).collect::<String>()
-        ),
-        );
-    }
-    let user = normalize_email(&req.user).map_err(|e| StoreError::invalid("user", format!("user {e}")))?;
-    if req.product.is_empty() || req.product.len() > 64 {
-        return invalid(
-            "product",
-            format!("product '{}' is not a product id", req.product),
-        );
-    }
+    flex_protocol::ClaimId::parse(&req.claim_id)
+        .map_err(|e| StoreError::invalid("claim_id", e.to_string()))?;
+    // Checked and normalised when the request was read (flex_protocol::Email).
+    let user = req.user.as_str().to_owned();
+    flex_protocol::ProductId::parse(&req.product)
+        .map_err(|e| StoreError::invalid("product", e.to_string()))?;
     if req.version.as_ref().is_some_and(|v| v.len() > 64) {
         return invalid("version", "version is longer than 64 characters".into());
     }

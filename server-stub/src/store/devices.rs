@@ -63,10 +63,13 @@ impl Store {
     pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
         let hostname = req.hostname.trim();
         if hostname.is_empty() || hostname.len() > 255 || hostname.chars().any(char::is_control) {
-            return Err(StoreError::invalid("hostname", format!(
-                "hostname '{}' is not a valid host name",
-                hostname.chars().take(64).collect::<String>()
-            )));
+            return Err(StoreError::invalid(
+                "hostname",
+                format!(
+                    "hostname '{}' is not a valid host name",
+                    hostname.chars().take(64).collect::<String>()
+                ),
+            ));
         }
         let now = self.now();
         let device_id = uuid::Uuid::new_v4().to_string();
@@ -128,10 +131,10 @@ impl Store {
         email: &str,
     ) -> Result<flex_protocol::api::UserCheck> {
         let normalized = super::users::normalize_email(email).map_err(|e| {
-            StoreError::invalid("email", format!(
-                "'{}' {e}",
-                email.chars().take(64).collect::<String>()
-            ))
+            StoreError::invalid(
+                "email",
+                format!("'{}' {e}", email.chars().take(64).collect::<String>()),
+            )
         })?;
         let now = self.now();
         self.write(|tx| {

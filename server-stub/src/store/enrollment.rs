@@ -116,9 +116,10 @@ fn validate(
 ) -> Result<(u32, std::time::Duration, Option<String>)> {
     let uses = req.uses.unwrap_or(1);
     if uses == 0 || uses > MAX_USES {
-        return Err(StoreError::invalid("uses", format!(
-            "uses {uses} is out of range: one key enrolls 1 to {MAX_USES} devices"
-        )));
+        return Err(StoreError::invalid(
+            "uses",
+            format!("uses {uses} is out of range: one key enrolls 1 to {MAX_USES} devices"),
+        ));
     }
     let ttl = match req.ttl.as_deref().map(str::trim) {
         None => default_ttl,
@@ -129,9 +130,12 @@ fn validate(
                 ))
             })?;
             if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-                return Err(StoreError::invalid("ttl", format!(
-                    "ttl '{text}' is out of range: a key is valid for 1 minute to 366 days"
-                )));
+                return Err(StoreError::invalid(
+                    "ttl",
+                    format!(
+                        "ttl '{text}' is out of range: a key is valid for 1 minute to 366 days"
+                    ),
+                ));
             }
             ttl
         }
@@ -139,10 +143,13 @@ fn validate(
     let note = match req.note.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(n) if n.chars().count() > MAX_NOTE || n.chars().any(char::is_control) => {
-            return Err(StoreError::invalid("note", format!(
-                "note '{}' must be at most {MAX_NOTE} characters on one line",
-                n.chars().take(40).collect::<String>()
-            )))
+            return Err(StoreError::invalid(
+                "note",
+                format!(
+                    "note '{}' must be at most {MAX_NOTE} characters on one line",
+                    n.chars().take(40).collect::<String>()
+                ),
+            ))
         }
         Some(n) => Some(n.to_string()),
     };

@@ -5,7 +5,6 @@ use flex_protocol::api::{HeartbeatRequest, HeartbeatResponse};
 
 use super::db::params;
 use super::lots::balance_of;
-use super::users::normalize_email;
 use super::{notices, ts, Result, Store, StoreError};
 
 /// Most session records one heartbeat may carry; the agent sends the rest next time.
@@ -14,31 +13,32 @@ pub const MAX_SESSIONS_PER_HEARTBEAT: usize = 1000;
 impl Store {
     pub fn heartbeat(&self, device_id: &str, req: &HeartbeatRequest) -> Result<HeartbeatResponse> {
         if req.sessions.len() > MAX_SESSIONS_PER_HEARTBEAT {
-            return Err(StoreError::invalid("sessions", format!(
+            return Err(StoreError::invalid(
+                "sessions",
+                format!(
                 "{} session records in one heartbeat; send at most {MAX_SESSIONS_PER_HEARTBEAT}",
                 req.sessions.len()
-            )));
+            ),
+            ));
         }
         if req.clock_rollbacks.len() > 100 {
-            return Err(StoreError::invalid("clock_rollbacks", format!(
-                "{} clock rollbacks in one heartbeat; send at most 100",
-                req.clock_rollbacks.len()
-            )));
+            return Err(StoreError::invalid(
+                "clock_rollbacks",
+                format!(
+                    "{} clock rollbacks in one heartbeat; send at most 100",
+                    req.clock_rollbacks.len()
+                ),
+            ));
         }
         for s in &req.sessions {
-            if s.id.is_empty() || s.id.len() > 128 {
-                return Err(StoreError::invalid("sessions", format!(
-                    "session id '{}' must be 1-128 characters",
-                    s.id
-                )));
-            }
-            normalize_email(&s.user)
-                .map_err(|e| StoreError::invalid("sessions", format!("session {}: user {e}", s.id)))?;
+            flex_protocol::SessionId::parse(&s.id)
+                .map_err(|e| StoreError::invalid("sessions", e.to_string()))?;
+            // s.user was checked and normalised when the request was read.
             if s.ended_at.is_some_and(|end| end < s.started_at) {
-                return Err(StoreError::invalid("sessions", format!(
-                    "session {} ends before it starts",
-                    s.id
-                )));
+                return Err(StoreError::invalid(
+                    "sessions",
+                    format!("session {} ends before it starts", s.id),
+                ));
             }
         }
         let now = self.now();
@@ -53,7 +53,7 @@ impl Store {
                     params![
                         s.id,
                         device_id,
-                        normalize_email(&s.user).expect("checked"),
+                        s.user.as_str(),
                         s.product,
                         s.version,
                         s.source.as_str(),

@@ -66,10 +66,10 @@ impl Store {
         let packs = &self.policy().pack_sizes;
         if !packs.contains(&tokens) {
             let list: Vec<String> = packs.iter().map(u64::to_string).collect();
-            return Err(StoreError::invalid("tokens", format!(
-                "{tokens} is not a pack size; packs are {}",
-                list.join(", ")
-            )));
+            return Err(StoreError::invalid(
+                "tokens",
+                format!("{tokens} is not a pack size; packs are {}", list.join(", ")),
+            ));
         }
         let now = self.now();
         let expires = ledger::expiry_of(now);

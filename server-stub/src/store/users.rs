@@ -158,10 +158,10 @@ impl Store {
     pub fn add_subscription(&self, new: NewSubscription) -> Result<Subscription> {
         let email = normalize_email(&new.email).map_err(|m| StoreError::invalid("email", m))?;
         if self.rates().get(&new.product).is_none() {
-            return Err(StoreError::invalid("product", format!(
-                "product '{}' is not on the rate sheet",
-                new.product
-            )));
+            return Err(StoreError::invalid(
+                "product",
+                format!("product '{}' is not on the rate sheet", new.product),
+            ));
         }
         let now = self.now();
         self.write(|tx| {
@@ -214,9 +214,10 @@ impl Store {
     pub fn set_default_assignments(&self, d: DefaultAssignments) -> Result<DefaultAssignments> {
         for p in &d.products {
             if self.rates().get(p).is_none() {
-                return Err(StoreError::invalid("products", format!(
-                    "product '{p}' is not on the rate sheet"
-                )));
+                return Err(StoreError::invalid(
+                    "products",
+                    format!("product '{p}' is not on the rate sheet"),
+                ));
             }
         }
         let mode = match d.mode {

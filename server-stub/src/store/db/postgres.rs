@@ -109,10 +109,13 @@ impl Pool {
 /// The parsed connection settings of a `postgres://` URL (or key=value string).
 pub fn config(url: &str) -> Result<postgres::Config> {
     url.parse::<postgres::Config>().map_err(|e| {
-        StoreError::invalid("database_url", format!(
-            "database url '{}' is not a PostgreSQL connection string: {e}",
-            redact(url)
-        ))
+        StoreError::invalid(
+            "database_url",
+            format!(
+                "database url '{}' is not a PostgreSQL connection string: {e}",
+                redact(url)
+            ),
+        )
     })
 }
 
