@@ -79,7 +79,7 @@ pub enum StoreError {
     Import(Vec<flex_protocol::api::ImportError>),
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", db::postgres::describe(.0))]
     Postgres(#[from] postgres::Error),
     /// The database cannot be reached; nothing was written.
     #[error("{0}")]

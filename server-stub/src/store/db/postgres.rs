@@ -161,6 +161,23 @@ fn checkout(pool: &Pool) -> Result<r2d2::PooledConnection<Manager>> {
     pool.get()
 }
 
+/// PostgreSQL's own message (its `Display` says only "db error").
+pub(crate) fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut out = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                out.push_str(": ");
+                out.push_str(&s.to_string());
+                source = s.source();
+            }
+            out
+        }
+    }
+}
+
 /// Whether PostgreSQL rolled a transaction back because a concurrent one won:
 /// running it again from the start is safe and will see the winner's writes.
 pub(crate) fn is_conflict(e: &StoreError) -> bool {
