@@ -300,6 +300,17 @@ pub struct Charge {
     pub tokens: u64,
     pub lots: Vec<LotShare>,
     pub created_at: DateTime<Utc>,
+    /// Tokens given back because no process used the window past the
+    /// short-use grace (R13); 0 when not refunded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refunded_tokens: u64,
+    /// When the refund was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -571,6 +582,39 @@ pub struct Policy {
     pub low_balance_ratio: f64,
     pub timezone: String,
     pub pack_sizes: Vec<u64>,
+    /// R13: a window in which no process of its (user, product) runs at its
+    /// start plus this is refunded; 0 turns it off.
+    #[serde(default = "default_short_use_grace_secs")]
+    pub short_use_grace_secs: u64,
+    /// R14: a product whose user gave no input (or was locked) and whose
+    /// processes stayed under `idle_cpu_percent` for this long is idle, and a
+    /// window ending while it is idle is not renewed; 0 turns it off.
+    #[serde(default = "default_idle_after_secs")]
+    pub idle_after_secs: u64,
+    /// R14: the CPU use (percent of one core) under which a product's
+    /// processes count as idle.
+    #[serde(default = "default_idle_cpu_percent")]
+    pub idle_cpu_percent: f64,
+    /// How long before a renewal its user is told ("AutoCAD renews at 08:00
+    /// for 7 tokens"); 0 for no notice.
+    #[serde(default = "default_renewal_notice_secs")]
+    pub renewal_notice_secs: u64,
+}
+
+fn default_short_use_grace_secs() -> u64 {
+    300
+}
+
+fn default_idle_after_secs() -> u64 {
+    900
+}
+
+fn default_idle_cpu_percent() -> f64 {
+    2.0
+}
+
+fn default_renewal_notice_secs() -> u64 {
+    900
 }
 
 /// One run of a product on a device, uploaded by the agent (R10 usage).
@@ -588,6 +632,33 @@ pub struct SessionRecord {
     pub started_at: DateTime<Utc>,
     #[serde(default)]
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/agent/refunds`: the agent asks for a window back because no
+/// process of its (user, product) ran on this device at the window's start
+/// plus `short_use_grace` (R13). A window is refunded at most once: a repeat
+/// of the request is answered as the first was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    pub window_id: String,
+    pub user: Email,
+    pub product: String,
+    /// The agent's records of the runs of (user, product) on this device that
+    /// began before the window's start plus the grace: the server stores them
+    /// as a heartbeat's, then checks that none ran at that moment.
+    pub sessions: Vec<SessionRecord>,
+}
+
+/// The answer to a [`RefundRequest`]. A refusal (a process was running at
+/// the window's start plus the grace, or the window is not this device's) is
+/// an error body with code `conflict` (409) and is final.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundResponse {
+    pub window_id: String,
+    /// Tokens given back to the lots they came from (0 for a subscription
+    /// window; less than charged when a lot expired meanwhile).
+    pub refunded_tokens: u64,
+    pub balance: u64,
 }
 
 /// A backwards jump of the workstation's wall clock, reported at next contact.

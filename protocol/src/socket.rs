@@ -63,6 +63,23 @@ pub enum Request {
     Status,
     /// Keep the connection and stream this user's [`Event`]s.
     Subscribe,
+    /// The notifier of a desktop session reports its user's activity (R14),
+    /// for the caller's own account: how long since the last keyboard or
+    /// mouse input, and whether the session is locked. Sent periodically;
+    /// with several sessions of one account, the account is idle only if all
+    /// are. An account that never reports is never idle.
+    Idle {
+        idle_secs: u64,
+        #[serde(default)]
+        locked: bool,
+    },
+    /// The notifier's answer to [`Event::CloseWindows`]: it asked `windows`
+    /// top-level windows of process `pid` to close (0: it found none, so the
+    /// agent stops the process by signal).
+    Closing {
+        pid: u32,
+        windows: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +150,20 @@ pub struct SessionStatus {
     pub window_end: DateTime<Utc>,
     /// How the session was found: `wrapper` or `watcher`.
     pub origin: String,
+    /// `running`, `closing` or `paused`.
+    #[serde(default = "running")]
+    pub state: String,
+    /// Set while it is paused (R14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_since: Option<DateTime<Utc>>,
+    /// When it will be closed, if a close is scheduled (renewal grace, the
+    /// offline limit) or under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<DateTime<Utc>>,
+}
+
+fn running() -> String {
+    "running".into()
 }
 
 /// A charge window the user holds now: reopening its product is free until `end`.
@@ -256,6 +287,63 @@ pub enum Event {
     ClockRollback {
         seconds: i64,
     },
+    /// The product will be closed at `deadline` (wall clock): sent to the
+    /// wrapper holding the session (so an integration can save on its own) and
+    /// to the user, before the close starts.
+    ProductClosing {
+        product: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
+        reason: CloseReason,
+        message: String,
+        deadline: DateTime<Utc>,
+    },
+    /// To the notifier of the process's account: ask the top-level windows of
+    /// `pid` to close as the desktop would (WM_DELETE_WINDOW), so the product
+    /// can ask to save. It is killed at `kill_at` whatever happens. Answer with
+    /// [`Request::Closing`].
+    CloseWindows {
+        pid: u32,
+        product: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
+        kill_at: DateTime<Utc>,
+    },
+    /// A window no process used past the short-use grace was refunded (R13).
+    Refunded {
+        product: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
+        tokens: u64,
+        balance: u64,
+        grace_secs: u64,
+    },
+    /// A running product's window is renewed at `at` (wall clock) for
+    /// `tokens`, unless it is closed first.
+    RenewalNotice {
+        product: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
+        at: DateTime<Utc>,
+        tokens: u64,
+    },
+    /// The product was idle when its window ended: not renewed, it keeps
+    /// running, paused, until its user comes back (R14).
+    Paused {
+        product: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
+        since: DateTime<Utc>,
+    },
+    /// A paused product is in use again and was charged a new window.
+    Resumed {
+        product: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_name: Option<String>,
+        tokens: u64,
+    },
+    /// The server is reachable again: offline warnings no longer apply.
+    BackOnline,
 }
 
 /// A successful reply line: `{"ok":true, ...data}`.

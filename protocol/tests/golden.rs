@@ -303,6 +303,9 @@ fn socket_replies() {
                 started_at: t(8),
                 window_end: t(8) + chrono::Duration::hours(24),
                 origin: "wrapper".into(),
+                state: "running".into(),
+                paused_since: None,
+                closes_at: None,
             }],
             sessions_omitted: 0,
             windows: vec![socket::WindowStatus {
@@ -394,6 +397,106 @@ fn socket_events() {
     check(
         "socket_event_clock_rollback",
         &Event::ClockRollback { seconds: -3600 },
+    );
+    let acad = || ("autocad".to_string(), Some("AutoCAD".to_string()));
+    check(
+        "socket_event_product_closing",
+        &Event::ProductClosing {
+            product: acad().0,
+            product_name: acad().1,
+            reason: socket::CloseReason::Offline,
+            message: "this workstation has not reached the license server for 24 h".into(),
+            deadline: t(9),
+        },
+    );
+    check(
+        "socket_event_close_windows",
+        &Event::CloseWindows {
+            pid: 48213,
+            product: acad().0,
+            product_name: acad().1,
+            kill_at: t(9),
+        },
+    );
+    check(
+        "socket_event_refunded",
+        &Event::Refunded {
+            product: acad().0,
+            product_name: acad().1,
+            tokens: 7,
+            balance: 500,
+            grace_secs: 300,
+        },
+    );
+    check(
+        "socket_event_renewal_notice",
+        &Event::RenewalNotice {
+            product: acad().0,
+            product_name: acad().1,
+            at: t(8) + chrono::Duration::hours(24),
+            tokens: 7,
+        },
+    );
+    check(
+        "socket_event_paused",
+        &Event::Paused {
+            product: acad().0,
+            product_name: acad().1,
+            since: t(8),
+        },
+    );
+    check(
+        "socket_event_resumed",
+        &Event::Resumed {
+            product: acad().0,
+            product_name: acad().1,
+            tokens: 7,
+        },
+    );
+    check("socket_event_back_online", &Event::BackOnline);
+}
+
+#[test]
+fn idle_and_short_use() {
+    check(
+        "socket_idle",
+        &Request::Idle {
+            idle_secs: 840,
+            locked: false,
+        },
+    );
+    check(
+        "socket_closing",
+        &Request::Closing {
+            pid: 48213,
+            windows: 2,
+        },
+    );
+    check(
+        "refund_request",
+        &RefundRequest {
+            window_id: "w-1".into(),
+            user: flex_protocol::Email::parse("ada@example.com").unwrap(),
+            product: "autocad".into(),
+            sessions: vec![SessionRecord {
+                id: "s-1".into(),
+                user: flex_protocol::Email::parse("ada@example.com").unwrap(),
+                product: "autocad".into(),
+                version: None,
+                source: Source::Tokens,
+                window_id: Some("w-1".into()),
+                started_at: t(8),
+                ended_at: Some(t(8) + chrono::Duration::minutes(3)),
+            }],
+        },
+    );
+    check(
+        "refund_response",
+        &RefundResponse {
+            window_id: "w-1".into(),
+            refunded_tokens: 7,
+            balance: 500,
+        },
     );
 }
 

@@ -17,6 +17,10 @@
 //! renewal_grace = "30m"
 //! close_grace = "30s"
 //! low_balance_ratio = 0.2
+//! short_use_grace = "5m"              # R13: a shorter run is refunded ("0s": off)
+//! idle_after = "15m"                  # R14: idle after this without input or CPU ("0s": off)
+//! idle_cpu_percent = 2.0              # R14: CPU use under which a product is idle
+//! renewal_notice = "15m"              # tell users this long before a renewal
 //! timezone = "Europe/Paris"
 //! pack_sizes = [100, 500, 1000, 2500, 5000, 10000]
 //! device_users_alert = 10
@@ -134,6 +138,17 @@ pub struct PolicyConfig {
     /// A `device_users` notice is raised when one device claims for more
     /// distinct users than this in one tenant day.
     pub device_users_alert: u32,
+    /// R13: a window no process uses past this is refunded ("0s": off).
+    #[serde(with = "humantime_serde")]
+    pub short_use_grace: Duration,
+    /// R14: no input and little CPU for this long is idle ("0s": off).
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+    /// R14: CPU use (percent of one core) under which a product is idle.
+    pub idle_cpu_percent: f64,
+    /// How long before a renewal its user is told ("0s": not told).
+    #[serde(with = "humantime_serde")]
+    pub renewal_notice: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -153,6 +168,10 @@ impl Default for PolicyConfig {
             timezone: "UTC".into(),
             pack_sizes: vec![100, 500, 1000, 2500, 5000, 10000],
             device_users_alert: 10,
+            short_use_grace: m(5),
+            idle_after: m(15),
+            idle_cpu_percent: 2.0,
+            renewal_notice: m(15),
         }
     }
 }
@@ -316,6 +335,13 @@ impl PolicyConfig {
                 why: "is not an IANA time zone name such as Europe/Paris",
             });
         }
+        if !(self.idle_cpu_percent >= 0.0 && self.idle_cpu_percent <= 100.0) {
+            return Err(ConfigError::Invalid {
+                key: "policy.idle_cpu_percent",
+                value: self.idle_cpu_percent.to_string(),
+                why: "must be a percentage of one core, from 0 to 100",
+            });
+        }
         if self.device_users_alert == 0 {
             return Err(ConfigError::Invalid {
                 key: "policy.device_users_alert",
@@ -347,6 +373,10 @@ impl PolicyConfig {
             low_balance_ratio: self.low_balance_ratio,
             timezone: self.timezone.clone(),
             pack_sizes: self.pack_sizes.clone(),
+            short_use_grace_secs: self.short_use_grace.as_secs(),
+            idle_after_secs: self.idle_after.as_secs(),
+            idle_cpu_percent: self.idle_cpu_percent,
+            renewal_notice_secs: self.renewal_notice.as_secs(),
         }
     }
 }

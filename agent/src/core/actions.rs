@@ -164,6 +164,21 @@ pub enum Input {
     /// The rate sheet changed (heartbeat `products`, or the journal at start).
     RateSheet(Vec<Product>),
     Job(JobRequest),
+    /// A notifier (desktop session) of `account` on connection `conn` reports
+    /// how long its user gave no input, and whether the session is locked.
+    Activity {
+        conn: ConnId,
+        account: AccountId,
+        idle: Duration,
+        locked: bool,
+    },
+    /// `account`'s notifier asked `windows` top-level windows of process
+    /// `pid` to close (see [`Event::CloseWindows`]).
+    WindowsClosing {
+        account: AccountId,
+        pid: u32,
+        windows: u32,
+    },
     /// A timer set by [`Action::SetTimer`] fired, or the driver's periodic tick.
     Tick,
 }

@@ -42,6 +42,7 @@
 //! offline rule.
 
 pub mod actions;
+mod activity;
 mod answers;
 pub mod clock;
 mod contact;
@@ -90,6 +91,7 @@ pub use jobs::JOB_MEMORY;
 pub use policy::default_policy;
 pub use runs::CLAIM_TIMEOUT;
 
+use activity::Activity;
 use contact::Contact;
 use jobs::Jobs;
 use ledger::Ledger;
@@ -141,6 +143,7 @@ pub struct Core {
     ledger: Ledger,
     runs: Runs,
     jobs: Jobs,
+    activity: Activity,
     timer: Option<Duration>,
 }
 
@@ -182,6 +185,7 @@ impl Core {
             contact: Contact::new(clock, state.notices_seen),
             ledger: Ledger::default(),
             runs: Runs::default(),
+            activity: Activity::default(),
             timer: None,
         };
         core.note_rollback(rollback, &mut out);
@@ -231,7 +235,10 @@ impl Core {
                 let result = self.exit(&caller, &session, &mut out);
                 out.push(Action::ReplyDone { request, result });
             }
-            Input::ConnectionClosed { conn } => self.connection_closed(conn, &mut out),
+            Input::ConnectionClosed { conn } => {
+                self.activity.forget(conn);
+                self.connection_closed(conn, &mut out)
+            }
             Input::ProcessStarted(info) => self.process_started(info, &mut out),
             Input::ProcessExited { process } => self.process_exited(process, &mut out),
             Input::ClaimAnswered { claim_id, response } => {
@@ -263,6 +270,17 @@ impl Core {
                 out.push(Action::Persist(Persist::RateSheet(products)));
             }
             Input::Job(req) => self.job(req, &mut out),
+            Input::Activity {
+                conn,
+                account,
+                idle,
+                locked,
+            } => self.activity(conn, account, idle, locked),
+            Input::WindowsClosing {
+                account,
+                pid,
+                windows,
+            } => self.windows_closing(&account, pid, windows, &mut out),
             Input::Tick => {}
         }
         self.evaluate(&mut out);
@@ -333,6 +351,10 @@ impl Core {
                     .ledger
                     .window_by_id(&cover.window)
                     .or_else(|| self.ledger.window(&r.user, &r.product))?;
+                let (state, closes_at) = match &r.state {
+                    runs::RunState::Closing { close, .. } => ("closing", Some(close.term_at)),
+                    _ => ("running", None),
+                };
                 Some(SessionStatus {
                     session: r.wrapper.as_ref().map_or(&r.id, |w| &w.session).clone(),
                     user: r.user.to_string(),
@@ -344,6 +366,9 @@ impl Core {
                     started_at: r.started_at,
                     window_end: window.window.end,
                     origin: r.origin.as_str().to_string(),
+                    state: state.into(),
+                    paused_since: None,
+                    closes_at: closes_at.map(|t| self.contact.clock.wall_at(t)),
                 })
             })
             .collect();

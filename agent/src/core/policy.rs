@@ -19,6 +19,10 @@ pub fn default_policy() -> Policy {
         low_balance_ratio: 0.2,
         timezone: "UTC".into(),
         pack_sizes: vec![100, 500, 1000, 2500, 5000, 10000],
+        short_use_grace_secs: 300,
+        idle_after_secs: 900,
+        idle_cpu_percent: 2.0,
+        renewal_notice_secs: 900,
     }
 }
 

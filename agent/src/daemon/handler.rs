@@ -65,6 +65,19 @@ pub enum Command {
     },
     /// A connection closed (a wrapper exited, maybe without saying so).
     Closed { conn: ConnId },
+    /// A notifier reported its desktop session's activity.
+    Idle {
+        conn: ConnId,
+        caller: Caller,
+        idle_secs: u64,
+        locked: bool,
+    },
+    /// A notifier asked a process's windows to close.
+    Closing {
+        caller: Caller,
+        pid: u32,
+        windows: u32,
+    },
 }
 
 pub struct SocketHandler {
@@ -297,6 +310,31 @@ impl Handler for SocketHandler {
             Ok(()) => Reply::ok(Empty {}).long_lived(),
             Err(r) => Reply::error(r.code, r.message),
         }
+    }
+
+    async fn idle(&self, conn: &Conn, idle_secs: u64, locked: bool) -> Reply {
+        let cmd = Command::Idle {
+            conn: conn.id(),
+            caller: conn.caller(),
+            idle_secs,
+            locked,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return stopping();
+        }
+        Reply::ok(Empty {})
+    }
+
+    async fn closing(&self, conn: &Conn, pid: u32, windows: u32) -> Reply {
+        let cmd = Command::Closing {
+            caller: conn.caller(),
+            pid,
+            windows,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return stopping();
+        }
+        Reply::ok(Empty {})
     }
 
     async fn close(&self, conn: Conn) {

@@ -391,6 +391,26 @@ impl Driver {
                 self.wrappers.remove(&conn);
                 self.feed(Input::ConnectionClosed { conn })
             }
+            Command::Idle {
+                conn,
+                caller,
+                idle_secs,
+                locked,
+            } => self.feed(Input::Activity {
+                conn,
+                account: caller.account,
+                idle: std::time::Duration::from_secs(idle_secs),
+                locked,
+            }),
+            Command::Closing {
+                caller,
+                pid,
+                windows,
+            } => self.feed(Input::WindowsClosing {
+                account: caller.account,
+                pid,
+                windows,
+            }),
         }
     }
 

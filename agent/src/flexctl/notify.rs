@@ -249,6 +249,89 @@ where
             ),
             Critical,
         ),
+        Event::ProductClosing {
+            product,
+            product_name,
+            reason,
+            message,
+            deadline,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} closes at {}", at(deadline)),
+                format!("{}. Save your work now. {}", sentence(message), next_step(*reason)),
+                Critical,
+            )
+        }
+        Event::CloseWindows {
+            product,
+            product_name,
+            kill_at,
+            ..
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} is being closed"),
+                format!("{p} was asked to close: save your work. It will be stopped at {}.", at(kill_at)),
+                Critical,
+            )
+        }
+        Event::Refunded {
+            product,
+            product_name,
+            tokens: n,
+            balance,
+            grace_secs,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} closed within {}: {} returned", human_duration(*grace_secs), tokens(*n)),
+                format!("A run this short is not charged. Balance: {}.", tokens(*balance)),
+                Normal,
+            )
+        }
+        Event::RenewalNotice {
+            product,
+            product_name,
+            at: when,
+            tokens: n,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} renews at {} for {}", at(when), tokens(*n)),
+                format!("Close {p} before then to avoid the charge."),
+                Normal,
+            )
+        }
+        Event::Paused {
+            product,
+            product_name,
+            ..
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} is paused"),
+                format!("{p} was not used for a while, so its license was not renewed. It stays open; using it again starts a new charge."),
+                Normal,
+            )
+        }
+        Event::Resumed {
+            product,
+            product_name,
+            tokens: n,
+        } => {
+            let p = display_name(product, product_name.as_deref());
+            (
+                format!("{p} is in use again"),
+                format!("{} charged for a new window.", tokens(*n)),
+                Normal,
+            )
+        }
+        Event::BackOnline => (
+            "Back online".into(),
+            "The license server is reachable again.".into(),
+            Normal,
+        ),
     };
     Notification {
         summary,

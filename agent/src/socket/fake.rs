@@ -200,6 +200,16 @@ impl Handler for FakeHandler {
         Reply::ok(Empty {}).long_lived()
     }
 
+    async fn idle(&self, conn: &FakeConn, idle_secs: u64, locked: bool) -> Reply {
+        self.saw(conn, Request::Idle { idle_secs, locked });
+        Reply::ok(Empty {})
+    }
+
+    async fn closing(&self, conn: &FakeConn, pid: u32, windows: u32) -> Reply {
+        self.saw(conn, Request::Closing { pid, windows });
+        Reply::ok(Empty {})
+    }
+
     async fn close(&self, _conn: FakeConn) {}
 }
 
@@ -222,6 +232,9 @@ pub(crate) fn sample_status() -> StatusReply {
             started_at: start,
             window_end: start + Duration::hours(24),
             origin: "wrapper".into(),
+            state: "running".into(),
+            paused_since: None,
+            closes_at: None,
         }],
         sessions_omitted: 0,
         windows: vec![WindowStatus {

@@ -206,6 +206,22 @@ pub trait Handler: Send + Sync + 'static {
     /// Start sending this account's events on the connection.
     fn subscribe(&self, conn: &Self::Conn) -> Reply;
 
+    /// The caller's desktop session reports its activity (R14).
+    fn idle(
+        &self,
+        conn: &Self::Conn,
+        idle_secs: u64,
+        locked: bool,
+    ) -> impl Future<Output = Reply> + Send;
+
+    /// The caller's notifier asked `windows` windows of `pid` to close.
+    fn closing(
+        &self,
+        conn: &Self::Conn,
+        pid: u32,
+        windows: u32,
+    ) -> impl Future<Output = Reply> + Send;
+
     /// The connection closed; release what it held.
     fn close(&self, conn: Self::Conn) -> impl Future<Output = ()> + Send;
 }
@@ -445,6 +461,8 @@ async fn dispatch<H: Handler>(conn: &H::Conn, req: Request, handler: &H) -> Repl
             Err(r) => r,
         },
         Request::Status => handler.status(conn).await,
+        Request::Idle { idle_secs, locked } => handler.idle(conn, idle_secs, locked).await,
+        Request::Closing { pid, windows } => handler.closing(conn, pid, windows).await,
     }
 }
 

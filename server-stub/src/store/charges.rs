@@ -52,6 +52,8 @@ impl Store {
                         tokens: r.get(8)?,
                         lots: Vec::new(),
                         created_at: parse_ts(r.str(9)?)?,
+                        refunded_tokens: 0,
+                        refunded_at: None,
                     })
                 },
             )?;
