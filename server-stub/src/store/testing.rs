@@ -99,11 +99,15 @@ impl TestDatabase {
                      tests/support/pg-cluster.sh and export its connection string"
                 );
                 static SAID: std::sync::Once = std::sync::Once::new();
+                // Straight to the process's stderr: the test harness captures
+                // eprintln!, and this must be seen.
                 SAID.call_once(|| {
-                    eprintln!(
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "note: {URL_ENV} is not set: store tests run on SQLite only \
                          (tests/run.sh runs them on PostgreSQL too)"
-                    )
+                    );
                 });
                 return None;
             }
