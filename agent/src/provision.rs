@@ -5,8 +5,9 @@
 //! configure` with the values it was given, as LocalSystem, through its custom
 //! action DLL (`install/windows/msi-action`), which copies what it prints into
 //! the install log; IT may run it by hand on any OS. A value given wins over
-//! what is kept: `server_url` and `[users] email_template` are set in the
-//! config file (written if missing; its other keys and comments stay), and the
+//! what is kept: `server_url` (in place of a list of replicas, `server_urls`)
+//! and `[users] email_template` are set in the config file (written if
+//! missing; its other keys and comments stay), and the
 //! token file's token replaces the one waiting in `enroll-token` beside the
 //! config, where self-enrollment ([`crate::enroll::self_enroll`]) reads it. A
 //! value not given changes nothing, so an upgrade or a repair without
@@ -176,6 +177,14 @@ pub fn apply(
                 "wrote"
             };
             let mut set = vec![format!("server_url {}", config.server_url)];
+            let replicas = existing
+                .as_deref()
+                .and_then(|t| Config::parse(t).ok())
+                .map(|c| c.server_urls)
+                .filter(|r| !r.is_empty() && values.server_url.is_some());
+            if let Some(replicas) = replicas {
+                set.push(format!("in place of server_urls {}", replicas.join(", ")));
+            }
             if let Some(t) = &values.email_template {
                 set.push(format!("users.email_template {t}"));
             }
@@ -247,6 +256,9 @@ fn edited(path: &Path, text: &str, values: &InstallValues) -> Result<String, Con
                 message: e.message().to_string(),
             })?;
     if let Some(url) = &values.server_url {
+        // The given URL names the server: a kept list of replicas would
+        // contradict it (the config takes one or the other).
+        doc.remove("server_urls");
         doc["server_url"] = toml_edit::value(url.as_str());
     }
     if let Some(t) = &values.email_template {
@@ -432,6 +444,36 @@ mod tests {
         );
         assert_eq!(c.detection, crate::config::Detection::Polling);
         assert!(now.contains("# site: keep detection by polling"), "{now}");
+    }
+
+    /// A SERVER_URL given where the config lists replicas (`server_urls`)
+    /// replaces the list, and says so, instead of failing on a config that
+    /// names both.
+    #[test]
+    fn a_given_server_url_replaces_a_list_of_replicas() {
+        let (_dir, path, d) = place();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            "# replicas\nserver_urls = [\"https://a.corp:8443\", \"https://b.corp:8443\"]\n\
+             detection = \"polling\"\n",
+        )
+        .unwrap();
+        let done = apply(
+            &path,
+            &values("https://flex.corp.example:8443", None),
+            &d,
+            |_| true,
+        )
+        .unwrap();
+        assert!(
+            done.lines[0]
+                .contains("in place of server_urls https://a.corp:8443, https://b.corp:8443"),
+            "{done}"
+        );
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.servers(), vec!["https://flex.corp.example:8443"]);
+        assert_eq!(c.detection, crate::config::Detection::Polling);
     }
 
     /// Issue 18, items 3 and 4: a bad value fails with the reason and changes

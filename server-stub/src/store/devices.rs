@@ -10,8 +10,8 @@ use flex_protocol::api::{
     valid_enrollment_request_id, DeviceInfo, EnrollRequest, EnrollResponse,
     ENROLLMENT_REQUEST_ID_MAX, ENROLLMENT_REQUEST_ID_MIN,
 };
-use rusqlite::{params, OptionalExtension, Row};
 
+use super::db::{params, Row};
 use super::enrollment::{
     device_token_for, find_key, find_request, record_request, take_use, KeyRefusal, PriorRequest,
 };
@@ -58,20 +58,14 @@ const DEVICE_COLUMNS: &str =
     "id, hostname, platform, agent_version, enrolled_at, last_seen, revoked_at, enrollment_key";
 
 fn device_row(r: &Row<'_>) -> Result<DeviceInfo> {
-    let revoked_at = r
-        .get::<_, Option<String>>(6)?
-        .map(|t| parse_ts(&t))
-        .transpose()?;
+    let revoked_at = r.opt_str(6)?.map(parse_ts).transpose()?;
     Ok(DeviceInfo {
         id: r.get(0)?,
         hostname: r.get(1)?,
         platform: r.get(2)?,
         agent_version: r.get(3)?,
-        enrolled_at: parse_ts(&r.get::<_, String>(4)?)?,
-        last_seen: r
-            .get::<_, Option<String>>(5)?
-            .map(|t| parse_ts(&t))
-            .transpose()?,
+        enrolled_at: parse_ts(r.str(4)?)?,
+        last_seen: r.opt_str(5)?.map(parse_ts).transpose()?,
         revoked: revoked_at.is_some(),
         revoked_at,
         enrollment_token: r.get(7)?,
@@ -85,18 +79,24 @@ impl Store {
     pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
         let hostname = req.hostname.trim();
         if hostname.is_empty() || hostname.len() > 255 || hostname.chars().any(char::is_control) {
-            return Err(StoreError::Invalid(format!(
-                "hostname '{}' is not a valid host name",
-                hostname.chars().take(64).collect::<String>()
-            )));
+            return Err(StoreError::invalid(
+                "hostname",
+                format!(
+                    "hostname '{}' is not a valid host name",
+                    hostname.chars().take(64).collect::<String>()
+                ),
+            ));
         }
         let request_id = match req.enrollment_request_id.as_deref() {
             Some(id) if !valid_enrollment_request_id(id) => {
-                return Err(StoreError::Invalid(format!(
-                    "enrollment_request_id '{}' must be {ENROLLMENT_REQUEST_ID_MIN} to \
-                     {ENROLLMENT_REQUEST_ID_MAX} characters of A-Z, a-z, 0-9, _ and -",
-                    id.chars().take(16).collect::<String>()
-                )))
+                return Err(StoreError::invalid(
+                    "enrollment_request_id",
+                    format!(
+                        "enrollment_request_id '{}' must be {ENROLLMENT_REQUEST_ID_MIN} to \
+                         {ENROLLMENT_REQUEST_ID_MAX} characters of A-Z, a-z, 0-9, _ and -",
+                        id.chars().take(16).collect::<String>()
+                    ),
+                ))
             }
             id => id,
         };
@@ -178,12 +178,11 @@ impl Store {
     pub fn authenticate_device(&self, token: &str) -> Result<DeviceAuth> {
         let hash = sha256_hex(token.as_bytes());
         let row: Option<(String, Option<String>)> = self.read(|c| {
-            Ok(c.query_row(
+            c.query_opt(
                 "SELECT id, revoked_at FROM devices WHERE token_hash = ?1",
-                [hash],
+                params![hash],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?)
         })?;
         Ok(match row {
             None => DeviceAuth::Unknown,
@@ -203,17 +202,17 @@ impl Store {
         email: &str,
     ) -> Result<flex_protocol::api::UserCheck> {
         let normalized = super::users::normalize_email(email).map_err(|e| {
-            StoreError::Invalid(format!(
-                "'{}' {e}",
-                email.chars().take(64).collect::<String>()
-            ))
+            StoreError::invalid(
+                "email",
+                format!("'{}' {e}", email.chars().take(64).collect::<String>()),
+            )
         })?;
         let now = self.now();
         self.write(|tx| {
             super::device_users::spoke_for(tx, device_id, &normalized, self.policy(), now)?;
             let known = super::users::load_user(tx, &normalized)?.is_some();
             Ok(flex_protocol::api::UserCheck {
-                email: normalized,
+                email: normalized.clone(),
                 known,
             })
         })
@@ -222,15 +221,13 @@ impl Store {
     /// Every device, newest enrollment first.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(device_row(r)?);
-            }
-            Ok(out)
+            c.query_all(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
+                ),
+                params![],
+                device_row,
+            )
         })
     }
 
@@ -243,13 +240,11 @@ impl Store {
                 "UPDATE devices SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
                 params![ts(now), id],
             )?;
-            tx.query_row(
+            tx.query_opt(
                 &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
-                [id],
-                |r| Ok(device_row(r)),
-            )
-            .optional()?
-            .transpose()?
+                params![id],
+                device_row,
+            )?
             .ok_or_else(|| StoreError::NotFound {
                 what: "device",
                 key: id.to_string(),
@@ -271,16 +266,16 @@ mod tests {
     use crate::clock::TestClock;
     use crate::config::PolicyConfig;
     use crate::rates::RateSheet;
+    use crate::store::testing::{backends, TestBackend};
+    use crate::store::Database;
 
-    fn store(dir: &std::path::Path) -> (Arc<Store>, TestClock) {
+    fn store(backend: &TestBackend) -> (Arc<Store>, TestClock) {
         let clock = TestClock::new("2026-11-02T08:00:00Z".parse().unwrap());
-        let s = Store::open(
-            dir,
+        let s = backend.open(
             Arc::new(clock.clone()),
             PolicyConfig::default(),
             RateSheet::sample(),
-        )
-        .unwrap();
+        );
         (Arc::new(s), clock)
     }
 
@@ -306,8 +301,13 @@ mod tests {
 
     #[test]
     fn a_key_enrolls_exactly_its_uses_even_when_agents_race() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, _) = store(tmp.path());
+        for backend in backends() {
+            a_key_enrolls_exactly_its_uses_even_when_agents_race_on(&backend);
+        }
+    }
+
+    fn a_key_enrolls_exactly_its_uses_even_when_agents_race_on(backend: &TestBackend) {
+        let (s, _) = store(backend);
         let token = key(&s, 3, "1d");
         let handles: Vec<_> = (0..8)
             .map(|i| {
@@ -338,8 +338,13 @@ mod tests {
 
     #[test]
     fn expired_and_revoked_keys_are_refused_and_use_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, clock) = store(tmp.path());
+        for backend in backends() {
+            expired_and_revoked_keys_are_refused_and_use_nothing_on(&backend);
+        }
+    }
+
+    fn expired_and_revoked_keys_are_refused_and_use_nothing_on(backend: &TestBackend) {
+        let (s, clock) = store(backend);
         let token = key(&s, 5, "1h");
         clock.advance(chrono::Duration::hours(2));
         let err = enroll(&s, &token, "ws-1").unwrap_err();
@@ -371,8 +376,13 @@ mod tests {
 
     #[test]
     fn a_revoked_device_is_refused_and_stays_listed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, clock) = store(tmp.path());
+        for backend in backends() {
+            a_revoked_device_is_refused_and_stays_listed_on(&backend);
+        }
+    }
+
+    fn a_revoked_device_is_refused_and_stays_listed_on(backend: &TestBackend) {
+        let (s, clock) = store(backend);
         let d = enroll(&s, &key(&s, 1, "1d"), "ws-1").unwrap();
         assert_eq!(
             s.authenticate_device(&d.device_token).unwrap(),
@@ -399,11 +409,15 @@ mod tests {
 
     #[test]
     fn single_use_tokens_of_the_first_schema_carry_over() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("flex.db");
+        // SQLite's schema history; PostgreSQL starts from today's schema.
+        let backend = TestBackend::sqlite();
+        let Database::Sqlite { data_dir } = &backend.database else {
+            unreachable!()
+        };
+        let path = data_dir.join("flex.db");
         {
             let c = rusqlite::Connection::open(&path).unwrap();
-            c.execute_batch(super::super::MIGRATIONS[0]).unwrap();
+            c.execute_batch(super::super::schema::SQLITE[0]).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             c.execute(
                 "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, used_at) VALUES
@@ -413,7 +427,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (s, _) = store(tmp.path());
+        let (s, _) = store(&backend);
         assert!(enroll(&s, "fet_used", "ws-1").is_err());
         enroll(&s, "fet_fresh", "ws-1").unwrap();
         assert!(enroll(&s, "fet_fresh", "ws-2").is_err());
@@ -436,8 +450,13 @@ mod tests {
     /// the same request id: the same device and credential, no second use.
     #[test]
     fn a_lost_enroll_answer_is_recovered_by_its_request_id() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, _) = store(tmp.path());
+        for backend in backends() {
+            a_lost_enroll_answer_is_recovered_by_its_request_id_on(&backend);
+        }
+    }
+
+    fn a_lost_enroll_answer_is_recovered_by_its_request_id_on(backend: &TestBackend) {
+        let (s, _) = store(backend);
         let token = key(&s, 2, "1d");
         let first = enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap();
         let again = enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap();
@@ -452,11 +471,11 @@ mod tests {
         // from the database alone.
         let stored: String = s
             .read(|c| {
-                Ok(c.query_row(
+                c.query_one(
                     "SELECT request_hash || hostname || token_salt FROM enrollment_requests",
-                    [],
+                    params![],
                     |r| r.get(0),
-                )?)
+                )
             })
             .unwrap();
         assert!(!stored.contains(REQUEST) && !stored.contains(&first.device_token));
@@ -473,8 +492,17 @@ mod tests {
 
     #[test]
     fn a_request_id_answers_only_its_own_token_and_host_and_only_until_first_contact() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, _) = store(tmp.path());
+        for backend in backends() {
+            a_request_id_answers_only_its_own_token_and_host_and_only_until_first_contact_on(
+                &backend,
+            );
+        }
+    }
+
+    fn a_request_id_answers_only_its_own_token_and_host_and_only_until_first_contact_on(
+        backend: &TestBackend,
+    ) {
+        let (s, _) = store(backend);
         let (token, other_key) = (key(&s, 5, "1d"), key(&s, 5, "1d"));
         let first = enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap();
         for (t, host) in [
@@ -518,7 +546,7 @@ mod tests {
         ] {
             let err = enroll_with_request(&s, &token, "ws-9", bad).unwrap_err();
             assert!(
-                matches!(&err, StoreError::Invalid(m) if m.contains("enrollment_request_id")),
+                matches!(&err, StoreError::Invalid(i) if i.field == "enrollment_request_id"),
                 "{bad}: {err:?}"
             );
         }

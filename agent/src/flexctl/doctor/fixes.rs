@@ -30,6 +30,10 @@ pub struct Fixes {
     pub tls: String,
     /// The server does not answer.
     pub server: String,
+    /// One of several servers (`server_urls`) does not answer.
+    pub replica: String,
+    /// A URL in `server_urls` is not usable.
+    pub server_urls: String,
     /// An account has no email mapping.
     pub user_mapping: String,
     /// The user is unknown to the server: `{email}` and `{account}` are filled in.
@@ -88,6 +92,9 @@ impl Fixes {
 const HTTPS: &str = "use an https:// server_url";
 const SEE_CREDENTIAL: &str = "see the credential check above";
 const LOCAL_ACCOUNT: &str = "give --user the name of a local account";
+/// A replica is a server like the others: where it runs is not this machine's.
+const REPLICA: &str = "the agent uses the other servers meanwhile; check that flex-server runs \
+                       there and the network path from here to it";
 
 /// The fixes of the OS this doctor was built for, with its default paths.
 pub fn current() -> Fixes {
@@ -133,6 +140,8 @@ pub fn fixes(os: Os, d: &Defaults) -> Fixes {
             server: "check server_url, that flex-server runs (systemctl status flex-server on the \
                      server), and DNS, firewall and proxy between here and there"
                 .into(),
+            replica: REPLICA.into(),
+            server_urls: format!("fix server_urls in {config}, then: systemctl restart flex-agent"),
             user_mapping: format!(
                 "set [users] email_template (e.g. \"{{user}}@corp.example\") or add the account \
                  to [users.overrides] in {config} or a drop-in"
@@ -203,6 +212,8 @@ pub fn fixes(os: Os, d: &Defaults) -> Fixes {
                 server: "check server_url, that flex-server runs, and DNS, firewall and proxy \
                          between here and there"
                     .into(),
+                replica: REPLICA.into(),
+                server_urls: format!("fix server_urls in {config}, then: {restart}"),
                 user_mapping: format!(
                     "set [users] email_template (e.g. \"{{user}}@corp.example\") or add the \
                      account to [users.overrides] in {config} or a drop-in"
@@ -281,6 +292,11 @@ pub fn fixes(os: Os, d: &Defaults) -> Fixes {
                      runs, and DNS, firewall and proxy between here and there (the service \
                      connects as LocalSystem: a user's proxy settings do not apply)"
                 ),
+                replica: format!(
+                    "{REPLICA} (the service connects as LocalSystem: a user's proxy settings do \
+                     not apply)"
+                ),
+                server_urls: format!("fix server_urls in {config}, then {restart}"),
                 user_mapping: format!(
                     "set [users] email_template (e.g. \"{{user}}@corp.example\"; the installer's \
                      EMAIL_TEMPLATE) or add the account to [users.overrides] in {config} or a \
@@ -353,6 +369,8 @@ mod tests {
             ("clock", &f.clock),
             ("tls", &f.tls),
             ("server", &f.server),
+            ("replica", &f.replica),
+            ("server_urls", &f.server_urls),
             ("user_mapping", &f.user_mapping),
             ("user_unknown", &f.user_unknown),
             ("detection_off", &f.detection_off),
