@@ -220,12 +220,37 @@ impl Wine {
         c
     }
 
-    /// Runs `wine PROGRAM ARGS...` to its end.
+    /// Runs `wine PROGRAM ARGS...` to its end: its exit and what it printed.
+    ///
+    /// The output goes to files, not pipes: a Wine process that this one
+    /// starts and that outlives it (the desktop process after a
+    /// [`reboot`](Self::reboot), the service manager) keeps its Unix stderr,
+    /// and reading a pipe to its end would then wait for good.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        self.cmd(program)
+        use std::io::{Read, Seek};
+        let fail = |e: std::io::Error| -> ! { panic!("run wine {program}: {e}") };
+        let mut out = tempfile::tempfile().unwrap_or_else(|e| fail(e));
+        let mut err = tempfile::tempfile().unwrap_or_else(|e| fail(e));
+        let status = self
+            .cmd(program)
             .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run wine {program}: {e}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap_or_else(|e| fail(e)))
+            .stderr(err.try_clone().unwrap_or_else(|e| fail(e)))
+            .status()
+            .unwrap_or_else(|e| fail(e));
+        let mut read = |f: &mut std::fs::File| {
+            let mut bytes = Vec::new();
+            f.rewind()
+                .and_then(|()| f.read_to_end(&mut bytes))
+                .unwrap_or_else(|e| fail(e));
+            bytes
+        };
+        Output {
+            status,
+            stdout: read(&mut out),
+            stderr: read(&mut err),
+        }
     }
 
     /// The Linux path of Windows path `C:\...` in this prefix.
