@@ -128,7 +128,13 @@ impl Wine {
                 "/f",
             ],
         );
-        assert!(timeout.status.success(), "reg add ServicesPipeTimeout");
+        assert!(
+            timeout.status.success(),
+            "reg add ServicesPipeTimeout: {}: {}{}",
+            timeout.status,
+            String::from_utf8_lossy(&timeout.stdout),
+            String::from_utf8_lossy(&timeout.stderr)
+        );
         // Test setup only: the MSI's custom action DLL runs from a temp file,
         // so the ProcessPrng shim goes where every process finds it.
         w.shim_into(r"C:\windows\system32");
