@@ -245,7 +245,7 @@ impl Wine {
             .stderr(err.try_clone().unwrap_or_else(|e| fail(e)))
             .status()
             .unwrap_or_else(|e| fail(e));
-        let mut read = |f: &mut std::fs::File| {
+        let read = |f: &mut std::fs::File| {
             let mut bytes = Vec::new();
             f.rewind()
                 .and_then(|()| f.read_to_end(&mut bytes))
