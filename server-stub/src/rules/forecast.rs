@@ -85,12 +85,13 @@ pub fn forecast(
     }
 }
 
-/// Tokens taken from one lot by one charge.
+/// Tokens taken from one lot by one charge; negative when a refund of a
+/// short run (R13) gave them back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spend {
     pub at: DateTime<Utc>,
     pub lot_id: i64,
-    pub tokens: u64,
+    pub tokens: i64,
 }
 
 /// The balance at the end of each of the last `days` local days (today ends
@@ -114,12 +115,12 @@ pub fn balance_history(
                 .iter()
                 .filter(|l| l.purchased_at <= end && end < l.expires_at)
                 .map(|l| {
-                    let later: u64 = spends
+                    let later: i64 = spends
                         .iter()
                         .filter(|s| s.lot_id == l.id && s.at > end)
                         .map(|s| s.tokens)
                         .sum();
-                    l.remaining + later
+                    l.remaining.saturating_add_signed(later)
                 })
                 .sum();
             (date_of(day), balance)

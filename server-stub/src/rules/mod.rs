@@ -10,6 +10,7 @@ pub mod forecast;
 pub mod notices;
 pub mod per_result;
 pub mod recommendations;
+pub mod refunds;
 pub mod reports;
 pub mod windows;
 

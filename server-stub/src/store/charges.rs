@@ -1,4 +1,5 @@
-//! The ledger as admins read it: every charge with its window and lot shares.
+//! The ledger as admins read it: every charge with its window and lot shares,
+//! and the refund of a short run (R13) when its window got one.
 
 use flex_protocol::api::{Charge, ChargeKind, LotShare, Window};
 use rusqlite::params;
@@ -18,8 +19,10 @@ impl Store {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT c.id, c.claim_id, c.user, c.product, c.version, c.kind, c.source,
-                        c.results, c.tokens, c.created_at, w.id, w.start, w.end
+                        c.results, c.tokens, c.created_at, w.id, w.start, w.end,
+                        r.tokens, r.created_at
                  FROM charges c LEFT JOIN windows w ON w.id = c.window_id
+                 LEFT JOIN refunds r ON r.charge_id = c.id
                  WHERE (?1 IS NULL OR c.user = ?1) AND (?2 IS NULL OR c.product = ?2)
                  ORDER BY c.id",
             )?;
@@ -41,6 +44,10 @@ impl Store {
                         r.get::<_, Option<String>>(11)?,
                         r.get::<_, Option<String>>(12)?,
                     ),
+                    (
+                        r.get::<_, Option<i64>>(13)?,
+                        r.get::<_, Option<String>>(14)?,
+                    ),
                 ))
             })?;
             let mut shares_stmt = c.prepare(
@@ -48,8 +55,20 @@ impl Store {
             )?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, claim_id, user, product, version, kind, source, results, tokens, at, w) =
-                    row?;
+                let (
+                    id,
+                    claim_id,
+                    user,
+                    product,
+                    version,
+                    kind,
+                    source,
+                    results,
+                    tokens,
+                    at,
+                    w,
+                    (refunded, refunded_at),
+                ) = row?;
                 let kind = match kind.as_str() {
                     "window" => ChargeKind::Window,
                     "renewal" => ChargeKind::Renewal,
@@ -85,8 +104,8 @@ impl Store {
                     tokens: tokens as u64,
                     lots,
                     created_at: parse_ts(&at)?,
-                    refunded_tokens: 0,
-                    refunded_at: None,
+                    refunded_tokens: refunded.unwrap_or(0) as u64,
+                    refunded_at: refunded_at.as_deref().map(parse_ts).transpose()?,
                 });
             }
             Ok(out)

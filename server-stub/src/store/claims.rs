@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::lots::{balance_of, spend};
 use super::users::{has_subscription, load_defaults, load_user, normalize_email};
-use super::{device_users, notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
+use super::{device_users, notices, parse_ts, refunds, sha256_hex, ts, Result, Store, StoreError};
 use crate::rules::{entitlement, per_result, windows};
 
 /// The stored answer to a claim: replayed byte for byte on a retry.
@@ -27,13 +27,13 @@ pub struct ClaimOutcome {
 }
 
 #[derive(Debug, Clone)]
-struct WindowRow {
-    id: String,
-    source: Source,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    user: String,
-    product: String,
+pub(super) struct WindowRow {
+    pub(super) id: String,
+    pub(super) source: Source,
+    pub(super) start: DateTime<Utc>,
+    pub(super) end: DateTime<Utc>,
+    pub(super) user: String,
+    pub(super) product: String,
 }
 
 impl WindowRow {
@@ -81,7 +81,7 @@ fn to_window(raw: (String, String, String, String, String, String)) -> Result<Wi
 
 const WINDOW_COLS: &str = "id, source, start, end, user, product";
 
-fn load_window(conn: &Connection, id: &str) -> Result<Option<WindowRow>> {
+pub(super) fn load_window(conn: &Connection, id: &str) -> Result<Option<WindowRow>> {
     conn.query_row(
         &format!("SELECT {WINDOW_COLS} FROM windows WHERE id = ?1"),
         [id],
@@ -92,7 +92,8 @@ fn load_window(conn: &Connection, id: &str) -> Result<Option<WindowRow>> {
     .transpose()
 }
 
-/// A window of `user`/`product` that overlaps `[start, end)`.
+/// A window of `user`/`product` that overlaps `[start, end)`; a refunded
+/// window covers nothing (R13).
 fn overlapping(
     conn: &Connection,
     user: &str,
@@ -104,6 +105,7 @@ fn overlapping(
         &format!(
             "SELECT {WINDOW_COLS} FROM windows
              WHERE user = ?1 AND product = ?2 AND start < ?4 AND end > ?3
+               AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.window_id = windows.id)
              ORDER BY start LIMIT 1"
         ),
         params![user, product, ts(start), ts(end)],
@@ -392,6 +394,7 @@ impl Store {
                         old.user, old.product, req.product
                     )));
                 }
+                refunds::refuse_renewal(tx, &old)?;
                 Some(old.end)
             }
             None => None,
@@ -459,6 +462,7 @@ impl Store {
         charged: u64,
         now: DateTime<Utc>,
     ) -> Result<ClaimResponse> {
+        refunds::note_grant(tx, &w.id, device_id, now)?;
         let lease = self.signer().sign(&LeaseBody {
             window_id: w.id.clone(),
             device_id: device_id.to_string(),

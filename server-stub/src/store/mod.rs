@@ -20,6 +20,7 @@ mod import;
 mod lots;
 mod mail;
 mod notices;
+mod refunds;
 mod reports;
 mod usage_blocks;
 mod users;
@@ -50,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_reports.sql"),
     include_str!("../../migrations/0004_usage_blocks.sql"),
     include_str!("../../migrations/0005_device_users.sql"),
+    include_str!("../../migrations/0006_refunds.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
