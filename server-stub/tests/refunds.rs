@@ -85,6 +85,26 @@ impl World {
         self.clock.set(at(t));
     }
 
+    /// A ReCap Photo job that costs `tokens` (50 photos a token), granted.
+    fn photos(&mut self, tokens: u64) {
+        self.claims += 1;
+        let out = self
+            .store
+            .claim(
+                &self.device,
+                &ClaimRequest {
+                    claim_id: format!("c{}", self.claims),
+                    user: Email::parse(ANN).unwrap(),
+                    product: "recap-photo".into(),
+                    version: None,
+                    results: Some(tokens * 50),
+                    renews: None,
+                },
+            )
+            .unwrap();
+        assert!(out.body.contains("granted"), "{}", out.body);
+    }
+
     fn claim_on(&mut self, device: &str, product: &str, renews: Option<&str>) -> ClaimResponse {
         self.claims += 1;
         let out = self
@@ -343,21 +363,7 @@ fn a_lot_expired_meanwhile_does_not_get_its_share_back() {
     w.store.buy_tokens(100).unwrap();
     w.set("2025-11-03T08:00:00Z");
     w.store.buy_tokens(100).unwrap();
-    let out = w
-        .store
-        .claim(
-            &w.device.clone(),
-            &ClaimRequest {
-                claim_id: "photos".into(),
-                user: Email::parse(ANN).unwrap(),
-                product: "recap-photo".into(),
-                version: None,
-                results: Some(95 * 50),
-                renews: None,
-            },
-        )
-        .unwrap();
-    assert!(out.body.contains("granted"), "{}", out.body);
+    w.photos(95);
     w.set("2026-11-02T08:00:00Z");
     let (win, _) = w.launch("autocad");
     let charges = w.store.charges(&Default::default()).unwrap();
@@ -468,21 +474,7 @@ fn refunds_off_refuse_every_window() {
 fn a_refund_above_the_low_balance_line_re_arms_the_notice() {
     let mut w = World::new(PolicyConfig::default());
     w.store.buy_tokens(100).unwrap();
-    let job = w
-        .store
-        .claim(
-            &w.device.clone(),
-            &ClaimRequest {
-                claim_id: "photos".into(),
-                user: Email::parse(ANN).unwrap(),
-                product: "recap-photo".into(),
-                version: None,
-                results: Some(70 * 50),
-                renews: None,
-            },
-        )
-        .unwrap();
-    assert!(job.body.contains("granted"), "{}", job.body);
+    w.photos(70);
     w.launch("autocad");
     let low = |w: &World| {
         w.store

@@ -2,7 +2,7 @@
 //! and the refund of a short run (R13) when its window got one.
 
 use flex_protocol::api::{Charge, ChargeKind, LotShare, Window};
-use rusqlite::params;
+use rusqlite::{params, Connection};
 
 use super::claims::source_of;
 use super::{parse_ts, Result, Store, StoreError};
@@ -12,6 +12,22 @@ use super::{parse_ts, Result, Store, StoreError};
 pub struct ChargeFilter {
     pub user: Option<String>,
     pub product: Option<String>,
+}
+
+/// Each lot's share of charge `id`, in the order they were spent.
+pub(super) fn lot_shares(conn: &Connection, id: i64) -> Result<Vec<LotShare>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT lot_id, tokens FROM charge_lots WHERE charge_id = ?1 ORDER BY rowid",
+    )?;
+    let shares = stmt
+        .query_map([id], |r| {
+            Ok(LotShare {
+                lot_id: r.get(0)?,
+                tokens: r.get::<_, i64>(1)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(shares)
 }
 
 impl Store {
@@ -40,35 +56,23 @@ impl Store {
                     r.get::<_, i64>(8)?,
                     r.get::<_, String>(9)?,
                     (
-                        r.get::<_, Option<String>>(10)?,
-                        r.get::<_, Option<String>>(11)?,
-                        r.get::<_, Option<String>>(12)?,
-                    ),
-                    (
-                        r.get::<_, Option<i64>>(13)?,
-                        r.get::<_, Option<String>>(14)?,
+                        (
+                            r.get::<_, Option<String>>(10)?,
+                            r.get::<_, Option<String>>(11)?,
+                            r.get::<_, Option<String>>(12)?,
+                        ),
+                        (
+                            r.get::<_, Option<i64>>(13)?,
+                            r.get::<_, Option<String>>(14)?,
+                        ),
                     ),
                 ))
             })?;
-            let mut shares_stmt = c.prepare(
-                "SELECT lot_id, tokens FROM charge_lots WHERE charge_id = ?1 ORDER BY rowid",
-            )?;
             let mut out = Vec::new();
             for row in rows {
-                let (
-                    id,
-                    claim_id,
-                    user,
-                    product,
-                    version,
-                    kind,
-                    source,
-                    results,
-                    tokens,
-                    at,
-                    w,
-                    (refunded, refunded_at),
-                ) = row?;
+                let (id, claim_id, user, product, version, kind, source, results, tokens, at, more) =
+                    row?;
+                let (w, (refunded, refunded_at)) = more;
                 let kind = match kind.as_str() {
                     "window" => ChargeKind::Window,
                     "renewal" => ChargeKind::Renewal,
@@ -83,14 +87,7 @@ impl Store {
                     }),
                     _ => None,
                 };
-                let lots = shares_stmt
-                    .query_map([id], |r| {
-                        Ok(LotShare {
-                            lot_id: r.get(0)?,
-                            tokens: r.get::<_, i64>(1)? as u64,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
+                let lots = lot_shares(c, id)?;
                 out.push(Charge {
                     id,
                     claim_id,

@@ -20,6 +20,7 @@ use flex_protocol::api::{ErrorBody, LotShare, RefundRequest, RefundResponse};
 use flex_protocol::ErrorCode;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::charges::lot_shares;
 use super::claims::{load_window, WindowRow};
 use super::heartbeat::{check_sessions, store_sessions};
 use super::lots::{balance_of, load_lots};
@@ -117,18 +118,7 @@ fn load_charge(conn: &Connection, w: &WindowRow) -> Result<(i64, Vec<LotShare>)>
         )
         .optional()?
         .ok_or_else(|| StoreError::Corrupt(format!("window '{}' has no charge", w.id)))?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT lot_id, tokens FROM charge_lots WHERE charge_id = ?1 ORDER BY rowid",
-    )?;
-    let shares = stmt
-        .query_map([id], |r| {
-            Ok(LotShare {
-                lot_id: r.get(0)?,
-                tokens: r.get::<_, i64>(1)? as u64,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok((id, shares))
+    Ok((id, lot_shares(conn, id)?))
 }
 
 /// A stored run: id, started, ended, window.
