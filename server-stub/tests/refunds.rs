@@ -220,6 +220,9 @@ fn closed_at_4_59_is_refunded_once_and_reopened_at_5_01_is_charged_again() {
     assert_eq!(w.balance(), 100);
     let lots = w.store.balance().unwrap().lots;
     assert_eq!(lots[0].remaining, 100, "the tokens went back to their lot");
+    // The burn rate is charges less refunds; the chart's today is 100 again.
+    assert_eq!(w.store.forecast().unwrap().burn_per_day, 0.0);
+    assert_eq!(w.store.balance_history(1).unwrap()[0].1, 100);
 
     // A repeat, later and with other sessions, gets the first answer byte for
     // byte and moves nothing.
@@ -245,6 +248,7 @@ fn closed_at_4_59_is_refunded_once_and_reopened_at_5_01_is_charged_again() {
     let net: u64 = charges.iter().map(|c| c.tokens - c.refunded_tokens).sum();
     assert_eq!(net, 7, "one charge in all");
     assert_eq!(w.balance(), 93);
+    assert_eq!(w.store.forecast().unwrap().burn_per_day, 0.23);
 }
 
 /// The sessions a request carries are stored even when the answer is "too
