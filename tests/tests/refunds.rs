@@ -3,11 +3,16 @@
 //! their lots, a session record showing the product running at the window's
 //! start plus the grace refuses, a repeat gets the first answer byte for byte
 //! (also across kill -9), a refunded window no longer covers a launch, and
-//! the charges list, `flex-admin charges` and the usage report show it.
+//! the charges list, `flex-admin charges` and the usage report show it. With
+//! the real agent too: a run shorter than the grace comes back, a longer one
+//! does not.
 
 use std::process::Command;
 
-use flex_e2e::{bin, Device, Server, ServerOpts, ADMIN_TOKEN};
+use flex_e2e::agent::{
+    eventually, fake_product, flex_server, Agent, Rates, Running, SHORT_POLICY, WAIT,
+};
+use flex_e2e::{bin, t, Device, Server, ServerOpts, ADMIN_TOKEN};
 use reqwest::Method as M;
 use serde_json::{json, Value};
 
@@ -334,4 +339,52 @@ async fn refunds_off_and_bad_requests_change_nothing() {
     let (status, doc) = s.call(M::GET, "/v1/openapi.json", "", None).await;
     assert_eq!(status, 200);
     assert!(doc["paths"].get("/v1/agent/refunds").is_some());
+}
+
+/// The real agent and server under a 6-second "day" and a 2-second grace:
+/// Revit run through its wrapper for an instant is refunded by the agent's
+/// own request; Inventor, still running at its start plus 2 s, is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_real_agent_a_run_shorter_than_the_grace_is_refunded_and_a_longer_one_is_not() {
+    let rates = Rates::unique();
+    let policy = format!("{SHORT_POLICY}short_use_grace = \"2s\"\n");
+    let server = flex_server(&policy, Some(&rates), 500).await;
+    let agent = Agent::start(&server, "").await;
+    let exe = fake_product(agent.dir.path(), &rates.exe("inventor"));
+    let mut inventor = Running::product(&exe);
+    let out = agent.run("revit", &["true"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let revit = eventually("revit's window refunded", WAIT, || async {
+        let c = server.charges().await;
+        c.into_iter()
+            .find(|c| c["product"] == "revit" && c.get("refunded_at").is_some())
+    })
+    .await;
+    assert_eq!(revit["tokens"], 10, "{revit}");
+    assert_eq!(revit["refunded_tokens"], 10, "{revit}");
+
+    let charges = server.charges().await;
+    let inv = charges
+        .iter()
+        .find(|c| c["product"] == "inventor")
+        .expect("inventor charged")
+        .clone();
+    let cut = t(inv["window"]["start"].as_str().unwrap()) + chrono::Duration::seconds(3);
+    eventually("a second past inventor's grace", WAIT, || async {
+        (chrono::Utc::now() > cut).then_some(())
+    })
+    .await;
+    inventor.quit();
+    // Whatever the agent asked, inventor ran at its start plus the grace.
+    let charges = server.charges().await;
+    let inv: Vec<&Value> = charges
+        .iter()
+        .filter(|c| c["product"] == "inventor")
+        .collect();
+    assert!(
+        inv.iter().all(|c| c.get("refunded_at").is_none()),
+        "{charges:?}"
+    );
+    assert_eq!(server.balance().await, 500 - 9 * inv.len() as u64);
 }
