@@ -11,6 +11,7 @@ pub mod forecast;
 pub mod notices;
 pub mod per_result;
 pub mod recommendations;
+pub mod refunds;
 pub mod reports;
 pub mod windows;
 
@@ -28,6 +29,23 @@ impl Invalid {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Invalid {
             field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A request the rules refuse because of what already happened (a refunded
+/// window renewed); nothing was changed. The API answers 409 with the
+/// message, which says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Conflict {
+    pub message: String,
+}
+
+impl Conflict {
+    pub fn new(message: impl Into<String>) -> Self {
+        Conflict {
             message: message.into(),
         }
     }
