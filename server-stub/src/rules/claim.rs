@@ -217,8 +217,9 @@ pub fn out_of_tokens(decision: &Decision, req: &ClaimRequest, name: &str, balanc
         (Decision::Job { cost, .. }, Some(results)) => format!(
             "a job of {results} results costs {cost} tokens and the balance is {balance}; ask your license admin to buy tokens"
         ),
-        (Decision::Open { cost, .. }, _) => format!(
-            "{name} costs {cost} tokens for 24 hours and the balance is {balance}; ask your license admin to buy tokens"
+        (Decision::Open { cost, window }, _) => format!(
+            "{name} costs {cost} tokens for {} and the balance is {balance}; ask your license admin to buy tokens",
+            windows::length_text(window.end - window.start)
         ),
         _ => format!("the balance is {balance}; ask your license admin to buy tokens"),
     }
@@ -477,5 +478,26 @@ mod tests {
                 && c.message.contains("claim a new window"),
             "{c}"
         );
+    }
+
+    /// The refusal named a fixed "24 hours" whatever `policy.window` said.
+    #[test]
+    fn out_of_tokens_names_the_window_s_real_length() {
+        let open = |hours| Decision::Open {
+            window: NewWindow {
+                source: Source::Tokens,
+                start: at(8),
+                end: at(8) + Duration::hours(hours),
+                kind: ChargeKind::Window,
+                renews: None,
+            },
+            cost: 7,
+        };
+        let req = req("autocad", None, None);
+        assert_eq!(
+            out_of_tokens(&open(8), &req, "AutoCAD", 3),
+            "AutoCAD costs 7 tokens for 8 hours and the balance is 3; ask your license admin to buy tokens"
+        );
+        assert!(out_of_tokens(&open(24), &req, "AutoCAD", 3).contains("for 24 hours"));
     }
 }

@@ -16,9 +16,7 @@ use flex_protocol::ErrorCode;
 use super::db::{params, Conn, Row};
 use super::lots::{balance_of, spend};
 use super::users::{has_subscription, load_defaults, load_user};
-use super::{
-    device_users, notices, parse_ts, refunds, sha256_hex, ts, Result, Store, StoreError,
-};
+use super::{device_users, notices, parse_ts, refunds, sha256_hex, ts, Result, Store, StoreError};
 use crate::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
 
 /// Advisory lock key the replicas' claim writers take turns with ("flexclm").
