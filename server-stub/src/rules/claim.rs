@@ -228,34 +228,14 @@ pub fn out_of_tokens(decision: &Decision, req: &ClaimRequest, name: &str, balanc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::Refused;
     use flex_protocol::api::AssignmentMode;
     use std::collections::HashMap;
 
-    /// Why the rules refused, for the in-memory facts.
-    #[derive(Debug)]
-    enum Refused {
-        Invalid(Invalid),
-        Conflict(Conflict),
-    }
-
-    impl From<Invalid> for Refused {
-        fn from(e: Invalid) -> Self {
-            Refused::Invalid(e)
-        }
-    }
-
-    impl From<Conflict> for Refused {
-        fn from(e: Conflict) -> Self {
-            Refused::Conflict(e)
-        }
-    }
-
-    impl Refused {
-        fn field(&self) -> &str {
-            match self {
-                Refused::Invalid(e) => &e.field,
-                Refused::Conflict(_) => "",
-            }
+    fn field(e: &Refused) -> &str {
+        match e {
+            Refused::Invalid(e) => &e.field,
+            Refused::Conflict(_) => "",
         }
     }
 
@@ -425,7 +405,7 @@ mod tests {
         let again = decide(&mut facts, &renew, at(8) + Duration::days(1)).unwrap();
         assert!(matches!(again, Decision::Covered(w) if w.id == "w2"));
         let err = decide(&mut facts, &req("autocad", None, Some("nope")), at(9)).unwrap_err();
-        assert_eq!(err.field(), "renews");
+        assert_eq!(field(&err), "renews");
     }
 
     #[test]
@@ -439,7 +419,7 @@ mod tests {
             }
         );
         let err = decide(&mut ada(true), &req("autocad", Some(5), None), at(8)).unwrap_err();
-        assert_eq!(err.field(), "results");
+        assert_eq!(field(&err), "results");
         let d = decide(&mut ada(true), &req("nope", None, None), at(8)).unwrap();
         assert!(matches!(
             d,

@@ -50,3 +50,13 @@ impl Conflict {
         }
     }
 }
+
+/// Either refusal of the claim rules, for facts that have no errors of their
+/// own (the unit tests' facts, the agent's fake server).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+}
