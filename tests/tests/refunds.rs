@@ -5,7 +5,7 @@
 //! (also across kill -9), a refunded window no longer covers a launch, and
 //! the charges list, `flex-admin charges` and the usage report show it. With
 //! the real agent too: a run shorter than the grace comes back, a longer one
-//! does not.
+//! does not. On PostgreSQL too, where two replicas asked at once refund once.
 
 use std::process::Command;
 
@@ -13,6 +13,7 @@ use flex_e2e::agent::{
     eventually, fake_product, flex_server, Agent, Rates, Running, SHORT_POLICY, WAIT,
 };
 use flex_e2e::{bin, t, Device, Server, ServerOpts, ADMIN_TOKEN};
+use flex_server::store::testing::TestDatabase;
 use reqwest::Method as M;
 use serde_json::{json, Value};
 
@@ -93,7 +94,64 @@ fn json_of(body: &str) -> Value {
 /// is a new window, charged: one charge in all.
 #[tokio::test]
 async fn a_short_first_window_is_refunded_and_a_reopen_after_the_grace_is_charged_again() {
-    let (s, dev) = monday(ServerOpts::default()).await;
+    short_first_window(ServerOpts::default()).await;
+}
+
+/// The same on PostgreSQL (a fresh database in the tests' cluster; see
+/// `flex_server::store::testing` for when it is left out).
+#[tokio::test]
+async fn on_postgresql_a_short_first_window_is_refunded_and_a_reopen_after_the_grace_is_charged_again(
+) {
+    let Some(db) = TestDatabase::create() else {
+        return;
+    };
+    short_first_window(ServerOpts {
+        database_url: Some(db.url().to_string()),
+        ..Default::default()
+    })
+    .await;
+}
+
+/// Two replicas on one PostgreSQL database asked for the same window's refund
+/// at the same moment: one refund, and both answer it byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_asked_for_the_same_refund_at_once_refund_it_once() {
+    let Some(db) = TestDatabase::create() else {
+        return;
+    };
+    let opts = || ServerOpts {
+        database_url: Some(db.url().to_string()),
+        ..Default::default()
+    };
+    let (a, dev) = monday(opts()).await;
+    let b = Server::start(ServerOpts {
+        test_clock: true,
+        ..opts()
+    });
+    let (window, _) = open_autocad(&a, &dev).await;
+    a.set_time("2026-11-02T08:05:00Z").await;
+    b.set_time("2026-11-02T08:05:00Z").await;
+    for round in 0..2 {
+        let (x, y) = tokio::join!(
+            refund(&a, &dev, &window, json!([])),
+            refund(&b, &dev, &window, json!([]))
+        );
+        assert_eq!(x, y, "round {round}");
+        assert_eq!(x.0, 200, "{}", x.1);
+        assert_eq!(
+            json_of(&x.1),
+            json!({"window_id": window, "refunded_tokens": 7, "balance": 100})
+        );
+    }
+    assert_eq!(a.balance().await, 100);
+    assert_eq!(b.balance().await, 100);
+    let charges = b.charges().await;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(charges[0]["refunded_tokens"], 7);
+}
+
+async fn short_first_window(opts: ServerOpts) {
+    let (s, dev) = monday(opts).await;
     let (window, cost) = open_autocad(&s, &dev).await;
     assert_eq!(cost, 7);
     s.set_time("2026-11-02T08:04:59Z").await;
