@@ -6,6 +6,7 @@
 //! step for the user in their message.
 
 mod client;
+pub mod desktop;
 pub mod doctor;
 #[cfg(windows)]
 mod job_windows;
@@ -13,6 +14,7 @@ pub mod notify;
 pub mod run;
 mod status;
 pub mod wrap;
+pub mod zone;
 
 use std::path::PathBuf;
 
@@ -382,11 +384,9 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             if !print {
                 crate::win32::detach_console();
             }
-            let display = notify::Notifier {
-                print,
-                desktop: !no_desktop,
-            };
-            notify::run(&cli.socket, &display, notify::Backoff::default()).await;
+            let display = notify::Notifier::new(print, !no_desktop);
+            let desk = notify::Desk::detect().await;
+            notify::run(&cli.socket, &display, &desk, notify::Backoff::default()).await;
             Ok(0)
         }
     }
