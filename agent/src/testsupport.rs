@@ -1,7 +1,8 @@
 //! Test support: a private D-Bus session bus, a recording desktop notification
-//! service on it, and a real Secret Service (gnome-keyring) on it. One fake of
-//! each thing, shared by the agent's unit tests and, through the `test-support`
-//! cargo feature, by the end-to-end tests in `tests/`.
+//! service on it, a real Secret Service (gnome-keyring) on it, and a private
+//! X server ([`x11::Xvfb`]). One fake of each thing, shared by the agent's unit
+//! tests and, through the `test-support` cargo feature, by the end-to-end
+//! tests in `tests/`.
 //!
 //! Tests that need a desktop bus (the credential store's keyring path, desktop
 //! notifications) start their own bus here instead of touching the machine's: a
@@ -21,6 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use zbus::OwnedVariant;
+
+#[cfg(target_os = "linux")]
+pub mod x11;
 
 /// How long a test waits for a daemon, or a notification, to appear before failing.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);

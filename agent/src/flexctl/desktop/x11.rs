@@ -317,3 +317,136 @@ impl WindowCloser for Shared {
         self.lock().close_windows(pid)
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Instant;
+
+    use x11rb::protocol::xproto::{CreateWindowAux, PropMode, WindowClass};
+    use x11rb::protocol::Event as XEvent;
+    use x11rb::wrapper::ConnectionExt as _;
+
+    use super::*;
+    use crate::testsupport::x11::Xvfb;
+
+    /// A top-level window of the test process, on a connection of its own:
+    /// the product's side.
+    struct TestWindow {
+        conn: RustConnection,
+        window: Window,
+        atoms: Atoms,
+    }
+
+    impl TestWindow {
+        /// A mapped window; `pid` goes in `_NET_WM_PID`, `delete` lists
+        /// WM_DELETE_WINDOW in its WM_PROTOCOLS.
+        fn open(display: &str, pid: Option<u32>, delete: bool) -> TestWindow {
+            let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
+            let atoms = Atoms::new(&conn).unwrap().reply().unwrap();
+            let root = conn.setup().roots[screen].root;
+            let window = conn.generate_id().unwrap();
+            conn.create_window(
+                0,
+                window,
+                root,
+                0,
+                0,
+                100,
+                100,
+                0,
+                WindowClass::INPUT_OUTPUT,
+                0,
+                &CreateWindowAux::new(),
+            )
+            .unwrap();
+            if let Some(pid) = pid {
+                conn.change_property32(
+                    PropMode::REPLACE,
+                    window,
+                    atoms._NET_WM_PID,
+                    AtomEnum::CARDINAL,
+                    &[pid],
+                )
+                .unwrap();
+            }
+            if delete {
+                conn.change_property32(
+                    PropMode::REPLACE,
+                    window,
+                    atoms.WM_PROTOCOLS,
+                    AtomEnum::ATOM,
+                    &[atoms.WM_DELETE_WINDOW],
+                )
+                .unwrap();
+            }
+            conn.map_window(window).unwrap();
+            // Mapped once the server has answered a later request.
+            conn.get_input_focus().unwrap().reply().unwrap();
+            TestWindow {
+                conn,
+                window,
+                atoms,
+            }
+        }
+
+        /// Whether WM_DELETE_WINDOW arrives within 10 s.
+        fn asked_to_close(&self) -> bool {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match self.conn.poll_for_event().unwrap() {
+                    Some(XEvent::ClientMessage(m)) => {
+                        let data = m.data.as_data32();
+                        return m.window == self.window
+                            && m.type_ == self.atoms.WM_PROTOCOLS
+                            && data[0] == self.atoms.WM_DELETE_WINDOW;
+                    }
+                    Some(_) => {}
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            false
+        }
+    }
+
+    #[test]
+    fn windows_are_asked_to_close_by_pid_and_idle_time_follows_input() {
+        let x = Xvfb::start();
+        let me = std::process::id();
+        let mut desk = X11::connect(Some(&x.display)).unwrap();
+
+        // Found by _NET_WM_PID, and asked with WM_DELETE_WINDOW.
+        let product = TestWindow::open(&x.display, Some(4_000_001), true);
+        let other = TestWindow::open(&x.display, Some(4_000_002), true);
+        assert_eq!(desk.close_windows(4_000_001).unwrap(), 1);
+        assert!(product.asked_to_close());
+        // Nothing was sent to another process's window.
+        other.conn.get_input_focus().unwrap().reply().unwrap();
+        assert!(other.conn.poll_for_event().unwrap().is_none());
+        // A pid with no window: none asked (the agent then signals it).
+        assert_eq!(desk.close_windows(4_000_003).unwrap(), 0);
+
+        // No _NET_WM_PID: the X server's client pid (X-Resource) finds it.
+        let unnamed = TestWindow::open(&x.display, None, true);
+        assert_eq!(desk.windows_of(&[me]), vec![unnamed.window]);
+        assert_eq!(desk.close_windows(me).unwrap(), 1);
+        assert!(unnamed.asked_to_close());
+        drop(unnamed);
+
+        // Without WM_DELETE_WINDOW and with no window manager to close it,
+        // nothing can ask: not counted.
+        let _stubborn = TestWindow::open(&x.display, Some(4_000_004), false);
+        assert_eq!(desk.windows_of(&[4_000_004]).len(), 1);
+        assert_eq!(desk.close_windows(4_000_004).unwrap(), 0);
+
+        // Idle time: grows without input, drops when the pointer moves.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while desk.idle().unwrap() < Duration::from_millis(1500) {
+            assert!(Instant::now() < deadline, "the idle time does not grow");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        x.move_pointer(10, 20);
+        let after = desk.read().unwrap();
+        assert!(after.idle < Duration::from_millis(1000), "{after:?}");
+        assert!(!after.locked);
+    }
+}
