@@ -143,6 +143,10 @@ pub enum Command {
         /// With --print: only print, show no desktop notifications (no desktop needed).
         #[arg(long, requires = "print")]
         no_desktop: bool,
+        /// Between two reports of the user's idle time to the agent (tests
+        /// shorten it).
+        #[arg(long, hide = true, default_value = "30s", value_parser = humantime::parse_duration)]
+        report_every: std::time::Duration,
     },
     /// Ask process PID to close (WM_CLOSE to its top-level windows on this
     /// desktop). The agent's service starts it in a user's session, which it
@@ -378,7 +382,11 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
         } else {
             3
         }),
-        Command::Notify { print, no_desktop } => {
+        Command::Notify {
+            print,
+            no_desktop,
+            report_every,
+        } => {
             // Started from the Run key at logon: no console window stays open.
             #[cfg(windows)]
             if !print {
@@ -386,7 +394,11 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             }
             let display = notify::Notifier::new(print, !no_desktop);
             let desk = notify::Desk::detect().await;
-            notify::run(&cli.socket, &display, &desk, notify::Backoff::default()).await;
+            let options = notify::Options {
+                report_every,
+                ..Default::default()
+            };
+            notify::run(&cli.socket, &display, &desk, options).await;
             Ok(0)
         }
     }

@@ -676,14 +676,17 @@ async fn notifier_shows_events_and_survives_an_agent_restart() {
     let agent = start_fake_agent(dir.path(), handler.clone());
     let socket = agent.path.clone();
     let (shown_tx, mut shown) = mpsc::unbounded_channel();
-    let backoff = notify::Backoff {
-        first: Duration::from_millis(20),
-        max: Duration::from_millis(200),
+    let options = notify::Options {
+        backoff: notify::Backoff {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        ..Default::default()
     };
     let path = socket.clone();
     let (_, desk) = fake_desk();
     let notifier =
-        tokio::spawn(async move { notify::run(&path, &Recorder(shown_tx), &desk, backoff).await });
+        tokio::spawn(async move { notify::run(&path, &Recorder(shown_tx), &desk, options).await });
 
     wait_for(&mut seen, |r| matches!(r, Request::Subscribe).then_some(())).await;
     handler.publish(Event::LowBalance { balance: 12 }).await;
@@ -724,13 +727,7 @@ async fn notifier_reports_idle_time_and_answers_close_windows() {
     fake.idle_secs.store(900, Ordering::SeqCst);
     let path = agent.path.clone();
     let notifier = tokio::spawn(async move {
-        notify::run(
-            &path,
-            &Recorder(shown_tx),
-            &desk,
-            notify::Backoff::default(),
-        )
-        .await
+        notify::run(&path, &Recorder(shown_tx), &desk, Default::default()).await
     });
 
     // Reported on the subscribed connection (the agent forgets a report

@@ -26,30 +26,46 @@ pub struct IdleReading {
     pub locked: bool,
 }
 
-impl IdleReading {
-    /// Whether the agent, told this, may count the user as away.
-    fn away(&self) -> bool {
-        self.locked || self.idle >= REPORT_EVERY
-    }
-}
-
 /// Decides which samples become reports, for one connection to the agent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reporter {
+    /// Between two reports ([`REPORT_EVERY`]); also how long without input
+    /// counts as away.
+    every: Duration,
     /// The last report: when (time since the notifier started) and what.
     sent: Option<(Duration, IdleReading)>,
     /// The sample before this one.
     previous: Option<IdleReading>,
 }
 
+impl Default for Reporter {
+    fn default() -> Self {
+        Reporter::every(REPORT_EVERY)
+    }
+}
+
 impl Reporter {
+    /// A reporter that reports every `every` (tests shorten it).
+    pub fn every(every: Duration) -> Reporter {
+        Reporter {
+            every,
+            sent: None,
+            previous: None,
+        }
+    }
+
+    /// Whether the agent, told `r`, may count the user as away.
+    fn away(&self, r: IdleReading) -> bool {
+        r.locked || r.idle >= self.every
+    }
+
     /// Takes the sample `reading` taken at `now` (any monotonic time) and says
     /// whether to send it to the agent.
     pub fn sample(&mut self, now: Duration, reading: IdleReading) -> bool {
         let send = match self.sent {
             None => true,
             Some((at, sent)) => {
-                now.saturating_sub(at) >= REPORT_EVERY || (sent.away() && self.came_back(reading))
+                now.saturating_sub(at) >= self.every || (self.away(sent) && self.came_back(reading))
             }
         };
         self.previous = Some(reading);

@@ -37,7 +37,7 @@ pub use text::{
     countdown, human_duration, next_step, notification_for, Notification, Texts, Urgency,
 };
 
-use super::desktop::idle::{IdleReading, Reporter, SAMPLE_EVERY};
+use super::desktop::idle::{IdleReading, Reporter, REPORT_EVERY, SAMPLE_EVERY};
 use super::desktop::Session;
 use super::{Client, CtlError, Incoming};
 
@@ -110,9 +110,27 @@ impl Default for Backoff {
     }
 }
 
+/// How the notifier runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub backoff: Backoff,
+    /// Between two idle reports ([`REPORT_EVERY`]).
+    pub report_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backoff: Backoff::default(),
+            report_every: REPORT_EVERY,
+        }
+    }
+}
+
 /// Subscribes, shows events and reports activity until the process ends,
 /// reconnecting as needed.
-pub async fn run(socket: &Path, display: &impl Display, desk: &Desk, backoff: Backoff) {
+pub async fn run(socket: &Path, display: &impl Display, desk: &Desk, options: Options) {
+    let backoff = options.backoff;
     let mut delay = backoff.first;
     let mut warned = false;
     let mut board = Board::default();
@@ -120,7 +138,7 @@ pub async fn run(socket: &Path, display: &impl Display, desk: &Desk, backoff: Ba
     tracing::info!(sources = %sources, "idle time sources");
     eprintln!("flexctl notify: idle time from {sources}");
     loop {
-        match follow(socket, display, desk, &mut board).await {
+        match follow(socket, display, desk, &mut board, options.report_every).await {
             Ok(()) => {
                 tracing::info!("flex-agent closed the event stream; reconnecting");
                 delay = backoff.first;
@@ -144,6 +162,7 @@ async fn follow(
     display: &impl Display,
     desk: &Desk,
     board: &mut Board,
+    report_every: Duration,
 ) -> Result<(), CtlError> {
     let mut client = Client::connect(socket).await?;
     client
@@ -158,7 +177,7 @@ async fn follow(
         socket.display()
     );
     // A new connection is a new reporter: the agent forgot the old one's reports.
-    let mut reporter = Reporter::default();
+    let mut reporter = Reporter::every(report_every);
     let started = Instant::now();
     let mut sample = tokio::time::interval(SAMPLE_EVERY);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,14 +266,16 @@ mod line_tests {
             parse(&["flexctl", "notify"]),
             Ok(Command::Notify {
                 print: false,
-                no_desktop: false
+                no_desktop: false,
+                ..
             })
         ));
         assert!(matches!(
             parse(&["flexctl", "notify", "--print", "--no-desktop"]),
             Ok(Command::Notify {
                 print: true,
-                no_desktop: true
+                no_desktop: true,
+                ..
             })
         ));
         assert!(parse(&["flexctl", "notify", "--no-desktop"]).is_err());
