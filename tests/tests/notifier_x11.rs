@@ -1,0 +1,180 @@
+//! The notifier on a real X display: Xvfb started by each test on a display
+//! number of its own, the real `flexctl notify` binary, `xdotool` for input,
+//! and `flex-test-x11-app`, a program with unsaved work that saves when asked
+//! to close the way a window manager asks and loses it on SIGTERM.
+//!
+//! * Idle time reaches the real agent (its log of `idle` reports), grows
+//!   without input, and drops to zero when the pointer moves.
+//! * `close_windows` makes the program save and exit, and the notifier
+//!   answers with the number of windows it asked. The event comes from the
+//!   socket fake (`flex_agent::socket::fake`), so this pins the notifier's
+//!   side alone.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use flex_agent::socket::fake::{start_fake_agent, FakeHandler};
+use flex_agent::testsupport::x11::Xvfb;
+use flex_e2e::agent::{eventually, flex_server, Agent, Running, SHORT_POLICY, WAIT};
+use flex_e2e::bin;
+use flex_e2e::notifier::Notifier;
+use flex_protocol::socket::{Event, Request};
+
+/// `flexctl --socket SOCKET notify --print --no-desktop` on `x`'s display,
+/// reporting every `every`.
+fn notifier(socket: &Path, x: &Xvfb, every: &str) -> Notifier {
+    let mut cmd = Command::new(bin("flexctl"));
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(["notify", "--print", "--no-desktop", "--report-every", every])
+        .env("DISPLAY", &x.display)
+        // No session bus, no logind session: the X display is the source.
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env_remove("WAYLAND_DISPLAY");
+    Notifier::start(cmd)
+}
+
+/// The idle times the agent logged as reported, in order.
+fn reports(agent: &Agent) -> Vec<u64> {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("idle report"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("idle_secs=")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_time_reaches_the_agent_and_input_resets_it() {
+    let x = Xvfb::start();
+    let server = flex_server(SHORT_POLICY, None, 100).await;
+    let agent = Agent::start(&server, "").await;
+    let notifier = notifier(&agent.socket, &x, "1s");
+    assert!(
+        notifier
+            .said()
+            .iter()
+            .any(|l| l == "flexctl notify: idle time from X11"),
+        "{:?}",
+        notifier.said()
+    );
+
+    // No input on the new display: the reported idle time grows.
+    let grown = eventually("an idle report of 3 s or more", WAIT, || async {
+        reports(&agent).into_iter().rposition(|s| s >= 3)
+    })
+    .await;
+    let before = reports(&agent)[grown];
+    x.move_pointer(200, 100);
+    // Without input the idle time only grows: a smaller one is the input.
+    eventually("a report of the input", WAIT, || async {
+        reports(&agent)[grown + 1..]
+            .iter()
+            .any(|&s| s < before)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Starts `flex-test-x11-app FILE` on `x`'s display and waits for its window.
+fn x11_app(x: &Xvfb, file: &Path) -> Running {
+    let mut child = Command::new(bin("flex-test-x11-app"))
+        .arg(file)
+        .env("DISPLAY", &x.display)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start flex-test-x11-app");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("app stdout"))
+        .read_line(&mut line)
+        .expect("read the app's readiness");
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "flex-test-x11-app did not show its window"
+    );
+    Running::new(child)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_windows_makes_the_program_save_and_exit() {
+    let x = Xvfb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler.clone());
+    let notifier = notifier(&agent.path, &x, "30s");
+
+    // The control: SIGTERM loses the work, so only a close request saves it.
+    let lost = dir.path().join("lost.dwg");
+    let mut killed = x11_app(&x, &lost);
+    killed.term();
+    killed.wait_exit(WAIT).await;
+    assert!(
+        !lost.exists(),
+        "the program saved on SIGTERM: the test proves nothing"
+    );
+
+    let saved = dir.path().join("drawing.dwg");
+    let mut app = x11_app(&x, &saved);
+    let kill_at = Utc::now() + chrono::Duration::seconds(30);
+    handler
+        .publish(Event::CloseWindows {
+            pid: app.pid(),
+            product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
+            kill_at,
+        })
+        .await;
+    let status = app.wait_exit(WAIT).await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), "saved\n");
+
+    // The agent is told one window was asked; the user, by when it is stopped.
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            match seen.recv().await.expect("fake agent stopped").1 {
+                Request::Closing { pid, windows } => return (pid, windows),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("no closing answer");
+    assert_eq!(answer, (app.pid(), 1));
+    let told = notifier
+        .printed_where("the close under way", |l| {
+            l.starts_with("[critical] AutoCAD is being closed: ")
+        })
+        .await;
+    assert!(told.contains("A save prompt has "), "{told}");
+
+    // A pid with no window: 0, so the agent signals it instead.
+    handler
+        .publish(Event::CloseWindows {
+            pid: 1,
+            product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
+            kill_at,
+        })
+        .await;
+    let none = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Request::Closing { pid, windows } = seen.recv().await.unwrap().1 {
+                return (pid, windows);
+            }
+        }
+    })
+    .await
+    .expect("no closing answer for a pid without windows");
+    assert_eq!(none, (1, 0));
+    agent.stop().await;
+}
