@@ -283,7 +283,10 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", status::render(&status, chrono::Utc::now()));
+                print!(
+                    "{}",
+                    status::render(&status, chrono::Utc::now(), &zone::Zone::local())
+                );
             }
             Ok(0)
         }

@@ -266,19 +266,22 @@ async fn user_option_fills_the_user_field_of_run_and_result() {
 #[test]
 fn status_table_shows_the_facts() {
     let status = crate::socket::fake::sample_status();
-    let text = status::render(&status, Utc::now());
+    let berlin = super::zone::Zone::Named(chrono_tz::Europe::Berlin);
+    let now = Utc::now();
+    let text = status::render(&status, now, &berlin);
     for needle in [
         "detection      proc-connector",
         "credentials    file:/var/lib/flex-agent/device-token",
         "balance        93 tokens",
         "(5 min ago)",
-        "23 h 55 min before offline products close",
         "PRODUCT",
         "AutoCAD",
         "alice",
         "4242",
         "tokens",
         "wrapper",
+        "STATE",
+        "running",
         // The window the user paid for, and how long reopening is free.
         "FREE TO REOPEN UNTIL",
         "7 tokens",
@@ -286,14 +289,55 @@ fn status_table_shows_the_facts() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    // Times carry their zone.
+    let zone_name = berlin
+        .format(now, "%H")
+        .split_once(' ')
+        .unwrap()
+        .1
+        .to_string();
+    assert!(text.contains(&format!(" {zone_name}")), "{text}");
+    // Online, nothing counts down.
+    assert!(!text.contains("offline left"), "{text}");
     // Without sessions the windows still show (the run ended, the window did not).
     let mut ended = status.clone();
     ended.sessions.clear();
-    let text = status::render(&ended, Utc::now());
+    let text = status::render(&ended, now, &berlin);
     assert!(text.contains("no product sessions"), "{text}");
     assert!(text.contains("7 tokens"), "{text}");
     // People read display names; ids are for `--json`.
     assert!(!text.contains("autocad"), "{text}");
+}
+
+#[test]
+fn status_shows_paused_and_closing_products_and_the_offline_allowance_when_offline() {
+    let mut status = crate::socket::fake::sample_status();
+    let utc = super::zone::Zone::Named(chrono_tz::UTC);
+    let now = Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
+    let mut paused = status.sessions[0].clone();
+    paused.product_name = Some("Revit".into());
+    paused.state = "paused".into();
+    paused.paused_since = Some(Utc.with_ymd_and_hms(2026, 11, 30, 8, 0, 0).unwrap());
+    let mut closing = status.sessions[0].clone();
+    closing.product_name = Some("Maya".into());
+    closing.state = "closing".into();
+    closing.closes_at = Some(now + chrono::Duration::seconds(89));
+    status.sessions = vec![paused, closing];
+    status.online = false;
+    status.offline_seconds_left = Some(89);
+    let text = status::render(&status, now, &utc);
+    for needle in [
+        "paused since 08:00 UTC",
+        "closes at 09:01:29 UTC (in 2 min)",
+        "OFFLINE",
+        "offline left   2 min before offline products close",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // `--json` carries the same facts.
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["sessions"][0]["paused_since"], "2026-11-30T08:00:00Z");
+    assert_eq!(json["sessions"][1]["closes_at"], "2026-11-30T09:01:29Z");
 }
 
 #[test]
