@@ -178,3 +178,62 @@ async fn close_windows_makes_the_program_save_and_exit() {
     assert_eq!(none, (1, 0));
     agent.stop().await;
 }
+
+/// A launcher's refusal with no terminal and no notifier on its display is
+/// shown by `flexctl run` itself: a `zenity` dialog when zenity is installed
+/// (here a script on PATH that records what it was asked to show).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_nobody_would_see_is_shown_by_the_wrapper() {
+    use std::os::unix::fs::PermissionsExt;
+    let x = Xvfb::start();
+    let server = flex_server(SHORT_POLICY, None, 100).await;
+    server
+        .ok(
+            reqwest::Method::PUT,
+            "/default-assignments",
+            Some(serde_json::json!({"mode": "deny", "products": ["maya"]})),
+        )
+        .await;
+    let agent = Agent::start(&server, "").await;
+    agent.rate_sheet_known().await;
+    let bin_dir = tempfile::tempdir().unwrap();
+    let shown = bin_dir.path().join("shown");
+    let zenity = bin_dir.path().join("zenity");
+    std::fs::write(
+        &zenity,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {0}.tmp && mv {0}.tmp {0}\n",
+            shown.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&zenity, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(bin_dir.path().to_path_buf())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+
+    // As a desktop launcher runs it: no terminal on stderr.
+    let out = agent
+        .flexctl()
+        .args(["run", "--product", "maya", "--", "true"])
+        .env("DISPLAY", &x.display)
+        .env("PATH", &path)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run flexctl");
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    let args = eventually("the zenity dialog", WAIT, || async {
+        std::fs::read_to_string(&shown).ok()
+    })
+    .await;
+    assert!(args.starts_with("--error\n"), "{args}");
+    assert!(args.contains("--title=Maya was not started\n"), "{args}");
+    assert!(
+        args.contains(
+            "Your account is not licensed for Maya. Ask your license administrator for access."
+        ),
+        "{args}"
+    );
+}

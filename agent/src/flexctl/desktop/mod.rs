@@ -19,6 +19,8 @@
 //! The traits are synchronous (a round trip to the X server or a cached D-Bus
 //! property); the notifier calls them from a blocking thread.
 
+#[cfg(all(unix, not(target_os = "macos")))]
+pub mod fallback;
 pub mod idle;
 #[cfg(all(unix, not(target_os = "macos")))]
 mod logind;
