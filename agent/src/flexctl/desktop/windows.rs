@@ -82,9 +82,11 @@ impl LockSource for Input {
         }
         let flags = if len as usize >= std::mem::size_of::<WTSINFOEXW>() {
             // SAFETY: the API returned a WTSINFOEXW of `len` bytes at `buf`;
-            // level 1 is the only level there is.
+            // level 1 is the only level there is, and its plain integers may
+            // be read whatever the level says.
             let info = unsafe { &*(buf as *const WTSINFOEXW) };
-            (info.Level == 1).then(|| unsafe { info.Data.WTSInfoExLevel1.SessionFlags })
+            let flags = unsafe { info.Data.WTSInfoExLevel1.SessionFlags };
+            (info.Level == 1).then_some(flags)
         } else {
             None
         };

@@ -57,18 +57,20 @@ impl Display for Desktop {
         let slot = slot.clone();
         // notify-rust blocks on D-Bus: keep it off the runtime threads.
         let shown = tokio::task::spawn_blocking(move || {
-            let mut note = Desktop::build(&n);
+            let note = Desktop::build(&n);
             let mut handles = handles.lock().unwrap_or_else(|e| e.into_inner());
             #[cfg(all(unix, not(target_os = "macos")))]
-            if let Some(old) = handles.get(&slot) {
-                note.id(old.id());
+            {
+                let mut note = note;
+                if let Some(old) = handles.get(&slot) {
+                    note.id(old.id());
+                }
+                handles.insert(slot, note.show()?);
             }
-            let handle = note.show()?;
-            #[cfg(all(unix, not(target_os = "macos")))]
-            handles.insert(slot, handle);
             #[cfg(not(all(unix, not(target_os = "macos"))))]
             {
-                let _ = (handle, &mut handles, slot);
+                let _ = (&mut handles, slot);
+                note.show()?;
             }
             Ok::<_, notify_rust::error::Error>(())
         })
