@@ -237,6 +237,9 @@ pub enum Event {
         tokens: u64,
         balance: u64,
         window_end: Option<DateTime<Utc>>,
+        /// The charge renewed a window the product was still running in.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        renewal: bool,
     },
     LowBalance {
         balance: u64,

@@ -345,6 +345,7 @@ fn socket_events() {
             tokens: 7,
             balance: 493,
             window_end: Some(t(8) + chrono::Duration::hours(24)),
+            renewal: false,
         },
     );
     check(

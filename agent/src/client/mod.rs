@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use flex_protocol::api::{
     ClaimRequest, ClaimResponse, EnrollRequest, EnrollResponse, ErrorBody, Health,
-    HeartbeatRequest, HeartbeatResponse, ProductList, UserCheck,
+    HeartbeatRequest, HeartbeatResponse, ProductList, RefundRequest, RefundResponse, UserCheck,
 };
 use flex_protocol::ErrorCode;
 use reqwest::{Method, StatusCode};
@@ -239,6 +239,12 @@ impl Client {
     /// an answer is an error, and a retryable one is retried with the same request.
     pub async fn claim(&self, req: &ClaimRequest) -> Result<ClaimResponse, ClientError> {
         self.call(Method::POST, "/v1/agent/claims", Some(req)).await
+    }
+
+    /// `POST /v1/agent/refunds` (R13).
+    pub async fn refund(&self, req: &RefundRequest) -> Result<RefundResponse, ClientError> {
+        self.call(Method::POST, "/v1/agent/refunds", Some(req))
+            .await
     }
 
     /// `POST /v1/agent/heartbeat`.

@@ -8,8 +8,8 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{
-    ClaimRequest, ClaimResponse, ClockRollback, Notice, Policy, Product, SessionRecord, Source,
-    Window,
+    ClaimRequest, ClaimResponse, ClockRollback, Notice, Policy, Product, RefundResponse,
+    SessionRecord, Source, Window,
 };
 use flex_protocol::lease::SignedLease;
 use flex_protocol::socket::{Event, LaunchReply, ResultReply};
@@ -157,6 +157,16 @@ pub enum Input {
     ContactFailed {
         error: String,
     },
+    /// The server answered a refund: refunded, or refused for good (`Err`
+    /// with its reason).
+    RefundAnswered {
+        window_id: String,
+        result: Result<RefundResponse, String>,
+    },
+    /// The refund could not be delivered; it is asked again at next contact.
+    RefundFailed {
+        window_id: String,
+    },
     /// The server answered that this workstation's credential was revoked.
     DeviceRevoked {
         message: String,
@@ -178,6 +188,11 @@ pub enum Input {
         account: AccountId,
         pid: u32,
         windows: u32,
+    },
+    /// CPU time used so far by each process asked in [`Action::SampleCpu`]
+    /// (those gone are left out).
+    CpuTimes {
+        samples: Vec<(ProcessId, Duration)>,
     },
     /// A timer set by [`Action::SetTimer`] fired, or the driver's periodic tick.
     Tick,
@@ -270,6 +285,13 @@ pub enum Persist {
     NoticesSeen(i64),
     /// Insert or replace a job's state.
     Job(JobState),
+    /// A refund about to be asked; written before the matching
+    /// [`Action::Refund`].
+    RefundPending(RefundAsk),
+    /// The refund's answer (or refusal) was acted upon; never asked again.
+    RefundSettled {
+        window_id: String,
+    },
     /// Forget the window held for (user, product).
     DropWindow {
         user: Email,
@@ -277,6 +299,38 @@ pub enum Persist {
     },
     /// A heartbeat's upload was stored by the server.
     Uploaded(UploadReceipt),
+}
+
+/// A refund of a window no process used past the short-use grace (R13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundAsk {
+    pub window_id: String,
+    pub user: Email,
+    pub product: String,
+    /// Whom to tell (the account that last ran the product in the window).
+    pub account: Option<AccountId>,
+}
+
+impl Persist {
+    /// Whether losing this write could cost money or licence: a claim or
+    /// refund about to be sent, a window and its lease, a job's attempt, the
+    /// offline clock. Such a batch is made durable (fsync) before anything
+    /// else happens. The others (usage records, settled marks, caches) may be
+    /// written after the reply and without waiting for the disk: a power cut
+    /// may lose the last of them, and each is either sent again (the server
+    /// answers a repeat as it answered the first) or rebuilt.
+    pub fn is_money(&self) -> bool {
+        matches!(
+            self,
+            Persist::ClaimPending(_)
+                | Persist::Window(_)
+                | Persist::DropWindow { .. }
+                | Persist::RefundPending(_)
+                | Persist::Job(_)
+                | Persist::Clock(_)
+                | Persist::ClockRollback(_)
+        )
+    }
 }
 
 /// What a successful heartbeat uploaded and the server took: the journal marks
@@ -313,6 +367,11 @@ pub enum Action {
         route: CloseRoute,
         graceful: bool,
     },
+    /// Send `event` to the wrapper on connection `conn` (if it is still there).
+    TellWrapper {
+        conn: ConnId,
+        event: Event,
+    },
     /// The graceful close was ignored for `close_grace`: SIGKILL / TerminateProcess,
     /// through the process's handle.
     Kill {
@@ -341,6 +400,15 @@ pub enum Action {
         request: String,
         result: Result<(), Refusal>,
     },
+    /// Read the CPU time each process has used so far and answer with
+    /// [`Input::CpuTimes`] (the idle rule, R14).
+    SampleCpu {
+        processes: Vec<ProcessId>,
+    },
+    /// Ask the server to refund a window (`POST /v1/agent/refunds`, with the
+    /// journal's records of the user's runs of the product); answer with
+    /// [`Input::RefundAnswered`] or [`Input::RefundFailed`].
+    Refund(RefundAsk),
     /// Contact the server now (`POST /v1/agent/heartbeat` with the journal's
     /// unsent session records and clock rollbacks); answer with
     /// [`Input::ContactOk`] or [`Input::ContactFailed`]. The driver adds jitter.
@@ -376,5 +444,7 @@ pub struct CoreState {
     pub sessions: Vec<SessionRow>,
     /// Claims journaled but never settled, oldest first.
     pub pending_claims: Vec<ClaimRequest>,
+    /// Refunds journaled but never answered.
+    pub pending_refunds: Vec<RefundAsk>,
     pub jobs: Vec<JobState>,
 }

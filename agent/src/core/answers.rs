@@ -91,7 +91,7 @@ impl Core {
                     )),
                 });
                 if !already {
-                    self.notify_charged(&w.account, &req.product, &grant, out);
+                    self.notify_charged(&w.account, &req.product, &grant, false, out);
                 }
             }
             return;
@@ -137,27 +137,44 @@ impl Core {
                 self.cover(f, &held, out);
             }
             if let Some(account) = account {
-                self.notify_charged(&account, &req.product, &grant, out);
+                self.notify_charged(&account, &req.product, &grant, true, out);
                 // Told once: launches that joined the renewal got it free.
                 charged = 0;
             }
         }
-        self.cover_all(&held, out);
         // One claim, one charge: it is told to the first who waited, and the
-        // first wrapper's reply carries it.
-        let first_account = pending
+        // first wrapper's reply carries it; a paused product in use again is
+        // told it resumed.
+        let first = pending
             .launches
             .first()
             .and_then(|w| self.runs.find(&w.session))
             .or_else(|| self.runs.waiting_for(&req.claim_id).into_iter().next())
             .and_then(|f| self.runs.get(&f))
-            .map(|r| r.account.clone());
-        if let Some(account) = first_account {
-            let grant = Grant {
-                tokens_charged: charged,
-                ..grant.clone()
-            };
-            self.notify_charged(&account, &req.product, &grant, out);
+            .map(|r| (r.account.clone(), r.resuming));
+        self.cover_all(&held, out);
+        match first {
+            Some((account, true)) => out.push(Action::Notify {
+                account: Some(account),
+                event: Event::Resumed {
+                    product: req.product.clone(),
+                    product_name: self.product_name(&req.product),
+                    tokens: charged,
+                },
+            }),
+            Some((account, false)) => {
+                let grant = Grant {
+                    tokens_charged: charged,
+                    ..grant.clone()
+                };
+                self.notify_charged(&account, &req.product, &grant, false, out);
+            }
+            None => {}
+        }
+        for run in self.runs.iter_mut() {
+            if run.user == held.user && run.product == held.product {
+                run.resuming = false;
+            }
         }
         for w in &pending.launches {
             self.reply_granted(&w.request, &w.session, &held, charged, out);
@@ -178,7 +195,9 @@ impl Core {
                     r.user == held.user
                         && r.product == held.product
                         && match &r.state {
-                            RunState::Claiming { .. } | RunState::Unlicensed { .. } => true,
+                            RunState::Claiming { .. }
+                            | RunState::Unlicensed { .. }
+                            | RunState::Paused { .. } => true,
                             RunState::Closing { close, cover } => {
                                 cover.is_none() && close.kill_at.is_none()
                             }
@@ -221,6 +240,7 @@ impl Core {
         account: &AccountId,
         product: &str,
         grant: &Grant,
+        renewal: bool,
         out: &mut Vec<Action>,
     ) {
         if grant.tokens_charged > 0 {
@@ -232,6 +252,7 @@ impl Core {
                     tokens: grant.tokens_charged,
                     balance: grant.balance,
                     window_end: grant.window.as_ref().map(|w| w.end),
+                    renewal,
                 },
             });
         }
@@ -282,9 +303,13 @@ impl Core {
             });
         }
         if let Some(old) = &req.renews {
-            // Renewal refused: warn, then close after the renewal grace.
-            self.renewal_failed(old, d.reason, d.message.clone(), false, out);
-            self.ledger.drop_window(&req.user, &req.product, out);
+            // Renewal refused: warn, close after the renewal grace, and try
+            // again meanwhile (and at once when the balance grows): an admin
+            // who buys tokens during the grace saves the run. A revoked
+            // workstation has dropped every window already.
+            if d.reason != ErrorCode::DeviceRevoked {
+                self.renewal_failed(old, d.reason, d.message.clone(), out);
+            }
         }
         self.refuse(pending, d.reason, d.message, out);
     }
@@ -297,30 +322,27 @@ impl Core {
     fn unverifiable(&mut self, pending: &PendingClaim, message: String, out: &mut Vec<Action>) {
         tracing::error!("{message}");
         if let Some(old) = &pending.request.renews {
-            self.renewal_failed(old, ErrorCode::Internal, message.clone(), true, out);
+            self.renewal_failed(old, ErrorCode::Internal, message.clone(), out);
         }
         self.refuse(pending, ErrorCode::Internal, message, out);
     }
 
     /// Warns the users of window `old` that it could not be renewed and schedules
-    /// their products' close after the renewal grace; with `retry`, the renewal
-    /// is tried again later and a success cancels the close.
+    /// their products' close after the renewal grace; the renewal is tried
+    /// again meanwhile (with backoff, and at once when the balance grows) and
+    /// a success cancels the close.
     fn renewal_failed(
         &mut self,
         old: &str,
         reason: ErrorCode,
         message: String,
-        retry: bool,
         out: &mut Vec<Action>,
     ) {
         let now = self.contact.now();
         let grace = chrono::Duration::seconds(self.policy.renewal_grace_secs as i64);
-        let first = if retry {
-            self.ledger
-                .renewal_retry_after(old, now, RENEWAL_RETRY_START, grace)
-        } else {
-            !self.ledger.renewal_failed_before(old)
-        };
+        let first = self
+            .ledger
+            .renewal_retry_after(old, now, RENEWAL_RETRY_START, grace);
         if !first {
             return; // warned and scheduled at the first failure
         }
@@ -341,7 +363,7 @@ impl Core {
                 close_reason(reason),
                 message.clone(),
                 closes_at,
-                retry.then(|| old.to_string()),
+                Some(old.to_string()),
             );
         }
     }

@@ -17,6 +17,19 @@ use super::{Action, Now, OfflineClock, Persist};
 /// First retry delay after a failed heartbeat; it doubles up to the interval.
 const BACKOFF_START: Duration = Duration::from_secs(5);
 
+/// While no product runs the agent still reaches the server, this many times
+/// more slowly: a product reopened the next morning is judged against a
+/// recent contact, not against the evening before.
+const IDLE_HEARTBEAT_FACTOR: u32 = 6;
+
+/// A failed contact attempt this recent proves the server unreachable: an
+/// offline warning or close may go ahead. Older, and the server is tried
+/// first.
+const FRESH_FAILURE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// How long a warning or close waits for the contact attempt made to check.
+const CHECK_WAIT: chrono::Duration = chrono::Duration::seconds(60);
+
 /// How often the clock's checkpoint is journaled while runs are tracked. A
 /// reboot with the wall clock wound back can lose at most this much offline
 /// time (the boot clock restarts and the wall clock is not believed), so it is
@@ -44,6 +57,11 @@ pub(super) struct Contact {
     clock_persisted_at: DateTime<Utc>,
     /// The newest server notice already passed on to users.
     pub notices_seen: Option<i64>,
+    /// When the last contact attempt failed.
+    failed_at: Option<DateTime<Utc>>,
+    /// A heartbeat sent to check the server before a warning or close: sent
+    /// without jitter, and since when it is awaited.
+    checking: Option<DateTime<Utc>>,
 }
 
 impl Contact {
@@ -60,6 +78,8 @@ impl Contact {
             sending: 0,
             acked: 0,
             notices_seen,
+            failed_at: None,
+            checking: None,
         }
     }
 
@@ -77,17 +97,21 @@ impl Contact {
         self.unsent += 1;
     }
 
-    /// Whether there is anything to tell the server or to keep fresh.
+    /// Whether there is something to tell the server or keep fresh now.
     fn needed(&self, busy: bool) -> bool {
         busy || self.unsent > self.acked || self.clock.last_contact().is_none()
     }
 
-    /// When the next heartbeat is due; `busy` while runs or claims exist.
+    /// When the next heartbeat is due: at the policy interval while runs or
+    /// claims exist (`busy`) or records wait, more slowly otherwise.
     pub fn heartbeat_due(&self, interval_secs: u64, busy: bool) -> Option<DateTime<Utc>> {
-        if self.heartbeat_in_flight || !self.needed(busy) {
+        if self.heartbeat_in_flight {
             return None;
         }
-        let interval = Duration::from_secs(interval_secs.max(1));
+        let mut interval = Duration::from_secs(interval_secs.max(1));
+        if !self.needed(busy) {
+            interval = interval.saturating_mul(IDLE_HEARTBEAT_FACTOR);
+        }
         let delay = match self.failures {
             0 => interval,
             n => BACKOFF_START
@@ -119,7 +143,64 @@ impl Contact {
         self.clock.contact(server_time);
         self.acked = self.sending;
         self.heartbeat_in_flight = false;
+        self.checking = None;
         self.reached(out);
+    }
+
+    /// Whether the server is known to be unreachable right now: a contact
+    /// attempt failed moments ago. If not, a heartbeat is sent at once to
+    /// find out (the caller waits for its answer, at most [`CHECK_WAIT`]).
+    pub fn confirm_offline(&mut self, now: DateTime<Utc>, out: &mut Vec<Action>) -> bool {
+        if self.failed_at.is_some_and(|t| now - t <= FRESH_FAILURE) {
+            return true;
+        }
+        match self.checking {
+            // The check got no answer in time: as good as a failure.
+            Some(since) if now - since >= CHECK_WAIT => true,
+            Some(_) => false,
+            None => {
+                self.checking = Some(now);
+                if !self.heartbeat_in_flight {
+                    self.heartbeat_at = Some(now);
+                    self.heartbeat_in_flight = true;
+                    self.sending = self.unsent;
+                    out.push(Action::Heartbeat);
+                }
+                false
+            }
+        }
+    }
+
+    /// When a check of the server stops being waited for.
+    pub fn check_deadline(&self) -> Option<DateTime<Utc>> {
+        self.checking.map(|t| t + CHECK_WAIT)
+    }
+
+    /// Whether the heartbeat about to go is a check: sent without jitter.
+    pub fn checking(&self) -> bool {
+        self.checking.is_some()
+    }
+
+    /// A launch inside a held window when the server was last reached more
+    /// than a heartbeat interval ago: the server is asked now, so the offline
+    /// rule judges the product against a fresh contact.
+    pub fn refresh_if_stale(
+        &mut self,
+        interval_secs: u64,
+        now: DateTime<Utc>,
+        out: &mut Vec<Action>,
+    ) {
+        let stale = self
+            .clock
+            .last_contact()
+            .is_none_or(|t| now - t > chrono::Duration::seconds(interval_secs as i64));
+        if stale && !self.heartbeat_in_flight {
+            self.checking = Some(now);
+            self.heartbeat_at = Some(now);
+            self.heartbeat_in_flight = true;
+            self.sending = self.unsent;
+            out.push(Action::Heartbeat);
+        }
     }
 
     /// A claim answer proves the server is reachable: offline time restarts.
@@ -139,6 +220,14 @@ impl Contact {
         self.online = false;
         self.heartbeat_in_flight = false;
         self.failures = self.failures.saturating_add(1);
+        self.failed_at = Some(self.now());
+        self.checking = None;
+    }
+
+    /// A claim could not be delivered: the server is unreachable now.
+    pub fn claim_failed(&mut self) {
+        self.online = false;
+        self.failed_at = Some(self.now());
     }
 
     pub fn persist_clock(&mut self, out: &mut Vec<Action>) {

@@ -304,7 +304,7 @@ impl super::Core {
             Ok(r) => r,
             Err(r) => return refuse(out, r),
         };
-        let pending = self.ledger.send(request, now, out);
+        let pending = self.ledger.send(request, now, false, out);
         pending.jobs.push(super::ledger::JobWaiter {
             request: req.request,
             account: req.account,

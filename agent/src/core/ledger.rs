@@ -57,6 +57,8 @@ pub(super) struct Ledger {
     /// Renewals whose grant could not be verified, by window id: when to try
     /// again and how many tries failed. Never a tight loop of fresh claims.
     renewal_retry: HashMap<String, (DateTime<Utc>, u32)>,
+    /// Windows whose users were told of the coming renewal.
+    noticed: std::collections::HashSet<String>,
 }
 
 /// Checks a lease's signature and that it says what the window says.
@@ -171,11 +173,13 @@ impl Ledger {
     }
 
     /// Journals and sends a new claim, or resends an outstanding one; returns it
-    /// so the caller can add who waits.
+    /// so the caller can add who waits. With `hold`, it is journaled but not
+    /// sent yet (a refund of the same user and product is in flight).
     pub fn send(
         &mut self,
         request: ClaimRequest,
         now: DateTime<Utc>,
+        hold: bool,
         out: &mut Vec<Action>,
     ) -> &mut PendingClaim {
         let id = request.claim_id.clone();
@@ -189,7 +193,7 @@ impl Ledger {
                 jobs: Vec::new(),
             }
         });
-        if !pending.in_flight {
+        if !pending.in_flight && !hold {
             pending.in_flight = true;
             out.push(Action::Claim {
                 claim_id: id,
@@ -241,9 +245,14 @@ impl Ledger {
         Some(copy)
     }
 
-    /// Back in touch with the server: resend what could not be delivered.
-    pub fn resend(&mut self, out: &mut Vec<Action>) {
-        for pending in self.claims.values_mut().filter(|c| !c.in_flight) {
+    /// Back in touch with the server (or a refund answered): resend what could
+    /// not be delivered or was held, except what `held` still holds.
+    pub fn resend(&mut self, held: impl Fn(&ClaimRequest) -> bool, out: &mut Vec<Action>) {
+        for pending in self
+            .claims
+            .values_mut()
+            .filter(|c| !c.in_flight && !held(&c.request))
+        {
             pending.in_flight = true;
             out.push(Action::Claim {
                 claim_id: pending.request.claim_id.clone(),
@@ -252,11 +261,11 @@ impl Ledger {
         }
     }
 
-    /// Launch claims in flight for longer than `timeout`.
+    /// Launch claims waiting (in flight, or held) for longer than `timeout`.
     pub fn stuck(&self, now: DateTime<Utc>, timeout: chrono::Duration) -> Vec<String> {
         self.claims
             .values()
-            .filter(|c| c.in_flight && c.request.renews.is_none() && c.request.results.is_none())
+            .filter(|c| c.request.renews.is_none() && c.request.results.is_none())
             .filter(|c| now - c.since >= timeout)
             .map(|c| c.request.claim_id.clone())
             .collect()
@@ -311,18 +320,32 @@ impl Ledger {
         tries == 1
     }
 
-    pub fn renewal_failed_before(&self, window: &str) -> bool {
-        self.renewal_retry.contains_key(window)
+    /// Renewals waiting for a retry are tried at once (the balance grew).
+    pub fn retry_renewals_now(&mut self, now: DateTime<Utc>) {
+        for (at, _) in self.renewal_retry.values_mut() {
+            *at = (*at).min(now);
+        }
     }
 
     pub fn renewal_done(&mut self, window: &str) {
         self.renewal_retry.remove(window);
     }
 
-    /// Drops retry schedules of windows no longer held.
+    /// Drops retry schedules and notices of windows no longer held.
     pub fn prune_retries(&mut self) {
         let windows = &self.windows;
         self.renewal_retry
             .retain(|id, _| windows.values().any(|h| h.window.id == *id));
+        self.noticed
+            .retain(|id| windows.values().any(|h| h.window.id == *id));
+    }
+
+    /// Marks window `id`'s renewal as announced; `false` if it already was.
+    pub fn notice(&mut self, id: &str) -> bool {
+        self.noticed.insert(id.to_string())
+    }
+
+    pub fn noticed(&self, id: &str) -> bool {
+        self.noticed.contains(id)
     }
 }

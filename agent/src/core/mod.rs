@@ -45,11 +45,13 @@ pub mod actions;
 mod activity;
 mod answers;
 pub mod clock;
+mod closes;
 mod contact;
 mod jobs;
 mod ledger;
 mod offline;
 mod policy;
+mod refunds;
 mod runs;
 mod sessions;
 
@@ -61,13 +63,19 @@ mod testkit;
 #[cfg(all(test, unix))]
 mod tests_claims;
 #[cfg(all(test, unix))]
+mod tests_closes;
+#[cfg(all(test, unix))]
 mod tests_enforcement;
 #[cfg(all(test, unix))]
 mod tests_hostile;
 #[cfg(all(test, unix))]
+mod tests_idle;
+#[cfg(all(test, unix))]
 mod tests_offline;
 #[cfg(all(test, unix))]
 mod tests_sessions;
+#[cfg(all(test, unix))]
+mod tests_short_use;
 #[cfg(all(test, unix))]
 mod tests_windows;
 
@@ -84,7 +92,8 @@ use crate::limits;
 
 pub use actions::{
     Action, Caller, CloseRoute, ConnId, CoreState, HeldWindow, Input, JobOutcome, JobRequest,
-    JobState, LaunchRequest, Origin, Persist, ProcessInfo, Refusal, SessionRow, UploadReceipt,
+    JobState, LaunchRequest, Origin, Persist, ProcessInfo, RefundAsk, Refusal, SessionRow,
+    UploadReceipt,
 };
 pub use clock::{ClockState, Now, OfflineClock};
 pub use jobs::JOB_MEMORY;
@@ -95,6 +104,7 @@ use activity::Activity;
 use contact::Contact;
 use jobs::Jobs;
 use ledger::Ledger;
+use refunds::Refunds;
 use runs::Runs;
 
 /// The display name of `product` in a rate sheet keyed by id.
@@ -144,6 +154,7 @@ pub struct Core {
     runs: Runs,
     jobs: Jobs,
     activity: Activity,
+    refunds: Refunds,
     timer: Option<Duration>,
 }
 
@@ -186,6 +197,7 @@ impl Core {
             ledger: Ledger::default(),
             runs: Runs::default(),
             activity: Activity::default(),
+            refunds: Refunds::default(),
             timer: None,
         };
         core.note_rollback(rollback, &mut out);
@@ -203,6 +215,7 @@ impl Core {
         for request in state.pending_claims {
             core.ledger.resume(request, now, &mut out);
         }
+        core.restore_refunds(state.pending_refunds, &mut out);
         core.contact.persist_clock(&mut out);
         core.evaluate(&mut out);
         core.arm_timer(&mut out);
@@ -247,7 +260,7 @@ impl Core {
                 self.claim_answered(&claim_id, response, &mut out)
             }
             Input::ClaimFailed { claim_id, error } => {
-                self.contact.online = false;
+                self.contact.claim_failed();
                 self.claim_failed(&claim_id, &error, &mut out)
             }
             Input::ContactOk {
@@ -261,6 +274,14 @@ impl Core {
                 self.notices(notices, &mut out);
             }
             Input::ContactFailed { .. } => self.contact.heartbeat_failed(),
+            Input::RefundAnswered { window_id, result } => {
+                self.contact.claim_answered(&mut out);
+                self.refund_answered(&window_id, result, &mut out)
+            }
+            Input::RefundFailed { window_id } => {
+                self.contact.claim_failed();
+                self.refund_failed(&window_id, &mut out)
+            }
             Input::DeviceRevoked { message } => {
                 self.contact.heartbeat_failed();
                 self.revoked(message, &mut out);
@@ -280,7 +301,8 @@ impl Core {
                 account,
                 pid,
                 windows,
-            } => self.windows_closing(&account, pid, windows, &mut out),
+            } => self.windows_closing(&account, pid, windows),
+            Input::CpuTimes { samples } => self.cpu_times(samples),
             Input::Tick => {}
         }
         self.evaluate(&mut out);
@@ -329,7 +351,8 @@ impl Core {
     /// Whether the next heartbeat may wait for its jitter: only once the server
     /// was reached (the first contact brings the rate sheet, so it goes at once).
     pub fn heartbeat_jitter(&self) -> Duration {
-        if self.contact.clock.last_contact().is_some() {
+        // A check before a warning or a close goes at once too.
+        if self.contact.clock.last_contact().is_some() && !self.contact.checking() {
             Duration::from_secs(self.policy.heartbeat_interval_secs)
         } else {
             Duration::ZERO
@@ -346,14 +369,27 @@ impl Core {
             .iter()
             .filter(|r| mine(&r.user))
             .filter_map(|r| {
-                let cover = r.cover()?;
-                let window = self
-                    .ledger
-                    .window_by_id(&cover.window)
-                    .or_else(|| self.ledger.window(&r.user, &r.product))?;
+                let (source, window_end) = match (&r.state, r.cover()) {
+                    (runs::RunState::Paused { since, source }, _) => (*source, *since),
+                    (_, Some(cover)) => {
+                        let window = self
+                            .ledger
+                            .window_by_id(&cover.window)
+                            .or_else(|| self.ledger.window(&r.user, &r.product))?;
+                        (cover.source, window.window.end)
+                    }
+                    _ => return None,
+                };
                 let (state, closes_at) = match &r.state {
                     runs::RunState::Closing { close, .. } => ("closing", Some(close.term_at)),
+                    runs::RunState::Paused { .. } => ("paused", None),
                     _ => ("running", None),
+                };
+                let paused_since = match &r.state {
+                    runs::RunState::Paused { since, .. } => {
+                        Some(self.contact.clock.wall_at(*since))
+                    }
+                    _ => None,
                 };
                 Some(SessionStatus {
                     session: r.wrapper.as_ref().map_or(&r.id, |w| &w.session).clone(),
@@ -362,12 +398,12 @@ impl Core {
                     product_name: self.product_name(&r.product),
                     version: r.version.clone(),
                     pid: r.process.map(|p| p.pid),
-                    source: cover.source,
+                    source,
                     started_at: r.started_at,
-                    window_end: window.window.end,
+                    window_end,
                     origin: r.origin.as_str().to_string(),
                     state: state.into(),
-                    paused_since: None,
+                    paused_since,
                     closes_at: closes_at.map(|t| self.contact.clock.wall_at(t)),
                 })
             })

@@ -9,13 +9,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::api::{ClaimRequest, Notice, NoticeKind, Policy};
+use flex_protocol::api::{ChargeModel, ClaimRequest, Notice, NoticeKind, Policy, Source};
 use flex_protocol::socket::{CloseReason, Event};
 
 use super::contact::chrono;
 use super::policy::{offline_limit, warning_offsets};
-use super::runs::{Found, RunState, CLAIM_TIMEOUT};
-use super::{Action, CloseRoute, Core, Persist, UploadReceipt};
+use super::runs::{RunState, CLAIM_TIMEOUT};
+use super::{Action, Core, Persist, UploadReceipt};
 
 /// "24h", "30m", "1h 30m", "45s": a duration as people read it.
 fn format_span(d: Duration) -> String {
@@ -39,7 +39,11 @@ impl Core {
     pub(super) fn evaluate(&mut self, out: &mut Vec<Action>) {
         self.ledger.prune_retries();
         self.give_up_stuck_claims(out);
+        self.short_use(out);
+        self.sample_cpu(out);
+        self.resume_paused(out);
         self.renewals(out);
+        self.renewal_notices(out);
         self.offline_rule(out);
         self.run_closes(out);
         let busy = !self.runs.is_empty() || self.ledger.has_claims();
@@ -56,6 +60,10 @@ impl Core {
             .ledger
             .renewals_due(now, |w| runs.running_in(w).next().is_some());
         for h in due {
+            if self.window_idle(&h.window.id) {
+                self.pause(&h.window.id, h.window.end, out);
+                continue;
+            }
             let version = self
                 .runs
                 .running_in(&h.window.id)
@@ -68,8 +76,80 @@ impl Core {
                 results: None,
                 renews: Some(h.window.id.clone()),
             };
-            self.ledger.send(request, now, out);
+            self.ledger.send(request, now, false, out);
         }
+    }
+
+    /// The daily rate of `product`, when it is charged per day.
+    fn daily_rate(&self, product: &str) -> Option<u64> {
+        match self.products.get(product)?.charge {
+            ChargeModel::Daily { tokens } => Some(tokens),
+            _ => None,
+        }
+    }
+
+    /// Tells the users of a token window with a product still running in it,
+    /// `renewal_notice` before its end, that it will be renewed and for how
+    /// much — once per window, once per user.
+    fn renewal_notices(&mut self, out: &mut Vec<Action>) {
+        let notice = chrono::Duration::seconds(self.policy.renewal_notice_secs as i64);
+        if notice.is_zero() {
+            return;
+        }
+        let now = self.contact.now();
+        let due: Vec<(String, String, DateTime<Utc>)> = self
+            .ledger
+            .windows()
+            .filter(|h| h.source == Source::Tokens && !self.ledger.noticed(&h.window.id))
+            .filter(|h| h.window.end - notice <= now && now < h.window.end)
+            .map(|h| (h.window.id.clone(), h.product.clone(), h.window.end))
+            .collect();
+        for (id, product, end) in due {
+            let mut accounts: Vec<crate::account::AccountId> = self
+                .runs
+                .iter()
+                .filter(|r| matches!(&r.state, RunState::Covered(c) if c.window == id))
+                .map(|r| r.account.clone())
+                .collect();
+            accounts.sort();
+            accounts.dedup();
+            let Some(tokens) = self.daily_rate(&product) else {
+                continue;
+            };
+            if accounts.is_empty() || !self.ledger.notice(&id) {
+                continue;
+            }
+            for account in accounts {
+                out.push(Action::Notify {
+                    account: Some(account),
+                    event: Event::RenewalNotice {
+                        product: product.clone(),
+                        product_name: self.product_name(&product),
+                        at: self.contact.clock.wall_at(end),
+                        tokens,
+                    },
+                });
+            }
+        }
+    }
+
+    fn renewal_notice_deadlines(&self) -> Vec<DateTime<Utc>> {
+        let notice = chrono::Duration::seconds(self.policy.renewal_notice_secs as i64);
+        if notice.is_zero() {
+            return Vec::new();
+        }
+        let now = self.contact.now();
+        self.ledger
+            .windows()
+            .filter(|h| h.source == Source::Tokens && !self.ledger.noticed(&h.window.id))
+            .filter(|h| {
+                self.runs
+                    .iter()
+                    .any(|r| matches!(&r.state, RunState::Covered(c) if c.window == h.window.id))
+            })
+            .map(|h| h.window.end - notice)
+            .filter(|at| *at > now)
+            .collect()
     }
 
     fn offline_rule(&mut self, out: &mut Vec<Action>) {
@@ -77,7 +157,26 @@ impl Core {
             return;
         };
         let now = self.contact.now();
+        // What is due: closes, and warnings not yet sent.
+        let mut due_any = false;
+        for run in self.runs.iter() {
+            let RunState::Covered(cover) = &run.state else {
+                continue;
+            };
+            let limit = offline_limit(&self.policy, cover.source);
+            let left = limit.saturating_sub(offline);
+            due_any |= offline >= limit
+                || warning_offsets(&self.policy, cover.source)
+                    .into_iter()
+                    .any(|o| Duration::from_secs(o) >= left && !run.warned.contains(&o));
+        }
+        // Never alarm or close while the server is reachable: before warning
+        // or closing, make sure a contact attempt just failed.
+        if !due_any || !self.contact.confirm_offline(now, out) {
+            return;
+        }
         let deadline_wall = |left: Duration| self.contact.clock.wall_at(now + chrono(left));
+        let mut told: Vec<(crate::account::AccountId, String)> = Vec::new();
         let mut events = Vec::new();
         for run in self.runs.iter_mut() {
             let RunState::Covered(cover) = &run.state else {
@@ -98,96 +197,56 @@ impl Core {
                 .into_iter()
                 .filter(|&o| Duration::from_secs(o) >= left && !run.warned.contains(&o))
                 .collect();
-            if !due.is_empty() {
-                run.warned.extend(due);
-                events.push(Action::Notify {
-                    account: Some(run.account.clone()),
-                    event: Event::OfflineWarning {
-                        product: run.product.clone(),
-                        product_name: super::name_of(&self.products, &run.product),
-                        seconds_left: left.as_secs(),
-                        deadline: deadline_wall(left),
-                    },
-                });
+            if due.is_empty() {
+                continue;
             }
+            run.warned.extend(due);
+            // One warning per user and product, however many of its
+            // processes run.
+            let key = (run.account.clone(), run.product.clone());
+            if told.contains(&key) {
+                continue;
+            }
+            told.push(key);
+            events.push(Action::Notify {
+                account: Some(run.account.clone()),
+                event: Event::OfflineWarning {
+                    product: run.product.clone(),
+                    product_name: super::name_of(&self.products, &run.product),
+                    seconds_left: left.as_secs(),
+                    deadline: deadline_wall(left),
+                },
+            });
         }
         out.extend(events);
-    }
-
-    /// Carries out due closes: the graceful close (and tell the user why), then
-    /// the forced one. A run with neither a wrapper nor a process just ends.
-    fn run_closes(&mut self, out: &mut Vec<Action>) {
-        let now = self.contact.now();
-        let grace = chrono::Duration::seconds(self.policy.close_grace_secs as i64);
-        let mut ended = Vec::new();
-        for found in self.runs.all() {
-            let products = &self.products;
-            let Some(run) = self.runs.get_mut(&found) else {
-                continue;
-            };
-            let RunState::Closing { close, .. } = &mut run.state else {
-                continue;
-            };
-            if close.kill_at.is_none() && now >= close.term_at {
-                close.kill_at = Some(now + grace);
-                let event = Event::ProductClosed {
-                    product: run.product.clone(),
-                    product_name: super::name_of(products, &run.product),
-                    reason: close.reason,
-                    message: close.message.clone(),
-                };
-                let conn = run.wrapper.as_ref().and_then(|w| w.conn);
-                let route = match (conn, run.process) {
-                    (Some(conn), fallback) => CloseRoute::Wrapper {
-                        conn,
-                        event: event.clone(),
-                        fallback,
-                    },
-                    (None, Some(process)) => CloseRoute::Signal { process },
-                    (None, None) => CloseRoute::Nothing,
-                };
-                if route == CloseRoute::Nothing {
-                    ended.push(found.clone());
-                }
-                out.push(Action::Close {
-                    session: run.id.clone(),
-                    route,
-                    graceful: true,
-                });
-                out.push(Action::Notify {
-                    account: Some(run.account.clone()),
-                    event,
-                });
-            }
-            if let Some(kill_at) = close.kill_at {
-                if !close.killed && now >= kill_at {
-                    close.killed = true;
-                    match run.process {
-                        Some(process) => out.push(Action::Kill {
-                            session: run.id.clone(),
-                            process,
-                        }),
-                        // A wrapper told to close a product it never
-                        // attached: nothing runs, the session ends.
-                        None => ended.push(found.clone()),
-                    }
-                }
-            }
-        }
-        for found in ended {
-            if let Found::Pending(id) = found {
-                if let Some(run) = self.runs.take_pending(&id) {
-                    self.end_run(&run, out);
-                }
-            }
-        }
     }
 
     /// Back in touch with the server: resend undelivered claims, clear warnings
     /// and cancel the offline rule's closes of licensed runs. Unlicensed runs
     /// keep their close: they never had a window.
     pub(super) fn reconnected(&mut self, out: &mut Vec<Action>) {
-        self.ledger.resend(out);
+        let refunds = &self.refunds;
+        self.ledger
+            .resend(|c| refunds.in_flight(&c.user, &c.product), out);
+        self.resend_refunds(out);
+        // Whoever was warned is told it no longer applies.
+        let mut warned: Vec<crate::account::AccountId> = self
+            .runs
+            .iter()
+            .filter(|r| {
+                !r.warned.is_empty()
+                    || matches!(r.closing(), Some(c) if c.reason == CloseReason::Offline && !c.killed)
+            })
+            .map(|r| r.account.clone())
+            .collect();
+        warned.sort();
+        warned.dedup();
+        for account in warned {
+            out.push(Action::Notify {
+                account: Some(account),
+                event: Event::BackOnline,
+            });
+        }
         for run in self.runs.iter_mut() {
             run.warned.clear();
             if let RunState::Closing {
@@ -224,15 +283,13 @@ impl Core {
                 }
             }
         }
-        for close in self.runs.iter().filter_map(|r| r.closing()) {
-            match close.kill_at {
-                None => at.push(close.term_at),
-                Some(k) if !close.killed => at.push(k),
-                Some(_) => {}
-            }
-        }
+        at.extend(self.close_deadlines());
+        at.extend(self.short_use_deadlines());
+        at.extend(self.sample_deadline());
+        at.extend(self.contact.check_deadline());
+        at.extend(self.renewal_notice_deadlines());
         for c in self.ledger.claims() {
-            if c.in_flight && c.request.renews.is_none() && c.request.results.is_none() {
+            if c.request.renews.is_none() && c.request.results.is_none() {
                 at.push(c.since + CLAIM_TIMEOUT);
             }
         }
@@ -262,6 +319,9 @@ impl Core {
             self.policy = policy;
         }
         if self.balance != Some(balance) {
+            if self.balance.is_some_and(|b| balance > b) {
+                self.ledger.retry_renewals_now(self.contact.now());
+            }
             self.balance = Some(balance);
             out.push(Action::Persist(Persist::Balance(balance)));
         }

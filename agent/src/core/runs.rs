@@ -7,7 +7,8 @@
 //! process it declares, or a *pending* run for a product it has not started yet.
 //! Every run is, at every moment, in exactly one [`RunState`]: claiming a window
 //! (bounded by [`CLAIM_TIMEOUT`]), covered by a held window, closing (a deadline,
-//! then killed), or — only where the site does not enforce — unlicensed.
+//! then killed), paused (idle when its window ended, R14), or — only where the
+//! site does not enforce — unlicensed.
 //!
 //! The rule this module makes structural: **a run that has a process leaves the
 //! set only when that process exits** ([`Runs::exited`]). There is no other way
@@ -48,7 +49,9 @@ pub(super) struct Cover {
     pub source: Source,
 }
 
-/// A close in progress: graceful at `term_at`, forced `close_grace` later.
+/// A close in progress: announced, graceful from `term_at` (the desktop asks
+/// the product's windows to close; SIGTERM when it has none), forced
+/// `close_grace` later.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Closing {
     pub reason: CloseReason,
@@ -57,9 +60,37 @@ pub(super) struct Closing {
     /// successful renewal of it cancels the close.
     pub renewal_of: Option<String>,
     pub term_at: DateTime<Utc>,
-    /// Set once the graceful close was sent.
+    /// Set once the close began (at `term_at`): when it is forced.
     pub kill_at: Option<DateTime<Utc>>,
     pub killed: bool,
+    /// The user and the wrapper were told when it closes.
+    pub announced: bool,
+    /// When the user's desktop was asked to close the product's windows.
+    pub asked_desktop: Option<DateTime<Utc>>,
+    /// The graceful step was taken: windows asked to close, or SIGTERM (or
+    /// the wrapper's order) sent.
+    pub graceful: bool,
+}
+
+impl Closing {
+    pub fn new(
+        reason: CloseReason,
+        message: String,
+        term_at: DateTime<Utc>,
+        renewal_of: Option<String>,
+    ) -> Closing {
+        Closing {
+            reason,
+            message,
+            renewal_of,
+            term_at,
+            kill_at: None,
+            killed: false,
+            announced: false,
+            asked_desktop: None,
+            graceful: false,
+        }
+    }
 }
 
 /// Where a run stands: exactly one of these at every moment.
@@ -79,6 +110,13 @@ pub(super) enum RunState {
     /// Refused (or its claim failed) where the site does not enforce: left
     /// running, not licensed, never charged.
     Unlicensed { reason: ErrorCode },
+    /// Idle when its window ended (R14): not renewed, left running, not
+    /// charged, until its user comes back (input, or CPU use).
+    Paused {
+        since: DateTime<Utc>,
+        /// What paid for the window it was paused at the end of.
+        source: Source,
+    },
 }
 
 /// The wrapper that announced or adopted a run.
@@ -110,6 +148,8 @@ pub(super) struct Run {
     pub state: RunState,
     /// Offline warning offsets (seconds before the limit) already sent.
     pub warned: Vec<u64>,
+    /// Waiting for a new window after a pause: its user is told it resumed.
+    pub resuming: bool,
 }
 
 impl Run {
@@ -171,14 +211,7 @@ impl Run {
             _ => None,
         };
         self.state = RunState::Closing {
-            close: Closing {
-                reason,
-                message,
-                renewal_of,
-                term_at,
-                kill_at: None,
-                killed: false,
-            },
+            close: Closing::new(reason, message, term_at, renewal_of),
             cover,
         };
     }

@@ -76,6 +76,7 @@ impl Core {
                     source: row.record.source,
                 }),
                 warned: Vec::new(),
+                resuming: false,
             };
             if self.add_live(run.clone(), out).is_err() {
                 // The same run journaled twice: keep one.
@@ -121,6 +122,7 @@ impl Core {
                 reason: ErrorCode::Internal,
             },
             warned: Vec::new(),
+            resuming: false,
         }
     }
 
@@ -183,7 +185,9 @@ impl Core {
                     });
                 }
             }
-            RunState::Unlicensed { .. } => self.start_or_claim(found, Some(req.request), out),
+            RunState::Unlicensed { .. } | RunState::Paused { .. } => {
+                self.start_or_claim(found, Some(req.request), out)
+            }
         }
     }
 
@@ -260,6 +264,7 @@ impl Core {
                 reason: ErrorCode::Internal,
             },
             warned: Vec::new(),
+            resuming: false,
         };
         if let Ok(found) = self.add_live(run, out) {
             self.start_or_claim(found, None, out);
@@ -286,6 +291,10 @@ impl Core {
         );
         let now = self.contact.now();
         if let Some(held) = self.ledger.valid(&user, &product, now).cloned() {
+            // Free inside the window; but the offline rule will judge this
+            // product by the last contact, so make it a fresh one.
+            self.contact
+                .refresh_if_stale(self.policy.heartbeat_interval_secs, now, out);
             self.cover(&found, &held, out);
             if let Some(request) = launch {
                 self.reply_granted(&request, &session, &held, 0, out);
@@ -304,7 +313,8 @@ impl Core {
             },
         };
         let claim = request.claim_id.clone();
-        let pending = self.ledger.send(request, now, out);
+        let hold = self.refunds.in_flight(&request.user, &request.product);
+        let pending = self.ledger.send(request, now, hold, out);
         if let Some(request) = launch {
             pending.launches.push(LaunchWaiter { request, session });
         }
@@ -321,6 +331,7 @@ impl Core {
                 window: held.window.id.clone(),
                 source: held.source,
             });
+            self.refunds.ran(&run.user, &run.product, &run.account);
         }
         self.persist_run(found, out);
     }
@@ -377,8 +388,10 @@ impl Core {
     /// A process exited: its runs leave the set.
     pub(super) fn process_exited(&mut self, process: ProcessId, out: &mut Vec<Action>) {
         let runs = self.runs.exited(process);
+        self.activity.forget_process(process);
         for run in &runs {
             self.end_run(run, out);
+            self.closed(run, out);
         }
         if !runs.is_empty() {
             out.push(Action::Release { process });
@@ -421,8 +434,14 @@ impl Core {
         if self.runs.live(&key).is_none() {
             let mut run = self.runs.take_pending(&id).expect("pending");
             run.process = Some(process);
+            let covered = run.cover().is_some() || matches!(run.state, RunState::Claiming { .. });
             let found = self.add_live(run, out).expect("checked free");
-            self.persist_run(&found, out);
+            if covered {
+                self.persist_run(&found, out);
+            } else {
+                // Its window was given back before the product started.
+                self.start_or_claim(found, None, out);
+            }
             return Ok(());
         }
         // The set already holds this process as this product (the watcher saw
@@ -438,7 +457,7 @@ impl Core {
             let run = self.runs.get_mut(&existing).expect("joined");
             if matches!(
                 run.state,
-                RunState::Claiming { .. } | RunState::Unlicensed { .. }
+                RunState::Claiming { .. } | RunState::Unlicensed { .. } | RunState::Paused { .. }
             ) {
                 run.state = RunState::Covered(cover);
                 self.persist_run(&existing, out);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use flex_protocol::api::Source;
-use flex_protocol::socket::{CloseReason, Event};
+use flex_protocol::socket::Event;
 use flex_protocol::ErrorCode;
 
 use super::testkit::*;
@@ -158,8 +158,8 @@ fn a_run_waiting_for_a_claim_is_bounded_by_the_claim_timeout() {
     assert!(signals(&after).contains(&(pid, true)), "{after:?}");
     assert!(events(&after).iter().any(|e| matches!(
         e,
-        Event::ProductClosed {
-            reason: CloseReason::Offline,
+        Event::LaunchDenied {
+            reason: ErrorCode::Offline,
             ..
         }
     )));

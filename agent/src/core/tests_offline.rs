@@ -33,11 +33,13 @@ fn warnings(actions: &[Action]) -> Vec<u64> {
         .collect()
 }
 
+/// The user was told the product closes for being offline (`product_closing`
+/// when the close begins; `product_closed` comes when the process is gone).
 fn offline_closed(actions: &[Action]) -> bool {
     events(actions).iter().any(|e| {
         matches!(
             e,
-            Event::ProductClosed {
+            Event::ProductClosing {
                 reason: CloseReason::Offline,
                 ..
             }
@@ -223,4 +225,57 @@ fn subscription_sessions_get_thirty_days_and_three_days_of_warnings() {
     let at = h.advance(Duration::from_secs(1));
     assert_eq!(closes(&at), vec![(Some(pid), true)]);
     assert_eq!(h.server.total_charged(), 0);
+}
+
+#[test]
+fn killed_on_open_while_online() {
+    // Issue 15 §4: with no product open the agent stopped contacting the
+    // server; a free reopen inside a paid window was then judged against the
+    // offline limit before any contact and killed at once, with the server up.
+    let mut h = Harness::new(monday(8, 0), 100);
+    h.server.policy.flex_offline_limit_secs = 120;
+    h.server.policy.offline_warning_secs = vec![60];
+    h.advance(Duration::from_secs(600)); // the policy arrives
+    let (pid, _) = h.start_process("alice", "autocad");
+    h.exit(pid);
+    // Nothing runs for half an hour; the server stays up.
+    h.advance(Duration::from_secs(1800));
+    let (pid, reopened) = h.start_process("alice", "autocad");
+    assert!(closes(&reopened).is_empty(), "{reopened:?}");
+    assert!(warnings(&reopened).is_empty());
+    let later = h.advance(Duration::from_secs(300));
+    assert!(closes(&later).is_empty());
+    assert!(warnings(&later).is_empty());
+    assert_eq!(h.pid_of("alice", "autocad"), Some(pid));
+}
+
+#[test]
+fn a_warning_waits_for_a_failed_contact_attempt() {
+    // Never alarm while the server is reachable: the warning comes only once
+    // a contact attempt made to check has failed.
+    let (mut h, _pid) = offline_from_nine();
+    h.network = Network::Up;
+    // The server is up again but the agent has not tried it since 09:00
+    // (backoff): at the first warning time it checks first, and stays quiet.
+    let quiet = h.advance_to(tuesday(7, 0));
+    assert!(warnings(&quiet).is_empty(), "{quiet:?}");
+    assert!(closes(&quiet).is_empty());
+}
+
+#[test]
+fn one_warning_per_product_however_many_processes_and_back_online_after() {
+    let (mut h, _pid) = offline_from_nine();
+    h.detect("alice", "autocad", process(7777));
+    let before = h.advance_to(tuesday(7, 0));
+    assert_eq!(
+        warnings(&before),
+        vec![7200],
+        "one warning for two processes"
+    );
+    h.network = Network::Up;
+    let back = h.advance(Duration::from_secs(700));
+    assert!(
+        events(&back).iter().any(|e| matches!(e, Event::BackOnline)),
+        "{back:?}"
+    );
 }

@@ -310,6 +310,16 @@ fn a_renewal_the_agent_cannot_verify_backs_off_and_closes_after_the_grace() {
             ..
         }
     )));
+    // Announced with its deadline and why.
+    assert!(events(&at_end).iter().any(|e| matches!(
+        e,
+        Event::ProductClosing {
+            reason: CloseReason::Denied,
+            message,
+            deadline,
+            ..
+        } if message.contains("lease") && *deadline == tuesday(8, 30)
+    )));
     let grace_end = tuesday(8, 30);
     let before_close = h.advance_to(grace_end - chrono::Duration::seconds(1));
     assert!(closes(&before_close).is_empty());
@@ -320,7 +330,9 @@ fn a_renewal_the_agent_cannot_verify_backs_off_and_closes_after_the_grace() {
     );
     let closed = h.advance(Duration::from_secs(1));
     assert_eq!(closes(&closed), vec![(Some(pid), true)]);
-    assert!(events(&closed).iter().any(|e| matches!(
+    // "Was closed" once it has.
+    let gone = h.exit(pid);
+    assert!(events(&gone).iter().any(|e| matches!(
         e,
         Event::ProductClosed {
             reason: CloseReason::Denied,

@@ -120,20 +120,29 @@ fn renewal_refused_for_tokens_warns_then_closes_after_grace() {
         })
         .expect("renewal failure announced");
     assert_eq!(closes_at, tuesday(8, 30));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::ProductClosing {
+            reason: CloseReason::OutOfTokens,
+            deadline,
+            ..
+        } if *deadline == tuesday(8, 30)
+    )));
     assert!(closes(&at_end).is_empty(), "not closed before the grace");
     let almost = h.advance_to(tuesday(8, 30) - chrono::Duration::seconds(1));
     assert!(closes(&almost).is_empty());
     let closed = h.advance(Duration::from_secs(1));
     assert_eq!(closes(&closed), vec![(Some(pid), true)]);
-    assert!(events(&closed).iter().any(|e| matches!(
+    let killed = h.advance(Duration::from_secs(30));
+    assert_eq!(closes(&killed), vec![(Some(pid), false)]);
+    let gone = h.exit(pid);
+    assert!(events(&gone).iter().any(|e| matches!(
         e,
         Event::ProductClosed {
             reason: CloseReason::OutOfTokens,
             ..
         }
     )));
-    let killed = h.advance(Duration::from_secs(30));
-    assert_eq!(closes(&killed), vec![(Some(pid), false)]);
     assert_eq!(h.server.total_charged(), 7);
 }
 
@@ -150,12 +159,10 @@ fn watched_unlicensed_process_is_closed_and_user_told() {
             ..
         }
     )));
-    assert!(ev.iter().any(|e| matches!(
+    // Told once, as not started: no "closing" or "closed" on top of it.
+    assert!(!ev.iter().any(|e| matches!(
         e,
-        Event::ProductClosed {
-            reason: CloseReason::OutOfTokens,
-            ..
-        }
+        Event::ProductClosed { .. } | Event::ProductClosing { .. }
     )));
     assert!(actions.iter().any(|a| matches!(
         a,
@@ -222,6 +229,8 @@ fn offline_launch_is_free_inside_a_held_window_and_denied_otherwise() {
     let mut h = Harness::new(monday(8, 0), 100);
     h.launch("alice", "autocad").unwrap().unwrap();
     let pid = h.pid_of("alice", "autocad").unwrap();
+    // Used past the short-use grace: the window is kept.
+    h.advance(Duration::from_secs(600));
     h.exit(pid);
     h.network = Network::Down;
     h.advance(hours(2));
@@ -297,4 +306,67 @@ fn products_are_named_as_the_rate_sheet_names_them() {
     let refusal = refused.unwrap_err();
     assert_eq!(refusal.code, ErrorCode::OutOfTokens);
     assert_eq!(refusal.product_name.as_deref(), Some("AutoCAD"));
+}
+
+#[test]
+fn topping_up_during_the_renewal_grace_rescues_the_product() {
+    // Issue 15 §4: the admin bought tokens during Revit's renewal grace (the
+    // agent showed the new balance), and Revit was still closed with "the
+    // token balance does not cover Revit".
+    let mut h = Harness::new(monday(8, 0), 10);
+    h.launch("alice", "autocad").unwrap().unwrap();
+    let pid = h.pid_of("alice", "autocad").unwrap();
+    let at_end = h.advance_to(tuesday(8, 0));
+    assert!(events(&at_end)
+        .iter()
+        .any(|e| matches!(e, Event::RenewalFailed { .. })));
+    h.server.balance += 100;
+    // The next heartbeat brings the new balance: the renewal is tried at once.
+    let rescued = h.advance_to(tuesday(8, 10));
+    assert!(events(&rescued)
+        .iter()
+        .any(|e| matches!(e, Event::Charged { tokens: 7, .. })));
+    let after_grace = h.advance_to(tuesday(9, 0));
+    assert!(closes(&after_grace).is_empty(), "{after_grace:?}");
+    assert_eq!(h.pid_of("alice", "autocad"), Some(pid));
+    assert_eq!(h.server.total_charged(), 14);
+}
+
+#[test]
+fn a_renewal_is_announced_ahead_with_its_price() {
+    // Issue 15 §4: a product left open was charged again at window end with
+    // the same pop-up as a first launch, with no warning.
+    let mut h = Harness::new(monday(8, 0), 100);
+    let products = h.server.products();
+    h.feed(super::Input::RateSheet(products));
+    h.launch("alice", "autocad").unwrap().unwrap();
+    let before = h.advance_to(tuesday(7, 45) - chrono::Duration::seconds(1));
+    assert!(!events(&before)
+        .iter()
+        .any(|e| matches!(e, Event::RenewalNotice { .. })));
+    let notice = h.advance(Duration::from_secs(1));
+    let told: Vec<_> = events(&notice)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RenewalNotice { at, tokens, .. } => Some((*at, *tokens)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        told,
+        vec![(tuesday(8, 0), 7)],
+        "once, with the time and price"
+    );
+    let renewed = h.advance_to(tuesday(8, 0));
+    assert!(events(&renewed).iter().any(|e| matches!(
+        e,
+        Event::Charged {
+            tokens: 7,
+            renewal: true,
+            ..
+        }
+    )));
+    assert!(!events(&renewed)
+        .iter()
+        .any(|e| matches!(e, Event::RenewalNotice { .. })));
 }

@@ -27,7 +27,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use flex_protocol::api::{HeartbeatRequest, Product};
+use flex_protocol::api::{HeartbeatRequest, Product, RefundRequest};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Empty, Event, StatusReply};
 use flex_protocol::Email;
@@ -268,9 +268,25 @@ impl Driver {
     }
 
     fn carry_out(&mut self, actions: Vec<Action>) -> Result<(), DaemonError> {
-        // Journal first: nothing below may happen unless it is durable.
-        self.journal.apply(&actions)?;
+        // Journal first when the batch holds money (a claim id, a window, a
+        // refund): nothing below may happen unless it is durable. A batch of
+        // usage records only (a launch inside an open window) is answered
+        // first and written right after: the reply does not wait for SQLite.
+        let money = actions
+            .iter()
+            .any(|a| matches!(a, Action::Persist(p) if p.is_money()));
+        if money {
+            self.journal.apply(&actions)?;
+        } else {
+            for action in &actions {
+                if let Action::ReplyLaunch { .. } | Action::ReplyDone { .. } = action {
+                    self.carry_out_reply(action.clone());
+                }
+            }
+            self.journal.apply(&actions)?;
+        }
         let mut gone = Vec::new();
+        let mut cpu = None;
         for action in actions {
             match action {
                 Action::Persist(_) | Action::SetTimer(_) => {}
@@ -279,6 +295,18 @@ impl Driver {
                     net::spawn_claim(self.client.clone(), request, self.net_tx.clone());
                 }
                 Action::Heartbeat => self.heartbeat()?,
+                Action::SampleCpu { processes } => {
+                    cpu = Some(self.processes.cpu_times(&processes));
+                }
+                Action::Refund(ask) => {
+                    let request = RefundRequest {
+                        sessions: self.journal.session_records(&ask.user, &ask.product)?,
+                        window_id: ask.window_id,
+                        user: ask.user,
+                        product: ask.product,
+                    };
+                    net::spawn_refund(self.client.clone(), request, self.net_tx.clone());
+                }
                 Action::Notify { account, event } => {
                     // The journal's record of what users were told and why.
                     tracing::info!(account = ?account.as_ref().map(AccountId::as_str), ?event, "user event");
@@ -289,6 +317,11 @@ impl Driver {
                     route,
                     graceful,
                 } => self.close(&session, route, graceful),
+                Action::TellWrapper { conn, event } => {
+                    if let Some(tx) = self.wrappers.get(&conn) {
+                        let _ = tx.try_send(event);
+                    }
+                }
                 Action::Kill { session, process } => {
                     tracing::warn!(
                         session,
@@ -303,24 +336,15 @@ impl Driver {
                     }
                 }
                 Action::Release { process } => self.processes.release(process),
-                Action::ReplyLaunch { request, result } => self.reply(
-                    &request,
-                    match result {
-                        Ok(granted) => Reply::ok(granted).long_lived(),
-                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
-                    },
-                ),
+                Action::ReplyLaunch { .. } | Action::ReplyDone { .. } => {
+                    if money {
+                        self.carry_out_reply(action);
+                    }
+                }
                 Action::ReplyJob { request, result } => self.reply(
                     &request,
                     match result {
                         Ok(done) => Reply::ok(done),
-                        Err(r) => Reply::refusal(r.code, r.message, r.product_name),
-                    },
-                ),
-                Action::ReplyDone { request, result } => self.reply(
-                    &request,
-                    match result {
-                        Ok(()) => Reply::ok(Empty {}),
                         Err(r) => Reply::refusal(r.code, r.message, r.product_name),
                     },
                 ),
@@ -330,7 +354,31 @@ impl Driver {
         for process in gone {
             self.feed(Input::ProcessExited { process })?;
         }
+        if let Some(samples) = cpu {
+            self.feed(Input::CpuTimes { samples })?;
+        }
         Ok(())
+    }
+
+    /// Sends a launch's or attach/exit's answer.
+    fn carry_out_reply(&mut self, action: Action) {
+        match action {
+            Action::ReplyLaunch { request, result } => self.reply(
+                &request,
+                match result {
+                    Ok(granted) => Reply::ok(granted).long_lived(),
+                    Err(r) => Reply::refusal(r.code, r.message, r.product_name),
+                },
+            ),
+            Action::ReplyDone { request, result } => self.reply(
+                &request,
+                match result {
+                    Ok(()) => Reply::ok(Empty {}),
+                    Err(r) => Reply::refusal(r.code, r.message, r.product_name),
+                },
+            ),
+            _ => {}
+        }
     }
 
     fn reply(&mut self, request: &str, reply: Reply) {
@@ -422,6 +470,25 @@ impl Driver {
             NetEvent::Claim { claim_id, outcome } => match outcome {
                 Ok(response) => self.feed(Input::ClaimAnswered { claim_id, response }),
                 Err(error) => self.feed(Input::ClaimFailed { claim_id, error }),
+            },
+            NetEvent::Refund { window_id, outcome } => match outcome {
+                Ok(response) => self.feed(Input::RefundAnswered {
+                    window_id,
+                    result: Ok(response),
+                }),
+                // The server's decision (refused, not this device's window):
+                // final. Anything else is asked again at the next contact.
+                Err(e) if !e.is_retryable() => {
+                    tracing::info!("refund of window {window_id} refused: {e}");
+                    self.feed(Input::RefundAnswered {
+                        window_id,
+                        result: Err(e.to_string()),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("refund of window {window_id} not delivered: {e}");
+                    self.feed(Input::RefundFailed { window_id })
+                }
             },
             NetEvent::Heartbeat { batch, outcome } => match outcome {
                 Ok(resp) => {

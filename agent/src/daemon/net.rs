@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use flex_protocol::api::{
-    ClaimRequest, ClaimResponse, Denial, HeartbeatRequest, HeartbeatResponse,
+    ClaimRequest, ClaimResponse, Denial, HeartbeatRequest, HeartbeatResponse, RefundRequest,
+    RefundResponse,
 };
 use flex_protocol::ErrorCode;
 use rand::Rng;
@@ -36,6 +37,23 @@ pub enum NetEvent {
         batch: HeartbeatBatch,
         outcome: Result<HeartbeatResponse, ClientError>,
     },
+    Refund {
+        window_id: String,
+        outcome: Result<RefundResponse, ClientError>,
+    },
+}
+
+/// Asks for a refund and reports the answer.
+pub fn spawn_refund(client: Client, request: RefundRequest, events: mpsc::Sender<NetEvent>) {
+    tokio::spawn(async move {
+        let outcome = client.refund(&request).await;
+        let _ = events
+            .send(NetEvent::Refund {
+                window_id: request.window_id.clone(),
+                outcome,
+            })
+            .await;
+    });
 }
 
 /// Sends `request` and reports the answer.

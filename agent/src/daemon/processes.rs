@@ -138,6 +138,16 @@ impl Processes {
         result
     }
 
+    /// CPU time used so far by each of `ids` still tracked (the idle rule).
+    pub fn cpu_times(&self, ids: &[ProcessId]) -> Vec<(ProcessId, std::time::Duration)> {
+        ids.iter()
+            .filter_map(|id| {
+                let t = self.tracked.get(id)?;
+                Some((*id, t.handle.cpu_time()?))
+            })
+            .collect()
+    }
+
     pub fn release(&mut self, id: ProcessId) {
         if let Some(t) = self.tracked.remove(&id) {
             t.waiter.abort();

@@ -6,10 +6,17 @@
 //! rollbacks not yet reported, plus enrollment facts (device id, server URL,
 //! pinned lease keys; never the device token, which the credential store keeps).
 //!
-//! Durability: WAL with `synchronous=FULL`, so a committed transaction survives
-//! power loss, and every batch of actions from one `Core::handle` call is applied
-//! in one transaction. The schema is created by numbered migrations embedded in
-//! the binary and tracked with `PRAGMA user_version`.
+//! Durability: WAL, and every batch of actions from one `Core::handle` call is
+//! applied in one transaction. A batch that holds money ([`Persist::is_money`]:
+//! a claim or refund about to be sent, a window and its lease, a job attempt,
+//! the offline clock) commits with `synchronous=FULL` before anything else of
+//! the batch happens, so it survives power loss. A batch of usage records and
+//! caches only (the common case: a launch inside an open window) commits with
+//! `synchronous=NORMAL` after the reply was sent: it survives a crash of the
+//! agent (it is in the OS cache), and a power cut may lose the usage records of
+//! its last moments — never a charge, a window, or a pending claim or refund.
+//! The schema is created by numbered migrations embedded in the binary and
+//! tracked with `PRAGMA user_version`.
 //!
 //! Crash safety of a claim, kill -9 at any point:
 //! * before the `ClaimPending` commit: the claim was never sent; nothing to redo;
@@ -29,6 +36,9 @@ use flex_protocol::api::LeaseKey;
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+#[cfg(doc)]
+use crate::core::Persist;
+
 pub use read::HeartbeatBatch;
 
 /// The journal's file name inside the state directory.
@@ -37,6 +47,7 @@ pub const FILE_NAME: &str = "journal.sqlite3";
 const MIGRATIONS: &[&str] = &[
     include_str!("0001_init.sql"),
     include_str!("0002_identity.sql"),
+    include_str!("0003_refunds.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +94,8 @@ pub struct Enrollment {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// Whether the connection is at synchronous=FULL now (see `apply`).
+    durable: bool,
 }
 
 impl Journal {
@@ -142,7 +155,11 @@ impl Journal {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(err("configure"))?;
-        let mut journal = Journal { conn, path };
+        let mut journal = Journal {
+            conn,
+            path,
+            durable: true,
+        };
         journal.migrate()?;
         Ok(journal)
     }

@@ -11,7 +11,8 @@ use flex_protocol::Email;
 use super::{parse_ts, Journal, JournalError};
 use crate::account::AccountId;
 use crate::core::{
-    ClockState, CoreState, HeldWindow, JobOutcome, JobState, Origin, SessionRow, UploadReceipt,
+    ClockState, CoreState, HeldWindow, JobOutcome, JobState, Origin, RefundAsk, SessionRow,
+    UploadReceipt,
 };
 use crate::process::ProcessId;
 
@@ -246,8 +247,49 @@ impl Journal {
                 .map(|(row, _)| row)
                 .collect(),
             pending_claims: self.load_claims()?,
+            pending_refunds: self.load_refunds()?,
             jobs: self.load_jobs()?,
         })
+    }
+
+    fn load_refunds(&self) -> Result<Vec<RefundAsk>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT window_id, user, product, account FROM pending_refunds ORDER BY created",
+            )
+            .map_err(self.sqlite("read pending refunds from"))?;
+        type Raw = (String, String, String, Option<String>);
+        let raws: Vec<Raw> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.sqlite("read pending refunds from"))?;
+        raws.into_iter()
+            .map(|(window_id, user, product, account)| {
+                Ok(RefundAsk {
+                    window_id,
+                    user: Email::parse(&user).map_err(|e| self.corrupt("pending refund", e))?,
+                    product,
+                    account: account.map(AccountId::new),
+                })
+            })
+            .collect()
+    }
+
+    /// The journal's records of `user`'s runs of `product` not yet acknowledged
+    /// by the server (running, or ended since the last upload): what a refund
+    /// request carries.
+    pub fn session_records(
+        &self,
+        user: &Email,
+        product: &str,
+    ) -> Result<Vec<SessionRecord>, JournalError> {
+        Ok(self
+            .session_rows("revision > uploaded_revision OR ended_at IS NULL")?
+            .into_iter()
+            .map(|(row, _)| row.record)
+            .filter(|r| &r.user == user && r.product == product)
+            .collect())
     }
 
     fn load_jobs(&self) -> Result<Vec<JobState>, JournalError> {

@@ -41,12 +41,25 @@ impl Journal {
         if items.peek().is_none() {
             return Ok(());
         }
+        let items: Vec<&Persist> = items.collect();
         let path = self.path.clone();
         let err = move |source| JournalError::Sqlite {
             action: "write",
             path,
             source,
         };
+        // Money waits for the disk (synchronous=FULL: the WAL is fsynced at
+        // commit); usage records and caches do not (NORMAL: durable at the next
+        // checkpoint or FULL commit, and through a crash of the agent, which
+        // leaves them in the OS cache; only a power cut can lose them).
+        let durable = items.iter().any(|p| p.is_money());
+        if durable != self.durable {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            self.conn
+                .pragma_update(None, "synchronous", mode)
+                .map_err(err.clone())?;
+            self.durable = durable;
+        }
         let tx = self.conn.transaction().map_err(err.clone())?;
         for item in items {
             write_one(&tx, item).map_err(err.clone())?;
@@ -149,6 +162,25 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         Persist::RateSheet(products) => meta(tx, "products", json(products))?,
         Persist::Balance(b) => meta(tx, "balance", b.to_string())?,
         Persist::NoticesSeen(id) => meta(tx, "notices_seen", id.to_string())?,
+        Persist::RefundPending(ask) => {
+            tx.execute(
+                "INSERT INTO pending_refunds (window_id, user, product, account, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (window_id) DO NOTHING",
+                params![
+                    ask.window_id,
+                    ask.user.as_str(),
+                    ask.product,
+                    ask.account.as_ref().map(|a| a.as_str()),
+                    ts(&chrono::Utc::now())
+                ],
+            )?;
+        }
+        Persist::RefundSettled { window_id } => {
+            tx.execute(
+                "DELETE FROM pending_refunds WHERE window_id = ?1",
+                [window_id],
+            )?;
+        }
         Persist::DropWindow { user, product } => {
             tx.execute(
                 "DELETE FROM windows WHERE user = ?1 AND product = ?2",

@@ -204,6 +204,20 @@ pub fn identify(pid: u32) -> Option<ProcessId> {
     start_ticks(pid).map(|start| ProcessId { pid, start })
 }
 
+/// Clock ticks per second (`_SC_CLK_TCK`).
+fn clock_ticks() -> u64 {
+    static HZ: OnceLock<u64> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if hz > 0 {
+            hz as u64
+        } else {
+            100
+        }
+    })
+}
+
 /// Wall-clock time of a start time in ticks since boot.
 pub fn start_time(id: ProcessId) -> DateTime<Utc> {
     static BOOT: OnceLock<(i64, u64)> = OnceLock::new();
@@ -278,6 +292,24 @@ impl ProcessHandle {
 
     pub fn owner(&self) -> &AccountId {
         &self.owner
+    }
+
+    /// CPU time used so far (user and system, fields 14 and 15 of
+    /// `/proc/PID/stat`), for the idle rule (R14); `None` once it is gone.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.id.pid)).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace();
+        // `rest` starts at field 3: utime is field 14 (index 11), stime 15.
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        let start: u64 = fields.nth(6)?.parse().ok()?;
+        if start != self.id.start {
+            return None; // the pid is another process's now
+        }
+        Some(Duration::from_secs_f64(
+            (utime + stime) as f64 / clock_ticks() as f64,
+        ))
     }
 
     /// Whether the process still runs (a zombie does not).
@@ -476,6 +508,27 @@ mod tests {
             ProcessHandle::open_as(h.id()),
             Err(ProcessError::Gone { .. })
         ));
+    }
+
+    #[test]
+    fn cpu_time_counts_what_a_busy_process_used() {
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 30",
+            ])
+            .spawn()
+            .unwrap();
+        let h = ProcessHandle::open(child.id()).unwrap();
+        let first = h.cpu_time().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while h.cpu_time().unwrap() < first + Duration::from_millis(50) {
+            assert!(std::time::Instant::now() < deadline, "no CPU time counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(h.cpu_time(), None, "gone");
     }
 
     #[test]

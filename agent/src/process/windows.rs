@@ -189,6 +189,31 @@ impl ProcessHandle {
         alive(&self.handle)
     }
 
+    /// CPU time used so far (kernel and user), for the idle rule (R14).
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let zero = FILETIME {
+            dwLowDateTime: 0,
+            dwHighDateTime: 0,
+        };
+        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+        // SAFETY: a valid handle and four out FILETIMEs.
+        check(unsafe {
+            GetProcessTimes(
+                self.handle.raw(),
+                &mut created,
+                &mut exited,
+                &mut kernel,
+                &mut user,
+            )
+        })
+        .ok()?;
+        let ticks = |f: FILETIME| (u64::from(f.dwHighDateTime) << 32) | u64::from(f.dwLowDateTime);
+        // FILETIME counts 100 ns.
+        Some(std::time::Duration::from_nanos(
+            (ticks(kernel) + ticks(user)).saturating_mul(100),
+        ))
+    }
+
     /// Its exit code once it has ended.
     pub fn exit_code(&self) -> Option<u32> {
         if self.is_alive() {

@@ -102,6 +102,10 @@ pub struct Harness {
     pub tracked: std::collections::BTreeSet<ProcessId>,
     /// Claims sent while the network holds them ([`Network::Hold`]).
     pub held: Vec<ClaimRequest>,
+    /// The share of a core each process uses (by pid; 0 unless set).
+    pub cpu_percent: std::collections::HashMap<u32, f64>,
+    /// CPU time each process used so far, and when it was last counted.
+    cpu_used: std::collections::HashMap<u32, (DateTime<Utc>, Duration)>,
 }
 
 impl Harness {
@@ -151,6 +155,8 @@ impl Harness {
             next_pid: 4000,
             tracked: Default::default(),
             held: Vec::new(),
+            cpu_percent: Default::default(),
+            cpu_used: Default::default(),
         };
         let mut queue = VecDeque::new();
         h.absorb(first, &mut queue, &mut Vec::new());
@@ -199,6 +205,33 @@ impl Harness {
                     Network::DieBeforeSend => {}
                     Network::Hold => self.held.push(request.clone()),
                 },
+                Action::Refund(ask) => match self.network {
+                    Network::Up => {
+                        let sessions = self
+                            .journal
+                            .session_records(&ask.user, &ask.product)
+                            .unwrap();
+                        queue.push_back(Input::RefundAnswered {
+                            window_id: ask.window_id.clone(),
+                            result: self
+                                .server
+                                .refund(&ask.window_id, &sessions, self.true_time),
+                        });
+                    }
+                    Network::LoseAnswers => {
+                        let sessions = self
+                            .journal
+                            .session_records(&ask.user, &ask.product)
+                            .unwrap();
+                        let _ = self
+                            .server
+                            .refund(&ask.window_id, &sessions, self.true_time);
+                    }
+                    Network::Down | Network::Hold => queue.push_back(Input::RefundFailed {
+                        window_id: ask.window_id.clone(),
+                    }),
+                    Network::DieBeforeSend => {}
+                },
                 Action::Heartbeat => match self.network {
                     Network::Up => {
                         let batch = self.journal.heartbeat_batch().unwrap();
@@ -216,6 +249,22 @@ impl Harness {
                         error: "connection refused".into(),
                     }),
                 },
+                Action::SampleCpu { processes } => {
+                    let now = self.true_time;
+                    let samples = processes
+                        .iter()
+                        .map(|p| {
+                            let percent = self.cpu_percent.get(&p.pid).copied().unwrap_or(0.0);
+                            let (last, used) =
+                                self.cpu_used.entry(p.pid).or_insert((now, Duration::ZERO));
+                            let secs = (now - *last).num_milliseconds().max(0) as f64 / 1000.0;
+                            *used += Duration::from_secs_f64(secs * percent / 100.0);
+                            *last = now;
+                            (*p, *used)
+                        })
+                        .collect();
+                    queue.push_back(Input::CpuTimes { samples });
+                }
                 Action::Track { process } => {
                     assert!(self.tracked.insert(*process), "{process:?} tracked twice");
                 }
@@ -451,6 +500,16 @@ impl Harness {
     pub fn exit(&mut self, pid: u32) -> Vec<Action> {
         self.feed(Input::ProcessExited {
             process: process(pid),
+        })
+    }
+
+    /// `account`'s notifier (on connection `conn`) reports `idle` without input.
+    pub fn activity(&mut self, conn: u64, account: &str, idle: Duration) -> Vec<Action> {
+        self.feed(Input::Activity {
+            conn,
+            account: uid_of(account),
+            idle,
+            locked: false,
         })
     }
 

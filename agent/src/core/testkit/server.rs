@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use flex_protocol::api::{
     AssignmentMode, ChargeModel, ClaimRequest, ClaimResponse, DefaultAssignments, Denial, Grant,
-    Notice, Policy, Source, Window,
+    Notice, Policy, RefundResponse, SessionRecord, Source, Window,
 };
 use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
 use flex_protocol::ErrorCode;
@@ -25,6 +25,8 @@ pub struct FakeCharge {
     pub product: String,
     pub tokens: u64,
     pub renewal: bool,
+    /// The window it paid for (none for a per-result job).
+    pub window: Option<String>,
 }
 
 /// The entitlement server's claim rules (R4–R6), idempotent by claim id.
@@ -43,6 +45,12 @@ pub struct FakeServer {
     pub received: Vec<ClaimRequest>,
     /// Notices the next heartbeat delivers.
     pub notices: Vec<Notice>,
+    /// Refund answers by window id: a repeat gets the first answer.
+    pub refunds: HashMap<String, Result<RefundResponse, String>>,
+    /// Every refund request received, retries included.
+    pub refund_requests: Vec<String>,
+    /// (window id, when) of every grant of a window to a launch.
+    window_grants: Vec<(String, DateTime<Utc>)>,
     next_window: u64,
 }
 
@@ -65,6 +73,9 @@ impl FakeServer {
             charges: Vec::new(),
             received: Vec::new(),
             notices: Vec::new(),
+            refunds: HashMap::new(),
+            refund_requests: Vec::new(),
+            window_grants: Vec::new(),
             next_window: 1,
         }
     }
@@ -193,6 +204,13 @@ impl FakeServer {
             end,
         };
         self.next_window += 1;
+        if let Some(c) = self
+            .charges
+            .last_mut()
+            .filter(|c| c.claim_id == req.claim_id)
+        {
+            c.window = Some(window.id.clone());
+        }
         self.windows.insert(key, window.clone());
         self.grant(req, source, window, rate, now)
     }
@@ -208,18 +226,90 @@ impl FakeServer {
             product: req.product.clone(),
             tokens,
             renewal,
+            window: None,
         });
         true
     }
 
+    /// R13, as the server decides it: refunds the window's charge unless a
+    /// record shows a process of (user, product) running at start + grace.
+    pub fn refund(
+        &mut self,
+        window_id: &str,
+        sessions: &[SessionRecord],
+        now: DateTime<Utc>,
+    ) -> Result<RefundResponse, String> {
+        self.refund_requests.push(window_id.to_string());
+        if let Some(answer) = self.refunds.get(window_id) {
+            return answer.clone();
+        }
+        let grace = chrono::Duration::seconds(self.policy.short_use_grace_secs as i64);
+        let key = self
+            .windows
+            .iter()
+            .find(|(_, w)| w.id == window_id)
+            .map(|(k, w)| (k.clone(), w.clone()));
+        let answer = match key {
+            None => Err(format!("window {window_id} is not this device's")),
+            Some(_) if grace.is_zero() => Err("refunds are off".into()),
+            Some((_, w)) if now < w.start + grace => Err("too early".into()),
+            Some((k, w)) => {
+                let point = w.start + grace;
+                let running = sessions
+                    .iter()
+                    .any(|s| s.started_at <= point && s.ended_at.is_none_or(|e| e > point));
+                // A launch granted this window after the grace point used it.
+                let used = self
+                    .window_grants
+                    .iter()
+                    .any(|(id, at)| id == window_id && *at >= point);
+                if used {
+                    Err(format!(
+                        "window {window_id} was granted to a launch after {point}"
+                    ))
+                } else if running {
+                    Err(format!("a process was running at {point}"))
+                } else {
+                    let tokens: u64 = self
+                        .charges
+                        .iter()
+                        .filter(|c| c.window.as_deref() == Some(window_id))
+                        .map(|c| c.tokens)
+                        .sum();
+                    self.balance += tokens;
+                    self.windows.remove(&k);
+                    Ok(RefundResponse {
+                        window_id: window_id.to_string(),
+                        refunded_tokens: tokens,
+                        balance: self.balance,
+                    })
+                }
+            }
+        };
+        self.refunds.insert(window_id.to_string(), answer.clone());
+        answer
+    }
+
+    /// Tokens refunded in all.
+    pub fn total_refunded(&self) -> u64 {
+        self.refunds
+            .values()
+            .filter_map(|a| a.as_ref().ok())
+            .map(|r| r.refunded_tokens)
+            .sum()
+    }
+
     fn grant(
-        &self,
+        &mut self,
         req: &ClaimRequest,
         source: Source,
         window: Window,
         tokens: u64,
         now: DateTime<Utc>,
     ) -> ClaimResponse {
+        if req.results.is_none() {
+            self.window_grants.push((window.id.clone(), now));
+        }
         let lease = self.signer.sign(&LeaseBody {
             window_id: window.id.clone(),
             device_id: DEVICE.into(),

@@ -154,10 +154,15 @@ impl Texts {
             tokens: n,
             balance,
             window_end,
+            renewal,
         } => {
             let p = display_name(product, product_name.as_deref());
             (
-                format!("{p}: {} charged", tokens(*n)),
+                if *renewal {
+                    format!("{p} renewed: {} charged", tokens(*n))
+                } else {
+                    format!("{p}: {} charged", tokens(*n))
+                },
                 match window_end {
                     Some(end) => format!(
                         "Reopening {p} is free until {}. Balance: {}.",
