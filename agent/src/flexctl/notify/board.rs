@@ -6,7 +6,7 @@
 //!
 //! * **use** of a product: its charges, a renewal ahead, paused and resumed,
 //!   a refund. A renewal notice becomes the renewal's charge; a pause becomes
-//!   the resume.
+//!   the resume; a refund replaces the charge it returns.
 //! * **stop**: what threatens or ended a product: a refused launch, offline
 //!   warnings, a renewal that failed, its close. A product the watcher found
 //!   and the agent refused shows one notification that goes from "was not
@@ -73,8 +73,6 @@ pub enum Step {
 /// What a shown notification stands for, beyond its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// A renewal ahead, at this time: the next charge is that renewal.
-    RenewalAhead(DateTime<Utc>),
     /// Says the server cannot be reached: withdrawn when it can.
     Offline,
     Other,
@@ -100,30 +98,16 @@ impl Board {
             display_name(product, product_name.as_deref()).to_string()
         };
         match event {
-            Event::Charged {
-                product,
-                product_name,
-                tokens,
-                balance,
-                window_end,
-            } => {
-                let slot = Slot::of(product, Subject::Use);
-                let renewal = matches!(
-                    self.shown.get(&slot).map(|s| s.kind),
-                    Some(Kind::RenewalAhead(_))
-                );
-                let n = if renewal && *tokens > 0 {
-                    texts.renewed(
-                        &name(product, product_name),
-                        *tokens,
-                        *balance,
-                        window_end.as_ref(),
-                    )
-                } else {
-                    texts.event(event)
-                };
+            Event::Charged { product, .. } => {
+                // Licensed: what threatened the product no longer applies (a
+                // renewal retried after a top-up, a new launch after a close).
                 self.withdraw(&Slot::of(product, Subject::Stop), &mut steps);
-                self.show(slot, n, Kind::Other, &mut steps);
+                self.show(
+                    Slot::of(product, Subject::Use),
+                    texts.event(event),
+                    Kind::Other,
+                    &mut steps,
+                );
             }
             Event::Resumed { product, .. } | Event::Refunded { product, .. } => {
                 self.withdraw(&Slot::of(product, Subject::Stop), &mut steps);
@@ -134,13 +118,7 @@ impl Board {
                     &mut steps,
                 );
             }
-            Event::RenewalNotice { product, at, .. } => self.show(
-                Slot::of(product, Subject::Use),
-                texts.event(event),
-                Kind::RenewalAhead(*at),
-                &mut steps,
-            ),
-            Event::Paused { product, .. } => self.show(
+            Event::RenewalNotice { product, .. } | Event::Paused { product, .. } => self.show(
                 Slot::of(product, Subject::Use),
                 texts.event(event),
                 Kind::Other,
@@ -250,12 +228,9 @@ impl Board {
     }
 
     fn show(&mut self, slot: Slot, n: Notification, kind: Kind, steps: &mut Vec<Step>) {
-        if self.shown.get(&slot).is_some_and(|s| s.n == n) {
-            // The same words in the same place: already on screen. The kind
-            // may be news (a renewal ahead that reads like another).
-            if let Some(s) = self.shown.get_mut(&slot) {
-                s.kind = kind;
-            }
+        if let Some(shown) = self.shown.get_mut(&slot).filter(|s| s.n == n) {
+            // The same words in the same place: already on screen.
+            shown.kind = kind;
             return;
         }
         self.shown
@@ -437,7 +412,7 @@ mod tests {
         );
         assert_eq!(shown(&failed)[0].0, Subject::Stop);
         // Tokens were bought, the retry was charged: the warning goes, and
-        // the charge reads as a renewal.
+        // the renewal's charge takes the notice's place.
         let charged = b.event(
             &Event::Charged {
                 product: "autocad".into(),
@@ -445,6 +420,7 @@ mod tests {
                 tokens: 7,
                 balance: 93,
                 window_end: Some(at + Duration::hours(24)),
+                renewal: true,
             },
             &t,
         );
@@ -453,7 +429,7 @@ mod tests {
             shown(&charged),
             [(Subject::Use, "AutoCAD renewed: 7 tokens charged".into())]
         );
-        // A later charge (a new launch) is a plain charge.
+        // A later charge (a new launch) replaces it again.
         let again = b.event(
             &Event::Charged {
                 product: "autocad".into(),
@@ -461,6 +437,7 @@ mod tests {
                 tokens: 7,
                 balance: 86,
                 window_end: Some(at + Duration::hours(48)),
+                renewal: false,
             },
             &t,
         );

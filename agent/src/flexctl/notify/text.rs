@@ -157,12 +157,11 @@ impl Texts {
             renewal,
         } => {
             let p = display_name(product, product_name.as_deref());
+            if *renewal {
+                return self.renewed(p, *n, *balance, window_end.as_ref());
+            }
             (
-                if *renewal {
-                    format!("{p} renewed: {} charged", tokens(*n))
-                } else {
-                    format!("{p}: {} charged", tokens(*n))
-                },
+                format!("{p}: {} charged", tokens(*n)),
                 match window_end {
                     Some(end) => format!(
                         "Reopening {p} is free until {}. Balance: {}.",
