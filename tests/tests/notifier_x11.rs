@@ -6,9 +6,11 @@
 //! * Idle time reaches the real agent (its log of `idle` reports), grows
 //!   without input, and drops to zero when the pointer moves.
 //! * `close_windows` makes the program save and exit, and the notifier
-//!   answers with the number of windows it asked. The event comes from the
-//!   socket fake (`flex_agent::socket::fake`), so this pins the notifier's
-//!   side alone.
+//!   answers with the number of windows it asked: from the socket fake
+//!   (`flex_agent::socket::fake`), which pins the notifier's side alone, and
+//!   end to end, when the real agent closes the program as a product that has
+//!   been offline too long.
+//! * A refused launch nobody would see is shown by the wrapper itself.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use flex_agent::socket::fake::{start_fake_agent, FakeHandler};
 use flex_agent::testsupport::x11::Xvfb;
-use flex_e2e::agent::{eventually, flex_server, Agent, Running, SHORT_POLICY, WAIT};
+use flex_e2e::agent::{eventually, flex_server, Agent, Rates, Running, SHORT_POLICY, WAIT};
 use flex_e2e::bin;
 use flex_e2e::notifier::Notifier;
 use flex_protocol::socket::{Event, Request};
@@ -87,7 +89,13 @@ async fn idle_time_reaches_the_agent_and_input_resets_it() {
 
 /// Starts `flex-test-x11-app FILE` on `x`'s display and waits for its window.
 fn x11_app(x: &Xvfb, file: &Path) -> Running {
-    let mut child = Command::new(bin("flex-test-x11-app"))
+    x11_program(&bin("flex-test-x11-app"), x, file)
+}
+
+/// Starts `exe` (a copy of flex-test-x11-app) with FILE on `x`'s display and
+/// waits for its window.
+fn x11_program(exe: &Path, x: &Xvfb, file: &Path) -> Running {
+    let mut child = Command::new(exe)
         .arg(file)
         .env("DISPLAY", &x.display)
         .stdout(Stdio::piped())
@@ -236,4 +244,71 @@ async fn a_refusal_nobody_would_see_is_shown_by_the_wrapper() {
         ),
         "{args}"
     );
+}
+
+/// A copy of flex-test-x11-app named `exe_name`, with a tail of its own so
+/// that only this test's agent takes it for the product (see
+/// [`flex_e2e::agent::fake_product`]).
+fn x11_product(dir: &Path, exe_name: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join(exe_name);
+    std::fs::copy(bin("flex-test-x11-app"), &path).expect("copy the X11 program");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open the copy");
+    writeln!(f, "flex test product {exe_name} {}", uuid::Uuid::new_v4()).expect("tag the copy");
+    path
+}
+
+/// The whole close that keeps work, with the real agent: a product with
+/// unsaved work is charged, the server goes away, and at the offline limit
+/// the agent asks the notifier, which asks the product's window; the product
+/// saves and exits by itself (SIGTERM would have lost the work, see
+/// `close_windows_makes_the_program_save_and_exit`), and the user is told
+/// how long the save prompt has, then that it was closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_close_lets_the_product_save() {
+    let x = Xvfb::start();
+    let rates = Rates::unique();
+    let mut server = flex_server(SHORT_POLICY, Some(&rates), 500).await;
+    let agent = Agent::start(&server, "").await;
+    agent.rate_sheet_known().await;
+    let notifier = notifier(&agent.socket, &x, "2s");
+    let dir = tempfile::tempdir().unwrap();
+    let exe = x11_product(dir.path(), &rates.exe("acad"));
+    let saved = dir.path().join("drawing.dwg");
+    let mut product = x11_program(&exe, &x, &saved);
+    let pid = product.pid();
+    eventually("the product charged", WAIT, || async {
+        agent.session_of(pid).map(|_| ())
+    })
+    .await;
+    notifier
+        .printed_where("the charge", |l| {
+            l.starts_with("[normal] AutoCAD: 7 tokens charged")
+        })
+        .await;
+
+    server.kill9();
+    let status = product.wait_exit(Duration::from_secs(40)).await;
+    assert!(
+        status.success(),
+        "the product did not exit by itself: {status:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), "saved\n");
+    let closing = notifier
+        .printed_where("the close under way", |l| {
+            l.starts_with("[critical] AutoCAD is being closed: ")
+        })
+        .await;
+    assert!(
+        closing.contains("AutoCAD was asked to close: save your work now. A save prompt has "),
+        "{closing}"
+    );
+    notifier
+        .printed_where("the closure", |l| {
+            l.starts_with("[critical] AutoCAD was closed: ")
+        })
+        .await;
 }
