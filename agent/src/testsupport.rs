@@ -327,6 +327,42 @@ impl NotificationServer {
     }
 }
 
+/// GNOME's idle monitor (`org.gnome.Mutter.IdleMonitor`) on a
+/// [`PrivateBus`], answering `GetIdletime` with the milliseconds the test
+/// sets in [`IdleMonitor::idle_ms`]. Serves until dropped.
+pub struct IdleMonitor {
+    _connection: zbus::Connection,
+    pub idle_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct IdleMonitorObject(Arc<std::sync::atomic::AtomicU64>);
+
+#[zbus::interface(name = "org.gnome.Mutter.IdleMonitor")]
+impl IdleMonitorObject {
+    fn get_idletime(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl IdleMonitor {
+    pub async fn start(bus: &PrivateBus) -> IdleMonitor {
+        let idle_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let connection = zbus::connection::Builder::address(bus.address.as_str())
+            .name("org.gnome.Mutter.IdleMonitor")
+            .serve_at(
+                "/org/gnome/Mutter/IdleMonitor/Core",
+                IdleMonitorObject(idle_ms.clone()),
+            )
+            .build()
+            .await
+            .expect("cannot serve the idle monitor on the private bus");
+        IdleMonitor {
+            _connection: connection,
+            idle_ms,
+        }
+    }
+}
+
 /// The Secret Service name gnome-keyring takes.
 pub const SECRETS_NAME: &str = "org.freedesktop.secrets";
 

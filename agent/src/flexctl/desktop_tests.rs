@@ -73,3 +73,38 @@ async fn desktop_receives_summary_body_and_urgency() {
     desktop.withdraw(&slot).await;
     assert_eq!(server.closed(), [shown.id]);
 }
+
+/// GNOME's idle monitor answers for a Wayland session: its idle time is what
+/// Mutter says; a bus without Mutter is no source.
+#[tokio::test]
+async fn gnome_idle_monitor_gives_the_idle_time() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use crate::flexctl::desktop::gnome::Mutter;
+    use crate::flexctl::desktop::IdleSource;
+    use crate::testsupport::IdleMonitor;
+
+    let bus = tokio::task::spawn_blocking(PrivateBus::start)
+        .await
+        .unwrap();
+    let address = bus.address.clone();
+    let absent = tokio::task::spawn_blocking(move || Mutter::connect(Some(&address)))
+        .await
+        .unwrap();
+    assert!(absent.is_err(), "no Mutter on the bus, yet a source");
+
+    let monitor = IdleMonitor::start(&bus).await;
+    monitor.idle_ms.store(61_500, Ordering::SeqCst);
+    let address = bus.address.clone();
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let mut mutter = Mutter::connect(Some(&address)).expect("Mutter answers");
+        let first = mutter.read().unwrap();
+        monitor.idle_ms.store(0, Ordering::SeqCst);
+        (first, mutter.read().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.idle, Duration::from_millis(61_500));
+    assert_eq!(second.idle, Duration::ZERO);
+}

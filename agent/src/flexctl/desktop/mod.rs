@@ -8,10 +8,11 @@
 //! [`WindowCloser`]; [`Session::detect`] picks what this session has:
 //!
 //! * Linux and the BSDs: X11 (`DISPLAY`) through MIT-SCREEN-SAVER for the idle
-//!   time and client messages for closing; logind's `IdleHint` as the idle
-//!   fallback (Wayland without X, a console) and its `LockedHint` for the lock
-//!   state. A Wayland session's own input is not visible to X clients, so
-//!   under Wayland the idle time comes from logind, not from XWayland.
+//!   time and client messages for closing; under Wayland, whose input X
+//!   clients do not see, GNOME's idle monitor (Mutter) on the session bus;
+//!   logind's `IdleHint` as the fallback (other Wayland compositors, a
+//!   console) and its `LockedHint` for the lock state. (`ext-idle-notify-v1`
+//!   of wlroots and KDE compositors is not used: logind stands in for it.)
 //! * Windows: `GetLastInputInfo` and the session's lock state; windows are
 //!   asked to close with WM_CLOSE.
 //! * macOS: `HIDIdleTime` of the HID system; no closing (the agent signals).
@@ -21,6 +22,8 @@
 
 #[cfg(all(unix, not(target_os = "macos")))]
 pub mod fallback;
+#[cfg(all(unix, not(target_os = "macos")))]
+pub mod gnome;
 pub mod idle;
 #[cfg(all(unix, not(target_os = "macos")))]
 mod logind;
@@ -125,6 +128,13 @@ impl Session {
                 .map_err(|e| tracing::info!(error = %e, "no logind session: no lock state"))
                 .ok();
             let mut idle: Vec<Box<dyn IdleSource>> = Vec::new();
+            if wayland {
+                // The compositor sees all input; GNOME's tells it.
+                match gnome::Mutter::connect(None) {
+                    Ok(m) => idle.push(Box::new(m)),
+                    Err(e) => tracing::info!(error = %e, "no GNOME idle monitor"),
+                }
+            }
             let closer = x.map(|x| {
                 let shared = std::sync::Arc::new(std::sync::Mutex::new(x));
                 if !wayland {
