@@ -11,6 +11,10 @@
 //!   end to end, when the real agent closes the program as a product that has
 //!   been offline too long.
 //! * A refused launch nobody would see is shown by the wrapper itself.
+//! * Idle awareness (R14) with the real agent and server: a product with no
+//!   input on its display and no CPU is paused at its window's end instead of
+//!   renewed, and the pointer moving resumes it with one new charge; a
+//!   product busy on the CPU with no input is renewed.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,7 +24,10 @@ use std::time::Duration;
 use chrono::Utc;
 use flex_agent::socket::fake::{start_fake_agent, FakeHandler};
 use flex_agent::testsupport::x11::Xvfb;
-use flex_e2e::agent::{eventually, flex_server, Agent, Rates, Running, SHORT_POLICY, WAIT};
+use flex_e2e::agent::{
+    alive, charges_of, eventually, fake_product, fake_product_of, flex_server, Agent, Rates,
+    Running, SHORT_POLICY, WAIT,
+};
 use flex_e2e::bin;
 use flex_e2e::notifier::Notifier;
 use flex_protocol::socket::{Event, Request};
@@ -250,15 +257,7 @@ async fn a_refusal_nobody_would_see_is_shown_by_the_wrapper() {
 /// that only this test's agent takes it for the product (see
 /// [`flex_e2e::agent::fake_product`]).
 fn x11_product(dir: &Path, exe_name: &str) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join(exe_name);
-    std::fs::copy(bin("flex-test-x11-app"), &path).expect("copy the X11 program");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .expect("open the copy");
-    writeln!(f, "flex test product {exe_name} {}", uuid::Uuid::new_v4()).expect("tag the copy");
-    path
+    fake_product_of(&bin("flex-test-x11-app"), dir, exe_name)
 }
 
 /// The whole close that keeps work, with the real agent: a product with
@@ -311,4 +310,140 @@ async fn an_offline_close_lets_the_product_save() {
             l.starts_with("[critical] AutoCAD was closed: ")
         })
         .await;
+}
+
+/// [`SHORT_POLICY`] with idle awareness on a scale a test can wait for: idle
+/// after 2 s without input and under 2 % of a core, in 6 s windows. Short
+/// runs are not refunded here, so every charge row stays a charge.
+fn idle_policy() -> String {
+    format!("{SHORT_POLICY}idle_after = \"2s\"\nidle_cpu_percent = 2.0\nshort_use_grace = \"0s\"\n")
+}
+
+/// The bed of the idle tests: an X display, a server under [`idle_policy`],
+/// an agent that has contacted it, and a notifier on the display reporting
+/// every second.
+struct IdleBed {
+    x: Xvfb,
+    rates: Rates,
+    server: flex_e2e::Server,
+    agent: Agent,
+    notifier: Notifier,
+    dir: tempfile::TempDir,
+}
+
+impl IdleBed {
+    async fn start() -> IdleBed {
+        let x = Xvfb::start();
+        let rates = Rates::unique();
+        let server = flex_server(&idle_policy(), Some(&rates), 500).await;
+        let agent = Agent::start(&server, "").await;
+        agent.rate_sheet_known().await;
+        let notifier = notifier(&agent.socket, &x, "1s");
+        IdleBed {
+            x,
+            rates,
+            server,
+            agent,
+            notifier,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// AutoCAD's charge rows.
+    async fn charges(&self) -> usize {
+        charges_of(&self.server, "autocad").await.len()
+    }
+
+    /// Waits until AutoCAD has `n` charge rows.
+    async fn charged_times(&self, what: &str, n: usize) {
+        eventually(what, WAIT, || async {
+            (self.charges().await == n).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A product nobody uses (no input on its X display, a `sleep` using no CPU)
+/// is not renewed when its window ends: no second charge, it keeps running,
+/// `flexctl status` shows it paused, and the user is told. Moving the mouse
+/// resumes it with exactly one new charge.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_product_is_paused_not_renewed_and_input_resumes_it() {
+    let bed = IdleBed::start().await;
+    let product = Running::product(&fake_product(bed.dir.path(), &bed.rates.exe("acad")));
+    let pid = product.pid();
+    bed.charged_times("the product charged", 1).await;
+
+    // The window (6 s) ends with no input for over 2 s and no CPU: paused.
+    let session = eventually("the product paused", WAIT, || async {
+        bed.agent
+            .session_of(pid)
+            .filter(|s| !s["paused_since"].is_null())
+    })
+    .await;
+    assert_eq!(session["state"], "paused", "{session}");
+    assert_eq!(bed.charges().await, 1, "a paused product was charged again");
+    assert!(alive(pid), "a paused product was closed");
+    let out = bed
+        .agent
+        .flexctl()
+        .arg("status")
+        .output()
+        .expect("flexctl status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("AutoCAD") && l.contains("paused since ")),
+        "{text}"
+    );
+    let paused = |l: &str| l.starts_with("[normal] AutoCAD is paused: ");
+    bed.notifier.printed_where("the pause", paused).await;
+    // Paused stays unpaid while nobody comes back (another window's length).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(bed.charges().await, 1);
+    assert!(!bed.agent.session_of(pid).unwrap()["paused_since"].is_null());
+
+    // Input: a new window at once, charged once.
+    bed.x.move_pointer(300, 200);
+    bed.notifier
+        .printed_where("the resume", |l| {
+            l.starts_with("[normal] AutoCAD is in use again: 7 tokens charged")
+        })
+        .await;
+    assert_eq!(bed.charges().await, 2);
+    let session = bed.agent.session_of(pid).expect("the resumed session");
+    assert!(session["paused_since"].is_null(), "{session}");
+    let told = bed.notifier.printed_lines();
+    assert_eq!(
+        told.iter().filter(|l| paused(l)).count(),
+        1,
+        "the pause was told more than once: {told:?}"
+    );
+}
+
+/// A product busy on the CPU (a render, say) is in use even with no input on
+/// the desktop: its window is renewed. The notifier does report the user
+/// idle for longer than `idle_after`, so only the CPU keeps it charged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_product_without_input_is_renewed() {
+    let bed = IdleBed::start().await;
+    // `yes` into /dev/null: a process that uses a whole core.
+    let exe = fake_product_of(
+        Path::new("/usr/bin/yes"),
+        bed.dir.path(),
+        &bed.rates.exe("acad"),
+    );
+    let product = Running::spawn(Command::new(&exe).stdout(Stdio::null()));
+    let pid = product.pid();
+    bed.charged_times("the product charged", 1).await;
+    bed.charged_times("the renewal", 2).await;
+    let idle = reports(&bed.agent);
+    assert!(
+        idle.iter().any(|&s| s >= 2),
+        "the user was never reported idle: the renewal proves nothing; reports {idle:?}"
+    );
+    let session = bed.agent.session_of(pid).expect("the renewed session");
+    assert!(session["paused_since"].is_null(), "{session}");
+    let told = bed.notifier.printed_lines();
+    assert!(!told.iter().any(|l| l.contains("is paused")), "{told:?}");
 }
