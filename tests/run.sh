@@ -47,6 +47,11 @@ command -v systemd-socket-activate >/dev/null || need+=(systemd)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 # socat: the example shell wrapper (examples/wrappers/flex-wrap.sh) talks through it.
 command -v socat >/dev/null || need+=(socat)
+# postgresql: the second storage engine; every store test, the ledger property
+# tests and the replica tests run against a throwaway cluster started below.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# python3-venv: schemathesis (the OpenAPI fuzzer, from PyPI) runs in a venv.
+/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # valgrind: a product run inside valgrind must still be recognised
 # (agent/src/watcher/tests.rs, tests/tests/agent_enforcement.rs).
 command -v valgrind >/dev/null || need+=(valgrind)
@@ -63,6 +68,14 @@ fi
 
 bash tests/wine/install-tools.sh
 
+# A throwaway PostgreSQL cluster on a Unix socket in a temporary directory: the
+# tests never assume a running database. FLEX_REQUIRE_POSTGRES makes a test
+# that cannot reach it fail instead of running SQLite only.
+pg_dir=$(mktemp -d /tmp/flex-pg.XXXXXX)
+trap 'bash tests/support/pg-cluster.sh stop "$pg_dir"' EXIT
+FLEX_TEST_DATABASE_URL=$(bash tests/support/pg-cluster.sh start "$pg_dir")
+export FLEX_TEST_DATABASE_URL FLEX_REQUIRE_POSTGRES=1
+
 cargo build --workspace --bins
 # The Windows agent and its MSI, for tests/tests/windows_agent.rs (under Wine).
 bash install/windows/build-msi.sh --debug >/dev/null
@@ -73,6 +86,10 @@ cargo test --workspace --no-fail-fast "$@" || failed=1
 # (.cargo/config.toml: tests/wine/runner.sh).
 if (($# == 0)); then
     cargo test -p flex-agent -p flex-protocol --target x86_64-pc-windows-gnu --no-fail-fast || failed=1
+fi
+# The OpenAPI fuzzer against a real server (tests/support/schemathesis.sh).
+if (($# == 0)); then
+    bash tests/support/schemathesis.sh || failed=1
 fi
 # The runner's Wine prefix keeps its processes for the next run; end them.
 WINEPREFIX="$PWD/target/wine/prefix" /usr/lib/wine/wineserver -k 2>/dev/null || true

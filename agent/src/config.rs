@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! server_url = "https://flex.corp.example:8443"
+//! # or, with several flex-server replicas, tried in this order:
+//! # server_urls = ["https://flex-a.corp.example:8443", "https://flex-b.corp.example:8443"]
 //! ca_file = "/etc/flex-agent/ca.pem"      # optional; else the system roots
 //! state_dir = "/var/lib/flex-agent"            # default: see crate::paths
 //! socket_path = "/run/flex-agent/agent.sock"   # a named pipe on Windows
@@ -89,8 +91,13 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Required; checked once every file is merged ([`ConfigError::NoServer`]).
+    /// With `server_urls`, the first of them.
     #[serde(default)]
     pub server_url: String,
+    /// Several replicas of the server, tried in order; the agent stays with
+    /// the one that answers (see [`crate::client`]).
+    #[serde(default)]
+    pub server_urls: Vec<String>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_state_dir")]
@@ -268,10 +275,11 @@ impl Config {
             })?;
             merge(&mut merged, parse_table(&file, &text)?);
         }
-        let config = Config::deserialize(merged).map_err(|e| ConfigError::Parse {
+        let mut config = Config::deserialize(merged).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.message().to_string(),
         })?;
+        config.settle_servers()?;
         if config.server_url.is_empty() {
             return Err(ConfigError::NoServer {
                 main: path.to_path_buf(),
@@ -284,12 +292,40 @@ impl Config {
 
     /// Parses and validates config text (errors name the key and the value).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
             message: e.message().to_string(),
         })?;
+        config.settle_servers()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// `server_urls`, when given, names the servers and the first becomes
+    /// `server_url`; setting both is refused rather than guessed at.
+    fn settle_servers(&mut self) -> Result<(), ConfigError> {
+        if self.server_urls.is_empty() {
+            return Ok(());
+        }
+        if !self.server_url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "server_urls",
+                value: self.server_urls.join(", "),
+                reason: "set either server_url (one server) or server_urls (replicas, in the \
+                         order to try them), not both",
+            });
+        }
+        self.server_url = self.server_urls[0].clone();
+        Ok(())
+    }
+
+    /// Every server to try, in order: `server_urls`, or the one `server_url`.
+    pub fn servers(&self) -> Vec<String> {
+        if self.server_urls.is_empty() {
+            vec![self.server_url.clone()]
+        } else {
+            self.server_urls.clone()
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -298,13 +334,15 @@ impl Config {
             value: value.to_string(),
             reason,
         };
-        let url = self.server_url.as_str();
-        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 9 {
-            return Err(invalid(
-                "server_url",
-                url,
-                "expected an http:// or https:// URL",
-            ));
+        let key = if self.server_urls.is_empty() {
+            "server_url"
+        } else {
+            "server_urls"
+        };
+        for url in self.servers() {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 9 {
+                return Err(invalid(key, &url, "expected an http:// or https:// URL"));
+            }
         }
         if self.poll_interval.is_zero() {
             return Err(invalid("poll_interval", "0s", "must be longer than zero"));
@@ -606,6 +644,26 @@ alice = "alice.smith@corp.com"
         let err = Config::load(&main).unwrap_err().to_string();
         assert!(
             err.contains("10-x.toml") && err.contains("server_ulr"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_urls_list_replicas_in_order_and_server_url_still_works() {
+        let c = Config::parse("server_urls = [\"https://a:8443\", \"https://b:8443\"]\n").unwrap();
+        assert_eq!(c.servers(), vec!["https://a:8443", "https://b:8443"]);
+        assert_eq!(c.server_url, "https://a:8443", "the first is the primary");
+        let c = Config::parse("server_url = \"https://a\"\n").unwrap();
+        assert_eq!(c.servers(), vec!["https://a"]);
+        let err = Config::parse("server_url = \"https://a\"\nserver_urls = [\"https://b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not both"), "{err}");
+        let err = Config::parse("server_urls = [\"https://a\", \"b.example\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server_urls") && err.contains("b.example"),
             "{err}"
         );
     }

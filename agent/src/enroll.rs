@@ -275,7 +275,11 @@ pub fn current_enrollment(config: &Config) -> Result<Option<Enrollment>, EnrollE
 /// Enrolls this workstation as `opts` says.
 pub async fn enroll(config: &Config, opts: EnrollOptions) -> Result<EnrollOutcome, EnrollError> {
     let server = opts.server.trim_end_matches('/').to_string();
-    if server != config.server_url.trim_end_matches('/') {
+    if !config
+        .servers()
+        .iter()
+        .any(|u| u.trim_end_matches('/') == server)
+    {
         tracing::warn!(
             "enrolling with {server} but the config's server_url is {}: the daemon \
              will talk to the config's server",

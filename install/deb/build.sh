@@ -237,6 +237,7 @@ stage_flex_server() { # STAGE
     install_file "$install_dir/systemd/flex-server.service" "$s/usr/lib/systemd/system/flex-server.service" 0644
     install_file "$install_dir/config/server.toml" "$s/usr/share/flex-server/server.toml" 0644
     install_file "$install_dir/config/server.toml.example" "$s/usr/share/doc/flex-server/server.toml.example" 0644
+    install_file "$install_dir/config/database.env.example" "$s/usr/share/doc/flex-server/database.env.example" 0644
     depends="$(libc_dep "$s/usr/bin/flex-server" "$s/usr/bin/flex-admin"), adduser"
     recommends="systemd"
     description="Flex entitlement server and flex-admin

@@ -11,12 +11,14 @@
 pub mod api;
 mod email;
 mod error;
+pub mod ids;
 pub mod lease;
 pub mod reports;
 pub mod socket;
 
 pub use email::{Email, EmailError, MAX_EMAIL};
 pub use error::ErrorCode;
+pub use ids::{ClaimId, IdError, ProductId, SessionId, WindowId};
 
 /// Version of the local-socket protocol, returned by `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -4,7 +4,15 @@
 //!    `synchronous=FULL` WAL transaction) next to a bare SQLite insert with the
 //!    same durability on the same disk, in the same run: the ratio is the figure
 //!    (target ≥ 0.5).
-//! 2. HTTP claim latency p50/p99 over loopback with 64 concurrent clients.
+//! 2. HTTP claims/s and latency p50/p99 over loopback with 64 concurrent
+//!    clients, for each way to run the server: SQLite, PostgreSQL with one
+//!    replica, PostgreSQL with two replicas (the clients split between them).
+//!    Every claim is a per-result job paid from the same lot, the ledger's
+//!    most contended write.
+//!
+//! PostgreSQL: the cluster named by `FLEX_BENCH_DATABASE_URL`, else a
+//! throwaway durable cluster started with tests/support/pg-cluster.sh
+//! (fsync on, as SQLite's synchronous=FULL). Each run gets a fresh database.
 //!
 //! Run with `cargo bench -p flex-server --bench claims`. Nothing is asserted.
 
@@ -19,6 +27,8 @@ use flex_server::server::{prepare, serve, ServerOptions};
 use flex_server::store::Store;
 
 const N: usize = 2000;
+/// At least 16 characters, as the server requires.
+const ADMIN: &str = "bench-admin-token-2026";
 
 fn bare_insert_rate(dir: &std::path::Path) -> f64 {
     let conn = rusqlite::Connection::open(dir.join("bare.db")).unwrap();
@@ -73,27 +83,44 @@ fn store_claim_rate(dir: &std::path::Path) -> f64 {
     N as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn http_latency() -> (Duration, Duration, Duration, f64) {
-    const CLIENTS: usize = 64;
-    const PER_CLIENT: usize = 40;
-    let dir = tempfile::tempdir().unwrap();
-    std::env::set_var("FLEX_ADMIN_TOKEN", "bench-admin");
-    let prepared = prepare(&ServerOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        config: None,
-        test_clock: false,
-        tls_cert: None,
-        tls_key: None,
-        rates: None,
+/// One flex-server in this process, on a loopback port; its URL.
+async fn start_server(data_dir: std::path::PathBuf, database_url: Option<String>) -> String {
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(&ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            database_url,
+            config: None,
+            test_clock: false,
+            tls_cert: None,
+            tls_key: None,
+            rates: None,
+        })
     })
+    .await
+    .unwrap()
     .unwrap();
     let url = format!("http://{}", prepared.listener.local_addr().unwrap());
     tokio::spawn(serve(prepared));
+    url
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    rate: f64,
+}
+
+/// 64 clients claiming through `urls` (client i through `urls[i % n]`).
+async fn http_claims(urls: &[String]) -> Figures {
+    const CLIENTS: usize = 64;
+    const PER_CLIENT: usize = 40;
+    let url = urls[0].clone();
     let http = reqwest::Client::new();
     let admin = |path: &str| {
         http.post(format!("{url}/v1/admin{path}"))
-            .bearer_auth("bench-admin")
+            .bearer_auth(ADMIN)
     };
     admin("/token-lots")
         .json(&serde_json::json!({"tokens": 10000}))
@@ -108,7 +135,7 @@ async fn http_latency() -> (Duration, Duration, Duration, f64) {
         .await
         .unwrap();
     http.put(format!("{url}/v1/admin/users/bench@example.com/flex"))
-        .bearer_auth("bench-admin")
+        .bearer_auth(ADMIN)
         .json(&serde_json::json!({"assigned": true}))
         .send()
         .await
@@ -136,7 +163,7 @@ async fn http_latency() -> (Duration, Duration, Duration, f64) {
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let http = http.clone();
-        let url = url.clone();
+        let url = urls[c % urls.len()].clone();
         let token = device_token.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(PER_CLIENT);
@@ -154,7 +181,7 @@ async fn http_latency() -> (Duration, Duration, Duration, f64) {
                     .send()
                     .await
                     .unwrap();
-                assert!(r.status().is_success());
+                assert!(r.status().is_success(), "{}", r.status());
                 let _ = r.bytes().await.unwrap();
                 lat.push(t.elapsed());
             }
@@ -168,12 +195,47 @@ async fn http_latency() -> (Duration, Duration, Duration, f64) {
     let wall = start.elapsed();
     all.sort();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    (
-        pct(0.50),
-        pct(0.99),
-        *all.last().unwrap(),
-        all.len() as f64 / wall.as_secs_f64(),
-    )
+    Figures {
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: *all.last().unwrap(),
+        rate: all.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+fn print(label: &str, f: &Figures) {
+    println!(
+        "  {label:<22} {:>6.0} claims/s   p50 {:>6.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
+        f.rate,
+        f.p50.as_secs_f64() * 1e3,
+        f.p99.as_secs_f64() * 1e3,
+        f.max.as_secs_f64() * 1e3
+    );
+}
+
+/// The PostgreSQL cluster to measure on, and the directory of one this bench
+/// started (stopped at the end), or why there is none.
+fn postgres_cluster() -> Result<(String, Option<std::path::PathBuf>), String> {
+    if let Ok(url) = std::env::var("FLEX_BENCH_DATABASE_URL") {
+        return Ok((url, None));
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/pg-cluster.sh");
+    let dir = std::env::temp_dir().join(format!("flex-bench-pg-{}", std::process::id()));
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .arg(&dir)
+        .arg("--durable")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok((
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Some(dir),
+    ))
 }
 
 fn main() {
@@ -191,12 +253,37 @@ fn main() {
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (p50, p99, max, rate) = rt.block_on(http_latency());
-    println!("http claims, 64 concurrent clients on loopback:");
-    println!(
-        "  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {rate:.0} claims/s   (target p99 <= 50 ms)",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3
-    );
+    std::env::set_var("FLEX_ADMIN_TOKEN", ADMIN);
+    println!("http claims, 64 concurrent clients on loopback (target p99 <= 50 ms):");
+    let sqlite = rt.block_on(async {
+        let url = start_server(dir.path().join("data"), None).await;
+        http_claims(&[url]).await
+    });
+    print("sqlite", &sqlite);
+    match postgres_cluster() {
+        Err(why) => println!("  postgresql: not measured ({why})"),
+        Ok((admin, started)) => {
+            for replicas in [1, 2] {
+                let db = flex_server::store::testing::TestDatabase::create_in(&admin);
+                let figures = rt.block_on(async {
+                    let mut urls = Vec::new();
+                    for r in 0..replicas {
+                        let data = dir.path().join(format!("pg-{replicas}-{r}"));
+                        urls.push(start_server(data, Some(db.url().to_string())).await);
+                    }
+                    http_claims(&urls).await
+                });
+                print(&format!("postgresql, {replicas} replica(s)"), &figures);
+            }
+            if let Some(dir) = started {
+                let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/support/pg-cluster.sh");
+                let _ = std::process::Command::new("bash")
+                    .arg(script)
+                    .arg("stop")
+                    .arg(dir)
+                    .status();
+            }
+        }
+    }
 }

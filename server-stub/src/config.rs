@@ -5,6 +5,7 @@
 //! production = true            # refuses --test-clock
 //! admin_token = "..."          # optional; FLEX_ADMIN_TOKEN wins
 //! enrollment_token_ttl = "7d"
+//! background_interval = "60s"  # notice checks and the usage rollup
 //!
 //! [policy]
 //! window = "24h"
@@ -75,6 +76,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     #[serde(default = "default_enrollment_ttl", with = "humantime_serde")]
     pub enrollment_token_ttl: Duration,
+    /// How often the leading replica checks time-driven notices and folds the
+    /// usage rollup; also how soon a surviving replica takes over that work.
+    #[serde(default = "default_background_interval", with = "humantime_serde")]
+    pub background_interval: Duration,
     #[serde(default)]
     pub policy: PolicyConfig,
     /// Admin notices by email; off when absent.
@@ -91,11 +96,16 @@ impl Default for Config {
             production: false,
             admin_token: None,
             enrollment_token_ttl: default_enrollment_ttl(),
+            background_interval: default_background_interval(),
             policy: PolicyConfig::default(),
             smtp: None,
             limits: LimitsConfig::default(),
         }
     }
+}
+
+fn default_background_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_enrollment_ttl() -> Duration {

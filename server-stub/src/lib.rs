@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

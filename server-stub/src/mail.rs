@@ -166,6 +166,11 @@ impl Mailer {
         }
         let mut failures = 0u32;
         loop {
+            // One replica mails (see store/leader.rs).
+            if !store.run(|s| s.lead()).await.unwrap_or(false) {
+                tokio::time::sleep(self.config.check_interval).await;
+                continue;
+            }
             let pending = match store.run(|s| s.unmailed_notices(BATCH)).await {
                 Ok(p) => p,
                 Err(e) => {

@@ -59,12 +59,8 @@ impl RateSheet {
                 id: p.id.clone(),
                 why,
             };
-            let id_ok = !p.id.is_empty()
-                && p.id.len() <= 64
-                && p.id
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !id_ok {
+            // The one rule for product ids (flex_protocol::ProductId).
+            if flex_protocol::ProductId::parse(&p.id).is_err() {
                 return Err(invalid(
                     "id must be 1-64 lowercase letters, digits or dashes",
                 ));

@@ -18,7 +18,7 @@ use crate::clock::{Clock, SystemClock, TestClock};
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::net::admission::Admission;
 use crate::rates::{RateSheet, RatesError};
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Database, Store, StoreError};
 
 /// `meta` key holding the test clock, so a restarted test server keeps its time.
 pub const TEST_CLOCK_KEY: &str = "test_clock.now";
@@ -29,6 +29,8 @@ pub const ADMIN_TOKEN_ENV: &str = "FLEX_ADMIN_TOKEN";
 pub struct ServerOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of `data_dir/flex.db` (`--database-url`).
+    pub database_url: Option<String>,
     pub config: Option<PathBuf>,
     pub test_clock: bool,
     pub tls_cert: Option<PathBuf>,
@@ -74,6 +76,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error(transparent)]
     Mail(#[from] crate::mail::MailError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
@@ -100,7 +104,9 @@ fn strong(token: &str, from: &'static str) -> Result<String, ServerError> {
 
 /// The admin token: environment, else config, else a generated `admin-token` file.
 /// A token that is set (even empty) must be at least [`MIN_ADMIN_TOKEN`] long.
-fn admin_token(config: &Config, data_dir: &Path) -> Result<String, ServerError> {
+/// On PostgreSQL the generated token is kept in the database, so that every
+/// replica takes the same one, and copied to each replica's `admin-token` file.
+fn admin_token(config: &Config, data_dir: &Path, store: &Store) -> Result<String, ServerError> {
     if let Some(t) = std::env::var_os(ADMIN_TOKEN_ENV) {
         let t = strong(&t.to_string_lossy(), ADMIN_TOKEN_ENV)?;
         tracing::info!("admin token taken from {ADMIN_TOKEN_ENV}");
@@ -112,6 +118,19 @@ fn admin_token(config: &Config, data_dir: &Path) -> Result<String, ServerError> 
         return Ok(t);
     }
     let path = data_dir.join("admin-token");
+    if store.backend() == Backend::Postgres {
+        let token = store.shared_secret(SHARED_ADMIN_TOKEN, new_admin_token)?;
+        if std::fs::read_to_string(&path)
+            .ok()
+            .as_deref()
+            .map(str::trim)
+            != Some(token.as_str())
+        {
+            write_secret(&path, &token)?;
+        }
+        tracing::info!(path = %path.display(), "admin token shared through the database");
+        return Ok(token);
+    }
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => {
             tracing::info!(path = %path.display(), "admin token read from file");
@@ -121,24 +140,33 @@ fn admin_token(config: &Config, data_dir: &Path) -> Result<String, ServerError> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("read", &path)(e)),
     }
-    let token = {
-        use rand::RngCore;
-        let mut b = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut b);
-        format!("fat_{}", hex::encode(b))
-    };
+    let token = new_admin_token();
+    write_secret(&path, &token)?;
+    tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
+    Ok(token)
+}
+
+/// `meta` key of the admin token generated for PostgreSQL replicas.
+const SHARED_ADMIN_TOKEN: &str = "admin_token";
+
+fn new_admin_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("fat_{}", hex::encode(b))
+}
+
+fn write_secret(path: &Path, secret: &str) -> Result<(), ServerError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(io("create", &path))?;
-    f.write_all(token.as_bytes())
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(secret.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(io("write", &path))?;
-    tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
-    Ok(token)
+        .map_err(io("write", path))
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), ServerError> {
@@ -157,6 +185,11 @@ pub struct Prepared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Mails admin notices when `[smtp]` is configured.
     pub mailer: Option<crate::mail::Mailer>,
+    /// How often the background work (notices, the usage rollup) runs.
+    pub background_interval: std::time::Duration,
+    /// Held while serving a SQLite data directory: one server per ledger file,
+    /// and `flex-server restore` waits for it to stop.
+    pub dir_lock: Option<crate::backup::DirLock>,
     pub limits: LimitsConfig,
     /// The connection caps, the total already fitted to the open-file limit.
     pub admission: Admission,
@@ -221,15 +254,26 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         None => RateSheet::sample(),
     };
     prepare_data_dir(&opts.data_dir)?;
-    let token = admin_token(&config, &opts.data_dir)?;
 
     let test_clock = opts.test_clock.then(|| TestClock::new(Utc::now()));
     let clock: Arc<dyn Clock> = match &test_clock {
         Some(c) => Arc::new(c.clone()),
         None => Arc::new(SystemClock),
     };
-    let store = Store::open(&opts.data_dir, clock, config.policy.clone(), rates)?
+    let database = match &opts.database_url {
+        Some(url) => Database::Postgres { url: url.clone() },
+        None => Database::Sqlite {
+            data_dir: opts.data_dir.clone(),
+        },
+    };
+    let dir_lock = match &database {
+        Database::Sqlite { data_dir } => Some(crate::backup::DirLock::take(data_dir)?),
+        Database::Postgres { .. } => None,
+    };
+    let store = Store::open_at(&database, clock, config.policy.clone(), rates)?
         .with_enrollment_ttl(config.enrollment_token_ttl);
+    tracing::info!(backend = store.backend().name(), database = %database.describe(), "ledger opened");
+    let token = admin_token(&config, &opts.data_dir, &store)?;
     if let Some(c) = &test_clock {
         tracing::warn!("test clock enabled: PUT /v1/admin/test-clock sets the server's time");
         if let Some(saved) = store.meta(TEST_CLOCK_KEY)? {
@@ -253,6 +297,8 @@ pub fn prepare(opts: &ServerOptions) -> Result<Prepared, ServerError> {
         listener,
         tls,
         mailer,
+        background_interval: config.background_interval,
+        dir_lock,
         limits,
         admission,
     })
@@ -295,12 +341,22 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
         tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: tokens travel unencrypted; use --tls-cert/--tls-key");
     }
 
-    // Time-driven notices (lot expiry) without waiting for a request.
+    // Time-driven notices (lot expiry) without waiting for a request, on the
+    // one replica that leads (see store/leader.rs).
     let ticker = Arc::clone(&p.state.store);
+    let interval = p.background_interval;
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut every = tokio::time::interval(interval);
         loop {
             every.tick().await;
+            match ticker.run(|s| s.lead()).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!("cannot tell which replica runs the background work: {e}");
+                    continue;
+                }
+            }
             if let Err(e) = ticker.run(|s| s.tick()).await {
                 tracing::warn!("notice check failed: {e}");
             }
@@ -315,6 +371,8 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
         tokio::spawn(mailer.run(Arc::clone(&p.state.store)));
     }
 
+    let store = Arc::clone(&p.state.store);
+    let _dir_lock = p.dir_lock;
     let app = router(p.state);
     let listener = tokio::net::TcpListener::from_std(p.listener).map_err(ServerError::Serve)?;
     println!("flex-server listening on {scheme}://{addr}");
@@ -324,7 +382,15 @@ pub async fn serve(p: Prepared) -> Result<(), ServerError> {
         admission: p.admission,
         tls: p.tls,
     };
-    crate::net::serve::run(listener, app, edge, shutdown_signal())
+    let served = crate::net::serve::run(listener, app, edge, shutdown_signal())
         .await
-        .map_err(ServerError::Serve)
+        .map_err(ServerError::Serve);
+    // Another replica takes the background work at once.
+    let _ = store
+        .run(|s| {
+            s.resign();
+            Ok(())
+        })
+        .await;
+    served
 }

@@ -1,5 +1,5 @@
-//! Property tests of the token ledger through the real store (SQLite file, test
-//! clock): random purchases, clock moves and claims never make a lot negative,
+//! Property tests of the token ledger through the real store (a SQLite file and
+//! a PostgreSQL database, test clock): random purchases, clock moves and claims never make a lot negative,
 //! never spend an expired lot, always spend the earliest-expiring lot first, and
 //! the balance always equals purchases − charges − expired remainders.
 
@@ -10,7 +10,7 @@ use flex_protocol::api::{ClaimRequest, ClaimResponse, NewUser};
 use flex_server::clock::TestClock;
 use flex_server::config::PolicyConfig;
 use flex_server::rates::RateSheet;
-use flex_server::store::Store;
+use flex_server::store::testing::{backends, TestBackend};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -72,17 +72,14 @@ fn expected_shares(model: &[ModelLot], amount: u64, now: DateTime<Utc>) -> Optio
     Some(out)
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
+fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap();
     let clock = TestClock::new(start);
-    let store = Store::open(
-        dir.path(),
+    let store = backend.open(
         Arc::new(clock.clone()),
         PolicyConfig::default(),
         RateSheet::sample(),
-    )
-    .unwrap();
+    );
     let users: Vec<String> = (0..4).map(|i| format!("u{i}@example.com")).collect();
     for u in &users {
         store
@@ -216,6 +213,8 @@ proptest! {
 
     #[test]
     fn ledger_invariants_hold(ops in prop::collection::vec(op(), 1..40)) {
-        run(ops)?;
+        for backend in backends() {
+            run(&backend, ops.clone())?;
+        }
     }
 }

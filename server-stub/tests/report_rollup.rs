@@ -21,6 +21,7 @@ use flex_server::config::PolicyConfig;
 use flex_server::rates::RateSheet;
 use flex_server::rules::calendar::Period;
 use flex_server::rules::estimate::{self, PastUse};
+use flex_server::store::testing::{backends, TestBackend};
 use flex_server::store::Store;
 use proptest::prelude::*;
 
@@ -152,12 +153,12 @@ impl Model {
 }
 
 fn run(
+    backend: &TestBackend,
     zone: &str,
     window_hours: u64,
     ops: Vec<Op>,
     periods: Vec<(i64, i64)>,
 ) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
     let tz: Tz = zone.parse().unwrap();
     // Starts near a DST change in both hemispheres' zones.
     let start = Utc.with_ymd_and_hms(2026, 3, 26, 20, 0, 0).unwrap();
@@ -167,13 +168,7 @@ fn run(
         window: std::time::Duration::from_secs(window_hours * 3600),
         ..PolicyConfig::default()
     };
-    let store = Store::open(
-        dir.path(),
-        Arc::new(clock.clone()),
-        policy,
-        RateSheet::sample(),
-    )
-    .unwrap();
+    let store = backend.open(Arc::new(clock.clone()), policy, RateSheet::sample());
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}@example.com")).collect();
     for u in &users {
         store
@@ -263,7 +258,7 @@ fn run(
                     .count() as u64,
             })
             .collect();
-        let rows = estimate::rows_from_usage(&past, period.days());
+        let rows = estimate::rows_from_usage(&past, period.months());
         let got = store.estimate(&EstimateRequest {
             months: 2,
             rows: None,
@@ -322,6 +317,8 @@ proptest! {
         ops in prop::collection::vec(op(), 1..120),
         periods in prop::collection::vec((-3i64..60, 0i64..45), 1..4),
     ) {
-        run(zone, window_hours, ops, periods)?;
+        for backend in backends() {
+            run(&backend, zone, window_hours, ops.clone(), periods.clone())?;
+        }
     }
 }

@@ -47,6 +47,8 @@ pub struct ServerOpts {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// A rate sheet (TOML) written to a file and passed with `--rates`.
     pub rates: Option<String>,
+    /// PostgreSQL instead of SQLite (`--database-url`); replicas share it.
+    pub database_url: Option<String>,
     /// The soft open-file limit the server starts with (its hard limit stays
     /// this process's), e.g. 1,024 as systemd leaves a unit without LimitNOFILE.
     pub nofile: Option<u64>,
@@ -117,6 +119,9 @@ impl Server {
         if let Some((cert, key)) = &self.opts.tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
+        if let Some(url) = &self.opts.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
         if let Some(soft) = self.opts.nofile {
             let (_, hard) = nofile();
             let limit = libc::rlimit {
@@ -157,6 +162,11 @@ impl Server {
         self.port = url.rsplit(':').next().unwrap().parse().unwrap();
         self.url = url;
         self.child = Some(child);
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn log_path(&self) -> PathBuf {

@@ -10,10 +10,23 @@
 //! same request again later, with the same claim id", [`ClientError::needs_reenroll`]
 //! (401) means the device credential is gone, and the rest are final answers that
 //! retrying would not change. [`backoff::Backoff`] spaces the retries.
+//!
+//! A client may know several servers (`server_urls`: replicas of one
+//! flex-server on one database). Each call goes to the server that answered
+//! last; when it cannot be reached or fails (an error [`is_retryable`]), the
+//! same request goes to the next one in order, and the one that answers is
+//! kept for the next calls. Only when every server failed does the call fail,
+//! so the agent's offline rule counts time without any server, as with one.
+//! Sending a claim again to another replica is safe: claims are idempotent
+//! by claim id across replicas.
+//!
+//! [`is_retryable`]: ClientError::is_retryable
 
 pub mod backoff;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flex_protocol::api::{
@@ -148,11 +161,15 @@ impl Default for ClientOptions {
     }
 }
 
-/// A connection pool to one server, with or without a device token.
+/// A connection pool to one server or to several replicas, with or without a
+/// device token.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// The servers, in the order they are tried; never empty.
+    bases: Arc<[String]>,
+    /// The one that answered last, tried first; shared by clones.
+    current: Arc<AtomicUsize>,
     token: Option<DeviceToken>,
     request_timeout: Duration,
 }
@@ -160,24 +177,45 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.base)
+            .field("servers", &self.bases)
+            .field("current", &self.server_url())
             .field("token", &self.token)
             .finish()
     }
 }
 
+/// `url` without a trailing slash, checked to be `http(s)://host[:port]`.
+fn base_of(url: &str) -> Result<String, ClientError> {
+    let base = url.trim_end_matches('/').to_string();
+    let parsed = reqwest::Url::parse(&base).map_err(|e| ClientError::BadUrl {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
+        return Err(ClientError::BadUrl {
+            url: url.to_string(),
+            reason: "expected http(s)://host[:port]".into(),
+        });
+    }
+    Ok(base)
+}
+
 impl Client {
     /// A client for `server_url` (`https://host[:port]`, no path needed).
     pub fn new(server_url: &str, options: &ClientOptions) -> Result<Client, ClientError> {
-        let base = server_url.trim_end_matches('/').to_string();
-        let parsed = reqwest::Url::parse(&base).map_err(|e| ClientError::BadUrl {
-            url: server_url.to_string(),
-            reason: e.to_string(),
-        })?;
-        if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
+        Client::with_servers(&[server_url.to_string()], options)
+    }
+
+    /// A client for several replicas of one server, tried in this order.
+    pub fn with_servers(urls: &[String], options: &ClientOptions) -> Result<Client, ClientError> {
+        let bases = urls
+            .iter()
+            .map(|u| base_of(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bases.is_empty() {
             return Err(ClientError::BadUrl {
-                url: server_url.to_string(),
-                reason: "expected http(s)://host[:port]".into(),
+                url: String::new(),
+                reason: "no server URL given".into(),
             });
         }
         let mut builder = reqwest::Client::builder()
@@ -196,16 +234,17 @@ impl Client {
             .map_err(|e| ClientError::Setup(error_chain(&e)))?;
         Ok(Client {
             http,
-            base,
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             token: None,
             request_timeout: options.request_timeout,
         })
     }
 
-    /// A client for the agent's config: its server URL and CA file.
+    /// A client for the agent's config: its server URL(s) and CA file.
     pub fn from_config(config: &crate::config::Config) -> Result<Client, ClientError> {
-        Client::new(
-            &config.server_url,
+        Client::with_servers(
+            &config.servers(),
             &ClientOptions {
                 ca_file: config.ca_file.clone(),
                 ..ClientOptions::default()
@@ -219,9 +258,15 @@ impl Client {
         self
     }
 
-    /// The server URL without a trailing slash.
+    /// The server calls go to first (the one that answered last), without a
+    /// trailing slash.
     pub fn server_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every server, in the order they are tried after a failure.
+    pub fn servers(&self) -> &[String] {
+        &self.bases
     }
 
     /// `GET /v1/health`, no authentication.
@@ -276,13 +321,47 @@ impl Client {
             .await
     }
 
+    /// Sends the request to the current server, and on a failure that another
+    /// replica may not share, to the next ones in order.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut k = 0;
+        loop {
+            let i = (first + k) % n;
+            match self
+                .call_one(&self.bases[i], method.clone(), path, body)
+                .await
+            {
+                Ok(answer) => {
+                    if i != first {
+                        tracing::info!(server = %self.bases[i], "switched to this server");
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return Ok(answer);
+                }
+                Err(e) if e.is_retryable() && k + 1 < n => {
+                    tracing::warn!("{e}; trying {}", self.bases[(i + 1) % n]);
+                    k += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn call_one<B: Serialize, T: DeserializeOwned>(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{base}{path}");
         let mut req = self.http.request(method, &url);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token.expose());

@@ -1,4 +1,6 @@
 use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 fn body(code: &str, message: &str) -> Vec<u8> {
     format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#).into_bytes()
@@ -123,4 +125,100 @@ async fn a_silent_server_times_out_retryably() {
     assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
     assert!(err.is_retryable());
     hold.abort();
+}
+
+/// A one-answer HTTP server on loopback that counts the requests it got.
+struct Canned {
+    url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn canned(status: u16, body: &'static str) -> Canned {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut buf = vec![0u8; 8192];
+            let _ = conn.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    Canned { url, hits }
+}
+
+/// A loopback address nothing listens on.
+async fn refused() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+const HEALTH: &str = r#"{"status":"ok","version":"9","server_time":"2026-11-02T08:00:00Z"}"#;
+
+#[tokio::test]
+async fn a_dead_replica_fails_over_to_the_next_and_the_client_stays_there() {
+    let dead = refused().await;
+    let live = canned(200, HEALTH).await;
+    let c =
+        Client::with_servers(&[dead.clone(), live.url.clone()], &ClientOptions::default()).unwrap();
+    assert_eq!(c.server_url(), dead);
+    assert_eq!(c.health().await.unwrap().version, "9");
+    assert_eq!(c.server_url(), live.url, "sticky to the one that answered");
+    // Clones share the choice, and the next call goes straight there.
+    c.clone().health().await.unwrap();
+    assert_eq!(live.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_failing_replica_is_skipped_but_a_final_answer_is_not() {
+    let failing = canned(503, r#"{"error":{"code":"internal","message":"db down"}}"#).await;
+    let live = canned(200, HEALTH).await;
+    let c = Client::with_servers(
+        &[failing.url.clone(), live.url.clone()],
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    c.health().await.unwrap();
+    assert_eq!(
+        (
+            failing.hits.load(Ordering::SeqCst),
+            live.hits.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+
+    // A refusal is the answer of every replica (one database): not retried.
+    let refusing = canned(
+        400,
+        r#"{"error":{"code":"invalid_request","message":"no"}}"#,
+    )
+    .await;
+    let other = canned(200, HEALTH).await;
+    let c = Client::with_servers(
+        &[refusing.url.clone(), other.url.clone()],
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    let err = c.health().await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(other.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn with_every_replica_down_the_call_fails_as_with_one_server() {
+    let (a, b) = (refused().await, refused().await);
+    let c = Client::with_servers(&[a, b.clone()], &ClientOptions::default()).unwrap();
+    let err = c.health().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains(&b),
+        "the last server tried is named: {err}"
+    );
 }

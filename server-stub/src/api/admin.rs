@@ -137,8 +137,7 @@ pub async fn enrollment_token(
     let req: NewEnrollmentToken = if body.iter().all(u8::is_ascii_whitespace) {
         NewEnrollmentToken::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?
+        super::extract::object_from_slice(&body)?
     };
     let token = st
         .store

@@ -100,8 +100,7 @@ struct ImportFailure {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Invalid(m) => ApiError::invalid(m),
-            StoreError::Rule(e) => ApiError::invalid(e.message),
+            StoreError::Invalid(e) => ApiError::invalid(e.message),
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, m),
             StoreError::Unauthorized(m) => ApiError::unauthorized(m),

@@ -25,11 +25,45 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(json_rejection(JsonRejection::MissingJsonContentType(
+                Default::default(),
+            )));
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
+        object_from_slice(&bytes).map(ApiJson)
     }
+}
+
+/// A JSON object body as `T`. Every request body is an object; serde alone
+/// would also read a struct from an array of its fields (`[null, null]`).
+pub(super) fn object_from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    axum::Json::<T>::from_bytes(bytes)
+        .map(|axum::Json(v)| v)
+        .map_err(json_rejection)
+}
+
+/// `application/json`, or a `+json` type, as axum's own `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
@@ -157,5 +191,26 @@ impl FromRequestParts<AppState> for Device {
                 "the device token is not valid; enroll the agent again",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Two {
+        a: Option<u32>,
+        b: Option<u32>,
+    }
+
+    /// Regression (schemathesis): `[null, null]` was read as `{a: null, b: null}`.
+    #[test]
+    fn only_objects_are_bodies() {
+        let err = object_from_slice::<Two>(b" [null, null]").unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(object_from_slice::<Two>(b"null").is_err());
+        assert!(object_from_slice::<Two>(b" {\"a\": 1}").is_ok());
     }
 }

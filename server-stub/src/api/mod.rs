@@ -37,6 +37,8 @@ pub struct AppState {
     pub test_clock: Option<TestClock>,
     /// The web console's sessions and cookie settings.
     pub console: Arc<crate::console::Console>,
+    /// `/v1/openapi.json` with this server's pack sizes.
+    openapi: Arc<str>,
     /// Wrong admin tokens per client address.
     auth_throttle: Arc<AuthThrottle>,
 }
@@ -52,6 +54,13 @@ pub(crate) enum AdminAuth {
 
 impl AppState {
     pub fn new(store: Arc<Store>, admin_token: &str, test_clock: Option<TestClock>) -> Self {
+        let store_pack_sizes = store.policy().pack_sizes.clone();
+        let product_ids: Vec<String> = store
+            .rates()
+            .products()
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
         let defaults = crate::config::LimitsConfig::default();
         AppState {
             claims: ClaimBatcher::start(store.clone()),
@@ -59,6 +68,7 @@ impl AppState {
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
             test_clock,
             console: Arc::new(crate::console::Console::default()),
+            openapi: openapi_for(&store_pack_sizes, &product_ids),
             auth_throttle: Arc::new(AuthThrottle::new(
                 defaults.admin_auth_failures,
                 defaults.admin_auth_window,
@@ -183,11 +193,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn openapi() -> impl axum::response::IntoResponse {
+async fn openapi(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
+        st.openapi.to_string(),
     )
+}
+
+/// The OpenAPI document with the pack sizes this server sells as the only
+/// values of `POST /v1/admin/token-lots`'s `tokens`, and the products of its
+/// rate sheet as the only product ids.
+fn openapi_for(pack_sizes: &[u64], products: &[String]) -> Arc<str> {
+    let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+    let tokens = doc.pointer_mut(
+        "/paths/~1v1~1admin~1token-lots/post/requestBody/content/application~1json/schema/properties/tokens",
+    );
+    if let Some(serde_json::Value::Object(t)) = tokens {
+        t.insert("enum".into(), serde_json::json!(pack_sizes));
+    }
+    if let Some(serde_json::Value::Object(p)) = doc.pointer_mut("/components/schemas/ProductId") {
+        p.insert("enum".into(), serde_json::json!(products));
+    }
+    doc.to_string().into()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -200,4 +229,23 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         flex_protocol::ErrorCode::InvalidRequest,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use super::*;
+
+    #[test]
+    fn the_served_document_lists_this_servers_packs_and_products() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&openapi_for(&[20, 50], &["autocad".into()])).unwrap();
+        assert_eq!(
+            doc.pointer("/paths/~1v1~1admin~1token-lots/post/requestBody/content/application~1json/schema/properties/tokens/enum"),
+            Some(&serde_json::json!([20, 50]))
+        );
+        assert_eq!(
+            doc.pointer("/components/schemas/ProductId/enum"),
+            Some(&serde_json::json!(["autocad"]))
+        );
+    }
 }

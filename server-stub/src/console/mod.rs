@@ -27,24 +27,20 @@ use maud::{html, Markup, DOCTYPE};
 use crate::api::error::retry_after_secs;
 use crate::api::extract::ClientIp;
 use crate::api::{AdminAuth, AppState};
-use session::{cookie, same, set_cookie, Session, Sessions, COOKIE, LOGIN_COOKIE};
+use session::{cookie, same, set_cookie, Session, COOKIE, LOGIN_COOKIE};
 
 const STYLE: &str = include_str!("style.css");
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Console state: sessions and whether cookies need `Secure`.
+/// Console state: whether cookies need `Secure` (sessions are in the store).
 #[derive(Debug, Default)]
 pub struct Console {
-    pub sessions: Sessions,
     pub secure: bool,
 }
 
 impl Console {
     pub fn new(secure: bool) -> Self {
-        Console {
-            sessions: Sessions::default(),
-            secure,
-        }
+        Console { secure }
     }
 }
 
@@ -145,10 +141,15 @@ impl FromRequestParts<AppState> for Authed {
             .and_then(|v| v.to_str().ok())
             .and_then(|c| cookie(c, COOKIE))
             .map(str::to_owned);
+        let Some(id) = id else {
+            return Err(Redirect::to("/admin/login").into_response());
+        };
         let now = st.store.now();
-        match id.and_then(|id| st.console.sessions.get(&id, now).map(|s| (id, s))) {
-            Some((id, session)) => Ok(Authed { session, id }),
-            None => Err(Redirect::to("/admin/login").into_response()),
+        let lookup = id.clone();
+        match st.store.run(move |s| s.console_session(&lookup, now)).await {
+            Ok(Some(session)) => Ok(Authed { session, id }),
+            Ok(None) => Err(Redirect::to("/admin/login").into_response()),
+            Err(e) => Err(crate::api::error::ApiError::from(e).into_response()),
         }
     }
 }
@@ -360,7 +361,11 @@ async fn login(
             return res;
         }
     }
-    let (id, _) = st.console.sessions.create(st.store.now());
+    let now = st.store.now();
+    let id = match st.store.run(move |s| s.create_console_session(now)).await {
+        Ok((id, _)) => id,
+        Err(e) => return crate::api::error::ApiError::from(e).into_response(),
+    };
     let mut res = Redirect::to("/admin/").into_response();
     let h = res.headers_mut();
     let max_age = session::TTL.num_seconds();
@@ -388,7 +393,10 @@ async fn logout(a: Authed, State(st): State<AppState>, Form(f): Form<CsrfForm>) 
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r.into_response();
     }
-    st.console.sessions.end(&a.id);
+    let id = a.id.clone();
+    if let Err(e) = st.store.run(move |s| s.end_console_session(&id)).await {
+        return crate::api::error::ApiError::from(e).into_response();
+    }
     (
         [(
             header::SET_COOKIE,

@@ -307,7 +307,7 @@ pub async fn recommendations(
     let m = month.clone();
     let (list, error) = match st.store.run(move |s| s.recommendations(&m)).await {
         Ok(l) => (Some(l), None),
-        Err(StoreError::Rule(e)) => (None, Some(e.message)),
+        Err(StoreError::Invalid(e)) => (None, Some(e.message)),
         Err(e) => return server_error(e),
     };
     let content = html! {
@@ -479,12 +479,12 @@ pub async fn estimate(
             |p| st.store.rates().get(p).map(|p| p.charge),
             &st.store.policy().pack_sizes,
         )
-        .map_err(StoreError::Rule),
-        Err(e) => Err(StoreError::Rule(e)),
+        .map_err(StoreError::Invalid),
+        Err(e) => Err(StoreError::Invalid(e)),
     };
     match result {
         Ok(e) => estimator_page(&st, &a.session.csrf, &form, Some(&e), None).into_response(),
-        Err(StoreError::Rule(e)) => (
+        Err(StoreError::Invalid(e)) => (
             StatusCode::BAD_REQUEST,
             estimator_page(&st, &a.session.csrf, &form, None, Some(&e)),
         )

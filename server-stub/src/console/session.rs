@@ -1,14 +1,11 @@
 //! Console sessions: a random id in an HttpOnly, SameSite=Strict cookie that
 //! expires, and a per-session CSRF token that every form posts back.
 //!
-//! Sessions live in memory (a restart logs admins out) and are kept by the
-//! SHA-256 of their id, so the map never holds a usable cookie. Time comes from
-//! the server's clock, so tests drive expiry with the test clock.
+//! Sessions live in the database (`store/console_sessions.rs`), kept by the
+//! SHA-256 of their id. Time comes from the server's clock, so tests drive
+//! expiry with the test clock.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use sha2::{Digest, Sha256};
 
 /// Name of the session cookie.
@@ -16,27 +13,10 @@ pub const COOKIE: &str = "flex_console";
 /// Name of the cookie that guards the login form against cross-site posts.
 pub const LOGIN_COOKIE: &str = "flex_login";
 /// A session ends this long after login, whatever happens.
-pub const TTL: Duration = Duration::hours(8);
-/// Most sessions kept at once; the oldest go first.
-const MAX_SESSIONS: usize = 256;
+pub const TTL: Duration = crate::store::SESSION_TTL;
 
-#[derive(Debug, Clone)]
-struct Entry {
-    csrf: String,
-    expires: DateTime<Utc>,
-}
-
-/// A live session as a handler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub csrf: String,
-    pub expires: DateTime<Utc>,
-}
-
-#[derive(Debug, Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Entry>>,
-}
+/// A live session as a handler sees it (kept by the store).
+pub use crate::store::ConsoleSession as Session;
 
 fn key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
@@ -59,56 +39,6 @@ pub fn same(a: &str, b: &str) -> bool {
         == 0
 }
 
-impl Sessions {
-    /// Starts a session; returns its id (for the cookie) and the session.
-    pub fn create(&self, now: DateTime<Utc>) -> (String, Session) {
-        let id = secret();
-        let entry = Entry {
-            csrf: secret(),
-            expires: now + TTL,
-        };
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, e| e.expires > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(key(&id), entry.clone());
-        (
-            id,
-            Session {
-                csrf: entry.csrf,
-                expires: entry.expires,
-            },
-        )
-    }
-
-    /// The live session of cookie value `id`, if any.
-    pub fn get(&self, id: &str, now: DateTime<Utc>) -> Option<Session> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let k = key(id);
-        match map.get(&k) {
-            Some(e) if e.expires > now => Some(Session {
-                csrf: e.csrf.clone(),
-                expires: e.expires,
-            }),
-            Some(_) => {
-                map.remove(&k);
-                None
-            }
-            None => None,
-        }
-    }
-
-    pub fn end(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key(id));
-    }
-}
-
 /// The value of cookie `name` in a `Cookie` header.
 pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|part| {
@@ -129,20 +59,6 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn sessions_expire_and_end() {
-        let s = Sessions::default();
-        let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
-        let (id, session) = s.create(t0);
-        assert_eq!(s.get(&id, t0 + Duration::hours(7)), Some(session.clone()));
-        assert_eq!(s.get(&id, t0 + TTL), None, "expired at its end");
-        let (id, _) = s.create(t0);
-        s.end(&id);
-        assert_eq!(s.get(&id, t0), None);
-        assert_eq!(s.get("forged", t0), None);
-    }
 
     #[test]
     fn cookies_are_parsed_and_set_strictly() {

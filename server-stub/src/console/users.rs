@@ -137,21 +137,6 @@ pub async fn add(a: Authed, State(st): State<AppState>, Form(f): Form<AddForm>) 
         ..Default::default()
     };
     // The same checks as the API, each error next to its field.
-    let checks = [
-        ("email", crate::store::normalize_email(&f.email).err()),
-        (
-            "first_name",
-            crate::store::check_name("first name", &f.first_name).err(),
-        ),
-        (
-            "last_name",
-            crate::store::check_name("last name", &f.last_name).err(),
-        ),
-    ];
-    if let Some((field, Some(msg))) = checks.into_iter().find(|(_, e)| e.is_some()) {
-        o.add_error = Some((field.into(), msg));
-        return render_users(&st, &a.session.csrf, StatusCode::BAD_REQUEST, o).await;
-    }
     let new = NewUser {
         email: f.email,
         first_name: f.first_name,
@@ -163,7 +148,12 @@ pub async fn add(a: Authed, State(st): State<AppState>, Form(f): Form<AddForm>) 
             o.add_values = Default::default();
             render_users(&st, &a.session.csrf, StatusCode::OK, o).await
         }
-        Err(StoreError::Conflict(m)) | Err(StoreError::Invalid(m)) => {
+        // The store names the field it refused; the form shows it there.
+        Err(StoreError::Invalid(e)) => {
+            o.add_error = Some((e.field, e.message));
+            render_users(&st, &a.session.csrf, StatusCode::BAD_REQUEST, o).await
+        }
+        Err(StoreError::Conflict(m)) => {
             o.add_error = Some(("email".into(), m));
             render_users(&st, &a.session.csrf, StatusCode::BAD_REQUEST, o).await
         }
@@ -237,9 +227,9 @@ pub async fn import(a: Authed, State(st): State<AppState>, mut form: Multipart) 
             };
             render_users(&st, &a.session.csrf, StatusCode::UNPROCESSABLE_ENTITY, o).await
         }
-        Err(StoreError::Invalid(m)) => {
+        Err(StoreError::Invalid(e)) => {
             let o = Outcome {
-                import_error: Some(m),
+                import_error: Some(e.message),
                 ..Default::default()
             };
             render_users(&st, &a.session.csrf, StatusCode::BAD_REQUEST, o).await
@@ -303,8 +293,8 @@ pub async fn add_subscription(
     };
     match st.store.run(move |s| s.add_subscription(new)).await {
         Ok(_) => Redirect::to(&format!("/admin/users/{}", encode(&email))).into_response(),
-        Err(StoreError::Invalid(m)) => {
-            detail_page(&st, &a, &email, StatusCode::BAD_REQUEST, Some(m)).await
+        Err(StoreError::Invalid(e)) => {
+            detail_page(&st, &a, &email, StatusCode::BAD_REQUEST, Some(e.message)).await
         }
         Err(e) => server_error(e),
     }

@@ -60,6 +60,25 @@ impl Period {
         (self.to - self.from).num_days() + 1
     }
 
+    /// How many calendar months the period covers: each month it touches
+    /// counts for the share of its days inside the period, so November 1–30
+    /// is exactly one month, and so is February 1–28.
+    pub fn months(&self) -> f64 {
+        let mut months = 0.0;
+        let mut day = self.from;
+        while day <= self.to {
+            let first = day.with_day(1).expect("the 1st");
+            let next = first
+                .checked_add_months(chrono::Months::new(1))
+                .expect("a next month");
+            let in_month = (next - first).num_days() as f64;
+            let end = self.to.min(next.pred_opt().expect("a last day"));
+            months += ((end - day).num_days() + 1) as f64 / in_month;
+            day = next;
+        }
+        months
+    }
+
     /// `[start, end)` in UTC.
     pub fn bounds(&self, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
         let after = self

@@ -200,10 +200,15 @@ pub struct PastUse {
     pub usage_days: u64,
 }
 
-/// Rows from real usage: per product, the users who used it on tokens and their
-/// average usage days per month, to one decimal.
-pub fn rows_from_usage(past: &[PastUse], period_days: i64) -> Vec<EstimateInput> {
-    let months = (period_days as f64 / DAYS_PER_MONTH).max(1.0 / DAYS_PER_MONTH);
+/// Rows from real usage over `months` calendar months ([`Period::months`]):
+/// per product, the users who used it on tokens and their average usage days
+/// per month, to one decimal. A whole calendar month's usage is its own rate:
+/// dividing by an average month (30.44 days) instead made November's 10 days
+/// 10.2 a month.
+///
+/// [`Period::months`]: crate::rules::calendar::Period::months
+pub fn rows_from_usage(past: &[PastUse], months: f64) -> Vec<EstimateInput> {
+    let months = months.max(1.0 / DAYS_PER_MONTH);
     let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for p in past.iter().filter(|p| p.usage_days > 0) {
         let e = per.entry(p.product.as_str()).or_default();
@@ -338,6 +343,28 @@ mod tests {
         assert_eq!(m, "months must be between 1 and 120 (got 0)");
     }
 
+    /// Regression: November's 10 AutoCAD days (70 tokens) estimated 71 tokens
+    /// a month, the days scaled by 30.44 / 30.
+    #[test]
+    fn an_estimate_from_a_whole_calendar_month_equals_that_months_usage() {
+        let day = |m, d| chrono::NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+        let november = crate::rules::calendar::Period::checked(day(11, 1), day(11, 30)).unwrap();
+        assert_eq!(november.months(), 1.0);
+        let past = [PastUse {
+            product: "autocad".into(),
+            user: "a".into(),
+            usage_days: 10,
+        }];
+        let rows = rows_from_usage(&past, november.months());
+        assert_eq!(rows[0].days_per_month, 10.0);
+        let e = estimate(1, &rows, rates, &PACKS).unwrap();
+        assert_eq!(e.tokens_per_month, 70);
+        let february = crate::rules::calendar::Period::checked(day(2, 1), day(2, 28)).unwrap();
+        assert_eq!(february.months(), 1.0);
+        let half = crate::rules::calendar::Period::checked(day(11, 16), day(12, 31)).unwrap();
+        assert_eq!(half.months(), 1.5);
+    }
+
     #[test]
     fn rows_from_three_months_of_usage() {
         let past = [
@@ -357,7 +384,13 @@ mod tests {
                 usage_days: 0,
             },
         ];
-        let rows = rows_from_usage(&past, 91);
+        // August to October: three whole months.
+        let quarter = crate::rules::calendar::Period::checked(
+            chrono::NaiveDate::from_ymd_opt(2026, 8, 1).unwrap(),
+            chrono::NaiveDate::from_ymd_opt(2026, 10, 31).unwrap(),
+        )
+        .unwrap();
+        let rows = rows_from_usage(&past, quarter.months());
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].product.as_str(), rows[0].users), ("autocad", 2));
         assert_eq!(rows[0].days_per_month, 6.0);

@@ -4,6 +4,7 @@
 //! DESIGN.md's worked examples as unit tests.
 
 pub mod calendar;
+pub mod claim;
 pub mod entitlement;
 pub mod estimate;
 pub mod forecast;

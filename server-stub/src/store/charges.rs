@@ -1,9 +1,9 @@
 //! The ledger as admins read it: every charge with its window and lot shares.
 
 use flex_protocol::api::{Charge, ChargeKind, LotShare, Window};
-use rusqlite::params;
 
 use super::claims::source_of;
+use super::db::params;
 use super::{parse_ts, Result, Store, StoreError};
 
 /// Optional filters of `GET /v1/admin/charges`.
@@ -15,79 +15,67 @@ pub struct ChargeFilter {
 
 impl Store {
     pub fn charges(&self, filter: &ChargeFilter) -> Result<Vec<Charge>> {
+        let user = filter.user.as_ref().map(|u| u.trim().to_lowercase());
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT c.id, c.claim_id, c.user, c.product, c.version, c.kind, c.source,
-                        c.results, c.tokens, c.created_at, w.id, w.start, w.end
+            let rows = c.query_all(
+                "SELECT c.id, c.claim_id, c.\"user\", c.product, c.version, c.kind, c.source,
+                        c.results, c.tokens, c.created_at, w.id, w.start, w.\"end\"
                  FROM charges c LEFT JOIN windows w ON w.id = c.window_id
-                 WHERE (?1 IS NULL OR c.user = ?1) AND (?2 IS NULL OR c.product = ?2)
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR c.\"user\" = ?1) AND (CAST(?2 AS TEXT) IS NULL OR c.product = ?2)
                  ORDER BY c.id",
+                params![user, filter.product],
+                |r| {
+                    let kind = match r.str(5)? {
+                        "window" => ChargeKind::Window,
+                        "renewal" => ChargeKind::Renewal,
+                        "per_result" => ChargeKind::PerResult,
+                        other => return Err(StoreError::Corrupt(format!("charge kind '{other}'"))),
+                    };
+                    let window = match (r.opt_str(10)?, r.opt_str(11)?, r.opt_str(12)?) {
+                        (Some(id), Some(start), Some(end)) => Some(Window {
+                            id: id.to_owned(),
+                            start: parse_ts(start)?,
+                            end: parse_ts(end)?,
+                        }),
+                        _ => None,
+                    };
+                    Ok(Charge {
+                        id: r.get(0)?,
+                        claim_id: r.get(1)?,
+                        user: r.get(2)?,
+                        product: r.get(3)?,
+                        version: r.get(4)?,
+                        kind,
+                        source: source_of(r.str(6)?)?,
+                        window,
+                        results: r.get(7)?,
+                        tokens: r.get(8)?,
+                        lots: Vec::new(),
+                        created_at: parse_ts(r.str(9)?)?,
+                        refunded_tokens: 0,
+                        refunded_at: None,
+                    })
+                },
             )?;
-            let user = filter.user.as_ref().map(|u| u.trim().to_lowercase());
-            let rows = stmt.query_map(params![user, filter.product], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, Option<i64>>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, String>(9)?,
-                    (
-                        r.get::<_, Option<String>>(10)?,
-                        r.get::<_, Option<String>>(11)?,
-                        r.get::<_, Option<String>>(12)?,
-                    ),
-                ))
-            })?;
-            let mut shares_stmt = c.prepare(
-                "SELECT lot_id, tokens FROM charge_lots WHERE charge_id = ?1 ORDER BY rowid",
+            // Every share of the charges listed, in one query, grouped by charge.
+            let mut out = rows;
+            let mut shares: std::collections::HashMap<i64, Vec<LotShare>> = Default::default();
+            c.query_each(
+                "SELECT cl.charge_id, cl.lot_id, cl.tokens
+                 FROM charge_lots cl JOIN charges c ON c.id = cl.charge_id
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR c.\"user\" = ?1) AND (CAST(?2 AS TEXT) IS NULL OR c.product = ?2)
+                 ORDER BY cl.charge_id, cl.rowid",
+                params![user, filter.product],
+                |r| {
+                    shares.entry(r.get(0)?).or_default().push(LotShare {
+                        lot_id: r.get(1)?,
+                        tokens: r.get(2)?,
+                    });
+                    Ok(())
+                },
             )?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, claim_id, user, product, version, kind, source, results, tokens, at, w) =
-                    row?;
-                let kind = match kind.as_str() {
-                    "window" => ChargeKind::Window,
-                    "renewal" => ChargeKind::Renewal,
-                    "per_result" => ChargeKind::PerResult,
-                    other => return Err(StoreError::Corrupt(format!("charge kind '{other}'"))),
-                };
-                let window = match w {
-                    (Some(id), Some(start), Some(end)) => Some(Window {
-                        id,
-                        start: parse_ts(&start)?,
-                        end: parse_ts(&end)?,
-                    }),
-                    _ => None,
-                };
-                let lots = shares_stmt
-                    .query_map([id], |r| {
-                        Ok(LotShare {
-                            lot_id: r.get(0)?,
-                            tokens: r.get::<_, i64>(1)? as u64,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                out.push(Charge {
-                    id,
-                    claim_id,
-                    user,
-                    product,
-                    version,
-                    kind,
-                    source: source_of(&source)?,
-                    window,
-                    results: results.map(|n| n as u64),
-                    tokens: tokens as u64,
-                    lots,
-                    created_at: parse_ts(&at)?,
-                    refunded_tokens: 0,
-                    refunded_at: None,
-                });
+            for charge in &mut out {
+                charge.lots = shares.remove(&charge.id).unwrap_or_default();
             }
             Ok(out)
         })

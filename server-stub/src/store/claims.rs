@@ -8,42 +8,25 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{
-    ChargeKind, ChargeModel, ClaimRequest, ClaimResponse, Denial, Grant, LotShare, Source, Window,
+    ChargeKind, ClaimRequest, ClaimResponse, Denial, Grant, LotShare, Source, Window,
 };
 use flex_protocol::lease::LeaseBody;
 use flex_protocol::ErrorCode;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::db::{params, Conn, Row};
 use super::lots::{balance_of, spend};
-use super::users::{has_subscription, load_defaults, load_user, normalize_email};
+use super::users::{has_subscription, load_defaults, load_user};
 use super::{device_users, notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
-use crate::rules::{entitlement, per_result, windows};
+use crate::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
+
+/// Advisory lock key the replicas' claim writers take turns with ("flexclm").
+const CLAIM_WRITERS: i64 = 0x0066_6c65_7863_6c6d;
 
 /// The stored answer to a claim: replayed byte for byte on a retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimOutcome {
     pub status: u16,
     pub body: String,
-}
-
-#[derive(Debug, Clone)]
-struct WindowRow {
-    id: String,
-    source: Source,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    user: String,
-    product: String,
-}
-
-impl WindowRow {
-    fn wire(&self) -> Window {
-        Window {
-            id: self.id.clone(),
-            start: self.start,
-            end: self.end,
-        }
-    }
 }
 
 pub(crate) fn source_of(s: &str) -> Result<Source> {
@@ -54,93 +37,110 @@ pub(crate) fn source_of(s: &str) -> Result<Source> {
     }
 }
 
-fn window_from_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, String, String, String, String, String)> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
+const WINDOW_COLS: &str = "id, source, start, \"end\", \"user\", product";
 
-fn to_window(raw: (String, String, String, String, String, String)) -> Result<WindowRow> {
-    let (id, source, start, end, user, product) = raw;
-    Ok(WindowRow {
-        id,
-        source: source_of(&source)?,
-        start: parse_ts(&start)?,
-        end: parse_ts(&end)?,
-        user,
-        product,
+fn window_row(r: &Row<'_>) -> Result<WindowFact> {
+    Ok(WindowFact {
+        id: r.get(0)?,
+        source: source_of(r.str(1)?)?,
+        start: parse_ts(r.str(2)?)?,
+        end: parse_ts(r.str(3)?)?,
+        user: r.get(4)?,
+        product: r.get(5)?,
     })
 }
 
-const WINDOW_COLS: &str = "id, source, start, end, user, product";
-
-fn load_window(conn: &Connection, id: &str) -> Result<Option<WindowRow>> {
-    conn.query_row(
-        &format!("SELECT {WINDOW_COLS} FROM windows WHERE id = ?1"),
-        [id],
-        window_from_row,
-    )
-    .optional()?
-    .map(to_window)
-    .transpose()
+fn wire(w: &WindowFact) -> Window {
+    Window {
+        id: w.id.clone(),
+        start: w.start,
+        end: w.end,
+    }
 }
 
-/// A window of `user`/`product` that overlaps `[start, end)`.
-fn overlapping(
-    conn: &Connection,
-    user: &str,
-    product: &str,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Result<Option<WindowRow>> {
-    conn.query_row(
-        &format!(
-            "SELECT {WINDOW_COLS} FROM windows
-             WHERE user = ?1 AND product = ?2 AND start < ?4 AND end > ?3
-             ORDER BY start LIMIT 1"
-        ),
-        params![user, product, ts(start), ts(end)],
-        window_from_row,
-    )
-    .optional()?
-    .map(to_window)
-    .transpose()
+/// The claim rules' facts, loaded from the transaction the claim runs in.
+struct StoreFacts<'s, 'c, 'a> {
+    store: &'s Store,
+    conn: &'c Conn<'a>,
+}
+
+impl claim::Facts for StoreFacts<'_, '_, '_> {
+    type Error = StoreError;
+
+    fn product(&self, id: &str) -> Option<ProductFact<'_>> {
+        self.store.rates().get(id).map(|p| ProductFact {
+            name: &p.name,
+            charge: p.charge,
+        })
+    }
+
+    fn window_len(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.store.policy().window).expect("window fits")
+    }
+
+    fn window(&mut self, id: &str) -> Result<Option<WindowFact>> {
+        self.conn.query_opt(
+            &format!("SELECT {WINDOW_COLS} FROM windows WHERE id = ?1"),
+            params![id],
+            window_row,
+        )
+    }
+
+    fn covering(
+        &mut self,
+        user: &str,
+        product: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<WindowFact>> {
+        self.conn.query_opt(
+            &format!(
+                "SELECT {WINDOW_COLS} FROM windows
+                 WHERE \"user\" = ?1 AND product = ?2 AND start < ?4 AND \"end\" > ?3
+                 ORDER BY start LIMIT 1"
+            ),
+            params![user, product, ts(from), ts(to)],
+            window_row,
+        )
+    }
+
+    fn user(&mut self, user: &str, product: &str) -> Result<UserFacts> {
+        let u = load_user(self.conn, user)?;
+        Ok(UserFacts {
+            known: u.is_some(),
+            flex_assigned: u.as_ref().is_some_and(|u| u.flex_assigned),
+            subscribed: u.is_some() && has_subscription(self.conn, user, product)?,
+            defaults: load_defaults(self.conn)?,
+        })
+    }
 }
 
 fn validate(req: &ClaimRequest) -> Result<String> {
-    let invalid = |m: String| Err(StoreError::Invalid(m));
-    let id_ok = !req.claim_id.is_empty()
-        && req.claim_id.len() <= 128
-        && req.claim_id.bytes().all(|b| b.is_ascii_graphic());
-    if !id_ok {
-        return invalid(format!(
-            "claim_id '{}' must be 1-128 printable characters without spaces",
-            req.claim_id.chars().take(140).collect::<String>()
-        ));
-    }
-    let user = normalize_email(&req.user).map_err(|e| StoreError::Invalid(format!("user {e}")))?;
-    if req.product.is_empty() || req.product.len() > 64 {
-        return invalid(format!("product '{}' is not a product id", req.product));
-    }
+    let invalid = |field: &str, m: String| Err(StoreError::invalid(field, m));
+    flex_protocol::ClaimId::parse(&req.claim_id)
+        .map_err(|e| StoreError::invalid("claim_id", e.to_string()))?;
+    // Checked and normalised when the request was read (flex_protocol::Email).
+    let user = req.user.as_str().to_owned();
+    flex_protocol::ProductId::parse(&req.product)
+        .map_err(|e| StoreError::invalid("product", e.to_string()))?;
     if req.version.as_ref().is_some_and(|v| v.len() > 64) {
-        return invalid("version is longer than 64 characters".into());
+        return invalid("version", "version is longer than 64 characters".into());
     }
     match req.results {
-        Some(0) => return invalid("results must be at least 1".into()),
+        Some(0) => return invalid("results", "results must be at least 1".into()),
         Some(n) if n > 1_000_000_000 => {
-            return invalid(format!("results {n} is more than one job can hold"))
+            return invalid(
+                "results",
+                format!("results {n} is more than one job can hold"),
+            )
         }
         _ => {}
     }
     if req.results.is_some() && req.renews.is_some() {
-        return invalid("a claim cannot both renew a window and carry results".into());
+        return invalid(
+            "renews",
+            "a claim cannot both renew a window and carry results".into(),
+        );
     }
     Ok(user)
 }
@@ -168,15 +168,15 @@ struct ChargeRow<'a> {
     shares: &'a [LotShare],
 }
 
-fn insert_charge(tx: &Connection, c: &ChargeRow<'_>, now: DateTime<Utc>) -> Result<()> {
+fn insert_charge(tx: &Conn<'_>, c: &ChargeRow<'_>, now: DateTime<Utc>) -> Result<()> {
     let kind = match c.kind {
         ChargeKind::Window => "window",
         ChargeKind::Renewal => "renewal",
         ChargeKind::PerResult => "per_result",
     };
-    tx.execute(
-        "INSERT INTO charges (claim_id, user, product, version, kind, source, window_id, results, tokens, device_id, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    let charge_id: i64 = tx.query_one(
+        "INSERT INTO charges (claim_id, \"user\", product, version, kind, source, window_id, results, tokens, device_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
         params![
             c.claim_id,
             c.user,
@@ -185,17 +185,17 @@ fn insert_charge(tx: &Connection, c: &ChargeRow<'_>, now: DateTime<Utc>) -> Resu
             kind,
             c.source.as_str(),
             c.window_id,
-            c.results.map(|n| n as i64),
-            c.tokens as i64,
+            c.results,
+            c.tokens,
             c.device_id,
             ts(now)
         ],
+        |r| r.get(0),
     )?;
-    let charge_id = tx.last_insert_rowid();
     for s in c.shares {
         tx.execute(
             "INSERT INTO charge_lots (charge_id, lot_id, tokens) VALUES (?1, ?2, ?3)",
-            params![charge_id, s.lot_id, s.tokens as i64],
+            params![charge_id, s.lot_id, s.tokens],
         )?;
     }
     Ok(())
@@ -213,10 +213,28 @@ impl Store {
     /// exactly as if they had been committed one by one, and a claim that fails
     /// leaves nothing behind. No answer is released before the commit; if the
     /// commit fails, every claim of the batch fails and nothing was written.
+    /// On PostgreSQL the batch is one SERIALIZABLE transaction, run again
+    /// whole when another replica's transaction conflicted with it.
     pub fn claim_batch(&self, claims: &[(String, ClaimRequest)]) -> Vec<Result<ClaimOutcome>> {
+        let conn = match self.engine() {
+            super::Engine::Sqlite(conn) => conn,
+            super::Engine::Postgres(pool) => {
+                return super::db::postgres::write_in_turn(pool, CLAIM_WRITERS, |tx| {
+                    self.claims_in(tx, claims)
+                })
+                .unwrap_or_else(|e| {
+                    let msg = e.to_string();
+                    claims
+                        .iter()
+                        .map(|_| Err(StoreError::Commit(msg.clone())))
+                        .collect()
+                })
+            }
+        };
         let mut answers: Vec<Result<ClaimOutcome>> = Vec::with_capacity(claims.len());
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => {
                 let msg = e.to_string();
@@ -229,7 +247,7 @@ impl Store {
         for (device_id, req) in claims {
             let answer = validate(req).and_then(|user| {
                 let sp = tx.savepoint()?;
-                let out = self.claim_in(&sp, device_id, &user, req)?;
+                let out = self.claim_in(&Conn::Lite(&sp), device_id, &user, req)?;
                 sp.commit()?;
                 Ok(out)
             });
@@ -245,10 +263,43 @@ impl Store {
         answers
     }
 
+    /// Each claim of a PostgreSQL batch in a savepoint of `tx`: one that fails
+    /// leaves nothing behind; a conflict with another replica fails the whole
+    /// transaction, to be run again.
+    fn claims_in(
+        &self,
+        tx: &Conn<'_>,
+        claims: &[(String, ClaimRequest)],
+    ) -> Result<Vec<Result<ClaimOutcome>>> {
+        let mut answers = Vec::with_capacity(claims.len());
+        for (device_id, req) in claims {
+            let user = match validate(req) {
+                Ok(user) => user,
+                Err(e) => {
+                    answers.push(Err(e));
+                    continue;
+                }
+            };
+            tx.batch("SAVEPOINT claim")?;
+            match self.claim_in(tx, device_id, &user, req) {
+                Ok(out) => {
+                    tx.batch("RELEASE SAVEPOINT claim")?;
+                    answers.push(Ok(out));
+                }
+                Err(e) if super::db::postgres::is_conflict(&e) => return Err(e),
+                Err(e) => {
+                    tx.batch("ROLLBACK TO SAVEPOINT claim; RELEASE SAVEPOINT claim")?;
+                    answers.push(Err(e));
+                }
+            }
+        }
+        Ok(answers)
+    }
+
     /// The body of one claim, on a connection inside a write transaction.
     fn claim_in(
         &self,
-        tx: &Connection,
+        tx: &Conn<'_>,
         device_id: &str,
         user: &str,
         req: &ClaimRequest,
@@ -256,13 +307,11 @@ impl Store {
         let fingerprint =
             sha256_hex(&serde_json::to_vec(&(device_id, req)).expect("claim request serializes"));
         let now = self.now();
-        let seen: Option<(String, u16, String)> = tx
-            .query_row(
-                "SELECT request_hash, status, response FROM claims WHERE claim_id = ?1",
-                [&req.claim_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let seen: Option<(String, u16, String)> = tx.query_opt(
+            "SELECT request_hash, status, response FROM claims WHERE claim_id = ?1",
+            params![req.claim_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         if let Some((hash, status, body)) = seen {
             if hash == fingerprint {
                 return Ok(ClaimOutcome { status, body });
@@ -286,7 +335,7 @@ impl Store {
         }
         notices::check_expiring(tx, now)?;
         device_users::spoke_for(tx, device_id, user, self.policy(), now)?;
-        let response = self.decide(tx, device_id, user, req, now)?;
+        let response = self.answer(tx, device_id, user, req, now)?;
         let body = serde_json::to_string(&response).expect("claim response serializes");
         tx.execute(
             "INSERT INTO claims (claim_id, request_hash, status, response, created_at)
@@ -296,166 +345,111 @@ impl Store {
         Ok(ClaimOutcome { status: 200, body })
     }
 
-    /// The facts of R4 and R7, decided by [`entitlement::decide`].
-    fn entitlement(
+    /// Decides the claim by [`claim::decide`] and carries the decision out:
+    /// pays, opens the window, records the charge, signs the lease.
+    fn answer(
         &self,
-        tx: &Connection,
-        user: &str,
-        product: &str,
-    ) -> Result<std::result::Result<Source, String>> {
-        let u = load_user(tx, user)?;
-        let defaults = load_defaults(tx)?;
-        let facts = entitlement::Facts {
-            known: u.is_some(),
-            flex_assigned: u.as_ref().is_some_and(|u| u.flex_assigned),
-            subscribed: u.is_some() && has_subscription(tx, user, product)?,
-            defaults: &defaults,
-        };
-        // Refusals are read by people: the product by its display name.
-        let name = self
-            .rates()
-            .get(product)
-            .map_or(product, |p| p.name.as_str());
-        Ok(entitlement::decide_as(user, product, name, &facts))
-    }
-
-    /// Spends the charge's tokens in R3 order (planned by [`crate::ledger`]),
-    /// runs `before_charge`, records the charge and raises the notices it
-    /// causes; or refuses the whole charge, writes nothing and raises
-    /// `out_of_tokens`. The one path every charge takes.
-    fn pay(
-        &self,
-        tx: &Connection,
-        charge: &ChargeRow<'_>,
-        refusal: impl FnOnce(u64) -> String,
-        before_charge: impl FnOnce() -> Result<()>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<ClaimResponse>> {
-        let shares = match spend(tx, charge.tokens, now)? {
-            Ok(s) => s,
-            Err(short) => {
-                let name = self
-                    .rates()
-                    .get(charge.product)
-                    .map_or(charge.product, |p| p.name.as_str());
-                notices::on_refusal(tx, charge.user, name, short.balance, charge.tokens, now)?;
-                return Ok(Some(denied(
-                    ErrorCode::OutOfTokens,
-                    refusal(short.balance),
-                    Some(short.balance),
-                )));
-            }
-        };
-        before_charge()?;
-        insert_charge(
-            tx,
-            &ChargeRow {
-                shares: &shares,
-                ..*charge
-            },
-            now,
-        )?;
-        if charge.tokens > 0 {
-            notices::after_charge(tx, self.policy(), now)?;
-        }
-        Ok(None)
-    }
-
-    fn decide(
-        &self,
-        tx: &Connection,
+        tx: &Conn<'_>,
         device_id: &str,
         user: &str,
         req: &ClaimRequest,
         now: DateTime<Utc>,
     ) -> Result<ClaimResponse> {
-        let Some(product) = self.rates().get(&req.product) else {
-            return Ok(denied(
-                ErrorCode::UnknownProduct,
-                format!("product '{}' is not on the rate sheet", req.product),
-                None,
-            ));
-        };
-        if let Some(n) = req.results {
-            return self.per_result(tx, device_id, user, req, product.charge, n, now);
-        }
-
-        let len = chrono::Duration::from_std(self.policy().window).expect("window fits");
-        let renews_end = match &req.renews {
-            Some(old_id) => {
-                let old = load_window(tx, old_id)?.ok_or_else(|| {
-                    StoreError::Invalid(format!("renews: window '{old_id}' does not exist"))
-                })?;
-                if old.user != user || old.product != req.product {
-                    return Err(StoreError::Invalid(format!(
-                        "renews: window '{old_id}' belongs to {} / {}, not {user} / {}",
-                        old.user, old.product, req.product
-                    )));
-                }
-                Some(old.end)
+        let decision = claim::decide(
+            &mut StoreFacts {
+                store: self,
+                conn: tx,
+            },
+            req,
+            now,
+        )?;
+        let (source, cost, kind, window) = match &decision {
+            Decision::Deny { reason, message } => {
+                return Ok(denied(*reason, message.clone(), None))
             }
-            None => None,
+            Decision::Covered(w) => return self.grant(tx, device_id, w, 0, now),
+            Decision::Job { source, cost } => (*source, *cost, ChargeKind::PerResult, None),
+            Decision::Open { window, cost } => {
+                let w = WindowFact {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    user: user.to_string(),
+                    product: req.product.clone(),
+                    source: window.source,
+                    start: window.start,
+                    end: window.end,
+                };
+                (window.source, *cost, window.kind, Some(w))
+            }
         };
-        let (start, end, kind) = windows::requested(now, renews_end, len);
-
-        // Inside an open window (or one already renewed by another device) the
-        // launch is free, whatever the assignments say now (R7).
-        let (from, to) = windows::lookup(kind, now, start, end);
-        if let Some(w) = overlapping(tx, user, &req.product, from, to)? {
-            return self.grant(tx, device_id, &w, 0, now);
-        }
-
-        let source = match self.entitlement(tx, user, &req.product)? {
-            Ok(source) => source,
-            Err(why) => return Ok(denied(ErrorCode::NotEntitled, why, None)),
-        };
-        let cost = windows::cost(source, product.charge);
-        let window = WindowRow {
-            id: uuid::Uuid::new_v4().to_string(),
-            source,
-            start,
-            end,
-            user: user.to_string(),
-            product: req.product.clone(),
-        };
-        let charge = ChargeRow {
-            claim_id: &req.claim_id,
-            user,
-            product: &req.product,
-            version: req.version.as_deref(),
-            kind,
-            source,
-            window_id: Some(&window.id),
-            results: None,
-            tokens: cost,
-            device_id,
-            shares: &[],
-        };
-        let refusal = |balance| {
-            format!(
-                "{} costs {cost} tokens for 24 hours and the balance is {balance}; ask your license admin to buy tokens",
-                product.name
-            )
+        let name = self
+            .rates()
+            .get(&req.product)
+            .map_or(req.product.as_str(), |p| p.name.as_str());
+        // R3: the lots that expire first pay first; a short balance pays nothing.
+        let shares = match spend(tx, cost, now)? {
+            Ok(s) => s,
+            Err(short) => {
+                notices::on_refusal(tx, user, name, short.balance, cost, now)?;
+                return Ok(denied(
+                    ErrorCode::OutOfTokens,
+                    claim::out_of_tokens(&decision, req, name, short.balance),
+                    Some(short.balance),
+                ));
+            }
         };
         // The window is written once paid for, before the charge that names it.
-        let open = || -> Result<()> {
+        if let Some(w) = &window {
             tx.execute(
-                "INSERT INTO windows (id, user, product, source, start, end, renews) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![window.id, user, req.product, source.as_str(), ts(start), ts(end), req.renews],
+                "INSERT INTO windows (id, \"user\", product, source, start, \"end\", renews)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    w.id,
+                    user,
+                    req.product,
+                    source.as_str(),
+                    ts(w.start),
+                    ts(w.end),
+                    req.renews
+                ],
             )?;
-            Ok(())
-        };
-        if let Some(refused) = self.pay(tx, &charge, refusal, open, now)? {
-            return Ok(refused);
         }
-        self.grant(tx, device_id, &window, cost, now)
+        insert_charge(
+            tx,
+            &ChargeRow {
+                claim_id: &req.claim_id,
+                user,
+                product: &req.product,
+                version: req.version.as_deref(),
+                kind,
+                source,
+                window_id: window.as_ref().map(|w| w.id.as_str()),
+                results: req.results,
+                tokens: cost,
+                device_id,
+                shares: &shares,
+            },
+            now,
+        )?;
+        if cost > 0 {
+            notices::after_charge(tx, self.policy(), now)?;
+        }
+        match &window {
+            Some(w) => self.grant(tx, device_id, w, cost, now),
+            None => Ok(ClaimResponse::Granted(Grant {
+                source,
+                window: None,
+                tokens_charged: cost,
+                balance: balance_of(tx, now)?,
+                lease: None,
+            })),
+        }
     }
 
     fn grant(
         &self,
-        tx: &Connection,
+        tx: &Conn<'_>,
         device_id: &str,
-        w: &WindowRow,
+        w: &WindowFact,
         charged: u64,
         now: DateTime<Utc>,
     ) -> Result<ClaimResponse> {
@@ -464,7 +458,7 @@ impl Store {
             device_id: device_id.to_string(),
             // Stored users were normalised on the way in; this cannot fail.
             user: flex_protocol::Email::parse(&w.user)
-                .map_err(|e| StoreError::Invalid(format!("stored window user {e}")))?,
+                .map_err(|e| StoreError::Corrupt(format!("stored window user {e}")))?,
             product: w.product.clone(),
             source: w.source,
             start: w.start,
@@ -473,62 +467,10 @@ impl Store {
         });
         Ok(ClaimResponse::Granted(Grant {
             source: w.source,
-            window: Some(w.wire()),
+            window: Some(wire(w)),
             tokens_charged: charged,
             balance: balance_of(tx, now)?,
             lease: Some(lease),
-        }))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn per_result(
-        &self,
-        tx: &Connection,
-        device_id: &str,
-        user: &str,
-        req: &ClaimRequest,
-        charge: ChargeModel,
-        results: u64,
-        now: DateTime<Utc>,
-    ) -> Result<ClaimResponse> {
-        if charge.per_result_cost(results).is_none() {
-            return Err(StoreError::Invalid(format!(
-                "product '{}' is charged per day; results are only for per-result products",
-                req.product
-            )));
-        }
-        let source = match self.entitlement(tx, user, &req.product)? {
-            Ok(source) => source,
-            Err(why) => return Ok(denied(ErrorCode::NotEntitled, why, None)),
-        };
-        let cost = per_result::job_cost(charge, results, source).expect("a per-result product");
-        let row = ChargeRow {
-            claim_id: &req.claim_id,
-            user,
-            product: &req.product,
-            version: req.version.as_deref(),
-            kind: ChargeKind::PerResult,
-            source,
-            window_id: None,
-            results: Some(results),
-            tokens: cost,
-            device_id,
-            shares: &[],
-        };
-        let refusal = |balance| {
-            format!(
-                "a job of {results} results costs {cost} tokens and the balance is {balance}; ask your license admin to buy tokens"
-            )
-        };
-        if let Some(refused) = self.pay(tx, &row, refusal, || Ok(()), now)? {
-            return Ok(refused);
-        }
-        Ok(ClaimResponse::Granted(Grant {
-            source,
-            window: None,
-            tokens_charged: cost,
-            balance: balance_of(tx, now)?,
-            lease: None,
         }))
     }
 }

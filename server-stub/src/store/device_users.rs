@@ -7,8 +7,8 @@
 //! that rolls back leaves neither.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 
+use super::db::{params, Conn};
 use super::{notices, Result};
 use crate::config::PolicyConfig;
 use crate::rules::calendar;
@@ -19,48 +19,47 @@ const KEEP_DAYS: i32 = 2;
 
 /// `device_id` spoke for `user` (already normalised) at `now`.
 pub(crate) fn spoke_for(
-    tx: &Connection,
+    tx: &Conn<'_>,
     device_id: &str,
     user: &str,
     policy: &PolicyConfig,
     now: DateTime<Utc>,
 ) -> Result<()> {
     let day = calendar::local_day(now, calendar::zone(&policy.timezone));
-    let added = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO device_user_days (device_id, day, user) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![device_id, day, user])?;
+    let added = tx.execute(
+        "INSERT INTO device_user_days (device_id, day, \"user\") VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+        params![device_id, day, user],
+    )?;
     if added == 0 {
         return Ok(());
     }
-    let count: i64 = tx
-        .prepare_cached("SELECT COUNT(*) FROM device_user_days WHERE device_id = ?1 AND day = ?2")?
-        .query_row(params![device_id, day], |r| r.get(0))?;
+    let count: i64 = tx.query_one(
+        "SELECT COUNT(*) FROM device_user_days WHERE device_id = ?1 AND day = ?2",
+        params![device_id, day],
+        |r| r.get(0),
+    )?;
     if !crate::rules::notices::device_users_over(count as u64, policy.device_users_alert) {
         return Ok(());
     }
-    let first_time = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO device_user_alerts (device_id, day) VALUES (?1, ?2)",
-        )?
-        .execute(params![device_id, day])?;
+    let first_time = tx.execute(
+        "INSERT INTO device_user_alerts (device_id, day) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        params![device_id, day],
+    )?;
     if first_time == 0 {
         return Ok(());
     }
-    let users: Vec<String> = tx
-        .prepare_cached(
-            "SELECT user FROM device_user_days WHERE device_id = ?1 AND day = ?2 ORDER BY user",
-        )?
-        .query_map(params![device_id, day], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let users: Vec<String> = tx.query_all(
+        "SELECT \"user\" FROM device_user_days WHERE device_id = ?1 AND day = ?2 ORDER BY \"user\"",
+        params![device_id, day],
+        |r| r.get(0),
+    )?;
     let hostname: String = tx
-        .query_row(
+        .query_opt(
             "SELECT hostname FROM devices WHERE id = ?1",
-            [device_id],
+            params![device_id],
             |r| r.get(0),
-        )
-        .optional()?
+        )?
         .unwrap_or_else(|| "unknown host".into());
     let n = crate::rules::notices::device_users(
         device_id,
@@ -74,10 +73,16 @@ pub(crate) fn spoke_for(
 }
 
 /// Forgets days no claim can still fall on.
-pub(crate) fn prune(tx: &Connection, policy: &PolicyConfig, now: DateTime<Utc>) -> Result<()> {
+pub(crate) fn prune(tx: &Conn<'_>, policy: &PolicyConfig, now: DateTime<Utc>) -> Result<()> {
     let today = calendar::local_day(now, calendar::zone(&policy.timezone));
     let oldest = today - KEEP_DAYS + 1;
-    tx.execute("DELETE FROM device_user_days WHERE day < ?1", [oldest])?;
-    tx.execute("DELETE FROM device_user_alerts WHERE day < ?1", [oldest])?;
+    tx.execute(
+        "DELETE FROM device_user_days WHERE day < ?1",
+        params![oldest],
+    )?;
+    tx.execute(
+        "DELETE FROM device_user_alerts WHERE day < ?1",
+        params![oldest],
+    )?;
     Ok(())
 }

@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{DeviceInfo, EnrollRequest, EnrollResponse};
-use rusqlite::{params, OptionalExtension, Row};
 
+use super::db::{params, Row};
 use super::enrollment::{find_key, take_use, KeyRefusal};
 use super::{new_secret, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 
@@ -44,20 +44,14 @@ const DEVICE_COLUMNS: &str =
     "id, hostname, platform, agent_version, enrolled_at, last_seen, revoked_at, enrollment_key";
 
 fn device_row(r: &Row<'_>) -> Result<DeviceInfo> {
-    let revoked_at = r
-        .get::<_, Option<String>>(6)?
-        .map(|t| parse_ts(&t))
-        .transpose()?;
+    let revoked_at = r.opt_str(6)?.map(parse_ts).transpose()?;
     Ok(DeviceInfo {
         id: r.get(0)?,
         hostname: r.get(1)?,
         platform: r.get(2)?,
         agent_version: r.get(3)?,
-        enrolled_at: parse_ts(&r.get::<_, String>(4)?)?,
-        last_seen: r
-            .get::<_, Option<String>>(5)?
-            .map(|t| parse_ts(&t))
-            .transpose()?,
+        enrolled_at: parse_ts(r.str(4)?)?,
+        last_seen: r.opt_str(5)?.map(parse_ts).transpose()?,
         revoked: revoked_at.is_some(),
         revoked_at,
         enrollment_token: r.get(7)?,
@@ -69,10 +63,13 @@ impl Store {
     pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
         let hostname = req.hostname.trim();
         if hostname.is_empty() || hostname.len() > 255 || hostname.chars().any(char::is_control) {
-            return Err(StoreError::Invalid(format!(
-                "hostname '{}' is not a valid host name",
-                hostname.chars().take(64).collect::<String>()
-            )));
+            return Err(StoreError::invalid(
+                "hostname",
+                format!(
+                    "hostname '{}' is not a valid host name",
+                    hostname.chars().take(64).collect::<String>()
+                ),
+            ));
         }
         let now = self.now();
         let device_id = uuid::Uuid::new_v4().to_string();
@@ -110,12 +107,11 @@ impl Store {
     pub fn authenticate_device(&self, token: &str) -> Result<DeviceAuth> {
         let hash = sha256_hex(token.as_bytes());
         let row: Option<(String, Option<String>)> = self.read(|c| {
-            Ok(c.query_row(
+            c.query_opt(
                 "SELECT id, revoked_at FROM devices WHERE token_hash = ?1",
-                [hash],
+                params![hash],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?)
         })?;
         Ok(match row {
             None => DeviceAuth::Unknown,
@@ -135,17 +131,17 @@ impl Store {
         email: &str,
     ) -> Result<flex_protocol::api::UserCheck> {
         let normalized = super::users::normalize_email(email).map_err(|e| {
-            StoreError::Invalid(format!(
-                "'{}' {e}",
-                email.chars().take(64).collect::<String>()
-            ))
+            StoreError::invalid(
+                "email",
+                format!("'{}' {e}", email.chars().take(64).collect::<String>()),
+            )
         })?;
         let now = self.now();
         self.write(|tx| {
             super::device_users::spoke_for(tx, device_id, &normalized, self.policy(), now)?;
             let known = super::users::load_user(tx, &normalized)?.is_some();
             Ok(flex_protocol::api::UserCheck {
-                email: normalized,
+                email: normalized.clone(),
                 known,
             })
         })
@@ -154,15 +150,13 @@ impl Store {
     /// Every device, newest enrollment first.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(device_row(r)?);
-            }
-            Ok(out)
+            c.query_all(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at DESC, rowid DESC"
+                ),
+                params![],
+                device_row,
+            )
         })
     }
 
@@ -175,13 +169,11 @@ impl Store {
                 "UPDATE devices SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
                 params![ts(now), id],
             )?;
-            tx.query_row(
+            tx.query_opt(
                 &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
-                [id],
-                |r| Ok(device_row(r)),
-            )
-            .optional()?
-            .transpose()?
+                params![id],
+                device_row,
+            )?
             .ok_or_else(|| StoreError::NotFound {
                 what: "device",
                 key: id.to_string(),
@@ -203,16 +195,16 @@ mod tests {
     use crate::clock::TestClock;
     use crate::config::PolicyConfig;
     use crate::rates::RateSheet;
+    use crate::store::testing::{backends, TestBackend};
+    use crate::store::Database;
 
-    fn store(dir: &std::path::Path) -> (Arc<Store>, TestClock) {
+    fn store(backend: &TestBackend) -> (Arc<Store>, TestClock) {
         let clock = TestClock::new("2026-11-02T08:00:00Z".parse().unwrap());
-        let s = Store::open(
-            dir,
+        let s = backend.open(
             Arc::new(clock.clone()),
             PolicyConfig::default(),
             RateSheet::sample(),
-        )
-        .unwrap();
+        );
         (Arc::new(s), clock)
     }
 
@@ -237,8 +229,13 @@ mod tests {
 
     #[test]
     fn a_key_enrolls_exactly_its_uses_even_when_agents_race() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, _) = store(tmp.path());
+        for backend in backends() {
+            a_key_enrolls_exactly_its_uses_even_when_agents_race_on(&backend);
+        }
+    }
+
+    fn a_key_enrolls_exactly_its_uses_even_when_agents_race_on(backend: &TestBackend) {
+        let (s, _) = store(backend);
         let token = key(&s, 3, "1d");
         let handles: Vec<_> = (0..8)
             .map(|i| {
@@ -269,8 +266,13 @@ mod tests {
 
     #[test]
     fn expired_and_revoked_keys_are_refused_and_use_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, clock) = store(tmp.path());
+        for backend in backends() {
+            expired_and_revoked_keys_are_refused_and_use_nothing_on(&backend);
+        }
+    }
+
+    fn expired_and_revoked_keys_are_refused_and_use_nothing_on(backend: &TestBackend) {
+        let (s, clock) = store(backend);
         let token = key(&s, 5, "1h");
         clock.advance(chrono::Duration::hours(2));
         let err = enroll(&s, &token, "ws-1").unwrap_err();
@@ -302,8 +304,13 @@ mod tests {
 
     #[test]
     fn a_revoked_device_is_refused_and_stays_listed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (s, clock) = store(tmp.path());
+        for backend in backends() {
+            a_revoked_device_is_refused_and_stays_listed_on(&backend);
+        }
+    }
+
+    fn a_revoked_device_is_refused_and_stays_listed_on(backend: &TestBackend) {
+        let (s, clock) = store(backend);
         let d = enroll(&s, &key(&s, 1, "1d"), "ws-1").unwrap();
         assert_eq!(
             s.authenticate_device(&d.device_token).unwrap(),
@@ -330,11 +337,15 @@ mod tests {
 
     #[test]
     fn single_use_tokens_of_the_first_schema_carry_over() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("flex.db");
+        // SQLite's schema history; PostgreSQL starts from today's schema.
+        let backend = TestBackend::sqlite();
+        let Database::Sqlite { data_dir } = &backend.database else {
+            unreachable!()
+        };
+        let path = data_dir.join("flex.db");
         {
             let c = rusqlite::Connection::open(&path).unwrap();
-            c.execute_batch(super::super::MIGRATIONS[0]).unwrap();
+            c.execute_batch(super::super::schema::SQLITE[0]).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             c.execute(
                 "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, used_at) VALUES
@@ -344,7 +355,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (s, _) = store(tmp.path());
+        let (s, _) = store(&backend);
         assert!(enroll(&s, "fet_used", "ws-1").is_err());
         enroll(&s, "fet_fresh", "ws-1").unwrap();
         assert!(enroll(&s, "fet_fresh", "ws-2").is_err());

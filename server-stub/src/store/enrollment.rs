@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use flex_protocol::api::{
     EnrollmentToken, EnrollmentTokenInfo, EnrollmentTokenState, NewEnrollmentToken,
 };
-use rusqlite::{params, OptionalExtension, Row, Transaction};
 
+use super::db::{params, Conn, Row};
 use super::{new_secret, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 
 /// Most agents one key may enroll.
@@ -78,40 +78,28 @@ impl KeyRow {
 }
 
 /// Finds the key whose secret is `token`.
-pub(crate) fn find_key(tx: &Transaction<'_>, token: &str) -> Result<Option<KeyRow>> {
+pub(crate) fn find_key(tx: &Conn<'_>, token: &str) -> Result<Option<KeyRow>> {
     let hash = sha256_hex(token.trim().as_bytes());
-    let row = tx
-        .query_row(
-            "SELECT id, uses, uses_left, expires_at, revoked_at FROM enrollment_keys WHERE token_hash = ?1",
-            [hash],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            },
-        )
-        .optional()?;
-    row.map(|(id, uses, uses_left, expires, revoked)| {
-        Ok(KeyRow {
-            id,
-            uses,
-            uses_left,
-            expires_at: parse_ts(&expires)?,
-            revoked: revoked.is_some(),
-        })
-    })
-    .transpose()
+    tx.query_opt(
+        "SELECT id, uses, uses_left, expires_at, revoked_at FROM enrollment_keys WHERE token_hash = ?1",
+        params![hash],
+        |r| {
+            Ok(KeyRow {
+                id: r.get(0)?,
+                uses: r.get(1)?,
+                uses_left: r.get(2)?,
+                expires_at: parse_ts(r.str(3)?)?,
+                revoked: r.opt_str(4)?.is_some(),
+            })
+        },
+    )
 }
 
 /// Takes one use of key `id` (checked with [`KeyRow::check`] in the same transaction).
-pub(crate) fn take_use(tx: &Transaction<'_>, id: &str) -> Result<()> {
+pub(crate) fn take_use(tx: &Conn<'_>, id: &str) -> Result<()> {
     let n = tx.execute(
         "UPDATE enrollment_keys SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
-        [id],
+        params![id],
     )?;
     if n != 1 {
         return Err(StoreError::Conflict(format!(
@@ -128,22 +116,26 @@ fn validate(
 ) -> Result<(u32, std::time::Duration, Option<String>)> {
     let uses = req.uses.unwrap_or(1);
     if uses == 0 || uses > MAX_USES {
-        return Err(StoreError::Invalid(format!(
-            "uses {uses} is out of range: one key enrolls 1 to {MAX_USES} devices"
-        )));
+        return Err(StoreError::invalid(
+            "uses",
+            format!("uses {uses} is out of range: one key enrolls 1 to {MAX_USES} devices"),
+        ));
     }
     let ttl = match req.ttl.as_deref().map(str::trim) {
         None => default_ttl,
         Some(text) => {
             let ttl = humantime::parse_duration(text).map_err(|e| {
-                StoreError::Invalid(format!(
+                StoreError::invalid("ttl", format!(
                     "ttl '{text}' is not a duration ({e}): write it like \"30d\", \"12h\" or \"90m\""
                 ))
             })?;
             if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-                return Err(StoreError::Invalid(format!(
-                    "ttl '{text}' is out of range: a key is valid for 1 minute to 366 days"
-                )));
+                return Err(StoreError::invalid(
+                    "ttl",
+                    format!(
+                        "ttl '{text}' is out of range: a key is valid for 1 minute to 366 days"
+                    ),
+                ));
             }
             ttl
         }
@@ -151,10 +143,13 @@ fn validate(
     let note = match req.note.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(n) if n.chars().count() > MAX_NOTE || n.chars().any(char::is_control) => {
-            return Err(StoreError::Invalid(format!(
-                "note '{}' must be at most {MAX_NOTE} characters on one line",
-                n.chars().take(40).collect::<String>()
-            )))
+            return Err(StoreError::invalid(
+                "note",
+                format!(
+                    "note '{}' must be at most {MAX_NOTE} characters on one line",
+                    n.chars().take(40).collect::<String>()
+                ),
+            ))
         }
         Some(n) => Some(n.to_string()),
     };
@@ -181,18 +176,15 @@ fn state_of(
 const INFO_COLUMNS: &str = "id, note, uses, uses_left, created_at, expires_at, revoked_at";
 
 fn info_row(r: &Row<'_>, now: DateTime<Utc>) -> Result<EnrollmentTokenInfo> {
-    let expires_at = parse_ts(&r.get::<_, String>(5)?)?;
-    let revoked_at = r
-        .get::<_, Option<String>>(6)?
-        .map(|t| parse_ts(&t))
-        .transpose()?;
+    let expires_at = parse_ts(r.str(5)?)?;
+    let revoked_at = r.opt_str(6)?.map(parse_ts).transpose()?;
     let uses_left: u32 = r.get(3)?;
     Ok(EnrollmentTokenInfo {
         id: r.get(0)?,
         note: r.get(1)?,
         uses: r.get(2)?,
         uses_left,
-        created_at: parse_ts(&r.get::<_, String>(4)?)?,
+        created_at: parse_ts(r.str(4)?)?,
         expires_at,
         state: state_of(uses_left, expires_at, revoked_at.is_some(), now),
         revoked_at,
@@ -230,15 +222,13 @@ impl Store {
     pub fn enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenInfo>> {
         let now = self.now();
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {INFO_COLUMNS} FROM enrollment_keys ORDER BY created_at DESC, rowid DESC"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(info_row(r, now)?);
-            }
-            Ok(out)
+            c.query_all(
+                &format!(
+                    "SELECT {INFO_COLUMNS} FROM enrollment_keys ORDER BY created_at DESC, rowid DESC"
+                ),
+                params![],
+                |r| info_row(r, now),
+            )
         })
     }
 
@@ -251,13 +241,11 @@ impl Store {
                 "UPDATE enrollment_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
                 params![ts(now), id],
             )?;
-            tx.query_row(
+            tx.query_opt(
                 &format!("SELECT {INFO_COLUMNS} FROM enrollment_keys WHERE id = ?1"),
-                [id],
-                |r| Ok(info_row(r, now)),
-            )
-            .optional()?
-            .transpose()?
+                params![id],
+                |r| info_row(r, now),
+            )?
             .ok_or_else(|| StoreError::NotFound {
                 what: "enrollment token",
                 key: id.to_string(),

@@ -2,10 +2,9 @@
 //! down.
 
 use flex_protocol::api::{HeartbeatRequest, HeartbeatResponse};
-use rusqlite::params;
 
+use super::db::params;
 use super::lots::balance_of;
-use super::users::normalize_email;
 use super::{notices, ts, Result, Store, StoreError};
 
 /// Most session records one heartbeat may carry; the agent sends the rest next time.
@@ -14,31 +13,32 @@ pub const MAX_SESSIONS_PER_HEARTBEAT: usize = 1000;
 impl Store {
     pub fn heartbeat(&self, device_id: &str, req: &HeartbeatRequest) -> Result<HeartbeatResponse> {
         if req.sessions.len() > MAX_SESSIONS_PER_HEARTBEAT {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid(
+                "sessions",
+                format!(
                 "{} session records in one heartbeat; send at most {MAX_SESSIONS_PER_HEARTBEAT}",
                 req.sessions.len()
-            )));
+            ),
+            ));
         }
         if req.clock_rollbacks.len() > 100 {
-            return Err(StoreError::Invalid(format!(
-                "{} clock rollbacks in one heartbeat; send at most 100",
-                req.clock_rollbacks.len()
-            )));
+            return Err(StoreError::invalid(
+                "clock_rollbacks",
+                format!(
+                    "{} clock rollbacks in one heartbeat; send at most 100",
+                    req.clock_rollbacks.len()
+                ),
+            ));
         }
         for s in &req.sessions {
-            if s.id.is_empty() || s.id.len() > 128 {
-                return Err(StoreError::Invalid(format!(
-                    "session id '{}' must be 1-128 characters",
-                    s.id
-                )));
-            }
-            normalize_email(&s.user)
-                .map_err(|e| StoreError::Invalid(format!("session {}: user {e}", s.id)))?;
+            flex_protocol::SessionId::parse(&s.id)
+                .map_err(|e| StoreError::invalid("sessions", e.to_string()))?;
+            // s.user was checked and normalised when the request was read.
             if s.ended_at.is_some_and(|end| end < s.started_at) {
-                return Err(StoreError::Invalid(format!(
-                    "session {} ends before it starts",
-                    s.id
-                )));
+                return Err(StoreError::invalid(
+                    "sessions",
+                    format!("session {} ends before it starts", s.id),
+                ));
             }
         }
         let now = self.now();
@@ -46,20 +46,20 @@ impl Store {
             for s in &req.sessions {
                 // Re-uploading a record (after a lost answer) replaces it.
                 tx.execute(
-                    "INSERT INTO sessions (id, device_id, user, product, version, source, window_id, started_at, ended_at)
+                    "INSERT INTO sessions (id, device_id, \"user\", product, version, source, window_id, started_at, ended_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT(id) DO UPDATE SET ended_at = excluded.ended_at
                      WHERE sessions.device_id = excluded.device_id",
                     params![
                         s.id,
                         device_id,
-                        normalize_email(&s.user).expect("checked"),
+                        s.user.as_str(),
                         s.product,
                         s.version,
                         s.source.as_str(),
                         s.window_id,
                         ts(s.started_at),
-                        s.ended_at.map(ts)
+                        s.ended_at.map(ts),
                     ],
                 )?;
             }

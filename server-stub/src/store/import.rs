@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
+use super::db::params;
 use flex_protocol::api::{ImportError, ImportResult};
-use rusqlite::params;
 
 use super::users::{check_name, load_user, normalize_email};
 use super::{ts, Result, Store, StoreError};
@@ -174,7 +174,7 @@ impl Store {
                         if !u.flex_assigned {
                             tx.execute(
                                 "UPDATE users SET flex_assigned = 1 WHERE email = ?1",
-                                [&row.email],
+                                params![row.email],
                             )?;
                             result.assigned += 1;
                         }

@@ -2,44 +2,34 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{Balance, Lot, LotShare};
-use rusqlite::{params, Connection};
 
+use super::db::{params, Conn};
 use super::{notices, parse_ts, ts, Result, Store, StoreError};
 use crate::ledger::{self, Insufficient, LotState};
 
-pub(crate) fn load_lots(conn: &Connection) -> Result<Vec<LotState>> {
-    let mut stmt = conn
-        .prepare("SELECT id, tokens, remaining, purchased_at, expires_at FROM lots ORDER BY id")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-        ))
-    })?;
-    let mut lots = Vec::new();
-    for row in rows {
-        let (id, tokens, remaining, bought, expires) = row?;
-        lots.push(LotState {
-            id,
-            tokens: tokens as u64,
-            remaining: remaining as u64,
-            purchased_at: parse_ts(&bought)?,
-            expires_at: parse_ts(&expires)?,
-        });
-    }
-    Ok(lots)
+pub(crate) fn load_lots(conn: &Conn<'_>) -> Result<Vec<LotState>> {
+    conn.query_all(
+        "SELECT id, tokens, remaining, purchased_at, expires_at FROM lots ORDER BY id",
+        params![],
+        |r| {
+            Ok(LotState {
+                id: r.get(0)?,
+                tokens: r.get(1)?,
+                remaining: r.get(2)?,
+                purchased_at: parse_ts(r.str(3)?)?,
+                expires_at: parse_ts(r.str(4)?)?,
+            })
+        },
+    )
 }
 
-pub(crate) fn balance_of(conn: &Connection, now: DateTime<Utc>) -> Result<u64> {
+pub(crate) fn balance_of(conn: &Conn<'_>, now: DateTime<Utc>) -> Result<u64> {
     Ok(ledger::balance(&load_lots(conn)?, now))
 }
 
 /// Takes `amount` from the lots in R3 order and returns each lot's share.
 pub(crate) fn spend(
-    conn: &Connection,
+    conn: &Conn<'_>,
     amount: u64,
     now: DateTime<Utc>,
 ) -> Result<std::result::Result<Vec<LotShare>, Insufficient>> {
@@ -54,7 +44,7 @@ pub(crate) fn spend(
     for s in &shares {
         conn.execute(
             "UPDATE lots SET remaining = remaining - ?1 WHERE id = ?2",
-            params![s.tokens as i64, s.lot_id],
+            params![s.tokens, s.lot_id],
         )?;
     }
     Ok(Ok(shares))
@@ -76,19 +66,20 @@ impl Store {
         let packs = &self.policy().pack_sizes;
         if !packs.contains(&tokens) {
             let list: Vec<String> = packs.iter().map(u64::to_string).collect();
-            return Err(StoreError::Invalid(format!(
-                "{tokens} is not a pack size; packs are {}",
-                list.join(", ")
-            )));
+            return Err(StoreError::invalid(
+                "tokens",
+                format!("{tokens} is not a pack size; packs are {}", list.join(", ")),
+            ));
         }
         let now = self.now();
         let expires = ledger::expiry_of(now);
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO lots (tokens, remaining, purchased_at, expires_at) VALUES (?1, ?1, ?2, ?3)",
-                params![tokens as i64, ts(now), ts(expires)],
+            let id: i64 = tx.query_one(
+                "INSERT INTO lots (tokens, remaining, purchased_at, expires_at) VALUES (?1, ?1, ?2, ?3)
+                 RETURNING id",
+                params![tokens, ts(now), ts(expires)],
+                |r| r.get(0),
             )?;
-            let id = tx.last_insert_rowid();
             notices::after_purchase(tx, self.policy(), now)?;
             Ok(Lot {
                 id,

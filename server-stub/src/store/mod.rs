@@ -12,15 +12,20 @@
 mod batch;
 mod charges;
 mod claims;
+mod console_sessions;
+pub mod db;
 mod device_users;
 mod devices;
 mod enrollment;
 mod heartbeat;
 mod import;
+mod leader;
 mod lots;
 mod mail;
 mod notices;
 mod reports;
+mod schema;
+pub mod testing;
 mod usage_blocks;
 mod users;
 
@@ -30,36 +35,36 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::SigningKey;
 use flex_protocol::lease::LeaseSigner;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::clock::Clock;
 use crate::config::PolicyConfig;
 use crate::rates::RateSheet;
 
 pub use batch::ClaimBatcher;
+pub(crate) use lots::load_lots;
+pub(crate) use schema::{migrate_postgres, migrate_sqlite};
+
+/// The newest schema version of each backend: (SQLite, PostgreSQL).
+pub fn schema_versions() -> (usize, usize) {
+    (schema::SQLITE.len(), schema::POSTGRES.len())
+}
 pub use charges::ChargeFilter;
 pub use claims::ClaimOutcome;
+pub use console_sessions::{ConsoleSession, MAX_SESSIONS, SESSION_TTL};
+pub use db::Backend;
+use db::{params, Conn};
 pub use devices::DeviceAuth;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
 pub use users::{check_name, normalize_email};
 
-/// Numbered migrations, embedded in the binary and applied in order.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_init.sql"),
-    include_str!("../../migrations/0002_enrollment_keys.sql"),
-    include_str!("../../migrations/0003_reports.sql"),
-    include_str!("../../migrations/0004_usage_blocks.sql"),
-    include_str!("../../migrations/0005_device_users.sql"),
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The request names an invalid value; nothing was written.
-    #[error("{0}")]
-    Invalid(String),
-    /// A rule refused a value, naming the field it is in; nothing was written.
+    /// The request names an invalid value, in the field it names; nothing
+    /// was written. The API answers 400 with the message; the console shows
+    /// it next to the field.
     #[error(transparent)]
-    Rule(#[from] crate::rules::Invalid),
+    Invalid(#[from] crate::rules::Invalid),
     #[error("{what} '{key}' does not exist")]
     NotFound { what: &'static str, key: String },
     #[error("{0}")]
@@ -74,6 +79,11 @@ pub enum StoreError {
     Import(Vec<flex_protocol::api::ImportError>),
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("database error: {}", db::postgres::describe(.0))]
+    Postgres(#[from] postgres::Error),
+    /// The database cannot be reached; nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("cannot open database {path}: {source}")]
     Open {
         path: String,
@@ -88,6 +98,13 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl StoreError {
+    /// A refused value of request field `field` (`email`, `rows.2.users`).
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> StoreError {
+        StoreError::Invalid(crate::rules::Invalid::new(field, message))
+    }
+}
+
 /// Times are stored as fixed-width RFC 3339 text so that text order is time order.
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -99,13 +116,46 @@ pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
         .map_err(|e| StoreError::Corrupt(format!("time '{s}': {e}")))
 }
 
+/// Where the ledger lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `flex.db` in this directory: the default, nothing to set up.
+    Sqlite { data_dir: std::path::PathBuf },
+    /// A PostgreSQL database that any number of replicas share.
+    Postgres { url: String },
+}
+
+impl Database {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Database::Sqlite { .. } => Backend::Sqlite,
+            Database::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    /// Where, for logs: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite { data_dir } => data_dir.join("flex.db").display().to_string(),
+            Database::Postgres { url } => db::postgres::redact(url),
+        }
+    }
+}
+
+pub(crate) enum Engine {
+    /// One connection; writers are serialised by the mutex.
+    Sqlite(Mutex<Connection>),
+    Postgres(db::postgres::Pool),
+}
+
 pub struct Store {
-    conn: Mutex<Connection>,
+    engine: Engine,
     clock: Arc<dyn Clock>,
     policy: PolicyConfig,
     rates: RateSheet,
     signer: LeaseSigner,
     pub(crate) enrollment_ttl: std::time::Duration,
+    leadership: leader::Leadership,
 }
 
 impl Store {
@@ -116,31 +166,73 @@ impl Store {
         policy: PolicyConfig,
         rates: RateSheet,
     ) -> Result<Store> {
-        let path = data_dir.join("flex.db");
-        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&conn)?;
-        let signer = load_or_create_signer(&conn, clock.now())?;
-        Ok(Store {
-            conn: Mutex::new(conn),
+        let conn = open_sqlite(&data_dir.join("flex.db"))?;
+        schema::migrate_sqlite(&conn)?;
+        Store::with_engine(Engine::Sqlite(Mutex::new(conn)), clock, policy, rates)
+    }
+
+    /// Connects to the PostgreSQL database at `url` (a `postgres://` URL or
+    /// key=value settings) and migrates it; replicas may do this at once.
+    pub fn open_postgres(
+        url: &str,
+        clock: Arc<dyn Clock>,
+        policy: PolicyConfig,
+        rates: RateSheet,
+    ) -> Result<Store> {
+        let pool = db::postgres::pool(url, db::postgres::DEFAULT_POOL)?;
+        schema::migrate_postgres(&pool)?;
+        Store::with_engine(Engine::Postgres(pool), clock, policy, rates)
+    }
+
+    /// Opens the store wherever `db` says.
+    pub fn open_at(
+        db: &Database,
+        clock: Arc<dyn Clock>,
+        policy: PolicyConfig,
+        rates: RateSheet,
+    ) -> Result<Store> {
+        match db {
+            Database::Sqlite { data_dir } => Store::open(data_dir, clock, policy, rates),
+            Database::Postgres { url } => Store::open_postgres(url, clock, policy, rates),
+        }
+    }
+
+    fn with_engine(
+        engine: Engine,
+        clock: Arc<dyn Clock>,
+        policy: PolicyConfig,
+        rates: RateSheet,
+    ) -> Result<Store> {
+        let mut store = Store {
+            engine,
             clock,
             policy,
             rates,
-            signer,
+            // Replaced below by the key in the database.
+            signer: LeaseSigner::new(String::new(), SigningKey::from_bytes(&[0; 32])),
             enrollment_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
-        })
+            leadership: leader::Leadership::default(),
+        };
+        let now = store.now();
+        store.signer = store.write(|c| load_or_create_signer(c, now))?;
+        Ok(store)
     }
 
     /// How long a new enrollment token stays valid.
     pub fn with_enrollment_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.enrollment_ttl = ttl;
         self
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.engine {
+            Engine::Sqlite(_) => Backend::Sqlite,
+            Engine::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -159,19 +251,33 @@ impl Store {
         &self.signer
     }
 
-    /// Runs `f` inside one IMMEDIATE transaction; commits only if it returns Ok.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    /// Runs `f` in one write transaction and commits only if it returns Ok:
+    /// SQLite's `IMMEDIATE` (one writer at a time), or PostgreSQL's
+    /// SERIALIZABLE, where `f` runs again from the start when a concurrent
+    /// transaction of any replica conflicted with it.
+    pub(crate) fn write<T>(&self, mut f: impl FnMut(&Conn<'_>) -> Result<T>) -> Result<T> {
+        match &self.engine {
+            Engine::Sqlite(conn) => {
+                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&Conn::Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Engine::Postgres(pool) => db::postgres::write(pool, f),
+        }
     }
 
-    /// Runs a read-only query on the connection.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn)
+    /// Runs read-only queries that see one consistent state.
+    pub(crate) fn read<T>(&self, mut f: impl FnMut(&Conn<'_>) -> Result<T>) -> Result<T> {
+        match &self.engine {
+            Engine::Sqlite(conn) => {
+                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let out = f(&Conn::Lite(&conn));
+                out
+            }
+            Engine::Postgres(pool) => db::postgres::read(pool, f),
+        }
     }
 
     /// Runs blocking store work off the async runtime.
@@ -194,44 +300,61 @@ impl Store {
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.write(|tx| set_meta(tx, key, value))
     }
+
+    /// The value of `key` in `meta`, set to `make()` by the first caller: every
+    /// replica that asks gets the same value.
+    pub fn shared_secret(&self, key: &str, make: impl Fn() -> String) -> Result<String> {
+        self.write(|tx| match get_meta(tx, key)? {
+            Some(v) => Ok(v),
+            None => {
+                let v = make();
+                set_meta(tx, key, &v)?;
+                Ok(v)
+            }
+        })
+    }
 }
 
-pub(crate) fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?)
+/// Opens a SQLite file with the store's settings: WAL, `synchronous=FULL`.
+pub(crate) fn open_sqlite(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
-pub(crate) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
+pub(crate) fn get_meta(conn: &Conn<'_>, key: &str) -> Result<Option<String>> {
+    conn.query_opt("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+        r.get(0)
+    })
+}
+
+pub(crate) fn set_meta(conn: &Conn<'_>, key: &str, value: &str) -> Result<()> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [key, value],
+        params![key, value],
     )?;
     Ok(())
 }
 
-fn migrate(conn: &Connection) -> Result<()> {
-    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-/// The lease signing key lives in the database so that one file is the whole
-/// server state; it is created on first start.
-fn load_or_create_signer(conn: &Connection, now: DateTime<Utc>) -> Result<LeaseSigner> {
-    let row: Option<(String, Vec<u8>)> = conn
-        .query_row(
-            "SELECT kid, secret FROM lease_keys WHERE active = 1 ORDER BY created_at DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+/// The lease signing key lives in the database, so that one file (or one
+/// PostgreSQL database shared by every replica) is the whole server state; it
+/// is created on first start. Two replicas starting at once on an empty
+/// database both try to create one; SERIALIZABLE lets only one commit and the
+/// other, run again, loads it.
+fn load_or_create_signer(conn: &Conn<'_>, now: DateTime<Utc>) -> Result<LeaseSigner> {
+    let row: Option<(String, Vec<u8>)> = conn.query_opt(
+        "SELECT kid, secret FROM lease_keys WHERE active = 1 ORDER BY created_at DESC LIMIT 1",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     if let Some((kid, secret)) = row {
         let bytes: [u8; 32] = secret
             .try_into()
@@ -244,7 +367,7 @@ fn load_or_create_signer(conn: &Connection, now: DateTime<Utc>) -> Result<LeaseS
     let kid = format!("k-{}", hex::encode(&digest[..6]));
     conn.execute(
         "INSERT INTO lease_keys (kid, secret, created_at) VALUES (?1, ?2, ?3)",
-        rusqlite::params![kid, key.to_bytes().to_vec(), ts(now)],
+        params![kid, key.to_bytes().to_vec(), ts(now)],
     )?;
     Ok(LeaseSigner::new(kid, key))
 }

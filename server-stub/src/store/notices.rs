@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{Notice, NoticeKind};
-use rusqlite::{params, Connection};
 
+use super::db::{params, Conn};
 use super::lots::load_lots;
 use super::{get_meta, parse_ts, set_meta, ts, Result, Store, StoreError};
 use crate::config::PolicyConfig;
@@ -30,7 +30,7 @@ fn kind_of(s: &str) -> Result<NoticeKind> {
         .ok_or_else(|| StoreError::Corrupt(format!("notice kind '{s}'")))
 }
 
-pub(crate) fn raise(conn: &Connection, r: &Raise, now: DateTime<Utc>) -> Result<()> {
+pub(crate) fn raise(conn: &Conn<'_>, r: &Raise, now: DateTime<Utc>) -> Result<()> {
     tracing::info!(kind = r.kind.as_str(), "notice: {}", r.message);
     conn.execute(
         "INSERT INTO notices (kind, message, created_at) VALUES (?1, ?2, ?3)",
@@ -39,7 +39,7 @@ pub(crate) fn raise(conn: &Connection, r: &Raise, now: DateTime<Utc>) -> Result<
     Ok(())
 }
 
-fn load_armed(conn: &Connection) -> Result<Armed> {
+fn load_armed(conn: &Conn<'_>) -> Result<Armed> {
     let armed = |key| -> Result<bool> { Ok(get_meta(conn, key)?.as_deref() != Some("0")) };
     Ok(Armed {
         low: armed(LOW_ARMED)?,
@@ -49,7 +49,7 @@ fn load_armed(conn: &Connection) -> Result<Armed> {
 
 /// Raises `notices` and stores what changed in `armed`.
 fn apply(
-    conn: &Connection,
+    conn: &Conn<'_>,
     before: Armed,
     notices: &[Raise],
     after: Armed,
@@ -70,7 +70,7 @@ fn apply(
 
 /// After tokens were spent.
 pub(crate) fn after_charge(
-    conn: &Connection,
+    conn: &Conn<'_>,
     policy: &PolicyConfig,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -82,7 +82,7 @@ pub(crate) fn after_charge(
 
 /// A charge was refused for lack of tokens; `product` is its display name.
 pub(crate) fn on_refusal(
-    conn: &Connection,
+    conn: &Conn<'_>,
     user: &str,
     product: &str,
     balance: u64,
@@ -95,7 +95,7 @@ pub(crate) fn on_refusal(
 }
 
 pub(crate) fn after_purchase(
-    conn: &Connection,
+    conn: &Conn<'_>,
     policy: &PolicyConfig,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -106,31 +106,31 @@ pub(crate) fn after_purchase(
 }
 
 /// Raises `tokens_expiring` for lots with tokens left that expire within 90 days.
-pub(crate) fn check_expiring(conn: &Connection, now: DateTime<Utc>) -> Result<()> {
+pub(crate) fn check_expiring(conn: &Conn<'_>, now: DateTime<Utc>) -> Result<()> {
     // Only lots that could be due are loaded: claims call this every time.
-    let mut stmt = conn.prepare_cached(
+    let lots = conn.query_all(
         "SELECT id, tokens, remaining, purchased_at, expires_at FROM lots
          WHERE expiry_noticed = 0 AND remaining > 0 AND expires_at > ?1",
+        params![ts(now)],
+        |r| {
+            Ok((
+                LotState {
+                    id: r.get(0)?,
+                    tokens: r.get(1)?,
+                    remaining: r.get(2)?,
+                    purchased_at: parse_ts(r.str(3)?)?,
+                    expires_at: parse_ts(r.str(4)?)?,
+                },
+                false,
+            ))
+        },
     )?;
-    let rows: Vec<(i64, i64, i64, String, String)> = stmt
-        .query_map([ts(now)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut lots = Vec::with_capacity(rows.len());
-    for (id, tokens, remaining, bought, expires) in rows {
-        let lot = LotState {
-            id,
-            tokens: tokens as u64,
-            remaining: remaining as u64,
-            purchased_at: parse_ts(&bought)?,
-            expires_at: parse_ts(&expires)?,
-        };
-        lots.push((lot, false));
-    }
     for (id, notice) in rules::expiring(&lots, now) {
         raise(conn, &notice, now)?;
-        conn.execute("UPDATE lots SET expiry_noticed = 1 WHERE id = ?1", [id])?;
+        conn.execute(
+            "UPDATE lots SET expiry_noticed = 1 WHERE id = ?1",
+            params![id],
+        )?;
     }
     Ok(())
 }
@@ -145,7 +145,7 @@ pub(crate) enum Audience {
 }
 
 pub(crate) fn list(
-    conn: &Connection,
+    conn: &Conn<'_>,
     after: Option<i64>,
     limit: i64,
     audience: Audience,
@@ -156,30 +156,22 @@ pub(crate) fn list(
         .filter(|k| audience == Audience::Admins || k.for_agents())
         .map(|k| format!("'{}'", k.as_str()))
         .collect();
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT id, kind, message, created_at FROM notices
-         WHERE id > ?1 AND kind IN ({}) ORDER BY id DESC LIMIT ?2",
-        kinds.join(", ")
-    ))?;
-    let rows = stmt.query_map(params![after.unwrap_or(0), limit], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, kind, message, created) = row?;
-        out.push(Notice {
-            id,
-            kind: kind_of(&kind)?,
-            message,
-            created_at: parse_ts(&created)?,
-        });
-    }
-    Ok(out)
+    conn.query_all(
+        &format!(
+            "SELECT id, kind, message, created_at FROM notices
+             WHERE id > ?1 AND kind IN ({}) ORDER BY id DESC LIMIT ?2",
+            kinds.join(", ")
+        ),
+        params![after.unwrap_or(0), limit],
+        |r| {
+            Ok(Notice {
+                id: r.get(0)?,
+                kind: kind_of(r.str(1)?)?,
+                message: r.get(2)?,
+                created_at: parse_ts(r.str(3)?)?,
+            })
+        },
+    )
 }
 
 impl Store {

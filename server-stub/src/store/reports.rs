@@ -20,8 +20,8 @@ use chrono_tz::Tz;
 use flex_protocol::reports::{
     Estimate, EstimateRequest, Forecast, RecommendationList, ReportBy, UsageReport,
 };
-use rusqlite::{params, Connection, OptionalExtension};
 
+use super::db::{params, Conn, Row};
 use super::lots::load_lots;
 use super::usage_blocks::{self, WeekCell};
 use super::{get_meta, parse_ts, set_meta, ts, Result, Store, StoreError};
@@ -57,31 +57,30 @@ struct DayAdd {
 }
 
 /// The rollup rows one chunk of the fold writes.
-struct Folder<'c> {
-    tx: &'c Connection,
+struct Folder<'c, 'a> {
+    tx: &'c Conn<'a>,
     pairs: HashMap<(String, String), i64>,
     /// Blocks read and changed in this chunk, written back at its end.
     blocks: HashMap<(i32, i64), Vec<u8>>,
 }
 
-impl Folder<'_> {
+impl Folder<'_, '_> {
     fn pair(&mut self, user: &str, product: &str) -> Result<i64> {
         if let Some(&id) = self.pairs.get(&(user.to_owned(), product.to_owned())) {
             return Ok(id);
         }
-        let found: Option<i64> = self
-            .tx
-            .prepare_cached("SELECT id FROM usage_pairs WHERE user = ?1 AND product = ?2")?
-            .query_row(params![user, product], |r| r.get(0))
-            .optional()?;
+        let found: Option<i64> = self.tx.query_opt(
+            "SELECT id FROM usage_pairs WHERE \"user\" = ?1 AND product = ?2",
+            params![user, product],
+            |r| r.get(0),
+        )?;
         let id = match found {
             Some(id) => id,
-            None => self
-                .tx
-                .prepare_cached(
-                    "INSERT INTO usage_pairs (user, product) VALUES (?1, ?2) RETURNING id",
-                )?
-                .query_row(params![user, product], |r| r.get(0))?,
+            None => self.tx.query_one(
+                "INSERT INTO usage_pairs (\"user\", product) VALUES (?1, ?2) RETURNING id",
+                params![user, product],
+                |r| r.get(0),
+            )?,
         };
         self.pairs.insert((user.to_owned(), product.to_owned()), id);
         Ok(id)
@@ -90,20 +89,17 @@ impl Folder<'_> {
     /// Adds to a day and to its week; a day's first window (or first paid
     /// one) is a new usage day (or paid usage day) of the week.
     fn add(&mut self, a: DayAdd) -> Result<()> {
-        let (w, p): (i64, i64) = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO usage_days (day, pair, windows, token_windows, tokens)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (day, pair) DO UPDATE SET
-                     windows = windows + excluded.windows,
-                     token_windows = token_windows + excluded.token_windows,
-                     tokens = tokens + excluded.tokens
-                 RETURNING windows, token_windows",
-            )?
-            .query_row(params![a.day, a.pair, a.windows, a.paid, a.tokens], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (w, p): (i64, i64) = self.tx.query_one(
+            "INSERT INTO usage_days (day, pair, windows, token_windows, tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (day, pair) DO UPDATE SET
+                 windows = usage_days.windows + excluded.windows,
+                 token_windows = usage_days.token_windows + excluded.token_windows,
+                 tokens = usage_days.tokens + excluded.tokens
+             RETURNING windows, token_windows",
+            params![a.day, a.pair, a.windows, a.paid, a.tokens],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let new_day = u8::from(a.windows > 0 && w == a.windows);
         let new_paid = u8::from(a.paid > 0 && p == a.paid);
         if new_day == 0 && new_paid == 0 && a.tokens == 0 {
@@ -113,11 +109,11 @@ impl Folder<'_> {
         let blob = match self.blocks.entry((block, a.pair)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let stored: Option<Vec<u8>> = self
-                    .tx
-                    .prepare_cached("SELECT weeks FROM usage_weeks WHERE block = ?1 AND pair = ?2")?
-                    .query_row(params![block, a.pair], |r| r.get(0))
-                    .optional()?;
+                let stored: Option<Vec<u8>> = self.tx.query_opt(
+                    "SELECT weeks FROM usage_weeks WHERE block = ?1 AND pair = ?2",
+                    params![block, a.pair],
+                    |r| r.get(0),
+                )?;
                 e.insert(stored.unwrap_or_else(usage_blocks::empty))
             }
         };
@@ -126,46 +122,66 @@ impl Folder<'_> {
     }
 
     fn write_blocks(self) -> Result<()> {
-        let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO usage_weeks (block, pair, weeks) VALUES (?1, ?2, ?3)
-             ON CONFLICT (block, pair) DO UPDATE SET weeks = excluded.weeks",
-        )?;
         for ((block, pair), blob) in &self.blocks {
-            stmt.execute(params![block, pair, blob])?;
+            self.tx.execute(
+                "INSERT INTO usage_weeks (block, pair, weeks) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (block, pair) DO UPDATE SET weeks = excluded.weeks",
+                params![block, pair, blob],
+            )?;
         }
         Ok(())
     }
 }
 
 /// Folds up to one chunk of new charges into the rollup; returns how many.
-fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
+fn fold_chunk(tx: &Conn<'_>, tz: Tz) -> Result<i64> {
+    // Charges are folded by id, once: every charge below the last id taken
+    // must already be visible.
+    tx.settle_inserts("charges")?;
     if get_meta(tx, ROLLUP_ZONE)?.as_deref() != Some(tz.name()) {
-        tx.execute("DELETE FROM usage_days", [])?;
-        tx.execute("DELETE FROM usage_weeks", [])?;
+        tx.execute("DELETE FROM usage_days", params![])?;
+        tx.execute("DELETE FROM usage_weeks", params![])?;
         set_meta(tx, ROLLUP_ID, "0")?;
         set_meta(tx, ROLLUP_ZONE, tz.name())?;
     }
     let after: i64 = get_meta(tx, ROLLUP_ID)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut stmt = tx.prepare_cached(
-        "SELECT c.id, c.user, c.product, c.source, c.tokens, c.created_at, w.start
+    struct Taken {
+        id: i64,
+        user: String,
+        product: String,
+        paid: i64,
+        tokens: i64,
+        charged: String,
+        start: Option<String>,
+    }
+    let taken = tx.query_all(
+        "SELECT c.id, c.\"user\", c.product, c.source, c.tokens, c.created_at, w.start
          FROM charges c LEFT JOIN windows w ON w.id = c.window_id
          WHERE c.id > ?1 ORDER BY c.id LIMIT ?2",
+        params![after, FOLD_CHUNK],
+        |r| {
+            Ok(Taken {
+                id: r.get(0)?,
+                user: r.get(1)?,
+                product: r.get(2)?,
+                paid: i64::from(r.str(3)? == "tokens"),
+                tokens: r.get(4)?,
+                charged: r.get(5)?,
+                start: r.get(6)?,
+            })
+        },
     )?;
     let mut folder = Folder {
         tx,
         pairs: HashMap::new(),
         blocks: HashMap::new(),
     };
-    let mut rows = stmt.query(params![after, FOLD_CHUNK])?;
     let (mut last, mut n) = (after, 0);
-    while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        let pair = folder.pair(text(r, 1)?, text(r, 2)?)?;
-        let paid = i64::from(r.get_ref(3)?.as_str().unwrap_or("") == "tokens");
-        let tokens: i64 = r.get(4)?;
-        let charged = local_day(parse_ts(text(r, 5)?)?, tz);
+    for t in &taken {
+        let pair = folder.pair(&t.user, &t.product)?;
+        let charged = local_day(parse_ts(&t.charged)?, tz);
         let day = |day, windows, paid, tokens| DayAdd {
             day,
             pair,
@@ -175,19 +191,19 @@ fn fold_chunk(tx: &Connection, tz: Tz) -> Result<i64> {
         };
         // Usage counts on the window's start day, tokens on the charge's day;
         // a per-result charge has no window.
-        match r.get_ref(6)?.as_str_or_null().ok().flatten() {
+        match &t.start {
             Some(start) => {
                 let start = local_day(parse_ts(start)?, tz);
                 if start == charged {
-                    folder.add(day(start, 1, paid, tokens))?;
+                    folder.add(day(start, 1, t.paid, t.tokens))?;
                 } else {
-                    folder.add(day(start, 1, paid, 0))?;
-                    folder.add(day(charged, 0, 0, tokens))?;
+                    folder.add(day(start, 1, t.paid, 0))?;
+                    folder.add(day(charged, 0, 0, t.tokens))?;
                 }
             }
-            None => folder.add(day(charged, 0, 0, tokens))?,
+            None => folder.add(day(charged, 0, 0, t.tokens))?,
         }
-        last = id;
+        last = t.id;
         n += 1;
     }
     folder.write_blocks()?;
@@ -220,18 +236,20 @@ fn pair_id(id: i64) -> Result<u32> {
 }
 
 /// Calls `f(id, user, product)` for every (user, product) with usage.
-fn each_pair(conn: &Connection, mut f: impl FnMut(u32, &str, &str)) -> Result<()> {
-    let mut stmt = conn.prepare_cached("SELECT id, user, product FROM usage_pairs")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        f(pair_id(r.get(0)?)?, text(r, 1)?, text(r, 2)?);
-    }
-    Ok(())
+fn each_pair(conn: &Conn<'_>, mut f: impl FnMut(u32, &str, &str)) -> Result<()> {
+    conn.query_each(
+        "SELECT id, \"user\", product FROM usage_pairs",
+        params![],
+        |r| {
+            f(pair_id(r.get(0)?)?, text(r, 1)?, text(r, 2)?);
+            Ok(())
+        },
+    )
 }
 
 /// Streams a period's usage: whole weeks from `usage_weeks`, the days before
 /// the first Monday and after the last whole week from `usage_days`.
-fn period_facts(conn: &Connection, period: Period, mut f: impl FnMut(Fact<'_>)) -> Result<()> {
+fn period_facts(conn: &Conn<'_>, period: Period, mut f: impl FnMut(Fact<'_>)) -> Result<()> {
     let first = calendar::day_number(period.from);
     let last = calendar::day_number(period.to);
     let w0 = calendar::week_start(first);
@@ -242,44 +260,43 @@ fn period_facts(conn: &Connection, period: Period, mut f: impl FnMut(Fact<'_>)) 
         days = vec![(first, weeks_from - 1), (weeks_to, last)];
         let (b0, _) = usage_blocks::locate(weeks_from);
         let (b1, _) = usage_blocks::locate(weeks_to - 7);
-        let mut stmt = conn.prepare_cached(
+        conn.query_each(
             "SELECT pair, block, weeks FROM usage_weeks WHERE block BETWEEN ?1 AND ?2",
+            params![b0, b1],
+            |r| {
+                let pair = pair_id(r.get(0)?)?;
+                let blob = r.blob(2)?;
+                usage_blocks::each(blob, r.get(1)?, weeks_from, weeks_to - 7, |monday, cell| {
+                    f(Fact::Week {
+                        pair,
+                        monday,
+                        cell: &cell,
+                    })
+                });
+                Ok(())
+            },
         )?;
-        let mut rows = stmt.query(params![b0, b1])?;
-        while let Some(r) = rows.next()? {
-            let pair = pair_id(r.get(0)?)?;
-            let blob = r
-                .get_ref(2)?
-                .as_blob()
-                .map_err(|e| StoreError::Corrupt(format!("usage weeks: {e}")))?;
-            usage_blocks::each(blob, r.get(1)?, weeks_from, weeks_to - 7, |monday, cell| {
-                f(Fact::Week {
-                    pair,
-                    monday,
-                    cell: &cell,
-                })
-            });
-        }
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT pair, day, windows, token_windows, tokens FROM usage_days WHERE day BETWEEN ?1 AND ?2",
-    )?;
     for (a, b) in days.into_iter().filter(|(a, b)| a <= b) {
-        let mut rows = stmt.query(params![a, b])?;
-        while let Some(r) = rows.next()? {
-            f(Fact::Day {
-                pair: pair_id(r.get(0)?)?,
-                day: r.get(1)?,
-                windows: r.get(2)?,
-                paid: r.get(3)?,
-                tokens: r.get(4)?,
-            });
-        }
+        conn.query_each(
+            "SELECT pair, day, windows, token_windows, tokens FROM usage_days WHERE day BETWEEN ?1 AND ?2",
+            params![a, b],
+            |r| {
+                f(Fact::Day {
+                    pair: pair_id(r.get(0)?)?,
+                    day: r.get(1)?,
+                    windows: r.get(2)?,
+                    paid: r.get(3)?,
+                    tokens: r.get(4)?,
+                });
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }
 
-fn report_from(conn: &Connection, by: ReportBy, period: Period, tz: &str) -> Result<UsageReport> {
+fn report_from(conn: &Conn<'_>, by: ReportBy, period: Period, tz: &str) -> Result<UsageReport> {
     let mut acc = UsageAccumulator::new(by, period);
     each_pair(conn, |id, user, product| acc.pair(id, user, product))?;
     period_facts(conn, period, |fact| match fact {
@@ -305,16 +322,14 @@ fn report_from(conn: &Connection, by: ReportBy, period: Period, tz: &str) -> Res
     Ok(acc.finish(tz))
 }
 
-fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str> {
-    r.get_ref(i)?
-        .as_str()
-        .map_err(|e| StoreError::Corrupt(format!("usage rollup: {e}")))
+fn text<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r str> {
+    r.str(i)
 }
 
 /// Per (user, product) usage days and tokens in a period, for the pairs with
 /// usage days or tokens; `paid_only` counts only days with a window paid with
 /// tokens.
-fn pair_usage(conn: &Connection, period: Period, paid_only: bool) -> Result<Vec<PairUsage>> {
+fn pair_usage(conn: &Conn<'_>, period: Period, paid_only: bool) -> Result<Vec<PairUsage>> {
     let mut sums: Vec<(u64, u64)> = Vec::new();
     let mut add = |pair: u32, days: u64, tokens: u64| {
         let i = pair as usize;
@@ -360,13 +375,12 @@ fn pair_usage(conn: &Connection, period: Period, paid_only: bool) -> Result<Vec<
     Ok(out)
 }
 
-fn charged_since(conn: &Connection, since: DateTime<Utc>) -> Result<u64> {
-    let n: i64 = conn.query_row(
-        "SELECT COALESCE(SUM(tokens), 0) FROM charges WHERE created_at > ?1",
-        [ts(since)],
+fn charged_since(conn: &Conn<'_>, since: DateTime<Utc>) -> Result<u64> {
+    conn.query_one(
+        "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT) FROM charges WHERE created_at > ?1",
+        params![ts(since)],
         |r| r.get(0),
-    )?;
-    Ok(n as u64)
+    )
 }
 
 impl Store {
@@ -400,10 +414,10 @@ impl Store {
         self.fold_usage()?;
         let (usage, subs) = self.read(|c| {
             let usage = pair_usage(c, period, false)?;
-            let mut stmt = c.prepare("SELECT email, product FROM subscriptions")?;
-            let subs: Vec<(String, String)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+            let subs: Vec<(String, String)> =
+                c.query_all("SELECT email, product FROM subscriptions", params![], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             Ok((usage, subs))
         })?;
         let label = period.from.format("%Y-%m").to_string();
@@ -439,7 +453,7 @@ impl Store {
                         usage_days: u.usage_days,
                     })
                     .collect();
-                let rows = estimate::rows_from_usage(&past, period.days());
+                let rows = estimate::rows_from_usage(&past, period.months());
                 if rows.is_empty() {
                     return Err(Invalid::new(
                         "from_usage",
@@ -495,23 +509,18 @@ impl Store {
         let tz = self.timezone();
         let since = now - Duration::days(days + 1);
         let (lots, spends) = self.read(|c| {
-            let mut stmt = c.prepare(
+            let spends = c.query_all(
                 "SELECT c.created_at, cl.lot_id, cl.tokens FROM charges c
                  JOIN charge_lots cl ON cl.charge_id = c.id WHERE c.created_at > ?1",
-            )?;
-            let raw: Vec<(String, i64, i64)> = stmt
-                .query_map([ts(since)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let spends = raw
-                .into_iter()
-                .map(|(at, lot_id, tokens)| {
+                params![ts(since)],
+                |r| {
                     Ok(Spend {
-                        at: parse_ts(&at)?,
-                        lot_id,
-                        tokens: tokens as u64,
+                        at: parse_ts(r.str(0)?)?,
+                        lot_id: r.get(1)?,
+                        tokens: r.get(2)?,
                     })
-                })
-                .collect::<Result<Vec<_>>>()?;
+                },
+            )?;
             Ok((load_lots(c)?, spends))
         })?;
         Ok(forecast::balance_history(&lots, &spends, now, days, tz))
@@ -521,22 +530,17 @@ impl Store {
     pub fn user_months(&self, email: &str, period: Period) -> Result<Vec<MonthUsage>> {
         self.fold_usage()?;
         let rows: Vec<(String, i32, i64, i64)> = self.read(|c| {
-            let mut stmt = c.prepare(
+            c.query_all(
                 "SELECT p.product, d.day, d.windows, d.tokens
                  FROM usage_pairs p JOIN usage_days d ON d.pair = p.id
-                 WHERE p.user = ?1 AND d.day BETWEEN ?2 AND ?3",
-            )?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        email,
-                        calendar::day_number(period.from),
-                        calendar::day_number(period.to)
-                    ],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(rows)
+                 WHERE p.\"user\" = ?1 AND d.day BETWEEN ?2 AND ?3",
+                params![
+                    email,
+                    calendar::day_number(period.from),
+                    calendar::day_number(period.to)
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
         })?;
         let mut months: std::collections::BTreeMap<(String, String), (u64, u64)> =
             Default::default();

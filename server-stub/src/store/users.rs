@@ -4,8 +4,8 @@ use flex_protocol::api::{
     AssignmentMode, DefaultAssignments, NewSubscription, NewUser, Subscription, User,
 };
 use flex_protocol::Email;
-use rusqlite::{params, Connection, OptionalExtension};
 
+use super::db::{params, Conn};
 use super::{parse_ts, ts, Result, Store, StoreError};
 
 /// Checks and normalises an email address (trimmed, lowercased), in the one
@@ -28,46 +28,43 @@ pub fn check_name(field: &str, raw: &str) -> std::result::Result<String, String>
     Ok(name.to_string())
 }
 
-pub(crate) fn load_user(conn: &Connection, email: &str) -> Result<Option<User>> {
-    let row = conn
-        .query_row(
-            "SELECT email, first_name, last_name, flex_assigned FROM users WHERE email = ?1",
-            [email],
-            |r| {
-                Ok(User {
-                    email: r.get(0)?,
-                    first_name: r.get(1)?,
-                    last_name: r.get(2)?,
-                    flex_assigned: r.get(3)?,
-                    subscriptions: Vec::new(),
-                })
-            },
-        )
-        .optional()?;
+pub(crate) fn load_user(conn: &Conn<'_>, email: &str) -> Result<Option<User>> {
+    let row = conn.query_opt(
+        "SELECT email, first_name, last_name, flex_assigned FROM users WHERE email = ?1",
+        params![email],
+        |r| {
+            Ok(User {
+                email: r.get(0)?,
+                first_name: r.get(1)?,
+                last_name: r.get(2)?,
+                flex_assigned: r.get(3)?,
+                subscriptions: Vec::new(),
+            })
+        },
+    )?;
     let Some(mut user) = row else { return Ok(None) };
-    let mut stmt =
-        conn.prepare("SELECT product FROM subscriptions WHERE email = ?1 ORDER BY product")?;
-    user.subscriptions = stmt
-        .query_map([email], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    user.subscriptions = conn.query_all(
+        "SELECT product FROM subscriptions WHERE email = ?1 ORDER BY product",
+        params![email],
+        |r| r.get(0),
+    )?;
     Ok(Some(user))
 }
 
-pub(crate) fn has_subscription(conn: &Connection, email: &str, product: &str) -> Result<bool> {
+pub(crate) fn has_subscription(conn: &Conn<'_>, email: &str, product: &str) -> Result<bool> {
     Ok(conn
-        .query_row(
+        .query_opt(
             "SELECT 1 FROM subscriptions WHERE email = ?1 AND product = ?2",
-            [email, product],
+            params![email, product],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some())
 }
 
-pub(crate) fn load_defaults(conn: &Connection) -> Result<DefaultAssignments> {
-    let (mode, products): (String, String) = conn.query_row(
+pub(crate) fn load_defaults(conn: &Conn<'_>) -> Result<DefaultAssignments> {
+    let (mode, products): (String, String) = conn.query_one(
         "SELECT mode, products FROM default_assignments WHERE id = 1",
-        [],
+        params![],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mode = match mode.as_str() {
@@ -83,9 +80,11 @@ pub(crate) fn load_defaults(conn: &Connection) -> Result<DefaultAssignments> {
 
 impl Store {
     pub fn add_user(&self, new: NewUser) -> Result<User> {
-        let email = normalize_email(&new.email).map_err(StoreError::Invalid)?;
-        let first = check_name("first_name", &new.first_name).map_err(StoreError::Invalid)?;
-        let last = check_name("last_name", &new.last_name).map_err(StoreError::Invalid)?;
+        let email = normalize_email(&new.email).map_err(|m| StoreError::invalid("email", m))?;
+        let first = check_name("first_name", &new.first_name)
+            .map_err(|m| StoreError::invalid("first_name", m))?;
+        let last = check_name("last_name", &new.last_name)
+            .map_err(|m| StoreError::invalid("last_name", m))?;
         let now = self.now();
         self.write(|tx| {
             if load_user(tx, &email)?.is_some() {
@@ -104,25 +103,43 @@ impl Store {
 
     /// One user, with their subscriptions.
     pub fn user(&self, email: &str) -> Result<Option<User>> {
-        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(email).map_err(|m| StoreError::invalid("email", m))?;
         self.read(|c| load_user(c, &email))
     }
 
     pub fn list_users(&self) -> Result<Vec<User>> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT email FROM users ORDER BY email")?;
-            let emails: Vec<String> = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            emails
-                .iter()
-                .map(|e| Ok(load_user(c, e)?.expect("listed")))
-                .collect()
+            let mut users = c.query_all(
+                "SELECT email, first_name, last_name, flex_assigned FROM users ORDER BY email",
+                params![],
+                |r| {
+                    Ok(User {
+                        email: r.get(0)?,
+                        first_name: r.get(1)?,
+                        last_name: r.get(2)?,
+                        flex_assigned: r.get(3)?,
+                        subscriptions: Vec::new(),
+                    })
+                },
+            )?;
+            let mut subs: std::collections::HashMap<String, Vec<String>> = Default::default();
+            c.query_each(
+                "SELECT email, product FROM subscriptions ORDER BY email, product",
+                params![],
+                |r| {
+                    subs.entry(r.get(0)?).or_default().push(r.get(1)?);
+                    Ok(())
+                },
+            )?;
+            for u in &mut users {
+                u.subscriptions = subs.remove(&u.email).unwrap_or_default();
+            }
+            Ok(users)
         })
     }
 
     pub fn set_flex(&self, email: &str, assigned: bool) -> Result<User> {
-        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(email).map_err(|m| StoreError::invalid("email", m))?;
         self.write(|tx| {
             let n = tx.execute(
                 "UPDATE users SET flex_assigned = ?1 WHERE email = ?2",
@@ -139,12 +156,12 @@ impl Store {
     }
 
     pub fn add_subscription(&self, new: NewSubscription) -> Result<Subscription> {
-        let email = normalize_email(&new.email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(&new.email).map_err(|m| StoreError::invalid("email", m))?;
         if self.rates().get(&new.product).is_none() {
-            return Err(StoreError::Invalid(format!(
-                "product '{}' is not on the rate sheet",
-                new.product
-            )));
+            return Err(StoreError::invalid(
+                "product",
+                format!("product '{}' is not on the rate sheet", new.product),
+            ));
         }
         let now = self.now();
         self.write(|tx| {
@@ -156,12 +173,13 @@ impl Store {
             }
             // Assigning twice keeps the first assignment date.
             tx.execute(
-                "INSERT OR IGNORE INTO subscriptions (email, product, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO subscriptions (email, product, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
                 params![email, new.product, ts(now)],
             )?;
-            let created: String = tx.query_row(
+            let created: String = tx.query_one(
                 "SELECT created_at FROM subscriptions WHERE email = ?1 AND product = ?2",
-                [&email, &new.product],
+                params![email, new.product],
                 |r| r.get(0),
             )?;
             Ok(Subscription {
@@ -173,11 +191,11 @@ impl Store {
     }
 
     pub fn remove_subscription(&self, email: &str, product: &str) -> Result<()> {
-        let email = normalize_email(email).map_err(StoreError::Invalid)?;
+        let email = normalize_email(email).map_err(|m| StoreError::invalid("email", m))?;
         self.write(|tx| {
             let n = tx.execute(
                 "DELETE FROM subscriptions WHERE email = ?1 AND product = ?2",
-                [&email, product],
+                params![email, product],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound {
@@ -196,9 +214,10 @@ impl Store {
     pub fn set_default_assignments(&self, d: DefaultAssignments) -> Result<DefaultAssignments> {
         for p in &d.products {
             if self.rates().get(p).is_none() {
-                return Err(StoreError::Invalid(format!(
-                    "product '{p}' is not on the rate sheet"
-                )));
+                return Err(StoreError::invalid(
+                    "products",
+                    format!("product '{p}' is not on the rate sheet"),
+                ));
             }
         }
         let mode = match d.mode {
@@ -213,7 +232,7 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "UPDATE default_assignments SET mode = ?1, products = ?2 WHERE id = 1",
-                [mode, &json],
+                params![mode, json],
             )?;
             load_defaults(tx)
         })

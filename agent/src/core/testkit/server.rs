@@ -1,6 +1,7 @@
-//! The fake entitlement server: the server's own claim rules (R4–R6, from
-//! `flex_server::rules`) over in-memory state, idempotent by claim id, signing
-//! leases with a fixed key.
+//! The fake entitlement server: the server's own claim rules (R4–R6, in the
+//! order `flex_server::rules::claim::decide` applies them, as the real store
+//! does) over in-memory state, idempotent by claim id, signing leases with a
+//! fixed key.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +13,8 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
 use flex_protocol::ErrorCode;
-use flex_server::rules::{entitlement, per_result, windows};
+use flex_server::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
+use flex_server::rules::{windows, Invalid};
 
 use super::DEVICE;
 use crate::core::default_policy;
@@ -38,7 +40,8 @@ pub struct FakeServer {
     /// Users not on Flex (every other user is, with every product allowed).
     pub not_on_flex: HashSet<String>,
     pub policy: Policy,
-    windows: HashMap<(String, String), Window>,
+    /// Every window granted, oldest first.
+    windows: Vec<WindowFact>,
     answers: HashMap<String, (ClaimRequest, ClaimResponse)>,
     pub charges: Vec<FakeCharge>,
     /// Every claim received, retries included.
@@ -68,7 +71,7 @@ impl FakeServer {
             subscriptions: HashSet::new(),
             not_on_flex: HashSet::new(),
             policy: default_policy(),
-            windows: HashMap::new(),
+            windows: Vec::new(),
             answers: HashMap::new(),
             charges: Vec::new(),
             received: Vec::new(),
@@ -84,6 +87,11 @@ impl FakeServer {
     /// re-keyed or replaced server).
     pub fn rotate_key(&mut self) {
         self.signer = LeaseSigner::new("k2", SigningKey::from_bytes(&[9; 32]));
+    }
+
+    /// The server signs with the key the agent pinned again (a fixed server).
+    pub fn restore_key(&mut self) {
+        self.signer = LeaseSigner::new("k1", SigningKey::from_bytes(&[7; 32]));
     }
 
     pub fn verifier(&self) -> LeaseVerifier {
@@ -106,8 +114,12 @@ impl FakeServer {
     }
 
     /// The newest window the server opened for (user, product).
-    pub fn window_of(&self, user: &flex_protocol::Email, product: &str) -> Option<&Window> {
-        self.windows.get(&(user.to_string(), product.to_string()))
+    pub fn window_of(&self, user: &flex_protocol::Email, product: &str) -> Option<Window> {
+        self.windows
+            .iter()
+            .rev()
+            .find(|w| w.user == user.as_str() && w.product == product)
+            .map(wire)
     }
 
     pub fn total_charged(&self) -> u64 {
@@ -132,87 +144,64 @@ impl FakeServer {
         answer
     }
 
-    /// The server's own rules (`flex_server::rules`) over this fake's state:
-    /// every user is on Flex with every product allowed, the balance is one lot.
+    /// The server's own rules (`flex_server::rules::claim::decide`) over this
+    /// fake's state: every user is on Flex with every product allowed, the
+    /// balance is one lot.
     fn decide(&mut self, req: &ClaimRequest, now: DateTime<Utc>) -> ClaimResponse {
-        let Some(charge) = self.rates.get(&req.product).copied() else {
-            return deny(ErrorCode::UnknownProduct, "no such product", None);
+        let decision = match claim::decide(self, req, now) {
+            Ok(d) => d,
+            Err(invalid) => return deny(ErrorCode::InvalidRequest, &invalid.message, None),
         };
-        let key = (req.user.to_string(), req.product.clone());
-        let all = DefaultAssignments {
-            mode: AssignmentMode::All,
-            products: Vec::new(),
-        };
-        let facts = entitlement::Facts {
-            known: true,
-            flex_assigned: !self.not_on_flex.contains(&key.0),
-            subscribed: self.subscriptions.contains(&key),
-            defaults: &all,
-        };
-        let source = match entitlement::decide(&key.0, &key.1, &facts) {
-            Ok(source) => source,
-            Err(why) => return deny(ErrorCode::NotEntitled, &why, None),
-        };
-        if let Some(n) = req.results {
-            let Some(cost) = per_result::job_cost(charge, n, source) else {
-                return deny(
-                    ErrorCode::InvalidRequest,
-                    "results on a daily product",
-                    None,
-                );
-            };
-            if !self.pay(req, cost, false) {
-                return deny(
-                    ErrorCode::OutOfTokens,
-                    "balance too low",
-                    Some(self.balance),
-                );
+        match decision {
+            Decision::Deny { reason, message } => deny(reason, &message, None),
+            Decision::Covered(w) => {
+                let source = w.source;
+                self.grant(req, source, wire(&w), 0, now)
             }
-            return ClaimResponse::Granted(Grant {
-                source,
-                window: None,
-                tokens_charged: cost,
-                balance: self.balance,
-                lease: None,
-            });
+            Decision::Job { source, cost } => {
+                if !self.pay(req, cost, false) {
+                    return deny(
+                        ErrorCode::OutOfTokens,
+                        "balance too low",
+                        Some(self.balance),
+                    );
+                }
+                ClaimResponse::Granted(Grant {
+                    source,
+                    window: None,
+                    tokens_charged: cost,
+                    balance: self.balance,
+                    lease: None,
+                })
+            }
+            Decision::Open { window, cost } => {
+                if !self.pay(req, cost, window.renews.is_some()) {
+                    return deny(
+                        ErrorCode::OutOfTokens,
+                        "balance too low",
+                        Some(self.balance),
+                    );
+                }
+                let w = WindowFact {
+                    id: format!("w{}", self.next_window),
+                    user: req.user.to_string(),
+                    product: req.product.clone(),
+                    source: window.source,
+                    start: window.start,
+                    end: window.end,
+                };
+                self.next_window += 1;
+                if let Some(c) = self
+                    .charges
+                    .last_mut()
+                    .filter(|c| c.claim_id == req.claim_id)
+                {
+                    c.window = Some(w.id.clone());
+                }
+                self.windows.push(w.clone());
+                self.grant(req, window.source, wire(&w), cost, now)
+            }
         }
-        let day = chrono::Duration::seconds(self.policy.window_secs as i64);
-        let current = self.windows.get(&key).cloned();
-        // The fake keeps only the newest window per (user, product); one that
-        // was already renewed is the renewal's predecessor, ending at its start.
-        let renews_end = match (&req.renews, &current) {
-            (Some(old), Some(cur)) if &cur.id == old => Some(cur.end),
-            (Some(_), Some(cur)) => Some(cur.start),
-            _ => None,
-        };
-        let (start, end, kind) = windows::requested(now, renews_end, day);
-        let (from, to) = windows::lookup(kind, now, start, end);
-        if let Some(cur) = current.filter(|c| windows::overlaps(c.start, c.end, from, to)) {
-            return self.grant(req, source, cur, 0, now);
-        }
-        let rate = windows::cost(source, charge);
-        if !self.pay(req, rate, req.renews.is_some()) {
-            return deny(
-                ErrorCode::OutOfTokens,
-                "balance too low",
-                Some(self.balance),
-            );
-        }
-        let window = Window {
-            id: format!("w{}", self.next_window),
-            start,
-            end,
-        };
-        self.next_window += 1;
-        if let Some(c) = self
-            .charges
-            .last_mut()
-            .filter(|c| c.claim_id == req.claim_id)
-        {
-            c.window = Some(window.id.clone());
-        }
-        self.windows.insert(key, window.clone());
-        self.grant(req, source, window, rate, now)
     }
 
     fn pay(&mut self, req: &ClaimRequest, tokens: u64, renewal: bool) -> bool {
@@ -247,8 +236,8 @@ impl FakeServer {
         let key = self
             .windows
             .iter()
-            .find(|(_, w)| w.id == window_id)
-            .map(|(k, w)| (k.clone(), w.clone()));
+            .position(|w| w.id == window_id)
+            .map(|i| (i, self.windows[i].clone()));
         let answer = match key {
             None => Err(format!("window {window_id} is not this device's")),
             Some(_) if grace.is_zero() => Err("refunds are off".into()),
@@ -277,7 +266,8 @@ impl FakeServer {
                         .map(|c| c.tokens)
                         .sum();
                     self.balance += tokens;
-                    self.windows.remove(&k);
+                    // A refunded window no longer counts as open.
+                    self.windows.remove(k);
                     Ok(RefundResponse {
                         window_id: window_id.to_string(),
                         refunded_tokens: tokens,
@@ -327,6 +317,66 @@ impl FakeServer {
             balance: self.balance,
             lease: Some(lease),
         })
+    }
+}
+
+/// The facts of the claim rules, from this fake's state.
+impl claim::Facts for FakeServer {
+    type Error = Invalid;
+
+    fn product(&self, id: &str) -> Option<ProductFact<'_>> {
+        self.rates
+            .get_key_value(id)
+            .map(|(name, charge)| ProductFact {
+                name,
+                charge: *charge,
+            })
+    }
+
+    fn window_len(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.policy.window_secs as i64)
+    }
+
+    fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Invalid> {
+        Ok(self.windows.iter().find(|w| w.id == id).cloned())
+    }
+
+    fn covering(
+        &mut self,
+        user: &str,
+        product: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<WindowFact>, Invalid> {
+        Ok(self
+            .windows
+            .iter()
+            .filter(|w| w.user == user && w.product == product)
+            .filter(|w| windows::overlaps(w.start, w.end, from, to))
+            .min_by_key(|w| w.start)
+            .cloned())
+    }
+
+    fn user(&mut self, user: &str, product: &str) -> Result<UserFacts, Invalid> {
+        Ok(UserFacts {
+            known: true,
+            flex_assigned: !self.not_on_flex.contains(user),
+            subscribed: self
+                .subscriptions
+                .contains(&(user.to_string(), product.to_string())),
+            defaults: DefaultAssignments {
+                mode: AssignmentMode::All,
+                products: Vec::new(),
+            },
+        })
+    }
+}
+
+fn wire(w: &WindowFact) -> Window {
+    Window {
+        id: w.id.clone(),
+        start: w.start,
+        end: w.end,
     }
 }
 

@@ -85,7 +85,7 @@ pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
                     "{} and {} drop-in(s) parse; server {}",
                     opts.config.display(),
                     files.saturating_sub(1),
-                    c.server_url
+                    c.servers().join(", ")
                 ),
             ));
             Some(c)
@@ -280,6 +280,41 @@ async fn enrollment_check(
     }
 }
 
+/// With several servers (`server_urls`), whether each answers: the agent
+/// fails over to the next, but a replica that never answers is worth fixing.
+async fn replica_checks(r: &mut Report, c: &Config) {
+    let servers = c.servers();
+    if servers.len() < 2 {
+        return;
+    }
+    let options = crate::client::ClientOptions {
+        ca_file: c.ca_file.clone(),
+        ..Default::default()
+    };
+    for (i, url) in servers.iter().enumerate() {
+        let name = format!("replica {}", i + 1);
+        match ServerClient::new(url, &options) {
+            Ok(one) => match one.health().await {
+                Ok(h) => r.push(Check::ok(
+                    &name,
+                    format!("{url} answers (flex-server {})", h.version),
+                )),
+                Err(e) => r.push(Check::warn(
+                    &name,
+                    e.to_string(),
+                    "the agent uses the other servers meanwhile; check that flex-server runs \
+                     there (systemctl status flex-server) and the network path to it",
+                )),
+            },
+            Err(e) => r.push(Check::fail(
+                &name,
+                e.to_string(),
+                "fix server_urls in the config",
+            )),
+        }
+    }
+}
+
 async fn server_checks(
     r: &mut Report,
     c: &Config,
@@ -298,7 +333,8 @@ async fn server_checks(
             return;
         }
     };
-    let https = c.server_url.starts_with("https://");
+    replica_checks(r, c).await;
+    let https = c.servers().iter().all(|u| u.starts_with("https://"));
     let ca = c
         .ca_file
         .as_ref()
@@ -310,7 +346,11 @@ async fn server_checks(
         Ok(h) => {
             r.push(Check::ok(
                 "server",
-                format!("{} answers (flex-server {})", c.server_url, h.version),
+                format!(
+                    "{} answers (flex-server {})",
+                    client.server_url(),
+                    h.version
+                ),
             ));
             if https {
                 r.push(Check::ok(

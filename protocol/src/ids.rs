@@ -1,0 +1,165 @@
+//! Identifiers as types, each checked once where it is parsed (or
+//! deserialised) and carried typed from there.
+//!
+//! * [`ProductId`]: the rate sheet's rule, 1–64 of `[a-z0-9-]` (`autocad`,
+//!   `recap-photo`), for everyone who names a product.
+//! * [`ClaimId`]: 1–128 printable ASCII characters without spaces; the agent
+//!   makes one per attempt (a UUID) and retries with it.
+//! * [`SessionId`] and [`WindowId`]: 1–128 printable ASCII characters without
+//!   spaces, made by the agent and the server respectively.
+//!
+//! A value that breaks its rule fails deserialisation with a message naming
+//! the value and the rule, so a request carrying one is refused before any
+//! handler sees it.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A value refused by an identifier's rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} '{value}' {rule}")]
+pub struct IdError {
+    pub kind: &'static str,
+    /// The refused value, cut to 80 characters.
+    pub value: String,
+    pub rule: &'static str,
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $rule:literal, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The rule this identifier follows, for messages and schemas.
+            pub const RULE: &'static str = $rule;
+
+            /// Checks `raw` against the rule.
+            pub fn parse(raw: &str) -> Result<$name, IdError> {
+                let check: fn(&str) -> bool = $check;
+                if check(raw) {
+                    Ok($name(raw.to_owned()))
+                } else {
+                    Err(IdError {
+                        kind: $kind,
+                        value: raw.chars().take(80).collect(),
+                        rule: $rule,
+                    })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<$name, IdError> {
+                $name::parse(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let raw = String::deserialize(d)?;
+                $name::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn printable(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+id_type!(
+    /// A product of the rate sheet (`autocad`).
+    ProductId,
+    "product",
+    "is not a product id: 1-64 lowercase letters, digits or dashes",
+    |s| !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+);
+
+id_type!(
+    /// One claim attempt; a retry repeats it.
+    ClaimId,
+    "claim_id",
+    "must be 1-128 printable characters without spaces",
+    |s| printable(s, 128)
+);
+
+id_type!(
+    /// One run of a product on a device, as the agent reports it.
+    SessionId,
+    "session id",
+    "must be 1-128 printable characters without spaces",
+    |s| printable(s, 128)
+);
+
+id_type!(
+    /// A charge window, as the server names it.
+    WindowId,
+    "window id",
+    "must be 1-128 printable characters without spaces",
+    |s| printable(s, 128)
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_ids_follow_the_rate_sheets_rule() {
+        for ok in ["autocad", "recap-photo", "3dsmax", &"a".repeat(64)] {
+            assert_eq!(ProductId::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "AutoCAD",
+            "auto cad",
+            "acad.exe",
+            "a:b",
+            &"a".repeat(65),
+        ] {
+            let e = ProductId::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("is not a product id"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ids_are_checked_when_deserialised() {
+        let c: ClaimId = serde_json::from_str("\"9eb423fd-5f78\"").unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"9eb423fd-5f78\"");
+        let e = serde_json::from_str::<ClaimId>("\"two words\"").unwrap_err();
+        assert!(
+            e.to_string().contains("claim_id 'two words' must be"),
+            "{e}"
+        );
+        assert!(serde_json::from_str::<ProductId>("\"Revit\"").is_err());
+        assert!(serde_json::from_str::<SessionId>(&format!("\"{}\"", "s".repeat(129))).is_err());
+        assert!(serde_json::from_str::<WindowId>("\"\"").is_err());
+    }
+}
