@@ -1,4 +1,4 @@
--- Idempotent enrollment (issue 18), as SQLite's 0007_enrollment_requests.sql
+-- Idempotent enrollment (issue 18), as SQLite's 0008_enrollment_requests.sql
 -- says: a repeat of an enrollment's request id gets the same device and
 -- credential without spending another use of the key, until the device's
 -- first heartbeat clears token_salt.
