@@ -289,9 +289,20 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     let lines = line_reader(notifier.stdout.take().expect("notifier stdout"));
     let said = line_reader(notifier.stderr.take().expect("notifier stderr"));
     let mut notifier = Running::new(notifier);
-    // Its readiness line: from here on no event of this user is missed.
-    let ready = said.recv_timeout(WAIT).expect("the notifier subscribes");
-    assert!(ready.contains("subscribed"), "{ready}");
+    // Its readiness line (after what it says about its idle source): from
+    // here on no event of this user is missed.
+    let deadline = Instant::now() + WAIT;
+    let mut before = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = said
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the notifier did not subscribe; it said {before:?}"));
+        if line.contains("subscribed") {
+            break;
+        }
+        before.push(line);
+    }
     eprintln!(
         "windows: resident memory under Wine, idle (VmRSS, RssAnon) in KiB: agent service \
          {:?}; flexctl.exe notify {:?}; a plain Wine process (the keep-alive cmd /c ping) {:?}",
