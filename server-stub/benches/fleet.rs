@@ -158,8 +158,8 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
-fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+fn proc_kb(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(key))
@@ -169,6 +169,8 @@ fn status_kb(pid: u32, key: &str) -> u64 {
 
 /// One process (utime + stime + reaped children's) and, with `tree`, the
 /// live children too (PostgreSQL's backends are children of the postmaster).
+/// A tree's memory is the sum of proportional set sizes, so that shared
+/// buffers count once.
 fn sample(pid: u32, tree: bool) -> ProcSample {
     // Fields after the name: state=0 ppid=1 … utime=11 stime=12 cutime=13 cstime=14.
     let ticks = |f: &[String], upto: usize| -> u64 {
@@ -182,8 +184,12 @@ fn sample(pid: u32, tree: bool) -> ProcSample {
     };
     let mut s = ProcSample {
         ticks: ticks(&own, 14),
-        rss_kb: status_kb(pid, "VmRSS:"),
-        peak_kb: status_kb(pid, "VmHWM:"),
+        rss_kb: if tree {
+            proc_kb(pid, "smaps_rollup", "Pss:")
+        } else {
+            proc_kb(pid, "status", "VmRSS:")
+        },
+        peak_kb: proc_kb(pid, "status", "VmHWM:"),
     };
     if tree {
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -193,7 +199,7 @@ fn sample(pid: u32, tree: bool) -> ProcSample {
             if let Some(f) = stat_fields(child) {
                 if f[1] == pid.to_string() {
                     s.ticks += ticks(&f, 12);
-                    s.rss_kb += status_kb(child, "VmRSS:");
+                    s.rss_kb += proc_kb(child, "smaps_rollup", "Pss:");
                 }
             }
         }
@@ -625,7 +631,7 @@ fn run(label: &str, k: &Knobs, data_dir: &Path, database_url: Option<&str>, db_p
                 (Some(p), Some(b)) => {
                     let d = sample(p, true);
                     format!(
-                        "; PostgreSQL: CPU {:.1} % of a core, RSS {:.1} MB",
+                        "; PostgreSQL: CPU {:.1} % of a core, PSS {:.1} MB",
                         d.ticks.saturating_sub(b.ticks) as f64 / tick / secs * 100.0,
                         d.rss_kb as f64 / 1024.0
                     )
