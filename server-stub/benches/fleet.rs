@@ -497,6 +497,57 @@ impl Ledger {
         }
     }
 
+    /// PostgreSQL's committed and rolled-back transactions in the database so
+    /// far (a rollback is mostly a serialization failure, run again).
+    fn transactions(&self) -> Option<(i64, i64)> {
+        let Ledger::Postgres(url) = self else {
+            return None;
+        };
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        let row = c
+            .query_one(
+                "SELECT xact_commit, xact_rollback FROM pg_stat_database
+                 WHERE datname = current_database()",
+                &[],
+            )
+            .unwrap();
+        Some((row.get(0), row.get(1)))
+    }
+
+    /// The tables (with their indexes) that hold the most bytes.
+    fn largest_tables(&self) -> Vec<(String, u64)> {
+        match self {
+            Ledger::Sqlite(dir) => {
+                let c = rusqlite::Connection::open(dir.join("flex.db")).unwrap();
+                // Each index counted with its table.
+                let sql = "SELECT COALESCE(m.tbl_name, d.name), SUM(d.pgsize)
+                           FROM dbstat d LEFT JOIN sqlite_master m ON m.name = d.name
+                           GROUP BY 1 ORDER BY 2 DESC LIMIT 5";
+                let mut st = match c.prepare(sql) {
+                    Ok(st) => st,
+                    Err(_) => return Vec::new(),
+                };
+                st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+                    .unwrap()
+                    .flatten()
+                    .collect()
+            }
+            Ledger::Postgres(url) => {
+                let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                c.query(
+                    "SELECT relname::text, pg_total_relation_size(oid) FROM pg_class
+                     WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace
+                     ORDER BY 2 DESC LIMIT 5",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+                .collect()
+            }
+        }
+    }
+
     /// Moves SQLite's WAL into the database file so its size is the data's.
     fn checkpoint(&self) {
         if let Ledger::Sqlite(dir) = self {
@@ -650,6 +701,12 @@ fn run(label: &str, k: &Knobs, data_dir: &Path, database_url: Option<&str>, db_p
     // 1. Heartbeats, compressed.
     ledger.checkpoint();
     let size0 = ledger.size();
+    if database_url.is_some() {
+        // Backends report their counts when idle, at most 10 s late: let the
+        // enrollments' be counted before phase 1.
+        std::thread::sleep(Duration::from_secs(11));
+    }
+    let xacts0 = ledger.transactions();
     let round = HEARTBEAT_INTERVAL / k.compression as u32;
     let mut jobs = Vec::new();
     for r in 0..k.hb_rounds {
@@ -741,6 +798,24 @@ fn run(label: &str, k: &Knobs, data_dir: &Path, database_url: Option<&str>, db_p
         per_agent_day * WORKDAYS / 1e6,
         per_agent_day * WORKDAYS * n as f64 / 1e9
     );
+    let largest: Vec<String> = ledger
+        .largest_tables()
+        .iter()
+        .map(|(t, b)| format!("{t} {:.1} MB", mb(*b)))
+        .collect();
+    println!(
+        "    largest tables with their indexes: {}",
+        largest.join(", ")
+    );
+    if let (Some((c0, r0)), Some(_)) = (xacts0, ledger.transactions()) {
+        std::thread::sleep(Duration::from_secs(11));
+        let (c1, r1) = ledger.transactions().unwrap();
+        println!(
+            "    PostgreSQL transactions in phases 1-3: {} committed, {} rolled back",
+            c1 - c0,
+            r1 - r0
+        );
+    }
     let (count, first) = server.complaints();
     println!("  server log: {count} warnings/errors");
     for l in first {
