@@ -828,7 +828,8 @@ fn run(label: &str, k: &Knobs, data_dir: &Path, database_url: Option<&str>, db_p
 /// started (stopped at the end), and its postmaster's pid; or why there is none.
 fn postgres_cluster() -> Result<(String, Option<PathBuf>, Option<u32>), String> {
     if let Ok(url) = std::env::var("FLEX_BENCH_DATABASE_URL") {
-        return Ok((url, None, None));
+        let pid = postmaster_of(&url);
+        return Ok((url, None, pid));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/pg-cluster.sh");
     let dir = std::env::temp_dir().join(format!("flex-fleet-pg-{}", std::process::id()));
@@ -842,14 +843,19 @@ fn postgres_cluster() -> Result<(String, Option<PathBuf>, Option<u32>), String> 
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
-    let pid = std::fs::read_to_string(dir.join("data/postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next()?.trim().parse().ok());
-    Ok((
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        Some(dir),
-        pid,
-    ))
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let pid = postmaster_of(&url);
+    Ok((url, Some(dir), pid))
+}
+
+/// The postmaster's pid when the cluster runs on this machine: the parent of
+/// the backend serving a connection.
+fn postmaster_of(url: &str) -> Option<u32> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).ok()?;
+    let backend: i32 = c.query_one("SELECT pg_backend_pid()", &[]).ok()?.get(0);
+    let ppid = stat_fields(backend as u32)?.get(1)?.parse().ok()?;
+    let name = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+    name.starts_with("postgres").then_some(ppid)
 }
 
 fn main() {
