@@ -371,7 +371,7 @@ impl Store {
             Decision::Job { source, cost } => (*source, *cost, ChargeKind::PerResult, None),
             Decision::Open { window, cost } => {
                 let w = WindowFact {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    id: self.new_id(),
                     user: user.to_string(),
                     product: req.product.clone(),
                     source: window.source,

@@ -156,6 +156,8 @@ pub struct Store {
     signer: LeaseSigner,
     pub(crate) enrollment_ttl: std::time::Duration,
     leadership: leader::Leadership,
+    /// Where new window and device ids come from.
+    ids: flex_protocol::IdSource,
 }
 
 impl Store {
@@ -212,10 +214,22 @@ impl Store {
             signer: LeaseSigner::new(String::new(), SigningKey::from_bytes(&[0; 32])),
             enrollment_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             leadership: leader::Leadership::default(),
+            ids: flex_protocol::IdSource::Random,
         };
         let now = store.now();
         store.signer = store.write(|c| load_or_create_signer(c, now))?;
         Ok(store)
+    }
+
+    /// New window and device ids come from `ids` (the deterministic
+    /// simulation's seeded sequence) instead of random UUIDs.
+    pub fn with_ids(mut self, ids: flex_protocol::IdSource) -> Self {
+        self.ids = ids;
+        self
+    }
+
+    pub(crate) fn new_id(&self) -> String {
+        self.ids.next_id()
     }
 
     /// How long a new enrollment token stays valid.
