@@ -314,6 +314,10 @@ impl Store {
         )?;
         if let Some((hash, status, body)) = seen {
             if hash == fingerprint {
+                #[cfg(feature = "planted-bugs")]
+                if self.planted() == Some(super::PlantedBug::DoubleChargeOnDuplicate) {
+                    super::planted::charge_again(tx, &req.claim_id, now)?;
+                }
                 return Ok(ClaimOutcome { status, body });
             }
             return Err(StoreError::Conflict(format!(

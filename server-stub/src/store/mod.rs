@@ -23,6 +23,8 @@ mod leader;
 mod lots;
 mod mail;
 mod notices;
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod reports;
 mod schema;
 pub mod testing;
@@ -56,6 +58,8 @@ pub use db::Backend;
 use db::{params, Conn};
 pub use devices::DeviceAuth;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
+#[cfg(feature = "planted-bugs")]
+pub use planted::PlantedBug;
 pub use users::{check_name, normalize_email};
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +162,8 @@ pub struct Store {
     leadership: leader::Leadership,
     /// Where new window and device ids come from.
     ids: flex_protocol::IdSource,
+    #[cfg(feature = "planted-bugs")]
+    planted: Option<PlantedBug>,
 }
 
 impl Store {
@@ -215,6 +221,8 @@ impl Store {
             enrollment_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             leadership: leader::Leadership::default(),
             ids: flex_protocol::IdSource::Random,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
         };
         let now = store.now();
         store.signer = store.write(|c| load_or_create_signer(c, now))?;
