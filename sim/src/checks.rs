@@ -63,7 +63,9 @@ pub(crate) struct Checker {
     bought: u64,
     /// Tokens charged per (user, product), as the ledger last showed.
     charged: BTreeMap<(String, String), u64>,
-    grants: BTreeMap<String, Grant>,
+    /// Windows granted by id, with every lease signed for them (one per
+    /// grant: devices and times differ).
+    grants: BTreeMap<String, (Grant, Vec<SignedLease>)>,
     last_t: DateTime<Utc>,
     found: Option<Found>,
 }
@@ -96,7 +98,12 @@ impl Checker {
     }
 
     pub fn granted(&mut self, g: Grant) {
-        self.grants.insert(g.window.id.clone(), g);
+        let lease = g.lease.clone();
+        self.grants
+            .entry(g.window.id.clone())
+            .or_insert_with(|| (g, Vec::new()))
+            .1
+            .push(lease);
     }
 
     pub fn same_key(&mut self, key: &LeaseKey) {
@@ -144,18 +151,18 @@ impl Checker {
                         ),
                     );
                 }
-                let same = self.grants.get(&h.window.id).is_some_and(|g| {
+                let same = self.grants.get(&h.window.id).is_some_and(|(g, leases)| {
                     g.window == h.window
                         && g.user == h.user.as_str()
                         && g.product == h.product
-                        && g.lease == h.lease
+                        && leases.contains(&h.lease)
                 });
                 if !same {
                     self.fail(
                         "signed leases",
                         format!(
-                            "{} journaled window {} [{} – {}) that the server never granted",
-                            agent.device, h.window.id, h.window.start, h.window.end
+                            "{} journaled window {} [{} – {}) of {} {} that the server never granted",
+                            agent.device, h.window.id, h.window.start, h.window.end, h.user, h.product,
                         ),
                     );
                 }

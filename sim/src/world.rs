@@ -1177,7 +1177,7 @@ impl World {
             // The answer is lost: the client times out.
             self.stats.drops += 1;
             ans = failed_ans(&ans);
-        } else if self.chance(0.005) {
+        } else if self.chance(0.03) {
             if let (Ans::Claim(_, ClaimResponse::Granted(g)), Some(c)) = (&mut ans, &claim) {
                 self.stats.tampered += 1;
                 tamper(g, &self.agents[agent].device, c);
