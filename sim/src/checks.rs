@@ -276,16 +276,22 @@ impl Checker {
         let bound = CLAIM_TIMEOUT + chrono::Duration::from_std(policy.close_grace).unwrap() + TICK;
         let limit = chrono::Duration::from_std(policy.flex_offline_limit).unwrap();
         for a in agents.iter_mut() {
+            // Covered as the enforcement states say: licensed by a held
+            // window (which may have ended with its renewal under way),
+            // paused, or closing a licensed run; asked only while a process
+            // waits to be.
+            let waiting = a.procs.values().any(|p| p.alive && !p.covered);
+            let licensed = if waiting {
+                a.licensed_pids()
+            } else {
+                BTreeSet::new()
+            };
             for (pid, p) in a.procs.iter_mut() {
                 if !p.alive {
                     continue;
                 }
                 if !p.covered {
-                    let key = (a.users[p.user].to_string(), p.product.clone());
-                    if a.held
-                        .get(&key)
-                        .is_some_and(|h| h.window.start <= t && t < h.window.end)
-                    {
+                    if licensed.contains(pid) {
                         p.covered = true;
                     } else if p.uncovered_for > bound {
                         return Some((
@@ -294,7 +300,7 @@ impl Checker {
                                 "{} pid {pid} ({} of {}) ran {}s uncovered, over the bound {}s",
                                 a.device,
                                 p.product,
-                                key.0,
+                                a.users[p.user],
                                 p.uncovered_for.num_seconds(),
                                 bound.num_seconds()
                             ),

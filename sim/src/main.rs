@@ -31,6 +31,10 @@ struct Cli {
     /// Print one line per seed, with its trace hash and what it went through.
     #[arg(long)]
     verbose: bool,
+    /// Print every step of every seed to stderr (with --first and --seeds 1
+    /// to study one run).
+    #[arg(long)]
+    trace: bool,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
             agents: cli.agents,
             days: cli.days,
             plant: cli.plant,
+            print_trace: cli.trace,
         });
         if cli.verbose {
             println!(

@@ -65,6 +65,8 @@ pub struct Options {
     pub agents: usize,
     pub days: u32,
     pub plant: Option<Plant>,
+    /// Print every step to stderr (to study one seed).
+    pub print_trace: bool,
 }
 
 /// An invariant that did not hold.
@@ -341,6 +343,21 @@ impl Agent {
         }
     }
 
+    /// The pids of the runs the core counts as licensed (its status lists
+    /// exactly those with a window, paused or closing with one).
+    pub fn licensed_pids(&self) -> std::collections::BTreeSet<u32> {
+        self.core
+            .as_ref()
+            .map(|c| {
+                c.status(None)
+                    .sessions
+                    .into_iter()
+                    .filter_map(|s| s.pid)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn boot_id(&self) -> String {
         format!("boot-{}", self.boot_n)
     }
@@ -369,6 +386,7 @@ pub(crate) struct World {
     pub verifier: LeaseVerifier,
     pub policy: PolicyConfig,
     plant: Option<Plant>,
+    print_trace: bool,
     hasher: Sha256,
     trace: VecDeque<String>,
     steps: u64,
@@ -439,6 +457,7 @@ impl World {
             verifier,
             policy,
             plant: opts.plant,
+            print_trace: opts.print_trace,
             hasher: Sha256::new(),
             trace: VecDeque::new(),
             steps: 0,
@@ -512,6 +531,9 @@ impl World {
     }
 
     fn note(&mut self, line: String) {
+        if self.print_trace {
+            eprintln!("{line}");
+        }
         self.hasher.update(line.as_bytes());
         self.hasher.update(b"\n");
         if self.trace.len() == TRACE_STEPS {

@@ -10,6 +10,7 @@ fn opts(seed: u64, plant: Option<Plant>) -> Options {
         agents: 8,
         days: 8,
         plant,
+        print_trace: false,
     }
 }
 
