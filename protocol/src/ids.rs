@@ -143,12 +143,14 @@ pub enum IdSource {
     #[default]
     Random,
     /// UUIDs from a seeded generator: the same seed, the same ids.
-    Seeded(Mutex<rand::rngs::StdRng>),
+    Seeded(Box<Mutex<rand::rngs::StdRng>>),
 }
 
 impl IdSource {
     pub fn seeded(seed: u64) -> IdSource {
-        IdSource::Seeded(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
+        IdSource::Seeded(Box::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(
+            seed,
+        ))))
     }
 
     /// A new id: a version-4 UUID, as text.

@@ -277,6 +277,9 @@ impl Ev {
     }
 }
 
+/// Makes a fault event for an agent.
+type MakeFault = fn(usize) -> Ev;
+
 fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
 }
@@ -440,7 +443,7 @@ impl World {
             store.set_flex(&user_email(i), true).expect("assign flex");
         }
         let key = store.signer().public_key();
-        let verifier = LeaseVerifier::from_keys(&[key.clone()]).unwrap();
+        let verifier = LeaseVerifier::from_keys(std::slice::from_ref(&key)).unwrap();
         let mut w = World {
             t: start,
             end: start + chrono::Duration::days(i64::from(opts.days)),
@@ -764,7 +767,7 @@ impl World {
                 }
             }
             // Faults, at random moments of the day.
-            let faults: [(f64, fn(usize) -> Ev); 5] = [
+            let faults: [(f64, MakeFault); 5] = [
                 (0.04, |agent| Ev::AgentCrash { agent }),
                 (0.02, |agent| Ev::Reboot { agent }),
                 (0.08, |agent| Ev::Suspend { agent }),
