@@ -25,6 +25,7 @@ mod mail;
 mod notices;
 #[cfg(feature = "planted-bugs")]
 mod planted;
+mod refunds;
 mod reports;
 mod schema;
 pub mod testing;
@@ -101,6 +102,12 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<crate::rules::Conflict> for StoreError {
+    fn from(c: crate::rules::Conflict) -> Self {
+        StoreError::Conflict(c.message)
+    }
+}
 
 impl StoreError {
     /// A refused value of request field `field` (`email`, `rows.2.users`).
