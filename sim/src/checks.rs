@@ -4,6 +4,7 @@
 //!   id appears at most once, every window is charged at most once, and the
 //!   charged windows of one (user, product) never overlap; checked for the
 //!   pair after every claim the server handles.
+//! * **refunded once**: no charge is refunded twice nor more than it took.
 //! * **balance**: the server's balance equals the tokens bought minus the
 //!   ledger's charges plus its refunds (it is unsigned, so "never negative"
 //!   is this equation holding); checked after every claim and purchase.
@@ -62,7 +63,7 @@ pub(crate) struct Checker {
     start: DateTime<Utc>,
     bought: u64,
     /// Tokens charged per (user, product), as the ledger last showed.
-    charged: BTreeMap<(String, String), u64>,
+    charged: BTreeMap<(String, String), i64>,
     /// Windows granted by id, with every lease signed for them (one per
     /// grant: devices and times differ).
     grants: BTreeMap<String, (Grant, Vec<SignedLease>)>,
@@ -216,7 +217,29 @@ impl Checker {
             .expect("read the ledger");
         let mut ids = BTreeSet::new();
         let mut windows: BTreeMap<&str, &Window> = BTreeMap::new();
+        let mut rows = BTreeSet::new();
         for c in &charges {
+            // The ledger lists a charge once per refund of it.
+            if !rows.insert(c.id) {
+                self.fail(
+                    "refunded once",
+                    format!(
+                        "charge {} (window {}) of {user} {product} refunded more than once",
+                        c.id,
+                        c.window.as_ref().map_or("-", |w| w.id.as_str())
+                    ),
+                );
+                continue;
+            }
+            if c.refunded_tokens > c.tokens {
+                self.fail(
+                    "refunded once",
+                    format!(
+                        "charge {} refunded {} of {} tokens",
+                        c.id, c.refunded_tokens, c.tokens
+                    ),
+                );
+            }
             if !ids.insert(c.claim_id.as_str()) {
                 self.fail(
                     "charged once",
@@ -224,7 +247,7 @@ impl Checker {
                 );
             }
             if let (Some(w), Source::Tokens) = (&c.window, c.source) {
-                if c.tokens > 0 && windows.insert(w.id.as_str(), w).is_some() {
+                if c.tokens > c.refunded_tokens && windows.insert(w.id.as_str(), w).is_some() {
                     self.fail(
                         "charged once",
                         format!("window {} of {user} {product} charged twice", w.id),
@@ -245,7 +268,10 @@ impl Checker {
                 );
             }
         }
-        let net: u64 = charges.iter().map(|c| c.tokens - c.refunded_tokens).sum();
+        let net: i64 = charges
+            .iter()
+            .map(|c| c.tokens as i64 - c.refunded_tokens as i64)
+            .sum();
         self.charged
             .insert((user.to_string(), product.to_string()), net);
         self.check_balance(store);
@@ -253,13 +279,13 @@ impl Checker {
 
     pub fn check_balance(&mut self, store: &Store) {
         let balance = store.balance().expect("read the balance").balance;
-        let charged: u64 = self.charged.values().sum();
-        let expected = self.bought.checked_sub(charged);
-        if expected != Some(balance) {
+        let charged: i64 = self.charged.values().sum();
+        let expected = self.bought as i64 - charged;
+        if expected != balance as i64 {
             self.fail(
                 "balance",
                 format!(
-                    "balance {balance}, but bought {} − charged {charged} (net of refunds) = {expected:?}",
+                    "balance {balance}, but bought {} − charged {charged} (net of refunds) = {expected}",
                     self.bought
                 ),
             );
@@ -354,7 +380,8 @@ impl Checker {
         for c in store.charges(&ChargeFilter::default()).expect("ledger") {
             let inside = |d: chrono::NaiveDate| d >= period.from && d <= period.to;
             if inside(c.created_at.date_naive()) {
-                *tokens.entry(c.product.clone()).or_default() += c.tokens - c.refunded_tokens;
+                *tokens.entry(c.product.clone()).or_default() +=
+                    c.tokens.saturating_sub(c.refunded_tokens);
             }
             if let Some(w) = &c.window {
                 let d = w.start.date_naive();

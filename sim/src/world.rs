@@ -12,7 +12,8 @@ use flex_agent::core::{Action, CloseRoute, Core, CoreConfig, Input, Now, Process
 use flex_agent::journal::{HeartbeatBatch, Journal};
 use flex_agent::process::ProcessId;
 use flex_protocol::api::{
-    ClaimRequest, ClaimResponse, Denial, HeartbeatRequest, HeartbeatResponse, RefundResponse,
+    ClaimRequest, ClaimResponse, Denial, HeartbeatRequest, HeartbeatResponse, RefundRequest,
+    RefundResponse,
 };
 use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
 use flex_protocol::socket::{CloseReason, Event};
@@ -38,6 +39,8 @@ const TRACE_STEPS: usize = 12;
 pub enum Plant {
     /// The server charges a repeated claim again (a hook in the real store).
     DoubleChargeOnDuplicate,
+    /// The server makes a repeated refund again (a hook in the real store).
+    RefundTwice,
     /// The agent is handed an offline limit one tick (a minute) shorter than
     /// the server's policy: it closes a product one tick early.
     OfflineCloseEarly,
@@ -48,9 +51,7 @@ impl std::str::FromStr for Plant {
     fn from_str(s: &str) -> Result<Plant, String> {
         match s {
             "double-charge-on-duplicate" => Ok(Plant::DoubleChargeOnDuplicate),
-            "refund-twice" => Err("refund-twice cannot be planted yet: the server has no refund \
-                endpoint (the server part of issue 15 is not merged), so no refund is ever made"
-                .into()),
+            "refund-twice" => Ok(Plant::RefundTwice),
             "offline-close-early" => Ok(Plant::OfflineCloseEarly),
             other => Err(format!(
                 "unknown planted bug '{other}': use double-charge-on-duplicate, refund-twice or offline-close-early"
@@ -108,6 +109,8 @@ pub struct Stats {
     pub partitions: u64,
     pub offline_closes: u64,
     pub launches: u64,
+    /// Refund answers the server gave (repeats included).
+    pub refunds: u64,
     /// Timers that fired and stayed due (the daemon would busy-loop).
     pub stuck_timers: u64,
 }
@@ -128,6 +131,7 @@ impl Stats {
         self.offline_closes += o.offline_closes;
         self.launches += o.launches;
         self.stuck_timers += o.stuck_timers;
+        self.refunds += o.refunds;
     }
 }
 
@@ -135,7 +139,7 @@ impl Stats {
 enum Req {
     Claim(ClaimRequest),
     Heartbeat(HeartbeatRequest, HeartbeatBatch),
-    Refund(String),
+    Refund(RefundRequest),
 }
 
 #[derive(Debug, Clone)]
@@ -238,7 +242,7 @@ impl Ev {
                         c.renews.as_deref().map(short).unwrap_or("-")
                     ),
                     Req::Heartbeat(..) => "heartbeat".into(),
-                    Req::Refund(w) => format!("refund {}", short(w)),
+                    Req::Refund(r) => format!("refund {}", short(&r.window_id)),
                 };
                 let dup = if *copies > 1 { " (duplicated)" } else { "" };
                 format!("a{agent} → server: {what}{dup}")
@@ -442,6 +446,27 @@ impl World {
                 .expect("add a user");
             store.set_flex(&user_email(i), true).expect("assign flex");
         }
+        // Every workstation enrolls, as an installer would, with one token.
+        let token: flex_protocol::api::NewEnrollmentToken =
+            serde_json::from_value(serde_json::json!({ "uses": opts.agents.max(1) }))
+                .expect("an enrollment token request");
+        let token = store
+            .create_enrollment_token(&token)
+            .expect("create an enrollment token")
+            .token;
+        let devices: Vec<String> = (0..opts.agents)
+            .map(|i| {
+                store
+                    .enroll(&flex_protocol::api::EnrollRequest {
+                        enrollment_token: token.clone(),
+                        hostname: format!("sim-{i}"),
+                        platform: Some("linux".into()),
+                        agent_version: None,
+                    })
+                    .expect("enroll a workstation")
+                    .device_id
+            })
+            .collect();
         let key = store.signer().public_key();
         let verifier = LeaseVerifier::from_keys(std::slice::from_ref(&key)).unwrap();
         let mut w = World {
@@ -481,7 +506,7 @@ impl World {
                 Email::parse(&user_email((i + 1) % opts.agents)).unwrap(),
             ];
             w.agents.push(Agent {
-                device: format!("dev-{i}"),
+                device: devices[i].clone(),
                 users,
                 dir,
                 journal: None,
@@ -1036,7 +1061,16 @@ impl World {
                     self.send(agent, Req::Heartbeat(req, batch), jitter);
                 }
                 Action::Refund(ask) => {
-                    self.send(agent, Req::Refund(ask.window_id), chrono::Duration::zero());
+                    let journal = self.agents[agent].journal.as_ref().expect("agent up");
+                    let req = RefundRequest {
+                        sessions: journal
+                            .session_records(&ask.user, &ask.product)
+                            .expect("read sessions"),
+                        window_id: ask.window_id,
+                        user: ask.user,
+                        product: ask.product,
+                    };
+                    self.send(agent, Req::Refund(req), chrono::Duration::zero());
                 }
                 Action::Close {
                     route, graceful, ..
@@ -1273,9 +1307,36 @@ impl World {
                 }
                 Err(_) => Ans::HeartbeatFailed,
             },
-            // The server has no refund endpoint yet: it answers 404, which
-            // the client takes as the server's final word.
-            Req::Refund(w) => Ans::Refund(w.clone(), Err("404 Not Found".into())),
+            Req::Refund(r) => {
+                let w = r.window_id.clone();
+                let ans = match store.refund(&device, r) {
+                    Ok(out) if out.status == 200 => {
+                        self.stats.refunds += 1;
+                        self.note(format!("  server refunds {}: {}", short(&w), out.body));
+                        let resp: RefundResponse = serde_json::from_str(&out.body)
+                            .expect("the store's refund answer parses");
+                        Ans::Refund(w, Ok(resp))
+                    }
+                    // A 409: the server's final word (the client does not retry).
+                    Ok(out) => {
+                        self.note(format!(
+                            "  server refuses refund {}: {}",
+                            short(&w),
+                            out.body
+                        ));
+                        Ans::Refund(w, Err(out.body))
+                    }
+                    Err(e) => {
+                        self.note(format!("  server error on refund {}: {e}", short(&w)));
+                        match refusal(&e) {
+                            Some(_) => Ans::Refund(w, Err(e.to_string())),
+                            None => Ans::RefundFailed(w),
+                        }
+                    }
+                };
+                self.checker.after_claim(store, &r.user, &r.product);
+                ans
+            }
         }
     }
 
@@ -1370,6 +1431,7 @@ fn open_store(
         Some(Plant::DoubleChargeOnDuplicate) => {
             store.with_planted_bug(PlantedBug::DoubleChargeOnDuplicate)
         }
+        Some(Plant::RefundTwice) => store.with_planted_bug(PlantedBug::RefundTwice),
         _ => store,
     }
 }
@@ -1390,7 +1452,7 @@ fn failed(req: &Req) -> Ans {
     match req {
         Req::Claim(c) => Ans::ClaimFailed(c.claim_id.clone()),
         Req::Heartbeat(..) => Ans::HeartbeatFailed,
-        Req::Refund(w) => Ans::RefundFailed(w.clone()),
+        Req::Refund(r) => Ans::RefundFailed(r.window_id.clone()),
     }
 }
 
