@@ -497,7 +497,7 @@ impl World {
         // month runs dry now and then.
         let first = w.rng.gen_range(30..90) * opts.agents as u64;
         w.buy(first.div_ceil(100) * 100);
-        for i in 0..opts.agents {
+        for (i, device) in devices.into_iter().enumerate() {
             let dir = w._root.path().join(format!("agent-{i}"));
             // Each user works on two machines: windows are per (user, product),
             // whatever the device.
@@ -506,7 +506,7 @@ impl World {
                 Email::parse(&user_email((i + 1) % opts.agents)).unwrap(),
             ];
             w.agents.push(Agent {
-                device: devices[i].clone(),
+                device,
                 users,
                 dir,
                 journal: None,
