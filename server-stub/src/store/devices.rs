@@ -72,7 +72,7 @@ impl Store {
             ));
         }
         let now = self.now();
-        let device_id = uuid::Uuid::new_v4().to_string();
+        let device_id = self.new_id();
         let device_token = new_secret("fdt_");
         let key_id = self.write(|tx| {
             let key = find_key(tx, &req.enrollment_token)?
