@@ -11,8 +11,17 @@
 //! A value that breaks its rule fails deserialisation with a message naming
 //! the value and the rule, so a request carrying one is refused before any
 //! handler sees it.
+//!
+//! New ids (claims and sessions on the agent, windows and devices on the
+//! server) come from an [`IdSource`]: random UUIDs in production, a seeded
+//! sequence of UUIDs in the deterministic simulation (`flex-sim`), where the
+//! same seed must replay the same run, and where ids decide orders (maps
+//! keyed by claim id, job claim ids hashed from the device id).
 
 use std::fmt;
+use std::sync::Mutex;
+
+use rand::{Rng, SeedableRng};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -127,9 +136,51 @@ id_type!(
     |s| printable(s, 128)
 );
 
+/// Where new ids come from.
+#[derive(Debug, Default)]
+pub enum IdSource {
+    /// Random version-4 UUIDs: production.
+    #[default]
+    Random,
+    /// UUIDs from a seeded generator: the same seed, the same ids.
+    Seeded(Box<Mutex<rand::rngs::StdRng>>),
+}
+
+impl IdSource {
+    pub fn seeded(seed: u64) -> IdSource {
+        IdSource::Seeded(Box::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(
+            seed,
+        ))))
+    }
+
+    /// A new id: a version-4 UUID, as text.
+    pub fn next_id(&self) -> String {
+        let bytes: [u8; 16] = match self {
+            IdSource::Random => rand::random(),
+            IdSource::Seeded(rng) => rng.lock().unwrap_or_else(|p| p.into_inner()).gen(),
+        };
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeded_ids_repeat_and_random_ones_do_not() {
+        let (a, b) = (IdSource::seeded(7), IdSource::seeded(7));
+        let first: Vec<String> = (0..3).map(|_| a.next_id()).collect();
+        assert_eq!(first, (0..3).map(|_| b.next_id()).collect::<Vec<_>>());
+        assert_ne!(first[0], first[1]);
+        assert_ne!(IdSource::Random.next_id(), IdSource::Random.next_id());
+        // The form production uses (a claim id, a session id, a window id).
+        let id = uuid::Uuid::parse_str(&first[0]).unwrap();
+        assert_eq!(id.get_version_num(), 4);
+        ClaimId::parse(&first[0]).unwrap();
+    }
 
     #[test]
     fn product_ids_follow_the_rate_sheets_rule() {

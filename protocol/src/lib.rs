@@ -18,7 +18,7 @@ pub mod socket;
 
 pub use email::{Email, EmailError, MAX_EMAIL};
 pub use error::ErrorCode;
-pub use ids::{ClaimId, IdError, ProductId, SessionId, WindowId};
+pub use ids::{ClaimId, IdError, IdSource, ProductId, SessionId, WindowId};
 
 /// Version of the local-socket protocol, returned by `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -21,7 +21,6 @@ use flex_protocol::socket::Event;
 
 use super::contact::chrono;
 use super::runs::{Found, RunState};
-use super::sessions::new_session_id;
 use super::{Action, ConnId, Core, Persist};
 use crate::account::AccountId;
 use crate::process::ProcessId;
@@ -305,7 +304,7 @@ impl Core {
         for f in back {
             if let Some(run) = self.runs.get_mut(&f) {
                 // A new usage record from now: the pause was no usage.
-                run.id = new_session_id();
+                run.id = self.ids.next_id();
                 run.started_at = now;
                 run.resuming = true;
             }

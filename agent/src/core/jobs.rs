@@ -21,7 +21,7 @@
 //! after [`JOB_MEMORY`]. Answers find their job through an index by claim id,
 //! never by scanning every job.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::ClaimRequest;
@@ -51,8 +51,8 @@ type JobKey = (Email, String, String);
 #[derive(Debug, Default)]
 pub(super) struct Jobs {
     device_id: String,
-    states: HashMap<JobKey, JobState>,
-    by_claim: HashMap<String, JobKey>,
+    states: BTreeMap<JobKey, JobState>,
+    by_claim: BTreeMap<String, JobKey>,
 }
 
 impl Jobs {

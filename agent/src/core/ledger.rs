@@ -14,7 +14,7 @@
 //! After an agent restart every unsettled claim is resent, since the agent cannot
 //! tell which were delivered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::ClaimRequest;
@@ -50,15 +50,17 @@ pub(super) struct PendingClaim {
     pub jobs: Vec<JobWaiter>,
 }
 
+/// Ordered maps throughout: the order of the claims a tick sends must not
+/// depend on hashing (the simulation replays a seed exactly).
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
-    windows: HashMap<(Email, String), HeldWindow>,
+    windows: BTreeMap<(Email, String), HeldWindow>,
     claims: BTreeMap<String, PendingClaim>,
     /// Renewals whose grant could not be verified, by window id: when to try
     /// again and how many tries failed. Never a tight loop of fresh claims.
-    renewal_retry: HashMap<String, (DateTime<Utc>, u32)>,
+    renewal_retry: BTreeMap<String, (DateTime<Utc>, u32)>,
     /// Windows whose users were told of the coming renewal.
-    noticed: std::collections::HashSet<String>,
+    noticed: BTreeSet<String>,
 }
 
 /// Checks a lease's signature and that it says what the window says.

@@ -86,7 +86,7 @@ use chrono::{DateTime, Utc};
 use flex_protocol::api::{Policy, Product};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Event, SessionStatus, WindowStatus};
-use flex_protocol::Email;
+use flex_protocol::{Email, IdSource};
 
 use crate::limits;
 
@@ -156,6 +156,8 @@ pub struct Core {
     activity: Activity,
     refunds: Refunds,
     timer: Option<Duration>,
+    /// Where new session and claim ids come from.
+    ids: IdSource,
 }
 
 impl Core {
@@ -171,6 +173,18 @@ impl Core {
         state: CoreState,
         now: Now,
         boot_id: Option<String>,
+    ) -> (Self, Vec<Action>) {
+        Core::restore_with_ids(config, state, now, boot_id, IdSource::Random)
+    }
+
+    /// [`restore`](Self::restore), making new ids from `ids` (the
+    /// deterministic simulation's seeded sequence).
+    pub fn restore_with_ids(
+        config: CoreConfig,
+        state: CoreState,
+        now: Now,
+        boot_id: Option<String>,
+        ids: IdSource,
     ) -> (Self, Vec<Action>) {
         let mut out = Vec::new();
         // No process survives a reboot: sessions journaled before it ended then.
@@ -199,6 +213,7 @@ impl Core {
             activity: Activity::default(),
             refunds: Refunds::default(),
             timer: None,
+            ids,
         };
         core.note_rollback(rollback, &mut out);
         for held in state.windows {

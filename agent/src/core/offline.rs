@@ -69,7 +69,7 @@ impl Core {
                 .running_in(&h.window.id)
                 .find_map(|r| r.version.clone());
             let request = ClaimRequest {
-                claim_id: uuid::Uuid::new_v4().to_string(),
+                claim_id: self.ids.next_id(),
                 user: h.user.clone(),
                 product: h.product.clone(),
                 version,

@@ -31,10 +31,6 @@ use super::{
 use crate::limits;
 use crate::process::ProcessId;
 
-pub(super) fn new_session_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 impl Core {
     /// Rebuilds runs from the journal. Runs without a known process lost
     /// their wrapper with the agent, so they are ended; the others are tracked
@@ -102,7 +98,7 @@ impl Core {
     }
 
     fn new_run(&self, req: &LaunchRequest, process: Option<ProcessId>, conn: ConnId) -> Run {
-        let id = new_session_id();
+        let id = self.ids.next_id();
         Run {
             wrapper: Some(WrapperLink {
                 session: id.clone(),
@@ -248,7 +244,7 @@ impl Core {
             return;
         }
         let run = Run {
-            id: new_session_id(),
+            id: self.ids.next_id(),
             account: p.account,
             account_name: p.account_name,
             user: p.user,
@@ -304,7 +300,7 @@ impl Core {
         let request = match self.ledger.open_claim_for(&user, &product) {
             Some(c) => c.request.clone(),
             None => ClaimRequest {
-                claim_id: uuid::Uuid::new_v4().to_string(),
+                claim_id: self.ids.next_id(),
                 user,
                 product,
                 version,

@@ -323,6 +323,10 @@ impl Store {
         )?;
         if let Some((hash, status, body)) = seen {
             if hash == fingerprint {
+                #[cfg(feature = "planted-bugs")]
+                if self.planted() == Some(super::PlantedBug::DoubleChargeOnDuplicate) {
+                    super::planted::charge_again(tx, &req.claim_id, now)?;
+                }
                 return Ok(ClaimOutcome { status, body });
             }
             return Err(StoreError::Conflict(format!(
@@ -380,7 +384,7 @@ impl Store {
             Decision::Job { source, cost } => (*source, *cost, ChargeKind::PerResult, None),
             Decision::Open { window, cost } => {
                 let w = WindowFact {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    id: self.new_id(),
                     user: user.to_string(),
                     product: req.product.clone(),
                     source: window.source,

@@ -103,7 +103,7 @@ impl Store {
         let request_hash = request_id.map(|id| sha256_hex(id.as_bytes()));
         let now = self.now();
         let salt = new_secret("");
-        let fresh_device_id = uuid::Uuid::new_v4().to_string();
+        let fresh_device_id = self.new_id();
         let answer = self.write(|tx| {
             let key = find_key(tx, &req.enrollment_token)?;
             if let (Some(id), Some(hash)) = (request_id, &request_hash) {

@@ -23,6 +23,8 @@ mod leader;
 mod lots;
 mod mail;
 mod notices;
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod refunds;
 mod reports;
 mod schema;
@@ -57,6 +59,8 @@ pub use db::Backend;
 use db::{params, Conn};
 pub use devices::DeviceAuth;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
+#[cfg(feature = "planted-bugs")]
+pub use planted::PlantedBug;
 pub use users::{check_name, normalize_email};
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +167,10 @@ pub struct Store {
     signer: LeaseSigner,
     pub(crate) enrollment_ttl: std::time::Duration,
     leadership: leader::Leadership,
+    /// Where new window and device ids come from.
+    ids: flex_protocol::IdSource,
+    #[cfg(feature = "planted-bugs")]
+    planted: Option<PlantedBug>,
 }
 
 impl Store {
@@ -219,10 +227,24 @@ impl Store {
             signer: LeaseSigner::new(String::new(), SigningKey::from_bytes(&[0; 32])),
             enrollment_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             leadership: leader::Leadership::default(),
+            ids: flex_protocol::IdSource::Random,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
         };
         let now = store.now();
         store.signer = store.write(|c| load_or_create_signer(c, now))?;
         Ok(store)
+    }
+
+    /// New window and device ids come from `ids` (the deterministic
+    /// simulation's seeded sequence) instead of random UUIDs.
+    pub fn with_ids(mut self, ids: flex_protocol::IdSource) -> Self {
+        self.ids = ids;
+        self
+    }
+
+    pub(crate) fn new_id(&self) -> String {
+        self.ids.next_id()
     }
 
     /// How long a new enrollment token stays valid.

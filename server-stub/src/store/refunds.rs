@@ -234,6 +234,10 @@ impl Store {
         }
         store_sessions(tx, device_id, &req.sessions)?;
         if let Some(answer) = stored_answer(tx, &w.id)? {
+            #[cfg(feature = "planted-bugs")]
+            if self.planted() == Some(super::PlantedBug::RefundTwice) {
+                super::planted::refund_again(tx, &w.id, now)?;
+            }
             return Ok(answer);
         }
         let (charge_id, shares) = load_charge(tx, &w)?;
