@@ -42,9 +42,10 @@ fn main() -> ExitCode {
     } else {
         logs.with_ansi(ansi).init();
     }
-    // Two workers: the driver loop, and the socket and network tasks beside it.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the driver loop, the socket and the network: a launch's
+    // answer passes between tasks without a thread switch. The journal and the
+    // watcher have threads of their own (see `daemon`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
