@@ -9,7 +9,7 @@
 //!    opens the window, then `AGENT_BENCH_LAUNCHES` (default 2000) launch + exit
 //!    pairs on one connection; only the launch round trip is timed. Next to it a
 //!    bare tokio Unix-socket server in this process answering the same lines with
-//!    replies of the same size. Target: p99 ≤ 1 ms, and p50 and p99 each ≤ 5×
+//!    replies of the same size, asked alternately with the agent. Target: p99 ≤ 1 ms, and p50 and p99 each ≤ 5×
 //!    the echo's in the same run.
 //! 3. Detection latency: the watcher library in this process, a copy of `sleep`
 //!    named like a product started `AGENT_BENCH_DETECT_N` (default 50) times; time
@@ -713,23 +713,24 @@ impl LineClient {
     }
 }
 
-/// Runs `n` launch + exit pairs (after `n / 10` unmeasured ones) and returns the
-/// sorted launch round trips plus the last reply lines.
-fn measure(path: &Path, n: usize, check: bool) -> (Vec<Duration>, String, String) {
-    let mut c = LineClient::connect(path);
-    let mut last = (String::new(), String::new());
+/// Runs `n` launch + exit pairs against the agent and as many against the
+/// echo, alternately (after `n / 10` unmeasured ones each), so both see the
+/// same machine: whatever else runs slows both. Returns both sorted launch
+/// round trips.
+fn measure(agent: &Path, echo: &Path, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut a, mut e) = (LineClient::connect(agent), LineClient::connect(echo));
     for _ in 0..(n / 10).max(10) {
-        let (_, l, e) = c.launch_exit(check);
-        last = (l, e);
+        a.launch_exit(true);
+        e.launch_exit(false);
     }
-    let mut times = Vec::with_capacity(n);
+    let (mut at, mut et) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
-        let (t, l, e) = c.launch_exit(check);
-        times.push(t);
-        last = (l, e);
+        at.push(a.launch_exit(true).0);
+        et.push(e.launch_exit(false).0);
     }
-    times.sort();
-    (times, last.0, last.1)
+    at.sort();
+    et.sort();
+    (at, et)
 }
 
 /// A bare NDJSON server: answers a launch line with `launch_reply` and any other
@@ -781,12 +782,16 @@ async fn launch_latency(server: &Server, n: usize) -> Launch {
         "window opened: {} tokens charged, window ends {}",
         first["tokens_charged"], first["window_end"]
     );
-    let (agent_times, launch_reply, exit_reply) =
-        tokio::task::spawn_blocking(move || measure(&socket, n, true))
-            .await
-            .unwrap();
-    agent.stop();
-
+    // One launch and exit give the replies the echo answers with.
+    let (launch_reply, exit_reply) = {
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let (_, l, e) = LineClient::connect(&socket).launch_exit(true);
+            (l, e)
+        })
+        .await
+        .unwrap()
+    };
     let echo_dir = tempfile::tempdir().expect("temp dir");
     let echo_path = echo_dir.path().join("echo.sock");
     let echo = tokio::spawn(echo_server(
@@ -797,10 +802,12 @@ async fn launch_latency(server: &Server, n: usize) -> Launch {
     while !echo_path.exists() {
         tokio::task::yield_now().await;
     }
-    let (echo_times, _, _) = tokio::task::spawn_blocking(move || measure(&echo_path, n, false))
-        .await
-        .unwrap();
+    let (agent_times, echo_times) =
+        tokio::task::spawn_blocking(move || measure(&socket, &echo_path, n))
+            .await
+            .unwrap();
     echo.abort();
+    agent.stop();
 
     Launch {
         agent_p50: pct(&agent_times, 0.50),
