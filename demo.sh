@@ -2,8 +2,8 @@
 # The product's main job, end to end, on this machine:
 #   flex-server with its SQLite database, an admin buying tokens and putting you on
 #   Flex, flex-agent enrolled and running, a notifier showing your events, a
-#   product started through `flexctl run` and one detected by the watcher, and
-#   what it all cost.
+#   product started through `flexctl run` and one detected by the watcher, a
+#   short run refunded, and what it all cost.
 # Everything runs as you, in a temp directory, and is stopped at the end.
 #
 #   ./demo.sh --console   then keeps the server running with the demo's data and
@@ -17,7 +17,7 @@ for arg in "$@"; do
     case $arg in
     --console) CONSOLE=1 ;;
     -h | --help)
-        sed -n '2,13p' "$0"
+        sed -n '2,14p' "$0"
         exit 0
         ;;
     *)
@@ -53,8 +53,10 @@ wait_for() {
 }
 
 export FLEX_ADMIN_TOKEN=demo-admin-token
-echo "==> starting flex-server (database in $WORK/server)"
-"$BIN/flex-server" --listen 127.0.0.1:0 --data-dir "$WORK/server" \
+# A run shorter than short_use_grace is refunded (R13): 3 s here, 5 min by default.
+printf '[policy]\nshort_use_grace = "3s"\n' >"$WORK/server.toml"
+echo "==> starting flex-server (database in $WORK/server, short_use_grace 3 s)"
+"$BIN/flex-server" --listen 127.0.0.1:0 --data-dir "$WORK/server" --config "$WORK/server.toml" \
     >"$WORK/server.out" 2>"$WORK/server.log" &
 SERVER=$!
 PIDS+=("$SERVER")
@@ -93,7 +95,7 @@ PIDS+=($!)
 wait_for "$WORK/notify.log" "subscribed" "$WORK/notify.log"
 
 echo "==> you open AutoCAD through its wrapper: flexctl run --product autocad -- ..."
-"${CTL[@]}" run --product autocad --version 2026 -- sh -c 'echo "    [AutoCAD 2026 is running]"; sleep 1'
+"${CTL[@]}" run --product autocad --version 2026 -- sh -c 'echo "    [AutoCAD 2026 is running]"; sleep 4'
 echo "==> and open it again: free inside today's window"
 "${CTL[@]}" run --product autocad --version 2025 -- sh -c 'echo "    [AutoCAD 2025 is running]"'
 
@@ -103,8 +105,10 @@ echo "==> Maya is not on Flex here: its wrapper refuses with exit code 77 and ne
 
 echo "==> you start Revit directly; the agent's process watcher sees it"
 mkdir -p "$WORK/opt/revit"
-cp "$(command -v sleep)" "$WORK/opt/revit/revit"
-"$WORK/opt/revit/revit" 600 &
+# A copy of `tail`, which nothing else here runs: the watcher knows a product by
+# its executable, and the `sleep`s below must not count as Revit running.
+cp "$(command -v tail)" "$WORK/opt/revit/revit"
+"$WORK/opt/revit/revit" -f /dev/null &
 REVIT=$!
 PIDS+=($REVIT)
 for _ in $(seq 100); do
@@ -114,13 +118,18 @@ done
 
 echo "==> flexctl status"
 "${CTL[@]}" status | sed 's/^/    /'
+echo "==> you close Revit within short_use_grace: the agent asks, its 10 tokens come back"
 kill "$REVIT" 2>/dev/null || true
+for _ in $(seq 300); do
+    "$BIN/flex-admin" --json charges --product revit | grep -q refunded_at && break
+    sleep 0.1
+done
 
 echo "==> a desktop launcher for AutoCAD that starts it through the wrapper (flexctl wrap)"
 "${CTL[@]}" wrap --product autocad --name AutoCAD -- /opt/autodesk/autocad/acad %F | sed 's/^/    /'
 
 echo "==> your notifications"
-wait_for "$WORK/notify.out" "Revit" "$WORK/notify.log"
+wait_for "$WORK/notify.out" "Revit closed" "$WORK/notify.log"
 sed 's/^/    /' "$WORK/notify.out"
 
 echo "==> the admin's view: the ledger and the balance"

@@ -2,7 +2,8 @@
 # The whole test suite, as a newcomer or CI runs it:  bash tests/run.sh
 #
 # Installs what the tests need and this machine lacks (Debian packages: D-Bus for
-# the notification tests, gnome-keyring for the Secret Service credential tests;
+# the notification tests, gnome-keyring for the Secret Service credential tests,
+# Xvfb and xdotool for the notifier's X11 tests;
 # mingw, wine64 and wixl for the Windows agent), builds every binary the
 # end-to-end tests start (and the Windows MSI), then runs every test: the Linux
 # suite, and the Windows agent's unit tests under Wine.
@@ -54,6 +55,11 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # valgrind: a product run inside valgrind must still be recognised
 # (agent/src/watcher/tests.rs, tests/tests/agent_enforcement.rs).
 command -v valgrind >/dev/null || need+=(valgrind)
+# xvfb and xdotool: the notifier's X11 idle time and window closing run
+# against a private X server that the tests start (agent/src/testsupport/x11.rs,
+# tests/tests/notifier_x11.rs).
+command -v Xvfb >/dev/null || need+=(xvfb)
+command -v xdotool >/dev/null || need+=(xdotool)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq

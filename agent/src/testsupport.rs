@@ -1,7 +1,8 @@
 //! Test support: a private D-Bus session bus, a recording desktop notification
-//! service on it, and a real Secret Service (gnome-keyring) on it. One fake of
-//! each thing, shared by the agent's unit tests and, through the `test-support`
-//! cargo feature, by the end-to-end tests in `tests/`.
+//! service on it, a real Secret Service (gnome-keyring) on it, and a private
+//! X server ([`x11::Xvfb`]). One fake of each thing, shared by the agent's unit
+//! tests and, through the `test-support` cargo feature, by the end-to-end
+//! tests in `tests/`.
 //!
 //! Tests that need a desktop bus (the credential store's keyring path, desktop
 //! notifications) start their own bus here instead of touching the machine's: a
@@ -20,7 +21,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use zbus::zvariant::OwnedValue;
+use zbus::OwnedVariant;
+
+#[cfg(target_os = "linux")]
+pub mod x11;
 
 /// How long a test waits for a daemon, or a notification, to appear before failing.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -152,6 +156,10 @@ pub const NOTIFICATIONS_NAME: &str = "org.freedesktop.Notifications";
 /// One notification as the desktop's notification service received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
+    /// The id the service gave it: a replacement keeps the id it replaces.
+    pub id: u32,
+    /// The `replaces_id` it was sent with (0: a new notification).
+    pub replaces_id: u32,
     pub app_name: String,
     pub summary: String,
     pub body: String,
@@ -167,12 +175,19 @@ pub const URGENCY_NORMAL: u8 = 1;
 #[derive(Default)]
 struct Log {
     seen: Mutex<Vec<Recorded>>,
+    /// Ids taken off the screen with `CloseNotification`, in order.
+    closed: Mutex<Vec<u32>>,
+    next_id: Mutex<u32>,
     changed: tokio::sync::Notify,
 }
 
 impl Log {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn closed(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.closed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -185,25 +200,32 @@ impl Recorder {
     async fn notify(
         &self,
         app_name: String,
-        _replaces_id: u32,
+        replaces_id: u32,
         _app_icon: String,
         summary: String,
         body: String,
         _actions: Vec<String>,
-        hints: HashMap<String, OwnedValue>,
+        hints: HashMap<String, OwnedVariant>,
         _expire_timeout: i32,
     ) -> u32 {
         let urgency = hints.get("urgency").and_then(|v| u8::try_from(&**v).ok());
-        let id = {
-            let mut seen = self.0.lock();
-            seen.push(Recorded {
-                app_name,
-                summary,
-                body,
-                urgency,
-            });
-            seen.len() as u32
+        // As the specification says: a replacement keeps its id, anything
+        // else gets a new one.
+        let id = if replaces_id != 0 {
+            replaces_id
+        } else {
+            let mut next = self.0.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            *next += 1;
+            *next
         };
+        self.0.lock().push(Recorded {
+            id,
+            replaces_id,
+            app_name,
+            summary,
+            body,
+            urgency,
+        });
         self.0.changed.notify_waiters();
         id
     }
@@ -221,7 +243,10 @@ impl Recorder {
         )
     }
 
-    fn close_notification(&self, _id: u32) {}
+    fn close_notification(&self, id: u32) {
+        self.0.closed().push(id);
+        self.0.changed.notify_waiters();
+    }
 }
 
 /// A recording `org.freedesktop.Notifications` service on a [`PrivateBus`],
@@ -237,11 +262,8 @@ impl NotificationServer {
     pub async fn start(bus: &PrivateBus) -> NotificationServer {
         let log = Arc::new(Log::default());
         let connection = zbus::connection::Builder::address(bus.address.as_str())
-            .expect("the private bus address")
             .name(NOTIFICATIONS_NAME)
-            .expect("the notification service name")
             .serve_at("/org/freedesktop/Notifications", Recorder(log.clone()))
-            .expect("the notification service object")
             .build()
             .await
             .expect("cannot serve notifications on the private bus");
@@ -254,6 +276,31 @@ impl NotificationServer {
     /// Everything received so far, oldest first.
     pub fn recorded(&self) -> Vec<Recorded> {
         self.log.lock().clone()
+    }
+
+    /// The ids closed so far (`CloseNotification`), oldest first.
+    pub fn closed(&self) -> Vec<u32> {
+        self.log.closed().clone()
+    }
+
+    /// Waits (up to [`READY_DEADLINE`]) until notification `id` was closed.
+    pub async fn wait_closed(&self, id: u32) {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            let changed = self.log.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.closed().contains(&id) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!(
+                    "notification {id} was not closed within {READY_DEADLINE:?}; closed: {:?}, received: {:#?}",
+                    self.closed(),
+                    self.recorded()
+                );
+            }
+        }
     }
 
     /// The first notification received (already, or within
@@ -276,6 +323,42 @@ impl NotificationServer {
                     self.recorded()
                 );
             }
+        }
+    }
+}
+
+/// GNOME's idle monitor (`org.gnome.Mutter.IdleMonitor`) on a
+/// [`PrivateBus`], answering `GetIdletime` with the milliseconds the test
+/// sets in [`IdleMonitor::idle_ms`]. Serves until dropped.
+pub struct IdleMonitor {
+    _connection: zbus::Connection,
+    pub idle_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct IdleMonitorObject(Arc<std::sync::atomic::AtomicU64>);
+
+#[zbus::interface(name = "org.gnome.Mutter.IdleMonitor")]
+impl IdleMonitorObject {
+    fn get_idletime(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl IdleMonitor {
+    pub async fn start(bus: &PrivateBus) -> IdleMonitor {
+        let idle_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let connection = zbus::connection::Builder::address(bus.address.as_str())
+            .name("org.gnome.Mutter.IdleMonitor")
+            .serve_at(
+                "/org/gnome/Mutter/IdleMonitor/Core",
+                IdleMonitorObject(idle_ms.clone()),
+            )
+            .build()
+            .await
+            .expect("cannot serve the idle monitor on the private bus");
+        IdleMonitor {
+            _connection: connection,
+            idle_ms,
         }
     }
 }

@@ -248,6 +248,10 @@ const TABLES: &[(&str, bool)] = &[
     ("windows", false),
     ("charges", false),
     ("charge_lots", true),
+    ("window_grants", false),
+    ("refunds", false),
+    ("refund_lots", false),
+    ("refund_answers", false),
     ("claims", false),
     ("notices", false),
     ("lease_keys", false),
@@ -266,6 +270,7 @@ const TABLES: &[(&str, bool)] = &[
 
 /// Tables SQLite keeps WITHOUT ROWID.
 const WITHOUT_ROWID: &[&str] = &[
+    "window_grants",
     "usage_days",
     "usage_weeks",
     "device_user_days",
@@ -277,6 +282,7 @@ const SEQUENCES: &[(&str, &str)] = &[
     ("lots", "id"),
     ("charges", "id"),
     ("charge_lots", "rowid"),
+    ("refunds", "id"),
     ("notices", "id"),
     ("enrollment_keys", "rowid"),
     ("devices", "rowid"),

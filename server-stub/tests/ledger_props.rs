@@ -1,39 +1,87 @@
 //! Property tests of the token ledger through the real store (a SQLite file and
-//! a PostgreSQL database, test clock): random purchases, clock moves and claims never make a lot negative,
-//! never spend an expired lot, always spend the earliest-expiring lot first, and
-//! the balance always equals purchases − charges − expired remainders.
+//! a PostgreSQL database, test clock): random purchases, clock moves, claims and refunds of short runs
+//! (R13) never make a lot negative, never spend an expired lot, always spend
+//! the earliest-expiring lot first, never refund to an expired lot, refund a
+//! window at most once (a repeat gets the first answer), and the balance
+//! always equals purchases − charges + refunds − expired remainders.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use flex_protocol::api::{ClaimRequest, ClaimResponse, NewUser};
+use flex_protocol::api::{
+    ClaimRequest, ClaimResponse, EnrollRequest, LotShare, NewEnrollmentToken, NewUser,
+    RefundRequest, RefundResponse, SessionRecord, Source,
+};
 use flex_server::clock::TestClock;
 use flex_server::config::PolicyConfig;
 use flex_server::rates::RateSheet;
 use flex_server::store::testing::{backends, TestBackend};
 use proptest::prelude::*;
 
+const PRODUCTS: [&str; 3] = ["autocad", "revit", "fusion"];
+
+/// What the session record sent with a refund request says about the run
+/// that opened the window.
+#[derive(Debug, Clone, Copy)]
+enum RunAtCut {
+    /// No record sent.
+    Unsaid,
+    /// Closed a minute after the window's start.
+    EndedBefore,
+    /// Still running (no end).
+    Running,
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Buy(usize),
+    /// Hours.
     Advance(i64),
-    Launch(usize, &'static str),
+    /// Minutes: around the 5-minute grace.
+    Nudge(i64),
+    /// Just past the expiry of the lot that expires next, so refunds of
+    /// windows charged before it meet an expired lot.
+    PastExpiry,
+    Launch(usize, usize),
     Job(usize, u64),
+    /// Asks for the latest window opened back.
+    Refund(RunAtCut),
+    /// Launches the (user, product) of the latest window opened again.
+    Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0usize..3).prop_map(Op::Buy),
+        2 => (0usize..3).prop_map(Op::Buy),
         // Up to ~100 days, so lots expire within a run.
-        (1i64..2400).prop_map(Op::Advance),
-        (
-            0usize..4,
-            prop::sample::select(vec!["autocad", "revit", "fusion"])
-        )
-            .prop_map(|(u, p)| Op::Launch(u, p)),
-        (0usize..4, 1u64..3000).prop_map(|(u, n)| Op::Job(u, n)),
+        2 => (1i64..2400).prop_map(Op::Advance),
+        2 => (1i64..8).prop_map(Op::Nudge),
+        1 => Just(Op::PastExpiry),
+        2 => (0usize..4, 0..PRODUCTS.len()).prop_map(|(u, p)| Op::Launch(u, p)),
+        2 => (0usize..4, 1u64..3000).prop_map(|(u, n)| Op::Job(u, n)),
+        3 => prop::sample::select(vec![RunAtCut::Unsaid, RunAtCut::EndedBefore, RunAtCut::Running])
+            .prop_map(Op::Refund),
+        2 => Just(Op::Reopen),
     ]
 }
+
+/// A window as the model sees it.
+#[derive(Debug, Clone)]
+struct ModelWindow {
+    id: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    shares: Vec<LotShare>,
+    /// When this (only) device was last answered with it.
+    last_grant: DateTime<Utc>,
+    /// The first answer kept for a repeat: status and body.
+    answer: Option<(u16, String)>,
+    refunded: Option<u64>,
+}
+
+/// A stored run: (user, product, started, ended).
+type ModelRun = (usize, usize, DateTime<Utc>, Option<DateTime<Utc>>);
 
 /// An independent model of the lots: (id, remaining, purchased, expires).
 #[derive(Debug, Clone)]
@@ -80,6 +128,20 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
         PolicyConfig::default(),
         RateSheet::sample(),
     );
+    let token = store
+        .create_enrollment_token(&NewEnrollmentToken::default())
+        .unwrap()
+        .token;
+    let dev = store
+        .enroll(&EnrollRequest {
+            enrollment_token: token,
+            hostname: "ws".into(),
+            platform: None,
+            agent_version: None,
+        })
+        .unwrap()
+        .device_id;
+    let grace = Duration::minutes(5);
     let users: Vec<String> = (0..4).map(|i| format!("u{i}@example.com")).collect();
     for u in &users {
         store
@@ -95,7 +157,12 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut model: Vec<ModelLot> = Vec::new();
     let mut bought = 0u64;
     let mut charged = 0u64;
+    let mut refunded = 0u64;
     let mut claim_no = 0;
+    // Per (user, product): its windows, latest last.
+    let mut windows: HashMap<(usize, usize), Vec<ModelWindow>> = HashMap::new();
+    let mut runs: Vec<ModelRun> = Vec::new();
+    let mut latest: Option<(usize, usize)> = None;
 
     for op in ops {
         let now = clock.now_for_test();
@@ -115,17 +182,107 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 clock.advance(Duration::hours(h));
                 None
             }
-            Op::Launch(u, p) => Some((
-                None,
-                ClaimRequest {
-                    claim_id: String::new(),
-                    user: flex_protocol::Email::parse(&users[u]).unwrap(),
-                    product: p.into(),
-                    version: None,
-                    results: None,
-                    renews: None,
-                },
-            )),
+            Op::Nudge(m) => {
+                clock.advance(Duration::minutes(m));
+                None
+            }
+            Op::PastExpiry => {
+                if let Some(next) = model.iter().map(|l| l.expires).filter(|e| *e > now).min() {
+                    clock.set(next + Duration::seconds(1));
+                }
+                None
+            }
+            Op::Refund(said) => {
+                let Some((u, p)) = latest else {
+                    continue;
+                };
+                let w = windows
+                    .get_mut(&(u, p))
+                    .and_then(|ws| ws.last_mut())
+                    .unwrap();
+                let sessions = match said {
+                    RunAtCut::Unsaid => vec![],
+                    RunAtCut::EndedBefore | RunAtCut::Running => {
+                        let ended = match said {
+                            RunAtCut::Running => None,
+                            _ => Some(w.start + Duration::minutes(1)),
+                        };
+                        runs.push((u, p, w.start, ended));
+                        vec![SessionRecord {
+                            id: format!("s{}", runs.len()),
+                            user: flex_protocol::Email::parse(&users[u]).unwrap(),
+                            product: PRODUCTS[p].into(),
+                            version: None,
+                            source: Source::Tokens,
+                            window_id: Some(w.id.clone()),
+                            started_at: w.start,
+                            ended_at: ended,
+                        }]
+                    }
+                };
+                let out = store
+                    .refund(
+                        &dev,
+                        &RefundRequest {
+                            window_id: w.id.clone(),
+                            user: flex_protocol::Email::parse(&users[u]).unwrap(),
+                            product: PRODUCTS[p].into(),
+                            sessions,
+                        },
+                    )
+                    .unwrap();
+                let got = (out.status, out.body.clone());
+                let cut = w.start + grace;
+                let running = runs.iter().any(|&(ru, rp, from, to)| {
+                    (ru, rp) == (u, p) && from <= cut && to.is_none_or(|t| t > cut)
+                });
+                if let Some(first) = &w.answer {
+                    prop_assert_eq!(&got, first, "a repeat gets the first answer");
+                } else if now < cut {
+                    prop_assert_eq!(out.status, 409, "too early: {}", out.body);
+                } else if w.last_grant >= cut || running {
+                    prop_assert_eq!(out.status, 409, "used: {}", out.body);
+                    w.answer = Some(got);
+                } else {
+                    prop_assert_eq!(out.status, 200, "refund: {}", out.body);
+                    let back: Vec<&LotShare> = w
+                        .shares
+                        .iter()
+                        .filter(|s| model.iter().any(|l| l.id == s.lot_id && now < l.expires))
+                        .collect();
+                    let tokens: u64 = back.iter().map(|s| s.tokens).sum();
+                    let answer: RefundResponse = serde_json::from_str(&out.body).unwrap();
+                    prop_assert_eq!(answer.refunded_tokens, tokens);
+                    for s in back {
+                        let l = model.iter_mut().find(|l| l.id == s.lot_id).unwrap();
+                        l.remaining += s.tokens;
+                    }
+                    refunded += tokens;
+                    w.refunded = Some(tokens);
+                    w.answer = Some(got);
+                }
+                None
+            }
+            Op::Reopen | Op::Launch(..) => {
+                let (u, p) = match op {
+                    Op::Launch(u, p) => (u, p),
+                    _ => match latest {
+                        Some(pair) => pair,
+                        None => continue,
+                    },
+                };
+                Some((
+                    None,
+                    ClaimRequest {
+                        claim_id: String::new(),
+                        user: flex_protocol::Email::parse(&users[u]).unwrap(),
+                        product: PRODUCTS[p].into(),
+                        version: None,
+                        results: None,
+                        renews: None,
+                    },
+                ))
+            }
             Op::Job(u, n) => Some((
                 Some(n.div_ceil(50)),
                 ClaimRequest {
@@ -142,11 +299,40 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
             claim_no += 1;
             req.claim_id = format!("c{claim_no}");
             let before = store.charges(&Default::default()).unwrap().len();
-            let out = store.claim("dev", &req).unwrap();
+            let out = store.claim(&dev, &req).unwrap();
             let resp: ClaimResponse = serde_json::from_str(&out.body).unwrap();
             let charges = store.charges(&Default::default()).unwrap();
             match resp {
                 ClaimResponse::Granted(g) => {
+                    if let Some(gw) = &g.window {
+                        let u = users.iter().position(|u| *u == req.user.as_str()).unwrap();
+                        let p = PRODUCTS.iter().position(|p| *p == req.product).unwrap();
+                        let ws = windows.entry((u, p)).or_default();
+                        // An open window covers the launch, unless it was refunded.
+                        let open = ws
+                            .iter()
+                            .position(|w| w.refunded.is_none() && w.start <= now && now < w.end);
+                        match open {
+                            Some(i) => {
+                                prop_assert_eq!(&gw.id, &ws[i].id, "covered by the open window");
+                                prop_assert_eq!(g.tokens_charged, 0);
+                                ws[i].last_grant = now;
+                            }
+                            None => {
+                                prop_assert!(ws.iter().all(|w| w.id != gw.id), "a new window");
+                                latest = Some((u, p));
+                                ws.push(ModelWindow {
+                                    id: gw.id.clone(),
+                                    start: gw.start,
+                                    end: gw.end,
+                                    shares: charges.last().unwrap().lots.clone(),
+                                    last_grant: now,
+                                    answer: None,
+                                    refunded: None,
+                                });
+                            }
+                        }
+                    }
                     if charges.len() > before {
                         let c = charges.last().unwrap();
                         let expected = expected_shares(&model, c.tokens, now)
@@ -187,7 +373,15 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
             .filter(|l| now >= l.expires)
             .map(|l| l.remaining)
             .sum();
-        prop_assert_eq!(b.balance, bought - charged - expired_left);
+        prop_assert_eq!(b.balance, bought - charged + refunded - expired_left);
+        // Each window's refund shows on its charge, once.
+        let listed: u64 = store
+            .charges(&Default::default())
+            .unwrap()
+            .iter()
+            .map(|c| c.refunded_tokens)
+            .sum();
+        prop_assert_eq!(listed, refunded);
         for lot in &b.lots {
             prop_assert!(lot.remaining <= lot.tokens);
             let m = model.iter().find(|l| l.id == lot.id).unwrap();

@@ -1,7 +1,7 @@
 //! The usage rollup stays exact: on a random ledger written through the real
 //! claim path (launches, renewals claimed late, per-result jobs, subscription
-//! windows; 24-hour windows and short ones, several a day) in a zone with DST
-//! or a half-hour offset, folded at random moments,
+//! windows, refunds of short runs; 24-hour windows and short ones, several a
+//! day) in a zone with DST or a half-hour offset, folded at random moments,
 //! every report and the recommendations equal what an independent model
 //! computes from the raw ledger (`GET /v1/admin/charges`).
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use flex_protocol::api::{
-    ChargeModel, ClaimRequest, ClaimResponse, NewSubscription, NewUser, Source,
+    ChargeModel, ClaimRequest, ClaimResponse, NewSubscription, NewUser, RefundRequest, Source,
 };
 use flex_protocol::reports::{
     EstimateRequest, ReportBy, UsagePeriod, UsageReport, UsageRow, WeekUsage,
@@ -22,7 +22,7 @@ use flex_server::rates::RateSheet;
 use flex_server::rules::calendar::Period;
 use flex_server::rules::estimate::{self, PastUse};
 use flex_server::store::testing::{backends, TestBackend};
-use flex_server::store::Store;
+use flex_server::store::{Store, StoreError};
 use proptest::prelude::*;
 
 const USERS: usize = 3;
@@ -36,6 +36,9 @@ enum Op {
     /// Renews the pair's latest window, claimed this many minutes after its end.
     Renew(usize, usize, i64),
     Job(usize, u64),
+    /// Asks for the pair's latest window back (refused when it was used or
+    /// is too young; the ledger says which).
+    Refund(usize, usize),
     Fold,
 }
 
@@ -45,12 +48,15 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..USERS, 0..PRODUCTS.len()).prop_map(|(u, p)| Op::Launch(u, p)),
         2 => (0..USERS, 0..PRODUCTS.len(), 0i64..90).prop_map(|(u, p, m)| Op::Renew(u, p, m)),
         1 => (0..USERS, 1u64..200).prop_map(|(u, n)| Op::Job(u, n)),
+        2 => (0..USERS, 0..PRODUCTS.len()).prop_map(|(u, p)| Op::Refund(u, p)),
         1 => Just(Op::Fold),
     ]
 }
 
 /// The reports computed straight from the ledger: per (user, product), the
-/// local start dates of its windows and the tokens per local charge date.
+/// local start dates of its windows and the tokens per local charge date,
+/// less what a refund gave back. A refunded window is still a usage day, but
+/// not one paid with tokens.
 #[derive(Default)]
 struct Model {
     days: BTreeMap<(String, String), BTreeSet<NaiveDate>>,
@@ -71,12 +77,13 @@ impl Model {
             if let Some(w) = &c.window {
                 let day = w.start.with_timezone(&tz).date_naive();
                 m.days.entry(pair.clone()).or_default().insert(day);
-                if c.source == Source::Tokens {
+                if c.source == Source::Tokens && c.refunded_at.is_none() {
                     m.paid.entry(pair.clone()).or_default().insert(day);
                 }
             }
             let day = c.created_at.with_timezone(&tz).date_naive();
-            *m.tokens.entry(pair).or_default().entry(day).or_default() += c.tokens;
+            *m.tokens.entry(pair).or_default().entry(day).or_default() +=
+                c.tokens - c.refunded_tokens;
         }
         m
     }
@@ -201,6 +208,22 @@ fn run(
                 store.fold_usage().unwrap();
                 continue;
             }
+            Op::Refund(u, p) => {
+                if let Some((id, _)) = latest.get(&(u, p)) {
+                    store
+                        .refund(
+                            "dev",
+                            &RefundRequest {
+                                window_id: id.clone(),
+                                user: flex_protocol::Email::parse(&users[u]).unwrap(),
+                                product: PRODUCTS[p].into(),
+                                sessions: vec![],
+                            },
+                        )
+                        .unwrap();
+                }
+                continue;
+            }
             Op::Launch(u, p) => (u, PRODUCTS[p], None, None),
             Op::Job(u, r) => (u, "recap-photo", Some(r), None),
             Op::Renew(u, p, late) => {
@@ -223,7 +246,15 @@ fn run(
             results,
             renews,
         };
-        let out = store.claim("dev", &req).unwrap();
+        let out = match store.claim("dev", &req) {
+            Ok(out) => out,
+            // A refunded window cannot be renewed.
+            Err(StoreError::Conflict(m)) if req.renews.is_some() => {
+                prop_assert!(m.contains("refunded"), "{}", m);
+                continue;
+            }
+            Err(e) => panic!("claim: {e}"),
+        };
         if let ClaimResponse::Granted(g) = serde_json::from_str(&out.body).unwrap() {
             if let (Some(w), Some(p)) = (g.window, PRODUCTS.iter().position(|p| *p == product)) {
                 latest.insert((u, p), (w.id, w.end));

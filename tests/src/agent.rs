@@ -452,18 +452,25 @@ impl Running {
     /// Product executable `exe` (a [`fake_product`]) started with `60`: it runs
     /// for a minute unless stopped.
     pub fn product(exe: &Path) -> Running {
-        // A freshly copied executable can be briefly "busy" (ETXTBSY): another
-        // test thread's fork between our copy's open and close inherits the
-        // write descriptor until that child execs. Wait it out.
+        let mut cmd = Command::new(exe);
+        cmd.arg("60");
+        Running::spawn(&mut cmd)
+    }
+
+    /// Starts `cmd`, whose program is a freshly copied executable. Such a copy
+    /// can be briefly "busy" (ETXTBSY): another test thread's fork between
+    /// our copy's open and close inherits the write descriptor until that
+    /// child execs. Waits it out.
+    pub fn spawn(cmd: &mut Command) -> Running {
         let mut tries = 0;
         loop {
-            match Command::new(exe).arg("60").spawn() {
+            match cmd.spawn() {
                 Ok(child) => return Running(child),
                 Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(e) => panic!("start product {}: {e}", exe.display()),
+                Err(e) => panic!("start product {:?}: {e}", cmd.get_program()),
             }
         }
     }
@@ -557,13 +564,19 @@ impl Drop for Running {
 /// too, and a plain copy of `sleep` would make every `sleep` on the machine
 /// (and every other test's products) that product for every agent.
 pub fn fake_product(dir: &Path, exe_name: &str) -> PathBuf {
-    use std::io::Write;
     let sleep = ["/bin/sleep", "/usr/bin/sleep"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("a sleep binary");
+    fake_product_of(Path::new(sleep), dir, exe_name)
+}
+
+/// A copy of the `source` executable named `exe_name` in `dir`, with a tail
+/// of its own (see [`fake_product`]).
+pub fn fake_product_of(source: &Path, dir: &Path, exe_name: &str) -> PathBuf {
+    use std::io::Write;
     let path = dir.join(exe_name);
-    std::fs::copy(sleep, &path).expect("copy sleep");
+    std::fs::copy(source, &path).unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -683,13 +696,21 @@ pub fn resident_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// Tokens charged for `product` in the ledger.
-pub async fn charged(server: &Server, product: &str) -> u64 {
+/// The ledger's charge rows for `product`.
+pub async fn charges_of(server: &Server, product: &str) -> Vec<Value> {
     server
         .charges()
         .await
-        .iter()
+        .into_iter()
         .filter(|c| c["product"] == product)
+        .collect()
+}
+
+/// Tokens charged for `product` in the ledger.
+pub async fn charged(server: &Server, product: &str) -> u64 {
+    charges_of(server, product)
+        .await
+        .iter()
         .map(|c| c["tokens"].as_u64().unwrap())
         .sum()
 }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod debroot;
+pub mod notifier;
 pub mod smtp;
 pub mod wine;
 

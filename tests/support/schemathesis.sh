@@ -56,7 +56,7 @@ failed=0
 # Agent calls with the device's token (first: the admin run revokes devices),
 # then admin and public calls with the admin token.
 st --header "Authorization: Bearer $device_token" \
-    --include-path-regex '^/v1/agent/(claims|heartbeat|products|users/)' "$@" || failed=1
+    --include-path-regex '^/v1/agent/(claims|heartbeat|products|refunds|users/)' "$@" || failed=1
 st --header "Authorization: Bearer $token" \
-    --exclude-path-regex '^/v1/agent/(claims|heartbeat|products|users/)' "$@" || failed=1
+    --exclude-path-regex '^/v1/agent/(claims|heartbeat|products|refunds|users/)' "$@" || failed=1
 exit $failed

@@ -175,11 +175,11 @@ async fn every_subcommand_works_against_the_server() {
     let lines: Vec<&str> = charges.lines().collect();
     assert_eq!(
         lines[0],
-        "TIME                  USER             PRODUCT  KIND    SOURCE  TOKENS  LOTS"
+        "TIME                  USER             PRODUCT  KIND    SOURCE  TOKENS  REFUNDED  LOTS"
     );
     assert!(
         lines[1].starts_with(
-            "2026-03-15T10:00:00Z  ann@example.com  AutoCAD  window  tokens       7  "
+            "2026-03-15T10:00:00Z  ann@example.com  AutoCAD  window  tokens       7  -         "
         ),
         "{charges}"
     );

@@ -11,82 +11,22 @@
 //! The notifier is started and waited for (its `subscribed` line on stderr)
 //! before anything happens: no event may be missed, and nothing sleeps.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::{mpsc, Arc, Mutex};
-
 use flex_agent::testsupport::{
     NotificationServer, PrivateBus, Recorded, URGENCY_CRITICAL, URGENCY_NORMAL,
 };
 use flex_e2e::agent::{alive, eventually, flex_server, Agent, Running, SHORT_POLICY, WAIT};
+use flex_e2e::notifier::Notifier;
 use flex_e2e::Server;
 
 /// Held for a whole test: the short policy's timings are kept under less load.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `flexctl notify --print` on the private bus, subscribed to `agent`.
-struct Notifier {
-    _proc: Running,
-    /// Its stdout, line by line.
-    printed: Arc<Mutex<Vec<String>>>,
-}
-
-impl Notifier {
-    /// Starts the notifier and returns once it said it is subscribed.
-    fn start(agent: &Agent, bus: &PrivateBus) -> Notifier {
-        let mut child = agent
-            .flexctl()
-            .args(["notify", "--print"])
-            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start flexctl notify");
-        let stdout = child.stdout.take().expect("notifier stdout");
-        let stderr = child.stderr.take().expect("notifier stderr");
-        let proc = Running::new(child);
-
-        let printed = Arc::new(Mutex::new(Vec::new()));
-        let lines = printed.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        // stderr is read to its end (so the notifier never blocks on it), and
-        // its lines are handed over until the readiness line came.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut said = Vec::new();
-        tokio::task::block_in_place(|| loop {
-            match rx.recv_timeout(WAIT) {
-                Ok(line) if line.contains("subscribed") => break,
-                Ok(line) => said.push(line),
-                Err(e) => panic!("flexctl notify did not subscribe ({e}); it said: {said:?}"),
-            }
-        });
-        Notifier {
-            _proc: proc,
-            printed,
-        }
-    }
-
-    /// Waits until `line` was printed on stdout.
-    async fn printed(&self, line: &str) {
-        eventually(&format!("the printed line {line:?}"), WAIT, || async {
-            self.printed
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l == line)
-                .then_some(())
-        })
-        .await;
-    }
+fn notifier(agent: &Agent, bus: &PrivateBus) -> Notifier {
+    let mut cmd = agent.flexctl();
+    cmd.args(["notify", "--print"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address);
+    Notifier::start(cmd)
 }
 
 /// The line `flexctl notify --print` prints for what the desktop received.
@@ -117,7 +57,7 @@ impl Desk {
         let agent = Agent::start(&server, "").await;
         // Notifications name products as the rate sheet does.
         agent.rate_sheet_known().await;
-        let notifier = Notifier::start(&agent, &bus);
+        let notifier = notifier(&agent, &bus);
         Desk {
             notifier,
             agent,

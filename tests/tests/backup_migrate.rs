@@ -56,6 +56,25 @@ async fn fill(s: &Server) -> Device {
             s.launch(&dev, "cy@example.com", "fusion").await;
         }
     }
+    // A short run refunded (R13): its refund, lot shares, the device's grant
+    // and the stored answer are part of the ledger too.
+    let (status, v) = s
+        .claim(
+            &dev,
+            json!({"user": "cy@example.com", "product": "autocad"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    s.set_time("2026-11-20T09:05:00Z").await;
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/v1/agent/refunds",
+            &dev.token,
+            Some(short_run(&v)),
+        )
+        .await;
+    assert_eq!((status, &v["refunded_tokens"]), (200, &json!(7)), "{v}");
     let (status, v) = s
         .claim(
             &dev,
@@ -64,6 +83,22 @@ async fn fill(s: &Server) -> Device {
         .await;
     assert_eq!((status, &v["tokens_charged"]), (200, &json!(2)), "{v}");
     dev
+}
+
+/// The refund request of the window granted in `grant` (Cy's AutoCAD).
+fn short_run(grant: &Value) -> Value {
+    json!({"window_id": grant["window"]["id"], "user": "cy@example.com", "product": "autocad", "sessions": []})
+}
+
+/// The window Cy's AutoCAD was refunded for in [`fill`].
+async fn refunded(s: &Server) -> Value {
+    let charges = s.charges().await;
+    let c = charges
+        .iter()
+        .find(|c| c["user"] == "cy@example.com" && c["product"] == "autocad")
+        .expect("cy's autocad charge");
+    assert_eq!(c["refunded_tokens"], 7, "{c}");
+    json!({"window": c["window"]})
 }
 
 /// Every admin read, as the API answers it.
@@ -173,6 +208,15 @@ async fn a_ledger_migrated_to_postgres_answers_every_report_the_same() {
     let mut s = Server::start_test_clock();
     let dev = fill(&s).await;
     let before = reports(&s).await;
+    let short = short_run(&refunded(&s).await);
+    let first_refund = s
+        .call(
+            Method::POST,
+            "/v1/agent/refunds",
+            &dev.token,
+            Some(short.clone()),
+        )
+        .await;
     let job = s
         .claim(
             &dev,
@@ -222,6 +266,13 @@ async fn a_ledger_migrated_to_postgres_answers_every_report_the_same() {
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["lease"]["kid"], dev.enroll["lease_keys"][0]["kid"]);
+    // The refund's answer too: a repeat gets it and nothing is refunded twice.
+    assert_eq!(
+        pg.call(Method::POST, "/v1/agent/refunds", &dev.token, Some(short))
+            .await,
+        first_refund
+    );
+    assert_eq!(first_refund.0, 200, "{first_refund:?}");
     // New rows continue after the copied ones.
     let charges = pg.charges().await;
     let ids: Vec<i64> = charges.iter().map(|c| c["id"].as_i64().unwrap()).collect();

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use flex_e2e::agent::{eventually, Running, USER};
+use flex_e2e::agent::{charges_of, eventually, Running, USER};
 use flex_e2e::wine::{msi, msi_version, Wine};
 use flex_e2e::{Server, ServerOpts};
 use serde_json::{json, Value};
@@ -93,16 +93,6 @@ fn status(wine: &Wine) -> Option<Value> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
-}
-
-/// The ledger's charges for `product`.
-async fn charges(server: &Server, product: &str) -> Vec<Value> {
-    server
-        .charges()
-        .await
-        .into_iter()
-        .filter(|c| c["product"] == product)
-        .collect()
 }
 
 async fn balance(server: &Server) -> i64 {
@@ -322,8 +312,8 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     );
     assert!(first.status.success(), "{}", text(&first));
     assert!(ran.exists(), "the wrapped command ran");
-    assert_eq!(charges(&server, "autocad").await.len(), 1);
-    assert_eq!(charges(&server, "autocad").await[0]["tokens"], 7);
+    assert_eq!(charges_of(&server, "autocad").await.len(), 1);
+    assert_eq!(charges_of(&server, "autocad").await[0]["tokens"], 7);
     assert_eq!(balance(&server).await, 493);
     let shown = lines
         .recv_timeout(WAIT)
@@ -343,7 +333,7 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
         text(&second)
     );
     assert_eq!(
-        charges(&server, "autocad").await.len(),
+        charges_of(&server, "autocad").await.len(),
         1,
         "second launch free"
     );
@@ -379,7 +369,7 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
     let detected = eventually("Roamer.exe to be detected and charged", WAIT, || async {
         let s = status(&wine)?;
         let sess = session(&s, "navisworks")?.clone();
-        (!charges(&server, "navisworks").await.is_empty()).then_some(sess)
+        (!charges_of(&server, "navisworks").await.is_empty()).then_some(sess)
     })
     .await;
     eprintln!(
@@ -387,14 +377,14 @@ async fn msi_service_pipe_detection_and_offline_close_under_wine() {
         started.elapsed()
     );
     assert_eq!(detected["source"], "tokens", "{detected}");
-    assert_eq!(charges(&server, "navisworks").await[0]["tokens"], 9);
+    assert_eq!(charges_of(&server, "navisworks").await[0]["tokens"], 9);
 
     // ---- a renamed copy, recognised by its version resource
     let mut renamed = start_product(&wine, r"C:\apps\tools\renamed-tool.exe", 300);
     eventually(
         "the renamed copy to be charged as inventor",
         WAIT,
-        || async { (!charges(&server, "inventor").await.is_empty()).then_some(()) },
+        || async { (!charges_of(&server, "inventor").await.is_empty()).then_some(()) },
     )
     .await;
     let s = status(&wine).expect("status");

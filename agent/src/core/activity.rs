@@ -36,7 +36,9 @@ struct Report {
     /// Trusted time of the report.
     at: DateTime<Utc>,
     idle: Duration,
-    locked: bool,
+    /// Since when the session has been locked, as far as the reports tell
+    /// (the report that first said so): input at a lock screen is not use.
+    locked_since: Option<DateTime<Utc>>,
 }
 
 /// The latest report of every notifier connection, and CPU time samples of
@@ -59,13 +61,22 @@ impl Activity {
         idle: Duration,
         locked: bool,
     ) {
+        // The lock began after the last unlocked report; its first locked
+        // report is the latest it can have begun (counting it later spares
+        // less, never more).
+        let locked_since = locked.then(|| {
+            self.reports
+                .get(&conn)
+                .and_then(|r| r.locked_since)
+                .unwrap_or(at)
+        });
         self.reports.insert(
             conn,
             Report {
                 account,
                 at,
                 idle,
-                locked,
+                locked_since,
             },
         );
     }
@@ -135,13 +146,10 @@ impl Activity {
                 return None;
             }
             any = true;
-            let last_input = if r.locked {
-                // Locked: no input can come; idle at least since the report
-                // said so, and since the lock.
-                r.at - chrono(r.idle)
-            } else {
-                r.at - chrono(r.idle)
-            };
+            // Locked: a mouse moved at the lock screen is no use of a
+            // product; the user has been away at least since the lock.
+            let input = r.at - chrono(r.idle);
+            let last_input = r.locked_since.map_or(input, |l| l.min(input));
             since = Some(since.map_or(last_input, |s| s.max(last_input)));
         }
         any.then_some(since).flatten()

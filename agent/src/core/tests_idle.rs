@@ -122,3 +122,32 @@ fn zero_idle_after_turns_it_off() {
     pass(&mut h, Duration::from_secs(25 * 3600), Some(monday(8, 0)));
     assert_eq!(h.server.total_charged(), 14);
 }
+
+#[test]
+fn input_at_a_locked_screen_is_not_use() {
+    // Alice locks her screen at 17:00 and leaves; the mouse is nudged at the
+    // lock screen now and then, which resets the session's input idle time.
+    let mut h = Harness::new(monday(8, 0), 100);
+    h.start_process("alice", "autocad");
+    pass(&mut h, Duration::from_secs(9 * 3600), None);
+    let mut night = Vec::new();
+    while h.true_time < monday(8, 30) + chrono::Duration::days(1) {
+        night.extend(h.report(50, "alice", Duration::from_secs(5), true));
+        night.extend(h.advance(Duration::from_secs(30)));
+    }
+    assert!(
+        events(&night)
+            .iter()
+            .any(|e| matches!(e, Event::Paused { .. })),
+        "a locked session counted as use"
+    );
+    assert_eq!(
+        h.server.total_charged(),
+        7,
+        "renewed behind a locked screen"
+    );
+    // She unlocks: in use again.
+    let back = h.report(50, "alice", Duration::ZERO, false);
+    let back = [back, h.advance(Duration::from_secs(1))].concat();
+    assert_eq!(charges(&back), vec![7], "{back:?}");
+}

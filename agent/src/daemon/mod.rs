@@ -509,12 +509,15 @@ impl Driver {
                 caller,
                 idle_secs,
                 locked,
-            } => self.feed(Input::Activity {
-                conn,
-                account: caller.account,
-                idle: std::time::Duration::from_secs(idle_secs),
-                locked,
-            }),
+            } => {
+                tracing::debug!(account = %caller.account, idle_secs, locked, "idle report");
+                self.feed(Input::Activity {
+                    conn,
+                    account: caller.account,
+                    idle: std::time::Duration::from_secs(idle_secs),
+                    locked,
+                })
+            }
             Command::Closing {
                 caller,
                 pid,

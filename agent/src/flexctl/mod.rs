@@ -6,6 +6,7 @@
 //! step for the user in their message.
 
 mod client;
+pub mod desktop;
 pub mod doctor;
 #[cfg(windows)]
 mod job_windows;
@@ -13,6 +14,7 @@ pub mod notify;
 pub mod run;
 mod status;
 pub mod wrap;
+pub mod zone;
 
 use std::path::PathBuf;
 
@@ -141,6 +143,10 @@ pub enum Command {
         /// With --print: only print, show no desktop notifications (no desktop needed).
         #[arg(long, requires = "print")]
         no_desktop: bool,
+        /// Between two reports of the user's idle time to the agent (tests
+        /// shorten it).
+        #[arg(long, hide = true, default_value = "30s", value_parser = humantime::parse_duration)]
+        report_every: std::time::Duration,
     },
     /// Ask process PID to close (WM_CLOSE to its top-level windows on this
     /// desktop). The agent's service starts it in a user's session, which it
@@ -277,7 +283,10 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", status::render(&status, chrono::Utc::now()));
+                print!(
+                    "{}",
+                    status::render(&status, chrono::Utc::now(), &zone::Zone::local())
+                );
             }
             Ok(0)
         }
@@ -376,17 +385,23 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
         } else {
             3
         }),
-        Command::Notify { print, no_desktop } => {
+        Command::Notify {
+            print,
+            no_desktop,
+            report_every,
+        } => {
             // Started from the Run key at logon: no console window stays open.
             #[cfg(windows)]
             if !print {
                 crate::win32::detach_console();
             }
-            let display = notify::Notifier {
-                print,
-                desktop: !no_desktop,
+            let display = notify::Notifier::new(print, !no_desktop);
+            let desk = notify::Desk::detect().await;
+            let options = notify::Options {
+                report_every,
+                ..Default::default()
             };
-            notify::run(&cli.socket, &display, notify::Backoff::default()).await;
+            notify::run(&cli.socket, &display, &desk, options).await;
             Ok(0)
         }
     }

@@ -106,6 +106,24 @@ pub fn denial_line(product: &str, e: &ApiError) -> String {
     }
 }
 
+/// A refusal said where a launcher's user sees it: on the desktop, when no
+/// terminal and no notifier shows it (see [`super::desktop::fallback`]), in
+/// the notifier's words.
+fn show_on_desktop(product: &str, product_name: Option<&str>, reason: ErrorCode, message: &str) {
+    #[cfg(all(unix, not(target_os = "macos")))]
+    {
+        let n = super::notify::notification_for(&Event::LaunchDenied {
+            product: product.to_string(),
+            product_name: product_name.map(str::to_string),
+            reason,
+            message: message.to_string(),
+        });
+        super::desktop::fallback::show_refusal(&n.summary, &n.body);
+    }
+    #[cfg(not(all(unix, not(target_os = "macos"))))]
+    let _ = (product, product_name, reason, message);
+}
+
 /// Ctrl-C, Ctrl-Break and closing the console window, as SIGINT (2) or
 /// SIGHUP (1). The product shares the console and sees Ctrl-C itself; these
 /// only end the wrapper before the product runs, or close it gracefully.
@@ -228,7 +246,18 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
         Ok::<_, CtlError>((client, answer))
     };
     let (mut client, answer) = tokio::select! {
-        asked = asked => asked?,
+        asked = asked => match asked {
+            Ok(asked) => asked,
+            Err(e) => {
+                show_on_desktop(
+                    &opts.product,
+                    None,
+                    ErrorCode::Internal,
+                    &format!("cannot reach the Flex licensing service (flex-agent): is it running? Ask IT to check: {}", super::SERVICE_STATUS),
+                );
+                return Err(e);
+            }
+        },
         Some(sig) = signals.recv() => return Ok(128 + sig),
     };
     let mut closed = false;
@@ -237,6 +266,12 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
         Err(refused) => {
             let product = display_name(&opts.product, refused.product_name.as_deref());
             eprintln!("{}", denial_line(product, &refused.error));
+            show_on_desktop(
+                &opts.product,
+                refused.product_name.as_deref(),
+                refused.error.code,
+                &refused.error.message,
+            );
             return Ok(EXIT_DENIED);
         }
     };

@@ -1,19 +1,32 @@
 //! The human form of `flexctl status`: products by their display names (the
-//! ids are in `flexctl status --json`).
+//! ids are in `flexctl status --json`), times in the local zone with its name,
+//! what each running product is doing (running, paused since when, closing at
+//! when), and the offline allowance only while the server cannot be reached.
 
 use std::fmt::Write;
 
-use chrono::{DateTime, Local, Utc};
-use flex_protocol::socket::{display_name, StatusReply};
+use chrono::{DateTime, Utc};
+use flex_protocol::socket::{display_name, SessionStatus, StatusReply};
 
-use super::notify::human_duration;
+use super::notify::{countdown, human_duration};
+use super::zone::Zone;
 
-fn local(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string()
+/// What a session is doing, for its STATE column.
+fn state(x: &SessionStatus, now: DateTime<Utc>, zone: &Zone) -> String {
+    match (x.state.as_str(), x.paused_since, x.closes_at) {
+        (_, _, Some(at)) => format!(
+            "closes at {} (in {})",
+            zone.format(at, "%H:%M:%S"),
+            countdown((at - now).num_seconds().max(0) as u64)
+        ),
+        ("paused", Some(since), None) => format!("paused since {}", zone.format(since, "%H:%M")),
+        (other, _, None) => other.to_string(),
+    }
 }
 
-/// Renders `status` as a short report with a session table.
-pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
+/// Renders `status` as a short report with a session table, times in `zone`.
+pub fn render(s: &StatusReply, now: DateTime<Utc>, zone: &Zone) -> String {
+    let local = |t: DateTime<Utc>| zone.format(t, "%Y-%m-%d %H:%M");
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -46,23 +59,24 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
         None => "never".into(),
     };
     let _ = writeln!(out, "last contact   {contact}");
-    let left = match s.offline_seconds_left {
-        Some(secs) if secs <= 0 => {
-            "none: offline products are being closed; connect to the network".into()
-        }
-        Some(secs) => format!(
-            "{} before offline products close",
-            human_duration(secs as u64)
-        ),
-        None => "no limit running".into(),
-    };
-    let _ = writeln!(out, "offline left   {left}");
-    render_windows(&mut out, s, now);
+    // While the server answers nothing counts down: saying how long an
+    // outage may last only alarms.
+    if !s.online {
+        let left = match s.offline_seconds_left {
+            Some(secs) if secs <= 0 => {
+                "none: offline products are being closed; connect to the network".into()
+            }
+            Some(secs) => format!("{} before offline products close", countdown(secs as u64)),
+            None => "no limit running".into(),
+        };
+        let _ = writeln!(out, "offline left   {left}");
+    }
+    render_windows(&mut out, s, now, &local);
     if s.sessions.is_empty() {
         let _ = writeln!(out, "\nno product sessions");
         return out;
     }
-    let rows: Vec<[String; 7]> = s
+    let rows: Vec<[String; 8]> = s
         .sessions
         .iter()
         .map(|x| {
@@ -72,7 +86,13 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
                 x.user.clone(),
                 x.pid.map_or("-".into(), |p| p.to_string()),
                 x.source.as_str().to_string(),
-                local(x.window_end),
+                state(x, now, zone),
+                // A paused product holds no window.
+                if x.state == "paused" {
+                    "-".into()
+                } else {
+                    local(x.window_end)
+                },
                 x.origin.clone(),
             ]
         })
@@ -85,6 +105,7 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
             "USER",
             "PID",
             "SOURCE",
+            "STATE",
             "WINDOW ENDS",
             "SEEN BY",
         ],
@@ -97,7 +118,12 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>) -> String {
 }
 
 /// The windows the user holds: what was paid, and until when reopening is free.
-fn render_windows(out: &mut String, s: &StatusReply, now: DateTime<Utc>) {
+fn render_windows(
+    out: &mut String,
+    s: &StatusReply,
+    now: DateTime<Utc>,
+    local: &dyn Fn(DateTime<Utc>) -> String,
+) {
     if s.windows.is_empty() {
         let _ = writeln!(out, "\nno charge windows held");
         return;

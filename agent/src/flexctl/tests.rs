@@ -1,5 +1,7 @@
 //! flexctl against the fake agent (the real socket server with a scripted handler).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -27,13 +29,21 @@ fn opts(socket: &std::path::Path, command: &[&str]) -> RunOptions {
 /// Waits for the request matching `pick` (other requests are skipped).
 async fn wait_for<T>(
     seen: &mut mpsc::UnboundedReceiver<(Peer, Request)>,
-    mut pick: impl FnMut(Request) -> Option<T>,
+    pick: impl FnMut(Request) -> Option<T>,
 ) -> T {
+    wait_for_peer(seen, pick).await.1
+}
+
+/// Like [`wait_for`], with the peer that sent the request.
+async fn wait_for_peer<T>(
+    seen: &mut mpsc::UnboundedReceiver<(Peer, Request)>,
+    mut pick: impl FnMut(Request) -> Option<T>,
+) -> (Peer, T) {
     let wait = async {
         loop {
-            let (_, req) = seen.recv().await.expect("fake agent stopped");
+            let (peer, req) = seen.recv().await.expect("fake agent stopped");
             if let Some(t) = pick(req) {
-                return t;
+                return (peer, t);
             }
         }
     };
@@ -256,19 +266,22 @@ async fn user_option_fills_the_user_field_of_run_and_result() {
 #[test]
 fn status_table_shows_the_facts() {
     let status = crate::socket::fake::sample_status();
-    let text = status::render(&status, Utc::now());
+    let berlin = super::zone::Zone::Named(chrono_tz::Europe::Berlin);
+    let now = Utc::now();
+    let text = status::render(&status, now, &berlin);
     for needle in [
         "detection      proc-connector",
         "credentials    file:/var/lib/flex-agent/device-token",
         "balance        93 tokens",
         "(5 min ago)",
-        "23 h 55 min before offline products close",
         "PRODUCT",
         "AutoCAD",
         "alice",
         "4242",
         "tokens",
         "wrapper",
+        "STATE",
+        "running",
         // The window the user paid for, and how long reopening is free.
         "FREE TO REOPEN UNTIL",
         "7 tokens",
@@ -276,14 +289,55 @@ fn status_table_shows_the_facts() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    // Times carry their zone.
+    let zone_name = berlin
+        .format(now, "%H")
+        .split_once(' ')
+        .unwrap()
+        .1
+        .to_string();
+    assert!(text.contains(&format!(" {zone_name}")), "{text}");
+    // Online, nothing counts down.
+    assert!(!text.contains("offline left"), "{text}");
     // Without sessions the windows still show (the run ended, the window did not).
     let mut ended = status.clone();
     ended.sessions.clear();
-    let text = status::render(&ended, Utc::now());
+    let text = status::render(&ended, now, &berlin);
     assert!(text.contains("no product sessions"), "{text}");
     assert!(text.contains("7 tokens"), "{text}");
     // People read display names; ids are for `--json`.
     assert!(!text.contains("autocad"), "{text}");
+}
+
+#[test]
+fn status_shows_paused_and_closing_products_and_the_offline_allowance_when_offline() {
+    let mut status = crate::socket::fake::sample_status();
+    let utc = super::zone::Zone::Named(chrono_tz::UTC);
+    let now = Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
+    let mut paused = status.sessions[0].clone();
+    paused.product_name = Some("Revit".into());
+    paused.state = "paused".into();
+    paused.paused_since = Some(Utc.with_ymd_and_hms(2026, 11, 30, 8, 0, 0).unwrap());
+    let mut closing = status.sessions[0].clone();
+    closing.product_name = Some("Maya".into());
+    closing.state = "closing".into();
+    closing.closes_at = Some(now + chrono::Duration::seconds(89));
+    status.sessions = vec![paused, closing];
+    status.online = false;
+    status.offline_seconds_left = Some(89);
+    let text = status::render(&status, now, &utc);
+    for needle in [
+        "paused since 08:00 UTC",
+        "closes at 09:01:29 UTC (in 2 min)",
+        "OFFLINE",
+        "offline left   2 min before offline products close",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // `--json` carries the same facts.
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["sessions"][0]["paused_since"], "2026-11-30T08:00:00Z");
+    assert_eq!(json["sessions"][1]["closes_at"], "2026-11-30T09:01:29Z");
 }
 
 #[test]
@@ -333,7 +387,7 @@ fn notification_texts_and_urgency() {
                 renewal: false,
             },
             "AutoCAD: 7 tokens charged",
-            "Reopening AutoCAD is free until Sat 17:00. Balance: 93 tokens.",
+            "Reopening AutoCAD is free until Sat 17:00 UTC. Balance: 93 tokens.",
             Urgency::Normal,
         ),
         (
@@ -359,7 +413,7 @@ fn notification_texts_and_urgency() {
                 renewal: false,
             },
             "Revit is licensed",
-            "No tokens charged. Reopening Revit is free until Sat 17:00.",
+            "No tokens charged. Reopening Revit is free until Sat 17:00 UTC.",
             Urgency::Normal,
         ),
         (
@@ -429,7 +483,7 @@ fn notification_texts_and_urgency() {
                 deadline: at,
             },
             "AutoCAD closes in 30 min",
-            "This computer has not reached the license server for too long. Connect to the network before Sat 17:00, or save your work: AutoCAD will be closed.",
+            "This computer has not reached the license server for too long. Connect to the network before Sat 17:00 UTC, or save your work: AutoCAD will be closed.",
             Urgency::Critical,
         ),
         (
@@ -440,7 +494,7 @@ fn notification_texts_and_urgency() {
                 closes_at: at,
             },
             "AutoCAD license could not be renewed",
-            "The token balance does not cover the next window. Save your work: AutoCAD will be closed at Sat 17:00.",
+            "The token balance does not cover the next window. Save your work: AutoCAD will be closed at Sat 17:00 UTC.",
             Urgency::Critical,
         ),
         (
@@ -471,9 +525,86 @@ fn notification_texts_and_urgency() {
             "The clock moved back by 3 d. Offline time still counts from the last server contact, and the change was reported to your administrator.",
             Urgency::Critical,
         ),
+        (
+            Event::OfflineWarning {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                seconds_left: 89,
+                deadline: at,
+            },
+            // Rounded up: 89 s is not "1 min".
+            "AutoCAD closes in 2 min",
+            "This computer has not reached the license server for too long. Connect to the network before Sat 17:00 UTC, or save your work: AutoCAD will be closed.",
+            Urgency::Critical,
+        ),
+        (
+            Event::ProductClosing {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                reason: CloseReason::Offline,
+                message: "this workstation has not reached the license server for 24 h".into(),
+                deadline: at,
+            },
+            "AutoCAD closes at Sat 17:00 UTC",
+            "This workstation has not reached the license server for 24 h. Save your work now. Connect to the network, then start it again.",
+            Urgency::Critical,
+        ),
+        (
+            Event::RenewalNotice {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                at,
+                tokens: 7,
+            },
+            "AutoCAD renews at Sat 17:00 UTC for 7 tokens",
+            "Close AutoCAD before then to avoid the charge.",
+            Urgency::Normal,
+        ),
+        (
+            Event::Refunded {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                tokens: 7,
+                balance: 500,
+                grace_secs: 300,
+            },
+            "AutoCAD closed within 5 min: 7 tokens returned",
+            "A run this short is not charged. Balance: 500 tokens.",
+            Urgency::Normal,
+        ),
+        (
+            Event::Paused {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                since: at,
+            },
+            "AutoCAD is paused",
+            "AutoCAD was not used for a while, so its license was not renewed. It stays open; using it again starts a new charge.",
+            Urgency::Normal,
+        ),
+        (
+            Event::Resumed {
+                product: "autocad".into(),
+                product_name: name("AutoCAD"),
+                tokens: 7,
+            },
+            "AutoCAD is in use again",
+            "7 tokens charged for a new window.",
+            Urgency::Normal,
+        ),
+        (
+            Event::BackOnline,
+            "Back online",
+            "The license server is reachable again.",
+            Urgency::Normal,
+        ),
     ];
+    let texts = notify::Texts {
+        now: at - chrono::Duration::minutes(30),
+        zone: super::zone::Zone::Named(chrono_tz::UTC),
+    };
     for (event, summary, body, urgency) in cases {
-        let n = notify::notification_in(&event, &Utc);
+        let n = texts.event(&event);
         assert_eq!(
             (n.summary.as_str(), n.body.as_str()),
             (summary, body),
@@ -486,6 +617,10 @@ fn notification_texts_and_urgency() {
     assert_eq!(human_duration(7500), "2 h 5 min");
     assert_eq!(human_duration(300), "5 min");
     assert_eq!(human_duration(45), "45 s");
+    assert_eq!(notify::countdown(89), "2 min");
+    assert_eq!(notify::countdown(60), "1 min");
+    assert_eq!(notify::countdown(59), "59 s");
+    assert_eq!(notify::countdown(3601), "1 h 1 min");
 }
 
 /// One summary line without a full stop, one body line of sentences, no
@@ -530,13 +665,55 @@ fn notifications_fall_back_to_the_product_id() {
     );
 }
 
-/// A display that hands notifications to the test.
-struct Recorder(mpsc::UnboundedSender<Notification>);
+/// A display that hands what it is told to the test.
+struct Recorder(mpsc::UnboundedSender<Option<Notification>>);
 
 impl notify::Display for Recorder {
-    async fn show(&self, n: Notification) {
-        let _ = self.0.send(n);
+    async fn show(&self, _slot: &notify::Slot, n: Notification) {
+        let _ = self.0.send(Some(n));
     }
+
+    async fn withdraw(&self, _slot: &notify::Slot) {
+        let _ = self.0.send(None);
+    }
+}
+
+/// A desktop whose user has been idle for a time the test sets, and whose
+/// windows "close" by being counted.
+#[derive(Clone, Default)]
+struct FakeDesk {
+    idle_secs: Arc<AtomicU64>,
+    asked: Arc<Mutex<Vec<u32>>>,
+}
+
+impl desktop::IdleSource for FakeDesk {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn read(&mut self) -> Result<desktop::IdleReading, desktop::DesktopError> {
+        Ok(desktop::IdleReading {
+            idle: Duration::from_secs(self.idle_secs.load(Ordering::SeqCst)),
+            locked: false,
+        })
+    }
+}
+
+impl desktop::WindowCloser for FakeDesk {
+    fn close_windows(&mut self, pid: u32) -> Result<u32, desktop::DesktopError> {
+        self.asked.lock().unwrap().push(pid);
+        Ok(2)
+    }
+}
+
+fn fake_desk() -> (FakeDesk, notify::Desk) {
+    let fake = FakeDesk::default();
+    let desk = notify::Desk::new(desktop::Session::new(
+        vec![Box::new(fake.clone())],
+        None,
+        Some(Box::new(fake.clone())),
+    ));
+    (fake, desk)
 }
 
 #[tokio::test]
@@ -546,18 +723,22 @@ async fn notifier_shows_events_and_survives_an_agent_restart() {
     let agent = start_fake_agent(dir.path(), handler.clone());
     let socket = agent.path.clone();
     let (shown_tx, mut shown) = mpsc::unbounded_channel();
-    let backoff = notify::Backoff {
-        first: Duration::from_millis(20),
-        max: Duration::from_millis(200),
+    let options = notify::Options {
+        backoff: notify::Backoff {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        ..Default::default()
     };
     let path = socket.clone();
+    let (_, desk) = fake_desk();
     let notifier =
-        tokio::spawn(async move { notify::run(&path, &Recorder(shown_tx), backoff).await });
+        tokio::spawn(async move { notify::run(&path, &Recorder(shown_tx), &desk, options).await });
 
     wait_for(&mut seen, |r| matches!(r, Request::Subscribe).then_some(())).await;
     handler.publish(Event::LowBalance { balance: 12 }).await;
     assert_eq!(
-        shown.recv().await.unwrap().summary,
+        shown.recv().await.unwrap().unwrap().summary,
         "Flex token balance is low"
     );
 
@@ -572,10 +753,73 @@ async fn notifier_shows_events_and_survives_an_agent_restart() {
             product_name: Some("AutoCAD".into()),
         })
         .await;
-    let n = shown.recv().await.unwrap();
+    let n = shown.recv().await.unwrap().unwrap();
     assert_eq!(
         (n.summary.as_str(), n.urgency),
         ("Out of Flex tokens", Urgency::Critical)
     );
     notifier.abort();
+}
+
+/// The notifier reports its user's idle time on its subscription, at once
+/// on connecting and at once when the user comes back; it answers
+/// `close_windows` with the windows it asked and tells the user.
+#[tokio::test]
+async fn notifier_reports_idle_time_and_answers_close_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handler, mut seen) = FakeHandler::new();
+    let agent = start_fake_agent(dir.path(), handler.clone());
+    let (shown_tx, mut shown) = mpsc::unbounded_channel();
+    let (fake, desk) = fake_desk();
+    fake.idle_secs.store(900, Ordering::SeqCst);
+    let path = agent.path.clone();
+    let notifier = tokio::spawn(async move {
+        notify::run(&path, &Recorder(shown_tx), &desk, Default::default()).await
+    });
+
+    // Reported on the subscribed connection (the agent forgets a report
+    // when its connection closes), as soon as it subscribed.
+    let (subscriber, ()) =
+        wait_for_peer(&mut seen, |r| matches!(r, Request::Subscribe).then_some(())).await;
+    let (peer, idle) = wait_for_peer(&mut seen, |r| match r {
+        Request::Idle { idle_secs, locked } => Some((idle_secs, locked)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(idle, (900, false));
+    assert_eq!(peer.conn_id, subscriber.conn_id);
+    // Input: reported within a sample or two, not at the next half minute.
+    fake.idle_secs.store(0, Ordering::SeqCst);
+    let back = wait_for(&mut seen, |r| match r {
+        Request::Idle { idle_secs, .. } => Some(idle_secs),
+        _ => None,
+    })
+    .await;
+    assert_eq!(back, 0);
+
+    let kill_at = Utc::now() + chrono::Duration::seconds(30);
+    handler
+        .publish(Event::CloseWindows {
+            pid: 4242,
+            product: "autocad".into(),
+            product_name: Some("AutoCAD".into()),
+            kill_at,
+        })
+        .await;
+    let answer = wait_for(&mut seen, |r| match r {
+        Request::Closing { pid, windows } => Some((pid, windows)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(answer, (4242, 2));
+    assert_eq!(*fake.asked.lock().unwrap(), [4242]);
+    let n = shown.recv().await.unwrap().unwrap();
+    assert_eq!(n.summary, "AutoCAD is being closed");
+    assert!(
+        n.body
+            .starts_with("AutoCAD was asked to close: save your work now. A save prompt has "),
+        "{n:?}"
+    );
+    notifier.abort();
+    agent.stop().await;
 }

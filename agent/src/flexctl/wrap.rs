@@ -131,8 +131,9 @@ pub fn new_entry(prefix: &RunPrefix, name: &str, command: &[String]) -> Result<S
 }
 
 /// The vendor's entry `text` (read from `path`) with every `Exec` going
-/// through `prefix`, `Name` replaced when `name` is given, D-Bus activation
-/// turned off (it would bypass `Exec`), and `X-Flex-Product` added.
+/// through `prefix`, `Name` replaced when `name` is given (its translations
+/// and GNOME's full name dropped), D-Bus activation turned off (it would
+/// bypass `Exec`), and `X-Flex-Product` added.
 pub fn rewrite_entry(
     path: &Path,
     text: &str,
@@ -188,6 +189,11 @@ pub fn rewrite_entry(
             "Name" if in_entry && name.is_some() => {
                 let _ = writeln!(out, "Name={}", name.unwrap_or_default());
             }
+            // Renamed: the vendor's translations of the old name would show
+            // it again on every desktop in another language, and GNOME shows
+            // its full name in place of Name. Descriptions (GenericName,
+            // Comment, Keywords) and their translations still hold.
+            _ if in_entry && name.is_some() && renames(key) => {}
             "DBusActivatable" if in_entry => {
                 let _ = writeln!(out, "DBusActivatable=false");
             }
@@ -202,6 +208,13 @@ pub fn rewrite_entry(
         ));
     }
     Ok(out)
+}
+
+/// Keys that give the entry's name in some language or desktop: dropped
+/// when the entry is renamed (`Name` itself is replaced).
+fn renames(key: &str) -> bool {
+    let base = key.split('[').next().unwrap_or(key);
+    (base == "Name" && key != "Name") || base == "X-GNOME-FullName"
 }
 
 /// Where `--install` writes: `dir` if given, else `/usr/local/share/applications`
@@ -415,6 +428,46 @@ mod tests {
             None
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_renamed_entry_drops_the_old_names_translations() {
+        let vendor = "[Desktop Entry]\nType=Application\nName=AutoCAD 2026\nName[de]=AutoCAD 2026\n\
+                      Name[ja]=AutoCAD 2026 日本語\nX-GNOME-FullName=Autodesk AutoCAD 2026\n\
+                      X-GNOME-FullName[fr]=Autodesk AutoCAD 2026\nGenericName=CAD\nGenericName[de]=CAD-Programm\n\
+                      Comment[de]=Zeichnen\nExec=/opt/acad/acad %F\nActions=safe;\n\n\
+                      [Desktop Action safe]\nName=Safe mode\nName[de]=Abgesicherter Modus\nExec=/opt/acad/acad --safe\n";
+        let e = rewrite_entry(
+            Path::new("acad.desktop"),
+            vendor,
+            &prefix(),
+            Some("AutoCAD (Flex)"),
+        )
+        .unwrap();
+        assert!(e.contains("\nName=AutoCAD (Flex)\n"), "{e}");
+        let main_group = e.split("[Desktop Action").next().unwrap();
+        for gone in ["Name[de]", "Name[ja]", "X-GNOME-FullName"] {
+            assert!(
+                !main_group.lines().any(|l| l.starts_with(gone)),
+                "{gone} kept in:\n{e}"
+            );
+        }
+        // What the program is, in every language, and the actions' own names stay.
+        for kept in [
+            "GenericName=CAD\n",
+            "GenericName[de]=CAD-Programm\n",
+            "Comment[de]=Zeichnen\n",
+            "[Desktop Action safe]\nName=Safe mode\nName[de]=Abgesicherter Modus\n",
+        ] {
+            assert!(e.contains(kept), "{kept:?} lost in:\n{e}");
+        }
+        // Not renamed: the vendor's names and their translations stay.
+        let same = rewrite_entry(Path::new("acad.desktop"), vendor, &prefix(), None).unwrap();
+        assert!(same.contains("\nName[de]=AutoCAD 2026\n"), "{same}");
+        assert!(
+            same.contains("\nX-GNOME-FullName=Autodesk AutoCAD 2026\n"),
+            "{same}"
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The one fake agent behind the socket, for the socket server's and flexctl's tests.
+//! The one fake agent behind the socket, for the socket server's and flexctl's
+//! tests, and (through the `test-support` feature) the end-to-end tests of
+//! the notifier binary.
 //!
 //! [`FakeHandler`] grants or denies launches as told, reports every request it sees
 //! on a channel (so tests wait for "attach arrived" instead of sleeping), and lets a
@@ -24,12 +26,12 @@ use crate::process::ProcessId;
 
 /// What the fake answers to `launch`.
 #[derive(Debug, Clone)]
-pub(crate) enum LaunchAnswer {
+pub enum LaunchAnswer {
     Grant,
     Deny(ErrorCode, String),
 }
 
-pub(crate) struct FakeHandler {
+pub struct FakeHandler {
     pub launch: Mutex<LaunchAnswer>,
     seen: mpsc::UnboundedSender<(Peer, Request)>,
     sessions: Mutex<HashMap<String, mpsc::Sender<Event>>>,
@@ -38,7 +40,7 @@ pub(crate) struct FakeHandler {
 }
 
 /// A connection of the fake: who it is and where its events go.
-pub(crate) struct FakeConn {
+pub struct FakeConn {
     perms: Permissions,
     events: mpsc::Sender<Event>,
 }
@@ -213,7 +215,7 @@ impl Handler for FakeHandler {
     async fn close(&self, _conn: FakeConn) {}
 }
 
-pub(crate) fn sample_status() -> StatusReply {
+pub fn sample_status() -> StatusReply {
     let start = Utc::now() - Duration::hours(2);
     StatusReply {
         agent_version: "0.1.0".into(),
@@ -255,7 +257,7 @@ pub(crate) fn sample_status() -> StatusReply {
 }
 
 /// A fake agent serving on `dir/agent.sock` (a pipe of its own on Windows).
-pub(crate) struct FakeAgent {
+pub struct FakeAgent {
     pub path: PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -269,7 +271,7 @@ impl FakeAgent {
     }
 }
 
-pub(crate) fn start_fake_agent(dir: &Path, handler: Arc<FakeHandler>) -> FakeAgent {
+pub fn start_fake_agent(dir: &Path, handler: Arc<FakeHandler>) -> FakeAgent {
     #[cfg(unix)]
     let path = dir.join("agent.sock");
     // A pipe of its own per test; `dir` is unused.

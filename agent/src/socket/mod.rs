@@ -32,8 +32,8 @@ mod peer_windows;
 #[cfg(windows)]
 mod pipe_windows;
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

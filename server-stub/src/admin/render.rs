@@ -312,12 +312,22 @@ fn charges(list: &ChargeList, names: &Names) -> String {
         return "no charges\n".to_owned();
     }
     let mut t = Table::new(&[
-        "TIME", "USER", "PRODUCT", "KIND", "SOURCE", "TOKENS", "LOTS",
+        "TIME", "USER", "PRODUCT", "KIND", "SOURCE", "TOKENS", "REFUNDED", "LOTS",
     ])
     .right(&[5]);
-    let mut total = 0u64;
+    let (mut total, mut refunded, mut refunds) = (0u64, 0u64, 0usize);
     for c in &list.charges {
         total = total.saturating_add(c.tokens);
+        // A short run's refund (R13): its tokens and when; a subscription
+        // window is refunded with 0.
+        let refund = match c.refunded_at {
+            Some(at) => {
+                refunded = refunded.saturating_add(c.refunded_tokens);
+                refunds += 1;
+                format!("{} at {}", c.refunded_tokens, time(&at))
+            }
+            None => "-".to_owned(),
+        };
         let kind = match c.kind {
             ChargeKind::Window => "window".to_owned(),
             ChargeKind::Renewal => "renewal".to_owned(),
@@ -342,14 +352,23 @@ fn charges(list: &ChargeList, names: &Names) -> String {
             kind,
             c.source.as_str().to_owned(),
             c.tokens.to_string(),
+            refund,
             lots,
         ]);
     }
     let mut out = t.render();
-    out.push_str(&format!(
-        "total: {total} tokens in {} charge(s); LOTS shows lot:tokens\n",
-        list.charges.len()
-    ));
+    if refunds == 0 {
+        out.push_str(&format!(
+            "total: {total} tokens in {} charge(s); LOTS shows lot:tokens\n",
+            list.charges.len()
+        ));
+    } else {
+        out.push_str(&format!(
+            "total: {total} tokens in {} charge(s), {refunded} refunded in {refunds} short run(s): {} spent; LOTS shows lot:tokens\n",
+            list.charges.len(),
+            total.saturating_sub(refunded)
+        ));
+    }
     out
 }
 
@@ -446,12 +465,43 @@ mod tests {
                  "created_at": "2026-03-17T08:00:00Z"}
             ]}),
         );
+        let refunded = show(
+            Command::Charges {
+                user: None,
+                product: None,
+            },
+            json!({"charges": [
+                {"id": 1, "claim_id": "c1", "user": "ann@example.com", "product": "autocad",
+                 "kind": "window", "source": "tokens", "tokens": 7,
+                 "lots": [{"lot_id": 1, "tokens": 7}],
+                 "window": {"id": "w1", "start": "2026-03-16T08:00:00Z", "end": "2026-03-17T08:00:00Z"},
+                 "created_at": "2026-03-16T08:00:00Z",
+                 "refunded_tokens": 7, "refunded_at": "2026-03-16T08:05:00Z"},
+                {"id": 2, "claim_id": "c2", "user": "ann@example.com", "product": "autocad",
+                 "kind": "window", "source": "tokens", "tokens": 7,
+                 "lots": [{"lot_id": 1, "tokens": 7}],
+                 "window": {"id": "w2", "start": "2026-03-16T08:05:01Z", "end": "2026-03-17T08:05:01Z"},
+                 "created_at": "2026-03-16T08:05:01Z"},
+                {"id": 3, "claim_id": "c3", "user": "bo@example.com", "product": "revit",
+                 "kind": "window", "source": "subscription", "tokens": 0, "lots": [],
+                 "window": {"id": "w3", "start": "2026-03-16T09:00:00Z", "end": "2026-03-17T09:00:00Z"},
+                 "created_at": "2026-03-16T09:00:00Z", "refunded_at": "2026-03-16T09:10:00Z"}
+            ]}),
+        );
+        assert_eq!(
+            refunded,
+            "TIME                  USER             PRODUCT  KIND    SOURCE        TOKENS  REFUNDED                   LOTS\n\
+             2026-03-16T08:00:00Z  ann@example.com  autocad  window  tokens             7  7 at 2026-03-16T08:05:00Z  1:7\n\
+             2026-03-16T08:05:01Z  ann@example.com  autocad  window  tokens             7  -                          1:7\n\
+             2026-03-16T09:00:00Z  bo@example.com   revit    window  subscription       0  0 at 2026-03-16T09:10:00Z  -\n\
+             total: 14 tokens in 3 charge(s), 7 refunded in 2 short run(s): 7 spent; LOTS shows lot:tokens\n"
+        );
         assert_eq!(
             out,
-            "TIME                  USER             PRODUCT      KIND             SOURCE        TOKENS  LOTS\n\
-             2026-03-16T08:00:00Z  ann@example.com  autocad      window           tokens             7  1:5, 2:2\n\
-             2026-03-16T09:00:00Z  ann@example.com  recap-photo  per-result (85)  tokens             2  2:2\n\
-             2026-03-17T08:00:00Z  bo@example.com   revit        renewal          subscription       0  -\n\
+            "TIME                  USER             PRODUCT      KIND             SOURCE        TOKENS  REFUNDED  LOTS\n\
+             2026-03-16T08:00:00Z  ann@example.com  autocad      window           tokens             7  -         1:5, 2:2\n\
+             2026-03-16T09:00:00Z  ann@example.com  recap-photo  per-result (85)  tokens             2  -         2:2\n\
+             2026-03-17T08:00:00Z  bo@example.com   revit        renewal          subscription       0  -         -\n\
              total: 9 tokens in 3 charge(s); LOTS shows lot:tokens\n"
         );
     }

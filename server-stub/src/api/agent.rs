@@ -10,6 +10,7 @@ use flex_protocol::api::*;
 use super::error::ApiError;
 use super::extract::{ApiJson, Device};
 use super::AppState;
+use crate::store::ClaimOutcome;
 
 pub async fn health(State(st): State<AppState>) -> Json<Health> {
     Json(Health {
@@ -26,20 +27,34 @@ pub async fn enroll(
     Ok(Json(st.store.run(move |s| s.enroll(&req)).await?))
 }
 
-/// Answers with the stored body verbatim, so a retry is byte-for-byte the original.
+/// A stored answer, sent verbatim: a retry is byte-for-byte the original.
+fn stored(outcome: ClaimOutcome) -> Response {
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        outcome.body,
+    )
+        .into_response()
+}
+
 pub async fn claim(
     Device(device): Device,
     State(st): State<AppState>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Response, ApiError> {
-    let outcome = st.claims.claim(device, req).await?;
-    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
-    Ok((
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        outcome.body,
-    )
-        .into_response())
+    Ok(stored(st.claims.claim(device, req).await?))
+}
+
+/// R13: a short run's window back; a repeat gets the first answer.
+pub async fn refund(
+    Device(device): Device,
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RefundRequest>,
+) -> Result<Response, ApiError> {
+    Ok(stored(
+        st.store.run(move |s| s.refund(&device, &req)).await?,
+    ))
 }
 
 pub async fn heartbeat(

@@ -178,6 +178,7 @@ pub fn router(state: AppState) -> Router {
     let agent = Router::new()
         .route("/enroll", post(agent::enroll))
         .route("/claims", post(agent::claim))
+        .route("/refunds", post(agent::refund))
         .route("/heartbeat", post(agent::heartbeat))
         .route("/products", get(agent::products))
         .route("/users/{email}", get(agent::user_check));

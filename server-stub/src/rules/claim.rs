@@ -5,10 +5,12 @@
 //! 2. A job with results (R6) is paid by whoever is entitled (R4): its cost,
 //!    or nothing on a subscription; results on a daily product are invalid.
 //! 3. A renewal names the window it renews; one of another user or product,
-//!    or unknown, is invalid.
+//!    or unknown, is invalid; a refunded one (R13) is a conflict: the product
+//!    must claim a new window.
 //! 4. A claim inside a window already open for the user and product (or a
 //!    renewal another device already made) is free, whatever the entitlement
-//!    says now (R7: changes affect new windows only).
+//!    says now (R7: changes affect new windows only). A refunded window covers
+//!    nothing: closing at 4:59 and reopening at 5:01 is a new charge.
 //! 5. Otherwise the user must be entitled (R4, R7), and a new window opens at
 //!    the daily rate (R5), or for nothing on a subscription.
 //!
@@ -23,7 +25,7 @@ use chrono::{DateTime, Duration, Utc};
 use flex_protocol::api::{ChargeKind, ChargeModel, ClaimRequest, DefaultAssignments, Source};
 use flex_protocol::ErrorCode;
 
-use super::{entitlement, per_result, windows, Invalid};
+use super::{entitlement, per_result, windows, Conflict, Invalid};
 
 /// A window as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub struct WindowFact {
     pub source: Source,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
+    /// When the window was refunded as a short run (R13), if it was.
+    pub refunded_at: Option<DateTime<Utc>>,
 }
 
 /// What is known about the user, for R4 and R7.
@@ -56,14 +60,15 @@ pub struct ProductFact<'a> {
 
 /// Where the rules get their facts; each backend (and the fake) loads them.
 pub trait Facts {
-    type Error: From<Invalid>;
+    type Error: From<Invalid> + From<Conflict>;
     /// The product on the rate sheet, if it is there.
     fn product(&self, id: &str) -> Option<ProductFact<'_>>;
     /// How long a window lasts (policy; a day in production).
     fn window_len(&self) -> Duration;
-    /// The window with this id.
+    /// The window with this id, refunded or not.
     fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Self::Error>;
-    /// The earliest window of `user`/`product` that overlaps `[from, to)`.
+    /// The earliest window of `user`/`product` that overlaps `[from, to)`,
+    /// leaving out refunded ones (they cover nothing).
     fn covering(
         &mut self,
         user: &str,
@@ -151,6 +156,13 @@ pub fn decide<F: Facts>(
                 )
                 .into());
             }
+            if let Some(at) = old.refunded_at {
+                return Err(Conflict::new(format!(
+                    "window '{old_id}' was refunded at {} as a short run and cannot be renewed; claim a new window",
+                    at.format("%Y-%m-%d %H:%M:%S UTC")
+                ))
+                .into());
+            }
             Some(old.end)
         }
         None => None,
@@ -205,8 +217,9 @@ pub fn out_of_tokens(decision: &Decision, req: &ClaimRequest, name: &str, balanc
         (Decision::Job { cost, .. }, Some(results)) => format!(
             "a job of {results} results costs {cost} tokens and the balance is {balance}; ask your license admin to buy tokens"
         ),
-        (Decision::Open { cost, .. }, _) => format!(
-            "{name} costs {cost} tokens for 24 hours and the balance is {balance}; ask your license admin to buy tokens"
+        (Decision::Open { cost, window }, _) => format!(
+            "{name} costs {cost} tokens for {} and the balance is {balance}; ask your license admin to buy tokens",
+            windows::length_text(window.end - window.start)
         ),
         _ => format!("the balance is {balance}; ask your license admin to buy tokens"),
     }
@@ -215,8 +228,16 @@ pub fn out_of_tokens(decision: &Decision, req: &ClaimRequest, name: &str, balanc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::Refused;
     use flex_protocol::api::AssignmentMode;
     use std::collections::HashMap;
+
+    fn field(e: &Refused) -> &str {
+        match e {
+            Refused::Invalid(e) => &e.field,
+            Refused::Conflict(_) => "",
+        }
+    }
 
     /// Facts in memory, counting what the rules asked for.
     struct Mem {
@@ -226,7 +247,7 @@ mod tests {
     }
 
     impl Facts for Mem {
-        type Error = Invalid;
+        type Error = Refused;
         fn product(&self, id: &str) -> Option<ProductFact<'_>> {
             match id {
                 "autocad" => Some(ProductFact {
@@ -243,7 +264,7 @@ mod tests {
         fn window_len(&self) -> Duration {
             Duration::hours(24)
         }
-        fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Invalid> {
+        fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Refused> {
             Ok(self.windows.iter().find(|w| w.id == id).cloned())
         }
         fn covering(
@@ -252,16 +273,17 @@ mod tests {
             product: &str,
             from: DateTime<Utc>,
             to: DateTime<Utc>,
-        ) -> Result<Option<WindowFact>, Invalid> {
+        ) -> Result<Option<WindowFact>, Refused> {
             Ok(self
                 .windows
                 .iter()
                 .filter(|w| w.user == user && w.product == product)
+                .filter(|w| w.refunded_at.is_none())
                 .filter(|w| windows::overlaps(w.start, w.end, from, to))
                 .min_by_key(|w| w.start)
                 .cloned())
         }
-        fn user(&mut self, user: &str, _product: &str) -> Result<UserFacts, Invalid> {
+        fn user(&mut self, user: &str, _product: &str) -> Result<UserFacts, Refused> {
             self.asked_user += 1;
             Ok(self.users.get(user).cloned().unwrap_or(UserFacts {
                 known: false,
@@ -320,6 +342,7 @@ mod tests {
             source: Source::Tokens,
             start: at(start),
             end: at(start) + Duration::hours(24),
+            refunded_at: None,
         }
     }
 
@@ -382,7 +405,7 @@ mod tests {
         let again = decide(&mut facts, &renew, at(8) + Duration::days(1)).unwrap();
         assert!(matches!(again, Decision::Covered(w) if w.id == "w2"));
         let err = decide(&mut facts, &req("autocad", None, Some("nope")), at(9)).unwrap_err();
-        assert_eq!(err.field, "renews");
+        assert_eq!(field(&err), "renews");
     }
 
     #[test]
@@ -396,7 +419,7 @@ mod tests {
             }
         );
         let err = decide(&mut ada(true), &req("autocad", Some(5), None), at(8)).unwrap_err();
-        assert_eq!(err.field, "results");
+        assert_eq!(field(&err), "results");
         let d = decide(&mut ada(true), &req("nope", None, None), at(8)).unwrap();
         assert!(matches!(
             d,
@@ -405,5 +428,56 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// R13: a refunded window covers no launch (a reopen after the grace opens
+    /// and pays a new window) and cannot be renewed.
+    #[test]
+    fn a_refunded_window_covers_nothing_and_cannot_be_renewed() {
+        let mut facts = ada(true);
+        facts.windows.push(WindowFact {
+            refunded_at: Some(at(8) + Duration::minutes(5)),
+            ..window("w1", 8)
+        });
+        let reopen = at(8) + Duration::seconds(5 * 60 + 1);
+        let d = decide(&mut facts, &req("autocad", None, None), reopen).unwrap();
+        let Decision::Open { window, cost } = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!((window.start, cost), (reopen, 7));
+        let renew = decide(
+            &mut facts,
+            &req("autocad", None, Some("w1")),
+            at(8) + Duration::days(1),
+        );
+        let Err(Refused::Conflict(c)) = renew else {
+            panic!("{renew:?}")
+        };
+        assert!(
+            c.message.contains("refunded at 2026-11-02 08:05:00 UTC")
+                && c.message.contains("claim a new window"),
+            "{c}"
+        );
+    }
+
+    /// The refusal named a fixed "24 hours" whatever `policy.window` said.
+    #[test]
+    fn out_of_tokens_names_the_window_s_real_length() {
+        let open = |hours| Decision::Open {
+            window: NewWindow {
+                source: Source::Tokens,
+                start: at(8),
+                end: at(8) + Duration::hours(hours),
+                kind: ChargeKind::Window,
+                renews: None,
+            },
+            cost: 7,
+        };
+        let req = req("autocad", None, None);
+        assert_eq!(
+            out_of_tokens(&open(8), &req, "AutoCAD", 3),
+            "AutoCAD costs 7 tokens for 8 hours and the balance is 3; ask your license admin to buy tokens"
+        );
+        assert!(out_of_tokens(&open(24), &req, "AutoCAD", 3).contains("for 24 hours"));
     }
 }

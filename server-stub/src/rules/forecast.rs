@@ -85,12 +85,13 @@ pub fn forecast(
     }
 }
 
-/// Tokens taken from one lot by one charge.
+/// Tokens taken from one lot by one charge; negative when a refund of a
+/// short run (R13) gave them back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spend {
     pub at: DateTime<Utc>,
     pub lot_id: i64,
-    pub tokens: u64,
+    pub tokens: i64,
 }
 
 /// The balance at the end of each of the last `days` local days (today ends
@@ -114,12 +115,12 @@ pub fn balance_history(
                 .iter()
                 .filter(|l| l.purchased_at <= end && end < l.expires_at)
                 .map(|l| {
-                    let later: u64 = spends
+                    let later: i64 = spends
                         .iter()
                         .filter(|s| s.lot_id == l.id && s.at > end)
                         .map(|s| s.tokens)
                         .sum();
-                    l.remaining + later
+                    l.remaining.saturating_add_signed(later)
                 })
                 .sum();
             (date_of(day), balance)
@@ -223,5 +224,34 @@ mod tests {
         let b: Vec<u64> = h.iter().map(|(_, b)| *b).collect();
         // 10-31: not bought yet; 11-01: 500; 11-02: 493; 11-03 (now): 486.
         assert_eq!(b, vec![0, 500, 493, 486]);
+    }
+
+    #[test]
+    fn past_balance_takes_back_a_later_refund() {
+        let bought = at(11, 1);
+        // 7 spent on the 2nd and given back on the 3rd (a short run, R13).
+        let l = LotState {
+            id: 1,
+            tokens: 500,
+            remaining: 500,
+            purchased_at: bought,
+            expires_at: ledger::expiry_of(bought),
+        };
+        let spends = [
+            Spend {
+                at: at(11, 2),
+                lot_id: 1,
+                tokens: 7,
+            },
+            Spend {
+                at: at(11, 3),
+                lot_id: 1,
+                tokens: -7,
+            },
+        ];
+        let h = balance_history(&[l], &spends, at(11, 4), 3, Tz::UTC);
+        let b: Vec<u64> = h.iter().map(|(_, b)| *b).collect();
+        // 11-02: 493; 11-03: 500 again; 11-04 (now): 500.
+        assert_eq!(b, vec![493, 500, 500]);
     }
 }

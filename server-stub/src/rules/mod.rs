@@ -11,6 +11,7 @@ pub mod forecast;
 pub mod notices;
 pub mod per_result;
 pub mod recommendations;
+pub mod refunds;
 pub mod reports;
 pub mod windows;
 
@@ -31,4 +32,31 @@ impl Invalid {
             message: message.into(),
         }
     }
+}
+
+/// A request the rules refuse because of what already happened (a refunded
+/// window renewed); nothing was changed. The API answers 409 with the
+/// message, which says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Conflict {
+    pub message: String,
+}
+
+impl Conflict {
+    pub fn new(message: impl Into<String>) -> Self {
+        Conflict {
+            message: message.into(),
+        }
+    }
+}
+
+/// Either refusal of the claim rules, for facts that have no errors of their
+/// own (the unit tests' facts, the agent's fake server).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
 }

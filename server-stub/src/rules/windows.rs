@@ -34,6 +34,27 @@ pub fn lookup(
     }
 }
 
+/// A window's length as a refusal names it: "24 hours", "1 hour 30 minutes",
+/// "45 seconds" (policy may set any length, so none is assumed).
+pub fn length_text(len: Duration) -> String {
+    let secs = len.num_seconds().max(0);
+    let parts = [
+        (secs / 3600, "hour"),
+        (secs % 3600 / 60, "minute"),
+        (secs % 60, "second"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n} {unit}{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+    if text.is_empty() {
+        "0 seconds".into()
+    } else {
+        text.join(" ")
+    }
+}
+
 /// Whether `[w_start, w_end)` overlaps `[from, to)`.
 pub fn overlaps(
     w_start: DateTime<Utc>,
@@ -117,5 +138,14 @@ mod tests {
             0
         );
         assert_eq!(cost(Source::Tokens, ChargeModel::Daily { tokens: 10 }), 10);
+    }
+
+    #[test]
+    fn lengths_read_as_people_say_them() {
+        assert_eq!(length_text(Duration::hours(24)), "24 hours");
+        assert_eq!(length_text(Duration::hours(1)), "1 hour");
+        assert_eq!(length_text(Duration::minutes(90)), "1 hour 30 minutes");
+        assert_eq!(length_text(Duration::seconds(61)), "1 minute 1 second");
+        assert_eq!(length_text(Duration::zero()), "0 seconds");
     }
 }

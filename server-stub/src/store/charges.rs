@@ -1,9 +1,10 @@
-//! The ledger as admins read it: every charge with its window and lot shares.
+//! The ledger as admins read it: every charge with its window and lot shares,
+//! and the refund of a short run (R13) when its window got one.
 
 use flex_protocol::api::{Charge, ChargeKind, LotShare, Window};
 
 use super::claims::source_of;
-use super::db::params;
+use super::db::{params, Conn};
 use super::{parse_ts, Result, Store, StoreError};
 
 /// Optional filters of `GET /v1/admin/charges`.
@@ -13,14 +14,32 @@ pub struct ChargeFilter {
     pub product: Option<String>,
 }
 
+/// Each lot's share of charge `id`, in the order they were spent.
+pub(super) fn lot_shares(conn: &Conn<'_>, id: i64) -> Result<Vec<LotShare>> {
+    conn.query_all(
+        "SELECT lot_id, tokens FROM charge_lots WHERE charge_id = ?1 ORDER BY rowid",
+        params![id],
+        share,
+    )
+}
+
+fn share(r: &super::db::Row<'_>) -> Result<LotShare> {
+    Ok(LotShare {
+        lot_id: r.get(0)?,
+        tokens: r.get(1)?,
+    })
+}
+
 impl Store {
     pub fn charges(&self, filter: &ChargeFilter) -> Result<Vec<Charge>> {
         let user = filter.user.as_ref().map(|u| u.trim().to_lowercase());
         self.read(|c| {
             let rows = c.query_all(
                 "SELECT c.id, c.claim_id, c.\"user\", c.product, c.version, c.kind, c.source,
-                        c.results, c.tokens, c.created_at, w.id, w.start, w.\"end\"
+                        c.results, c.tokens, c.created_at, w.id, w.start, w.\"end\",
+                        r.tokens, r.created_at
                  FROM charges c LEFT JOIN windows w ON w.id = c.window_id
+                 LEFT JOIN refunds r ON r.charge_id = c.id
                  WHERE (CAST(?1 AS TEXT) IS NULL OR c.\"user\" = ?1) AND (CAST(?2 AS TEXT) IS NULL OR c.product = ?2)
                  ORDER BY c.id",
                 params![user, filter.product],
@@ -52,8 +71,8 @@ impl Store {
                         tokens: r.get(8)?,
                         lots: Vec::new(),
                         created_at: parse_ts(r.str(9)?)?,
-                        refunded_tokens: 0,
-                        refunded_at: None,
+                        refunded_tokens: r.get::<Option<u64>>(13)?.unwrap_or(0),
+                        refunded_at: r.opt_str(14)?.map(parse_ts).transpose()?,
                     })
                 },
             )?;

@@ -16,7 +16,7 @@ use flex_protocol::ErrorCode;
 use super::db::{params, Conn, Row};
 use super::lots::{balance_of, spend};
 use super::users::{has_subscription, load_defaults, load_user};
-use super::{device_users, notices, parse_ts, sha256_hex, ts, Result, Store, StoreError};
+use super::{device_users, notices, parse_ts, refunds, sha256_hex, ts, Result, Store, StoreError};
 use crate::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
 
 /// Advisory lock key the replicas' claim writers take turns with ("flexclm").
@@ -37,9 +37,11 @@ pub(crate) fn source_of(s: &str) -> Result<Source> {
     }
 }
 
-const WINDOW_COLS: &str = "id, source, start, \"end\", \"user\", product";
+/// A window and when it was refunded (R13), from `windows w LEFT JOIN refunds r`.
+const WINDOW_COLS: &str = "w.id, w.source, w.start, w.\"end\", w.\"user\", w.product, r.created_at";
+const WINDOW_FROM: &str = "windows w LEFT JOIN refunds r ON r.window_id = w.id";
 
-fn window_row(r: &Row<'_>) -> Result<WindowFact> {
+pub(super) fn window_row(r: &Row<'_>) -> Result<WindowFact> {
     Ok(WindowFact {
         id: r.get(0)?,
         source: source_of(r.str(1)?)?,
@@ -47,7 +49,17 @@ fn window_row(r: &Row<'_>) -> Result<WindowFact> {
         end: parse_ts(r.str(3)?)?,
         user: r.get(4)?,
         product: r.get(5)?,
+        refunded_at: r.opt_str(6)?.map(parse_ts).transpose()?,
     })
+}
+
+/// The window with this id, refunded or not.
+pub(super) fn load_window(conn: &Conn<'_>, id: &str) -> Result<Option<WindowFact>> {
+    conn.query_opt(
+        &format!("SELECT {WINDOW_COLS} FROM {WINDOW_FROM} WHERE w.id = ?1"),
+        params![id],
+        window_row,
+    )
 }
 
 fn wire(w: &WindowFact) -> Window {
@@ -79,11 +91,7 @@ impl claim::Facts for StoreFacts<'_, '_, '_> {
     }
 
     fn window(&mut self, id: &str) -> Result<Option<WindowFact>> {
-        self.conn.query_opt(
-            &format!("SELECT {WINDOW_COLS} FROM windows WHERE id = ?1"),
-            params![id],
-            window_row,
-        )
+        load_window(self.conn, id)
     }
 
     fn covering(
@@ -95,9 +103,10 @@ impl claim::Facts for StoreFacts<'_, '_, '_> {
     ) -> Result<Option<WindowFact>> {
         self.conn.query_opt(
             &format!(
-                "SELECT {WINDOW_COLS} FROM windows
-                 WHERE \"user\" = ?1 AND product = ?2 AND start < ?4 AND \"end\" > ?3
-                 ORDER BY start LIMIT 1"
+                "SELECT {WINDOW_COLS} FROM {WINDOW_FROM}
+                 WHERE w.\"user\" = ?1 AND w.product = ?2 AND w.start < ?4 AND w.\"end\" > ?3
+                   AND r.window_id IS NULL
+                 ORDER BY w.start LIMIT 1"
             ),
             params![user, product, ts(from), ts(to)],
             window_row,
@@ -377,6 +386,7 @@ impl Store {
                     source: window.source,
                     start: window.start,
                     end: window.end,
+                    refunded_at: None,
                 };
                 (window.source, *cost, window.kind, Some(w))
             }
@@ -453,6 +463,9 @@ impl Store {
         charged: u64,
         now: DateTime<Utc>,
     ) -> Result<ClaimResponse> {
+        // Which devices hold the window, and when each was last answered
+        // with it, is what a refund of a short run looks at.
+        refunds::note_grant(tx, &w.id, device_id, now)?;
         let lease = self.signer().sign(&LeaseBody {
             window_id: w.id.clone(),
             device_id: device_id.to_string(),

@@ -23,6 +23,7 @@ mod leader;
 mod lots;
 mod mail;
 mod notices;
+mod refunds;
 mod reports;
 mod schema;
 pub mod testing;
@@ -97,6 +98,12 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<crate::rules::Conflict> for StoreError {
+    fn from(c: crate::rules::Conflict) -> Self {
+        StoreError::Conflict(c.message)
+    }
+}
 
 impl StoreError {
     /// A refused value of request field `field` (`email`, `rows.2.users`).

@@ -3,8 +3,11 @@
 //! Reports read a rollup of the ledger kept up to date by
 //! [`Store::fold_usage`]: the ticker folds new charges every minute and every
 //! report folds what is left first, in short transactions so claims never wait
-//! long. The ledger is append-only and the fold records the last charge it
-//! took in the same transaction as its sums, so a report is always exact.
+//! long. The ledger is append-only — charges, and refunds of short runs (R13)
+//! that take a charge's tokens back — and the fold records the last charge
+//! and the last refund it took in the same transaction as its sums, so a
+//! report is always exact. A refunded window still counts as a usage day, with
+//! its tokens gone and no longer paid with tokens.
 //!
 //! The rollup (migration 0004) numbers each (user, product) once in
 //! `usage_pairs`, keeps per (local day, pair) the windows started and the
@@ -33,6 +36,7 @@ use crate::rules::reports::{DayUsage, UsageAccumulator, WeekFact};
 use crate::rules::Invalid;
 
 const ROLLUP_ID: &str = "rollup.charge_id";
+const ROLLUP_REFUND_ID: &str = "rollup.refund_id";
 const ROLLUP_ZONE: &str = "rollup.timezone";
 /// Charges folded per transaction: keeps each hold on the database short.
 const FOLD_CHUNK: i64 = 20_000;
@@ -47,7 +51,8 @@ pub struct MonthUsage {
     pub tokens: u64,
 }
 
-/// What one charge adds to one local day of its (user, product).
+/// What one charge (or, negative, one refund) adds to one local day of its
+/// (user, product).
 struct DayAdd {
     day: i32,
     pair: i64,
@@ -87,7 +92,8 @@ impl Folder<'_, '_> {
     }
 
     /// Adds to a day and to its week; a day's first window (or first paid
-    /// one) is a new usage day (or paid usage day) of the week.
+    /// one) is a new usage day (or paid usage day) of the week, and a refund
+    /// that leaves a day no paid window takes a paid day off its week.
     fn add(&mut self, a: DayAdd) -> Result<()> {
         let (w, p): (i64, i64) = self.tx.query_one(
             "INSERT INTO usage_days (day, pair, windows, token_windows, tokens)
@@ -100,8 +106,8 @@ impl Folder<'_, '_> {
             params![a.day, a.pair, a.windows, a.paid, a.tokens],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let new_day = u8::from(a.windows > 0 && w == a.windows);
-        let new_paid = u8::from(a.paid > 0 && p == a.paid);
+        let new_day = i8::from(a.windows > 0 && w == a.windows);
+        let new_paid = i8::from(a.paid > 0 && p == a.paid) - i8::from(a.paid < 0 && p == 0);
         if new_day == 0 && new_paid == 0 && a.tokens == 0 {
             return Ok(());
         }
@@ -117,7 +123,7 @@ impl Folder<'_, '_> {
                 e.insert(stored.unwrap_or_else(usage_blocks::empty))
             }
         };
-        usage_blocks::add(blob, slot, new_day, new_paid, a.tokens as u64);
+        usage_blocks::add(blob, slot, new_day, new_paid, a.tokens);
         Ok(())
     }
 
@@ -133,20 +139,25 @@ impl Folder<'_, '_> {
     }
 }
 
-/// Folds up to one chunk of new charges into the rollup; returns how many.
+fn meta_id(tx: &Conn<'_>, key: &str) -> Result<i64> {
+    Ok(get_meta(tx, key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Folds up to one chunk of new charges, then up to one chunk of new refunds
+/// of charges already folded, into the rollup; returns the larger count.
 fn fold_chunk(tx: &Conn<'_>, tz: Tz) -> Result<i64> {
-    // Charges are folded by id, once: every charge below the last id taken
-    // must already be visible.
+    // Charges and refunds are folded by id, once: every row below the last
+    // id taken must already be visible.
     tx.settle_inserts("charges")?;
+    tx.settle_inserts("refunds")?;
     if get_meta(tx, ROLLUP_ZONE)?.as_deref() != Some(tz.name()) {
         tx.execute("DELETE FROM usage_days", params![])?;
         tx.execute("DELETE FROM usage_weeks", params![])?;
         set_meta(tx, ROLLUP_ID, "0")?;
+        set_meta(tx, ROLLUP_REFUND_ID, "0")?;
         set_meta(tx, ROLLUP_ZONE, tz.name())?;
     }
-    let after: i64 = get_meta(tx, ROLLUP_ID)?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let after = meta_id(tx, ROLLUP_ID)?;
     struct Taken {
         id: i64,
         user: String,
@@ -206,9 +217,72 @@ fn fold_chunk(tx: &Conn<'_>, tz: Tz) -> Result<i64> {
         last = t.id;
         n += 1;
     }
+    let refunds = fold_refunds(&mut folder, tz, last)?;
     folder.write_blocks()?;
     if n > 0 {
         set_meta(tx, ROLLUP_ID, &last.to_string())?;
+    }
+    Ok(n.max(refunds))
+}
+
+/// Folds new refunds in id order, up to the first whose charge is not folded
+/// yet (`charges_to` is the last folded charge): a refund takes its tokens
+/// off its charge's day and, for a window paid with tokens, the paid window
+/// off its start day. The window stays a usage day.
+fn fold_refunds(folder: &mut Folder<'_, '_>, tz: Tz, charges_to: i64) -> Result<i64> {
+    let tx = folder.tx;
+    let after = meta_id(tx, ROLLUP_REFUND_ID)?;
+    struct Taken {
+        id: i64,
+        charge_id: i64,
+        tokens: i64,
+        user: String,
+        product: String,
+        paid: i64,
+        charged: String,
+        start: String,
+    }
+    let taken = tx.query_all(
+        "SELECT r.id, r.charge_id, r.tokens, c.\"user\", c.product, c.source, c.created_at, w.start
+         FROM refunds r JOIN charges c ON c.id = r.charge_id JOIN windows w ON w.id = r.window_id
+         WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
+        params![after, FOLD_CHUNK],
+        |r| {
+            Ok(Taken {
+                id: r.get(0)?,
+                charge_id: r.get(1)?,
+                tokens: r.get(2)?,
+                user: r.get(3)?,
+                product: r.get(4)?,
+                paid: i64::from(r.str(5)? == "tokens"),
+                charged: r.get(6)?,
+                start: r.get(7)?,
+            })
+        },
+    )?;
+    let (mut last, mut n) = (after, 0);
+    for t in taken.iter().take_while(|t| t.charge_id <= charges_to) {
+        let pair = folder.pair(&t.user, &t.product)?;
+        let charged = local_day(parse_ts(&t.charged)?, tz);
+        let start = local_day(parse_ts(&t.start)?, tz);
+        let day = |day, paid, tokens| DayAdd {
+            day,
+            pair,
+            windows: 0,
+            paid,
+            tokens,
+        };
+        if start == charged {
+            folder.add(day(start, -t.paid, -t.tokens))?;
+        } else {
+            folder.add(day(start, -t.paid, 0))?;
+            folder.add(day(charged, 0, -t.tokens))?;
+        }
+        last = t.id;
+        n += 1;
+    }
+    if n > 0 {
+        set_meta(tx, ROLLUP_REFUND_ID, &last.to_string())?;
     }
     Ok(n)
 }
@@ -375,12 +449,15 @@ fn pair_usage(conn: &Conn<'_>, period: Period, paid_only: bool) -> Result<Vec<Pa
     Ok(out)
 }
 
+/// Tokens charged since `since`, less those refunded since.
 fn charged_since(conn: &Conn<'_>, since: DateTime<Utc>) -> Result<u64> {
-    conn.query_one(
-        "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT) FROM charges WHERE created_at > ?1",
+    let net: i64 = conn.query_one(
+        "SELECT CAST((SELECT COALESCE(SUM(tokens), 0) FROM charges WHERE created_at > ?1)
+                   - (SELECT COALESCE(SUM(tokens), 0) FROM refunds WHERE created_at > ?1) AS BIGINT)",
         params![ts(since)],
         |r| r.get(0),
-    )
+    )?;
+    Ok(net.max(0) as u64)
 }
 
 impl Store {
@@ -509,9 +586,13 @@ impl Store {
         let tz = self.timezone();
         let since = now - Duration::days(days + 1);
         let (lots, spends) = self.read(|c| {
+            // A refund gives tokens back: a spend of minus its share.
             let spends = c.query_all(
                 "SELECT c.created_at, cl.lot_id, cl.tokens FROM charges c
-                 JOIN charge_lots cl ON cl.charge_id = c.id WHERE c.created_at > ?1",
+                 JOIN charge_lots cl ON cl.charge_id = c.id WHERE c.created_at > ?1
+                 UNION ALL
+                 SELECT r.created_at, rl.lot_id, -rl.tokens FROM refunds r
+                 JOIN refund_lots rl ON rl.refund_id = r.id WHERE r.created_at > ?1",
                 params![ts(since)],
                 |r| {
                     Ok(Spend {

@@ -20,10 +20,14 @@ pub(crate) const SQLITE: &[&str] = &[
     include_str!("../../migrations/0004_usage_blocks.sql"),
     include_str!("../../migrations/0005_device_users.sql"),
     include_str!("../../migrations/0006_console_sessions.sql"),
+    include_str!("../../migrations/0007_refunds.sql"),
 ];
 
 /// PostgreSQL's migrations, applied in order.
-pub(crate) const POSTGRES: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+pub(crate) const POSTGRES: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_refunds.sql"),
+];
 
 /// Advisory lock key held while a replica migrates ("flexmig" in ASCII).
 const MIGRATE_LOCK: i64 = 0x0066_6c65_786d_6967;

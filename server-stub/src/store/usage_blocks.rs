@@ -61,16 +61,17 @@ pub fn get(blob: &[u8], slot: usize) -> WeekCell {
     }
 }
 
-/// Adds to the cell at `slot` (a week has at most 7 days, so u8 never wraps).
-pub fn add(blob: &mut Vec<u8>, slot: usize, usage_days: u8, paid_days: u8, tokens: u64) {
+/// Adds to the cell at `slot`; a refund subtracts (a week has at most 7
+/// days and a refund never takes more than was added, so nothing wraps).
+pub fn add(blob: &mut Vec<u8>, slot: usize, usage_days: i8, paid_days: i8, tokens: i64) {
     if blob.len() < BLOCK_BYTES {
         blob.resize(BLOCK_BYTES, 0);
     }
     let c = get(blob, slot);
     let cell = &mut blob[slot * CELL..(slot + 1) * CELL];
-    cell[0] = c.usage_days + usage_days;
-    cell[1] = c.paid_days + paid_days;
-    cell[2..].copy_from_slice(&(c.tokens + tokens).to_le_bytes());
+    cell[0] = c.usage_days.saturating_add_signed(usage_days);
+    cell[1] = c.paid_days.saturating_add_signed(paid_days);
+    cell[2..].copy_from_slice(&c.tokens.saturating_add_signed(tokens).to_le_bytes());
 }
 
 /// Calls `f(monday, cell)` for each non-empty week of `blob` whose Monday lies
@@ -110,13 +111,23 @@ mod tests {
     fn cells_add_up_and_other_weeks_stay_empty() {
         let mut blob = empty();
         add(&mut blob, 3, 1, 1, 7);
-        add(&mut blob, 3, 1, 0, u64::from(u32::MAX) + 5);
+        add(&mut blob, 3, 1, 0, i64::from(u32::MAX) + 5);
         assert_eq!(
             get(&blob, 3),
             WeekCell {
                 usage_days: 2,
                 paid_days: 1,
                 tokens: u64::from(u32::MAX) + 12
+            }
+        );
+        // A refund of the paid window: its day stays, paid day and tokens go.
+        add(&mut blob, 3, 0, -1, -7);
+        assert_eq!(
+            get(&blob, 3),
+            WeekCell {
+                usage_days: 2,
+                paid_days: 0,
+                tokens: u64::from(u32::MAX) + 5
             }
         );
         let mut seen = vec![];

@@ -505,11 +505,22 @@ impl Harness {
 
     /// `account`'s notifier (on connection `conn`) reports `idle` without input.
     pub fn activity(&mut self, conn: u64, account: &str, idle: Duration) -> Vec<Action> {
+        self.report(conn, account, idle, false)
+    }
+
+    /// A notifier's report, with the session's lock state.
+    pub fn report(
+        &mut self,
+        conn: u64,
+        account: &str,
+        idle: Duration,
+        locked: bool,
+    ) -> Vec<Action> {
         self.feed(Input::Activity {
             conn,
             account: uid_of(account),
             idle,
-            locked: false,
+            locked,
         })
     }
 

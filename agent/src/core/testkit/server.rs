@@ -1,20 +1,23 @@
-//! The fake entitlement server: the server's own claim rules (R4–R6, in the
-//! order `flex_server::rules::claim::decide` applies them, as the real store
-//! does) over in-memory state, idempotent by claim id, signing leases with a
-//! fixed key.
+//! The fake entitlement server: the server's own rules over in-memory state —
+//! claims by `flex_server::rules::claim::decide` (R4–R7), refunds of short
+//! runs by `flex_server::rules::refunds::decide` (R13) — idempotent by claim
+//! id and by refunded window as the real store is, signing leases with a
+//! fixed key. The balance is one lot that never expires.
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
 use flex_protocol::api::{
     AssignmentMode, ChargeModel, ClaimRequest, ClaimResponse, DefaultAssignments, Denial, Grant,
-    Notice, Policy, RefundResponse, SessionRecord, Source, Window,
+    LotShare, Notice, Policy, RefundResponse, SessionRecord, Source, Window,
 };
 use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
 use flex_protocol::ErrorCode;
+use flex_server::ledger::LotState;
 use flex_server::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
-use flex_server::rules::{windows, Invalid};
+use flex_server::rules::refunds;
+use flex_server::rules::{windows, Refused};
 
 use super::DEVICE;
 use crate::core::default_policy;
@@ -48,8 +51,12 @@ pub struct FakeServer {
     pub received: Vec<ClaimRequest>,
     /// Notices the next heartbeat delivers.
     pub notices: Vec<Notice>,
-    /// Refund answers by window id: a repeat gets the first answer.
+    /// Refund verdicts by window id: a repeat gets the first answer.
     pub refunds: HashMap<String, Result<RefundResponse, String>>,
+    /// Session records refund requests carried, by id (as the store keeps them).
+    sessions: HashMap<String, SessionRecord>,
+    /// Windows a renewal continued.
+    renewed: HashSet<String>,
     /// Every refund request received, retries included.
     pub refund_requests: Vec<String>,
     /// (window id, when) of every grant of a window to a launch.
@@ -77,6 +84,8 @@ impl FakeServer {
             received: Vec::new(),
             notices: Vec::new(),
             refunds: HashMap::new(),
+            sessions: HashMap::new(),
+            renewed: HashSet::new(),
             refund_requests: Vec::new(),
             window_grants: Vec::new(),
             next_window: 1,
@@ -113,12 +122,12 @@ impl FakeServer {
             .collect()
     }
 
-    /// The newest window the server opened for (user, product).
+    /// The newest window the server opened for (user, product) and did not refund.
     pub fn window_of(&self, user: &flex_protocol::Email, product: &str) -> Option<Window> {
         self.windows
             .iter()
             .rev()
-            .find(|w| w.user == user.as_str() && w.product == product)
+            .find(|w| w.user == user.as_str() && w.product == product && w.refunded_at.is_none())
             .map(wire)
     }
 
@@ -150,7 +159,8 @@ impl FakeServer {
     fn decide(&mut self, req: &ClaimRequest, now: DateTime<Utc>) -> ClaimResponse {
         let decision = match claim::decide(self, req, now) {
             Ok(d) => d,
-            Err(invalid) => return deny(ErrorCode::InvalidRequest, &invalid.message, None),
+            Err(Refused::Invalid(e)) => return deny(ErrorCode::InvalidRequest, &e.message, None),
+            Err(Refused::Conflict(e)) => return deny(ErrorCode::Conflict, &e.message, None),
         };
         match decision {
             Decision::Deny { reason, message } => deny(reason, &message, None),
@@ -189,8 +199,10 @@ impl FakeServer {
                     source: window.source,
                     start: window.start,
                     end: window.end,
+                    refunded_at: None,
                 };
                 self.next_window += 1;
+                self.renewed.extend(window.renews.clone());
                 if let Some(c) = self
                     .charges
                     .last_mut()
@@ -220,8 +232,10 @@ impl FakeServer {
         true
     }
 
-    /// R13, as the server decides it: refunds the window's charge unless a
-    /// record shows a process of (user, product) running at start + grace.
+    /// R13 by the server's own rules: the request's session records are
+    /// kept first (by id), then `refunds::decide` judges the window over this
+    /// fake's state; a verdict is kept and replayed, a refusal about the
+    /// request or the moment is not (as the store does).
     pub fn refund(
         &mut self,
         window_id: &str,
@@ -229,51 +243,82 @@ impl FakeServer {
         now: DateTime<Utc>,
     ) -> Result<RefundResponse, String> {
         self.refund_requests.push(window_id.to_string());
+        let Some(w) = self.windows.iter().find(|w| w.id == window_id).cloned() else {
+            return Err(format!("window '{window_id}' not found"));
+        };
+        for s in sessions {
+            self.sessions.insert(s.id.clone(), s.clone());
+        }
         if let Some(answer) = self.refunds.get(window_id) {
             return answer.clone();
         }
-        let grace = chrono::Duration::seconds(self.policy.short_use_grace_secs as i64);
-        let key = self
-            .windows
+        let runs: Vec<refunds::Run<'_>> = self
+            .sessions
+            .values()
+            .filter(|s| s.user.as_str() == w.user && s.product == w.product)
+            .map(|s| refunds::Run {
+                id: &s.id,
+                started_at: s.started_at,
+                ended_at: s.ended_at,
+                window_id: s.window_id.as_deref(),
+            })
+            .collect();
+        let shares: Vec<LotShare> = self
+            .charges
             .iter()
-            .position(|w| w.id == window_id)
-            .map(|i| (i, self.windows[i].clone()));
-        let answer = match key {
-            None => Err(format!("window {window_id} is not this device's")),
-            Some(_) if grace.is_zero() => Err("refunds are off".into()),
-            Some((_, w)) if now < w.start + grace => Err("too early".into()),
-            Some((k, w)) => {
-                let point = w.start + grace;
-                let running = sessions
-                    .iter()
-                    .any(|s| s.started_at <= point && s.ended_at.is_none_or(|e| e > point));
-                // A launch granted this window after the grace point used it.
-                let used = self
+            .filter(|c| c.window.as_deref() == Some(window_id) && c.tokens > 0)
+            .map(|c| LotShare {
+                lot_id: 1,
+                tokens: c.tokens,
+            })
+            .collect();
+        let lot = [LotState {
+            id: 1,
+            tokens: self.balance,
+            remaining: self.balance,
+            purchased_at: DateTime::<Utc>::MIN_UTC,
+            expires_at: DateTime::<Utc>::MAX_UTC,
+        }];
+        let facts = refunds::Facts {
+            asked_user: &w.user,
+            asked_product: &w.product,
+            window: refunds::WindowFact {
+                id: &w.id,
+                user: &w.user,
+                product: &w.product,
+                start: w.start,
+                end: w.end,
+            },
+            product_name: &w.product,
+            grace: Duration::seconds(self.policy.short_use_grace_secs as i64),
+            grants: refunds::Grants {
+                here: self
                     .window_grants
                     .iter()
-                    .any(|(id, at)| id == window_id && *at >= point);
-                if used {
-                    Err(format!(
-                        "window {window_id} was granted to a launch after {point}"
-                    ))
-                } else if running {
-                    Err(format!("a process was running at {point}"))
-                } else {
-                    let tokens: u64 = self
-                        .charges
-                        .iter()
-                        .filter(|c| c.window.as_deref() == Some(window_id))
-                        .map(|c| c.tokens)
-                        .sum();
-                    self.balance += tokens;
-                    // A refunded window no longer counts as open.
-                    self.windows.remove(k);
-                    Ok(RefundResponse {
-                        window_id: window_id.to_string(),
-                        refunded_tokens: tokens,
-                        balance: self.balance,
-                    })
+                    .filter(|(id, _)| id == window_id)
+                    .map(|(_, at)| *at)
+                    .max(),
+                elsewhere: false,
+            },
+            renewed: self.renewed.contains(window_id),
+            runs: &runs,
+            shares: &shares,
+            lots: &lot,
+        };
+        let answer = match refunds::decide(&facts, now) {
+            refunds::Decision::Refuse(r) if !r.reason.is_verdict() => return Err(r.message),
+            refunds::Decision::Refuse(r) => Err(r.message),
+            refunds::Decision::Refund { tokens, .. } => {
+                self.balance += tokens;
+                // A refunded window covers no launch and cannot be renewed.
+                if let Some(w) = self.windows.iter_mut().find(|w| w.id == window_id) {
+                    w.refunded_at = Some(now);
                 }
+                Ok(RefundResponse {
+                    window_id: window_id.to_string(),
+                    refunded_tokens: tokens,
+                    balance: self.balance,
+                })
             }
         };
         self.refunds.insert(window_id.to_string(), answer.clone());
@@ -322,7 +367,7 @@ impl FakeServer {
 
 /// The facts of the claim rules, from this fake's state.
 impl claim::Facts for FakeServer {
-    type Error = Invalid;
+    type Error = Refused;
 
     fn product(&self, id: &str) -> Option<ProductFact<'_>> {
         self.rates
@@ -337,7 +382,7 @@ impl claim::Facts for FakeServer {
         chrono::Duration::seconds(self.policy.window_secs as i64)
     }
 
-    fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Invalid> {
+    fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Refused> {
         Ok(self.windows.iter().find(|w| w.id == id).cloned())
     }
 
@@ -347,17 +392,17 @@ impl claim::Facts for FakeServer {
         product: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Option<WindowFact>, Invalid> {
+    ) -> Result<Option<WindowFact>, Refused> {
         Ok(self
             .windows
             .iter()
-            .filter(|w| w.user == user && w.product == product)
+            .filter(|w| w.user == user && w.product == product && w.refunded_at.is_none())
             .filter(|w| windows::overlaps(w.start, w.end, from, to))
             .min_by_key(|w| w.start)
             .cloned())
     }
 
-    fn user(&mut self, user: &str, product: &str) -> Result<UserFacts, Invalid> {
+    fn user(&mut self, user: &str, product: &str) -> Result<UserFacts, Refused> {
         Ok(UserFacts {
             known: true,
             flex_assigned: !self.not_on_flex.contains(user),

@@ -1,19 +1,14 @@
-//! `flexctl notify`: the agent's events as desktop notifications.
-//!
-//! One notifier runs in each desktop session. It subscribes on the agent's socket
-//! (the agent sends only the connecting user's events) and shows each event
-//! through a [`Display`], normally the desktop's notification service via
-//! notify-rust. When the agent is not there, or goes away, it reconnects with
-//! exponential [`Backoff`]: the agent restarting must not end the notifier.
+//! What each agent event says to a person: a summary line saying what
+//! happened and a body saying what it means and what to do. Products are
+//! named as people know them (the rate sheet's display name; the id only when
+//! the agent has no name for it); times are local, with their zone; countdowns
+//! are rounded up, so "closes in 2 min" is never less than two minutes.
 
-use std::path::Path;
-use std::time::Duration;
-
-use chrono::{DateTime, Local, TimeZone, Utc};
-use flex_protocol::socket::{display_name, CloseReason, Empty, Event, Request};
+use chrono::{DateTime, Utc};
+use flex_protocol::socket::{display_name, CloseReason, Event};
 use flex_protocol::ErrorCode;
 
-use super::{Client, CtlError, Incoming};
+use crate::flexctl::zone::Zone;
 
 /// How pressing a notification is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,12 +67,15 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-/// "Tue 11:50" in `tz`: when something ends, as a person near the screen reads it.
-fn clock<Tz: TimeZone>(t: DateTime<Utc>, tz: &Tz) -> String
-where
-    Tz::Offset: std::fmt::Display,
-{
-    t.with_timezone(tz).format("%a %H:%M").to_string()
+/// A time left, rounded up: "2 min" with 89 s left, "45 s" under a minute.
+/// A countdown that rounds down tells a person they have more time than
+/// they do.
+pub fn countdown(secs: u64) -> String {
+    if secs < 60 {
+        human_duration(secs)
+    } else {
+        human_duration(secs.div_ceil(60) * 60)
+    }
 }
 
 /// "1 token", "7 tokens".
@@ -102,23 +100,35 @@ fn sentence(message: &str) -> String {
     }
 }
 
-/// The notification shown for `event`, with times in the local time zone.
+/// The notification shown for `event` now, with times in the local zone.
 pub fn notification_for(event: &Event) -> Notification {
-    notification_in(event, &Local)
+    Texts::local(Utc::now()).event(event)
 }
 
-/// The notification shown for `event`, with times in `tz`.
-///
-/// Each one is a summary line saying what happened and a body line saying what
-/// it means and what to do; products are named as people know them (the rate
-/// sheet's display name, the id only when the agent has no name for it).
-pub fn notification_in<Tz: TimeZone>(event: &Event, tz: &Tz) -> Notification
-where
-    Tz::Offset: std::fmt::Display,
-{
-    use Urgency::*;
-    let at = |t: &DateTime<Utc>| clock(*t, tz);
-    let (summary, body, urgency) = match event {
+/// Writes notifications as of `now`, with times in `zone`.
+#[derive(Debug, Clone, Copy)]
+pub struct Texts {
+    pub now: DateTime<Utc>,
+    pub zone: Zone,
+}
+
+impl Texts {
+    pub fn local(now: DateTime<Utc>) -> Texts {
+        Texts {
+            now,
+            zone: Zone::local(),
+        }
+    }
+
+    fn at(&self, t: &DateTime<Utc>) -> String {
+        self.zone.clock(*t)
+    }
+
+    /// The notification for `event`.
+    pub fn event(&self, event: &Event) -> Notification {
+        use Urgency::*;
+        let at = |t: &DateTime<Utc>| self.at(t);
+        let (summary, body, urgency) = match event {
         Event::Charged {
             product,
             product_name,
@@ -147,12 +157,11 @@ where
             renewal,
         } => {
             let p = display_name(product, product_name.as_deref());
+            if *renewal {
+                return self.renewed(p, *n, *balance, window_end.as_ref());
+            }
             (
-                if *renewal {
-                    format!("{p} renewed: {} charged", tokens(*n))
-                } else {
-                    format!("{p}: {} charged", tokens(*n))
-                },
+                format!("{p}: {} charged", tokens(*n)),
                 match window_end {
                     Some(end) => format!(
                         "Reopening {p} is free until {}. Balance: {}.",
@@ -200,7 +209,7 @@ where
         } => {
             let p = display_name(product, product_name.as_deref());
             (
-                format!("{p} closes in {}", human_duration(*seconds_left)),
+                format!("{p} closes in {}", countdown(*seconds_left)),
                 format!(
                     "This computer has not reached the license server for too long. Connect to the network before {}, or save your work: {p} will be closed.",
                     at(deadline)
@@ -273,14 +282,7 @@ where
             product_name,
             kill_at,
             ..
-        } => {
-            let p = display_name(product, product_name.as_deref());
-            (
-                format!("{p} is being closed"),
-                format!("{p} was asked to close: save your work. It will be stopped at {}.", at(kill_at)),
-                Critical,
-            )
-        }
+        } => return self.closing_windows(display_name(product, product_name.as_deref()), kill_at, 1),
         Event::Refunded {
             product,
             product_name,
@@ -338,10 +340,60 @@ where
             Normal,
         ),
     };
-    Notification {
-        summary,
-        body,
-        urgency,
+        Notification {
+            summary,
+            body,
+            urgency,
+        }
+    }
+
+    /// A charge for a product that was still open when its window ended.
+    pub fn renewed(
+        &self,
+        product: &str,
+        tokens_charged: u64,
+        balance: u64,
+        window_end: Option<&DateTime<Utc>>,
+    ) -> Notification {
+        let until = window_end
+            .map(|end| format!(" It is licensed until {}.", self.at(end)))
+            .unwrap_or_default();
+        Notification {
+            summary: format!("{product} renewed: {} charged", tokens(tokens_charged)),
+            body: format!(
+                "{product} was still open when its license ended, so a new one was charged.{until} Balance: {}.",
+                tokens(balance)
+            ),
+            urgency: Urgency::Normal,
+        }
+    }
+
+    /// The close of `product` under way: `windows` of its windows were asked
+    /// to close (0: it was told to quit by signal), and it is killed at `kill_at`.
+    pub fn closing_windows(
+        &self,
+        product: &str,
+        kill_at: &DateTime<Utc>,
+        windows: u32,
+    ) -> Notification {
+        let left = (*kill_at - self.now).num_seconds().max(0) as u64;
+        let stop = self.zone.format(*kill_at, "%H:%M:%S");
+        let body = if windows > 0 {
+            format!(
+                "{product} was asked to close: save your work now. A save prompt has {}: {product} is stopped at {stop}.",
+                countdown(left)
+            )
+        } else {
+            format!(
+                "{product} was told to quit: save your work now if you can. It is stopped at {stop}, in {}.",
+                countdown(left)
+            )
+        };
+        Notification {
+            summary: format!("{product} is being closed"),
+            body,
+            urgency: Urgency::Critical,
+        }
     }
 }
 
@@ -379,182 +431,5 @@ pub fn next_step(reason: CloseReason) -> &'static str {
         CloseReason::NotEntitled | CloseReason::Denied => {
             "Ask your license administrator for access."
         }
-    }
-}
-
-/// Where notifications go.
-pub trait Display: Sync {
-    fn show(&self, n: Notification) -> impl std::future::Future<Output = ()> + Send;
-}
-
-/// The desktop notification service (D-Bus on Linux, Notification Center on macOS).
-pub struct Desktop;
-
-impl Display for Desktop {
-    async fn show(&self, n: Notification) {
-        // notify-rust blocks on D-Bus: keep it off the runtime threads.
-        let shown = tokio::task::spawn_blocking(move || {
-            let mut note = notify_rust::Notification::new();
-            note.appname("Flex licensing")
-                .summary(&n.summary)
-                .body(&n.body);
-            #[cfg(all(unix, not(target_os = "macos")))]
-            note.urgency(match n.urgency {
-                Urgency::Normal => notify_rust::Urgency::Normal,
-                Urgency::Critical => notify_rust::Urgency::Critical,
-            });
-            note.show().map(|_| ())
-        })
-        .await;
-        match shown {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot show a desktop notification; is a notification service running?")
-            }
-            Err(e) => tracing::warn!(error = %e, "notification task failed"),
-        }
-    }
-}
-
-/// What `flexctl notify` does with each event: prints it as a [`Notification::line`]
-/// on stdout (`--print`), shows it on the desktop (unless `--no-desktop`), or both.
-pub struct Notifier {
-    pub print: bool,
-    pub desktop: bool,
-}
-
-impl Display for Notifier {
-    async fn show(&self, n: Notification) {
-        if self.print {
-            use std::io::Write;
-            // A closed stdout (the reader went away) must not end the notifier.
-            let _ = writeln!(std::io::stdout().lock(), "{}", n.line());
-        }
-        if self.desktop {
-            Desktop.show(n).await;
-        }
-    }
-}
-
-/// Reconnection delays: `first`, doubling up to `max`, reset after a good connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            first: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Subscribes and shows events until the process ends, reconnecting as needed.
-pub async fn run(socket: &Path, display: &impl Display, backoff: Backoff) {
-    let mut delay = backoff.first;
-    let mut warned = false;
-    loop {
-        match follow(socket, display).await {
-            Ok(()) => {
-                tracing::info!("flex-agent closed the event stream; reconnecting");
-                delay = backoff.first;
-                warned = false;
-            }
-            Err(e) => {
-                if !warned {
-                    eprintln!("flexctl notify: {e}; retrying in the background");
-                    warned = true;
-                }
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(backoff.max);
-    }
-}
-
-/// One subscription: returns `Ok` when the agent ends it.
-async fn follow(socket: &Path, display: &impl Display) -> Result<(), CtlError> {
-    let mut client = Client::connect(socket).await?;
-    client
-        .call::<Empty>(&Request::Subscribe)
-        .await?
-        .map_err(CtlError::Refused)?;
-    tracing::info!(socket = %socket.display(), "subscribed to flex-agent events");
-    // Also the readiness signal scripts and tests wait for: from here on no event
-    // for this user is missed.
-    eprintln!(
-        "flexctl notify: subscribed to flex-agent at {}",
-        socket.display()
-    );
-    loop {
-        match client.next().await {
-            Ok(Some(Incoming::Event(event))) => display.show(notification_for(&event)).await,
-            Ok(Some(Incoming::Reply(_))) => {}
-            Ok(None) | Err(_) => return Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod line_tests {
-    use clap::Parser;
-    use flex_protocol::socket::{CloseReason, Event};
-
-    use super::*;
-    use crate::flexctl::{Cli, Command};
-
-    #[test]
-    fn printed_lines_carry_urgency_summary_and_body() {
-        let n = notification_for(&Event::ProductClosed {
-            product: "autocad".into(),
-            product_name: Some("AutoCAD".into()),
-            reason: CloseReason::Offline,
-            message: "offline for more than 24 h".into(),
-        });
-        assert_eq!(
-            n.line(),
-            "[critical] AutoCAD was closed: Offline for more than 24 h. \
-             Connect to the network, then start it again."
-        );
-        let n = notification_for(&Event::LowBalance { balance: 12 });
-        assert!(
-            n.line()
-                .starts_with("[normal] Flex token balance is low: 12 tokens left."),
-            "{}",
-            n.line()
-        );
-    }
-
-    #[test]
-    fn a_printed_notification_is_one_line() {
-        let n = Notification {
-            summary: "two\nlines".into(),
-            body: "a body\r\nover  lines\n".into(),
-            urgency: Urgency::Normal,
-        };
-        assert_eq!(n.line(), "[normal] two lines: a body over lines");
-    }
-
-    #[test]
-    fn no_desktop_needs_print() {
-        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
-        assert!(matches!(
-            parse(&["flexctl", "notify"]),
-            Ok(Command::Notify {
-                print: false,
-                no_desktop: false
-            })
-        ));
-        assert!(matches!(
-            parse(&["flexctl", "notify", "--print", "--no-desktop"]),
-            Ok(Command::Notify {
-                print: true,
-                no_desktop: true
-            })
-        ));
-        assert!(parse(&["flexctl", "notify", "--no-desktop"]).is_err());
     }
 }
