@@ -2,7 +2,8 @@
 //!
 //! 1. Idle agent: a real enrolled `flex-agent` (`poll_interval = "1s"`) with ~500
 //!    processes on the machine; resident memory (VmRSS, peak VmHWM) and CPU % of
-//!    one core (utime + stime) over `AGENT_BENCH_IDLE_SECS` (default 60) seconds,
+//!    one core (utime + stime) over `AGENT_BENCH_IDLE_SECS` (default 60) seconds
+//!    while this bench starts `/bin/true` `AGENT_BENCH_EXECS` (default 30) times a second,
 //!    once with `detection = "proc-connector"` and once with `"polling"`.
 //!    Target: RSS ≤ 6 MB, CPU ≤ 0.1 %.
 //! 2. Launch decision over the socket inside an open window: one granted launch
@@ -573,6 +574,45 @@ fn clk_tck() -> u64 {
     }
 }
 
+/// `/bin/true` started `rate` times a second until dropped: the steady exec
+/// load the idle CPU target is stated for (DESIGN.md §5: 30 execs/s), on top of
+/// whatever else the machine runs.
+struct ExecLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExecLoad {
+    fn start(rate: u64) -> ExecLoad {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = (rate > 0).then(|| {
+            std::thread::spawn(move || {
+                let every = Duration::from_secs(1) / rate as u32;
+                let mut next = Instant::now();
+                while !flag.load(Ordering::Relaxed) {
+                    if let Ok(mut c) = Command::new("/bin/true").stdout(Stdio::null()).spawn() {
+                        let _ = c.wait();
+                    }
+                    next += every;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            })
+        });
+        ExecLoad { stop, thread }
+    }
+}
+
+impl Drop for ExecLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Starts an enrolled agent with `detection` and a 1 s poll interval, the
 /// service's log level, and measures it idle for `span` after it has settled.
 async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
@@ -593,6 +633,7 @@ async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
     // Let startup (enrollment check, rate sheet, first scan, first heartbeat) pass.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    let load = ExecLoad::start(env_num("AGENT_BENCH_EXECS", 30));
     let tck = clk_tck();
     let t0 = Instant::now();
     let c0 = cpu_ticks(pid);
@@ -608,6 +649,7 @@ async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
     let ns1 = thread_runtimes(pid);
     let f1 = machine_forks();
     let secs = t0.elapsed().as_secs_f64();
+    drop(load);
     let rss_end = status_field(pid, "VmRSS");
     let hwm = status_field(pid, "VmHWM");
     let threads = status_field(pid, "Threads");
