@@ -14,6 +14,12 @@ use flex_agent::cli::{Cli, Cmd, ConfigureArgs, EnrollArgs};
 use flex_agent::config::Config;
 use flex_agent::daemon::DaemonError;
 use flex_agent::enroll::{self, exit, EnrollOptions};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
+
+fn default_targets(level: LevelFilter) -> Targets {
+    Targets::new().with_default(level)
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,26 +31,35 @@ fn main() -> ExitCode {
     // `enroll` is run by hand or by an installer: its printed summary is the
     // report, so only warnings are logged beside it.
     let default_level = if cli.command.is_some() {
-        "warn"
+        LevelFilter::WARN
     } else {
-        "info"
+        LevelFilter::INFO
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEX_AGENT_LOG")
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr);
+    // `FLEX_AGENT_LOG` takes `LEVEL` and `TARGET=LEVEL` directives: a target
+    // filter, not an `EnvFilter`, whose regular expressions would be a large
+    // part of the agent's resident code.
+    let filter = match std::env::var("FLEX_AGENT_LOG") {
+        Ok(v) => v.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("flex-agent: FLEX_AGENT_LOG={v:?} is not a log filter ({e}); logging at {default_level}");
+            default_targets(default_level)
+        }),
+        Err(_) => default_targets(default_level),
+    };
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // journald stamps each line itself.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if under_systemd {
-        logs.without_time().with_ansi(false).init();
+        let logs = logs.without_time().with_ansi(false).with_filter(filter);
+        tracing_subscriber::registry().with(logs).init();
     } else {
-        logs.with_ansi(ansi).init();
+        tracing_subscriber::registry()
+            .with(logs.with_ansi(ansi).with_filter(filter))
+            .init();
     }
-    // Two workers: the driver loop, and the socket and network tasks beside it.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the driver loop, the socket and the network: a launch's
+    // answer passes between tasks without a thread switch. The journal and the
+    // watcher have threads of their own (see `daemon`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -172,8 +172,12 @@ impl Contact {
     }
 
     /// When a check of the server stops being waited for.
+    /// None once the wait is over (the check's answer may still come; until
+    /// then nothing waits for it).
     pub fn check_deadline(&self) -> Option<DateTime<Utc>> {
-        self.checking.map(|t| t + CHECK_WAIT)
+        self.checking
+            .map(|t| t + CHECK_WAIT)
+            .filter(|&d| d > self.now())
     }
 
     /// Whether the heartbeat about to go is a check: sent without jitter.

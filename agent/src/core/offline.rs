@@ -270,15 +270,23 @@ impl Core {
             .renewal_deadlines(|w| runs.running_in(w).next().is_some());
         if let Some(offline) = self.contact.clock.offline_for() {
             let contact = now - chrono(offline);
+            // A warning or close whose moment has passed waits for the check
+            // of the server in flight; the check's own deadline wakes the core.
+            let waiting = self.contact.checking();
+            let mut due = |t: DateTime<Utc>| {
+                if !(waiting && t <= now) {
+                    at.push(t);
+                }
+            };
             for run in self.runs.iter() {
                 let RunState::Covered(cover) = &run.state else {
                     continue;
                 };
                 let limit = offline_limit(&self.policy, cover.source);
-                at.push(contact + chrono(limit));
+                due(contact + chrono(limit));
                 for o in warning_offsets(&self.policy, cover.source) {
                     if !run.warned.contains(&o) {
-                        at.push(contact + chrono(limit - Duration::from_secs(o)));
+                        due(contact + chrono(limit - Duration::from_secs(o)));
                     }
                 }
             }

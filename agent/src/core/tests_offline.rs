@@ -263,6 +263,30 @@ fn a_warning_waits_for_a_failed_contact_attempt() {
 }
 
 #[test]
+fn no_timer_in_the_past_while_a_check_of_the_server_waits() {
+    // At the first warning time the last failure is old, so the agent asks
+    // the server first; the answer does not come. Until the check gives up
+    // the warning's moment has passed, and it must not be the next timer: the
+    // driver would wake at once, again and again, for a minute (found by
+    // flex-sim as a busy loop).
+    let (mut h, _pid) = offline_from_nine();
+    h.advance_to(tuesday(6, 50));
+    h.network = Network::Silent;
+    let quiet = h.advance_to(tuesday(7, 0));
+    assert!(warnings(&quiet).is_empty(), "{quiet:?}");
+    let next = h.core.next_deadline().expect("a timer");
+    assert!(
+        next > h.now().boot,
+        "next timer {next:?} is not after now {:?}",
+        h.now().boot
+    );
+    // The check gives up after its minute: then the user is warned, with the
+    // time really left, and no timer stays in the past.
+    let later = h.advance_to(tuesday(7, 2));
+    assert_eq!(warnings(&later), vec![7140], "{later:?}");
+}
+
+#[test]
 fn one_warning_per_product_however_many_processes_and_back_online_after() {
     let (mut h, _pid) = offline_from_nine();
     h.detect("alice", "autocad", process(7777));

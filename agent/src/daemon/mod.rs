@@ -36,9 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::account::{self, AccountId};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::core::{Action, CloseRoute, ConnId, Core, CoreConfig, Input, ProcessInfo};
+use crate::core::{Action, CloseRoute, ConnId, Core, CoreConfig, Input, Persist, ProcessInfo};
 use crate::credentials::{ensure_private_dir, CredentialError, CredentialStore};
-use crate::journal::{Enrollment, Journal, JournalError};
+use crate::journal::{Enrollment, Journal, JournalError, JournalWriter};
 use crate::process::{ProcessId, Stop};
 use crate::socket::{Reply, SocketConfig, SocketError, SocketServer};
 use crate::sysclock;
@@ -70,6 +70,12 @@ pub enum DaemonError {
     Watch(#[from] WatchError),
     #[error("the journal task failed: {0}")]
     Task(String),
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What `flex-agent` reports once it serves.
@@ -135,7 +141,8 @@ pub async fn run(
         sysclock::boot_id(),
     );
     let products: Vec<Product> = core.products().cloned().collect();
-    let (watcher, proc_events) = match Watcher::start(
+    let watcher_runtime = WatcherRuntime::start()?;
+    let (watcher, proc_events) = match watcher_runtime.start_watcher(
         WatcherConfig {
             source: config.detection.source_choice(),
             poll_interval: config.poll_interval,
@@ -165,6 +172,10 @@ pub async fn run(
         },
     ));
 
+    let journal = JournalWriter::start(journal).map_err(|source| DaemonError::Thread {
+        what: "journal",
+        source,
+    })?;
     let mut driver = Driver {
         core,
         journal,
@@ -193,12 +204,57 @@ pub async fn run(
         .await;
     let _ = stop_socket.send(());
     let _ = socket_task.await;
-    result
+    // The watcher first: it feeds nothing any more.
+    drop(driver.watcher.take());
+    drop(watcher_runtime);
+    let closed = driver.journal.close();
+    result.and(closed.map_err(DaemonError::from))
+}
+
+/// The watcher's own thread and runtime. The driver loop runs on the main
+/// thread beside the socket (one thread, so a launch's answer needs no thread
+/// switch); a journal commit there must not hold up reading the kernel's
+/// process events, nor a reindex of the product directories the socket.
+struct WatcherRuntime(Option<tokio::runtime::Runtime>);
+
+impl WatcherRuntime {
+    fn start() -> Result<WatcherRuntime, DaemonError> {
+        // Multi-threaded with one worker: the Windows poller uses
+        // `block_in_place`, which a current-thread runtime does not allow.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("watcher")
+            .enable_all()
+            .build()
+            .map_err(|source| DaemonError::Thread {
+                what: "watcher",
+                source,
+            })?;
+        Ok(WatcherRuntime(Some(rt)))
+    }
+
+    fn start_watcher(
+        &self,
+        config: WatcherConfig,
+        products: &[Product],
+    ) -> Result<(WatcherHandle, mpsc::Receiver<ProcEvent>), WatchError> {
+        let _inside = self.0.as_ref().map(|rt| rt.enter());
+        Watcher::start(config, products)
+    }
+}
+
+impl Drop for WatcherRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code would block; its tasks are done.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 struct Driver {
     core: Core,
-    journal: Journal,
+    journal: JournalWriter,
     client: Client,
     hub: Hub,
     watcher: Option<WatcherHandle>,
@@ -268,26 +324,33 @@ impl Driver {
     }
 
     fn carry_out(&mut self, actions: Vec<Action>) -> Result<(), DaemonError> {
+        let mut records = Vec::new();
+        let mut rest = Vec::with_capacity(actions.len());
+        for action in actions {
+            match action {
+                Action::Persist(p) => records.push(p),
+                other => rest.push(other),
+            }
+        }
         // Journal first when the batch holds money (a claim id, a window, a
         // refund): nothing below may happen unless it is durable. A batch of
         // usage records only (a launch inside an open window) is answered
-        // first and written right after: the reply does not wait for SQLite.
-        let money = actions
-            .iter()
-            .any(|a| matches!(a, Action::Persist(p) if p.is_money()));
-        if money {
-            self.journal.apply(&actions)?;
+        // first and handed to the journal's thread (see `JournalWriter`).
+        if records.iter().any(Persist::is_money) {
+            self.journal.commit(records)?;
         } else {
-            for action in &actions {
-                if let Action::ReplyLaunch { .. } | Action::ReplyDone { .. } = action {
-                    self.carry_out_reply(action.clone());
-                }
+            let (replies, others): (Vec<_>, Vec<_>) = rest
+                .into_iter()
+                .partition(|a| matches!(a, Action::ReplyLaunch { .. } | Action::ReplyDone { .. }));
+            for reply in replies {
+                self.carry_out_reply(reply);
             }
-            self.journal.apply(&actions)?;
+            self.journal.later(records);
+            rest = others;
         }
         let mut gone = Vec::new();
         let mut cpu = None;
-        for action in actions {
+        for action in rest {
             match action {
                 Action::Persist(_) | Action::SetTimer(_) => {}
                 Action::Claim { request, .. } => {
@@ -300,7 +363,11 @@ impl Driver {
                 }
                 Action::Refund(ask) => {
                     let request = RefundRequest {
-                        sessions: self.journal.session_records(&ask.user, &ask.product)?,
+                        sessions: {
+                            let (user, product) = (ask.user.clone(), ask.product.clone());
+                            self.journal
+                                .read(move |j| j.session_records(&user, &product))?
+                        },
                         window_id: ask.window_id,
                         user: ask.user,
                         product: ask.product,
@@ -337,9 +404,7 @@ impl Driver {
                 }
                 Action::Release { process } => self.processes.release(process),
                 Action::ReplyLaunch { .. } | Action::ReplyDone { .. } => {
-                    if money {
-                        self.carry_out_reply(action);
-                    }
+                    self.carry_out_reply(action)
                 }
                 Action::ReplyJob { request, result } => self.reply(
                     &request,
@@ -529,7 +594,7 @@ impl Driver {
     /// Sends the heartbeat the core asked for (the core never asks for a
     /// second one while one is in flight).
     fn heartbeat(&mut self) -> Result<(), DaemonError> {
-        let batch = self.journal.heartbeat_batch()?;
+        let batch = self.journal.read(|j| j.heartbeat_batch())?;
         let request = HeartbeatRequest {
             sessions: batch.sessions.clone(),
             clock_rollbacks: batch.clock_rollbacks.clone(),

@@ -30,6 +30,7 @@
 
 mod read;
 mod write;
+mod writer;
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::Persist;
 
 pub use read::HeartbeatBatch;
+pub use writer::JournalWriter;
 
 /// The journal's file name inside the state directory.
 pub const FILE_NAME: &str = "journal.sqlite3";
@@ -83,6 +85,8 @@ pub enum JournalError {
         found: i64,
         supported: i64,
     },
+    #[error("the journal's writer thread has stopped")]
+    WriterGone,
 }
 
 /// What enrollment leaves behind, apart from the secret device token.
@@ -169,6 +173,9 @@ impl Journal {
         }
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err("configure"))?;
+        // Room for every statement `apply` writes (about twenty), so none is
+        // parsed twice.
+        conn.set_prepared_statement_cache_capacity(64);
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(err("enable WAL in"))?;

@@ -16,6 +16,10 @@ fn t(h: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 2, h, 0, 0).unwrap()
 }
 
+pub(super) fn open_at(dir: &std::path::Path) -> Journal {
+    Journal::open_in(&dir.join("state")).unwrap()
+}
+
 fn open() -> (tempfile::TempDir, Journal) {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open_in(&dir.path().join("state")).unwrap();
@@ -33,7 +37,7 @@ fn claim(id: &str) -> ClaimRequest {
     }
 }
 
-fn session(id: &str, ended: Option<DateTime<Utc>>) -> SessionRow {
+pub(super) fn session(id: &str, ended: Option<DateTime<Utc>>) -> SessionRow {
     SessionRow {
         record: SessionRecord {
             id: id.into(),

@@ -14,8 +14,16 @@ fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Runs `sql` through the connection's statement cache: a launch inside a
+/// window writes the same few statements every time, and parsing them again
+/// was most of the write's cost.
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
 fn meta(tx: &Transaction<'_>, key: &str, value: String) -> rusqlite::Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         params![key, value],
@@ -71,17 +79,23 @@ impl Journal {
 fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
     match item {
         Persist::ClaimPending(req) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO pending_claims (claim_id, request, created)
                  VALUES (?1, ?2, ?3) ON CONFLICT (claim_id) DO NOTHING",
                 params![req.claim_id, json(req), ts(&chrono::Utc::now())],
             )?;
         }
         Persist::ClaimSettled { claim_id } => {
-            tx.execute("DELETE FROM pending_claims WHERE claim_id = ?1", [claim_id])?;
+            exec(
+                tx,
+                "DELETE FROM pending_claims WHERE claim_id = ?1",
+                [claim_id],
+            )?;
         }
         Persist::Window(h) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO windows (user, product, window_id, source, start, end, lease,
                    tokens_charged)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -102,7 +116,8 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         }
         Persist::Session(row) => {
             let r = &row.record;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO sessions (id, user, product, version, source, window_id,
                    started_at, ended_at, uid, account, pid, origin, revision, account_id,
                    pid_start)
@@ -133,7 +148,8 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
             )?;
         }
         Persist::Clock(c) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO clock (id, contact, since_contact_ms, checkpoint_wall,
                    checkpoint_boot_ms, boot_id, high_water)
                  VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
@@ -153,7 +169,8 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
             )?;
         }
         Persist::ClockRollback(rb) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO clock_rollbacks (detected_at, seconds) VALUES (?1, ?2)",
                 params![ts(&rb.detected_at), rb.seconds],
             )?;
@@ -163,7 +180,8 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         Persist::Balance(b) => meta(tx, "balance", b.to_string())?,
         Persist::NoticesSeen(id) => meta(tx, "notices_seen", id.to_string())?,
         Persist::RefundPending(ask) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO pending_refunds (window_id, user, product, account, created)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (window_id) DO NOTHING",
                 params![
@@ -176,13 +194,15 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
             )?;
         }
         Persist::RefundSettled { window_id } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM pending_refunds WHERE window_id = ?1",
                 [window_id],
             )?;
         }
         Persist::DropWindow { user, product } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM windows WHERE user = ?1 AND product = ?2",
                 params![user.as_str(), product],
             )?;
@@ -190,22 +210,25 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
         Persist::Uploaded(receipt) => {
             for (id, revision) in &receipt.revisions {
                 if receipt.accepted.contains(id) {
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE sessions SET uploaded_revision = ?2 WHERE id = ?1",
                         params![id, revision],
                     )?;
                 }
             }
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM sessions WHERE ended_at IS NOT NULL AND uploaded_revision >= revision",
                 [],
             )?;
             if let Some(last) = receipt.last_rollback {
-                tx.execute("DELETE FROM clock_rollbacks WHERE id <= ?1", [last])?;
+                exec(tx, "DELETE FROM clock_rollbacks WHERE id <= ?1", [last])?;
             }
         }
         Persist::Job(j) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO jobs (user, product, job, attempt, outcome, updated)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (user, product, job) DO UPDATE SET attempt = excluded.attempt,
@@ -225,7 +248,8 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
             )?;
             // Jobs are retried within minutes; old settled ones are forgotten.
             let cutoff = j.updated - crate::core::JOB_MEMORY;
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM jobs WHERE outcome != 'pending' AND updated < ?1",
                 [ts(&cutoff)],
             )?;

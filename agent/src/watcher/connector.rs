@@ -124,15 +124,27 @@ impl ProcConnector {
             return Err(io_err("bind")(io::Error::last_os_error()));
         }
 
-        let mut msg = [0u8; EVENT_OFFSET + 4];
-        put_u32(&mut msg, 0, (EVENT_OFFSET + 4) as u32); // nlmsg_len
+        // Since Linux 6.6 the op may be followed by the events wanted: the
+        // kernel then drops forks, uid changes and the rest before they reach
+        // this socket (most of the idle agent's work on a busy machine). An
+        // older kernel ignores a request of that length, so it gets the op alone.
+        let filtered = kernel_filters_events(&kernel_release());
+        let payload = if filtered { 8 } else { 4 };
+        let mut msg = [0u8; EVENT_OFFSET + 8];
+        let len = EVENT_OFFSET + payload;
+        put_u32(&mut msg, 0, len as u32); // nlmsg_len
         msg[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes()); // nlmsg_type
         put_u32(&mut msg, 16, CN_IDX_PROC);
         put_u32(&mut msg, 20, CN_VAL_PROC);
-        msg[32..34].copy_from_slice(&4u16.to_ne_bytes()); // cn_msg.len: the op
+        msg[32..34].copy_from_slice(&(payload as u16).to_ne_bytes()); // cn_msg.len
         put_u32(&mut msg, EVENT_OFFSET, PROC_CN_MCAST_LISTEN);
-        // SAFETY: msg is a valid buffer of the given length.
-        let sent = unsafe { libc::send(raw, msg.as_ptr().cast(), msg.len(), 0) };
+        put_u32(
+            &mut msg,
+            EVENT_OFFSET + 4,
+            PROC_EVENT_EXEC | PROC_EVENT_EXIT,
+        );
+        // SAFETY: msg is a valid buffer of at least `len` bytes.
+        let sent = unsafe { libc::send(raw, msg.as_ptr().cast(), len, 0) };
         if sent < 0 {
             return Err(io_err("subscribe to")(io::Error::last_os_error()));
         }
@@ -185,6 +197,33 @@ impl ProcConnector {
             }
         }
     }
+}
+
+/// The running kernel's release (`uname -r`), empty if unknown.
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain data, filled by uname(2) on success.
+    let mut u: libc::utsname = unsafe { mem::zeroed() };
+    // SAFETY: `u` is a valid utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Whether a kernel of `release` ("6.12.1-amd64") takes an event filter with
+/// the subscription (Linux 6.6 and later).
+fn kernel_filters_events(release: &str) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
 }
 
 /// recvfrom(2), returning only datagrams sent by the kernel (port id 0).
@@ -271,6 +310,17 @@ mod tests {
         put_u32(&mut m, 20, CN_VAL_PROC);
         put_u32(&mut m, EVENT_OFFSET, what);
         m
+    }
+
+    #[test]
+    fn event_filter_from_linux_6_6() {
+        assert!(kernel_filters_events("6.6.0"));
+        assert!(kernel_filters_events("6.12.48+deb13-amd64"));
+        assert!(kernel_filters_events("7.0"));
+        assert!(!kernel_filters_events("6.1.0-37-amd64"));
+        assert!(!kernel_filters_events("5.15.0-generic"));
+        assert!(!kernel_filters_events(""));
+        assert!(!kernel_release().is_empty());
     }
 
     #[test]

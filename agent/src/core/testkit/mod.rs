@@ -65,6 +65,9 @@ pub enum Network {
     DieBeforeSend,
     /// Claims stay in flight until [`Harness::release_claims`] delivers them.
     Hold,
+    /// Requests leave and nothing answers yet: claims are held as with
+    /// [`Network::Hold`], a heartbeat (a check of the server) waits.
+    Silent,
 }
 
 /// A directory for a real SQLite journal, on tmpfs where there is one:
@@ -203,7 +206,7 @@ impl Harness {
                         self.server.claim(request, self.true_time);
                     }
                     Network::DieBeforeSend => {}
-                    Network::Hold => self.held.push(request.clone()),
+                    Network::Hold | Network::Silent => self.held.push(request.clone()),
                 },
                 Action::Refund(ask) => match self.network {
                     Network::Up => {
@@ -230,9 +233,10 @@ impl Harness {
                     Network::Down | Network::Hold => queue.push_back(Input::RefundFailed {
                         window_id: ask.window_id.clone(),
                     }),
-                    Network::DieBeforeSend => {}
+                    Network::DieBeforeSend | Network::Silent => {}
                 },
                 Action::Heartbeat => match self.network {
+                    Network::Silent => {}
                     Network::Up => {
                         let batch = self.journal.heartbeat_batch().unwrap();
                         let ids: Vec<String> =
@@ -305,7 +309,11 @@ impl Harness {
                     self.pass(step);
                     all.extend(self.feed(Input::Tick));
                     if step.is_zero() && self.core.next_deadline() == Some(at) {
-                        panic!("timer at {at:?} fired but stays due");
+                        panic!(
+                            "timer at {at:?} fired but stays due: {:?} now {:?}",
+                            self.core.deadlines(),
+                            self.now()
+                        );
                     }
                 }
                 _ => break,
