@@ -77,7 +77,8 @@ FLEX_TEST_DATABASE_URL=$(bash tests/support/pg-cluster.sh start "$pg_dir")
 export FLEX_TEST_DATABASE_URL FLEX_REQUIRE_POSTGRES=1
 
 cargo build --workspace --bins
-# The Windows agent and its MSI, for tests/tests/windows_agent.rs (under Wine).
+# The Windows agent and its MSI (with its custom action DLL), for
+# tests/tests/windows_agent.rs (under Wine).
 bash install/windows/build-msi.sh --debug >/dev/null
 # Every failure in one run, not just the first test binary's.
 failed=0

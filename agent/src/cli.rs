@@ -47,6 +47,33 @@ pub enum Cmd {
     /// used up, revoked), 7 token expired, 8 server error, 9 the credential
     /// cannot be kept on this machine (the token was not used), 78 bad config.
     Enroll(EnrollArgs),
+    /// Apply install values: set server_url and [users] email_template in the
+    /// config (written if missing) and place an enrollment token where the agent
+    /// reads it (enroll-token beside the config), replacing one waiting.
+    ///
+    /// A value given wins over what is kept; none given changes nothing.
+    /// Everything is checked before anything is written, and without a working
+    /// enrollment a server URL and a token (given or waiting) are required. The
+    /// server is not contacted. The MSI runs this with its properties. Restart
+    /// the agent afterwards. Exit status: 0 applied, 78 a bad or missing value
+    /// (nothing changed), 9 the files cannot be written.
+    Configure(ConfigureArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigureArgs {
+    #[arg(long, default_value_os_t = default_config())]
+    pub config: PathBuf,
+    /// The server URL, e.g. https://flex.corp.example:8443 (blank: not given).
+    #[arg(long, value_name = "URL")]
+    pub server_url: Option<String>,
+    /// A file holding an enrollment token from `flex-admin enroll-token`
+    /// (blank: not given).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<String>,
+    /// How accounts map to emails, e.g. {user}@corp.example (blank: not given).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub email_template: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +109,30 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The MSI passes every property, blank when it was not given.
+    #[test]
+    fn configure_takes_blank_values() {
+        let cli = Cli::try_parse_from([
+            "flex-agent",
+            "configure",
+            "--server-url=",
+            "--token-file=",
+            "--email-template=",
+        ])
+        .unwrap();
+        let Some(Cmd::Configure(a)) = cli.command else {
+            panic!("not configure")
+        };
+        assert_eq!(
+            (a.server_url, a.token_file, a.email_template),
+            (
+                Some(String::new()),
+                Some(String::new()),
+                Some(String::new())
+            )
+        );
     }
 
     #[test]

@@ -267,12 +267,25 @@ fn parse_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
 impl Config {
     /// Reads the config file at `path` with its drop-ins and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_from(path, None)
+    }
+
+    /// [`Config::load`] with `main` as the text of the file at `path`: an edit
+    /// checked, drop-ins and all, before it is written.
+    pub fn load_with(path: &Path, main: &str) -> Result<Config, ConfigError> {
+        Self::load_from(path, Some(main))
+    }
+
+    fn load_from(path: &Path, main: Option<&str>) -> Result<Config, ConfigError> {
         let mut merged = toml::Table::new();
         for file in sources(path)? {
-            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
-                path: file.clone(),
-                source,
-            })?;
+            let text = match main.filter(|_| file == path) {
+                Some(text) => text.to_string(),
+                None => std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                    path: file.clone(),
+                    source,
+                })?,
+            };
             merge(&mut merged, parse_table(&file, &text)?);
         }
         let mut config = Config::deserialize(merged).map_err(|e| ConfigError::Parse {

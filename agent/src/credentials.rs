@@ -496,8 +496,9 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), CredentialError> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600: a temp file in the same
-/// directory, fsync, rename, fsync of the directory. A crash leaves the old file
+/// Writes `bytes` to `path` atomically with mode 0600 (on Windows, readable by
+/// SYSTEM and Administrators only): a temp file in the same directory, fsync,
+/// rename, fsync of the directory. A crash leaves the old file
 /// or the new one, never a torn token. Also used for other private state files.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), CredentialError> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -516,6 +517,13 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), CredentialErr
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(0o600))
                 .map_err(io_err("set mode 0600 on", &tmp))?;
+        }
+        // SYSTEM and Administrators only, whatever the folder lets others do
+        // (the enrollment token beside the config, in C:\ProgramData\Flex).
+        #[cfg(windows)]
+        if crate::win32::current_is_admin() {
+            crate::win32::acl::restrict_to_admins(&tmp)
+                .map_err(io_err("restrict to SYSTEM and Administrators", &tmp))?;
         }
         f.write_all(bytes).map_err(io_err("write", &tmp))?;
         f.sync_all().map_err(io_err("flush", &tmp))?;

@@ -13,11 +13,22 @@
 //! fails gives way to the file under `auto`). The lease keys are checked to parse
 //! before anything is stored, so a bad answer never leaves a half-enrolled agent.
 //!
+//! An answer can still be lost on the way (a proxy slower than the request
+//! timeout, the service stopped mid-request, a crash before it is stored), after
+//! the server has spent a use of the token. So each enrollment request carries a
+//! random id that is journaled before it is sent ([`PendingEnrollment`]) and
+//! reused by every retry with the same server, token and hostname: the server
+//! answers a repeat with the same device and credential and spends nothing more.
+//! The id is forgotten in the transaction that records the enrollment.
+//!
 //! Self-enrollment ([`self_enroll`]): a machine installed from an image (or by a
 //! fleet tool that only drops a file) enrolls at its agent's first start with the
 //! token in `FLEX_ENROLL_TOKEN` or in the file `enroll-token` next to the config
 //! (`/etc/flex-agent/enroll-token`), which is deleted once used. Each machine
-//! thus gets its own identity, created on the machine itself.
+//! thus gets its own identity, created on the machine itself. A workstation
+//! already enrolled ignores (and deletes) a token file, unless its config now
+//! names another server than the one it enrolled with: then the token is for
+//! that server, and it enrolls there.
 //!
 //! Every failure maps to a documented exit code ([`EnrollError::exit_code`],
 //! [`exit`]) so that deployment tools can branch on it, and says what to do next.
@@ -32,7 +43,7 @@ use crate::config::Config;
 use crate::credentials::{
     ensure_private_dir, CredentialError, CredentialStore, DeviceToken, StoreChoice,
 };
-use crate::journal::{Enrollment, Journal, JournalError};
+use crate::journal::{Enrollment, Journal, JournalError, PendingEnrollment};
 
 /// Exit codes of `flex-agent enroll` (and `install.sh`, which passes them on),
 /// listed in `install/README.md`. Deployment tools branch on them.
@@ -321,28 +332,42 @@ pub async fn enroll(config: &Config, opts: EnrollOptions) -> Result<EnrollOutcom
     .await?;
 
     let hostname = hostname();
-    let answer = client
+    let token = opts.token.trim().to_string();
+    let request = journal_request(config, &server, &token, &hostname).await?;
+    let sent = client
         .enroll(&EnrollRequest {
-            enrollment_token: opts.token.trim().to_string(),
+            enrollment_token: token,
             hostname: hostname.clone(),
             platform: Some(std::env::consts::OS.to_string()),
             agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            enrollment_request_id: Some(request.request_id.clone()),
         })
-        .await
-        .map_err(|e| match e {
-            ClientError::Unauthorized { message, .. } => EnrollError::Refused { message },
-            ClientError::Expired { message, .. } => EnrollError::Expired { message },
-            ClientError::Transport { url, reason } => EnrollError::Unreachable { url, reason },
-            ClientError::Timeout { url, timeout } => EnrollError::Unreachable {
-                url,
-                reason: format!("no answer within {timeout:?}"),
-            },
-            e @ ClientError::Tls { .. } => EnrollError::Tls(e),
-            source => EnrollError::Server {
-                url: server.clone(),
-                source,
-            },
-        })?;
+        .await;
+    // A refused token, or a request the server will not answer again: the
+    // next attempt starts a new request.
+    if let Err(
+        ClientError::Unauthorized { .. }
+        | ClientError::Expired { .. }
+        | ClientError::Conflict { .. },
+    ) = &sent
+    {
+        let state_dir = config.state_dir.clone();
+        blocking(move || Ok(Journal::open_in(&state_dir)?.clear_pending_enrollment()?)).await?;
+    }
+    let answer = sent.map_err(|e| match e {
+        ClientError::Unauthorized { message, .. } => EnrollError::Refused { message },
+        ClientError::Expired { message, .. } => EnrollError::Expired { message },
+        ClientError::Transport { url, reason } => EnrollError::Unreachable { url, reason },
+        ClientError::Timeout { url, timeout } => EnrollError::Unreachable {
+            url,
+            reason: format!("no answer within {timeout:?}"),
+        },
+        e @ ClientError::Tls { .. } => EnrollError::Tls(e),
+        source => EnrollError::Server {
+            url: server.clone(),
+            source,
+        },
+    })?;
 
     if answer.lease_keys.is_empty() {
         return Err(EnrollError::BadKeys {
@@ -395,6 +420,87 @@ pub async fn enroll(config: &Config, opts: EnrollOptions) -> Result<EnrollOutcom
         lease_key_ids: answer.lease_keys.into_iter().map(|k| k.kid).collect(),
         journal_path,
     })
+}
+
+/// The enrollment request this attempt sends, journaled before it goes: the
+/// pending one of an earlier attempt whose answer was lost, else a new one.
+async fn journal_request(
+    config: &Config,
+    server: &str,
+    token: &str,
+    hostname: &str,
+) -> Result<PendingEnrollment, EnrollError> {
+    let (state_dir, server, hostname) = (
+        config.state_dir.clone(),
+        server.to_string(),
+        hostname.to_string(),
+    );
+    let token_sha256 = sha256_hex(token);
+    blocking(move || {
+        let mut journal = Journal::open_in(&state_dir)?;
+        let pending = journal.pending_enrollment()?;
+        let (request, fresh) =
+            request_for(pending, &server, &token_sha256, &hostname, new_request_id);
+        if fresh {
+            journal.set_pending_enrollment(&request)?;
+        } else {
+            tracing::info!(
+                "asking {server} again with the enrollment request of an earlier attempt, \
+                 whose answer never arrived"
+            );
+        }
+        Ok(request)
+    })
+    .await
+}
+
+/// The enrollment request to send: the pending one when it went to the same
+/// server with the same token from the same host (a retry: the server answers
+/// it with the device it made), else a new one with id `new_id()`; and whether
+/// it is new (to be journaled before it is sent). A clone of an imaged machine
+/// has another hostname and so never reuses the image's pending request.
+pub fn request_for(
+    pending: Option<PendingEnrollment>,
+    server_url: &str,
+    token_sha256: &str,
+    hostname: &str,
+    new_id: impl FnOnce() -> String,
+) -> (PendingEnrollment, bool) {
+    match pending {
+        Some(p)
+            if p.server_url == server_url
+                && p.token_sha256 == token_sha256
+                && p.hostname == hostname =>
+        {
+            (p, false)
+        }
+        _ => (
+            PendingEnrollment {
+                request_id: new_id(),
+                server_url: server_url.to_string(),
+                token_sha256: token_sha256.to_string(),
+                hostname: hostname.to_string(),
+            },
+            true,
+        ),
+    }
+}
+
+/// A new enrollment request id: 256 random bits (a secret, see [`PendingEnrollment`]).
+fn new_request_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("fer_{hex}")
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The token file self-enrollment reads for the config at `config_path`.
@@ -471,17 +577,30 @@ pub async fn self_enroll(
     let cfg = config.clone();
     let current = blocking(move || current_enrollment(&cfg)).await?;
     if let Some(e) = current {
-        if token_file.exists() {
-            // A fleet tool may push the file to every machine; an unused secret
-            // is better gone.
+        let moved = !same_server(&e.server_url, &config.server_url);
+        if moved && token_file.exists() {
+            // IT moved the workstation to another server and gave a token
+            // from it: a device there, with that server's lease keys.
             tracing::info!(
                 device_id = %e.device_id,
-                "already enrolled: removing the unused enrollment token file {}",
+                "enrolled with {} but configured for {}: enrolling there with the token in {}",
+                e.server_url,
+                config.server_url,
                 token_file.display()
             );
-            remove_token_file(token_file);
+        } else {
+            if token_file.exists() {
+                // A fleet tool may push the file to every machine; an unused
+                // secret is better gone.
+                tracing::info!(
+                    device_id = %e.device_id,
+                    "already enrolled: removing the unused enrollment token file {}",
+                    token_file.display()
+                );
+                remove_token_file(token_file);
+            }
+            return Ok(None);
         }
-        return Ok(None);
     }
     let Some((token, source)) = find_token(token_file)? else {
         return Err(EnrollError::NotEnrolled {
@@ -508,6 +627,11 @@ pub async fn self_enroll(
         ),
     }
     Ok(Some(outcome))
+}
+
+/// Whether two server URLs name the same server (a trailing slash aside).
+fn same_server(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 /// Waits between self-enrollment attempts while the server cannot be reached.
@@ -652,6 +776,41 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, EnrollError::Server { .. }), "{err:?}");
         assert!(err.to_string().contains("database is locked"), "{err}");
+    }
+
+    #[test]
+    fn a_retry_reuses_the_pending_request_only_for_the_same_server_token_and_host() {
+        let ids = std::cell::Cell::new(0);
+        let next = || {
+            ids.set(ids.get() + 1);
+            format!("fer_{}", ids.get())
+        };
+        let (first, fresh) = request_for(None, "https://a", "t1", "ws-1", next);
+        assert!(fresh);
+        let (again, fresh) = request_for(Some(first.clone()), "https://a", "t1", "ws-1", next);
+        assert_eq!((again.request_id.as_str(), fresh), ("fer_1", false));
+        for (server, token, host) in [
+            ("https://b", "t1", "ws-1"),
+            ("https://a", "t2", "ws-1"),
+            ("https://a", "t1", "ws-clone"),
+        ] {
+            let (other, fresh) = request_for(Some(first.clone()), server, token, host, next);
+            assert!(
+                fresh && other.request_id != first.request_id,
+                "{server} {token} {host}"
+            );
+            assert_eq!(
+                (
+                    other.server_url.as_str(),
+                    other.token_sha256.as_str(),
+                    other.hostname.as_str()
+                ),
+                (server, token, host)
+            );
+        }
+        let id = new_request_id();
+        assert!(flex_protocol::api::valid_enrollment_request_id(&id), "{id}");
+        assert_ne!(id, new_request_id());
     }
 
     #[test]

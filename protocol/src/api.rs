@@ -489,6 +489,15 @@ pub struct TestClock {
 }
 
 /// `POST /v1/agent/enroll`.
+///
+/// `enrollment_request_id` makes enrollment idempotent: the agent journals a
+/// new random id (a secret, [`ENROLLMENT_REQUEST_ID_MIN`] to
+/// [`ENROLLMENT_REQUEST_ID_MAX`] characters of `[A-Za-z0-9_-]`) before it
+/// sends the request and sends the same id on every retry. The server answers
+/// a repeat of the id (same token, same hostname) with the same device and the
+/// same credential, without spending another use of the key, until the device
+/// first contacts it (its first heartbeat); after that a repeat is a 409
+/// `conflict`. Without the id (older agents) every request enrolls a new device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollRequest {
     pub enrollment_token: String,
@@ -498,6 +507,21 @@ pub struct EnrollRequest {
     pub platform: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_request_id: Option<String>,
+}
+
+/// Shortest enrollment request id: 128 bits of randomness as hex.
+pub const ENROLLMENT_REQUEST_ID_MIN: usize = 32;
+/// Longest enrollment request id.
+pub const ENROLLMENT_REQUEST_ID_MAX: usize = 128;
+
+/// Whether `id` has the form of an enrollment request id.
+pub fn valid_enrollment_request_id(id: &str) -> bool {
+    (ENROLLMENT_REQUEST_ID_MIN..=ENROLLMENT_REQUEST_ID_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A public key the server signs leases with.

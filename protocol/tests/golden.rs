@@ -176,6 +176,7 @@ fn enrollment() {
             hostname: "ws-17".into(),
             platform: None,
             agent_version: None,
+            enrollment_request_id: None,
         },
     );
     check(
@@ -185,6 +186,17 @@ fn enrollment() {
             hostname: "ws-17".into(),
             platform: Some("linux".into()),
             agent_version: Some("0.2.0".into()),
+            enrollment_request_id: None,
+        },
+    );
+    check(
+        "enroll_request_idempotent",
+        &EnrollRequest {
+            enrollment_token: "fet_abc".into(),
+            hostname: "ws-17".into(),
+            platform: Some("windows".into()),
+            agent_version: Some("0.2.0".into()),
+            enrollment_request_id: Some("fer_5f0c2a4e9b7d4c1e8a3f6b2d9e0c7a1b".into()),
         },
     );
     check(

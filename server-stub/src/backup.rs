@@ -257,6 +257,7 @@ const TABLES: &[(&str, bool)] = &[
     ("lease_keys", false),
     ("enrollment_keys", true),
     ("devices", true),
+    ("enrollment_requests", false),
     ("sessions", false),
     ("clock_rollbacks", false),
     ("notice_mail", false),

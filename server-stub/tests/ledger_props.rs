@@ -138,6 +138,7 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
             hostname: "ws".into(),
             platform: None,
             agent_version: None,
+            enrollment_request_id: None,
         })
         .unwrap()
         .device_id;

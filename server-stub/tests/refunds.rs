@@ -65,6 +65,7 @@ impl World {
                     hostname: host.into(),
                     platform: None,
                     agent_version: None,
+                    enrollment_request_id: None,
                 })
                 .unwrap()
                 .device_id

@@ -462,6 +462,7 @@ impl World {
                         hostname: format!("sim-{i}"),
                         platform: Some("linux".into()),
                         agent_version: None,
+                        enrollment_request_id: None,
                     })
                     .expect("enroll a workstation")
                     .device_id

@@ -161,6 +161,12 @@ impl Agent {
     /// An agent with its config written but not enrolled and not started (to
     /// enroll itself from a token file, or to be refused).
     pub fn configured(server: &Server, extra: &str) -> Agent {
+        Self::configured_for(&server.url, extra)
+    }
+
+    /// [`configured`](Self::configured) for the server at `server_url` (a
+    /// proxy in front of one, say).
+    pub fn configured_for(server_url: &str, extra: &str) -> Agent {
         let dir = tempfile::tempdir().expect("agent temp dir");
         let state_dir = dir.path().join("state");
         let socket = dir.path().join("agent.sock");
@@ -171,7 +177,7 @@ impl Agent {
                 "server_url = \"{}\"\nstate_dir = \"{}\"\nsocket_path = \"{}\"\n\
                  poll_interval = \"100ms\"\ncredential_store = \"file\"\n{extra}\n\
                  [users]\nemail_template = \"{{user}}@example.com\"\n",
-                server.url,
+                server_url,
                 state_dir.display(),
                 socket.display()
             ),

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod debroot;
 pub mod notifier;
+pub mod proxy;
 pub mod smtp;
 pub mod wine;
 
@@ -37,6 +38,17 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// An HTTP client for a test server. The server closes a connection that
+/// stays idle for its `header_read_timeout` (10 s); a client that sent a
+/// request on such a connection as it closed got "connection closed before
+/// message completed". Idle connections are dropped here first.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
+}
 
 /// Options for a test server.
 #[derive(Clone, Default)]
@@ -86,7 +98,7 @@ impl Server {
             data_dir,
             _tmp: Some(tmp),
             opts,
-            http: reqwest::Client::new(),
+            http: http_client(),
             port: 0,
         };
         s.spawn();
@@ -195,7 +207,7 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill9();
         // Pooled connections died with the old process.
-        self.http = reqwest::Client::new();
+        self.http = http_client();
         self.spawn();
     }
 

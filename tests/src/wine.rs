@@ -50,28 +50,32 @@ pub fn msi() -> PathBuf {
     })
 }
 
-/// An MSI of the same debug build with another `version`, made with wixl in
-/// `dir` (a major upgrade of [`msi`]'s when the version is higher).
+/// An MSI of the same debug build with `version` (a new product code, as
+/// every build has), made by `build-msi.sh` in `dir`: a major upgrade of
+/// [`msi`]'s when the version is higher, a rebuild when it is the same, a
+/// downgrade when lower.
 pub fn msi_version(version: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("flex-agent-{version}-x64.msi"));
     windows_bin("flex-agent.exe");
-    let made = Command::new("wixl")
-        .args(["-a", "x64", "-D"])
-        .arg(format!("Version={version}"))
-        .args(["-D", "BinDir=target/x86_64-pc-windows-gnu/debug", "-o"])
+    let made = Command::new("bash")
+        .arg("install/windows/build-msi.sh")
+        .args(["--debug", "--version", version, "--out"])
         .arg(&out)
-        .arg("install/windows/flex-agent.wxs")
-        // wixl resolves Source paths relative to the current directory.
         .current_dir(repo_root())
         .output()
-        .expect("run wixl (tests/run.sh installs it)");
+        .expect("run install/windows/build-msi.sh");
     assert!(
         made.status.success(),
-        "wixl failed: {}",
+        "build-msi.sh failed: {}",
         String::from_utf8_lossy(&made.stderr)
     );
     out
 }
+
+/// What Wine's `msiexec` exits with for Windows Installer's 1603 (a fatal
+/// error: a bad property, a refused downgrade): Linux keeps only the low byte
+/// of a process's exit code. On Windows it is 1603.
+pub const MSI_FAILED: i32 = 1603 & 0xff;
 
 pub struct Wine {
     _tmp: tempfile::TempDir,
@@ -124,8 +128,18 @@ impl Wine {
                 "/f",
             ],
         );
-        assert!(timeout.status.success(), "reg add ServicesPipeTimeout");
+        assert!(
+            timeout.status.success(),
+            "reg add ServicesPipeTimeout: {}: {}{}",
+            timeout.status,
+            String::from_utf8_lossy(&timeout.stdout),
+            String::from_utf8_lossy(&timeout.stderr)
+        );
+        // Test setup only: the MSI's custom action DLL runs from a temp file,
+        // so the ProcessPrng shim goes where every process finds it.
+        w.shim_into(r"C:\windows\system32");
         w.keep_alive();
+        w.bring_up_desktop();
         w
     }
 
@@ -155,6 +169,24 @@ impl Wine {
             "Wine did not start in {}",
             self.prefix.display()
         );
+    }
+
+    /// Brings up the desktop process (explorer.exe /desktop) with no output
+    /// of ours, as [`keep_alive`](Self::keep_alive) does Wine: Wine starts it
+    /// for the first program that wants a window, and were that the agent
+    /// started by msiexec, it would hold msiexec's output open for good. A
+    /// window that closes at once brings it up; before any agent is
+    /// installed, so no agent takes it for a product.
+    fn bring_up_desktop(&self) {
+        let desktop = self
+            .cmd(self.helpers.join("fake-product.exe"))
+            .arg("0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start the desktop");
+        assert!(desktop.success(), "no desktop in {}", self.prefix.display());
     }
 
     /// Ends every process of the prefix and starts Wine again, as a reboot
@@ -194,12 +226,37 @@ impl Wine {
         c
     }
 
-    /// Runs `wine PROGRAM ARGS...` to its end.
+    /// Runs `wine PROGRAM ARGS...` to its end: its exit and what it printed.
+    ///
+    /// The output goes to files, not pipes: a Wine process that this one
+    /// starts and that outlives it (the desktop process after a
+    /// [`reboot`](Self::reboot), the service manager) keeps its Unix stderr,
+    /// and reading a pipe to its end would then wait for good.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        self.cmd(program)
+        use std::io::{Read, Seek};
+        let fail = |e: std::io::Error| -> ! { panic!("run wine {program}: {e}") };
+        let mut out = tempfile::tempfile().unwrap_or_else(|e| fail(e));
+        let mut err = tempfile::tempfile().unwrap_or_else(|e| fail(e));
+        let status = self
+            .cmd(program)
             .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run wine {program}: {e}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap_or_else(|e| fail(e)))
+            .stderr(err.try_clone().unwrap_or_else(|e| fail(e)))
+            .status()
+            .unwrap_or_else(|e| fail(e));
+        let read = |f: &mut std::fs::File| {
+            let mut bytes = Vec::new();
+            f.rewind()
+                .and_then(|()| f.read_to_end(&mut bytes))
+                .unwrap_or_else(|e| fail(e));
+            bytes
+        };
+        Output {
+            status,
+            stdout: read(&mut out),
+            stderr: read(&mut err),
+        }
     }
 
     /// The Linux path of Windows path `C:\...` in this prefix.
@@ -235,6 +292,34 @@ impl Wine {
             &self.helpers.join("bcryptprimitives.dll"),
             &format!("{dir}\\bcryptprimitives.dll"),
         );
+    }
+}
+
+impl Wine {
+    /// The Windows Installer products named `name` in "Add/Remove Programs"
+    /// (the Uninstall key), by product code.
+    pub fn installed_products(&self, name: &str) -> Vec<String> {
+        let out = self.run(
+            "reg",
+            &[
+                "query",
+                r"HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall",
+                "/s",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut products = Vec::new();
+        let mut key = "";
+        for line in text.lines() {
+            if line.starts_with("HKEY_") {
+                key = line.rsplit('\\').next().unwrap_or_default();
+            } else if line.trim_start().starts_with("DisplayName")
+                && line.trim_end().ends_with(name)
+            {
+                products.push(key.to_string());
+            }
+        }
+        products
     }
 }
 

@@ -57,6 +57,7 @@ async fn enrolled() -> (Server, Client, flex_protocol::api::EnrollResponse) {
             hostname: "ws-client-test".into(),
             platform: None,
             agent_version: None,
+            enrollment_request_id: None,
         })
         .await
         .expect("enrollment succeeds");

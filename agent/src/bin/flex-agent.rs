@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use flex_agent::cli::{Cli, Cmd, EnrollArgs};
+use flex_agent::cli::{Cli, Cmd, ConfigureArgs, EnrollArgs};
 use flex_agent::config::Config;
 use flex_agent::daemon::DaemonError;
 use flex_agent::enroll::{self, exit, EnrollOptions};
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Some(Cmd::Enroll(args)) => enroll_command(args).await,
+            Some(Cmd::Configure(args)) => configure_command(args).await,
             None => daemon(&cli.config).await,
         }
     });
@@ -110,6 +111,42 @@ async fn enroll_command(args: EnrollArgs) -> i32 {
             exit::OK
         }
         Err(e) => fail(e.exit_code(), &e),
+    }
+}
+
+/// `flex-agent configure`: the install's values applied ([`flex_agent::provision`]).
+async fn configure_command(args: ConfigureArgs) -> i32 {
+    use flex_agent::provision::{self, InstallValues, ProvisionError};
+    let values = InstallValues {
+        server_url: args.server_url,
+        enroll_token_file: args.token_file.map(std::path::PathBuf::from),
+        email_template: args.email_template,
+    };
+    let config = args.config;
+    let applied = tokio::task::spawn_blocking(move || {
+        provision::apply(&config, &values, &flex_agent::paths::current(), |c| {
+            // Unknown (a credential store that does not answer now) counts as
+            // enrolled: the service says what is wrong when it starts.
+            enroll::current_enrollment(c).map_or_else(
+                |e| {
+                    tracing::warn!("cannot tell whether this workstation is enrolled: {e}");
+                    true
+                },
+                |e| e.is_some(),
+            )
+        })
+    })
+    .await;
+    match applied {
+        Ok(Ok(applied)) => {
+            println!("{applied}");
+            exit::OK
+        }
+        Ok(Err(e @ (ProvisionError::Io { .. } | ProvisionError::Keep(_)))) => {
+            fail(exit::LOCAL_ERROR, &e)
+        }
+        Ok(Err(e)) => fail(exit::CONFIG, &e),
+        Err(e) => fail(exit::LOCAL_ERROR, &e),
     }
 }
 

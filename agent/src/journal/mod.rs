@@ -4,7 +4,9 @@
 //! claims before they are sent, the windows held with their signed leases,
 //! session records until the server stored them, the offline clock and clock
 //! rollbacks not yet reported, plus enrollment facts (device id, server URL,
-//! pinned lease keys; never the device token, which the credential store keeps).
+//! pinned lease keys; never the device token, which the credential store keeps)
+//! and, while an enrollment request is unanswered, its id
+//! ([`PendingEnrollment`]).
 //!
 //! Durability: WAL, and every batch of actions from one `Core::handle` call is
 //! applied in one transaction. A batch that holds money ([`Persist::is_money`]:
@@ -93,6 +95,30 @@ pub struct Enrollment {
     pub device_id: String,
     pub server_url: String,
     pub lease_keys: Vec<LeaseKey>,
+}
+
+/// An enrollment request written down before it is sent, so that a retry
+/// (after a timeout, a stop, a crash) asks the server again with the same id
+/// and gets the same device. The id is a secret: with the server's help it
+/// yields the device credential until the device first contacts the server.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEnrollment {
+    pub request_id: String,
+    pub server_url: String,
+    /// SHA-256 (hex) of the enrollment token it was sent with.
+    pub token_sha256: String,
+    pub hostname: String,
+}
+
+impl std::fmt::Debug for PendingEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingEnrollment")
+            .field("request_id", &"<secret>")
+            .field("server_url", &self.server_url)
+            .field("token_sha256", &self.token_sha256)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
 }
 
 pub struct Journal {
@@ -237,16 +263,49 @@ impl Journal {
         }
     }
 
-    /// Records enrollment; called once by `flex-agent enroll`.
+    /// Records enrollment, and in the same transaction forgets the enrollment
+    /// request it answered.
     pub fn set_enrollment(&mut self, e: &Enrollment) -> Result<(), JournalError> {
         let json = serde_json::to_string(e).expect("enrollment serializes");
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(self_err(&path, "record enrollment in"))?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('enrollment', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [json],
+        )
+        .and_then(|_| tx.execute("DELETE FROM meta WHERE key = 'enrollment_request'", []))
+        .and_then(|_| tx.commit())
+        .map_err(self_err(&path, "record enrollment in"))?;
+        Ok(())
+    }
+
+    /// The enrollment request sent and not yet answered, if any.
+    pub fn pending_enrollment(&self) -> Result<Option<PendingEnrollment>, JournalError> {
+        self.meta_json("enrollment_request")
+    }
+
+    /// Writes down the enrollment request about to be sent (durably, before it goes).
+    pub fn set_pending_enrollment(&mut self, p: &PendingEnrollment) -> Result<(), JournalError> {
+        let json = serde_json::to_string(p).expect("enrollment request serializes");
         self.conn
             .execute(
-                "INSERT INTO meta (key, value) VALUES ('enrollment', ?1)
+                "INSERT INTO meta (key, value) VALUES ('enrollment_request', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [json],
             )
-            .map_err(self.sqlite("record enrollment in"))?;
+            .map_err(self.sqlite("record the enrollment request in"))?;
+        Ok(())
+    }
+
+    /// Forgets the pending enrollment request (refused, or no longer answerable).
+    pub fn clear_pending_enrollment(&mut self) -> Result<(), JournalError> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = 'enrollment_request'", [])
+            .map_err(self.sqlite("forget the enrollment request in"))?;
         Ok(())
     }
 

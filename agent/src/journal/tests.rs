@@ -9,7 +9,7 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::SignedLease;
 
-use super::{Enrollment, Journal, JournalError};
+use super::{Enrollment, Journal, JournalError, PendingEnrollment};
 use crate::core::{default_policy, Action, ClockState, HeldWindow, Origin, Persist, SessionRow};
 
 fn t(h: u32) -> DateTime<Utc> {
@@ -298,6 +298,37 @@ fn enrollment_round_trips() {
     };
     j.set_enrollment(&e).unwrap();
     assert_eq!(j.enrollment().unwrap(), Some(e));
+}
+
+#[test]
+fn a_pending_enrollment_request_lasts_until_the_enrollment_is_recorded() {
+    let (dir, mut j) = open();
+    assert_eq!(j.pending_enrollment().unwrap(), None);
+    let p = PendingEnrollment {
+        request_id: "fer_secret_0123456789abcdef0123456789".into(),
+        server_url: "https://flex.example.com".into(),
+        token_sha256: "ab12".into(),
+        hostname: "ws-17".into(),
+    };
+    j.set_pending_enrollment(&p).unwrap();
+    assert!(
+        !format!("{p:?}").contains("fer_secret"),
+        "Debug hides the id"
+    );
+    drop(j);
+    // Durable: a stopped or killed agent finds it at its next start.
+    let mut j = Journal::open_in(&dir.path().join("state")).unwrap();
+    assert_eq!(j.pending_enrollment().unwrap(), Some(p.clone()));
+    j.set_enrollment(&Enrollment {
+        device_id: "dev-1".into(),
+        server_url: p.server_url.clone(),
+        lease_keys: Vec::new(),
+    })
+    .unwrap();
+    assert_eq!(j.pending_enrollment().unwrap(), None);
+    j.set_pending_enrollment(&p).unwrap();
+    j.clear_pending_enrollment().unwrap();
+    assert_eq!(j.pending_enrollment().unwrap(), None);
 }
 
 #[test]

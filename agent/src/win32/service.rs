@@ -1,24 +1,24 @@
 //! `flex-agent.exe --service`: the agent under the Service Control Manager.
 //!
 //! The MSI registers the service `flex-agent` (automatic, LocalSystem) with
-//! `--service --config C:\ProgramData\Flex\agent.toml`. On start the service
-//! writes its config from the installer's values when there is none
-//! ([`crate::provision`]), sets its own recovery (restart after a failure) and
+//! `--service --config C:\ProgramData\Flex\agent.toml`, writes that config and
+//! places the enrollment token beside it (`flex-agent.exe configure`, see
+//! [`crate::provision`]), then (re)starts the service (`--start-service`). On
+//! start the service sets its own recovery (restart after a failure) and
 //! reports Running; then, as on Linux, it enrolls itself if needed
 //! ([`crate::enroll::enroll_at_start`], retried while the server cannot be
 //! reached, a stop honoured meanwhile) with the token in `enroll-token` next to
-//! the config, where it first copies the installer's `ENROLL_TOKEN_FILE` (a
-//! share many machines read, which is left alone). Then it runs the daemon
-//! until the SCM says stop or shutdown; stopping journals the sessions like
-//! SIGTERM does on Linux. A config or enrollment problem stops it with the
-//! service-specific exit code 78, as on Linux; the recovery actions start it
-//! again a minute later, so a token put in place later is picked up. It logs
-//! to daily files in `C:\ProgramData\Flex\logs` (14 kept).
+//! the config. Then it runs the daemon until the SCM says stop or shutdown;
+//! stopping journals the sessions like SIGTERM does on Linux. A config or
+//! enrollment problem stops it with the service-specific exit code 78, as on
+//! Linux, the reason logged before the stop is reported; the recovery actions
+//! start it again a minute later, so a token put in place later is picked up.
+//! It logs to daily files in `C:\ProgramData\Flex\logs` (14 kept).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use windows_service::service::{
@@ -29,26 +29,18 @@ use windows_service::service::{
 use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use windows_service::{define_windows_service, service_dispatcher};
-use windows_sys::Win32::System::Registry::{RegGetValueW, HKEY_LOCAL_MACHINE, RRF_RT_REG_SZ};
 
-use super::{from_wide, wide};
 use crate::config::Config;
 use crate::enroll::{self, exit};
-use crate::provision::{self, InstallValues};
 
 /// The service's name, as `sc query flex-agent` knows it.
 pub const SERVICE_NAME: &str = "flex-agent";
-
-/// Where the MSI keeps the values it was installed with (HKLM).
-pub const INSTALL_KEY: &str = r"SOFTWARE\Flex\Agent";
 
 /// Log files kept (one per day).
 const LOG_FILES: usize = 14;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error(transparent)]
-    Provision(#[from] provision::ProvisionError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -67,8 +59,7 @@ impl ServiceError {
     pub fn exit_code(&self) -> u32 {
         use crate::daemon::DaemonError;
         match self {
-            ServiceError::Provision(_)
-            | ServiceError::Config(_)
+            ServiceError::Config(_)
             | ServiceError::Enroll(_)
             | ServiceError::Daemon(DaemonError::NotEnrolled { .. } | DaemonError::BadKeys { .. }) => {
                 exit::CONFIG as u32
@@ -93,7 +84,7 @@ pub fn from_command_line(cli: &crate::cli::Cli) -> Option<i32> {
     if cli.start_service {
         return Some(match start() {
             Ok(()) => {
-                println!("asked the service control manager to start {SERVICE_NAME}");
+                println!("asked the service control manager to (re)start {SERVICE_NAME}");
                 0
             }
             Err(e) => {
@@ -130,10 +121,27 @@ pub fn run(config: PathBuf) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Asks the SCM to start the installed service (not waiting for it to run).
+/// How long `--start-service` waits for a running service to stop.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// Asks the SCM to start the installed service, not waiting for it to run; a
+/// service that runs is stopped first (the SCM refuses a start until the stop
+/// completes), so that what the install just configured applies.
 pub fn start() -> Result<(), ServiceError> {
     let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)?;
-    let service = manager.open_service(SERVICE_NAME, ServiceAccess::START)?;
+    let service = manager.open_service(
+        SERVICE_NAME,
+        ServiceAccess::START | ServiceAccess::STOP | ServiceAccess::QUERY_STATUS,
+    )?;
+    if service.query_status()?.current_state != ServiceState::Stopped {
+        let _ = service.stop();
+        let deadline = Instant::now() + STOP_WAIT;
+        while service.query_status()?.current_state != ServiceState::Stopped
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
     service.start::<&str>(&[])?;
     Ok(())
 }
@@ -169,7 +177,10 @@ fn service_main(_args: Vec<OsString>) {
         .cloned()
         .unwrap_or_else(|| crate::paths::current().config);
     if let Err(e) = serve(&config) {
-        tracing::error!("flex-agent service stopped: {e}");
+        tracing::error!(
+            "cannot tell the service control manager about flex-agent: {}",
+            scm_reason(&e)
+        );
     }
 }
 
@@ -193,7 +204,9 @@ fn status(state: ServiceState, exit: u32, wait: Duration) -> ServiceStatus {
     }
 }
 
-fn serve(config_path: &Path) -> Result<(), ServiceError> {
+/// Runs the service; `Err` only when the SCM could not be told its state (the
+/// service's own failures are logged and reported as its exit code).
+fn serve(config_path: &Path) -> Result<(), windows_service::Error> {
     let stop = Arc::new(Notify::new());
     let on_control = {
         let stop = stop.clone();
@@ -220,8 +233,7 @@ fn serve(config_path: &Path) -> Result<(), ServiceError> {
             .build()
             .map_err(ServiceError::Runtime)?;
         runtime.block_on(async {
-            let values = install_values();
-            let config = prepare(config_path, &values)?;
+            let config = Config::load(config_path)?;
             configure_recovery();
             // Running from here, as systemd's READY with a status line: a stop
             // is honoured while the agent waits for the server to enroll.
@@ -229,7 +241,6 @@ fn serve(config_path: &Path) -> Result<(), ServiceError> {
             let stopped = stop.notified();
             tokio::pin!(stopped);
             let token_file = enroll::token_file_for(config_path);
-            stage_enroll_token(&config, &values, &token_file).await;
             tokio::select! {
                 _ = &mut stopped => return Ok(()),
                 enrolled = enroll::enroll_at_start(&config, &token_file, |_| {}) => enrolled?,
@@ -252,108 +263,26 @@ fn serve(config_path: &Path) -> Result<(), ServiceError> {
             Ok::<_, ServiceError>(())
         })
     })();
-    // A non-zero exit is a failure the SCM's recovery restarts.
-    let code = result.as_ref().map_or_else(ServiceError::exit_code, |()| 0);
-    handle.set_service_status(status(ServiceState::Stopped, code, Duration::ZERO))?;
-    result
-}
-
-/// The config, written from the installer's values on the first start.
-fn prepare(config_path: &Path, values: &InstallValues) -> Result<Config, ServiceError> {
-    if provision::write_config_if_missing(config_path, values, &crate::paths::current())? {
-        tracing::info!(config = %config_path.display(), "wrote the config from the installer's values");
-    }
-    Ok(Config::load(config_path)?)
-}
-
-/// Copies the installer's enrollment token file to `token_file` (where
-/// self-enrollment reads it, and deletes it once used) when the workstation
-/// is not enrolled and nothing is there yet. The copy is readable by SYSTEM
-/// and Administrators only. Failures are logged: self-enrollment then says
-/// what is missing.
-async fn stage_enroll_token(config: &Config, values: &InstallValues, token_file: &Path) {
-    let Some(source) = values.enroll_token_file.clone() else {
-        return;
-    };
-    if token_file.exists() {
-        return;
-    }
-    let (config, target) = (config.clone(), token_file.to_path_buf());
-    let staged = tokio::task::spawn_blocking(move || {
-        if enroll::current_enrollment(&config)?.is_some() {
-            return Ok(false);
-        }
-        let token = enroll::read_token_file(&source)?;
-        write_admin_only(&target, token.as_bytes()).map_err(|e| {
-            enroll::EnrollError::TokenFile {
-                path: target.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok::<_, enroll::EnrollError>(true)
+    finish(&result, |code| {
+        handle.set_service_status(status(ServiceState::Stopped, code, Duration::ZERO))
     })
-    .await;
-    match staged {
-        Ok(Ok(true)) => tracing::info!(
-            "copied the installer's enrollment token to {}",
-            token_file.display()
-        ),
-        Ok(Ok(false)) => {}
-        Ok(Err(e)) => tracing::warn!("cannot use the installer's enrollment token: {e}"),
-        Err(e) => tracing::warn!("cannot use the installer's enrollment token: {e}"),
-    }
 }
 
-/// Writes a new file readable by SYSTEM and Administrators only: created
-/// empty, restricted, then filled and moved into place.
-fn write_admin_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        super::acl::restrict_to_admins(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// The MSI's properties, as it stored them under HKLM\[`INSTALL_KEY`].
-pub fn install_values() -> InstallValues {
-    InstallValues {
-        server_url: registry_string(INSTALL_KEY, "ServerUrl"),
-        enroll_token_file: registry_string(INSTALL_KEY, "EnrollTokenFile").map(PathBuf::from),
-        email_template: registry_string(INSTALL_KEY, "EmailTemplate"),
-    }
-}
-
-/// A REG_SZ value under HKLM; `None` when missing or empty.
-pub fn registry_string(key: &str, value: &str) -> Option<String> {
-    let (k, v) = (wide(key), wide(value));
-    let mut buf = vec![0u16; 2048];
-    let mut size = (buf.len() * 2) as u32;
-    // SAFETY: NUL-terminated names and a buffer with its size in bytes.
-    let rc = unsafe {
-        RegGetValueW(
-            HKEY_LOCAL_MACHINE,
-            k.as_ptr(),
-            v.as_ptr(),
-            RRF_RT_REG_SZ,
-            std::ptr::null_mut(),
-            buf.as_mut_ptr().cast(),
-            &mut size,
-        )
+/// The end of the service: the reason logged, then `report` (SERVICE_STOPPED
+/// with the exit code; a non-zero one is a failure the SCM's recovery
+/// restarts) called. In that order: once the SCM has SERVICE_STOPPED it may
+/// end the process at any moment, and a reason logged after it was lost about
+/// once in thirty failed starts (the log writer is synchronous, so logged is
+/// written).
+fn finish<R>(result: &Result<(), ServiceError>, report: impl FnOnce(u32) -> R) -> R {
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("flex-agent service stopped: {e}");
+            e.exit_code()
+        }
     };
-    if rc != 0 {
-        return None;
-    }
-    let s = from_wide(&buf[..(size as usize / 2).min(buf.len())]);
-    (!s.trim().is_empty()).then(|| s.trim().to_string())
+    report(code)
 }
 
 /// Restart after a failure, like systemd's Restart=on-failure: after 5 s,
@@ -380,5 +309,57 @@ fn configure_recovery() {
             "cannot set the service's recovery actions: {}",
             scm_reason(&e)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Log lines written so far, shared with the test.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Issue 18, item 6: the reason is in the log before SERVICE_STOPPED is
+    /// reported (after it the process may be gone), and the exit code is 78.
+    #[test]
+    fn the_reason_is_logged_before_the_stop_is_reported() {
+        let lines = Lines::default();
+        let writer = {
+            let lines = lines.clone();
+            move || lines.clone()
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(writer)
+            .finish();
+        let failed: Result<(), ServiceError> = Err(ServiceError::Config(
+            crate::config::Config::parse("server_url = \"flex.corp:8443\"").unwrap_err(),
+        ));
+        let logged_at_report = tracing::subscriber::with_default(subscriber, || {
+            finish(&failed, |code| {
+                (
+                    code,
+                    String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned(),
+                )
+            })
+        });
+        let (code, log) = logged_at_report;
+        assert_eq!(code, 78);
+        assert!(
+            log.contains("ERROR") && log.contains("flex.corp:8443"),
+            "not in the log when STOPPED was reported: {log:?}"
+        );
+        assert_eq!(finish(&Ok(()), |code| code), 0);
     }
 }

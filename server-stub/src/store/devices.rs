@@ -6,10 +6,15 @@
 //! history stay in the reports) but its token is refused from then on.
 
 use chrono::{DateTime, Utc};
-use flex_protocol::api::{DeviceInfo, EnrollRequest, EnrollResponse};
+use flex_protocol::api::{
+    valid_enrollment_request_id, DeviceInfo, EnrollRequest, EnrollResponse,
+    ENROLLMENT_REQUEST_ID_MAX, ENROLLMENT_REQUEST_ID_MIN,
+};
 
 use super::db::{params, Row};
-use super::enrollment::{find_key, take_use, KeyRefusal};
+use super::enrollment::{
+    device_token_for, find_key, find_request, record_request, take_use, KeyRefusal, PriorRequest,
+};
 use super::{new_secret, parse_ts, sha256_hex, ts, Result, Store, StoreError};
 
 /// Longest platform or agent version string kept from an agent.
@@ -24,6 +29,15 @@ pub enum DeviceAuth {
     Revoked { id: String, at: DateTime<Utc> },
     /// No device has this token.
     Unknown,
+}
+
+/// The credential an enrollment hands out.
+struct Issued {
+    device_id: String,
+    device_token: String,
+    key_id: String,
+    /// A repeat of an earlier request, answered as it was.
+    repeated: bool,
 }
 
 /// A short printable label from the agent, or nothing.
@@ -59,7 +73,9 @@ fn device_row(r: &Row<'_>) -> Result<DeviceInfo> {
 }
 
 impl Store {
-    /// Exchanges an enrollment key for a device credential, taking one of its uses.
+    /// Exchanges an enrollment key for a device credential, taking one of its
+    /// uses; a repeat of the request's `enrollment_request_id` gets the
+    /// original answer without taking another ([`PriorRequest::repeat`]).
     pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
         let hostname = req.hostname.trim();
         if hostname.is_empty() || hostname.len() > 255 || hostname.chars().any(char::is_control) {
@@ -71,20 +87,50 @@ impl Store {
                 ),
             ));
         }
+        let request_id = match req.enrollment_request_id.as_deref() {
+            Some(id) if !valid_enrollment_request_id(id) => {
+                return Err(StoreError::invalid(
+                    "enrollment_request_id",
+                    format!(
+                        "enrollment_request_id '{}' must be {ENROLLMENT_REQUEST_ID_MIN} to \
+                         {ENROLLMENT_REQUEST_ID_MAX} characters of A-Z, a-z, 0-9, _ and -",
+                        id.chars().take(16).collect::<String>()
+                    ),
+                ))
+            }
+            id => id,
+        };
+        let request_hash = request_id.map(|id| sha256_hex(id.as_bytes()));
         let now = self.now();
-        let device_id = self.new_id();
-        let device_token = new_secret("fdt_");
-        let key_id = self.write(|tx| {
-            let key = find_key(tx, &req.enrollment_token)?
+        let salt = new_secret("");
+        let fresh_device_id = self.new_id();
+        let answer = self.write(|tx| {
+            let key = find_key(tx, &req.enrollment_token)?;
+            if let (Some(id), Some(hash)) = (request_id, &request_hash) {
+                if let Some(prior) = find_request(tx, hash)? {
+                    let salt = prior.repeat(key.as_ref().map(|k| k.id.as_str()), hostname)?;
+                    return Ok(Issued {
+                        device_token: device_token_for(id, salt),
+                        device_id: prior.device_id,
+                        key_id: prior.key_id,
+                        repeated: true,
+                    });
+                }
+            }
+            let key = key
                 .ok_or(KeyRefusal::Unknown)
                 .and_then(|k| k.check(now).map(|()| k))
                 .map_err(KeyRefusal::into_error)?;
             take_use(tx, &key.id)?;
+            let device_token = match request_id {
+                Some(id) => device_token_for(id, &salt),
+                None => new_secret("fdt_"),
+            };
             tx.execute(
                 "INSERT INTO devices (id, hostname, token_hash, enrolled_at, platform, agent_version, enrollment_key)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    device_id,
+                    fresh_device_id,
                     hostname,
                     sha256_hex(device_token.as_bytes()),
                     ts(now),
@@ -93,9 +139,34 @@ impl Store {
                     key.id
                 ],
             )?;
-            Ok(key.id)
+            if let Some(hash) = &request_hash {
+                let request = PriorRequest {
+                    device_id: fresh_device_id.clone(),
+                    key_id: key.id.clone(),
+                    hostname: hostname.to_string(),
+                    token_salt: Some(salt.clone()),
+                    device_revoked: false,
+                };
+                record_request(tx, hash, &request, now)?;
+            }
+            Ok(Issued {
+                device_id: fresh_device_id.clone(),
+                device_token,
+                key_id: key.id,
+                repeated: false,
+            })
         })?;
-        tracing::info!(%device_id, hostname, key = %key_id, "device enrolled");
+        let Issued {
+            device_id,
+            device_token,
+            key_id,
+            repeated,
+        } = answer;
+        if repeated {
+            tracing::info!(%device_id, hostname, key = %key_id, "enrollment request repeated: the original answer sent again");
+        } else {
+            tracing::info!(%device_id, hostname, key = %key_id, "device enrolled");
+        }
         Ok(EnrollResponse {
             device_id,
             device_token,
@@ -214,6 +285,7 @@ mod tests {
             hostname: host.into(),
             platform: Some("linux".into()),
             agent_version: Some("9.9.9".into()),
+            enrollment_request_id: None,
         })
     }
 
@@ -359,6 +431,126 @@ mod tests {
         assert!(enroll(&s, "fet_used", "ws-1").is_err());
         enroll(&s, "fet_fresh", "ws-1").unwrap();
         assert!(enroll(&s, "fet_fresh", "ws-2").is_err());
+    }
+
+    fn enroll_with_request(s: &Store, token: &str, host: &str, id: &str) -> Result<EnrollResponse> {
+        s.enroll(&EnrollRequest {
+            enrollment_token: token.into(),
+            hostname: host.into(),
+            platform: Some("windows".into()),
+            agent_version: Some("9.9.9".into()),
+            enrollment_request_id: Some(id.into()),
+        })
+    }
+
+    const REQUEST: &str = "fer_0123456789abcdef0123456789abcdef";
+
+    /// Issue 18, item 1: the answer was lost (a proxy slower than the agent's
+    /// timeout, a service stopped mid-request) and the agent asks again with
+    /// the same request id: the same device and credential, no second use.
+    #[test]
+    fn a_lost_enroll_answer_is_recovered_by_its_request_id() {
+        for backend in backends() {
+            a_lost_enroll_answer_is_recovered_by_its_request_id_on(&backend);
+        }
+    }
+
+    fn a_lost_enroll_answer_is_recovered_by_its_request_id_on(backend: &TestBackend) {
+        let (s, _) = store(backend);
+        let token = key(&s, 2, "1d");
+        let first = enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap();
+        let again = enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(s.devices().unwrap().len(), 1);
+        assert_eq!(s.enrollment_tokens().unwrap()[0].uses_left, 1);
+        assert_eq!(
+            s.authenticate_device(&first.device_token).unwrap(),
+            DeviceAuth::Active(first.device_id.clone())
+        );
+        // Only the id's hash is kept, and the credential is not derivable
+        // from the database alone.
+        let stored: String = s
+            .read(|c| {
+                c.query_one(
+                    "SELECT request_hash || hostname || token_salt FROM enrollment_requests",
+                    params![],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert!(!stored.contains(REQUEST) && !stored.contains(&first.device_token));
+        // Another id is another enrollment: a new device, the key's last use.
+        let other = enroll_with_request(&s, &token, "ws-1", &format!("{REQUEST}-2")).unwrap();
+        assert_ne!(other.device_id, first.device_id);
+        assert_eq!(s.enrollment_tokens().unwrap()[0].uses_left, 0);
+        // The used-up key still answers the original request.
+        assert_eq!(
+            enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap(),
+            first
+        );
+    }
+
+    #[test]
+    fn a_request_id_answers_only_its_own_token_and_host_and_only_until_first_contact() {
+        for backend in backends() {
+            a_request_id_answers_only_its_own_token_and_host_and_only_until_first_contact_on(
+                &backend,
+            );
+        }
+    }
+
+    fn a_request_id_answers_only_its_own_token_and_host_and_only_until_first_contact_on(
+        backend: &TestBackend,
+    ) {
+        let (s, _) = store(backend);
+        let (token, other_key) = (key(&s, 5, "1d"), key(&s, 5, "1d"));
+        let first = enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap();
+        for (t, host) in [
+            (&other_key, "ws-1"),
+            (&token, "ws-2"),
+            (&"fet_guess".to_string(), "ws-1"),
+        ] {
+            let err = enroll_with_request(&s, t, host, REQUEST).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Conflict(_)),
+                "{t} {host}: {err:?}"
+            );
+        }
+        // The device's first heartbeat: its credential is never handed out again.
+        s.heartbeat(
+            &first.device_id,
+            &flex_protocol::api::HeartbeatRequest {
+                sessions: Vec::new(),
+                clock_rollbacks: Vec::new(),
+                notices_after: None,
+                agent_version: None,
+            },
+        )
+        .unwrap();
+        let err = enroll_with_request(&s, &token, "ws-1", REQUEST).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m.contains("contacted the server since")),
+            "{err:?}"
+        );
+        assert_eq!(s.devices().unwrap().len(), 1);
+        // A revoked device's request is refused as the device is.
+        let second = enroll_with_request(&s, &token, "ws-3", &format!("{REQUEST}-3")).unwrap();
+        s.revoke_device(&second.device_id).unwrap();
+        let err = enroll_with_request(&s, &token, "ws-3", &format!("{REQUEST}-3")).unwrap_err();
+        assert!(matches!(err, StoreError::Unauthorized(_)), "{err:?}");
+        // Malformed ids are named and use nothing.
+        for bad in [
+            "short",
+            &"x".repeat(129),
+            "fer_0123456789abcdef0123456789abcdef!",
+        ] {
+            let err = enroll_with_request(&s, &token, "ws-9", bad).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Invalid(i) if i.field == "enrollment_request_id"),
+                "{bad}: {err:?}"
+            );
+        }
+        assert_eq!(s.enrollment_tokens().unwrap()[1].uses_left, 3);
     }
 
     #[test]

@@ -6,11 +6,23 @@
 //! ([`Store::enroll`](super::Store::enroll)) takes one use in the same transaction
 //! that creates the device, so a thousand agents starting at once can never get
 //! more than `uses` devices out of it.
+//!
+//! Redeeming is idempotent by the agent's `enrollment_request_id`
+//! ([`PriorRequest`]): an answer lost to a timeout or a stopped service is
+//! asked for again with the same id and comes back the same, so a key's use is
+//! never spent on a device nobody holds the credential of. "The same
+//! credential" is handed out only to whoever holds the id, and only until the
+//! device first contacts the server: the device token of such an enrollment is
+//! derived from the id and a salt kept here ([`device_token_for`]), the id itself
+//! is stored only as a hash, and the salt is dropped at the device's first
+//! heartbeat ([`acknowledge`]), after which nobody can obtain that credential
+//! again.
 
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{
     EnrollmentToken, EnrollmentTokenInfo, EnrollmentTokenState, NewEnrollmentToken,
 };
+use hmac::{Hmac, Mac};
 
 use super::db::{params, Conn, Row};
 use super::{new_secret, parse_ts, sha256_hex, ts, Result, Store, StoreError};
@@ -107,6 +119,110 @@ pub(crate) fn take_use(tx: &Conn<'_>, id: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// An enrollment request id seen before, as a repeat of it finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PriorRequest {
+    pub device_id: String,
+    pub key_id: String,
+    pub hostname: String,
+    /// `None` once the device has contacted the server ([`acknowledge`]).
+    pub token_salt: Option<String>,
+    pub device_revoked: bool,
+}
+
+impl PriorRequest {
+    /// Whether a repeat that presents key `key_id` (the key its token names, if
+    /// any) from `hostname` gets the original answer: the salt to derive the
+    /// device token with.
+    pub(crate) fn repeat(&self, key_id: Option<&str>, hostname: &str) -> Result<&str> {
+        if key_id != Some(self.key_id.as_str()) || hostname != self.hostname {
+            return Err(StoreError::Conflict(
+                "this enrollment request id was sent before with another enrollment token or \
+                 hostname: the agent must start a new enrollment request"
+                    .into(),
+            ));
+        }
+        if self.device_revoked {
+            return Err(StoreError::Unauthorized(format!(
+                "device {} that this enrollment request created was revoked by an admin: \
+                 ask your license admin for a new enrollment token",
+                self.device_id
+            )));
+        }
+        self.token_salt.as_deref().ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "this enrollment request was answered already and device {} has contacted \
+                 the server since: its credential is not handed out again (enroll again with \
+                 a new enrollment request)",
+                self.device_id
+            ))
+        })
+    }
+}
+
+/// The earlier enrollment with the request id whose SHA-256 is `request_hash`.
+pub(crate) fn find_request(tx: &Conn<'_>, request_hash: &str) -> Result<Option<PriorRequest>> {
+    tx.query_opt(
+        "SELECT r.device_id, r.key_id, r.hostname, r.token_salt, d.revoked_at
+         FROM enrollment_requests r JOIN devices d ON d.id = r.device_id
+         WHERE r.request_hash = ?1",
+        params![request_hash],
+        |r| {
+            Ok(PriorRequest {
+                device_id: r.get(0)?,
+                key_id: r.get(1)?,
+                hostname: r.get(2)?,
+                token_salt: r.get(3)?,
+                device_revoked: r.opt_str(4)?.is_some(),
+            })
+        },
+    )
+}
+
+/// Records that the request id hashing to `request_hash` enrolled `device_id`.
+pub(crate) fn record_request(
+    tx: &Conn<'_>,
+    request_hash: &str,
+    prior: &PriorRequest,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO enrollment_requests (request_hash, device_id, key_id, hostname, token_salt, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            request_hash,
+            prior.device_id,
+            prior.key_id,
+            prior.hostname,
+            prior.token_salt,
+            ts(now)
+        ],
+    )?;
+    Ok(())
+}
+
+/// The device's first contact: the credential of its enrollment request can no
+/// longer be handed out (called in the heartbeat's transaction).
+pub(crate) fn acknowledge(tx: &Conn<'_>, device_id: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE enrollment_requests SET token_salt = NULL
+         WHERE device_id = ?1 AND token_salt IS NOT NULL",
+        params![device_id],
+    )?;
+    Ok(())
+}
+
+/// The device token of the enrollment with request id `request_id` and salt
+/// `salt`: HMAC-SHA256 keyed with the id, so only its holder and this server
+/// together can make it, in the `fdt_` + hex shape of the random ones.
+pub(crate) fn device_token_for(request_id: &str, salt: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(request_id.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(b"flex device token v1:");
+    mac.update(salt.as_bytes());
+    format!("fdt_{}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// Checks the request and fills in the defaults: (uses, ttl, note).

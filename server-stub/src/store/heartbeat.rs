@@ -97,6 +97,8 @@ impl Store {
                         .map(|v| v.chars().filter(|c| !c.is_control()).take(64).collect::<String>())
                 ],
             )?;
+            // The device holds its credential: its enrollment request is spent.
+            super::enrollment::acknowledge(tx, device_id)?;
             notices::check_expiring(tx, now)?;
             let mut recent = notices::list(tx, req.notices_after, 50, notices::Audience::Agents)?;
             recent.reverse();

@@ -21,12 +21,14 @@ pub(crate) const SQLITE: &[&str] = &[
     include_str!("../../migrations/0005_device_users.sql"),
     include_str!("../../migrations/0006_console_sessions.sql"),
     include_str!("../../migrations/0007_refunds.sql"),
+    include_str!("../../migrations/0008_enrollment_requests.sql"),
 ];
 
 /// PostgreSQL's migrations, applied in order.
 pub(crate) const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_refunds.sql"),
+    include_str!("../../migrations/postgres/0003_enrollment_requests.sql"),
 ];
 
 /// Advisory lock key held while a replica migrates ("flexmig" in ASCII).

@@ -12,9 +12,10 @@
 //! says which checks need `sudo`.
 //!
 //! The checks gather facts here; [`report`] holds the check list and its
-//! rendering, and [`bundle`] the support archive.
+//! rendering, [`fixes`] every fix per OS, and [`bundle`] the support archive.
 
 pub mod bundle;
+pub mod fixes;
 pub mod report;
 #[cfg(windows)]
 mod windows;
@@ -30,6 +31,10 @@ use flex_protocol::socket::{Request, StatusReply};
 use super::{Client, CtlError};
 use crate::client::{Client as ServerClient, ClientError};
 use crate::config::{self, Config};
+use crate::credentials::{CredentialError, DeviceToken};
+use crate::enroll::EnrollError;
+use crate::journal::Enrollment;
+use fixes::Fixes;
 use report::{Check, Report};
 
 /// Clock skew to the server above which the check fails.
@@ -72,7 +77,9 @@ pub async fn run(opts: DoctorOptions) -> Result<i32, CtlError> {
 /// The checks, and the agent's status when it answered (for the bundle).
 pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
     let mut r = Report::default();
+    let fixes = fixes::current();
     let (me, root) = caller();
+    let no_desktop = opts.user.is_none() && fixes.has_no_desktop(&me, root);
     let account = opts.user.clone().unwrap_or(me);
 
     // Config.
@@ -91,19 +98,14 @@ pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
             Some(c)
         }
         Err(e) => {
-            r.push(Check::fail(
-                "config",
-                e.to_string(),
-                "fix the file and key named above (every key is documented in \
-                 /usr/share/doc/flex-agent/agent.toml.example), then: systemctl restart flex-agent",
-            ));
+            r.push(Check::fail("config", e.to_string(), &fixes.config));
             None
         }
     };
 
     // Paths.
     if let Some(c) = &config {
-        r.push(paths_check(c, &opts.socket));
+        r.push(paths_check(c, &opts.socket, &fixes));
     }
 
     // The agent.
@@ -118,22 +120,20 @@ pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
                 if s.online { "online" } else { "offline" }
             ),
         )),
-        Err(e) => r.push(Check::fail(
-            "agent",
-            e.to_string(),
-            "start it: systemctl start flex-agent; see why it stopped: journalctl -u flex-agent -n 50",
-        )),
+        Err(e) => r.push(Check::fail("agent", e.to_string(), &fixes.start_agent)),
     }
     let status = status.ok();
 
     // Enrollment and credential.
-    let enrollment = enrollment_check(config.as_ref(), status.as_ref(), root).await;
+    let token_file = crate::enroll::token_file_for(&opts.config);
+    let enrollment =
+        enrollment_check(config.as_ref(), status.as_ref(), root, &token_file, &fixes).await;
     let device_token = enrollment.1;
     r.push(enrollment.0);
 
     // Server, TLS, clock, credential accepted, user known.
     match &config {
-        Some(c) => server_checks(&mut r, c, device_token, &account, root).await,
+        Some(c) => server_checks(&mut r, c, device_token, &account, root, &fixes).await,
         None => {
             for name in ["server", "tls", "clock", "credential", "user"] {
                 r.push(Check::skip(name, "no usable config"));
@@ -142,10 +142,10 @@ pub async fn diagnose(opts: &DoctorOptions) -> (Report, Option<StatusReply>) {
     }
 
     // Detection.
-    r.push(detection_check(status.as_ref(), root).await);
+    r.push(detection_check(status.as_ref(), root, &fixes).await);
 
     // The notifier.
-    r.push(notifier_check(&account, root && opts.user.is_none()));
+    r.push(notifier_check(&account, no_desktop, &fixes));
 
     (r, status)
 }
@@ -166,7 +166,7 @@ async fn agent_status(socket: &Path) -> Result<StatusReply, CtlError> {
 }
 
 #[cfg(unix)]
-fn paths_check(c: &Config, socket: &Path) -> Check {
+fn paths_check(c: &Config, socket: &Path, fixes: &Fixes) -> Check {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let mut problems = Vec::new();
     match std::fs::metadata(&c.state_dir) {
@@ -198,12 +198,7 @@ fn paths_check(c: &Config, socket: &Path) -> Check {
             ),
         )
     } else {
-        Check::fail(
-            "paths",
-            problems.join("; "),
-            "the unit creates both (StateDirectory=, flex-agent.socket): systemctl restart \
-             flex-agent.socket flex-agent; with a custom state_dir: chmod 0700 it",
-        )
+        Check::fail("paths", problems.join("; "), &fixes.paths)
     }
 }
 
@@ -212,31 +207,20 @@ async fn enrollment_check(
     config: Option<&Config>,
     status: Option<&StatusReply>,
     root: bool,
+    token_file: &Path,
+    fixes: &Fixes,
 ) -> (Check, Option<crate::credentials::DeviceToken>) {
-    let fix = "put an enrollment token in /etc/flex-agent/enroll-token (mode 0600; an admin \
-               creates one with flex-admin enroll-token) and run: systemctl restart flex-agent";
     if root {
         let Some(c) = config else {
             return (Check::skip("enrollment", "no usable config"), None);
         };
         let cfg = c.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let e = crate::enroll::current_enrollment(&cfg)?;
-            let token = match &e {
-                Some(_) => Some(
-                    crate::credentials::CredentialStore::select(
-                        cfg.credential_store,
-                        &cfg.state_dir,
-                    )?
-                    .load()?,
-                ),
-                None => None,
-            };
-            Ok::<_, crate::enroll::EnrollError>((e, token))
-        })
-        .await;
+        let found = tokio::task::spawn_blocking(move || enrollment_and_token(&cfg)).await;
+        let found = found
+            .map_err(|e| e.to_string())
+            .and_then(|f| f.map_err(|e| e.to_string()));
         match found {
-            Ok(Ok((Some(e), token))) => (
+            Ok(Some((e, Ok(token)))) => (
                 Check::ok(
                     "enrollment",
                     format!(
@@ -244,14 +228,38 @@ async fn enrollment_check(
                         e.device_id, e.server_url
                     ),
                 ),
-                token,
+                Some(token),
             ),
-            Ok(Ok((None, _))) => (
-                Check::fail("enrollment", "this workstation is not enrolled", fix),
+            // The service keeps it where this administrator cannot look.
+            Ok(Some((e, Err(CredentialError::Missing { .. }))))
+                if fixes.credential_elsewhere.is_some() =>
+            {
+                (
+                    Check::ok(
+                        "enrollment",
+                        format!(
+                            "device {} with {}; credential {}",
+                            e.device_id,
+                            e.server_url,
+                            fixes.credential_elsewhere.as_deref().unwrap_or_default()
+                        ),
+                    ),
+                    None,
+                )
+            }
+            Ok(Some((e, Err(err)))) => (
+                Check::fail(
+                    "enrollment",
+                    format!(
+                        "device {} is recorded but its credential is not: {err}",
+                        e.device_id
+                    ),
+                    &fixes.reenroll,
+                ),
                 None,
             ),
-            Ok(Err(e)) => (Check::fail("enrollment", e.to_string(), fix), None),
-            Err(e) => (Check::fail("enrollment", e.to_string(), fix), None),
+            Ok(None) => (not_enrolled(token_file, c, fixes), None),
+            Err(e) => (Check::fail("enrollment", e, &fixes.enroll), None),
         }
     } else {
         match status.and_then(|s| s.device_id.clone()) {
@@ -265,14 +273,24 @@ async fn enrollment_check(
                 ),
                 None,
             ),
-            None if status.is_some() => (
-                Check::fail("enrollment", "the agent reports no device id", fix),
+            None if status.is_some() || token_file.exists() => (
+                match config {
+                    Some(c) => not_enrolled(token_file, c, fixes),
+                    None => Check::fail(
+                        "enrollment",
+                        "the agent reports no device id",
+                        &fixes.enroll,
+                    ),
+                },
                 None,
             ),
             None => (
                 Check::skip(
                     "enrollment",
-                    "the agent did not answer; run sudo flexctl doctor to read the journal",
+                    format!(
+                        "the agent did not answer; {} to read the journal",
+                        fixes.elevate
+                    ),
                 ),
                 None,
             ),
@@ -280,9 +298,59 @@ async fn enrollment_check(
     }
 }
 
+/// A credential as the doctor could load it.
+type CredentialLoad = Result<DeviceToken, CredentialError>;
+
+/// The journal's enrollment, if any, and whether its credential loads (blocking).
+fn enrollment_and_token(c: &Config) -> Result<Option<(Enrollment, CredentialLoad)>, EnrollError> {
+    if !c.journal_path().exists() {
+        return Ok(None);
+    }
+    let Some(e) = crate::journal::Journal::open_in(&c.state_dir)?.enrollment()? else {
+        return Ok(None);
+    };
+    let token = crate::credentials::CredentialStore::select(c.credential_store, &c.state_dir)
+        .and_then(|store| store.load());
+    Ok(Some((e, token)))
+}
+
+/// Not enrolled: waiting on a token in place (the agent enrolls, retrying
+/// while the server is out of reach, or was refused), or with none at all.
+fn not_enrolled(token_file: &Path, c: &Config, fixes: &Fixes) -> Check {
+    if token_file.exists() {
+        let pending = crate::journal::Journal::open_in(&c.state_dir)
+            .ok()
+            .filter(|_| c.journal_path().exists())
+            .and_then(|j| j.pending_enrollment().ok().flatten())
+            .map_or(String::new(), |p| {
+                format!(
+                    "; a request to {} awaits its answer (the agent asks again)",
+                    p.server_url
+                )
+            });
+        Check::fail(
+            "enrollment",
+            format!(
+                "not enrolled yet: the enrollment token in {} waits to be used{pending}",
+                token_file.display()
+            ),
+            &fixes.enrolling,
+        )
+    } else {
+        Check::fail(
+            "enrollment",
+            format!(
+                "this workstation is not enrolled and no enrollment token waits in {}",
+                token_file.display()
+            ),
+            &fixes.enroll,
+        )
+    }
+}
+
 /// With several servers (`server_urls`), whether each answers: the agent
 /// fails over to the next, but a replica that never answers is worth fixing.
-async fn replica_checks(r: &mut Report, c: &Config) {
+async fn replica_checks(r: &mut Report, c: &Config, fixes: &Fixes) {
     let servers = c.servers();
     if servers.len() < 2 {
         return;
@@ -299,18 +367,9 @@ async fn replica_checks(r: &mut Report, c: &Config) {
                     &name,
                     format!("{url} answers (flex-server {})", h.version),
                 )),
-                Err(e) => r.push(Check::warn(
-                    &name,
-                    e.to_string(),
-                    "the agent uses the other servers meanwhile; check that flex-server runs \
-                     there (systemctl status flex-server) and the network path to it",
-                )),
+                Err(e) => r.push(Check::warn(&name, e.to_string(), &fixes.replica)),
             },
-            Err(e) => r.push(Check::fail(
-                &name,
-                e.to_string(),
-                "fix server_urls in the config",
-            )),
+            Err(e) => r.push(Check::fail(&name, e.to_string(), &fixes.server_urls)),
         }
     }
 }
@@ -321,19 +380,19 @@ async fn server_checks(
     token: Option<crate::credentials::DeviceToken>,
     account: &str,
     root: bool,
+    fixes: &Fixes,
 ) {
     let client = match ServerClient::from_config(c) {
         Ok(client) => client,
         Err(e) => {
-            let fix = "fix server_url / ca_file in the config";
-            r.push(Check::fail("server", e.to_string(), fix));
+            r.push(Check::fail("server", e.to_string(), &fixes.config));
             for name in ["tls", "clock", "credential", "user"] {
                 r.push(Check::skip(name, "no HTTPS client"));
             }
             return;
         }
     };
-    replica_checks(r, c).await;
+    replica_checks(r, c, fixes).await;
     let https = c.servers().iter().all(|u| u.starts_with("https://"));
     let ca = c
         .ca_file
@@ -361,7 +420,7 @@ async fn server_checks(
                 r.push(Check::warn(
                     "tls",
                     "server_url is http://: traffic is not encrypted",
-                    "use an https:// server_url",
+                    &fixes.https,
                 ));
             }
             let skew = (h.server_time - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
@@ -375,8 +434,7 @@ async fn server_checks(
                         h.server_time
                             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     ),
-                    "enable time synchronisation (timedatectl set-ntp true) on this machine, or \
-                     fix the server's clock",
+                    &fixes.clock,
                 ));
             } else {
                 r.push(Check::ok(
@@ -394,20 +452,14 @@ async fn server_checks(
             r.push(Check::fail(
                 "tls",
                 format!("{reason}; trusted: {ca}"),
-                "set ca_file to the PEM certificate of the CA that signed the server's \
-                 certificate (install.sh --ca-file PEM), or fix the server's certificate",
+                &fixes.tls,
             ));
             tracing::debug!("{e}");
             r.push(Check::skip("clock", "no TLS connection to the server"));
             false
         }
         Err(e) => {
-            r.push(Check::fail(
-                "server",
-                e.to_string(),
-                "check server_url, that flex-server runs (systemctl status flex-server on the \
-                 server), and DNS, firewall and proxy between here and there",
-            ));
+            r.push(Check::fail("server", e.to_string(), &fixes.server));
             r.push(Check::skip("tls", "the server did not answer"));
             r.push(Check::skip("clock", "the server did not answer"));
             false
@@ -417,14 +469,17 @@ async fn server_checks(
     // The credential and the user: need the device token (root).
     let Some(token) = token.filter(|_| reached) else {
         let why = if !reached {
-            "the server did not answer"
+            "the server did not answer".to_string()
         } else if root {
-            "not enrolled"
+            match &fixes.credential_elsewhere {
+                Some(place) => format!("the device credential is {place}"),
+                None => "not enrolled".to_string(),
+            }
         } else {
-            "the device credential is root's: run sudo flexctl doctor --user ACCOUNT"
+            fixes.credential_owner.clone()
         };
-        r.push(Check::skip("credential", why));
-        user_mapping_only(r, c, account, why);
+        r.push(Check::skip("credential", why.clone()));
+        user_mapping_only(r, c, account, &why, fixes);
         return;
     };
     let device = client.with_token(token);
@@ -433,24 +488,19 @@ async fn server_checks(
             "credential",
             "the server accepts this device's credential",
         )),
-        Err(e @ ClientError::Revoked { .. }) => r.push(Check::fail(
-            "credential",
-            e.to_string(),
-            "enroll again: put a new enrollment token in /etc/flex-agent/enroll-token and run: \
-             flex-agent enroll --force --config /etc/flex-agent/agent.toml --token-file \
-             /etc/flex-agent/enroll-token",
-        )),
+        Err(e @ ClientError::Revoked { .. }) => {
+            r.push(Check::fail("credential", e.to_string(), &fixes.reenroll))
+        }
         Err(e) => r.push(Check::fail(
             "credential",
-            e.to_string(),
-            "if the server was reinstalled or the device deleted, enroll again \
-             (flex-agent enroll --force ...)",
+            format!("{e} (the server was reinstalled, or the device deleted)"),
+            &fixes.reenroll,
         )),
     }
     let email = match c.email_for(account) {
         Ok(e) => e,
         Err(e) => {
-            r.push(unmapped(e.to_string()));
+            r.push(unmapped(e.to_string(), fixes));
             return;
         }
     };
@@ -468,48 +518,34 @@ async fn server_checks(
                  server does not know",
                 u.email
             ),
-            &format!(
-                "ask the license admin to add the user (flex-admin users add {} --first NAME \
-                 --last NAME), or fix the mapping in /etc/flex-agent/agent.toml or \
-                 agent.d/*.toml ([users.overrides] {account} = \"EMAIL\")",
-                u.email
-            ),
+            &fixes.user_unknown(u.email.as_str(), account),
         )),
-        Err(e) => r.push(Check::fail(
-            "user",
-            e.to_string(),
-            "see the credential check above",
-        )),
+        Err(e) => r.push(Check::fail("user", e.to_string(), &fixes.see_credential)),
     }
 }
 
-fn unmapped(reason: String) -> Check {
-    Check::fail(
-        "user",
-        reason,
-        "set [users] email_template (e.g. \"{user}@corp.example\") or add the account to \
-         [users.overrides] in /etc/flex-agent/agent.toml or a drop-in",
-    )
+fn unmapped(reason: String, fixes: &Fixes) -> Check {
+    Check::fail("user", reason, &fixes.user_mapping)
 }
 
 /// Without the credential: at least the mapping from account to email.
-fn user_mapping_only(r: &mut Report, c: &Config, account: &str, why: &str) {
+fn user_mapping_only(r: &mut Report, c: &Config, account: &str, why: &str, fixes: &Fixes) {
     match c.email_for(account) {
         Ok(email) => r.push(Check::skip(
             "user",
             format!("{account} maps to {email}; not asked of the server: {why}"),
         )),
-        Err(e) => r.push(unmapped(e.to_string())),
+        Err(e) => r.push(unmapped(e.to_string(), fixes)),
     }
 }
 
-async fn detection_check(status: Option<&StatusReply>, root: bool) -> Check {
+async fn detection_check(status: Option<&StatusReply>, root: bool, fixes: &Fixes) -> Check {
     let reported = status.map(|s| s.detection.clone());
     if reported.as_deref() == Some("off") {
         return Check::fail(
             "detection",
             "the agent runs without process detection: only flexctl run launches are seen",
-            "see journalctl -u flex-agent for why; set detection = \"auto\"",
+            &fixes.detection_off,
         );
     }
     if !root {
@@ -534,12 +570,7 @@ async fn detection_check(status: Option<&StatusReply>, root: bool) -> Check {
                 "detection",
                 format!("the agent polls /proc (the process connector is unusable here: {e})"),
             ),
-            Err(e) => Check::fail(
-                "detection",
-                e,
-                "the agent falls back to polling /proc; check that flex-agent.service keeps \
-                 CAP_NET_ADMIN and runs in the host's network namespace",
-            ),
+            Err(e) => Check::fail("detection", e, &fixes.detection_connector),
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -582,17 +613,18 @@ async fn exec_seen() -> Result<(), String> {
     }
 }
 
-/// Whether `account` has a `flexctl notify` running.
-fn notifier_check(account: &str, is_root_itself: bool) -> Check {
-    if is_root_itself {
-        return Check::skip(
-            "notifier",
-            "root has no desktop: run flexctl doctor as the desktop user, or sudo flexctl \
-             doctor --user ACCOUNT",
-        );
+/// Whether `account` has a `flexctl notify` running (`no_desktop`: the doctor
+/// runs as an account without one, and was not given another).
+fn notifier_check(account: &str, no_desktop: bool, fixes: &Fixes) -> Check {
+    if no_desktop {
+        return Check::skip("notifier", fixes.no_desktop.clone());
     }
     let Some(pids) = notifier_pids_of(account) else {
-        return unmapped_account(account);
+        return Check::fail(
+            "notifier",
+            format!("there is no local account named '{account}'"),
+            &fixes.local_account,
+        );
     };
     match pids {
         Ok(pids) if !pids.is_empty() => Check::ok(
@@ -602,19 +634,10 @@ fn notifier_check(account: &str, is_root_itself: bool) -> Check {
         Ok(_) => Check::fail(
             "notifier",
             format!("no flexctl notify runs for {account}: they get no desktop notifications"),
-            "log out and in again, or: systemctl --user enable --now flexctl-notify \
-             (desktops without systemd user sessions use /etc/xdg/autostart/flexctl-notify.desktop)",
+            &fixes.notifier,
         ),
         Err(e) => Check::skip("notifier", format!("cannot list processes: {e}")),
     }
-}
-
-fn unmapped_account(account: &str) -> Check {
-    Check::fail(
-        "notifier",
-        format!("there is no local account named '{account}'"),
-        "give --user the name of a local account",
-    )
 }
 
 /// Pids of `flexctl notify` processes of local account `account`; `None`

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::bundle::LOG_LINES;
+use super::fixes::Fixes;
 use super::report::Check;
 use crate::config::Config;
 use crate::process;
@@ -19,7 +20,7 @@ pub fn caller() -> (String, bool) {
 
 /// The state folder exists; the pipe is the agent check's business (a pipe
 /// has no file to inspect).
-pub fn paths_check(c: &Config, socket: &Path) -> Check {
+pub fn paths_check(c: &Config, socket: &Path, fixes: &Fixes) -> Check {
     match std::fs::metadata(&c.state_dir) {
         Ok(m) if m.is_dir() => Check::ok(
             "paths",
@@ -31,13 +32,13 @@ pub fn paths_check(c: &Config, socket: &Path) -> Check {
         ),
         Ok(_) => Check::fail(
             "paths",
-            format!("{} is not a folder", c.state_dir.display()),
-            "move the file away; the service creates the folder: sc stop flex-agent, then sc start flex-agent",
+            format!("{} is not a folder: move it away", c.state_dir.display()),
+            &fixes.paths,
         ),
         Err(e) => Check::fail(
             "paths",
             format!("state_dir {}: {e}", c.state_dir.display()),
-            "the service creates it at start: sc start flex-agent",
+            &fixes.paths,
         ),
     }
 }
