@@ -57,34 +57,20 @@ pub(crate) fn charge_again(tx: &Conn<'_>, claim_id: &str, now: DateTime<Utc>) ->
 
 /// The bug itself: the refund of window `window_id`, if one was made, is
 /// made once more, back to the same lots.
-pub(crate) fn refund_again(tx: &Conn<'_>, window_id: &str, now: DateTime<Utc>) -> Result<()> {
-    let first: Option<(i64, i64, String, i64)> = tx.query_opt(
-        "SELECT id, charge_id, device_id, tokens FROM refunds WHERE window_id = ?1 ORDER BY id",
-        params![window_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.str(2)?.to_string(), r.get(3)?)),
-    )?;
-    let Some((id, charge_id, device_id, tokens)) = first else {
-        return Ok(());
-    };
-    let again: i64 = tx.query_one(
-        "INSERT INTO refunds (window_id, charge_id, device_id, tokens, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-        params![window_id, charge_id, device_id, tokens, ts(now)],
-        |r| r.get(0),
-    )?;
+pub(crate) fn refund_again(tx: &Conn<'_>, window_id: &str, _now: DateTime<Utc>) -> Result<()> {
+    // The schema keeps a second refund row out (`refunds.window_id` and
+    // `charge_id` are UNIQUE), so the bug is planted as it would really
+    // happen: the lots are credited again with the first refund's shares.
     let shares: Vec<(i64, i64)> = tx.query_all(
-        "SELECT lot_id, tokens FROM refund_lots WHERE refund_id = ?1",
-        params![id],
+        "SELECT rl.lot_id, rl.tokens FROM refund_lots rl JOIN refunds r ON r.id = rl.refund_id
+         WHERE r.window_id = ?1",
+        params![window_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     for (lot, n) in shares {
         tx.execute(
             "UPDATE lots SET remaining = remaining + ?1 WHERE id = ?2",
             params![n, lot],
-        )?;
-        tx.execute(
-            "INSERT INTO refund_lots (refund_id, lot_id, tokens) VALUES (?1, ?2, ?3)",
-            params![again, lot, n],
         )?;
     }
     Ok(())
