@@ -297,6 +297,21 @@ impl Store {
         }
     }
 
+    /// Like [`write`](Self::write), but on PostgreSQL the writers of one kind
+    /// (`key`, an advisory lock) take turns across every replica instead of
+    /// running into each other: for transactions that all update one row,
+    /// such as an enrollment key's use counter during a fleet rollout.
+    pub(crate) fn write_in_turn<T>(
+        &self,
+        key: i64,
+        f: impl FnMut(&Conn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        match &self.engine {
+            Engine::Sqlite(_) => self.write(f),
+            Engine::Postgres(pool) => db::postgres::write_in_turn(pool, key, f),
+        }
+    }
+
     /// Runs read-only queries that see one consistent state.
     pub(crate) fn read<T>(&self, mut f: impl FnMut(&Conn<'_>) -> Result<T>) -> Result<T> {
         match &self.engine {
