@@ -630,8 +630,9 @@ async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
     let status = ask(agent.socket_path(), r#"{"op":"status"}"#);
     let reported = status["detection"].as_str().unwrap_or("?").to_string();
 
-    // Let startup (enrollment check, rate sheet, first scan, first heartbeat) pass.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let startup (enrollment check, rate sheet, first scan, first heartbeat)
+    // pass, and the agent hand back its start-up code (`residency::SETTLED`).
+    tokio::time::sleep(flex_agent::residency::SETTLED + Duration::from_secs(2)).await;
 
     let load = ExecLoad::start(env_num("AGENT_BENCH_EXECS", 30));
     let tck = clk_tck();

@@ -199,6 +199,91 @@ impl ProcConnector {
     }
 }
 
+/// `SO_ATTACH_FILTER` from `<asm-generic/socket.h>` (the same on every
+/// architecture the agent ships for; the libc crate leaves it out on Linux).
+const SO_ATTACH_FILTER: libc::c_int = 26;
+/// Pids beyond which the filter lets every main-thread exit through (a
+/// classic BPF program holds at most 4096 instructions, two per pid).
+pub const MAX_FILTERED_PIDS: usize = 1024;
+
+impl ProcConnector {
+    /// Lets through only execs and the exits of `pids` (the processes the
+    /// tracker follows), so the exits of everything else — on a busy machine
+    /// most events, and every thread's — never wake the agent. A socket
+    /// filter runs as the kernel queues each message, so an exit queued
+    /// before this call was filtered by the previous program: the caller
+    /// checks that newly followed processes are still alive afterwards.
+    /// With more than [`MAX_FILTERED_PIDS`] pids, every exit of a main
+    /// thread is let through.
+    pub fn follow_exits_of(&self, pids: &[u32]) -> io::Result<()> {
+        let program = exit_filter(pids);
+        let fprog = libc::sock_fprog {
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: fprog points at `program`, alive for the call; the kernel
+        // copies and checks the program.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_ATTACH_FILTER,
+                &fprog as *const _ as *const libc::c_void,
+                mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The classic BPF program of [`ProcConnector::follow_exits_of`]. A filter
+/// reads the message from its netlink header on, and its word loads are
+/// big-endian while the connector's fields are in the host's order: the
+/// constants are compared byte-swapped on a little-endian host.
+fn exit_filter(pids: &[u32]) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JEQ_X: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_X) as u16;
+    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let stmt = |code, k| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    // What a big-endian load of a host-order field reads.
+    let wire = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
+    let (accept, drop) = (u32::MAX, 0);
+    let mut p = vec![
+        stmt(LD_W_ABS, EVENT_OFFSET as u32),
+        jump(JEQ_K, wire(PROC_EVENT_EXEC), 0, 1),
+        stmt(RET_K, accept),
+        jump(JEQ_K, wire(PROC_EVENT_EXIT), 1, 0),
+        stmt(RET_K, drop),
+        stmt(LD_W_ABS, EVENT_DATA_OFFSET as u32),
+        stmt(TAX, 0),
+        stmt(LD_W_ABS, EVENT_DATA_OFFSET as u32 + 4),
+        // A thread's exit (pid ≠ tgid) never ends a process.
+        jump(JEQ_X, 0, 1, 0),
+        stmt(RET_K, drop),
+    ];
+    if pids.len() > MAX_FILTERED_PIDS {
+        p.push(stmt(RET_K, accept));
+        return p;
+    }
+    for &pid in pids {
+        p.push(jump(JEQ_K, wire(pid), 0, 1));
+        p.push(stmt(RET_K, accept));
+    }
+    p.push(stmt(RET_K, drop));
+    p
+}
+
 /// The running kernel's release (`uname -r`), empty if unknown.
 fn kernel_release() -> String {
     // SAFETY: utsname is plain data, filled by uname(2) on success.
@@ -341,6 +426,77 @@ mod tests {
                 }
             ]
         );
+    }
+
+    /// Events for `pids` until `until` says stop or 5 s pass.
+    async fn events_for(
+        c: &mut ProcConnector,
+        pids: &[u32],
+        until: impl Fn(&[CnEvent]) -> bool,
+    ) -> Vec<CnEvent> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !until(&seen) {
+            let mut batch = Vec::new();
+            match tokio::time::timeout_at(deadline, c.recv(&mut batch)).await {
+                Ok(r) => r.unwrap(),
+                Err(_) => break,
+            }
+            seen.extend(batch.into_iter().filter(|e| match e {
+                CnEvent::Exec { pid } | CnEvent::Exit { pid, .. } => pids.contains(pid),
+                CnEvent::Overflow => true,
+            }));
+        }
+        seen
+    }
+
+    /// The kernel runs the filter: exits of processes not followed never
+    /// arrive, a followed one's does, and execs always do. Needs the
+    /// connector (root in the initial network namespace), as the agent does.
+    #[tokio::test]
+    async fn the_filter_lets_through_execs_and_followed_exits_only() {
+        let mut c = ProcConnector::open().expect("open the process connector (run as root)");
+        c.follow_exits_of(&[]).unwrap();
+        let mut unfollowed = std::process::Command::new("/bin/true").spawn().unwrap();
+        let mut followed = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (a, b) = (unfollowed.id(), followed.id());
+        unfollowed.wait().unwrap();
+        let execs = |seen: &[CnEvent]| {
+            seen.contains(&CnEvent::Exec { pid: a }) && seen.contains(&CnEvent::Exec { pid: b })
+        };
+        let seen = events_for(&mut c, &[a, b], execs).await;
+        assert!(execs(&seen), "{seen:?}");
+        c.follow_exits_of(&[1, b]).unwrap();
+        followed.kill().unwrap();
+        followed.wait().unwrap();
+        let exit_b = |seen: &[CnEvent]| {
+            seen.iter()
+                .any(|e| matches!(e, CnEvent::Exit { pid, .. } if *pid == b))
+        };
+        let seen = events_for(&mut c, &[a, b], exit_b).await;
+        assert!(exit_b(&seen), "the followed exit never came: {seen:?}");
+        assert!(
+            !seen
+                .iter()
+                .any(|e| matches!(e, CnEvent::Exit { pid, .. } if *pid == a)),
+            "an exit not followed came through: {seen:?}"
+        );
+        // Past the cap every main thread's exit comes.
+        let many: Vec<u32> = (1..=MAX_FILTERED_PIDS as u32 + 1)
+            .map(|p| p + 4_000_000)
+            .collect();
+        c.follow_exits_of(&many).unwrap();
+        let mut other = std::process::Command::new("/bin/true").spawn().unwrap();
+        let d = other.id();
+        other.wait().unwrap();
+        let exit_d = |seen: &[CnEvent]| {
+            seen.iter()
+                .any(|e| matches!(e, CnEvent::Exit { pid, .. } if *pid == d))
+        };
+        assert!(exit_d(&events_for(&mut c, &[d], exit_d).await));
     }
 
     #[test]

@@ -149,9 +149,9 @@ impl Identifier {
         }
     }
 
-    /// What process `pid` (whose names are `names`) runs.
-    pub fn identify(&mut self, pid: u32, names: &Names) -> Identity {
-        let exe = process::exe_file(pid);
+    /// What process `pid` (whose names are `names`, and whose executable is
+    /// `exe`, as [`process::exe_file`] read it) runs.
+    pub fn identify(&mut self, pid: u32, names: &Names, exe: Option<FileId>) -> Identity {
         if let Some(k) = exe.and_then(|e| self.files.get(&e.inode())) {
             let name = names
                 .exe_name()

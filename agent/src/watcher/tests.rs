@@ -446,3 +446,38 @@ async fn polling_never_looks_twice() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The connector lets through only the exits of the pids it was told to
+/// follow, and is told after a product is tracked: a product that ended in
+/// between sent an exit the kernel filtered out. The tracker ends it when it
+/// is told which pids it now follows.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_product_gone_before_its_exit_was_followed_is_ended() {
+    let fake = FakeProduct::new("/bin/sleep", "acadgone");
+    let matcher = tracker::Matcher::new(&[product("acadgone", "acadgone")]);
+    let mut t = tracker::Tracker::new(Vec::new());
+    t.scan(&matcher, true);
+    let mut child = fake.spawn(&["30"], Stdio::null());
+    let pid = child.id();
+    let started = t.exec(pid);
+    assert!(
+        started
+            .iter()
+            .any(|e| e.kind == ProcEventKind::Started && e.process.pid == pid),
+        "{started:?}"
+    );
+    assert_eq!(t.followed(), [pid]);
+    assert!(t.gone(&[pid]).is_empty(), "ended while it runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ended = t.gone(&[pid]);
+    assert!(
+        matches!(
+            &ended[..],
+            [e] if e.process.pid == pid && matches!(e.kind, ProcEventKind::Exited { .. })
+        ),
+        "{ended:?}"
+    );
+    assert!(t.followed().is_empty());
+}

@@ -199,8 +199,14 @@ mod linux {
 
         /// Reads `pid` and returns its event if it is a product process.
         fn examine(&mut self, pid: u32, kind: ProcEventKind) -> Option<Tracked> {
+            // The file first: a process already gone (most short-lived
+            // ones by the time their exec is read) costs one stat.
+            let exe = process::exe_file(pid);
+            if exe.is_none() && process::identify(pid).is_none() {
+                return None;
+            }
             let names = process::names(pid);
-            let (product, exe_name) = match self.identifier.identify(pid, &names) {
+            let (product, exe_name) = match self.identifier.identify(pid, &names, exe) {
                 Identity::Product { product, name } => (product, name),
                 Identity::Runner => {
                     if let Some(id) = process::identify(pid) {
@@ -261,6 +267,8 @@ mod linux {
                 let mut look: Vec<(u32, bool)> = current
                     .iter()
                     .filter_map(|(pid, file)| match self.known.get(pid) {
+                        // Followed since an exec the connector reported.
+                        None if self.tracked.contains_key(pid) => None,
                         None => Some((*pid, false)),
                         Some(old) if old != file => Some((*pid, true)),
                         Some(_) if all && !self.tracked.contains_key(pid) => Some((*pid, false)),
@@ -288,10 +296,36 @@ mod linux {
             out
         }
 
-        /// `pid` replaced its program.
+        /// `pid` replaced its program (as the connector reports it: the
+        /// connector lets through only the exits of tracked processes, so
+        /// `known` is not kept for the others, whose exits never come).
         pub fn exec(&mut self, pid: u32) -> Vec<ProcEvent> {
-            self.known.insert(pid, process::exe_file(pid));
+            self.known.remove(&pid);
             self.exec_seen(pid)
+        }
+
+        /// The processes whose exits must be reported.
+        pub fn followed(&self) -> Vec<u32> {
+            let mut pids: Vec<u32> = self.tracked.keys().copied().collect();
+            pids.sort_unstable();
+            pids
+        }
+
+        /// Ends the tracked processes among `pids` that are gone: their exits
+        /// may have come before the connector was told to let them through.
+        pub fn gone(&mut self, pids: &[u32]) -> Vec<ProcEvent> {
+            let mut out = Vec::new();
+            for pid in pids {
+                let Some(t) = self.tracked.get(pid) else {
+                    continue;
+                };
+                if process::identify(*pid) != Some(t.event.process) {
+                    let t = self.tracked.remove(pid).expect("present");
+                    self.known.remove(pid);
+                    out.push(exited(t.event, None, None));
+                }
+            }
+            out
         }
 
         fn exec_seen(&mut self, pid: u32) -> Vec<ProcEvent> {
@@ -457,6 +491,16 @@ mod linux {
             return;
         }
         let mut batch = Vec::new();
+        // The pids the connector lets exits through for; none while the
+        // kernel refuses the filter (every exit then comes).
+        let mut following: Vec<u32> = Vec::new();
+        let filtering = match connector.follow_exits_of(&following) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot filter the process connector's events; every exit wakes the agent");
+                false
+            }
+        };
         let mut recheck = tokio::time::interval(interval);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reindex = reindex_timer();
@@ -485,7 +529,7 @@ mod linux {
                 }
                 _ = tx.closed() => return,
             };
-            let events = {
+            let mut events = {
                 let m = read(&matcher);
                 match wake {
                     Wake::Recheck => tracker.recheck(),
@@ -508,6 +552,27 @@ mod linux {
                     }
                 }
             };
+            let followed = if filtering {
+                tracker.followed()
+            } else {
+                Vec::new()
+            };
+            if followed != following {
+                if let Err(e) = connector.follow_exits_of(&followed) {
+                    // The old filter would hide the exits of new products.
+                    tracing::warn!(error = %e, "cannot update the process connector's filter; polling /proc from now on");
+                    store_source(&source, DetectionSource::Polling);
+                    let _ = send_all(&tx, events).await;
+                    return run_polling(tracker, interval, matcher, rescan, tx).await;
+                }
+                let new: Vec<u32> = followed
+                    .iter()
+                    .filter(|p| following.binary_search(p).is_err())
+                    .copied()
+                    .collect();
+                following = followed;
+                events.extend(tracker.gone(&new));
+            }
             if !send_all(&tx, events).await {
                 return;
             }
