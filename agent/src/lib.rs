@@ -14,6 +14,7 @@ pub mod limits;
 pub mod paths;
 pub mod process;
 pub mod provision;
+pub mod residency;
 pub mod socket;
 pub mod sysclock;
 pub mod watcher;

@@ -183,6 +183,15 @@ async fn daemon(config_path: &Path) -> i32 {
             "flex-agent ready"
         );
         os::ready();
+        // Start-up's code (with the first contact with the server, a few
+        // seconds on) is not run again: hand its pages back.
+        tokio::spawn(async {
+            tokio::time::sleep(flex_agent::residency::SETTLED).await;
+            match flex_agent::residency::release_startup_code() {
+                Ok(bytes) => tracing::debug!(bytes, "start-up code released"),
+                Err(e) => tracing::debug!(error = %e, "cannot release start-up code"),
+            }
+        });
     })
     .await;
     match result {
