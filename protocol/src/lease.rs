@@ -21,7 +21,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{LeaseKey, Source};
-use crate::Email;
+use crate::{Email, ProductId, WindowId};
 
 /// Domain separation prefix of lease signatures, version 1.
 pub const LEASE_DOMAIN: &[u8] = b"flex-lease/v1\n";
@@ -29,10 +29,10 @@ pub const LEASE_DOMAIN: &[u8] = b"flex-lease/v1\n";
 /// What a lease asserts: `user` may run `product` on `device_id` in `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseBody {
-    pub window_id: String,
+    pub window_id: WindowId,
     pub device_id: String,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub source: Source,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
