@@ -186,7 +186,22 @@ impl IdSource {
         ))))
     }
 
-    /// A new id: a version-4 UUID, as text.
+    /// A new claim id.
+    pub fn next_claim_id(&self) -> ClaimId {
+        ClaimId(self.next_id())
+    }
+
+    /// A new session id.
+    pub fn next_session_id(&self) -> SessionId {
+        SessionId(self.next_id())
+    }
+
+    /// A new window id.
+    pub fn next_window_id(&self) -> WindowId {
+        WindowId(self.next_id())
+    }
+
+    /// A new id: a version-4 UUID, as text (which every id rule accepts).
     pub fn next_id(&self) -> String {
         let bytes: [u8; 16] = match self {
             IdSource::Random => rand::random(),

@@ -252,7 +252,7 @@ fn products(products: &[Product]) -> String {
     let mut t = Table::new(&["ID", "NAME", "CHARGE", "RATE"]);
     for p in products {
         t.row([
-            p.id.clone(),
+            p.id.to_string(),
             p.name.clone(),
             charge_model(&p.charge),
             if p.sample { "sample" } else { "" }.to_owned(),

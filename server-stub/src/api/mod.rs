@@ -59,7 +59,7 @@ impl AppState {
             .rates()
             .products()
             .iter()
-            .map(|p| p.id.clone())
+            .map(|p| p.id.to_string())
             .collect();
         let defaults = crate::config::LimitsConfig::default();
         AppState {
