@@ -352,7 +352,7 @@ mod tests {
             body_as::<NewSubscription>(&call),
             NewSubscription {
                 email: "ann@example.com".into(),
-                product: "revit".into()
+                product: "revit".parse().unwrap()
             }
         );
 
@@ -383,7 +383,7 @@ mod tests {
             body_as::<DefaultAssignments>(&call),
             DefaultAssignments {
                 mode: AssignmentMode::Deny,
-                products: vec!["maya".into()]
+                products: vec!["maya".parse().unwrap()]
             }
         );
 

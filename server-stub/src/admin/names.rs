@@ -63,7 +63,7 @@ mod tests {
 
     fn names() -> Names {
         let product = |id: &str, name: &str| Product {
-            id: id.into(),
+            id: id.parse().unwrap(),
             name: name.into(),
             charge: ChargeModel::Daily { tokens: 7 },
             executables: Executables::default(),
@@ -115,7 +115,7 @@ mod tests {
         let removed = render(
             &Command::Subscriptions(SubscriptionsCmd::Remove {
                 email: "ann@example.com".into(),
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
             }),
             "DELETE /x",
             "",

@@ -581,7 +581,7 @@ mod tests {
         assert!(out.starts_with("enrollment token: et_abc\n"), "{out}");
         let remove = Command::Subscriptions(SubscriptionsCmd::Remove {
             email: "ann@example.com".into(),
-            product: "revit".into(),
+            product: "revit".parse().unwrap(),
         });
         assert_eq!(
             render(&remove, "DELETE /x", "", &Names::default()).unwrap(),

@@ -249,7 +249,7 @@ mod tests {
 
     fn row(product: &str, users: i64, days: f64) -> EstimateInput {
         EstimateInput {
-            product: product.into(),
+            product: product.parse().unwrap(),
             users,
             days_per_month: days,
         }
@@ -349,7 +349,7 @@ mod tests {
         let november = crate::rules::calendar::Period::checked(day(11, 1), day(11, 30)).unwrap();
         assert_eq!(november.months(), 1.0);
         let past = [PastUse {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             user: "a".into(),
             usage_days: 10,
         }];
@@ -367,17 +367,17 @@ mod tests {
     fn rows_from_three_months_of_usage() {
         let past = [
             PastUse {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 user: "a".into(),
                 usage_days: 30,
             },
             PastUse {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 user: "b".into(),
                 usage_days: 6,
             },
             PastUse {
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
                 user: "a".into(),
                 usage_days: 0,
             },
