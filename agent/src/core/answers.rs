@@ -3,6 +3,7 @@
 //! denial is passed on to whoever waits and closes what must not run; an
 //! undelivered claim is refused as offline.
 
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{ClaimResponse, Denial, Grant};
 use flex_protocol::socket::{display_name, CloseReason, Event};
 use flex_protocol::ErrorCode;
@@ -47,11 +48,11 @@ impl Core {
     /// The server answered a claim.
     pub(super) fn claim_answered(
         &mut self,
-        claim_id: &str,
+        claim_id: &ClaimId,
         response: ClaimResponse,
         out: &mut Vec<Action>,
     ) {
-        let Some(pending) = self.ledger.settle(claim_id, out) else {
+        let Some(pending) = self.ledger.settle(&claim_id, out) else {
             // The claim was given up (no answer in time) or is a late duplicate:
             // a grant is still a paid window, so it is held.
             if let ClaimResponse::Granted(grant) = response {
@@ -122,12 +123,12 @@ impl Core {
         // Runs in the renewed window move to the new one; a close a failed
         // renewal scheduled is off.
         if let Some(old) = &req.renews {
-            self.ledger.renewal_done(old);
+            self.ledger.renewal_done(&old);
             let renewed: Vec<Found> = self
                 .runs
                 .all()
                 .into_iter()
-                .filter(|f| self.runs.get(f).is_some_and(|r| r.runs_in(old)))
+                .filter(|f| self.runs.get(f).is_some_and(|r| r.runs_in(&old)))
                 .collect();
             let account = renewed
                 .first()
@@ -238,7 +239,7 @@ impl Core {
     fn notify_charged(
         &self,
         account: &AccountId,
-        product: &str,
+        product: &ProductId,
         grant: &Grant,
         renewal: bool,
         out: &mut Vec<Action>,
@@ -247,7 +248,7 @@ impl Core {
             out.push(Action::Notify {
                 account: Some(account.clone()),
                 event: Event::Charged {
-                    product: product.to_string(),
+                    product: product.clone(),
                     product_name: self.product_name(product),
                     tokens: grant.tokens_charged,
                     balance: grant.balance,
@@ -285,7 +286,7 @@ impl Core {
                         .map(|r| r.account.clone())
                 })
                 .or_else(|| {
-                    let old = req.renews.as_deref();
+                    let old = req.renews.as_ref();
                     self.runs
                         .iter()
                         .find(|r| {
@@ -308,7 +309,7 @@ impl Core {
             // who buys tokens during the grace saves the run. A revoked
             // workstation has dropped every window already.
             if d.reason != ErrorCode::DeviceRevoked {
-                self.renewal_failed(old, d.reason, d.message.clone(), out);
+                self.renewal_failed(&old, d.reason, d.message.clone(), out);
             }
         }
         self.refuse(pending, d.reason, d.message, out);
@@ -322,7 +323,7 @@ impl Core {
     fn unverifiable(&mut self, pending: &PendingClaim, message: String, out: &mut Vec<Action>) {
         tracing::error!("{message}");
         if let Some(old) = &pending.request.renews {
-            self.renewal_failed(old, ErrorCode::Internal, message.clone(), out);
+            self.renewal_failed(&old, ErrorCode::Internal, message.clone(), out);
         }
         self.refuse(pending, ErrorCode::Internal, message, out);
     }
@@ -333,7 +334,7 @@ impl Core {
     /// a success cancels the close.
     fn renewal_failed(
         &mut self,
-        old: &str,
+        old: &WindowId,
         reason: ErrorCode,
         message: String,
         out: &mut Vec<Action>,
@@ -363,7 +364,7 @@ impl Core {
                 close_reason(reason),
                 message.clone(),
                 closes_at,
-                Some(old.to_string()),
+                Some(old.clone()),
             );
         }
     }
@@ -380,7 +381,7 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let product = &pending.request.product;
-        let product_name = self.product_name(product);
+        let product_name = self.product_name(&product);
         let refusal = || Refusal::new(code, message.clone()).about(product_name.clone());
         let denied = |account: AccountId| Action::Notify {
             account: Some(account),
@@ -432,12 +433,12 @@ impl Core {
     }
 
     /// A claim could not be delivered (or got no answer in time).
-    pub(super) fn claim_failed(&mut self, claim_id: &str, error: &str, out: &mut Vec<Action>) {
-        let Some(pending) = self.ledger.undelivered(claim_id, out) else {
+    pub(super) fn claim_failed(&mut self, claim_id: &ClaimId, error: &str, out: &mut Vec<Action>) {
+        let Some(pending) = self.ledger.undelivered(&claim_id, out) else {
             return;
         };
         let name = self.product_name(&pending.request.product);
-        let product = display_name(&pending.request.product, name.as_deref());
+        let product = display_name(pending.request.product.as_str(), name.as_deref());
         let message = if pending.request.results.is_some() {
             format!("cannot reach the license server to charge the {product} job ({error}): connect to the network and retry with the same job id")
         } else {

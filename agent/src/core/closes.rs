@@ -22,6 +22,7 @@
 //! not started and is not reported again.
 
 use chrono::{DateTime, Utc};
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::socket::Event;
 
 use super::runs::{Found, Run, RunState};

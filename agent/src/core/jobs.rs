@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::ClaimRequest;
 use flex_protocol::socket::ResultReply;
 use flex_protocol::{Email, ErrorCode};
@@ -46,13 +47,13 @@ fn retryable(code: ErrorCode) -> bool {
     )
 }
 
-type JobKey = (Email, String, String);
+type JobKey = (Email, ProductId, String);
 
 #[derive(Debug, Default)]
 pub(super) struct Jobs {
     device_id: String,
     states: BTreeMap<JobKey, JobState>,
-    by_claim: BTreeMap<String, JobKey>,
+    by_claim: BTreeMap<ClaimId, JobKey>,
 }
 
 impl Jobs {
@@ -84,7 +85,7 @@ impl Jobs {
         }
     }
 
-    fn claim_id(&self, s: &JobState) -> String {
+    fn claim_id(&self, s: &JobState) -> ClaimId {
         job_claim_id(&self.device_id, &s.user, &s.product, &s.job, s.attempt)
     }
 
@@ -93,13 +94,13 @@ impl Jobs {
     pub fn begin(
         &mut self,
         user: &Email,
-        product: &str,
+        product: &ProductId,
         job: &str,
         count: u64,
         now: DateTime<Utc>,
         out: &mut Vec<Action>,
     ) -> Result<ClaimRequest, Refusal> {
-        let key = (user.clone(), product.to_string(), job.to_string());
+        let key = (user.clone(), product.clone(), job.to_string());
         let state = match self.states.get(&key) {
             Some(s) if s.outcome == JobOutcome::Refused => JobState {
                 attempt: s.attempt + 1,
@@ -115,7 +116,7 @@ impl Jobs {
                 self.make_room(user)?;
                 JobState {
                     user: user.clone(),
-                    product: product.to_string(),
+                    product: product.clone(),
                     job: job.to_string(),
                     attempt: 0,
                     outcome: JobOutcome::Pending,
@@ -129,7 +130,7 @@ impl Jobs {
         Ok(ClaimRequest {
             claim_id,
             user: user.clone(),
-            product: product.to_string(),
+            product: product.clone(),
             version: None,
             results: Some(count),
             renews: None,
@@ -237,21 +238,27 @@ pub(super) fn job_reply(
 /// The claim id of a job's attempt: the same (device, user, product, job,
 /// attempt) is always the same claim, and the id fits the server's limits
 /// whatever the job id looks like.
-fn job_claim_id(device: &str, user: &Email, product: &str, job: &str, attempt: u32) -> String {
+fn job_claim_id(
+    device: &str,
+    user: &Email,
+    product: &ProductId,
+    job: &str,
+    attempt: u32,
+) -> ClaimId {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(device)
         .chain_update([0])
         .chain_update(user.as_str())
         .chain_update([0])
-        .chain_update(product)
+        .chain_update(product.as_str())
         .chain_update([0])
         .chain_update(job)
         .chain_update([0])
         .chain_update(attempt.to_be_bytes())
         .finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("job-{hex}")
+    ClaimId::parse(&format!("job-{hex}")).expect("a hex digest is a claim id")
 }
 
 impl super::Core {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, Utc};
+use flex_protocol::{ProductId, SessionId};
 use flex_protocol::api::Source;
 use flex_protocol::socket::{
     CloseReason, Empty, Event, LaunchReply, Request, ResultReply, SessionStatus, StatusReply,
@@ -109,7 +110,7 @@ impl Handler for FakeHandler {
         &self,
         conn: &FakeConn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         version: Option<String>,
         process: Option<ProcessId>,
     ) -> Reply {
@@ -148,7 +149,7 @@ impl Handler for FakeHandler {
         .long_lived()
     }
 
-    async fn attach(&self, conn: &FakeConn, session: String, process: ProcessId) -> Reply {
+    async fn attach(&self, conn: &FakeConn, session: SessionId, process: ProcessId) -> Reply {
         self.saw(
             conn,
             Request::Attach {
@@ -159,7 +160,7 @@ impl Handler for FakeHandler {
         Reply::ok(Empty {})
     }
 
-    async fn exit(&self, conn: &FakeConn, session: String, code: Option<i32>) -> Reply {
+    async fn exit(&self, conn: &FakeConn, session: SessionId, code: Option<i32>) -> Reply {
         self.saw(conn, Request::Exit { session, code });
         Reply::ok(Empty {})
     }
@@ -168,7 +169,7 @@ impl Handler for FakeHandler {
         &self,
         conn: &FakeConn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         count: u64,
         job: Option<String>,
     ) -> Reply {

@@ -101,25 +101,25 @@ impl Board {
             Event::Charged { product, .. } => {
                 // Licensed: what threatened the product no longer applies (a
                 // renewal retried after a top-up, a new launch after a close).
-                self.withdraw(&Slot::of(product, Subject::Stop), &mut steps);
+                self.withdraw(&Slot::of(product.as_str(), Subject::Stop), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Use),
+                    Slot::of(product.as_str(), Subject::Use),
                     texts.event(event),
                     Kind::Other,
                     &mut steps,
                 );
             }
             Event::Resumed { product, .. } | Event::Refunded { product, .. } => {
-                self.withdraw(&Slot::of(product, Subject::Stop), &mut steps);
+                self.withdraw(&Slot::of(product.as_str(), Subject::Stop), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Use),
+                    Slot::of(product.as_str(), Subject::Use),
                     texts.event(event),
                     Kind::Other,
                     &mut steps,
                 );
             }
             Event::RenewalNotice { product, .. } | Event::Paused { product, .. } => self.show(
-                Slot::of(product, Subject::Use),
+                Slot::of(product.as_str(), Subject::Use),
                 texts.event(event),
                 Kind::Other,
                 &mut steps,
@@ -127,7 +127,7 @@ impl Board {
             Event::OfflineWarning { product, .. } => {
                 self.withdraw(&Slot::global(Subject::Network), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Stop),
+                    Slot::of(product.as_str(), Subject::Stop),
                     texts.event(event),
                     Kind::Offline,
                     &mut steps,
@@ -142,7 +142,7 @@ impl Board {
                     Kind::Other
                 };
                 self.show(
-                    Slot::of(product, Subject::Stop),
+                    Slot::of(product.as_str(), Subject::Stop),
                     texts.event(event),
                     kind,
                     &mut steps,
@@ -151,7 +151,7 @@ impl Board {
             Event::LaunchDenied { product, .. }
             | Event::OutOfTokens { product, .. }
             | Event::RenewalFailed { product, .. } => self.show(
-                Slot::of(product, Subject::Stop),
+                Slot::of(product.as_str(), Subject::Stop),
                 texts.event(event),
                 Kind::Other,
                 &mut steps,
@@ -164,13 +164,13 @@ impl Board {
             } => {
                 // The notifier tells with the number of windows it asked;
                 // this is the text when it could not ask any.
-                let n = texts.closing_windows(&name(product, product_name), kill_at, 0);
-                self.show(Slot::of(product, Subject::Stop), n, Kind::Other, &mut steps);
+                let n = texts.closing_windows(&name(product.as_str(), product_name), kill_at, 0);
+                self.show(Slot::of(product.as_str(), Subject::Stop), n, Kind::Other, &mut steps);
             }
             Event::ProductClosed { product, .. } => {
-                self.withdraw(&Slot::of(product, Subject::Use), &mut steps);
+                self.withdraw(&Slot::of(product.as_str(), Subject::Use), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Stop),
+                    Slot::of(product.as_str(), Subject::Stop),
                     texts.event(event),
                     Kind::Other,
                     &mut steps,

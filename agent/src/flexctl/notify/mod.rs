@@ -188,7 +188,7 @@ async fn follow(
                     let windows = desk.close_windows(pid).await;
                     client.send(&Request::Closing { pid, windows }).await?;
                     let texts = Texts::local(Utc::now());
-                    apply(display, board.closing_windows(&product, product_name.as_deref(), &kill_at, windows, &texts)).await;
+                    apply(display, board.closing_windows(product.as_str(), product_name.as_deref(), &kill_at, windows, &texts)).await;
                 }
                 Ok(Some(Incoming::Event(event))) => {
                     let texts = Texts::local(Utc::now());
