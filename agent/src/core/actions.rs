@@ -7,13 +7,13 @@
 //! of that batch, which is what makes "journal the claim id, then send it" hold.
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{
     ClaimRequest, ClaimResponse, ClockRollback, Notice, Policy, Product, RefundResponse,
     SessionRecord, Source, Window,
 };
 use flex_protocol::lease::SignedLease;
 use flex_protocol::socket::{Event, LaunchReply, ResultReply};
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::{Email, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -17,8 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::socket::Event;
+use flex_protocol::{ProductId, WindowId};
 
 use super::contact::chrono;
 use super::runs::{Found, RunState};

@@ -3,10 +3,10 @@
 //! denial is passed on to whoever waits and closes what must not run; an
 //! undelivered claim is refused as offline.
 
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{ClaimResponse, Denial, Grant};
 use flex_protocol::socket::{display_name, CloseReason, Event};
 use flex_protocol::ErrorCode;
+use flex_protocol::{ClaimId, ProductId, WindowId};
 
 use super::jobs::job_reply;
 use super::ledger::{check_lease, PendingClaim};

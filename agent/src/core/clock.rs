@@ -31,7 +31,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::ClockRollback;
 use serde::{Deserialize, Serialize};
 

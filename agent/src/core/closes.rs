@@ -22,7 +22,6 @@
 //! not started and is not reported again.
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::socket::Event;
 
 use super::runs::{Found, Run, RunState};

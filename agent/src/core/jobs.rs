@@ -24,9 +24,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::ClaimRequest;
 use flex_protocol::socket::ResultReply;
+use flex_protocol::{ClaimId, ProductId};
 use flex_protocol::{Email, ErrorCode};
 
 use super::{Action, JobOutcome, JobState, Persist, Refusal};

@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::ClaimRequest;
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::Email;
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 
 use super::{Action, HeldWindow, Persist};
 
@@ -113,7 +113,12 @@ impl Ledger {
     }
 
     /// The held window for (user, product) that covers `now`.
-    pub fn valid(&self, user: &Email, product: &ProductId, now: DateTime<Utc>) -> Option<&HeldWindow> {
+    pub fn valid(
+        &self,
+        user: &Email,
+        product: &ProductId,
+        now: DateTime<Utc>,
+    ) -> Option<&HeldWindow> {
         self.windows
             .get(&(user.clone(), product.clone()))
             .filter(|h| h.window.start <= now && now < h.window.end)

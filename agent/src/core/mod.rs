@@ -83,10 +83,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{Policy, Product};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Event, SessionStatus, WindowStatus};
+use flex_protocol::ProductId;
 use flex_protocol::{Email, IdSource};
 
 use crate::limits;

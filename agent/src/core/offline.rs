@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{ChargeModel, ClaimRequest, Notice, NoticeKind, Policy, Source};
 use flex_protocol::socket::{CloseReason, Event};
+use flex_protocol::{ProductId, WindowId};
 
 use super::contact::chrono;
 use super::policy::{offline_limit, warning_offsets};
@@ -109,7 +109,9 @@ impl Core {
             let mut accounts: Vec<crate::account::AccountId> = self
                 .runs
                 .iter()
-                .filter(|r| matches!(&r.state, RunState::Covered(c) if c.window.as_ref() == Some(&id)))
+                .filter(
+                    |r| matches!(&r.state, RunState::Covered(c) if c.window.as_ref() == Some(&id)),
+                )
                 .map(|r| r.account.clone())
                 .collect();
             accounts.sort();

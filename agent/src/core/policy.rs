@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{Policy, Source};
 
 /// DESIGN.md defaults, used until the server's policy is known.

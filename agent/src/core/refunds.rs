@@ -16,10 +16,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::RefundResponse;
 use flex_protocol::socket::Event;
 use flex_protocol::Email;
+use flex_protocol::{ProductId, WindowId};
 
 use super::{Action, Core, Persist, RefundAsk};
 use crate::account::AccountId;
@@ -183,8 +183,9 @@ impl Core {
                     .into_iter()
                     .filter(|f| {
                         self.runs.get(f).is_some_and(|r| {
-                            r.process.is_some() && r.cover()
-                                .is_some_and(|c| c.window.as_ref() == Some(&window_id))
+                            r.process.is_some()
+                                && r.cover()
+                                    .is_some_and(|c| c.window.as_ref() == Some(&window_id))
                         })
                     })
                     .collect();

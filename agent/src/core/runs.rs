@@ -22,9 +22,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{SessionRecord, Source};
 use flex_protocol::socket::CloseReason;
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::{Email, ErrorCode};
 
 use super::{ConnId, Origin, SessionRow};
@@ -100,7 +100,10 @@ impl Closing {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum RunState {
     /// Waiting for claim `claim` since `since` (trusted time).
-    Claiming { claim: ClaimId, since: DateTime<Utc> },
+    Claiming {
+        claim: ClaimId,
+        since: DateTime<Utc>,
+    },
     /// Licensed by a held window (which may have just ended, with its renewal
     /// under way; the offline rule bounds how long that may last).
     Covered(Cover),

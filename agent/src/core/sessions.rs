@@ -18,10 +18,10 @@
 //! * a connection holds at most one wrapper session; an account at most
 //!   [`limits::MAX_WRAPPER_SESSIONS_PER_ACCOUNT`] at once.
 
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::ClaimRequest;
 use flex_protocol::socket::LaunchReply;
 use flex_protocol::ErrorCode;
+use flex_protocol::SessionId;
 
 use super::ledger::LaunchWaiter;
 use super::runs::{Cover, Found, Run, RunState, WrapperLink};

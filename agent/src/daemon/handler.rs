@@ -11,9 +11,9 @@
 
 use std::sync::Arc;
 
-use flex_protocol::{ProductId, SessionId};
 use flex_protocol::socket::{Empty, Event};
 use flex_protocol::{Email, ErrorCode};
+use flex_protocol::{ProductId, SessionId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::Hub;

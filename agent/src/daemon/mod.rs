@@ -27,11 +27,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{HeartbeatRequest, Product, RefundRequest};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Empty, Event, StatusReply};
 use flex_protocol::Email;
+use flex_protocol::ProductId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::account::{self, AccountId};

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::api::{
     ClaimRequest, ClaimResponse, Denial, HeartbeatRequest, HeartbeatResponse, RefundRequest,
     RefundResponse,
 };
 use flex_protocol::ErrorCode;
+use flex_protocol::{ClaimId, WindowId};
 use rand::Rng;
 use tokio::sync::mpsc;
 

@@ -19,9 +19,9 @@ pub mod zone;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use flex_protocol::ProductId;
 use flex_protocol::api::ApiError;
 use flex_protocol::socket::{display_name, Request, ResultReply, StatusReply};
+use flex_protocol::ProductId;
 
 pub use client::{Client, Incoming};
 

@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use flex_protocol::ProductId;
 use flex_protocol::api::ApiError;
 use flex_protocol::socket::{display_name, Empty, Event, LaunchReply, Request};
 use flex_protocol::ErrorCode;
+use flex_protocol::ProductId;
 use tokio::sync::mpsc;
 
 use super::{Client, CtlError, Incoming, EXIT_DENIED};

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, Utc};
-use flex_protocol::{ProductId, SessionId};
 use flex_protocol::api::Source;
 use flex_protocol::socket::{
     CloseReason, Empty, Event, LaunchReply, Request, ResultReply, SessionStatus, StatusReply,
     WindowStatus,
 };
 use flex_protocol::ErrorCode;
+use flex_protocol::{ProductId, SessionId};
 use tokio::sync::mpsc;
 
 use super::{Acting, Handler, Peer, Permissions, Reply, SocketConfig, SocketServer};

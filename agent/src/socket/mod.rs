@@ -41,9 +41,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flex_protocol::{ProductId, SessionId};
 use flex_protocol::socket::{ErrReply, Event, HelloReply, OkReply, Request, MAX_LINE};
 use flex_protocol::{ErrorCode, PROTOCOL_VERSION};
+use flex_protocol::{ProductId, SessionId};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;

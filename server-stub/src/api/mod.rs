@@ -216,7 +216,9 @@ fn openapi_for(pack_sizes: &[u64], products: &[String]) -> Arc<str> {
     if let Some(serde_json::Value::Object(t)) = tokens {
         t.insert("enum".into(), serde_json::json!(pack_sizes));
     }
-    if let Some(serde_json::Value::Object(p)) = doc.pointer_mut("/components/schemas/RateSheetProductId") {
+    if let Some(serde_json::Value::Object(p)) =
+        doc.pointer_mut("/components/schemas/RateSheetProductId")
+    {
         p.insert("enum".into(), serde_json::json!(products));
     }
     doc.to_string().into()

@@ -290,8 +290,14 @@ pub async fn add_subscription(
     let product = match flex_protocol::ProductId::parse(&f.product) {
         Ok(p) => p,
         Err(e) => {
-            return detail_page(&st, &a, &email, StatusCode::BAD_REQUEST, Some(e.to_string()))
-                .await
+            return detail_page(
+                &st,
+                &a,
+                &email,
+                StatusCode::BAD_REQUEST,
+                Some(e.to_string()),
+            )
+            .await
         }
     };
     let new = NewSubscription {

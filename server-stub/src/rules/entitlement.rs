@@ -114,8 +114,10 @@ mod tests {
         assert!(decide("zed@x.com", &pid("autocad"), &unknown)
             .unwrap_err()
             .contains("not a known user"));
-        assert!(decide("ann@x.com", &pid("autocad"), &facts(false, false, &all))
-            .unwrap_err()
-            .contains("has no subscription to autocad"));
+        assert!(
+            decide("ann@x.com", &pid("autocad"), &facts(false, false, &all))
+                .unwrap_err()
+                .contains("has no subscription to autocad")
+        );
     }
 }

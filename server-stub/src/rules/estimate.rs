@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use flex_protocol::api::ChargeModel;
-use flex_protocol::ProductId;
 use flex_protocol::reports::{Estimate, EstimateInput, EstimateRow, PackCount};
+use flex_protocol::ProductId;
 
 use super::recommendations::SUBSCRIPTION_DAYS;
 use super::Invalid;

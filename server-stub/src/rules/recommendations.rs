@@ -151,7 +151,10 @@ mod tests {
         let subs = vec![
             ("bob@x.com".to_string(), ProductId::parse("revit").unwrap()),
             ("cy@x.com".to_string(), ProductId::parse("revit").unwrap()),
-            ("dee@x.com".to_string(), ProductId::parse("autocad").unwrap()),
+            (
+                "dee@x.com".to_string(),
+                ProductId::parse("autocad").unwrap(),
+            ),
         ];
         let used = [
             usage("bob@x.com", "revit", 3, 0),

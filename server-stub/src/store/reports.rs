@@ -20,10 +20,10 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
-use flex_protocol::ProductId;
 use flex_protocol::reports::{
     Estimate, EstimateRequest, Forecast, RecommendationList, ReportBy, UsageReport,
 };
+use flex_protocol::ProductId;
 
 use super::db::{params, Conn, Row};
 use super::lots::load_lots;

@@ -165,7 +165,12 @@ impl Board {
                 // The notifier tells with the number of windows it asked;
                 // this is the text when it could not ask any.
                 let n = texts.closing_windows(&name(product.as_str(), product_name), kill_at, 0);
-                self.show(Slot::of(product.as_str(), Subject::Stop), n, Kind::Other, &mut steps);
+                self.show(
+                    Slot::of(product.as_str(), Subject::Stop),
+                    n,
+                    Kind::Other,
+                    &mut steps,
+                );
             }
             Event::ProductClosed { product, .. } => {
                 self.withdraw(&Slot::of(product.as_str(), Subject::Use), &mut steps);
