@@ -327,12 +327,21 @@ mod tests {
     #[test]
     fn claim_ids_separate_products_and_attempts() {
         let u = Email::parse("ada@example.com").unwrap();
-        let a = job_claim_id("d", &u, "recap-photo", "j1", 0);
-        assert_eq!(a, job_claim_id("d", &u, "recap-photo", "j1", 0));
-        assert_ne!(a, job_claim_id("d", &u, "other", "j1", 0));
-        assert_ne!(a, job_claim_id("d", &u, "recap-photo", "j1", 1));
-        assert_ne!(a, job_claim_id("e", &u, "recap-photo", "j1", 0));
-        assert!(a.starts_with("job-") && a.len() == 36);
+        let a = job_claim_id("d", &u, &"recap-photo".parse().unwrap(), "j1", 0);
+        assert_eq!(
+            a,
+            job_claim_id("d", &u, &"recap-photo".parse().unwrap(), "j1", 0)
+        );
+        assert_ne!(a, job_claim_id("d", &u, &"other".parse().unwrap(), "j1", 0));
+        assert_ne!(
+            a,
+            job_claim_id("d", &u, &"recap-photo".parse().unwrap(), "j1", 1)
+        );
+        assert_ne!(
+            a,
+            job_claim_id("e", &u, &"recap-photo".parse().unwrap(), "j1", 0)
+        );
+        assert!(a.as_str().starts_with("job-") && a.as_str().len() == 36);
     }
 
     #[test]
@@ -342,19 +351,23 @@ mod tests {
         let t0 = chrono::DateTime::<Utc>::UNIX_EPOCH;
         let mut jobs = Jobs::new("d");
         let mut out = Vec::new();
-        let first = jobs.begin(&u, "p", "j0", 1, t0, &mut out).unwrap();
+        let first = jobs
+            .begin(&u, &"p".parse().unwrap(), "j0", 1, t0, &mut out)
+            .unwrap();
         jobs.answered(&first, true, None, t0, &mut out);
         for i in 1..limits::MAX_STORED_JOBS_PER_ACCOUNT {
             let at = t0 + chrono::Duration::seconds(i as i64);
             let req = jobs
-                .begin(&u, "p", &format!("j{i}"), 1, at, &mut out)
+                .begin(&u, &"p".parse().unwrap(), &format!("j{i}"), 1, at, &mut out)
                 .unwrap();
             jobs.answered(&req, true, None, at, &mut out);
         }
-        jobs.begin(&other, "p", "x", 1, t0, &mut out).unwrap();
+        jobs.begin(&other, &"p".parse().unwrap(), "x", 1, t0, &mut out)
+            .unwrap();
         assert_eq!(jobs.len(), limits::MAX_STORED_JOBS_PER_ACCOUNT + 1);
         // One more job of ada's: j0 (the oldest settled) makes room.
-        jobs.begin(&u, "p", "new", 1, t0, &mut out).unwrap();
+        jobs.begin(&u, &"p".parse().unwrap(), "new", 1, t0, &mut out)
+            .unwrap();
         assert_eq!(jobs.len(), limits::MAX_STORED_JOBS_PER_ACCOUNT + 1);
         assert!(!jobs.by_claim.contains_key(&first.claim_id));
         assert_eq!(jobs.by_claim.len(), jobs.states.len());

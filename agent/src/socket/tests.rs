@@ -244,7 +244,7 @@ async fn launch_stream_carries_the_close_event() {
     product.kill().unwrap();
     product.wait().unwrap();
     assert_eq!(attach["ok"], true, "{attach}");
-    handler.close_session(&grant.session).await;
+    handler.close_session(grant.session.as_str()).await;
     let event = c.recv().await.unwrap();
     assert_eq!(event["event"], "product_closed");
     assert_eq!(event["reason"], "offline");

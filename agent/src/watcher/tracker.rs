@@ -522,7 +522,7 @@ mod tests {
 
     fn product(id: &str, linux: &[&str]) -> Product {
         Product {
-            id: id.into(),
+            id: id.parse().unwrap(),
             name: id.into(),
             charge: ChargeModel::Daily { tokens: 7 },
             executables: Executables {

@@ -272,7 +272,7 @@ mod tests {
     /// An offline warning with the deadline of the device's offline limit.
     fn warning(seconds_left: u64) -> Event {
         Event::OfflineWarning {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: name(),
             seconds_left,
             deadline: Utc.with_ymd_and_hms(2026, 11, 30, 8, 15, 0).unwrap(),
@@ -328,7 +328,7 @@ mod tests {
         b.event(&warning(300), &t);
         b.event(
             &Event::OfflineWarning {
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
                 product_name: None,
                 seconds_left: 300,
                 deadline: t.now,
@@ -360,7 +360,7 @@ mod tests {
         let t = texts();
         let denied = b.event(
             &Event::LaunchDenied {
-                product: "maya".into(),
+                product: "maya".parse().unwrap(),
                 product_name: Some("Maya".into()),
                 reason: ErrorCode::NotEntitled,
                 message: "no".into(),
@@ -369,7 +369,7 @@ mod tests {
         );
         let closed = b.event(
             &Event::ProductClosed {
-                product: "maya".into(),
+                product: "maya".parse().unwrap(),
                 product_name: Some("Maya".into()),
                 reason: CloseReason::NotEntitled,
                 message: "no".into(),
@@ -392,7 +392,7 @@ mod tests {
         let at = t.now + Duration::minutes(15);
         let notice = b.event(
             &Event::RenewalNotice {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 at,
                 tokens: 7,
@@ -408,7 +408,7 @@ mod tests {
         );
         let failed = b.event(
             &Event::RenewalFailed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 reason: ErrorCode::OutOfTokens,
                 closes_at: at + Duration::minutes(30),
@@ -420,7 +420,7 @@ mod tests {
         // the renewal's charge takes the notice's place.
         let charged = b.event(
             &Event::Charged {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 tokens: 7,
                 balance: 93,
@@ -437,7 +437,7 @@ mod tests {
         // A later charge (a new launch) replaces it again.
         let again = b.event(
             &Event::Charged {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 tokens: 7,
                 balance: 86,
@@ -458,7 +458,7 @@ mod tests {
         let t = texts();
         b.event(
             &Event::Paused {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 since: t.now,
             },
@@ -466,7 +466,7 @@ mod tests {
         );
         let resumed = b.event(
             &Event::Resumed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 tokens: 7,
             },
@@ -478,7 +478,7 @@ mod tests {
         );
         let closed = b.event(
             &Event::ProductClosed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 reason: CloseReason::Offline,
                 message: "offline".into(),

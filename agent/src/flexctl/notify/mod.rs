@@ -230,7 +230,7 @@ mod line_tests {
     #[test]
     fn printed_lines_carry_urgency_summary_and_body() {
         let n = notification_for(&Event::ProductClosed {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             reason: CloseReason::Offline,
             message: "offline for more than 24 h".into(),
