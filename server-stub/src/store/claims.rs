@@ -322,7 +322,7 @@ impl Store {
             if hash == fingerprint {
                 #[cfg(feature = "planted-bugs")]
                 if self.planted() == Some(super::PlantedBug::DoubleChargeOnDuplicate) {
-                    super::planted::charge_again(tx, &req.claim_id, now)?;
+                    super::planted::charge_again(tx, req.claim_id.as_str(), now)?;
                 }
                 return Ok(ClaimOutcome { status, body });
             }

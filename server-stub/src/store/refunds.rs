@@ -233,7 +233,7 @@ impl Store {
         if let Some(answer) = stored_answer(tx, &w.id)? {
             #[cfg(feature = "planted-bugs")]
             if self.planted() == Some(super::PlantedBug::RefundTwice) {
-                super::planted::refund_again(tx, &w.id, now)?;
+                super::planted::refund_again(tx, w.id.as_str(), now)?;
             }
             return Ok(answer);
         }
