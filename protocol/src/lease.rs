@@ -171,10 +171,10 @@ mod tests {
     fn body() -> LeaseBody {
         let start = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
         LeaseBody {
-            window_id: "w-1".into(),
+            window_id: "w-1".parse().unwrap(),
             device_id: "d-1".into(),
             user: crate::Email::parse("ada@example.com").unwrap(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             source: Source::Tokens,
             start,
             end: start + chrono::Duration::hours(24),

@@ -52,7 +52,7 @@ impl Core {
         response: ClaimResponse,
         out: &mut Vec<Action>,
     ) {
-        let Some(pending) = self.ledger.settle(&claim_id, out) else {
+        let Some(pending) = self.ledger.settle(claim_id, out) else {
             // The claim was given up (no answer in time) or is a late duplicate:
             // a grant is still a paid window, so it is held.
             if let ClaimResponse::Granted(grant) = response {
@@ -123,12 +123,12 @@ impl Core {
         // Runs in the renewed window move to the new one; a close a failed
         // renewal scheduled is off.
         if let Some(old) = &req.renews {
-            self.ledger.renewal_done(&old);
+            self.ledger.renewal_done(old);
             let renewed: Vec<Found> = self
                 .runs
                 .all()
                 .into_iter()
-                .filter(|f| self.runs.get(f).is_some_and(|r| r.runs_in(&old)))
+                .filter(|f| self.runs.get(f).is_some_and(|r| r.runs_in(old)))
                 .collect();
             let account = renewed
                 .first()
@@ -309,7 +309,7 @@ impl Core {
             // who buys tokens during the grace saves the run. A revoked
             // workstation has dropped every window already.
             if d.reason != ErrorCode::DeviceRevoked {
-                self.renewal_failed(&old, d.reason, d.message.clone(), out);
+                self.renewal_failed(old, d.reason, d.message.clone(), out);
             }
         }
         self.refuse(pending, d.reason, d.message, out);
@@ -323,7 +323,7 @@ impl Core {
     fn unverifiable(&mut self, pending: &PendingClaim, message: String, out: &mut Vec<Action>) {
         tracing::error!("{message}");
         if let Some(old) = &pending.request.renews {
-            self.renewal_failed(&old, ErrorCode::Internal, message.clone(), out);
+            self.renewal_failed(old, ErrorCode::Internal, message.clone(), out);
         }
         self.refuse(pending, ErrorCode::Internal, message, out);
     }
@@ -381,7 +381,7 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let product = &pending.request.product;
-        let product_name = self.product_name(&product);
+        let product_name = self.product_name(product);
         let refusal = || Refusal::new(code, message.clone()).about(product_name.clone());
         let denied = |account: AccountId| Action::Notify {
             account: Some(account),
@@ -434,7 +434,7 @@ impl Core {
 
     /// A claim could not be delivered (or got no answer in time).
     pub(super) fn claim_failed(&mut self, claim_id: &ClaimId, error: &str, out: &mut Vec<Action>) {
-        let Some(pending) = self.ledger.undelivered(&claim_id, out) else {
+        let Some(pending) = self.ledger.undelivered(claim_id, out) else {
             return;
         };
         let name = self.product_name(&pending.request.product);

@@ -185,7 +185,7 @@ impl Core {
                         self.runs.get(f).is_some_and(|r| {
                             r.process.is_some()
                                 && r.cover()
-                                    .is_some_and(|c| c.window.as_ref() == Some(&window_id))
+                                    .is_some_and(|c| c.window.as_ref() == Some(window_id))
                         })
                     })
                     .collect();

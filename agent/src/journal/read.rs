@@ -308,7 +308,7 @@ impl Journal {
             .session_rows("revision > uploaded_revision OR ended_at IS NULL")?
             .into_iter()
             .map(|(row, _)| row.record)
-            .filter(|r| &r.user == user && &r.product == product)
+            .filter(|r| &r.user == user && r.product == product)
             .collect())
     }
 

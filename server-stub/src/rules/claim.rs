@@ -265,7 +265,7 @@ mod tests {
             Duration::hours(24)
         }
         fn window(&mut self, id: &WindowId) -> Result<Option<WindowFact>, Refused> {
-            Ok(self.windows.iter().find(|w| &w.id == id).cloned())
+            Ok(self.windows.iter().find(|w| w.id == id).cloned())
         }
         fn covering(
             &mut self,
@@ -277,7 +277,7 @@ mod tests {
             Ok(self
                 .windows
                 .iter()
-                .filter(|w| w.user == user && &w.product == product)
+                .filter(|w| w.user == user && w.product == product)
                 .filter(|w| w.refunded_at.is_none())
                 .filter(|w| windows::overlaps(w.start, w.end, from, to))
                 .min_by_key(|w| w.start)

@@ -247,7 +247,7 @@ impl FakeServer {
         now: DateTime<Utc>,
     ) -> Result<RefundResponse, String> {
         self.refund_requests.push(window_id.clone());
-        let Some(w) = self.windows.iter().find(|w| &w.id == window_id).cloned() else {
+        let Some(w) = self.windows.iter().find(|w| w.id == window_id).cloned() else {
             return Err(format!("window '{window_id}' not found"));
         };
         for s in sessions {
@@ -315,7 +315,7 @@ impl FakeServer {
             refunds::Decision::Refund { tokens, .. } => {
                 self.balance += tokens;
                 // A refunded window covers no launch and cannot be renewed.
-                if let Some(w) = self.windows.iter_mut().find(|w| &w.id == window_id) {
+                if let Some(w) = self.windows.iter_mut().find(|w| w.id == window_id) {
                     w.refunded_at = Some(now);
                 }
                 Ok(RefundResponse {
@@ -387,7 +387,7 @@ impl claim::Facts for FakeServer {
     }
 
     fn window(&mut self, id: &WindowId) -> Result<Option<WindowFact>, Refused> {
-        Ok(self.windows.iter().find(|w| &w.id == id).cloned())
+        Ok(self.windows.iter().find(|w| w.id == id).cloned())
     }
 
     fn covering(
@@ -400,7 +400,7 @@ impl claim::Facts for FakeServer {
         Ok(self
             .windows
             .iter()
-            .filter(|w| w.user == user && &w.product == product && w.refunded_at.is_none())
+            .filter(|w| w.user == user && w.product == product && w.refunded_at.is_none())
             .filter(|w| windows::overlaps(w.start, w.end, from, to))
             .min_by_key(|w| w.start)
             .cloned())
