@@ -411,7 +411,12 @@ fn socket_events() {
         "socket_event_clock_rollback",
         &Event::ClockRollback { seconds: -3600 },
     );
-    let acad = || (ProductId::parse("autocad").unwrap(), Some("AutoCAD".to_string()));
+    let acad = || {
+        (
+            ProductId::parse("autocad").unwrap(),
+            Some("AutoCAD".to_string()),
+        )
+    };
     check(
         "socket_event_product_closing",
         &Event::ProductClosing {
