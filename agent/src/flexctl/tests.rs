@@ -823,3 +823,24 @@ async fn notifier_reports_idle_time_and_answers_close_windows() {
     notifier.abort();
     agent.stop().await;
 }
+
+/// `flexctl run|result|wrap --product` takes the rate sheet's ids only, and
+/// says which value broke the rule before anything reaches the agent.
+#[test]
+fn a_product_id_off_the_rate_sheets_rule_is_refused_by_name() {
+    for args in [
+        &["flexctl", "run", "--product", "AutoCAD", "--", "/bin/true"][..],
+        &["flexctl", "result", "--product", "AutoCAD", "--count", "3"][..],
+        &["flexctl", "wrap", "--product", "AutoCAD", "--", "/bin/true"][..],
+    ] {
+        let e = Cli::try_parse_from(args).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid value 'AutoCAD' for '--product <PRODUCT>'")
+                && e.contains("product 'AutoCAD' is not a product id: 1-64 lowercase letters, digits or dashes"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(
+        Cli::try_parse_from(["flexctl", "run", "--product", "autocad", "--", "/bin/true"]).is_ok()
+    );
+}
