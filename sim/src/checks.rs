@@ -22,6 +22,11 @@
 //!   server granted (tampered answers must be refused).
 //! * **rollup**: at the end, the usage report by product equals a model
 //!   computed from the raw ledger (tokens and usage days per product).
+//! * **charged for use**: at the end, every window that still costs tokens
+//!   overlaps a run of its user and product on some device, give or take
+//!   [`USE_SLACK`] (a late claim, a renewal asked for as the run ended).
+//!   Windows of the last [`USE_SETTLE`] are left out: their refunds may be
+//!   still under way.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,6 +51,25 @@ pub const TICK: chrono::Duration = chrono::Duration::seconds(1);
 /// "never close while the server is reachable" lets an offline close come
 /// this much after the limit when the attempt hangs.
 pub const CHECK_WAIT: chrono::Duration = chrono::Duration::seconds(60);
+
+/// How far a charged window may lie from every run of its product and still
+/// count as used: a launch's claim may reach the server this late (retries,
+/// a partition shorter than the close bound), and a run closed in the
+/// window's first minutes is refunded rather than left uncharged.
+pub const USE_SLACK: chrono::Duration = chrono::Duration::hours(1);
+
+/// Windows that started this close to the end of a run are not checked for
+/// use: the refund of a short one may not have been sent yet.
+pub const USE_SETTLE: chrono::Duration = chrono::Duration::days(2);
+
+/// A product run as the simulated machine saw it, in true time.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub user: String,
+    pub product: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
 
 /// A window the server granted, as it answered.
 #[derive(Debug, Clone)]
@@ -360,10 +384,31 @@ impl Checker {
 
     /// At the end of a run: the ledger's equations once more, and the
     /// rollup against a model of the raw ledger.
-    pub fn at_end(&mut self, store: &Store, t: DateTime<Utc>) -> Option<Found> {
+    pub fn at_end(&mut self, store: &Store, runs: &[Run], t: DateTime<Utc>) -> Option<Found> {
         self.check_balance(store);
         if let Some(f) = self.take() {
             return Some(f);
+        }
+        for c in store.charges(&ChargeFilter::default()).expect("ledger") {
+            let Some(w) = &c.window else { continue };
+            if c.tokens == 0 || c.refunded_tokens > 0 || w.start > t - USE_SETTLE {
+                continue;
+            }
+            let used = runs.iter().any(|r| {
+                r.user == c.user
+                    && r.product == c.product
+                    && r.from <= w.end
+                    && r.to + USE_SLACK >= w.start
+            });
+            if !used {
+                return Some((
+                    "charged for use",
+                    format!(
+                        "claim {} charged {} tokens to {} for {} from {} to {}, and no run of it came near",
+                        c.claim_id, c.tokens, c.user, c.product, w.start, w.end
+                    ),
+                ));
+            }
         }
         store.fold_usage().expect("fold usage");
         let period = Period {

@@ -307,6 +307,9 @@ pub(crate) struct Proc {
     pub uncovered_for: chrono::Duration,
     /// When a graceful close was last asked for it.
     pub close_asked: Option<DateTime<Utc>>,
+    /// True time it started and ended (for "charged for use").
+    pub started: DateTime<Utc>,
+    pub ended: Option<DateTime<Utc>>,
 }
 
 pub(crate) struct Agent {
@@ -601,7 +604,19 @@ impl World {
             Some(s) => s,
             None => self.reopen(),
         };
-        let v = self.checker.at_end(&store, self.t);
+        let runs: Vec<crate::checks::Run> = self
+            .agents
+            .iter()
+            .flat_map(|a| {
+                a.procs.values().map(|p| crate::checks::Run {
+                    user: a.users[p.user].to_string(),
+                    product: p.product.clone(),
+                    from: p.started,
+                    to: p.ended.unwrap_or(self.t),
+                })
+            })
+            .collect();
+        let v = self.checker.at_end(&store, &runs, self.t);
         self.server.store = Some(store);
         v.map(|v| self.violation(v))
     }
@@ -856,6 +871,8 @@ impl World {
                 covered: false,
                 uncovered_for: chrono::Duration::zero(),
                 close_asked: None,
+                started: self.t,
+                ended: None,
             },
         );
         self.stats.launches += 1;
@@ -882,6 +899,14 @@ impl World {
     }
 
     fn process_ends(&mut self, agent: usize, pid: u32) {
+        if self.agents[agent].asleep {
+            // Nothing runs on a suspended machine: the user closes the
+            // product (or it exits) after the machine wakes. Ending it here
+            // lost its exit, and the agent renewed it for days.
+            self.after(chrono::Duration::seconds(60), Ev::UserClose { agent, pid });
+            return;
+        }
+        let t = self.t;
         let a = &mut self.agents[agent];
         let Some(p) = a.procs.get_mut(&pid) else {
             return;
@@ -890,6 +915,7 @@ impl World {
             return;
         }
         p.alive = false;
+        p.ended = Some(t);
         let process = p.id;
         if a.up && !a.asleep {
             self.feed(agent, Input::ProcessExited { process });
@@ -950,8 +976,9 @@ impl World {
             self.stop_agent(agent);
         }
         let a = &mut self.agents[agent];
-        for p in a.procs.values_mut() {
+        for p in a.procs.values_mut().filter(|p| p.alive) {
             p.alive = false;
+            p.ended = Some(t);
         }
         a.asleep = false;
         a.sleep_gen += 1;
@@ -1093,6 +1120,7 @@ impl World {
                     let a = &mut self.agents[agent];
                     if let Some(p) = a.procs.get_mut(&process.pid).filter(|p| p.alive) {
                         p.alive = false;
+                        p.ended = Some(t);
                         queue.push_back(Input::ProcessExited { process });
                     }
                 }
