@@ -66,7 +66,7 @@ pub const USE_SETTLE: chrono::Duration = chrono::Duration::days(2);
 #[derive(Debug, Clone)]
 pub struct Run {
     pub user: String,
-    pub product: String,
+    pub product: flex_protocol::ProductId,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
 }
