@@ -358,3 +358,36 @@ fn a_bad_state_dir_is_named() {
         "{err}"
     );
 }
+
+/// An agent that took product names the rate sheet's rule refuses could
+/// journal a claim for one (`flexctl run --product AutoCAD` offline). The
+/// server refuses such a claim, so after an upgrade it is left out rather
+/// than failing the start; a damaged row is still named.
+#[test]
+fn a_pending_claim_journaled_under_the_old_product_rule_is_left_out() {
+    let (_dir, mut j) = open();
+    persist(&mut j, vec![Persist::ClaimPending(claim("c1"))]);
+    let legacy = r#"{"claim_id":"c0","user":"ada@example.com","product":"AutoCAD"}"#;
+    j.conn
+        .execute(
+            "INSERT INTO pending_claims (claim_id, request, created) VALUES ('c0', ?1, '2026-11-02T08:00:00Z')",
+            [legacy],
+        )
+        .unwrap();
+    let state = j.load_state().unwrap();
+    let ids: Vec<&str> = state
+        .pending_claims
+        .iter()
+        .map(|c| c.claim_id.as_str())
+        .collect();
+    assert_eq!(ids, ["c1"]);
+
+    j.conn
+        .execute(
+            "UPDATE pending_claims SET request = '{\"claim_id\":7}' WHERE claim_id = 'c0'",
+            [],
+        )
+        .unwrap();
+    let err = j.load_state().unwrap_err().to_string();
+    assert!(err.contains("pending claim"), "{err}");
+}
