@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::lease::SignedLease;
-use crate::{Email, ErrorCode};
+use crate::{ClaimId, Email, ErrorCode, ProductId, SessionId, WindowId};
 
 /// `{"error":{"code","message"}}`, the body of every 4xx/5xx answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +106,7 @@ impl VersionMatch {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
-    pub id: String,
+    pub id: ProductId,
     pub name: String,
     pub charge: ChargeModel,
     #[serde(default)]
@@ -139,7 +139,7 @@ pub struct User {
     pub last_name: String,
     pub flex_assigned: bool,
     #[serde(default)]
-    pub subscriptions: Vec<String>,
+    pub subscriptions: Vec<ProductId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,13 +174,13 @@ pub struct FlexAssignment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewSubscription {
     pub email: String,
-    pub product: String,
+    pub product: ProductId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
     pub email: String,
-    pub product: String,
+    pub product: ProductId,
     pub created_at: DateTime<Utc>,
 }
 
@@ -198,13 +198,13 @@ pub enum AssignmentMode {
 pub struct DefaultAssignments {
     pub mode: AssignmentMode,
     #[serde(default)]
-    pub products: Vec<String>,
+    pub products: Vec<ProductId>,
 }
 
 impl DefaultAssignments {
     /// Whether a Flex user may open `product` under these defaults.
-    pub fn allows(&self, product: &str) -> bool {
-        let listed = self.products.iter().any(|p| p == product);
+    pub fn allows(&self, product: &ProductId) -> bool {
+        let listed = self.products.contains(product);
         match self.mode {
             AssignmentMode::All => true,
             AssignmentMode::Allow => listed,
@@ -277,7 +277,7 @@ pub struct LotShare {
 /// A 24-hour charge window `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
-    pub id: String,
+    pub id: WindowId,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
 }
@@ -286,9 +286,9 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Charge {
     pub id: i64,
-    pub claim_id: String,
+    pub claim_id: ClaimId,
     pub user: String,
-    pub product: String,
+    pub product: ProductId,
     #[serde(default)]
     pub version: Option<String>,
     pub kind: ChargeKind,
@@ -546,10 +546,10 @@ pub struct EnrollResponse {
 /// `claim_id` names one attempt: a retry reuses it and gets the original answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimRequest {
-    pub claim_id: String,
+    pub claim_id: ClaimId,
     /// The user's email.
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Number of results of a per-result job (R6).
@@ -557,7 +557,7 @@ pub struct ClaimRequest {
     pub results: Option<u64>,
     /// Id of the window this claim renews; the new window starts at its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub renews: Option<String>,
+    pub renews: Option<WindowId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -645,14 +645,14 @@ fn default_renewal_notice_secs() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// Unique per session; re-uploading the same id replaces the record.
-    pub id: String,
+    pub id: SessionId,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     #[serde(default)]
     pub version: Option<String>,
     pub source: Source,
     #[serde(default)]
-    pub window_id: Option<String>,
+    pub window_id: Option<WindowId>,
     pub started_at: DateTime<Utc>,
     #[serde(default)]
     pub ended_at: Option<DateTime<Utc>>,
@@ -664,9 +664,9 @@ pub struct SessionRecord {
 /// of the request is answered as the first was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundRequest {
-    pub window_id: String,
+    pub window_id: WindowId,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     /// The agent's records of the runs of (user, product) on this device that
     /// began before the window's start plus the grace: the server stores them
     /// as a heartbeat's, then checks that none ran at that moment.
@@ -678,7 +678,7 @@ pub struct RefundRequest {
 /// an error body with code `conflict` (409) and is final.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundResponse {
-    pub window_id: String,
+    pub window_id: WindowId,
     /// Tokens given back to the lots they came from (0 for a subscription
     /// window; less than charged when a lot expired meanwhile).
     pub refunded_tokens: u64,
@@ -714,7 +714,7 @@ pub struct HeartbeatResponse {
     pub notices: Vec<Notice>,
     /// Session record ids stored by this call.
     #[serde(default)]
-    pub accepted_sessions: Vec<String>,
+    pub accepted_sessions: Vec<SessionId>,
     #[serde(default)]
     pub products: Vec<Product>,
 }

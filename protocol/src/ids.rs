@@ -81,6 +81,69 @@ macro_rules! id_type {
             }
         }
 
+        // Maps keyed by the id can be looked up with a `&str`: the derived
+        // `Hash`/`Eq`/`Ord` are those of the inner `String`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<&$name> for $name {
+            fn eq(&self, other: &&$name) -> bool {
+                self == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                self == &other.0
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(raw: String) -> Result<$name, IdError> {
+                $name::parse(&raw)
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = IdError;
             fn from_str(s: &str) -> Result<$name, IdError> {
@@ -153,7 +216,22 @@ impl IdSource {
         ))))
     }
 
-    /// A new id: a version-4 UUID, as text.
+    /// A new claim id.
+    pub fn next_claim_id(&self) -> ClaimId {
+        ClaimId(self.next_id())
+    }
+
+    /// A new session id.
+    pub fn next_session_id(&self) -> SessionId {
+        SessionId(self.next_id())
+    }
+
+    /// A new window id.
+    pub fn next_window_id(&self) -> WindowId {
+        WindowId(self.next_id())
+    }
+
+    /// A new id: a version-4 UUID, as text (which every id rule accepts).
     pub fn next_id(&self) -> String {
         let bytes: [u8; 16] = match self {
             IdSource::Random => rand::random(),

@@ -21,7 +21,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{LeaseKey, Source};
-use crate::Email;
+use crate::{Email, ProductId, WindowId};
 
 /// Domain separation prefix of lease signatures, version 1.
 pub const LEASE_DOMAIN: &[u8] = b"flex-lease/v1\n";
@@ -29,10 +29,10 @@ pub const LEASE_DOMAIN: &[u8] = b"flex-lease/v1\n";
 /// What a lease asserts: `user` may run `product` on `device_id` in `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseBody {
-    pub window_id: String,
+    pub window_id: WindowId,
     pub device_id: String,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub source: Source,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -171,10 +171,10 @@ mod tests {
     fn body() -> LeaseBody {
         let start = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
         LeaseBody {
-            window_id: "w-1".into(),
+            window_id: "w-1".parse().unwrap(),
             device_id: "d-1".into(),
             user: crate::Email::parse("ada@example.com").unwrap(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             source: Source::Tokens,
             start,
             end: start + chrono::Duration::hours(24),

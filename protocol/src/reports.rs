@@ -11,6 +11,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ProductId;
+
 /// What a usage report's rows are keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,7 +88,7 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recommendation {
     pub email: String,
-    pub product: String,
+    pub product: ProductId,
     pub usage_days: u64,
     pub current: Plan,
     pub recommend: Plan,
@@ -108,7 +110,7 @@ pub struct RecommendationList {
 /// the wire so that a negative one is answered with the row it is in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EstimateInput {
-    pub product: String,
+    pub product: ProductId,
     pub users: i64,
     pub days_per_month: f64,
 }
@@ -139,7 +141,7 @@ pub struct PackCount {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EstimateRow {
-    pub product: String,
+    pub product: ProductId,
     pub users: u64,
     pub days_per_month: f64,
     pub tokens_per_month: u64,

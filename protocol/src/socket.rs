@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, Source};
-use crate::ErrorCode;
+use crate::{ErrorCode, ProductId, SessionId};
 
 /// Longest line either side may send, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -30,7 +30,7 @@ pub enum Request {
     },
     /// A wrapper asks to start a product (R4/R5).
     Launch {
-        product: String,
+        product: ProductId,
         #[serde(default)]
         version: Option<String>,
         /// The product's pid once started, so the agent can close it.
@@ -42,18 +42,18 @@ pub enum Request {
     },
     /// Tells the agent the pid of a granted session after the wrapper started it.
     Attach {
-        session: String,
+        session: SessionId,
         pid: u32,
     },
     /// A session's product exited.
     Exit {
-        session: String,
+        session: SessionId,
         #[serde(default)]
         code: Option<i32>,
     },
     /// A per-result job (R6).
     Result {
-        product: String,
+        product: ProductId,
         count: u64,
         #[serde(default)]
         job: Option<String>,
@@ -93,8 +93,8 @@ pub struct HelloReply {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchReply {
-    pub session: String,
-    pub product: String,
+    pub session: SessionId,
+    pub product: ProductId,
     /// The product's display name from the rate sheet ("AutoCAD"), when the
     /// agent knows it; show this to people and keep `product` for logic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,7 +115,7 @@ pub struct LaunchReply {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultReply {
-    pub product: String,
+    pub product: ProductId,
     /// The product's display name from the rate sheet ("AutoCAD"), when the
     /// agent knows it; show this to people and keep `product` for logic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,9 +134,9 @@ pub struct Empty {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionStatus {
-    pub session: String,
+    pub session: SessionId,
     pub user: String,
-    pub product: String,
+    pub product: ProductId,
     /// The product's display name from the rate sheet ("AutoCAD"), when the
     /// agent knows it; show this to people and keep `product` for logic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,7 +170,7 @@ fn running() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowStatus {
     pub user: String,
-    pub product: String,
+    pub product: ProductId,
     /// The product's display name from the rate sheet ("AutoCAD"), when the
     /// agent knows it; show this to people and keep `product` for logic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,7 +229,7 @@ pub enum CloseReason {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Charged {
-        product: String,
+        product: ProductId,
         /// The product's display name from the rate sheet ("AutoCAD"), when the
         /// agent knows it; show this to people and keep `product` for logic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,14 +245,14 @@ pub enum Event {
         balance: u64,
     },
     OutOfTokens {
-        product: String,
+        product: ProductId,
         /// The product's display name from the rate sheet ("AutoCAD"), when the
         /// agent knows it; show this to people and keep `product` for logic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_name: Option<String>,
     },
     LaunchDenied {
-        product: String,
+        product: ProductId,
         /// The product's display name from the rate sheet ("AutoCAD"), when the
         /// agent knows it; show this to people and keep `product` for logic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,7 +261,7 @@ pub enum Event {
         message: String,
     },
     OfflineWarning {
-        product: String,
+        product: ProductId,
         /// The product's display name from the rate sheet ("AutoCAD"), when the
         /// agent knows it; show this to people and keep `product` for logic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,7 +270,7 @@ pub enum Event {
         deadline: DateTime<Utc>,
     },
     RenewalFailed {
-        product: String,
+        product: ProductId,
         /// The product's display name from the rate sheet ("AutoCAD"), when the
         /// agent knows it; show this to people and keep `product` for logic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,7 +279,7 @@ pub enum Event {
         closes_at: DateTime<Utc>,
     },
     ProductClosed {
-        product: String,
+        product: ProductId,
         /// The product's display name from the rate sheet ("AutoCAD"), when the
         /// agent knows it; show this to people and keep `product` for logic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -294,7 +294,7 @@ pub enum Event {
     /// wrapper holding the session (so an integration can save on its own) and
     /// to the user, before the close starts.
     ProductClosing {
-        product: String,
+        product: ProductId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_name: Option<String>,
         reason: CloseReason,
@@ -307,14 +307,14 @@ pub enum Event {
     /// [`Request::Closing`].
     CloseWindows {
         pid: u32,
-        product: String,
+        product: ProductId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_name: Option<String>,
         kill_at: DateTime<Utc>,
     },
     /// A window no process used past the short-use grace was refunded (R13).
     Refunded {
-        product: String,
+        product: ProductId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_name: Option<String>,
         tokens: u64,
@@ -324,7 +324,7 @@ pub enum Event {
     /// A running product's window is renewed at `at` (wall clock) for
     /// `tokens`, unless it is closed first.
     RenewalNotice {
-        product: String,
+        product: ProductId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_name: Option<String>,
         at: DateTime<Utc>,
@@ -333,14 +333,14 @@ pub enum Event {
     /// The product was idle when its window ended: not renewed, it keeps
     /// running, paused, until its user comes back (R14).
     Paused {
-        product: String,
+        product: ProductId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_name: Option<String>,
         since: DateTime<Utc>,
     },
     /// A paused product is in use again and was charged a new window.
     Resumed {
-        product: String,
+        product: ProductId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_name: Option<String>,
         tokens: u64,
@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn reply_round_trip() {
         let line = serde_json::to_string(&OkReply::new(ResultReply {
-            product: "recap-photo".into(),
+            product: ProductId::parse("recap-photo").unwrap(),
             job: "j1".into(),
             tokens_charged: 2,
             balance: 98,

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use flex_protocol::api::*;
 use flex_protocol::lease::SignedLease;
 use flex_protocol::socket::{self, Event, OkReply, Request};
-use flex_protocol::ErrorCode;
+use flex_protocol::{ErrorCode, ProductId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -44,9 +44,9 @@ fn claim_request() {
     check(
         "claim_request",
         &ClaimRequest {
-            claim_id: "c-1".into(),
+            claim_id: "c-1".parse().unwrap(),
             user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             version: Some("2026".into()),
             results: None,
             renews: None,
@@ -55,12 +55,12 @@ fn claim_request() {
     check(
         "claim_request_renewal",
         &ClaimRequest {
-            claim_id: "c-2".into(),
+            claim_id: "c-2".parse().unwrap(),
             user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             version: None,
             results: None,
-            renews: Some("w-1".into()),
+            renews: Some("w-1".parse().unwrap()),
         },
     );
 }
@@ -72,7 +72,7 @@ fn claim_responses() {
         &ClaimResponse::Granted(Grant {
             source: Source::Tokens,
             window: Some(Window {
-                id: "w-1".into(),
+                id: "w-1".parse().unwrap(),
                 start: t(8),
                 end: t(8) + chrono::Duration::hours(24),
             }),
@@ -106,7 +106,7 @@ fn products() {
         &ProductList {
             products: vec![
                 Product {
-                    id: "autocad".into(),
+                    id: "autocad".parse().unwrap(),
                     name: "AutoCAD".into(),
                     charge: ChargeModel::Daily { tokens: 7 },
                     executables: Executables {
@@ -118,7 +118,7 @@ fn products() {
                     sample: false,
                 },
                 Product {
-                    id: "recap-photo".into(),
+                    id: "recap-photo".parse().unwrap(),
                     name: "ReCap Photo".into(),
                     charge: ChargeModel::PerResult { tokens: 1, per: 50 },
                     executables: Executables::default(),
@@ -226,7 +226,7 @@ fn socket_requests() {
     check(
         "socket_launch",
         &Request::Launch {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             version: Some("2026".into()),
             pid: None,
             user: None,
@@ -235,21 +235,21 @@ fn socket_requests() {
     check(
         "socket_attach",
         &Request::Attach {
-            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
+            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".parse().unwrap(),
             pid: 48213,
         },
     );
     check(
         "socket_exit",
         &Request::Exit {
-            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
+            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".parse().unwrap(),
             code: Some(0),
         },
     );
     check(
         "socket_result",
         &Request::Result {
-            product: "recap-photo".into(),
+            product: "recap-photo".parse().unwrap(),
             count: 85,
             job: Some("survey-2026-11-02".into()),
             user: None,
@@ -273,8 +273,8 @@ fn socket_replies() {
     check(
         "socket_launch_reply",
         &OkReply::new(socket::LaunchReply {
-            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
-            product: "autocad".into(),
+            session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".parse().unwrap(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             source: Source::Tokens,
             window_end: t(8) + chrono::Duration::hours(24),
@@ -288,7 +288,7 @@ fn socket_replies() {
     check(
         "socket_result_reply",
         &OkReply::new(socket::ResultReply {
-            product: "recap-photo".into(),
+            product: "recap-photo".parse().unwrap(),
             product_name: Some("ReCap Photo".into()),
             job: "survey-2026-11-02".into(),
             tokens_charged: 2,
@@ -305,9 +305,9 @@ fn socket_replies() {
             credential_store: "keyring".into(),
             detection: "proc-connector".into(),
             sessions: vec![socket::SessionStatus {
-                session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".into(),
+                session: "5f0c7a52-93c1-4d4e-8a51-0b9e3f1c2d77".parse().unwrap(),
                 user: "ada@example.com".into(),
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: Some("AutoCAD".into()),
                 version: Some("2026".into()),
                 pid: Some(48213),
@@ -322,7 +322,7 @@ fn socket_replies() {
             sessions_omitted: 0,
             windows: vec![socket::WindowStatus {
                 user: "ada@example.com".into(),
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: Some("AutoCAD".into()),
                 source: Source::Tokens,
                 tokens_charged: 7,
@@ -352,7 +352,7 @@ fn socket_events() {
     check(
         "socket_event_charged",
         &Event::Charged {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: name("AutoCAD"),
             tokens: 7,
             balance: 493,
@@ -367,14 +367,14 @@ fn socket_events() {
     check(
         "socket_event_out_of_tokens",
         &Event::OutOfTokens {
-            product: "revit".into(),
+            product: "revit".parse().unwrap(),
             product_name: name("Revit"),
         },
     );
     check(
         "socket_event_launch_denied",
         &Event::LaunchDenied {
-            product: "maya".into(),
+            product: "maya".parse().unwrap(),
             product_name: name("Maya"),
             reason: ErrorCode::NotEntitled,
             message: "ada@example.com has no subscription to Maya and Flex does not include it; ask your license admin".into(),
@@ -383,7 +383,7 @@ fn socket_events() {
     check(
         "socket_event_offline_warning",
         &Event::OfflineWarning {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: name("AutoCAD"),
             seconds_left: 300,
             deadline: t(12),
@@ -392,7 +392,7 @@ fn socket_events() {
     check(
         "socket_event_renewal_failed",
         &Event::RenewalFailed {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: name("AutoCAD"),
             reason: ErrorCode::OutOfTokens,
             closes_at: t(8) + chrono::Duration::minutes(30),
@@ -401,7 +401,7 @@ fn socket_events() {
     check(
         "socket_event_product_closed",
         &Event::ProductClosed {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: name("AutoCAD"),
             reason: socket::CloseReason::Offline,
             message: "this workstation has not reached the license server for 24 h".into(),
@@ -411,7 +411,12 @@ fn socket_events() {
         "socket_event_clock_rollback",
         &Event::ClockRollback { seconds: -3600 },
     );
-    let acad = || ("autocad".to_string(), Some("AutoCAD".to_string()));
+    let acad = || {
+        (
+            ProductId::parse("autocad").unwrap(),
+            Some("AutoCAD".to_string()),
+        )
+    };
     check(
         "socket_event_product_closing",
         &Event::ProductClosing {
@@ -488,16 +493,16 @@ fn idle_and_short_use() {
     check(
         "refund_request",
         &RefundRequest {
-            window_id: "w-1".into(),
+            window_id: "w-1".parse().unwrap(),
             user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             sessions: vec![SessionRecord {
-                id: "s-1".into(),
+                id: "s-1".parse().unwrap(),
                 user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 version: None,
                 source: Source::Tokens,
-                window_id: Some("w-1".into()),
+                window_id: Some("w-1".parse().unwrap()),
                 started_at: t(8),
                 ended_at: Some(t(8) + chrono::Duration::minutes(3)),
             }],
@@ -506,7 +511,7 @@ fn idle_and_short_use() {
     check(
         "refund_response",
         &RefundResponse {
-            window_id: "w-1".into(),
+            window_id: "w-1".parse().unwrap(),
             refunded_tokens: 7,
             balance: 500,
         },
@@ -631,7 +636,7 @@ fn reports() {
             month: "2026-11".into(),
             recommendations: vec![Recommendation {
                 email: "ada@example.com".into(),
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 usage_days: 17,
                 current: Plan::Flex,
                 recommend: Plan::Subscription,
@@ -645,7 +650,7 @@ fn reports() {
         &EstimateRequest {
             months: 12,
             rows: Some(vec![EstimateInput {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 users: 10,
                 days_per_month: 4.0,
             }]),
@@ -685,7 +690,7 @@ fn reports() {
             ],
             packs_tokens: 3400,
             rows: vec![EstimateRow {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 users: 10,
                 days_per_month: 4.0,
                 tokens_per_month: 280,

@@ -75,9 +75,11 @@ fn store_claim_rate(dir: &std::path::Path, launch: bool) -> f64 {
             .claim(
                 "bench-device",
                 &ClaimRequest {
-                    claim_id: format!("bench-{i}"),
+                    claim_id: format!("bench-{i}").parse().unwrap(),
                     user: flex_protocol::Email::parse("bench@example.com").unwrap(),
-                    product: if launch { "autocad" } else { "recap-photo" }.into(),
+                    product: if launch { "autocad" } else { "recap-photo" }
+                        .parse()
+                        .unwrap(),
                     version: None,
                     results: (!launch).then_some(50),
                     renews: None,

@@ -223,7 +223,7 @@ struct AgentState {
 
 struct Agent {
     user: String,
-    product: String,
+    product: flex_protocol::ProductId,
     state: Mutex<AgentState>,
 }
 
@@ -595,7 +595,7 @@ fn run(label: &str, k: &Knobs, data_dir: &Path, database_url: Option<&str>, db_p
         .build()
         .unwrap();
     let n = k.agents;
-    let daily: Vec<String> = RateSheet::sample()
+    let daily: Vec<flex_protocol::ProductId> = RateSheet::sample()
         .products()
         .iter()
         .filter(|p| matches!(p.charge, ChargeModel::Daily { .. }))

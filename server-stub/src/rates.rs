@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use flex_protocol::api::{ChargeModel, Product};
+use flex_protocol::ProductId;
 use serde::Deserialize;
 
 /// The sheet shipped with the server.
@@ -22,7 +23,7 @@ pub enum RatesError {
     #[error("rate sheet is not valid TOML: {0}")]
     Parse(String),
     #[error("rate sheet product '{id}': {why}")]
-    Invalid { id: String, why: &'static str },
+    Invalid { id: ProductId, why: &'static str },
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,7 +35,7 @@ struct SheetFile {
 #[derive(Debug, Clone)]
 pub struct RateSheet {
     products: Vec<Product>,
-    index: HashMap<String, usize>,
+    index: HashMap<ProductId, usize>,
 }
 
 impl RateSheet {
@@ -59,12 +60,8 @@ impl RateSheet {
                 id: p.id.clone(),
                 why,
             };
-            // The one rule for product ids (flex_protocol::ProductId).
-            if flex_protocol::ProductId::parse(&p.id).is_err() {
-                return Err(invalid(
-                    "id must be 1-64 lowercase letters, digits or dashes",
-                ));
-            }
+            // Ids follow the one rule for product ids: `ProductId` checked
+            // them as the sheet was read.
             if let ChargeModel::PerResult { per: 0, .. } = p.charge {
                 return Err(invalid("per_result 'per' must be at least 1"));
             }
@@ -87,8 +84,9 @@ impl RateSheet {
         })
     }
 
-    pub fn get(&self, id: &str) -> Option<&Product> {
-        self.index.get(id).map(|&i| &self.products[i])
+    /// The product with this id (a `&ProductId`, or text such as a URL's).
+    pub fn get<Q: AsRef<str> + ?Sized>(&self, id: &Q) -> Option<&Product> {
+        self.index.get(id.as_ref()).map(|&i| &self.products[i])
     }
 
     pub fn products(&self) -> &[Product] {
@@ -140,7 +138,7 @@ mod tests {
         assert!(RateSheet::parse(bad)
             .unwrap_err()
             .to_string()
-            .contains("Auto CAD"));
+            .contains("product 'Auto CAD' is not a product id"));
     }
 
     #[test]

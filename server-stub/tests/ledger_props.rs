@@ -69,7 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// A window as the model sees it.
 #[derive(Debug, Clone)]
 struct ModelWindow {
-    id: String,
+    id: flex_protocol::WindowId,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     shares: Vec<LotShare>,
@@ -210,9 +210,9 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         };
                         runs.push((u, p, w.start, ended));
                         vec![SessionRecord {
-                            id: format!("s{}", runs.len()),
+                            id: format!("s{}", runs.len()).parse().unwrap(),
                             user: flex_protocol::Email::parse(&users[u]).unwrap(),
-                            product: PRODUCTS[p].into(),
+                            product: PRODUCTS[p].parse().unwrap(),
                             version: None,
                             source: Source::Tokens,
                             window_id: Some(w.id.clone()),
@@ -227,7 +227,7 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         &RefundRequest {
                             window_id: w.id.clone(),
                             user: flex_protocol::Email::parse(&users[u]).unwrap(),
-                            product: PRODUCTS[p].into(),
+                            product: PRODUCTS[p].parse().unwrap(),
                             sessions,
                         },
                     )
@@ -275,9 +275,9 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Some((
                     None,
                     ClaimRequest {
-                        claim_id: String::new(),
+                        claim_id: "pending".parse().unwrap(),
                         user: flex_protocol::Email::parse(&users[u]).unwrap(),
-                        product: PRODUCTS[p].into(),
+                        product: PRODUCTS[p].parse().unwrap(),
                         version: None,
                         results: None,
                         renews: None,
@@ -287,9 +287,9 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Job(u, n) => Some((
                 Some(n.div_ceil(50)),
                 ClaimRequest {
-                    claim_id: String::new(),
+                    claim_id: "pending".parse().unwrap(),
                     user: flex_protocol::Email::parse(&users[u]).unwrap(),
-                    product: "recap-photo".into(),
+                    product: "recap-photo".parse().unwrap(),
                     version: None,
                     results: Some(n),
                     renews: None,
@@ -298,7 +298,7 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
         };
         if let Some((job_cost, mut req)) = amount_and_req {
             claim_no += 1;
-            req.claim_id = format!("c{claim_no}");
+            req.claim_id = format!("c{claim_no}").parse().unwrap();
             let before = store.charges(&Default::default()).unwrap().len();
             let out = store.claim(&dev, &req).unwrap();
             let resp: ClaimResponse = serde_json::from_str(&out.body).unwrap();
@@ -307,7 +307,7 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 ClaimResponse::Granted(g) => {
                     if let Some(gw) = &g.window {
                         let u = users.iter().position(|u| *u == req.user.as_str()).unwrap();
-                        let p = PRODUCTS.iter().position(|p| *p == req.product).unwrap();
+                        let p = PRODUCTS.iter().position(|p| req.product == *p).unwrap();
                         let ws = windows.entry((u, p)).or_default();
                         // An open window covers the launch, unless it was refunded.
                         let open = ws

@@ -73,7 +73,7 @@ impl Model {
     fn from_ledger(store: &Store, tz: Tz) -> Model {
         let mut m = Model::default();
         for c in store.charges(&Default::default()).unwrap() {
-            let pair = (c.user.clone(), c.product.clone());
+            let pair = (c.user.clone(), c.product.to_string());
             if let Some(w) = &c.window {
                 let day = w.start.with_timezone(&tz).date_naive();
                 m.days.entry(pair.clone()).or_default().insert(day);
@@ -191,12 +191,13 @@ fn run(
     store
         .add_subscription(NewSubscription {
             email: users[0].clone(),
-            product: "revit".into(),
+            product: "revit".parse().unwrap(),
         })
         .unwrap();
     store.buy_tokens(10_000).unwrap();
 
-    let mut latest: BTreeMap<(usize, usize), (String, chrono::DateTime<Utc>)> = BTreeMap::new();
+    let mut latest: BTreeMap<(usize, usize), (flex_protocol::WindowId, chrono::DateTime<Utc>)> =
+        BTreeMap::new();
     let mut n = 0;
     for op in ops {
         let (u, product, results, renews) = match op {
@@ -216,7 +217,7 @@ fn run(
                             &RefundRequest {
                                 window_id: id.clone(),
                                 user: flex_protocol::Email::parse(&users[u]).unwrap(),
-                                product: PRODUCTS[p].into(),
+                                product: PRODUCTS[p].parse().unwrap(),
                                 sessions: vec![],
                             },
                         )
@@ -239,9 +240,9 @@ fn run(
         };
         n += 1;
         let req = ClaimRequest {
-            claim_id: format!("c{n}"),
+            claim_id: format!("c{n}").parse().unwrap(),
             user: flex_protocol::Email::parse(&users[u]).unwrap(),
-            product: product.into(),
+            product: product.parse().unwrap(),
             version: None,
             results,
             renews,
@@ -282,7 +283,7 @@ fn run(
             .filter(|((_, product), _)| matches!(charge(product), Some(ChargeModel::Daily { .. })))
             .map(|((user, product), days)| PastUse {
                 user: user.clone(),
-                product: product.clone(),
+                product: product.parse().unwrap(),
                 usage_days: days
                     .iter()
                     .filter(|d| **d >= period.from && **d <= period.to)
@@ -322,13 +323,13 @@ fn run(
                 let tokens: u64 = weeks.values().map(|w| w.1).sum();
                 (days > 0 || tokens > 0).then(|| flex_server::rules::recommendations::PairUsage {
                     user: pair.0.clone(),
-                    product: pair.1.clone(),
+                    product: pair.1.parse().unwrap(),
                     usage_days: days,
                     tokens,
                 })
             })
             .collect();
-        let subs = vec![(users[0].clone(), "revit".to_string())];
+        let subs = vec![(users[0].clone(), "revit".parse().unwrap())];
         let expected = flex_server::rules::recommendations::recommend(month, &usage, &subs, |p| {
             store.rates().get(p).map(|p| p.charge)
         });

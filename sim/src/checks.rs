@@ -66,7 +66,7 @@ pub const USE_SETTLE: chrono::Duration = chrono::Duration::days(2);
 #[derive(Debug, Clone)]
 pub struct Run {
     pub user: String,
-    pub product: String,
+    pub product: flex_protocol::ProductId,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
 }
@@ -76,7 +76,7 @@ pub struct Run {
 pub struct Grant {
     pub window: Window,
     pub user: String,
-    pub product: String,
+    pub product: flex_protocol::ProductId,
     pub lease: SignedLease,
 }
 
@@ -90,7 +90,7 @@ pub(crate) struct Checker {
     charged: BTreeMap<(String, String), i64>,
     /// Windows granted by id, with every lease signed for them (one per
     /// grant: devices and times differ).
-    grants: BTreeMap<String, (Grant, Vec<SignedLease>)>,
+    grants: BTreeMap<flex_protocol::WindowId, (Grant, Vec<SignedLease>)>,
     last_t: DateTime<Utc>,
     found: Option<Found>,
 }
@@ -193,10 +193,10 @@ impl Checker {
                 }
                 agent
                     .held
-                    .insert((h.user.to_string(), h.product.clone()), h.clone());
+                    .insert((h.user.to_string(), h.product.to_string()), h.clone());
             }
             Persist::DropWindow { user, product } => {
-                agent.held.remove(&(user.to_string(), product.clone()));
+                agent.held.remove(&(user.to_string(), product.to_string()));
             }
             _ => {}
         }
@@ -206,7 +206,7 @@ impl Checker {
     pub fn close_started(
         &mut self,
         agent: &Agent,
-        key: &(String, String),
+        key: &(String, flex_protocol::ProductId),
         t: DateTime<Utc>,
         policy: &PolicyConfig,
     ) {
@@ -425,13 +425,13 @@ impl Checker {
         for c in store.charges(&ChargeFilter::default()).expect("ledger") {
             let inside = |d: chrono::NaiveDate| d >= period.from && d <= period.to;
             if inside(c.created_at.date_naive()) {
-                *tokens.entry(c.product.clone()).or_default() +=
+                *tokens.entry(c.product.to_string()).or_default() +=
                     c.tokens.saturating_sub(c.refunded_tokens);
             }
             if let Some(w) = &c.window {
                 let d = w.start.date_naive();
                 if inside(d) {
-                    days.entry(c.product.clone())
+                    days.entry(c.product.to_string())
                         .or_default()
                         .insert((c.user.clone(), d));
                 }

@@ -17,6 +17,7 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
 use flex_protocol::socket::{CloseReason, Event};
+use flex_protocol::{ClaimId, ProductId, WindowId};
 use flex_protocol::{Email, ErrorCode, IdSource};
 use flex_server::clock::TestClock;
 use flex_server::config::PolicyConfig;
@@ -144,12 +145,12 @@ enum Req {
 
 #[derive(Debug, Clone)]
 enum Ans {
-    Claim(String, ClaimResponse),
-    ClaimFailed(String),
+    Claim(ClaimId, ClaimResponse),
+    ClaimFailed(ClaimId),
     Heartbeat(Box<HeartbeatResponse>, HeartbeatBatch),
     HeartbeatFailed,
-    Refund(String, Result<RefundResponse, String>),
-    RefundFailed(String),
+    Refund(WindowId, Result<RefundResponse, String>),
+    RefundFailed(WindowId),
 }
 
 #[derive(Debug, Clone)]
@@ -237,12 +238,12 @@ impl Ev {
                 let what = match req {
                     Req::Claim(c) => format!(
                         "claim {} {} renews={}",
-                        short(&c.claim_id),
+                        short(c.claim_id.as_str()),
                         c.product,
-                        c.renews.as_deref().map(short).unwrap_or("-")
+                        c.renews.as_ref().map(|w| short(w.as_str())).unwrap_or("-")
                     ),
                     Req::Heartbeat(..) => "heartbeat".into(),
-                    Req::Refund(r) => format!("refund {}", short(&r.window_id)),
+                    Req::Refund(r) => format!("refund {}", short(r.window_id.as_str())),
                 };
                 let dup = if *copies > 1 { " (duplicated)" } else { "" };
                 format!("a{agent} → server: {what}{dup}")
@@ -251,18 +252,21 @@ impl Ev {
                 let what = match ans {
                     Ans::Claim(id, ClaimResponse::Granted(g)) => format!(
                         "claim {} granted {} tokens window {}",
-                        short(id),
+                        short(id.as_str()),
                         g.tokens_charged,
-                        g.window.as_ref().map(|w| short(&w.id)).unwrap_or("-")
+                        g.window
+                            .as_ref()
+                            .map(|w| short(w.id.as_str()))
+                            .unwrap_or("-")
                     ),
                     Ans::Claim(id, ClaimResponse::Denied(d)) => {
-                        format!("claim {} denied {:?}", short(id), d.reason)
+                        format!("claim {} denied {:?}", short(id.as_str()), d.reason)
                     }
-                    Ans::ClaimFailed(id) => format!("claim {} failed", short(id)),
+                    Ans::ClaimFailed(id) => format!("claim {} failed", short(id.as_str())),
                     Ans::Heartbeat(..) => "heartbeat ok".into(),
                     Ans::HeartbeatFailed => "heartbeat failed".into(),
-                    Ans::Refund(w, r) => format!("refund {} {}", short(w), r.is_ok()),
-                    Ans::RefundFailed(w) => format!("refund {} failed", short(w)),
+                    Ans::Refund(w, r) => format!("refund {} {}", short(w.as_str()), r.is_ok()),
+                    Ans::RefundFailed(w) => format!("refund {} failed", short(w.as_str())),
                 };
                 format!("server → a{agent}: {what}")
             }
@@ -292,7 +296,7 @@ fn short(id: &str) -> &str {
 #[derive(Debug, Clone)]
 pub(crate) struct Proc {
     pub user: usize,
-    pub product: String,
+    pub product: ProductId,
     pub id: ProcessId,
     pub alive: bool,
     /// Whether the close of this process is honoured (SIGTERM ends it).
@@ -338,7 +342,7 @@ pub(crate) struct Agent {
     /// True time of the last server answer the core was given.
     pub last_contact: Option<DateTime<Utc>>,
     /// Offline closes announced: (user, product) → when announced.
-    pub offline_close: BTreeMap<(String, String), DateTime<Utc>>,
+    pub offline_close: BTreeMap<(String, ProductId), DateTime<Utc>>,
 }
 
 impl Agent {
@@ -860,7 +864,7 @@ impl World {
             pid,
             Proc {
                 user,
-                product: product.into(),
+                product: product.parse().unwrap(),
                 id,
                 alive: true,
                 honours_close,
@@ -1295,7 +1299,7 @@ impl World {
                         }
                         self.note(format!(
                             "  server answers {}: {}",
-                            short(&c.claim_id),
+                            short(c.claim_id.as_str()),
                             serde_json::to_string(&shown).expect("serializes")
                         ));
                         if let ClaimResponse::Granted(g) = &resp {
@@ -1322,7 +1326,7 @@ impl World {
                         None => Ans::ClaimFailed(c.claim_id.clone()),
                     },
                 };
-                self.checker.after_claim(store, &c.user, &c.product);
+                self.checker.after_claim(store, &c.user, c.product.as_str());
                 ans
             }
             Req::Heartbeat(r, batch) => match store.heartbeat(&device, r) {
@@ -1341,7 +1345,11 @@ impl World {
                 let ans = match store.refund(&device, r) {
                     Ok(out) if out.status == 200 => {
                         self.stats.refunds += 1;
-                        self.note(format!("  server refunds {}: {}", short(&w), out.body));
+                        self.note(format!(
+                            "  server refunds {}: {}",
+                            short(w.as_str()),
+                            out.body
+                        ));
                         let resp: RefundResponse = serde_json::from_str(&out.body)
                             .expect("the store's refund answer parses");
                         Ans::Refund(w, Ok(resp))
@@ -1350,20 +1358,23 @@ impl World {
                     Ok(out) => {
                         self.note(format!(
                             "  server refuses refund {}: {}",
-                            short(&w),
+                            short(w.as_str()),
                             out.body
                         ));
                         Ans::Refund(w, Err(out.body))
                     }
                     Err(e) => {
-                        self.note(format!("  server error on refund {}: {e}", short(&w)));
+                        self.note(format!(
+                            "  server error on refund {}: {e}",
+                            short(w.as_str())
+                        ));
                         match refusal(&e) {
                             Some(_) => Ans::Refund(w, Err(e.to_string())),
                             None => Ans::RefundFailed(w),
                         }
                     }
                 };
-                self.checker.after_claim(store, &r.user, &r.product);
+                self.checker.after_claim(store, &r.user, r.product.as_str());
                 ans
             }
         }

@@ -869,7 +869,7 @@ async fn launch_latency(server: &Server, n: usize) -> Launch {
 
 fn bench_product() -> Product {
     Product {
-        id: "flexbench".into(),
+        id: "flexbench".parse().unwrap(),
         name: "Detection bench".into(),
         charge: ChargeModel::Daily { tokens: 1 },
         executables: Executables {

@@ -30,9 +30,9 @@ async fn enrollment_token(s: &Server) -> String {
 
 fn claim(id: &str, product: &str) -> ClaimRequest {
     ClaimRequest {
-        claim_id: id.into(),
+        claim_id: id.parse().unwrap(),
         user: flex_protocol::Email::parse(ADA).unwrap(),
-        product: product.into(),
+        product: product.parse().unwrap(),
         version: None,
         results: None,
         renews: None,

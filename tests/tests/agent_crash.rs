@@ -98,7 +98,7 @@ fn crashed(agent: &mut Agent, point: Failpoint) -> String {
         "no window before the answer is journaled: {:?}",
         state.windows
     );
-    claim.claim_id.clone()
+    claim.claim_id.to_string()
 }
 
 /// Before the restart: `claim-journaled` sent nothing; `claim-answered` was

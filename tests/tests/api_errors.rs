@@ -148,6 +148,115 @@ async fn malformed_bodies_name_the_problem_and_change_nothing() {
     );
 }
 
+/// Ids follow their rules on every request (the rate sheet's for products,
+/// 1-128 printable characters for claim, session and window ids), checked as
+/// the body is read: a 400 naming the value, and nothing changes. Session
+/// records in heartbeats and refund requests were stored whatever their
+/// product or window id said until the wire types carried typed ids.
+#[tokio::test]
+async fn bad_ids_are_refused_as_the_body_is_read_and_change_nothing() {
+    let s = Server::start_test_clock();
+    s.buy(100).await;
+    s.flex_user("ada@example.com").await;
+    let dev = s.enroll().await;
+    let refused = |v: &serde_json::Value, want: &str| {
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(want), "{m}");
+    };
+    let product_rule = "is not a product id: 1-64 lowercase letters, digits or dashes";
+    let id_rule = "must be 1-128 printable characters without spaces";
+
+    let claim = |product: &str, claim_id: &str| json!({"claim_id": claim_id, "user": "ada@example.com", "product": product});
+    let (status, v) = s.claim(&dev, claim("AutoCAD", "c1")).await;
+    assert_eq!(status, 400, "{v}");
+    refused(&v, &format!("product 'AutoCAD' {product_rule}"));
+    let (status, v) = s.claim(&dev, claim("autocad", "c 1")).await;
+    assert_eq!(status, 400, "{v}");
+    refused(&v, &format!("claim_id 'c 1' {id_rule}"));
+    let mut renewal = claim("autocad", "c2");
+    renewal["renews"] = json!("w 1");
+    let (status, v) = s.claim(&dev, renewal).await;
+    assert_eq!(status, 400, "{v}");
+    refused(&v, &format!("window id 'w 1' {id_rule}"));
+
+    let record = |id: &str, product: &str, window: &str| {
+        json!({"id": id, "user": "ada@example.com", "product": product, "source": "tokens",
+               "window_id": window, "started_at": "2026-11-02T08:00:00Z"})
+    };
+    for (rec, want) in [
+        (
+            record("s1", "Revit", "w1"),
+            format!("product 'Revit' {product_rule}"),
+        ),
+        (
+            record("s1", "revit", "w 1"),
+            format!("window id 'w 1' {id_rule}"),
+        ),
+        (
+            record("s 1", "revit", "w1"),
+            format!("session id 's 1' {id_rule}"),
+        ),
+    ] {
+        let body = json!({"sessions": [rec]});
+        let (status, v) = s
+            .call(M::POST, "/v1/agent/heartbeat", &dev.token, Some(body))
+            .await;
+        assert_eq!(status, 400, "{v}");
+        refused(&v, &want);
+        let refund = json!({"window_id": "w1", "user": "ada@example.com", "product": "autocad",
+                            "sessions": [rec]});
+        let (status, v) = s
+            .call(M::POST, "/v1/agent/refunds", &dev.token, Some(refund))
+            .await;
+        assert_eq!(status, 400, "{v}");
+        refused(&v, &want);
+    }
+    let refund = json!({"window_id": "", "user": "ada@example.com", "product": "autocad",
+                        "sessions": []});
+    let (status, v) = s
+        .call(M::POST, "/v1/agent/refunds", &dev.token, Some(refund))
+        .await;
+    assert_eq!(status, 400, "{v}");
+    refused(&v, &format!("window id '' {id_rule}"));
+
+    let (status, v) = s
+        .admin(
+            M::POST,
+            "/subscriptions",
+            Some(json!({"email": "ada@example.com", "product": "Revit"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    refused(&v, &format!("product 'Revit' {product_rule}"));
+    let (status, v) = s
+        .admin(
+            M::PUT,
+            "/default-assignments",
+            Some(json!({"mode": "deny", "products": ["AutoCAD"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    refused(&v, &format!("product 'AutoCAD' {product_rule}"));
+    let (status, v) = s
+        .admin(M::DELETE, "/subscriptions/ada@example.com/Revit", None)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    refused(&v, &format!("product 'Revit' {product_rule}"));
+
+    // Nothing moved: no charge, no subscription, Flex still opens every product.
+    assert_eq!(s.balance().await, 100);
+    assert!(s.charges().await.is_empty());
+    let users = s.ok(M::GET, "/users", None).await;
+    assert_eq!(users["users"][0]["subscriptions"], json!([]), "{users}");
+    let defaults = s.ok(M::GET, "/default-assignments", None).await;
+    assert_eq!(defaults["mode"], "all", "{defaults}");
+    // The ids those requests named are free: the same claim id charges once.
+    let (status, v) = s.claim(&dev, claim("autocad", "c1")).await;
+    assert_eq!((status, &v["decision"]), (200, &json!("granted")), "{v}");
+    assert_eq!(s.balance().await, 93);
+}
+
 #[tokio::test]
 async fn test_clock_exists_only_when_asked_for() {
     let s = Server::start(ServerOpts::default());

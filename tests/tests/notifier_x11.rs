@@ -144,7 +144,7 @@ async fn close_windows_makes_the_program_save_and_exit() {
     handler
         .publish(Event::CloseWindows {
             pid: app.pid(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             kill_at,
         })
@@ -176,7 +176,7 @@ async fn close_windows_makes_the_program_save_and_exit() {
     handler
         .publish(Event::CloseWindows {
             pid: 1,
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             kill_at,
         })

@@ -13,6 +13,7 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::SignedLease;
 use flex_protocol::socket::{Event, LaunchReply, ResultReply};
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::{Email, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -46,7 +47,7 @@ pub struct LaunchRequest {
     pub account_name: String,
     /// The account's email, from the config's user mapping.
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub version: Option<String>,
     /// Known only when the wrapper started the product before asking; the
     /// driver checked that the caller may hand this process over.
@@ -60,7 +61,7 @@ pub struct ProcessInfo {
     pub account: AccountId,
     pub account_name: String,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub version: Option<String>,
     pub started_at: DateTime<Utc>,
 }
@@ -71,7 +72,7 @@ pub struct JobRequest {
     pub request: String,
     pub account: AccountId,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub count: u64,
     /// The caller's job id: a retry with the same id is charged at most once.
     pub job: String,
@@ -110,7 +111,7 @@ pub enum Input {
         request: String,
         conn: ConnId,
         caller: Caller,
-        session: String,
+        session: SessionId,
         process: ProcessId,
     },
     /// The wrapper reports that its product exited.
@@ -118,7 +119,7 @@ pub enum Input {
         request: String,
         conn: ConnId,
         caller: Caller,
-        session: String,
+        session: SessionId,
     },
     /// A local-API connection closed: the sessions it held lose their wrapper.
     ConnectionClosed {
@@ -134,13 +135,13 @@ pub enum Input {
     /// is passed as a [`ClaimResponse::Denied`] with that code; a 5xx answer is a
     /// [`Input::ClaimFailed`], as the server may not have decided.
     ClaimAnswered {
-        claim_id: String,
+        claim_id: ClaimId,
         response: ClaimResponse,
     },
     /// The claim could not be delivered or its answer was lost (after the driver's
     /// own quick retries). The claim stays journaled and is resent with its id.
     ClaimFailed {
-        claim_id: String,
+        claim_id: ClaimId,
         error: String,
     },
     /// A heartbeat succeeded.
@@ -160,12 +161,12 @@ pub enum Input {
     /// The server answered a refund: refunded, or refused for good (`Err`
     /// with its reason).
     RefundAnswered {
-        window_id: String,
+        window_id: WindowId,
         result: Result<RefundResponse, String>,
     },
     /// The refund could not be delivered; it is asked again at next contact.
     RefundFailed {
-        window_id: String,
+        window_id: WindowId,
     },
     /// The server answered that this workstation's credential was revoked.
     DeviceRevoked {
@@ -230,7 +231,7 @@ pub struct SessionRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldWindow {
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub source: Source,
     pub window: Window,
     pub lease: SignedLease,
@@ -244,7 +245,7 @@ pub struct HeldWindow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobState {
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub job: String,
     /// Which claim id the job is on: a refusal moves it to the next one.
     pub attempt: u32,
@@ -270,7 +271,7 @@ pub enum Persist {
     ClaimPending(ClaimRequest),
     /// The claim's answer has been acted upon; it is never resent.
     ClaimSettled {
-        claim_id: String,
+        claim_id: ClaimId,
     },
     /// Insert or replace the window held for (user, product).
     Window(HeldWindow),
@@ -290,12 +291,12 @@ pub enum Persist {
     RefundPending(RefundAsk),
     /// The refund's answer (or refusal) was acted upon; never asked again.
     RefundSettled {
-        window_id: String,
+        window_id: WindowId,
     },
     /// Forget the window held for (user, product).
     DropWindow {
         user: Email,
-        product: String,
+        product: ProductId,
     },
     /// A heartbeat's upload was stored by the server.
     Uploaded(UploadReceipt),
@@ -304,9 +305,9 @@ pub enum Persist {
 /// A refund of a window no process used past the short-use grace (R13).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundAsk {
-    pub window_id: String,
+    pub window_id: WindowId,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     /// Whom to tell (the account that last ran the product in the window).
     pub account: Option<AccountId>,
 }
@@ -338,11 +339,11 @@ impl Persist {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UploadReceipt {
     /// (session id, revision sent) of every session record sent.
-    pub revisions: Vec<(String, i64)>,
+    pub revisions: Vec<(SessionId, i64)>,
     /// The last clock rollback row sent.
     pub last_rollback: Option<i64>,
     /// The session ids the server stored.
-    pub accepted: Vec<String>,
+    pub accepted: Vec<SessionId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -351,7 +352,7 @@ pub enum Action {
     /// Send this claim (`POST /v1/agent/claims`); answer with
     /// [`Input::ClaimAnswered`] or [`Input::ClaimFailed`].
     Claim {
-        claim_id: String,
+        claim_id: ClaimId,
         request: ClaimRequest,
     },
     /// Call `handle(Input::Tick, ..)` when the boot clock reaches this value.
@@ -363,7 +364,7 @@ pub enum Action {
     },
     /// Stop a session's product along `route`: `graceful` is SIGTERM / WM_CLOSE.
     Close {
-        session: String,
+        session: SessionId,
         route: CloseRoute,
         graceful: bool,
     },
@@ -375,7 +376,7 @@ pub enum Action {
     /// The graceful close was ignored for `close_grace`: SIGKILL / TerminateProcess,
     /// through the process's handle.
     Kill {
-        session: String,
+        session: SessionId,
         process: ProcessId,
     },
     /// Open a handle on `process` and report [`Input::ProcessExited`] when it ends,

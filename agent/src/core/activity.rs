@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flex_protocol::socket::Event;
+use flex_protocol::{ProductId, WindowId};
 
 use super::contact::chrono;
 use super::runs::{Found, RunState};
@@ -207,7 +208,7 @@ impl Core {
     }
 
     /// Whether the runs of window `window` are idle now.
-    pub(super) fn window_idle(&self, window: &str) -> bool {
+    pub(super) fn window_idle(&self, window: &WindowId) -> bool {
         let span = self.idle_after();
         if span.is_zero() {
             return false;
@@ -233,14 +234,14 @@ impl Core {
 
     /// Window `window` ended while its product was idle: its runs are paused
     /// (their usage records end with the window) instead of renewed.
-    pub(super) fn pause(&mut self, window: &str, ended: DateTime<Utc>, out: &mut Vec<Action>) {
+    pub(super) fn pause(&mut self, window: &WindowId, ended: DateTime<Utc>, out: &mut Vec<Action>) {
         let found: Vec<Found> = self
             .runs
             .all()
             .into_iter()
             .filter(|f| self.runs.get(f).is_some_and(|r| r.runs_in(window)))
             .collect();
-        let mut told: Vec<(AccountId, String)> = Vec::new();
+        let mut told: Vec<(AccountId, ProductId)> = Vec::new();
         for f in found {
             let Some(run) = self.runs.get(&f).cloned() else {
                 continue;
@@ -304,7 +305,7 @@ impl Core {
         for f in back {
             if let Some(run) = self.runs.get_mut(&f) {
                 // A new usage record from now: the pause was no usage.
-                run.id = self.ids.next_id();
+                run.id = self.ids.next_session_id();
                 run.started_at = now;
                 run.resuming = true;
             }

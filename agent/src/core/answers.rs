@@ -6,6 +6,7 @@
 use flex_protocol::api::{ClaimResponse, Denial, Grant};
 use flex_protocol::socket::{display_name, CloseReason, Event};
 use flex_protocol::ErrorCode;
+use flex_protocol::{ClaimId, ProductId, WindowId};
 
 use super::jobs::job_reply;
 use super::ledger::{check_lease, PendingClaim};
@@ -47,7 +48,7 @@ impl Core {
     /// The server answered a claim.
     pub(super) fn claim_answered(
         &mut self,
-        claim_id: &str,
+        claim_id: &ClaimId,
         response: ClaimResponse,
         out: &mut Vec<Action>,
     ) {
@@ -238,7 +239,7 @@ impl Core {
     fn notify_charged(
         &self,
         account: &AccountId,
-        product: &str,
+        product: &ProductId,
         grant: &Grant,
         renewal: bool,
         out: &mut Vec<Action>,
@@ -247,7 +248,7 @@ impl Core {
             out.push(Action::Notify {
                 account: Some(account.clone()),
                 event: Event::Charged {
-                    product: product.to_string(),
+                    product: product.clone(),
                     product_name: self.product_name(product),
                     tokens: grant.tokens_charged,
                     balance: grant.balance,
@@ -285,7 +286,7 @@ impl Core {
                         .map(|r| r.account.clone())
                 })
                 .or_else(|| {
-                    let old = req.renews.as_deref();
+                    let old = req.renews.as_ref();
                     self.runs
                         .iter()
                         .find(|r| {
@@ -333,7 +334,7 @@ impl Core {
     /// a success cancels the close.
     fn renewal_failed(
         &mut self,
-        old: &str,
+        old: &WindowId,
         reason: ErrorCode,
         message: String,
         out: &mut Vec<Action>,
@@ -363,7 +364,7 @@ impl Core {
                 close_reason(reason),
                 message.clone(),
                 closes_at,
-                Some(old.to_string()),
+                Some(old.clone()),
             );
         }
     }
@@ -432,12 +433,12 @@ impl Core {
     }
 
     /// A claim could not be delivered (or got no answer in time).
-    pub(super) fn claim_failed(&mut self, claim_id: &str, error: &str, out: &mut Vec<Action>) {
+    pub(super) fn claim_failed(&mut self, claim_id: &ClaimId, error: &str, out: &mut Vec<Action>) {
         let Some(pending) = self.ledger.undelivered(claim_id, out) else {
             return;
         };
         let name = self.product_name(&pending.request.product);
-        let product = display_name(&pending.request.product, name.as_deref());
+        let product = display_name(pending.request.product.as_str(), name.as_deref());
         let message = if pending.request.results.is_some() {
             format!("cannot reach the license server to charge the {product} job ({error}): connect to the network and retry with the same job id")
         } else {

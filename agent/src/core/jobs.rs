@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use flex_protocol::api::ClaimRequest;
 use flex_protocol::socket::ResultReply;
+use flex_protocol::{ClaimId, ProductId};
 use flex_protocol::{Email, ErrorCode};
 
 use super::{Action, JobOutcome, JobState, Persist, Refusal};
@@ -46,13 +47,13 @@ fn retryable(code: ErrorCode) -> bool {
     )
 }
 
-type JobKey = (Email, String, String);
+type JobKey = (Email, ProductId, String);
 
 #[derive(Debug, Default)]
 pub(super) struct Jobs {
     device_id: String,
     states: BTreeMap<JobKey, JobState>,
-    by_claim: BTreeMap<String, JobKey>,
+    by_claim: BTreeMap<ClaimId, JobKey>,
 }
 
 impl Jobs {
@@ -84,7 +85,7 @@ impl Jobs {
         }
     }
 
-    fn claim_id(&self, s: &JobState) -> String {
+    fn claim_id(&self, s: &JobState) -> ClaimId {
         job_claim_id(&self.device_id, &s.user, &s.product, &s.job, s.attempt)
     }
 
@@ -93,13 +94,13 @@ impl Jobs {
     pub fn begin(
         &mut self,
         user: &Email,
-        product: &str,
+        product: &ProductId,
         job: &str,
         count: u64,
         now: DateTime<Utc>,
         out: &mut Vec<Action>,
     ) -> Result<ClaimRequest, Refusal> {
-        let key = (user.clone(), product.to_string(), job.to_string());
+        let key = (user.clone(), product.clone(), job.to_string());
         let state = match self.states.get(&key) {
             Some(s) if s.outcome == JobOutcome::Refused => JobState {
                 attempt: s.attempt + 1,
@@ -115,7 +116,7 @@ impl Jobs {
                 self.make_room(user)?;
                 JobState {
                     user: user.clone(),
-                    product: product.to_string(),
+                    product: product.clone(),
                     job: job.to_string(),
                     attempt: 0,
                     outcome: JobOutcome::Pending,
@@ -129,7 +130,7 @@ impl Jobs {
         Ok(ClaimRequest {
             claim_id,
             user: user.clone(),
-            product: product.to_string(),
+            product: product.clone(),
             version: None,
             results: Some(count),
             renews: None,
@@ -237,21 +238,27 @@ pub(super) fn job_reply(
 /// The claim id of a job's attempt: the same (device, user, product, job,
 /// attempt) is always the same claim, and the id fits the server's limits
 /// whatever the job id looks like.
-fn job_claim_id(device: &str, user: &Email, product: &str, job: &str, attempt: u32) -> String {
+fn job_claim_id(
+    device: &str,
+    user: &Email,
+    product: &ProductId,
+    job: &str,
+    attempt: u32,
+) -> ClaimId {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(device)
         .chain_update([0])
         .chain_update(user.as_str())
         .chain_update([0])
-        .chain_update(product)
+        .chain_update(product.as_str())
         .chain_update([0])
         .chain_update(job)
         .chain_update([0])
         .chain_update(attempt.to_be_bytes())
         .finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("job-{hex}")
+    ClaimId::parse(&format!("job-{hex}")).expect("a hex digest is a claim id")
 }
 
 impl super::Core {
@@ -320,12 +327,21 @@ mod tests {
     #[test]
     fn claim_ids_separate_products_and_attempts() {
         let u = Email::parse("ada@example.com").unwrap();
-        let a = job_claim_id("d", &u, "recap-photo", "j1", 0);
-        assert_eq!(a, job_claim_id("d", &u, "recap-photo", "j1", 0));
-        assert_ne!(a, job_claim_id("d", &u, "other", "j1", 0));
-        assert_ne!(a, job_claim_id("d", &u, "recap-photo", "j1", 1));
-        assert_ne!(a, job_claim_id("e", &u, "recap-photo", "j1", 0));
-        assert!(a.starts_with("job-") && a.len() == 36);
+        let a = job_claim_id("d", &u, &"recap-photo".parse().unwrap(), "j1", 0);
+        assert_eq!(
+            a,
+            job_claim_id("d", &u, &"recap-photo".parse().unwrap(), "j1", 0)
+        );
+        assert_ne!(a, job_claim_id("d", &u, &"other".parse().unwrap(), "j1", 0));
+        assert_ne!(
+            a,
+            job_claim_id("d", &u, &"recap-photo".parse().unwrap(), "j1", 1)
+        );
+        assert_ne!(
+            a,
+            job_claim_id("e", &u, &"recap-photo".parse().unwrap(), "j1", 0)
+        );
+        assert!(a.as_str().starts_with("job-") && a.as_str().len() == 36);
     }
 
     #[test]
@@ -335,19 +351,23 @@ mod tests {
         let t0 = chrono::DateTime::<Utc>::UNIX_EPOCH;
         let mut jobs = Jobs::new("d");
         let mut out = Vec::new();
-        let first = jobs.begin(&u, "p", "j0", 1, t0, &mut out).unwrap();
+        let first = jobs
+            .begin(&u, &"p".parse().unwrap(), "j0", 1, t0, &mut out)
+            .unwrap();
         jobs.answered(&first, true, None, t0, &mut out);
         for i in 1..limits::MAX_STORED_JOBS_PER_ACCOUNT {
             let at = t0 + chrono::Duration::seconds(i as i64);
             let req = jobs
-                .begin(&u, "p", &format!("j{i}"), 1, at, &mut out)
+                .begin(&u, &"p".parse().unwrap(), &format!("j{i}"), 1, at, &mut out)
                 .unwrap();
             jobs.answered(&req, true, None, at, &mut out);
         }
-        jobs.begin(&other, "p", "x", 1, t0, &mut out).unwrap();
+        jobs.begin(&other, &"p".parse().unwrap(), "x", 1, t0, &mut out)
+            .unwrap();
         assert_eq!(jobs.len(), limits::MAX_STORED_JOBS_PER_ACCOUNT + 1);
         // One more job of ada's: j0 (the oldest settled) makes room.
-        jobs.begin(&u, "p", "new", 1, t0, &mut out).unwrap();
+        jobs.begin(&u, &"p".parse().unwrap(), "new", 1, t0, &mut out)
+            .unwrap();
         assert_eq!(jobs.len(), limits::MAX_STORED_JOBS_PER_ACCOUNT + 1);
         assert!(!jobs.by_claim.contains_key(&first.claim_id));
         assert_eq!(jobs.by_claim.len(), jobs.states.len());

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use flex_protocol::api::ClaimRequest;
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::Email;
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 
 use super::{Action, HeldWindow, Persist};
 
@@ -28,7 +29,7 @@ use super::{Action, HeldWindow, Persist};
 pub(super) struct LaunchWaiter {
     pub request: String,
     /// The session id the reply gives the wrapper.
-    pub session: String,
+    pub session: SessionId,
 }
 
 /// A per-result job waiting for its claim's answer.
@@ -54,13 +55,13 @@ pub(super) struct PendingClaim {
 /// depend on hashing (the simulation replays a seed exactly).
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
-    windows: BTreeMap<(Email, String), HeldWindow>,
-    claims: BTreeMap<String, PendingClaim>,
+    windows: BTreeMap<(Email, ProductId), HeldWindow>,
+    claims: BTreeMap<ClaimId, PendingClaim>,
     /// Renewals whose grant could not be verified, by window id: when to try
     /// again and how many tries failed. Never a tight loop of fresh claims.
-    renewal_retry: BTreeMap<String, (DateTime<Utc>, u32)>,
+    renewal_retry: BTreeMap<WindowId, (DateTime<Utc>, u32)>,
     /// Windows whose users were told of the coming renewal.
-    noticed: BTreeSet<String>,
+    noticed: BTreeSet<WindowId>,
 }
 
 /// Checks a lease's signature and that it says what the window says.
@@ -112,17 +113,22 @@ impl Ledger {
     }
 
     /// The held window for (user, product) that covers `now`.
-    pub fn valid(&self, user: &Email, product: &str, now: DateTime<Utc>) -> Option<&HeldWindow> {
+    pub fn valid(
+        &self,
+        user: &Email,
+        product: &ProductId,
+        now: DateTime<Utc>,
+    ) -> Option<&HeldWindow> {
         self.windows
-            .get(&(user.clone(), product.to_string()))
+            .get(&(user.clone(), product.clone()))
             .filter(|h| h.window.start <= now && now < h.window.end)
     }
 
-    pub fn window(&self, user: &Email, product: &str) -> Option<&HeldWindow> {
-        self.windows.get(&(user.clone(), product.to_string()))
+    pub fn window(&self, user: &Email, product: &ProductId) -> Option<&HeldWindow> {
+        self.windows.get(&(user.clone(), product.clone()))
     }
 
-    pub fn window_by_id(&self, id: &str) -> Option<&HeldWindow> {
+    pub fn window_by_id(&self, id: &WindowId) -> Option<&HeldWindow> {
         self.windows.values().find(|h| h.window.id == id)
     }
 
@@ -131,8 +137,8 @@ impl Ledger {
     }
 
     /// Forgets the window held for (user, product).
-    pub fn drop_window(&mut self, user: &Email, product: &str, out: &mut Vec<Action>) {
-        if let Some(h) = self.windows.remove(&(user.clone(), product.to_string())) {
+    pub fn drop_window(&mut self, user: &Email, product: &ProductId, out: &mut Vec<Action>) {
+        if let Some(h) = self.windows.remove(&(user.clone(), product.clone())) {
             out.push(Action::Persist(Persist::DropWindow {
                 user: h.user,
                 product: h.product,
@@ -142,7 +148,7 @@ impl Ledger {
 
     /// Forgets every window (the workstation was revoked).
     pub fn drop_all(&mut self, out: &mut Vec<Action>) {
-        let keys: Vec<(Email, String)> = self.windows.keys().cloned().collect();
+        let keys: Vec<(Email, ProductId)> = self.windows.keys().cloned().collect();
         for (user, product) in keys {
             self.drop_window(&user, &product, out);
         }
@@ -150,19 +156,19 @@ impl Ledger {
 
     /// An outstanding launch or renewal claim for (user, product), if any: a
     /// launch joins it rather than opening a second window.
-    pub fn open_claim_for(&self, user: &Email, product: &str) -> Option<&PendingClaim> {
+    pub fn open_claim_for(&self, user: &Email, product: &ProductId) -> Option<&PendingClaim> {
         self.claims.values().find(|c| {
             &c.request.user == user && c.request.product == product && c.request.results.is_none()
         })
     }
 
-    pub fn renewing(&self, window: &str) -> bool {
+    pub fn renewing(&self, window: &WindowId) -> bool {
         self.claims
             .values()
-            .any(|c| c.request.renews.as_deref() == Some(window))
+            .any(|c| c.request.renews.as_ref() == Some(window))
     }
 
-    pub fn claim_mut(&mut self, id: &str) -> Option<&mut PendingClaim> {
+    pub fn claim_mut(&mut self, id: &ClaimId) -> Option<&mut PendingClaim> {
         self.claims.get_mut(id)
     }
 
@@ -225,17 +231,17 @@ impl Ledger {
 
     /// Removes a claim whose answer is being acted upon (or that is abandoned)
     /// and journals it as settled.
-    pub fn settle(&mut self, id: &str, out: &mut Vec<Action>) -> Option<PendingClaim> {
+    pub fn settle(&mut self, id: &ClaimId, out: &mut Vec<Action>) -> Option<PendingClaim> {
         let pending = self.claims.remove(id)?;
         out.push(Action::Persist(Persist::ClaimSettled {
-            claim_id: id.to_string(),
+            claim_id: id.clone(),
         }));
         Some(pending)
     }
 
     /// A claim could not be delivered: a launch claim is settled (returned), a
     /// renewal waits for the next contact (its waiters are returned in a copy).
-    pub fn undelivered(&mut self, id: &str, out: &mut Vec<Action>) -> Option<PendingClaim> {
+    pub fn undelivered(&mut self, id: &ClaimId, out: &mut Vec<Action>) -> Option<PendingClaim> {
         let pending = self.claims.get_mut(id)?;
         pending.in_flight = false;
         if pending.request.renews.is_none() {
@@ -264,7 +270,7 @@ impl Ledger {
     }
 
     /// Launch claims waiting (in flight, or held) for longer than `timeout`.
-    pub fn stuck(&self, now: DateTime<Utc>, timeout: chrono::Duration) -> Vec<String> {
+    pub fn stuck(&self, now: DateTime<Utc>, timeout: chrono::Duration) -> Vec<ClaimId> {
         self.claims
             .values()
             .filter(|c| c.request.renews.is_none() && c.request.results.is_none())
@@ -278,7 +284,7 @@ impl Ledger {
     pub fn renewals_due(
         &self,
         now: DateTime<Utc>,
-        running: impl Fn(&str) -> bool,
+        running: impl Fn(&WindowId) -> bool,
     ) -> Vec<HeldWindow> {
         self.windows
             .values()
@@ -295,7 +301,7 @@ impl Ledger {
     }
 
     /// When the held windows next need attention for renewal.
-    pub fn renewal_deadlines(&self, running: impl Fn(&str) -> bool) -> Vec<DateTime<Utc>> {
+    pub fn renewal_deadlines(&self, running: impl Fn(&WindowId) -> bool) -> Vec<DateTime<Utc>> {
         self.windows
             .values()
             .filter(|h| !self.renewing(&h.window.id) && running(&h.window.id))
@@ -310,7 +316,7 @@ impl Ledger {
     /// first failure (the caller warns and schedules the close only then).
     pub fn renewal_retry_after(
         &mut self,
-        window: &str,
+        window: &WindowId,
         now: DateTime<Utc>,
         start: chrono::Duration,
         max: chrono::Duration,
@@ -318,7 +324,7 @@ impl Ledger {
         let tries = self.renewal_retry.get(window).map_or(0, |(_, n)| *n) + 1;
         let wait = (start * 2i32.pow((tries - 1).min(16))).min(max.max(start));
         self.renewal_retry
-            .insert(window.to_string(), (now + wait, tries));
+            .insert(window.clone(), (now + wait, tries));
         tries == 1
     }
 
@@ -329,7 +335,7 @@ impl Ledger {
         }
     }
 
-    pub fn renewal_done(&mut self, window: &str) {
+    pub fn renewal_done(&mut self, window: &WindowId) {
         self.renewal_retry.remove(window);
     }
 
@@ -343,11 +349,11 @@ impl Ledger {
     }
 
     /// Marks window `id`'s renewal as announced; `false` if it already was.
-    pub fn notice(&mut self, id: &str) -> bool {
-        self.noticed.insert(id.to_string())
+    pub fn notice(&mut self, id: &WindowId) -> bool {
+        self.noticed.insert(id.clone())
     }
 
-    pub fn noticed(&self, id: &str) -> bool {
+    pub fn noticed(&self, id: &WindowId) -> bool {
         self.noticed.contains(id)
     }
 }

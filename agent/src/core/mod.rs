@@ -86,6 +86,7 @@ use chrono::{DateTime, Utc};
 use flex_protocol::api::{Policy, Product};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Event, SessionStatus, WindowStatus};
+use flex_protocol::ProductId;
 use flex_protocol::{Email, IdSource};
 
 use crate::limits;
@@ -108,7 +109,7 @@ use refunds::Refunds;
 use runs::Runs;
 
 /// The display name of `product` in a rate sheet keyed by id.
-fn name_of(products: &HashMap<String, Product>, product: &str) -> Option<String> {
+fn name_of(products: &HashMap<ProductId, Product>, product: &ProductId) -> Option<String> {
     products.get(product).map(|p| p.name.clone())
 }
 
@@ -147,7 +148,7 @@ pub struct CoreStatus {
 pub struct Core {
     config: CoreConfig,
     policy: Policy,
-    products: HashMap<String, Product>,
+    products: HashMap<ProductId, Product>,
     balance: Option<u64>,
     contact: Contact,
     ledger: Ledger,
@@ -354,7 +355,7 @@ impl Core {
 
     /// The rate sheet's display name of `product` ("AutoCAD"), if the agent
     /// has a rate sheet naming it. Events and replies carry it beside the id.
-    pub fn product_name(&self, product: &str) -> Option<String> {
+    pub fn product_name(&self, product: &ProductId) -> Option<String> {
         name_of(&self.products, product)
     }
 
@@ -387,9 +388,10 @@ impl Core {
                 let (source, window_end) = match (&r.state, r.cover()) {
                     (runs::RunState::Paused { since, source }, _) => (*source, *since),
                     (_, Some(cover)) => {
-                        let window = self
-                            .ledger
-                            .window_by_id(&cover.window)
+                        let window = cover
+                            .window
+                            .as_ref()
+                            .and_then(|id| self.ledger.window_by_id(id))
                             .or_else(|| self.ledger.window(&r.user, &r.product))?;
                         (cover.source, window.window.end)
                     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{ChargeModel, ClaimRequest, Notice, NoticeKind, Policy, Source};
 use flex_protocol::socket::{CloseReason, Event};
+use flex_protocol::{ProductId, WindowId};
 
 use super::contact::chrono;
 use super::policy::{offline_limit, warning_offsets};
@@ -69,7 +70,7 @@ impl Core {
                 .running_in(&h.window.id)
                 .find_map(|r| r.version.clone());
             let request = ClaimRequest {
-                claim_id: self.ids.next_id(),
+                claim_id: self.ids.next_claim_id(),
                 user: h.user.clone(),
                 product: h.product.clone(),
                 version,
@@ -81,7 +82,7 @@ impl Core {
     }
 
     /// The daily rate of `product`, when it is charged per day.
-    fn daily_rate(&self, product: &str) -> Option<u64> {
+    fn daily_rate(&self, product: &ProductId) -> Option<u64> {
         match self.products.get(product)?.charge {
             ChargeModel::Daily { tokens } => Some(tokens),
             _ => None,
@@ -97,7 +98,7 @@ impl Core {
             return;
         }
         let now = self.contact.now();
-        let due: Vec<(String, String, DateTime<Utc>)> = self
+        let due: Vec<(WindowId, ProductId, DateTime<Utc>)> = self
             .ledger
             .windows()
             .filter(|h| h.source == Source::Tokens && !self.ledger.noticed(&h.window.id))
@@ -108,7 +109,9 @@ impl Core {
             let mut accounts: Vec<crate::account::AccountId> = self
                 .runs
                 .iter()
-                .filter(|r| matches!(&r.state, RunState::Covered(c) if c.window == id))
+                .filter(
+                    |r| matches!(&r.state, RunState::Covered(c) if c.window.as_ref() == Some(&id)),
+                )
                 .map(|r| r.account.clone())
                 .collect();
             accounts.sort();
@@ -145,7 +148,7 @@ impl Core {
             .filter(|h| {
                 self.runs
                     .iter()
-                    .any(|r| matches!(&r.state, RunState::Covered(c) if c.window == h.window.id))
+                    .any(|r| matches!(&r.state, RunState::Covered(c) if c.window.as_ref() == Some(&h.window.id)))
             })
             .map(|h| h.window.end - notice)
             .filter(|at| *at > now)
@@ -176,7 +179,7 @@ impl Core {
             return;
         }
         let deadline_wall = |left: Duration| self.contact.clock.wall_at(now + chrono(left));
-        let mut told: Vec<(crate::account::AccountId, String)> = Vec::new();
+        let mut told: Vec<(crate::account::AccountId, ProductId)> = Vec::new();
         let mut events = Vec::new();
         for run in self.runs.iter_mut() {
             let RunState::Covered(cover) = &run.state else {

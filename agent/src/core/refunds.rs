@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use flex_protocol::api::RefundResponse;
 use flex_protocol::socket::Event;
 use flex_protocol::Email;
+use flex_protocol::{ProductId, WindowId};
 
 use super::{Action, Core, Persist, RefundAsk};
 use crate::account::AccountId;
@@ -26,27 +27,27 @@ use crate::account::AccountId;
 #[derive(Debug, Default)]
 pub(super) struct Refunds {
     /// Journaled refunds not yet answered, and whether each is in flight.
-    pending: BTreeMap<String, (RefundAsk, bool)>,
+    pending: BTreeMap<WindowId, (RefundAsk, bool)>,
     /// Windows whose grace point was judged (once each).
-    checked: HashSet<String>,
+    checked: HashSet<WindowId>,
     /// Who last ran each (user, product): whom to tell of a refund.
-    last_account: HashMap<(Email, String), AccountId>,
+    last_account: HashMap<(Email, ProductId), AccountId>,
 }
 
 impl Refunds {
-    pub fn ran(&mut self, user: &Email, product: &str, account: &AccountId) {
+    pub fn ran(&mut self, user: &Email, product: &ProductId, account: &AccountId) {
         self.last_account
-            .insert((user.clone(), product.to_string()), account.clone());
+            .insert((user.clone(), product.clone()), account.clone());
     }
 
     /// A refund of (user, product) is in flight: its claims wait.
-    pub fn in_flight(&self, user: &Email, product: &str) -> bool {
+    pub fn in_flight(&self, user: &Email, product: &ProductId) -> bool {
         self.pending
             .values()
             .any(|(a, flying)| *flying && &a.user == user && a.product == product)
     }
 
-    pub fn checked(&self, window: &str) -> bool {
+    pub fn checked(&self, window: &WindowId) -> bool {
         self.checked.contains(window)
     }
 }
@@ -80,7 +81,7 @@ impl Core {
     pub(super) fn short_use(&mut self, out: &mut Vec<Action>) {
         let grace = self.short_use_grace();
         let now = self.contact.now();
-        let due: Vec<(String, Email, String)> = self
+        let due: Vec<(WindowId, Email, ProductId)> = self
             .ledger
             .windows()
             .filter(|h| !self.refunds.checked(&h.window.id))
@@ -122,7 +123,7 @@ impl Core {
 
     /// Runs (without a process: nothing ran) covered by a refunded window
     /// lose it: their records end, and they claim if their product starts.
-    fn unhold_window(&mut self, window_id: &str, out: &mut Vec<Action>) {
+    fn unhold_window(&mut self, window_id: &WindowId, out: &mut Vec<Action>) {
         let covered: Vec<super::runs::Found> = self
             .runs
             .all()
@@ -131,7 +132,7 @@ impl Core {
                 self.runs
                     .get(f)
                     .and_then(|r| r.cover())
-                    .is_some_and(|c| c.window == window_id)
+                    .is_some_and(|c| c.window.as_ref() == Some(window_id))
             })
             .collect();
         for f in covered {
@@ -162,7 +163,7 @@ impl Core {
 
     pub(super) fn refund_answered(
         &mut self,
-        window_id: &str,
+        window_id: &WindowId,
         result: Result<RefundResponse, String>,
         out: &mut Vec<Action>,
     ) {
@@ -170,7 +171,7 @@ impl Core {
             return;
         };
         out.push(Action::Persist(Persist::RefundSettled {
-            window_id: window_id.to_string(),
+            window_id: window_id.clone(),
         }));
         match result {
             Ok(r) => {
@@ -182,7 +183,9 @@ impl Core {
                     .into_iter()
                     .filter(|f| {
                         self.runs.get(f).is_some_and(|r| {
-                            r.process.is_some() && r.cover().is_some_and(|c| c.window == window_id)
+                            r.process.is_some()
+                                && r.cover()
+                                    .is_some_and(|c| c.window.as_ref() == Some(window_id))
                         })
                     })
                     .collect();
@@ -206,12 +209,12 @@ impl Core {
                     });
                 }
             }
-            Err(why) => tracing::info!(window = window_id, "refund refused: {why}"),
+            Err(why) => tracing::info!(window = %window_id, "refund refused: {why}"),
         }
         self.release_claims(out);
     }
 
-    pub(super) fn refund_failed(&mut self, window_id: &str, out: &mut Vec<Action>) {
+    pub(super) fn refund_failed(&mut self, window_id: &WindowId, out: &mut Vec<Action>) {
         if let Some((_, flying)) = self.refunds.pending.get_mut(window_id) {
             *flying = false;
         }

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 use chrono::{DateTime, Utc};
 use flex_protocol::api::{SessionRecord, Source};
 use flex_protocol::socket::CloseReason;
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_protocol::{Email, ErrorCode};
 
 use super::{ConnId, Origin, SessionRow};
@@ -40,12 +41,14 @@ pub const CLAIM_TIMEOUT: chrono::Duration = chrono::Duration::seconds(120);
 const ENDED_MEMORY: usize = 1024;
 
 /// A run with a process: the process and the product it runs.
-pub(super) type RunKey = (ProcessId, String);
+pub(super) type RunKey = (ProcessId, ProductId);
 
 /// The window a run is licensed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Cover {
-    pub window: String,
+    /// `None` only for a run restored from a journaled record that named no
+    /// window: it matches no window (and its record names none).
+    pub window: Option<WindowId>,
     pub source: Source,
 }
 
@@ -58,7 +61,7 @@ pub(super) struct Closing {
     pub message: String,
     /// Set when a failed renewal of this window scheduled the close: a later
     /// successful renewal of it cancels the close.
-    pub renewal_of: Option<String>,
+    pub renewal_of: Option<WindowId>,
     pub term_at: DateTime<Utc>,
     /// Set once the close began (at `term_at`): when it is forced.
     pub kill_at: Option<DateTime<Utc>>,
@@ -77,7 +80,7 @@ impl Closing {
         reason: CloseReason,
         message: String,
         term_at: DateTime<Utc>,
-        renewal_of: Option<String>,
+        renewal_of: Option<WindowId>,
     ) -> Closing {
         Closing {
             reason,
@@ -97,7 +100,10 @@ impl Closing {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum RunState {
     /// Waiting for claim `claim` since `since` (trusted time).
-    Claiming { claim: String, since: DateTime<Utc> },
+    Claiming {
+        claim: ClaimId,
+        since: DateTime<Utc>,
+    },
     /// Licensed by a held window (which may have just ended, with its renewal
     /// under way; the offline rule bounds how long that may last).
     Covered(Cover),
@@ -124,7 +130,7 @@ pub(super) enum RunState {
 pub(super) struct WrapperLink {
     /// The session id the wrapper was given (the run's own id, or the id of the
     /// pending run it started with, which merged into this one).
-    pub session: String,
+    pub session: SessionId,
     /// Its connection, while open: where a close is announced.
     pub conn: Option<ConnId>,
 }
@@ -132,11 +138,11 @@ pub(super) struct WrapperLink {
 #[derive(Debug, Clone)]
 pub(super) struct Run {
     /// The session id: the usage record's id.
-    pub id: String,
+    pub id: SessionId,
     pub account: AccountId,
     pub account_name: String,
     pub user: Email,
-    pub product: String,
+    pub product: ProductId,
     pub version: Option<String>,
     pub process: Option<ProcessId>,
     pub origin: Origin,
@@ -170,22 +176,22 @@ impl Run {
     }
 
     /// Whether `session` names this run for a wrapper.
-    pub fn answers_to(&self, session: &str) -> bool {
+    pub fn answers_to(&self, session: &SessionId) -> bool {
         self.id == session || self.wrapper.as_ref().is_some_and(|w| w.session == session)
     }
 
     /// Runs in `window` and is not being closed, except by a failed renewal of
     /// that window, which a retry may still save.
-    pub fn runs_in(&self, window: &str) -> bool {
+    pub fn runs_in(&self, window: &WindowId) -> bool {
         match &self.state {
-            RunState::Covered(c) => c.window == window,
+            RunState::Covered(c) => c.window.as_ref() == Some(window),
             RunState::Closing {
                 close,
                 cover: Some(c),
             } => {
-                c.window == window
+                c.window.as_ref() == Some(window)
                     && close.kill_at.is_none()
-                    && close.renewal_of.as_deref() == Some(window)
+                    && close.renewal_of.as_ref() == Some(window)
             }
             _ => false,
         }
@@ -198,7 +204,7 @@ impl Run {
         reason: CloseReason,
         message: String,
         term_at: DateTime<Utc>,
-        renewal_of: Option<String>,
+        renewal_of: Option<WindowId>,
     ) {
         let cover = match &self.state {
             RunState::Closing { close, .. }
@@ -226,7 +232,7 @@ impl Run {
                 product: self.product.clone(),
                 version: self.version.clone(),
                 source: cover.source,
-                window_id: Some(cover.window.clone()),
+                window_id: cover.window.clone(),
                 started_at: self.started_at,
                 ended_at,
             },
@@ -242,7 +248,7 @@ impl Run {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Found {
     Live(RunKey),
-    Pending(String),
+    Pending(SessionId),
 }
 
 /// The enforcement set.
@@ -252,9 +258,9 @@ pub(super) struct Runs {
     /// [`Runs::exited`].
     live: BTreeMap<RunKey, Run>,
     /// Wrapper runs whose product has not started yet, by session id.
-    pending: BTreeMap<String, Run>,
+    pending: BTreeMap<SessionId, Run>,
     /// Recently ended session ids and their accounts.
-    ended: VecDeque<(String, AccountId)>,
+    ended: VecDeque<(SessionId, AccountId)>,
 }
 
 impl Runs {
@@ -291,9 +297,9 @@ impl Runs {
     }
 
     /// The run a wrapper knows as `session`.
-    pub fn find(&self, session: &str) -> Option<Found> {
+    pub fn find(&self, session: &SessionId) -> Option<Found> {
         if self.pending.contains_key(session) {
-            return Some(Found::Pending(session.to_string()));
+            return Some(Found::Pending(session.clone()));
         }
         self.live
             .iter()
@@ -316,7 +322,7 @@ impl Runs {
     }
 
     /// Removes a pending run (nothing of it runs); `None` for any other.
-    pub fn take_pending(&mut self, session: &str) -> Option<Run> {
+    pub fn take_pending(&mut self, session: &SessionId) -> Option<Run> {
         let run = self.pending.remove(session)?;
         self.remember(&run);
         Some(run)
@@ -327,7 +333,8 @@ impl Runs {
     pub fn exited(&mut self, process: ProcessId) -> Vec<Run> {
         let keys: Vec<RunKey> = self
             .live
-            .range((process, String::new())..)
+            // "-" sorts before every other product id.
+            .range((process, ProductId::parse("-").expect("a product id"))..)
             .take_while(|((p, _), _)| *p == process)
             .map(|(k, _)| k.clone())
             .collect();
@@ -354,7 +361,7 @@ impl Runs {
     }
 
     /// The account of a session that ended recently.
-    pub fn ended_account(&self, session: &str) -> Option<&AccountId> {
+    pub fn ended_account(&self, session: &SessionId) -> Option<&AccountId> {
         self.ended
             .iter()
             .rev()
@@ -384,7 +391,7 @@ impl Runs {
     }
 
     /// Runs waiting for claim `claim`.
-    pub fn waiting_for(&self, claim: &str) -> Vec<Found> {
+    pub fn waiting_for(&self, claim: &ClaimId) -> Vec<Found> {
         self.all()
             .into_iter()
             .filter(|f| {
@@ -395,8 +402,8 @@ impl Runs {
     }
 
     /// Runs licensed by window `window` and still running in it.
-    pub fn running_in(&self, window: &str) -> impl Iterator<Item = &Run> + '_ {
-        let window = window.to_string();
+    pub fn running_in(&self, window: &WindowId) -> impl Iterator<Item = &Run> + '_ {
+        let window = window.clone();
         self.iter().filter(move |r| r.runs_in(&window))
     }
 

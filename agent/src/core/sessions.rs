@@ -21,6 +21,7 @@
 use flex_protocol::api::ClaimRequest;
 use flex_protocol::socket::LaunchReply;
 use flex_protocol::ErrorCode;
+use flex_protocol::SessionId;
 
 use super::ledger::LaunchWaiter;
 use super::runs::{Cover, Found, Run, RunState, WrapperLink};
@@ -68,7 +69,7 @@ impl Core {
                 wrapper: None,
                 started_at: row.record.started_at,
                 state: RunState::Covered(Cover {
-                    window: row.record.window_id.unwrap_or_default(),
+                    window: row.record.window_id,
                     source: row.record.source,
                 }),
                 warned: Vec::new(),
@@ -98,7 +99,7 @@ impl Core {
     }
 
     fn new_run(&self, req: &LaunchRequest, process: Option<ProcessId>, conn: ConnId) -> Run {
-        let id = self.ids.next_id();
+        let id = self.ids.next_session_id();
         Run {
             wrapper: Some(WrapperLink {
                 session: id.clone(),
@@ -194,7 +195,7 @@ impl Core {
         found: &Found,
         user: &flex_protocol::Email,
         conn: ConnId,
-        session: Option<String>,
+        session: Option<SessionId>,
         version: Option<String>,
         out: &mut Vec<Action>,
     ) -> Result<(), Refusal> {
@@ -244,7 +245,7 @@ impl Core {
             return;
         }
         let run = Run {
-            id: self.ids.next_id(),
+            id: self.ids.next_session_id(),
             account: p.account,
             account_name: p.account_name,
             user: p.user,
@@ -300,7 +301,7 @@ impl Core {
         let request = match self.ledger.open_claim_for(&user, &product) {
             Some(c) => c.request.clone(),
             None => ClaimRequest {
-                claim_id: self.ids.next_id(),
+                claim_id: self.ids.next_claim_id(),
                 user,
                 product,
                 version,
@@ -324,7 +325,7 @@ impl Core {
     pub(super) fn cover(&mut self, found: &Found, held: &HeldWindow, out: &mut Vec<Action>) {
         if let Some(run) = self.runs.get_mut(found) {
             run.state = RunState::Covered(Cover {
-                window: held.window.id.clone(),
+                window: Some(held.window.id.clone()),
                 source: held.source,
             });
             self.refunds.ran(&run.user, &run.product, &run.account);
@@ -335,7 +336,7 @@ impl Core {
     pub(super) fn reply_granted(
         &self,
         request: &str,
-        session: &str,
+        session: &SessionId,
         held: &HeldWindow,
         charged: u64,
         out: &mut Vec<Action>,
@@ -343,7 +344,7 @@ impl Core {
         out.push(Action::ReplyLaunch {
             request: request.to_string(),
             result: Ok(LaunchReply {
-                session: session.to_string(),
+                session: session.clone(),
                 product: held.product.clone(),
                 product_name: self.product_name(&held.product),
                 source: held.source,
@@ -398,7 +399,7 @@ impl Core {
     pub(super) fn attach(
         &mut self,
         caller: &Caller,
-        session: &str,
+        session: &SessionId,
         process: ProcessId,
         out: &mut Vec<Action>,
     ) -> Result<(), Refusal> {
@@ -468,7 +469,7 @@ impl Core {
     pub(super) fn exit(
         &mut self,
         caller: &Caller,
-        session: &str,
+        session: &SessionId,
         out: &mut Vec<Action>,
     ) -> Result<(), Refusal> {
         let found = match self.managed(caller, session) {
@@ -500,7 +501,7 @@ impl Core {
     }
 
     /// Finds the run a wrapper names and checks that `caller` may manage it.
-    fn managed(&self, caller: &Caller, session: &str) -> Result<Found, Refusal> {
+    fn managed(&self, caller: &Caller, session: &SessionId) -> Result<Found, Refusal> {
         let Some(found) = self.runs.find(session) else {
             return Err(Refusal::new(
                 ErrorCode::NotFound,

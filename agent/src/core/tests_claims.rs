@@ -65,7 +65,7 @@ fn a_lease_signed_by_an_unknown_key_is_refused() {
     assert!(h.launch("alice", "autocad").is_none());
     let claim_id = claims(&h.log).last().unwrap().claim_id.clone();
     let window = Window {
-        id: "w-forged".into(),
+        id: "w-forged".parse().unwrap(),
         start: monday(8, 0),
         end: tuesday(8, 0),
     };
@@ -74,7 +74,7 @@ fn a_lease_signed_by_an_unknown_key_is_refused() {
         window_id: window.id.clone(),
         device_id: DEVICE.into(),
         user: email_of("alice"),
-        product: "autocad".into(),
+        product: "autocad".parse().unwrap(),
         source: Source::Tokens,
         start: window.start,
         end: window.end,

@@ -15,7 +15,7 @@ fn offline_with_a_desktop() -> (Harness, u32) {
     let mut h = Harness::new(monday(8, 0), 100);
     let grant = h.launch_on(1, "alice", "autocad", None).unwrap().unwrap();
     let p = process(5000);
-    h.attach(1, "alice", &grant.session, p).unwrap();
+    h.attach(1, "alice", grant.session.as_str(), p).unwrap();
     h.advance_to(monday(9, 0));
     h.network = Network::Down;
     (h, p.pid)

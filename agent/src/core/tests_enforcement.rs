@@ -62,7 +62,10 @@ fn pay_one_window_run_forever() {
         .unwrap()
         .unwrap();
     assert_eq!(joined.tokens_charged, 0, "inside the watcher's window");
-    assert_eq!(h.wrapper_exit(conn, "mallory", &joined.session), Ok(()));
+    assert_eq!(
+        h.wrapper_exit(conn, "mallory", joined.session.as_str()),
+        Ok(())
+    );
     assert_eq!(
         h.pid_of("mallory", "autocad"),
         Some(pid),
@@ -132,13 +135,19 @@ fn a_normal_wrapper_run_ends_without_an_error() {
     let mut h = Harness::new(monday(8, 0), 100);
     let grant = h.launch_on(1, "alice", "autocad", None).unwrap().unwrap();
     let p = process(5000);
-    h.attach(1, "alice", &grant.session, p).unwrap();
+    h.attach(1, "alice", grant.session.as_str(), p).unwrap();
     h.exit(p.pid);
-    assert_eq!(h.wrapper_exit(1, "alice", &grant.session), Ok(()));
-    assert_eq!(h.wrapper_exit(1, "alice", &grant.session), Ok(()), "again");
+    assert_eq!(h.wrapper_exit(1, "alice", grant.session.as_str()), Ok(()));
+    assert_eq!(
+        h.wrapper_exit(1, "alice", grant.session.as_str()),
+        Ok(()),
+        "again"
+    );
     // Someone else's ended session is still not theirs.
     assert_eq!(
-        h.wrapper_exit(2, "bob", &grant.session).unwrap_err().code,
+        h.wrapper_exit(2, "bob", grant.session.as_str())
+            .unwrap_err()
+            .code,
         ErrorCode::Forbidden
     );
     assert_eq!(
@@ -237,7 +246,7 @@ fn a_wrapper_cannot_move_a_covered_process_to_another_users_window() {
         account: uid_of("bob"),
         account_name: "bob".into(),
         user: email_of("bob"),
-        product: "autocad".into(),
+        product: "autocad".parse().unwrap(),
         version: None,
         process: Some(process(pid)),
     };

@@ -135,7 +135,7 @@ struct Proc {
 struct World {
     h: Harness,
     procs: Vec<Proc>,
-    sessions: Vec<String>,
+    sessions: Vec<flex_protocol::SessionId>,
     next_pid: u32,
     next_request: u64,
     up: bool,
@@ -303,7 +303,7 @@ impl World {
                     account: uid_of(ACCOUNTS[account]),
                     account_name: ACCOUNTS[account].into(),
                     user: email_of(ACCOUNTS[account]),
-                    product: PRODUCTS[product].into(),
+                    product: PRODUCTS[product].parse().unwrap(),
                     version: None,
                     process,
                 }));
@@ -386,11 +386,11 @@ impl World {
     }
 
     /// A session id a client might send: one it was given, or a made-up one.
-    fn session(&self, i: usize) -> String {
+    fn session(&self, i: usize) -> flex_protocol::SessionId {
         if i < self.sessions.len() {
             self.sessions[i].clone()
         } else {
-            format!("made-up-{i}")
+            format!("made-up-{i}").parse().unwrap()
         }
     }
 
@@ -405,13 +405,13 @@ impl World {
             + slack;
         let offline_bound =
             chrono::Duration::seconds(policy.flex_offline_limit_secs as i64) + close_grace + slack;
-        let mut live: BTreeSet<(ProcessId, String)> = BTreeSet::new();
+        let mut live: BTreeSet<(ProcessId, flex_protocol::ProductId)> = BTreeSet::new();
         for p in self.procs.iter_mut().filter(|p| p.alive) {
             let Some(product) = p.product else {
                 continue;
             };
             let product = PRODUCTS[product];
-            let key = (p.id, product.to_string());
+            let key = (p.id, product.parse().unwrap());
             assert!(
                 self.h.core.runs.live(&key).is_some(),
                 "{key:?} runs a product but is not in the enforcement set"

@@ -48,7 +48,7 @@ fn product_swap_through_the_wrapper_is_claimed_as_the_real_product() {
     // other way round: both orders are tested).
     let detected = h.detect("alice", "autocad", p);
     assert_eq!(claims(&detected).len(), 1, "autocad is claimed as itself");
-    assert_eq!(h.attach(conn, "alice", &grant.session, p), Ok(()));
+    assert_eq!(h.attach(conn, "alice", grant.session.as_str(), p), Ok(()));
     let sessions = h.core.status(None).sessions;
     let products: Vec<(&str, Source)> = sessions
         .iter()
@@ -68,7 +68,7 @@ fn product_swap_through_the_wrapper_is_claimed_as_the_real_product() {
     let conn = 2;
     let grant = h.launch_on(conn, "bob", "autocad", None).unwrap().unwrap();
     let q = process(5001);
-    h.attach(conn, "bob", &grant.session, q).unwrap();
+    h.attach(conn, "bob", grant.session.as_str(), q).unwrap();
     let detected = h.detect("bob", "revit", q);
     assert_eq!(
         claims(&detected).len(),
@@ -84,7 +84,7 @@ fn a_denied_product_inside_another_wrapper_is_closed_through_its_process() {
     let conn = 1;
     let grant = h.launch_on(conn, "alice", "revit", None).unwrap().unwrap();
     let p = process(5000);
-    h.attach(conn, "alice", &grant.session, p).unwrap();
+    h.attach(conn, "alice", grant.session.as_str(), p).unwrap();
     // The real product is one the server refuses.
     h.server.rates.remove("autocad");
     let detected = h.detect("alice", "autocad", p);
@@ -102,7 +102,7 @@ fn the_wrappers_own_product_is_one_session_whatever_the_order() {
     h.detect("alice", "autocad", p);
     let grant = h.launch_on(1, "alice", "autocad", None).unwrap().unwrap();
     assert_eq!(grant.tokens_charged, 0, "inside the watcher's window");
-    h.attach(1, "alice", &grant.session, p).unwrap();
+    h.attach(1, "alice", grant.session.as_str(), p).unwrap();
     let sessions = h.core.status(None).sessions;
     assert_eq!(sessions.len(), 1, "the watcher's duplicate was dropped");
     assert_eq!(sessions[0].origin, "wrapper");
@@ -119,16 +119,19 @@ fn only_the_owner_attaches_or_ends_a_session_and_only_through_a_wrapper() {
     let mut h = Harness::new(monday(8, 0), 100);
     let grant = h.launch_on(1, "alice", "autocad", None).unwrap().unwrap();
     let forbidden = h
-        .attach(1, "bob", &grant.session, process(5000))
+        .attach(1, "bob", grant.session.as_str(), process(5000))
         .unwrap_err();
     assert_eq!(forbidden.code, ErrorCode::Forbidden);
-    let forbidden = h.wrapper_exit(2, "bob", &grant.session).unwrap_err();
+    let forbidden = h
+        .wrapper_exit(2, "bob", grant.session.as_str())
+        .unwrap_err();
     assert_eq!(forbidden.code, ErrorCode::Forbidden);
     // Root may.
-    h.attach(1, "root", &grant.session, process(5000)).unwrap();
+    h.attach(1, "root", grant.session.as_str(), process(5000))
+        .unwrap();
     // Attached once: another process is a conflict.
     let again = h
-        .attach(1, "alice", &grant.session, process(5001))
+        .attach(1, "alice", grant.session.as_str(), process(5001))
         .unwrap_err();
     assert_eq!(again.code, ErrorCode::Conflict);
     // A watched session ends with its process, whatever a client says: an
@@ -142,7 +145,7 @@ fn only_the_owner_attaches_or_ends_a_session_and_only_through_a_wrapper() {
         .find(|s| s.pid == Some(pid))
         .unwrap()
         .session;
-    assert_eq!(h.wrapper_exit(1, "alice", &watched), Ok(()));
+    assert_eq!(h.wrapper_exit(1, "alice", watched.as_str()), Ok(()));
     assert!(h.pid_of("alice", "revit").is_some(), "still enforced");
     assert_eq!(
         h.wrapper_exit(1, "alice", "no-such-session")
@@ -150,7 +153,7 @@ fn only_the_owner_attaches_or_ends_a_session_and_only_through_a_wrapper() {
             .code,
         ErrorCode::NotFound
     );
-    h.wrapper_exit(1, "alice", &grant.session).unwrap();
+    h.wrapper_exit(1, "alice", grant.session.as_str()).unwrap();
 }
 
 #[test]
@@ -179,7 +182,7 @@ fn a_second_launch_on_a_connection_releases_the_first() {
         .status(None)
         .sessions
         .into_iter()
-        .map(|s| s.session)
+        .map(|s| s.session.to_string())
         .collect();
     assert_eq!(ids, vec![second.session], "{} was released", first.session);
 }
@@ -205,7 +208,7 @@ fn a_closed_connection_ends_unattached_sessions_and_keeps_running_ones() {
     let mut h = Harness::new(monday(8, 0), 100);
     h.launch_on(1, "alice", "autocad", None).unwrap().unwrap();
     let running = h.launch_on(2, "alice", "revit", None).unwrap().unwrap();
-    h.attach(2, "alice", &running.session, process(5000))
+    h.attach(2, "alice", running.session.as_str(), process(5000))
         .unwrap();
     h.feed(super::Input::ConnectionClosed { conn: 1 });
     h.feed(super::Input::ConnectionClosed { conn: 2 });
@@ -214,7 +217,7 @@ fn a_closed_connection_ends_unattached_sessions_and_keeps_running_ones() {
         .status(None)
         .sessions
         .into_iter()
-        .map(|s| s.product)
+        .map(|s| s.product.to_string())
         .collect();
     assert_eq!(left, vec!["revit"], "runs on until its process exits");
     h.exit(5000);
@@ -382,7 +385,7 @@ fn a_refused_job_can_be_retried_once_tokens_are_bought() {
 fn the_same_job_id_on_another_product_is_another_job() {
     let mut h = Harness::new(monday(8, 0), 100);
     h.server.rates.insert(
-        "photo-2".into(),
+        "photo-2".parse().unwrap(),
         flex_protocol::api::ChargeModel::PerResult { tokens: 1, per: 10 },
     );
     job_reply(&h.job("alice", "recap-photo", 85, "j1")).unwrap();

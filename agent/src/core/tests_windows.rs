@@ -66,7 +66,7 @@ fn reopen_inside_window_is_free_and_sends_no_claim() {
         account: uid_of("alice"),
         account_name: "alice".into(),
         user: email_of("alice"),
-        product: "autocad".into(),
+        product: "autocad".parse().unwrap(),
         version: Some("2025".into()),
         process: None,
     }));
@@ -279,7 +279,7 @@ fn products_are_named_as_the_rate_sheet_names_them() {
     assert_eq!(unnamed.product_name, None, "no rate sheet yet");
 
     let sheet = |id: &str, name: &str| Product {
-        id: id.into(),
+        id: id.parse().unwrap(),
         name: name.into(),
         charge: ChargeModel::Daily { tokens: 7 },
         executables: Executables::default(),

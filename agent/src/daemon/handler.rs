@@ -4,7 +4,8 @@
 //!
 //! The socket server has already resolved who a request acts for and which
 //! process it hands over ([`Permissions`]); here the account becomes an email
-//! through the config's user mapping, and ids from the client are checked.
+//! through the config's user mapping, and versions and job ids from the
+//! client are checked (product and session ids were, as the line was read).
 //! Everything that needs the core's state (sessions, windows, who owns a
 //! session) is decided by the core.
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use flex_protocol::socket::{Empty, Event};
 use flex_protocol::{Email, ErrorCode};
+use flex_protocol::{ProductId, SessionId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::Hub;
@@ -20,7 +22,8 @@ use crate::core::{Caller, ConnId, JobRequest, LaunchRequest};
 use crate::process::ProcessId;
 use crate::socket::{Acting, Handler, Permissions, Reply};
 
-/// Longest product id, version, session or job id accepted from a client.
+/// Longest version or job id accepted from a client (product and session
+/// ids follow their types' rules, checked as the request is read).
 const MAX_ID: usize = 128;
 
 /// Whose sessions and windows `status` shows.
@@ -45,14 +48,14 @@ pub enum Command {
     Attach {
         conn: ConnId,
         caller: Caller,
-        session: String,
+        session: SessionId,
         process: ProcessId,
         reply: oneshot::Sender<Reply>,
     },
     Exit {
         conn: ConnId,
         caller: Caller,
-        session: String,
+        session: SessionId,
         reply: oneshot::Sender<Reply>,
     },
     Job {
@@ -203,16 +206,14 @@ impl Handler for SocketHandler {
         &self,
         conn: &Conn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         version: Option<String>,
         process: Option<ProcessId>,
     ) -> Reply {
-        check!(
-            check_id("product", &product),
-            version
-                .as_deref()
-                .map_or(Ok(()), |v| check_id("version", v)),
-        );
+        // The product id was checked when the request was read (ProductId).
+        check!(version
+            .as_deref()
+            .map_or(Ok(()), |v| check_id("version", v)));
         let user = match self.email(conn, &acting) {
             Ok(e) => e,
             Err(r) => return r,
@@ -232,8 +233,7 @@ impl Handler for SocketHandler {
             .await
     }
 
-    async fn attach(&self, conn: &Conn, session: String, process: ProcessId) -> Reply {
-        check!(check_id("session", &session));
+    async fn attach(&self, conn: &Conn, session: SessionId, process: ProcessId) -> Reply {
         self.ask(|reply| Command::Attach {
             conn: conn.id(),
             caller: conn.caller(),
@@ -244,8 +244,7 @@ impl Handler for SocketHandler {
         .await
     }
 
-    async fn exit(&self, conn: &Conn, session: String, _code: Option<i32>) -> Reply {
-        check!(check_id("session", &session));
+    async fn exit(&self, conn: &Conn, session: SessionId, _code: Option<i32>) -> Reply {
         self.ask(|reply| Command::Exit {
             conn: conn.id(),
             caller: conn.caller(),
@@ -259,14 +258,11 @@ impl Handler for SocketHandler {
         &self,
         conn: &Conn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         count: u64,
         job: Option<String>,
     ) -> Reply {
-        check!(
-            check_id("product", &product),
-            job.as_deref().map_or(Ok(()), |j| check_id("job", j)),
-        );
+        check!(job.as_deref().map_or(Ok(()), |j| check_id("job", j)));
         if count == 0 {
             return Reply::error(
                 ErrorCode::InvalidRequest,

@@ -31,6 +31,7 @@ use flex_protocol::api::{HeartbeatRequest, Product, RefundRequest};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Empty, Event, StatusReply};
 use flex_protocol::Email;
+use flex_protocol::ProductId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::account::{self, AccountId};
@@ -383,7 +384,7 @@ impl Driver {
                     session,
                     route,
                     graceful,
-                } => self.close(&session, route, graceful),
+                } => self.close(session.as_str(), route, graceful),
                 Action::TellWrapper { conn, event } => {
                     if let Some(tx) = self.wrappers.get(&conn) {
                         let _ = tx.try_send(event);
@@ -391,7 +392,7 @@ impl Driver {
                 }
                 Action::Kill { session, process } => {
                     tracing::warn!(
-                        session,
+                        %session,
                         pid = process.pid,
                         "product ignored the close: killing it"
                     );
@@ -620,13 +621,19 @@ impl Driver {
                 let Some((name, user)) = self.account(&ev.owner) else {
                     return Ok(());
                 };
+                // The watcher names products by the rate sheet's ids, which
+                // it keeps as text.
+                let Ok(product) = ProductId::parse(&ev.product) else {
+                    tracing::error!(product = %ev.product, "the watcher named a product the rate sheet cannot hold");
+                    return Ok(());
+                };
                 tracing::info!(pid = ev.process.pid, account = %name, product = %ev.product, exe = %ev.exe_name, "product process detected");
                 self.feed(Input::ProcessStarted(ProcessInfo {
                     process: ev.process,
                     account: ev.owner,
                     account_name: name,
                     user,
-                    product: ev.product,
+                    product,
                     version: None,
                     started_at: ev.started_at,
                 }))

@@ -13,6 +13,7 @@ use flex_protocol::api::{
     RefundResponse,
 };
 use flex_protocol::ErrorCode;
+use flex_protocol::{ClaimId, WindowId};
 use rand::Rng;
 use tokio::sync::mpsc;
 
@@ -30,7 +31,7 @@ const HEARTBEAT_JITTER_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum NetEvent {
     Claim {
-        claim_id: String,
+        claim_id: ClaimId,
         outcome: Result<ClaimResponse, String>,
     },
     Heartbeat {
@@ -38,7 +39,7 @@ pub enum NetEvent {
         outcome: Result<HeartbeatResponse, ClientError>,
     },
     Refund {
-        window_id: String,
+        window_id: WindowId,
         outcome: Result<RefundResponse, ClientError>,
     },
 }

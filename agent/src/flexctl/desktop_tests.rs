@@ -21,7 +21,7 @@ async fn desktop_receives_summary_body_and_urgency() {
     let events = [
         Event::LowBalance { balance: 12 },
         Event::ProductClosed {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             reason: CloseReason::Offline,
             message: "offline for more than 24 h".into(),

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use flex_protocol::api::ApiError;
 use flex_protocol::socket::{display_name, Request, ResultReply, StatusReply};
+use flex_protocol::ProductId;
 
 pub use client::{Client, Incoming};
 
@@ -50,7 +51,7 @@ pub enum Command {
     Run {
         /// Product id from the rate sheet, e.g. autocad.
         #[arg(long)]
-        product: String,
+        product: ProductId,
         /// Product version, for usage reports.
         #[arg(long)]
         version: Option<String>,
@@ -64,8 +65,9 @@ pub enum Command {
     },
     /// Charge a per-result job, e.g. 85 photos processed.
     Result {
+        /// Product id from the rate sheet, e.g. recap-photo.
         #[arg(long)]
-        product: String,
+        product: ProductId,
         #[arg(long)]
         count: u64,
         /// Job id; repeating an id never charges twice. Without it flexctl makes
@@ -87,7 +89,7 @@ pub enum Command {
     Wrap {
         /// Product id from the rate sheet, e.g. autocad.
         #[arg(long)]
-        product: String,
+        product: ProductId,
         /// Product version, for usage reports.
         #[arg(long)]
         version: Option<String>,
@@ -247,7 +249,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                     };
                     println!(
                         "{}: job {} of {count} results {what}; balance {}",
-                        display_name(&r.product, r.product_name.as_deref()),
+                        display_name(r.product.as_str(), r.product_name.as_deref()),
                         r.job,
                         r.balance
                     );
@@ -260,7 +262,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
                     Err(e)
                 }
                 Ok(Err(refused)) => {
-                    let name = display_name(&product, refused.product_name.as_deref());
+                    let name = display_name(product.as_str(), refused.product_name.as_deref());
                     eprintln!("{}", run::denial_line(name, &refused.error));
                     let e = refused.error;
                     if e.code == flex_protocol::ErrorCode::Offline
@@ -317,10 +319,10 @@ pub async fn execute(cli: Cli) -> Result<i32, CtlError> {
             let prefix = wrap::RunPrefix {
                 flexctl,
                 socket,
-                product: product.clone(),
+                product: product.to_string(),
                 version,
             };
-            let label = name.clone().unwrap_or_else(|| product.clone());
+            let label = name.clone().unwrap_or_else(|| product.to_string());
             if windows {
                 print!("{}", wrap::windows_shortcut(&prefix, &label, &command));
                 return Ok(0);

@@ -17,6 +17,7 @@ use std::time::Duration;
 use flex_protocol::api::ApiError;
 use flex_protocol::socket::{display_name, Empty, Event, LaunchReply, Request};
 use flex_protocol::ErrorCode;
+use flex_protocol::ProductId;
 use tokio::sync::mpsc;
 
 use super::{Client, CtlError, Incoming, EXIT_DENIED};
@@ -24,7 +25,7 @@ use super::{Client, CtlError, Incoming, EXIT_DENIED};
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub socket: PathBuf,
-    pub product: String,
+    pub product: ProductId,
     pub version: Option<String>,
     pub command: Vec<String>,
     /// Local account to launch for instead of the caller's own; the agent allows
@@ -38,7 +39,7 @@ pub struct RunOptions {
 impl RunOptions {
     pub fn new(
         socket: PathBuf,
-        product: String,
+        product: ProductId,
         version: Option<String>,
         command: Vec<String>,
     ) -> Self {
@@ -109,11 +110,16 @@ pub fn denial_line(product: &str, e: &ApiError) -> String {
 /// A refusal said where a launcher's user sees it: on the desktop, when no
 /// terminal and no notifier shows it (see [`super::desktop::fallback`]), in
 /// the notifier's words.
-fn show_on_desktop(product: &str, product_name: Option<&str>, reason: ErrorCode, message: &str) {
+fn show_on_desktop(
+    product: &ProductId,
+    product_name: Option<&str>,
+    reason: ErrorCode,
+    message: &str,
+) {
     #[cfg(all(unix, not(target_os = "macos")))]
     {
         let n = super::notify::notification_for(&Event::LaunchDenied {
-            product: product.to_string(),
+            product: product.clone(),
             product_name: product_name.map(str::to_string),
             reason,
             message: message.to_string(),
@@ -264,7 +270,7 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
     let grant = match answer {
         Ok(grant) => grant,
         Err(refused) => {
-            let product = display_name(&opts.product, refused.product_name.as_deref());
+            let product = display_name(opts.product.as_str(), refused.product_name.as_deref());
             eprintln!("{}", denial_line(product, &refused.error));
             show_on_desktop(
                 &opts.product,
@@ -333,7 +339,7 @@ pub async fn run(opts: RunOptions, mut signals: mpsc::Receiver<i32>) -> Result<i
                     if !closed {
                         eprintln!(
                             "flexctl: flex-agent closed {}: {}. {}",
-                            display_name(&product, product_name.as_deref()),
+                            display_name(product.as_str(), product_name.as_deref()),
                             message.trim_end_matches('.'),
                             super::notify::next_step(reason)
                         );

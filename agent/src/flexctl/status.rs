@@ -81,7 +81,7 @@ pub fn render(s: &StatusReply, now: DateTime<Utc>, zone: &Zone) -> String {
         .iter()
         .map(|x| {
             [
-                display_name(&x.product, x.product_name.as_deref()).to_string(),
+                display_name(x.product.as_str(), x.product_name.as_deref()).to_string(),
                 x.version.clone().unwrap_or_else(|| "-".into()),
                 x.user.clone(),
                 x.pid.map_or("-".into(), |p| p.to_string()),
@@ -133,7 +133,7 @@ fn render_windows(
         .iter()
         .map(|w| {
             [
-                display_name(&w.product, w.product_name.as_deref()).to_string(),
+                display_name(w.product.as_str(), w.product_name.as_deref()).to_string(),
                 w.user.clone(),
                 match w.source {
                     flex_protocol::api::Source::Subscription => "subscription".into(),

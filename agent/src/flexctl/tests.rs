@@ -18,7 +18,7 @@ use crate::socket::Peer;
 fn opts(socket: &std::path::Path, command: &[&str]) -> RunOptions {
     let mut o = RunOptions::new(
         socket.to_owned(),
-        "autocad".into(),
+        "autocad".parse().unwrap(),
         Some("2026".into()),
         command.iter().map(|s| s.to_string()).collect(),
     );
@@ -155,7 +155,7 @@ async fn agent_closing_the_session_stops_the_product() {
         _ => None,
     })
     .await;
-    handler.close_session(&session).await;
+    handler.close_session(session.as_str()).await;
     assert_eq!(wrapper.await.unwrap().unwrap(), 128 + libc::SIGTERM);
 
     // A product that ignores SIGTERM is killed after the grace period. It says
@@ -176,7 +176,7 @@ async fn agent_closing_the_session_stops_the_product() {
     tokio::task::spawn_blocking(move || std::fs::read(fifo).unwrap())
         .await
         .unwrap();
-    handler.close_session(&session).await;
+    handler.close_session(session.as_str()).await;
     assert_eq!(wrapper.await.unwrap().unwrap(), 128 + libc::SIGKILL);
 }
 
@@ -379,7 +379,7 @@ fn notification_texts_and_urgency() {
     let cases: Vec<(Event, &str, &str, Urgency)> = vec![
         (
             Event::Charged {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 tokens: 7,
                 balance: 93,
@@ -392,7 +392,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::Charged {
-                product: "recap-photo".into(),
+                product: "recap-photo".parse().unwrap(),
                 product_name: name("ReCap Photo"),
                 tokens: 1,
                 balance: 1,
@@ -405,7 +405,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::Charged {
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
                 product_name: name("Revit"),
                 tokens: 0,
                 balance: 93,
@@ -424,7 +424,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::OutOfTokens {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
             },
             "Out of Flex tokens",
@@ -433,7 +433,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::LaunchDenied {
-                product: "maya".into(),
+                product: "maya".parse().unwrap(),
                 product_name: name("Maya"),
                 reason: ErrorCode::NotEntitled,
                 message: "ada@example.com has no subscription to Maya and Flex does not include it; ask your license admin".into(),
@@ -444,7 +444,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::LaunchDenied {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 reason: ErrorCode::OutOfTokens,
                 message: "AutoCAD costs 7 tokens for 24 hours and the balance is 3.".into(),
@@ -455,7 +455,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::LaunchDenied {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 reason: ErrorCode::Offline,
                 message: "cannot reach the license server".into(),
@@ -466,7 +466,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::LaunchDenied {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 reason: ErrorCode::Internal,
                 message: "refusing the server's grant for AutoCAD: bad signature.".into(),
@@ -477,7 +477,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::OfflineWarning {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 seconds_left: 1800,
                 deadline: at,
@@ -488,7 +488,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::RenewalFailed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 reason: ErrorCode::OutOfTokens,
                 closes_at: at,
@@ -499,7 +499,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::ProductClosed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 reason: CloseReason::Offline,
                 message: "this workstation has not reached the license server for 24 h".into(),
@@ -510,7 +510,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::ProductClosed {
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
                 product_name: name("Revit"),
                 reason: CloseReason::OutOfTokens,
                 message: "Revit costs 10 tokens for 24 hours and the balance is 3; ask your license admin to buy tokens".into(),
@@ -527,7 +527,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::OfflineWarning {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 seconds_left: 89,
                 deadline: at,
@@ -539,7 +539,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::ProductClosing {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 reason: CloseReason::Offline,
                 message: "this workstation has not reached the license server for 24 h".into(),
@@ -551,7 +551,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::RenewalNotice {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 at,
                 tokens: 7,
@@ -562,7 +562,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::Refunded {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 tokens: 7,
                 balance: 500,
@@ -574,7 +574,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::Paused {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 since: at,
             },
@@ -584,7 +584,7 @@ fn notification_texts_and_urgency() {
         ),
         (
             Event::Resumed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name("AutoCAD"),
                 tokens: 7,
             },
@@ -648,12 +648,12 @@ fn assert_reads_well(n: &Notification) {
 #[test]
 fn notifications_fall_back_to_the_product_id() {
     let n = notification_for(&Event::OutOfTokens {
-        product: "autocad".into(),
+        product: "autocad".parse().unwrap(),
         product_name: None,
     });
     assert!(n.body.starts_with("autocad cannot be charged"), "{n:?}");
     let n = notification_for(&Event::ProductClosed {
-        product: "autocad".into(),
+        product: "autocad".parse().unwrap(),
         product_name: Some("  ".into()),
         reason: CloseReason::Denied,
         message: "refused.".into(),
@@ -749,7 +749,7 @@ async fn notifier_shows_events_and_survives_an_agent_restart() {
     wait_for(&mut seen, |r| matches!(r, Request::Subscribe).then_some(())).await;
     handler
         .publish(Event::OutOfTokens {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
         })
         .await;
@@ -801,7 +801,7 @@ async fn notifier_reports_idle_time_and_answers_close_windows() {
     handler
         .publish(Event::CloseWindows {
             pid: 4242,
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             kill_at,
         })
@@ -822,4 +822,25 @@ async fn notifier_reports_idle_time_and_answers_close_windows() {
     );
     notifier.abort();
     agent.stop().await;
+}
+
+/// `flexctl run|result|wrap --product` takes the rate sheet's ids only, and
+/// says which value broke the rule before anything reaches the agent.
+#[test]
+fn a_product_id_off_the_rate_sheets_rule_is_refused_by_name() {
+    for args in [
+        &["flexctl", "run", "--product", "AutoCAD", "--", "/bin/true"][..],
+        &["flexctl", "result", "--product", "AutoCAD", "--count", "3"][..],
+        &["flexctl", "wrap", "--product", "AutoCAD", "--", "/bin/true"][..],
+    ] {
+        let e = Cli::try_parse_from(args).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid value 'AutoCAD' for '--product <PRODUCT>'")
+                && e.contains("product 'AutoCAD' is not a product id: 1-64 lowercase letters, digits or dashes"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(
+        Cli::try_parse_from(["flexctl", "run", "--product", "autocad", "--", "/bin/true"]).is_ok()
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use flex_protocol::api::{ClaimRequest, ClockRollback, SessionRecord, Source, Window};
 use rusqlite::{OptionalExtension, Row};
 
-use flex_protocol::Email;
+use flex_protocol::{Email, ProductId, SessionId, WindowId};
 
 use super::{parse_ts, Journal, JournalError};
 use crate::account::AccountId;
@@ -22,7 +22,7 @@ pub struct HeartbeatBatch {
     pub sessions: Vec<SessionRecord>,
     pub clock_rollbacks: Vec<ClockRollback>,
     /// (session id, revision sent).
-    revisions: Vec<(String, i64)>,
+    revisions: Vec<(SessionId, i64)>,
     last_rollback: Option<i64>,
 }
 
@@ -97,18 +97,26 @@ impl Journal {
                 let [id, user, product, version, src, window_id, started, ended] = raw.row;
                 let started = started.ok_or_else(|| bad("started_at"))?;
                 let record = SessionRecord {
-                    id: id.ok_or_else(|| bad("id"))?,
+                    id: id
+                        .as_deref()
+                        .and_then(|i| SessionId::parse(i).ok())
+                        .ok_or_else(|| bad("id"))?,
                     user: user
                         .as_deref()
                         .and_then(|u| Email::parse(u).ok())
                         .ok_or_else(|| bad("user"))?,
-                    product: product.ok_or_else(|| bad("product"))?,
+                    product: product
+                        .as_deref()
+                        .and_then(|p| ProductId::parse(p).ok())
+                        .ok_or_else(|| bad("product"))?,
                     version,
                     source: src
                         .as_deref()
                         .and_then(source)
                         .ok_or_else(|| bad("source"))?,
-                    window_id,
+                    window_id: window_id
+                        .map(|w| WindowId::parse(&w).map_err(|_| bad("window_id")))
+                        .transpose()?,
                     started_at: parse_ts(&started).map_err(|_| bad("started_at"))?,
                     ended_at: ended
                         .map(|e| parse_ts(&e).map_err(|_| bad("ended_at")))
@@ -205,13 +213,13 @@ impl Journal {
                 Ok(HeldWindow {
                     source: source(&src).ok_or_else(|| bad(format!("source '{src}'")))?,
                     window: Window {
-                        id,
+                        id: WindowId::parse(&id).map_err(|e| bad(e.to_string()))?,
                         start: parse_ts(&start).map_err(|e| bad(e.to_string()))?,
                         end: parse_ts(&end).map_err(|e| bad(e.to_string()))?,
                     },
                     lease: serde_json::from_str(&lease).map_err(|e| bad(e.to_string()))?,
                     user: Email::parse(&user).map_err(|e| bad(e.to_string()))?,
-                    product,
+                    product: ProductId::parse(&product).map_err(|e| bad(e.to_string()))?,
                     tokens_charged: u64::try_from(charged).unwrap_or(0),
                 })
             })
@@ -227,9 +235,20 @@ impl Journal {
             .query_map([], |r| r.get(0))
             .and_then(|rows| rows.collect())
             .map_err(self.sqlite("read pending claims from"))?;
-        raws.iter()
-            .map(|s| serde_json::from_str(s).map_err(|e| self.corrupt("pending claim", e)))
-            .collect()
+        let mut claims = Vec::with_capacity(raws.len());
+        for s in &raws {
+            match serde_json::from_str(s) {
+                Ok(claim) => claims.push(claim),
+                // Journaled by an agent that took product names the rate
+                // sheet's rule refuses (`AutoCAD`, `acad.exe`): the server
+                // refuses such a claim, so it is left out, not sent.
+                Err(e) if legacy_claim(s) => {
+                    tracing::warn!("leaving out a pending claim the id rules refuse: {e}")
+                }
+                Err(e) => return Err(self.corrupt("pending claim", e)),
+            }
+        }
+        Ok(claims)
     }
 
     /// Everything [`crate::core::Core::restore`] needs after a restart.
@@ -266,10 +285,11 @@ impl Journal {
             .map_err(self.sqlite("read pending refunds from"))?;
         raws.into_iter()
             .map(|(window_id, user, product, account)| {
+                let bad = |e: String| self.corrupt("pending refund", e);
                 Ok(RefundAsk {
-                    window_id,
-                    user: Email::parse(&user).map_err(|e| self.corrupt("pending refund", e))?,
-                    product,
+                    window_id: WindowId::parse(&window_id).map_err(|e| bad(e.to_string()))?,
+                    user: Email::parse(&user).map_err(|e| bad(e.to_string()))?,
+                    product: ProductId::parse(&product).map_err(|e| bad(e.to_string()))?,
                     account: account.map(AccountId::new),
                 })
             })
@@ -282,7 +302,7 @@ impl Journal {
     pub fn session_records(
         &self,
         user: &Email,
-        product: &str,
+        product: &ProductId,
     ) -> Result<Vec<SessionRecord>, JournalError> {
         Ok(self
             .session_rows("revision > uploaded_revision OR ended_at IS NULL")?
@@ -316,7 +336,7 @@ impl Journal {
                 let bad = |d: String| self.corrupt("job", d);
                 Ok(JobState {
                     user: Email::parse(&user).map_err(|e| bad(e.to_string()))?,
-                    product,
+                    product: ProductId::parse(&product).map_err(|e| bad(e.to_string()))?,
                     job,
                     attempt,
                     outcome: match outcome.as_str() {
@@ -365,11 +385,24 @@ impl HeartbeatBatch {
     /// the session ids it took): acknowledged ended sessions and the reported
     /// rollbacks are deleted; a session changed since the batch was read stays
     /// due. The core journals it with the rest of the heartbeat's answer.
-    pub fn receipt(&self, accepted: Vec<String>) -> UploadReceipt {
+    pub fn receipt(&self, accepted: Vec<SessionId>) -> UploadReceipt {
         UploadReceipt {
             revisions: self.revisions.clone(),
             last_rollback: self.last_rollback,
             accepted,
         }
     }
+}
+
+/// Whether a pending claim that does not deserialise is one an older agent
+/// journaled with ids the rules now refuse, rather than a damaged row.
+fn legacy_claim(raw: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Loose {
+        claim_id: String,
+        user: String,
+        product: String,
+    }
+    serde_json::from_str::<Loose>(raw).is_ok()
 }

@@ -28,9 +28,9 @@ fn open() -> (tempfile::TempDir, Journal) {
 
 fn claim(id: &str) -> ClaimRequest {
     ClaimRequest {
-        claim_id: id.into(),
+        claim_id: id.parse().unwrap(),
         user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-        product: "autocad".into(),
+        product: "autocad".parse().unwrap(),
         version: Some("2026".into()),
         results: None,
         renews: None,
@@ -40,12 +40,12 @@ fn claim(id: &str) -> ClaimRequest {
 pub(super) fn session(id: &str, ended: Option<DateTime<Utc>>) -> SessionRow {
     SessionRow {
         record: SessionRecord {
-            id: id.into(),
+            id: id.parse().unwrap(),
             user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             version: None,
             source: Source::Tokens,
-            window_id: Some("w1".into()),
+            window_id: Some("w1".parse().unwrap()),
             started_at: t(8),
             ended_at: ended,
         },
@@ -124,13 +124,13 @@ fn pending_claims_survive_until_settled_in_order() {
         .unwrap()
         .pending_claims
         .into_iter()
-        .map(|c| c.claim_id)
+        .map(|c| c.claim_id.to_string())
         .collect();
     assert_eq!(ids, ["c2", "c1"]);
     persist(
         &mut j,
         vec![Persist::ClaimSettled {
-            claim_id: "c2".into(),
+            claim_id: "c2".parse().unwrap(),
         }],
     );
     assert_eq!(j.load_state().unwrap().pending_claims, vec![claim("c1")]);
@@ -149,10 +149,10 @@ fn state_round_trips() {
     };
     let window = |id: &str| HeldWindow {
         user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-        product: "autocad".into(),
+        product: "autocad".parse().unwrap(),
         source: Source::Tokens,
         window: Window {
-            id: id.into(),
+            id: id.parse().unwrap(),
             start: t(8),
             end: t(8) + chrono::Duration::days(1),
         },
@@ -164,7 +164,7 @@ fn state_round_trips() {
         tokens_charged: 7,
     };
     let product = Product {
-        id: "autocad".into(),
+        id: "autocad".parse().unwrap(),
         name: "AutoCAD".into(),
         charge: ChargeModel::Daily { tokens: 7 },
         executables: Executables::default(),
@@ -250,7 +250,7 @@ fn uploads_are_acknowledged_by_revision() {
         ],
     );
     j.apply_persist([&Persist::Uploaded(
-        batch.receipt(["a".into(), "b".into()].to_vec()),
+        batch.receipt(["a".parse().unwrap(), "b".parse().unwrap()].to_vec()),
     )])
     .unwrap();
     let next = j.heartbeat_batch().unwrap();
@@ -263,8 +263,10 @@ fn uploads_are_acknowledged_by_revision() {
     assert_eq!(next.sessions[0].ended_at, Some(t(13)));
     assert_eq!(next.clock_rollbacks.len(), 1);
     assert_eq!(next.clock_rollbacks[0].seconds, 60);
-    j.apply_persist([&Persist::Uploaded(next.receipt(["a".into()].to_vec()))])
-        .unwrap();
+    j.apply_persist([&Persist::Uploaded(
+        next.receipt(["a".parse().unwrap()].to_vec()),
+    )])
+    .unwrap();
     let empty = j.heartbeat_batch().unwrap();
     assert!(empty.sessions.is_empty() && empty.clock_rollbacks.is_empty());
     let rows: i64 = j
@@ -355,4 +357,37 @@ fn a_bad_state_dir_is_named() {
         err.contains("not-a-dir") && err.starts_with("cannot"),
         "{err}"
     );
+}
+
+/// An agent that took product names the rate sheet's rule refuses could
+/// journal a claim for one (`flexctl run --product AutoCAD` offline). The
+/// server refuses such a claim, so after an upgrade it is left out rather
+/// than failing the start; a damaged row is still named.
+#[test]
+fn a_pending_claim_journaled_under_the_old_product_rule_is_left_out() {
+    let (_dir, mut j) = open();
+    persist(&mut j, vec![Persist::ClaimPending(claim("c1"))]);
+    let legacy = r#"{"claim_id":"c0","user":"ada@example.com","product":"AutoCAD"}"#;
+    j.conn
+        .execute(
+            "INSERT INTO pending_claims (claim_id, request, created) VALUES ('c0', ?1, '2026-11-02T08:00:00Z')",
+            [legacy],
+        )
+        .unwrap();
+    let state = j.load_state().unwrap();
+    let ids: Vec<&str> = state
+        .pending_claims
+        .iter()
+        .map(|c| c.claim_id.as_str())
+        .collect();
+    assert_eq!(ids, ["c1"]);
+
+    j.conn
+        .execute(
+            "UPDATE pending_claims SET request = '{\"claim_id\":7}' WHERE claim_id = 'c0'",
+            [],
+        )
+        .unwrap();
+    let err = j.load_state().unwrap_err().to_string();
+    assert!(err.contains("pending claim"), "{err}");
 }

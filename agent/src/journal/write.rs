@@ -83,14 +83,14 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
                 tx,
                 "INSERT INTO pending_claims (claim_id, request, created)
                  VALUES (?1, ?2, ?3) ON CONFLICT (claim_id) DO NOTHING",
-                params![req.claim_id, json(req), ts(&chrono::Utc::now())],
+                params![req.claim_id.as_str(), json(req), ts(&chrono::Utc::now())],
             )?;
         }
         Persist::ClaimSettled { claim_id } => {
             exec(
                 tx,
                 "DELETE FROM pending_claims WHERE claim_id = ?1",
-                [claim_id],
+                [claim_id.as_str()],
             )?;
         }
         Persist::Window(h) => {
@@ -104,8 +104,8 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
                    lease = excluded.lease, tokens_charged = excluded.tokens_charged",
                 params![
                     h.user.as_str(),
-                    h.product,
-                    h.window.id,
+                    h.product.as_str(),
+                    h.window.id.as_str(),
                     h.source.as_str(),
                     ts(&h.window.start),
                     ts(&h.window.end),
@@ -128,12 +128,12 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
                    pid = excluded.pid, pid_start = excluded.pid_start,
                    revision = sessions.revision + 1",
                 params![
-                    r.id,
+                    r.id.as_str(),
                     r.user.as_str(),
-                    r.product,
+                    r.product.as_str(),
                     r.version,
                     source_str(r.source),
-                    r.window_id,
+                    r.window_id.as_ref().map(|w| w.as_str()),
                     ts(&r.started_at),
                     r.ended_at.as_ref().map(ts),
                     // The v1 column, kept for old readers: -1 for a non-Unix id.
@@ -185,9 +185,9 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
                 "INSERT INTO pending_refunds (window_id, user, product, account, created)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (window_id) DO NOTHING",
                 params![
-                    ask.window_id,
+                    ask.window_id.as_str(),
                     ask.user.as_str(),
-                    ask.product,
+                    ask.product.as_str(),
                     ask.account.as_ref().map(|a| a.as_str()),
                     ts(&chrono::Utc::now())
                 ],
@@ -197,14 +197,14 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
             exec(
                 tx,
                 "DELETE FROM pending_refunds WHERE window_id = ?1",
-                [window_id],
+                [window_id.as_str()],
             )?;
         }
         Persist::DropWindow { user, product } => {
             exec(
                 tx,
                 "DELETE FROM windows WHERE user = ?1 AND product = ?2",
-                params![user.as_str(), product],
+                params![user.as_str(), product.as_str()],
             )?;
         }
         Persist::Uploaded(receipt) => {
@@ -213,7 +213,7 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
                     exec(
                         tx,
                         "UPDATE sessions SET uploaded_revision = ?2 WHERE id = ?1",
-                        params![id, revision],
+                        params![id.as_str(), revision],
                     )?;
                 }
             }
@@ -235,7 +235,7 @@ fn write_one(tx: &Transaction<'_>, item: &Persist) -> rusqlite::Result<()> {
                    outcome = excluded.outcome, updated = excluded.updated",
                 params![
                     j.user.as_str(),
-                    j.product,
+                    j.product.as_str(),
                     j.job,
                     j.attempt,
                     match j.outcome {

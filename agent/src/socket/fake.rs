@@ -19,6 +19,7 @@ use flex_protocol::socket::{
     WindowStatus,
 };
 use flex_protocol::ErrorCode;
+use flex_protocol::{ProductId, SessionId};
 use tokio::sync::mpsc;
 
 use super::{Acting, Handler, Peer, Permissions, Reply, SocketConfig, SocketServer};
@@ -34,7 +35,7 @@ pub enum LaunchAnswer {
 pub struct FakeHandler {
     pub launch: Mutex<LaunchAnswer>,
     seen: mpsc::UnboundedSender<(Peer, Request)>,
-    sessions: Mutex<HashMap<String, mpsc::Sender<Event>>>,
+    sessions: Mutex<HashMap<SessionId, mpsc::Sender<Event>>>,
     subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
     next_session: Mutex<u32>,
 }
@@ -76,7 +77,7 @@ impl FakeHandler {
         let tx = self.sessions.lock().unwrap().get(session).cloned();
         let tx = tx.unwrap_or_else(|| panic!("no session {session}"));
         tx.send(Event::ProductClosed {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             reason: CloseReason::Offline,
             message: "offline for more than 24 hours".into(),
@@ -109,7 +110,7 @@ impl Handler for FakeHandler {
         &self,
         conn: &FakeConn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         version: Option<String>,
         process: Option<ProcessId>,
     ) -> Reply {
@@ -128,7 +129,7 @@ impl Handler for FakeHandler {
         let session = {
             let mut n = self.next_session.lock().unwrap();
             *n += 1;
-            format!("s{n}")
+            SessionId::parse(&format!("s{n}")).expect("a session id")
         };
         self.sessions
             .lock()
@@ -148,7 +149,7 @@ impl Handler for FakeHandler {
         .long_lived()
     }
 
-    async fn attach(&self, conn: &FakeConn, session: String, process: ProcessId) -> Reply {
+    async fn attach(&self, conn: &FakeConn, session: SessionId, process: ProcessId) -> Reply {
         self.saw(
             conn,
             Request::Attach {
@@ -159,7 +160,7 @@ impl Handler for FakeHandler {
         Reply::ok(Empty {})
     }
 
-    async fn exit(&self, conn: &FakeConn, session: String, code: Option<i32>) -> Reply {
+    async fn exit(&self, conn: &FakeConn, session: SessionId, code: Option<i32>) -> Reply {
         self.saw(conn, Request::Exit { session, code });
         Reply::ok(Empty {})
     }
@@ -168,7 +169,7 @@ impl Handler for FakeHandler {
         &self,
         conn: &FakeConn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         count: u64,
         job: Option<String>,
     ) -> Reply {
@@ -224,9 +225,9 @@ pub fn sample_status() -> StatusReply {
         credential_store: "file:/var/lib/flex-agent/device-token".into(),
         detection: "proc-connector".into(),
         sessions: vec![SessionStatus {
-            session: "s1".into(),
+            session: "s1".parse().unwrap(),
             user: "alice".into(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             version: Some("2026".into()),
             pid: Some(4242),
@@ -241,7 +242,7 @@ pub fn sample_status() -> StatusReply {
         sessions_omitted: 0,
         windows: vec![WindowStatus {
             user: "alice@example.com".into(),
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             source: Source::Tokens,
             tokens_charged: 7,

@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use flex_protocol::socket::{ErrReply, Event, HelloReply, OkReply, Request, MAX_LINE};
 use flex_protocol::{ErrorCode, PROTOCOL_VERSION};
+use flex_protocol::{ProductId, SessionId};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -173,7 +174,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         conn: &Self::Conn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         version: Option<String>,
         process: Option<crate::process::ProcessId>,
     ) -> impl Future<Output = Reply> + Send;
@@ -181,14 +182,14 @@ pub trait Handler: Send + Sync + 'static {
     fn attach(
         &self,
         conn: &Self::Conn,
-        session: String,
+        session: SessionId,
         process: crate::process::ProcessId,
     ) -> impl Future<Output = Reply> + Send;
 
     fn exit(
         &self,
         conn: &Self::Conn,
-        session: String,
+        session: SessionId,
         code: Option<i32>,
     ) -> impl Future<Output = Reply> + Send;
 
@@ -196,7 +197,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         conn: &Self::Conn,
         acting: Acting,
-        product: String,
+        product: ProductId,
         count: u64,
         job: Option<String>,
     ) -> impl Future<Output = Reply> + Send;

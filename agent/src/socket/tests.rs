@@ -116,6 +116,49 @@ async fn malformed_json_names_the_problem() {
     assert_eq!(c.ask(r#"{"op":"status"}"#).await["ok"], true);
 }
 
+/// One rule for product ids, the rate sheet's: a line naming a product the
+/// agent once took (`AutoCAD`, `acad.exe`, up to 128 of `[A-Za-z0-9-_.:]`)
+/// is refused as it is read, naming the value, and reaches no handler.
+#[tokio::test]
+async fn a_product_id_off_the_rate_sheets_rule_is_refused_as_the_line_is_read() {
+    let (handler, mut seen) = FakeHandler::new();
+    let mut c = Client::start(alice(), handler, config());
+    for (line, value) in [
+        (
+            r#"{"op":"launch","product":"AutoCAD"}"#,
+            "product 'AutoCAD'",
+        ),
+        (
+            r#"{"op":"launch","product":"acad.exe"}"#,
+            "product 'acad.exe'",
+        ),
+        (
+            r#"{"op":"result","product":"ReCap:Photo","count":3}"#,
+            "product 'ReCap:Photo'",
+        ),
+        (
+            r#"{"op":"exit","session":"two words"}"#,
+            "session id 'two words'",
+        ),
+        (r#"{"op":"attach","session":"","pid":1}"#, "session id ''"),
+    ] {
+        let reply = c.ask(line).await;
+        assert_eq!(error_code(&reply), "invalid_request", "{line}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("malformed request: ") && message.contains(value),
+            "{line}: {message}"
+        );
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "a refused line reached the handler"
+    );
+    // A product id of the rule is served.
+    let reply = c.ask(r#"{"op":"launch","product":"autocad"}"#).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+}
+
 #[tokio::test]
 async fn hello_checks_the_protocol_version() {
     let (handler, _seen) = FakeHandler::new();
@@ -244,7 +287,7 @@ async fn launch_stream_carries_the_close_event() {
     product.kill().unwrap();
     product.wait().unwrap();
     assert_eq!(attach["ok"], true, "{attach}");
-    handler.close_session(&grant.session).await;
+    handler.close_session(grant.session.as_str()).await;
     let event = c.recv().await.unwrap();
     assert_eq!(event["event"], "product_closed");
     assert_eq!(event["reason"], "offline");

@@ -17,7 +17,7 @@ const NOBODY: u32 = 65534;
 
 fn product(id: &str, exe: &str) -> Product {
     Product {
-        id: id.into(),
+        id: id.parse().unwrap(),
         name: format!("Test {id}"),
         charge: ChargeModel::Daily { tokens: 7 },
         executables: Executables {

@@ -34,11 +34,11 @@ impl Matcher {
         let mut versions = Vec::new();
         for p in products {
             for name in os_names(&p.executables) {
-                names.entry(key(name)).or_insert_with(|| p.id.clone());
+                names.entry(key(name)).or_insert_with(|| p.id.to_string());
             }
             if cfg!(windows) {
                 for v in &p.executables.windows_version {
-                    versions.push((v.clone(), p.id.clone()));
+                    versions.push((v.clone(), p.id.to_string()));
                 }
             }
         }
@@ -587,7 +587,7 @@ mod tests {
 
     fn product(id: &str, linux: &[&str]) -> Product {
         Product {
-            id: id.into(),
+            id: id.parse().unwrap(),
             name: id.into(),
             charge: ChargeModel::Daily { tokens: 7 },
             executables: Executables {

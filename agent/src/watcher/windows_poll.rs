@@ -188,7 +188,7 @@ mod tests {
 
     fn product(id: &str, windows: &[&str], versions: Vec<VersionMatch>) -> Product {
         Product {
-            id: id.into(),
+            id: id.parse().unwrap(),
             name: id.into(),
             charge: ChargeModel::Daily { tokens: 7 },
             executables: Executables {

@@ -12,6 +12,7 @@ use flex_protocol::api::{
     BuyTokens, DefaultAssignments, FlexAssignment, NewEnrollmentToken, NewSubscription, NewUser,
     TestClock,
 };
+use flex_protocol::ProductId;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -129,7 +130,7 @@ pub fn plan(command: &Command) -> Call {
             },
         ),
         Command::Subscriptions(SubscriptionsCmd::Remove { email, product }) => Call::delete(admin(
-            &format!("subscriptions/{}/{}", encode(email), encode(product)),
+            &format!("subscriptions/{}/{}", encode(email), product),
         )),
         Command::Products => Call::get(admin("products")),
         Command::Defaults(DefaultsCmd::Show) => Call::get(admin("default-assignments")),
@@ -148,9 +149,10 @@ pub fn plan(command: &Command) -> Call {
         ),
         Command::Tokens(TokensCmd::Balance) => Call::get(admin("balance")),
         Command::Charges { user, product } => {
-            let query: Vec<String> = [("user", user), ("product", product)]
+            let product = product.as_ref().map(ProductId::as_str);
+            let query: Vec<String> = [("user", user.as_deref()), ("product", product)]
                 .into_iter()
-                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
                 .collect();
             let mut path = admin("charges");
             if !query.is_empty() {
@@ -350,7 +352,7 @@ mod tests {
             body_as::<NewSubscription>(&call),
             NewSubscription {
                 email: "ann@example.com".into(),
-                product: "revit".into()
+                product: "revit".parse().unwrap()
             }
         );
 
@@ -381,7 +383,7 @@ mod tests {
             body_as::<DefaultAssignments>(&call),
             DefaultAssignments {
                 mode: AssignmentMode::Deny,
-                products: vec!["maya".into()]
+                products: vec!["maya".parse().unwrap()]
             }
         );
 

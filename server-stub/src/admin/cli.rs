@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use flex_protocol::api::AssignmentMode;
+use flex_protocol::ProductId;
 
 /// Default `--server` when neither the option nor `FLEX_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -69,7 +70,7 @@ pub enum Command {
         user: Option<String>,
         /// Only charges for this product id
         #[arg(long, value_name = "ID")]
-        product: Option<String>,
+        product: Option<ProductId>,
     },
     /// Show balance notices, newest first
     Notices,
@@ -134,7 +135,7 @@ pub struct EstimateArgs {
     pub months: i64,
     /// PRODUCT:USERS:DAYS_PER_MONTH, e.g. autocad:10:4 (repeat for more rows)
     #[arg(long = "row", value_name = "PRODUCT:USERS:DAYS", value_parser = parse_row)]
-    pub row: Vec<(String, i64, f64)>,
+    pub row: Vec<(ProductId, i64, f64)>,
     /// Take the rows from real Flex usage from this day, YYYY-MM-DD (with --usage-to)
     #[arg(long = "from-usage", value_name = "YYYY-MM-DD", requires = "usage_to")]
     pub usage_from: Option<String>,
@@ -144,7 +145,7 @@ pub struct EstimateArgs {
 }
 
 /// Parses `PRODUCT:USERS:DAYS`.
-pub fn parse_row(text: &str) -> Result<(String, i64, f64), String> {
+pub fn parse_row(text: &str) -> Result<(ProductId, i64, f64), String> {
     let bad = || format!("'{text}' is not PRODUCT:USERS:DAYS_PER_MONTH, e.g. autocad:10:4");
     let mut parts = text.split(':');
     let (Some(p), Some(u), Some(d), None) =
@@ -152,9 +153,10 @@ pub fn parse_row(text: &str) -> Result<(String, i64, f64), String> {
     else {
         return Err(bad());
     };
+    let product = ProductId::parse(p.trim()).map_err(|e| format!("'{text}': {e}"))?;
     let users = u.trim().parse().map_err(|_| bad())?;
     let days = d.trim().parse().map_err(|_| bad())?;
-    Ok((p.trim().to_owned(), users, days))
+    Ok((product, users, days))
 }
 
 #[derive(Debug, Clone, PartialEq, Subcommand)]
@@ -199,14 +201,14 @@ pub enum SubscriptionsCmd {
         /// The user's email
         email: String,
         /// Product id, see `flex-admin products`
-        product: String,
+        product: ProductId,
     },
     /// Take a user's subscription to a product away
     Remove {
         /// The user's email
         email: String,
         /// Product id
-        product: String,
+        product: ProductId,
     },
 }
 
@@ -219,7 +221,7 @@ pub enum DefaultsCmd {
         #[arg(long, value_enum)]
         mode: ModeArg,
         /// Products the mode lists (allowed for `allow`, excluded for `deny`)
-        products: Vec<String>,
+        products: Vec<ProductId>,
     },
 }
 
@@ -317,6 +319,10 @@ pub fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pid(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
+    }
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -358,7 +364,7 @@ mod tests {
             cli.command,
             Command::Defaults(DefaultsCmd::Set {
                 mode: ModeArg::Allow,
-                products: vec!["autocad".into(), "revit".into()]
+                products: vec![pid("autocad"), pid("revit")]
             })
         );
         assert!(parse(&["defaults", "set", "--mode", "some"]).is_err());
@@ -431,13 +437,19 @@ mod tests {
         };
         assert_eq!(
             e.row,
-            vec![("autocad".into(), 10, 4.0), ("revit".into(), 2, 10.5)]
+            vec![(pid("autocad"), 10, 4.0), (pid("revit"), 2, 10.5)]
         );
         assert_eq!(e.months, 12);
         let err = parse(&["estimate", "--row", "autocad:ten:4"]).unwrap_err();
         assert!(err
             .to_string()
             .contains("'autocad:ten:4' is not PRODUCT:USERS:DAYS_PER_MONTH"));
+        let err = parse(&["estimate", "--row", "AutoCAD:10:4"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("'AutoCAD:10:4': product 'AutoCAD' is not a product id"),
+            "{err}"
+        );
         assert!(parse(&["estimate"]).is_err());
     }
 

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 
 use flex_protocol::api::Product;
+use flex_protocol::ProductId;
 
 use super::cli::{Command, DefaultsCmd, SubscriptionsCmd, UsersCmd};
 
 /// The rate sheet's names by product id. Empty when unknown: ids are shown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Names(HashMap<String, String>);
+pub struct Names(HashMap<ProductId, String>);
 
 impl Names {
     pub fn new(products: &[Product]) -> Names {
@@ -22,12 +23,13 @@ impl Names {
     }
 
     /// What people call product `id`: its name, else the id itself.
-    pub fn label<'a>(&'a self, id: &'a str) -> &'a str {
+    pub fn label<'a, Q: AsRef<str> + ?Sized>(&'a self, id: &'a Q) -> &'a str {
+        let id = id.as_ref();
         self.0.get(id).map_or(id, String::as_str)
     }
 
     /// Several products, by name, comma-separated.
-    pub fn list(&self, ids: &[String]) -> String {
+    pub fn list(&self, ids: &[ProductId]) -> String {
         ids.iter()
             .map(|id| self.label(id))
             .collect::<Vec<_>>()
@@ -61,7 +63,7 @@ mod tests {
 
     fn names() -> Names {
         let product = |id: &str, name: &str| Product {
-            id: id.into(),
+            id: id.parse().unwrap(),
             name: name.into(),
             charge: ChargeModel::Daily { tokens: 7 },
             executables: Executables::default(),
@@ -113,7 +115,7 @@ mod tests {
         let removed = render(
             &Command::Subscriptions(SubscriptionsCmd::Remove {
                 email: "ann@example.com".into(),
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
             }),
             "DELETE /x",
             "",

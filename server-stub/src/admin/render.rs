@@ -252,7 +252,7 @@ fn products(products: &[Product]) -> String {
     let mut t = Table::new(&["ID", "NAME", "CHARGE", "RATE"]);
     for p in products {
         t.row([
-            p.id.clone(),
+            p.id.to_string(),
             p.name.clone(),
             charge_model(&p.charge),
             if p.sample { "sample" } else { "" }.to_owned(),
@@ -581,7 +581,7 @@ mod tests {
         assert!(out.starts_with("enrollment token: et_abc\n"), "{out}");
         let remove = Command::Subscriptions(SubscriptionsCmd::Remove {
             email: "ann@example.com".into(),
-            product: "revit".into(),
+            product: "revit".parse().unwrap(),
         });
         assert_eq!(
             render(&remove, "DELETE /x", "", &Names::default()).unwrap(),

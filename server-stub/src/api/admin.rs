@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flex_protocol::api::*;
+use flex_protocol::ProductId;
 
 use super::error::{import_response, ApiError};
 use super::extract::{bytes_rejection, Admin, ApiJson};
@@ -69,6 +70,7 @@ pub async fn remove_subscription(
     State(st): State<AppState>,
     Path((email, product)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    let product = ProductId::parse(&product).map_err(|e| ApiError::invalid(e.to_string()))?;
     st.store
         .run(move |s| s.remove_subscription(&email, &product))
         .await?;

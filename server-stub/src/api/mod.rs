@@ -59,7 +59,7 @@ impl AppState {
             .rates()
             .products()
             .iter()
-            .map(|p| p.id.clone())
+            .map(|p| p.id.to_string())
             .collect();
         let defaults = crate::config::LimitsConfig::default();
         AppState {
@@ -205,7 +205,9 @@ async fn openapi(
 
 /// The OpenAPI document with the pack sizes this server sells as the only
 /// values of `POST /v1/admin/token-lots`'s `tokens`, and the products of its
-/// rate sheet as the only product ids.
+/// rate sheet as the only product ids where a request must name one of them
+/// (`RateSheetProductId`; `ProductId` is the rule alone, for answers that
+/// may name a product since taken off the rate sheet).
 fn openapi_for(pack_sizes: &[u64], products: &[String]) -> Arc<str> {
     let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
     let tokens = doc.pointer_mut(
@@ -214,7 +216,9 @@ fn openapi_for(pack_sizes: &[u64], products: &[String]) -> Arc<str> {
     if let Some(serde_json::Value::Object(t)) = tokens {
         t.insert("enum".into(), serde_json::json!(pack_sizes));
     }
-    if let Some(serde_json::Value::Object(p)) = doc.pointer_mut("/components/schemas/ProductId") {
+    if let Some(serde_json::Value::Object(p)) =
+        doc.pointer_mut("/components/schemas/RateSheetProductId")
+    {
         p.insert("enum".into(), serde_json::json!(products));
     }
     doc.to_string().into()
@@ -245,7 +249,7 @@ mod openapi_tests {
             Some(&serde_json::json!([20, 50]))
         );
         assert_eq!(
-            doc.pointer("/components/schemas/ProductId/enum"),
+            doc.pointer("/components/schemas/RateSheetProductId/enum"),
             Some(&serde_json::json!(["autocad"]))
         );
     }

@@ -365,7 +365,7 @@ fn daily_products(st: &AppState) -> Vec<(String, String)> {
         .products()
         .iter()
         .filter(|p| matches!(p.charge, ChargeModel::Daily { .. }))
-        .map(|p| (p.id.clone(), p.name.clone()))
+        .map(|p| (p.id.to_string(), p.name.clone()))
         .collect()
 }
 
@@ -530,6 +530,8 @@ fn parse_estimator(form: &EstimatorForm, from_usage: bool) -> Result<Parsed, Inv
                 format!("row {n}: choose a product"),
             ));
         }
+        let product = flex_protocol::ProductId::parse(p)
+            .map_err(|e| Invalid::new(format!("rows.{n}.product"), format!("row {n}: {e}")))?;
         let users = u.parse().map_err(|_| {
             Invalid::new(
                 format!("rows.{n}.users"),
@@ -545,7 +547,7 @@ fn parse_estimator(form: &EstimatorForm, from_usage: bool) -> Result<Parsed, Inv
         rows.push((
             n,
             EstimateInput {
-                product: p.clone(),
+                product,
                 users,
                 days_per_month: days,
             },

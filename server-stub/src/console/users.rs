@@ -287,9 +287,22 @@ pub async fn add_subscription(
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r.into_response();
     }
+    let product = match flex_protocol::ProductId::parse(&f.product) {
+        Ok(p) => p,
+        Err(e) => {
+            return detail_page(
+                &st,
+                &a,
+                &email,
+                StatusCode::BAD_REQUEST,
+                Some(e.to_string()),
+            )
+            .await
+        }
+    };
     let new = NewSubscription {
         email: email.clone(),
-        product: f.product,
+        product,
     };
     match st.store.run(move |s| s.add_subscription(new)).await {
         Ok(_) => Redirect::to(&format!("/admin/users/{}", encode(&email))).into_response(),
@@ -310,11 +323,16 @@ pub async fn remove_subscription(
         return r.into_response();
     }
     let e = email.clone();
-    match st
-        .store
-        .run(move |s| s.remove_subscription(&e, &f.product))
-        .await
-    {
+    // No subscription names a product id that breaks the rule: nothing to remove.
+    let removed = match flex_protocol::ProductId::parse(&f.product) {
+        Ok(product) => {
+            st.store
+                .run(move |s| s.remove_subscription(&e, &product))
+                .await
+        }
+        Err(_) => Ok(()),
+    };
+    match removed {
         Ok(()) | Err(StoreError::NotFound { .. }) => {
             Redirect::to(&format!("/admin/users/{}", encode(&email))).into_response()
         }

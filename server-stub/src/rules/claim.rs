@@ -23,16 +23,16 @@
 
 use chrono::{DateTime, Duration, Utc};
 use flex_protocol::api::{ChargeKind, ChargeModel, ClaimRequest, DefaultAssignments, Source};
-use flex_protocol::ErrorCode;
+use flex_protocol::{ErrorCode, ProductId, WindowId};
 
 use super::{entitlement, per_result, windows, Conflict, Invalid};
 
 /// A window as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowFact {
-    pub id: String,
+    pub id: WindowId,
     pub user: String,
-    pub product: String,
+    pub product: ProductId,
     pub source: Source,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -62,22 +62,22 @@ pub struct ProductFact<'a> {
 pub trait Facts {
     type Error: From<Invalid> + From<Conflict>;
     /// The product on the rate sheet, if it is there.
-    fn product(&self, id: &str) -> Option<ProductFact<'_>>;
+    fn product(&self, id: &ProductId) -> Option<ProductFact<'_>>;
     /// How long a window lasts (policy; a day in production).
     fn window_len(&self) -> Duration;
     /// The window with this id, refunded or not.
-    fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Self::Error>;
+    fn window(&mut self, id: &WindowId) -> Result<Option<WindowFact>, Self::Error>;
     /// The earliest window of `user`/`product` that overlaps `[from, to)`,
     /// leaving out refunded ones (they cover nothing).
     fn covering(
         &mut self,
         user: &str,
-        product: &str,
+        product: &ProductId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Option<WindowFact>, Self::Error>;
     /// The user's standing for `product`.
-    fn user(&mut self, user: &str, product: &str) -> Result<UserFacts, Self::Error>;
+    fn user(&mut self, user: &str, product: &ProductId) -> Result<UserFacts, Self::Error>;
 }
 
 /// A new window the claim opens once paid for.
@@ -88,7 +88,7 @@ pub struct NewWindow {
     pub end: DateTime<Utc>,
     /// `Window`, or `Renewal` of the window in `renews`.
     pub kind: ChargeKind,
-    pub renews: Option<String>,
+    pub renews: Option<WindowId>,
 }
 
 /// What a claim comes to.
@@ -193,7 +193,7 @@ pub fn decide<F: Facts>(
 fn entitled<F: Facts>(
     facts: &mut F,
     user: &str,
-    product: &str,
+    product: &ProductId,
     name: &str,
 ) -> Result<Result<Source, Decision>, F::Error> {
     let u = facts.user(user, product)?;
@@ -248,8 +248,8 @@ mod tests {
 
     impl Facts for Mem {
         type Error = Refused;
-        fn product(&self, id: &str) -> Option<ProductFact<'_>> {
-            match id {
+        fn product(&self, id: &ProductId) -> Option<ProductFact<'_>> {
+            match id.as_str() {
                 "autocad" => Some(ProductFact {
                     name: "AutoCAD",
                     charge: ChargeModel::Daily { tokens: 7 },
@@ -264,13 +264,13 @@ mod tests {
         fn window_len(&self) -> Duration {
             Duration::hours(24)
         }
-        fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Refused> {
+        fn window(&mut self, id: &WindowId) -> Result<Option<WindowFact>, Refused> {
             Ok(self.windows.iter().find(|w| w.id == id).cloned())
         }
         fn covering(
             &mut self,
             user: &str,
-            product: &str,
+            product: &ProductId,
             from: DateTime<Utc>,
             to: DateTime<Utc>,
         ) -> Result<Option<WindowFact>, Refused> {
@@ -283,7 +283,7 @@ mod tests {
                 .min_by_key(|w| w.start)
                 .cloned())
         }
-        fn user(&mut self, user: &str, _product: &str) -> Result<UserFacts, Refused> {
+        fn user(&mut self, user: &str, _product: &ProductId) -> Result<UserFacts, Refused> {
             self.asked_user += 1;
             Ok(self.users.get(user).cloned().unwrap_or(UserFacts {
                 known: false,
@@ -304,12 +304,12 @@ mod tests {
 
     fn req(product: &str, results: Option<u64>, renews: Option<&str>) -> ClaimRequest {
         ClaimRequest {
-            claim_id: "c1".into(),
+            claim_id: flex_protocol::ClaimId::parse("c1").unwrap(),
             user: flex_protocol::Email::parse("ada@example.com").unwrap(),
-            product: product.into(),
+            product: ProductId::parse(product).unwrap(),
             version: None,
             results,
-            renews: renews.map(Into::into),
+            renews: renews.map(|w| WindowId::parse(w).unwrap()),
         }
     }
 
@@ -336,9 +336,9 @@ mod tests {
 
     fn window(id: &str, start: u32) -> WindowFact {
         WindowFact {
-            id: id.into(),
+            id: WindowId::parse(id).unwrap(),
             user: "ada@example.com".into(),
-            product: "autocad".into(),
+            product: ProductId::parse("autocad").unwrap(),
             source: Source::Tokens,
             start: at(start),
             end: at(start) + Duration::hours(24),
@@ -395,9 +395,9 @@ mod tests {
             (w.start, w.kind, cost),
             (at(8) + Duration::days(1), ChargeKind::Renewal, 7)
         );
-        assert_eq!(w.renews.as_deref(), Some("w1"));
+        assert_eq!(w.renews.as_ref().map(WindowId::as_str), Some("w1"));
         facts.windows.push(WindowFact {
-            id: "w2".into(),
+            id: WindowId::parse("w2").unwrap(),
             start: w.start,
             end: w.end,
             ..window("w1", 8)

@@ -2,6 +2,7 @@
 //! else Flex for the products the default assignments allow, else denied.
 
 use flex_protocol::api::{DefaultAssignments, Source};
+use flex_protocol::ProductId;
 
 /// What the store knows about the user and product.
 #[derive(Debug, Clone, Copy)]
@@ -15,13 +16,18 @@ pub struct Facts<'a> {
 }
 
 /// The source that pays for `product`, or the `not_entitled` message.
-pub fn decide(user: &str, product: &str, f: &Facts<'_>) -> Result<Source, String> {
-    decide_as(user, product, product, f)
+pub fn decide(user: &str, product: &ProductId, f: &Facts<'_>) -> Result<Source, String> {
+    decide_as(user, product, product.as_str(), f)
 }
 
 /// Like [`decide`], naming the product in the message by `name`, its display
 /// name ("Maya" rather than `maya`).
-pub fn decide_as(user: &str, product: &str, name: &str, f: &Facts<'_>) -> Result<Source, String> {
+pub fn decide_as(
+    user: &str,
+    product: &ProductId,
+    name: &str,
+    f: &Facts<'_>,
+) -> Result<Source, String> {
     if !f.known {
         return Err(format!(
             "{user} is not a known user; ask your license admin to add you to Flex"
@@ -43,6 +49,10 @@ mod tests {
     use super::*;
     use flex_protocol::api::AssignmentMode;
 
+    fn pid(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
+    }
+
     fn facts(subscribed: bool, flex: bool, d: &DefaultAssignments) -> Facts<'_> {
         Facts {
             known: true,
@@ -59,11 +69,11 @@ mod tests {
             products: vec![],
         };
         assert_eq!(
-            decide("u", "revit", &facts(true, true, &all)),
+            decide("u", &pid("revit"), &facts(true, true, &all)),
             Ok(Source::Subscription)
         );
         assert_eq!(
-            decide("u", "navisworks", &facts(false, true, &all)),
+            decide("u", &pid("navisworks"), &facts(false, true, &all)),
             Ok(Source::Tokens)
         );
     }
@@ -72,21 +82,21 @@ mod tests {
     fn flex_is_limited_by_the_default_assignments() {
         let allow = DefaultAssignments {
             mode: AssignmentMode::Allow,
-            products: vec!["autocad".into()],
+            products: vec![pid("autocad")],
         };
         let deny = DefaultAssignments {
             mode: AssignmentMode::Deny,
-            products: vec!["autocad".into()],
+            products: vec![pid("autocad")],
         };
         assert_eq!(
-            decide("u", "autocad", &facts(false, true, &allow)),
+            decide("u", &pid("autocad"), &facts(false, true, &allow)),
             Ok(Source::Tokens)
         );
-        assert!(decide("u", "maya", &facts(false, true, &allow)).is_err());
-        assert!(decide("u", "autocad", &facts(false, true, &deny)).is_err());
+        assert!(decide("u", &pid("maya"), &facts(false, true, &allow)).is_err());
+        assert!(decide("u", &pid("autocad"), &facts(false, true, &deny)).is_err());
         // A subscription wins over the assignments.
         assert_eq!(
-            decide("u", "autocad", &facts(true, false, &deny)),
+            decide("u", &pid("autocad"), &facts(true, false, &deny)),
             Ok(Source::Subscription)
         );
     }
@@ -101,11 +111,13 @@ mod tests {
             known: false,
             ..facts(false, false, &all)
         };
-        assert!(decide("zed@x.com", "autocad", &unknown)
+        assert!(decide("zed@x.com", &pid("autocad"), &unknown)
             .unwrap_err()
             .contains("not a known user"));
-        assert!(decide("ann@x.com", "autocad", &facts(false, false, &all))
-            .unwrap_err()
-            .contains("has no subscription to autocad"));
+        assert!(
+            decide("ann@x.com", &pid("autocad"), &facts(false, false, &all))
+                .unwrap_err()
+                .contains("has no subscription to autocad")
+        );
     }
 }

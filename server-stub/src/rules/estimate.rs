@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use flex_protocol::api::ChargeModel;
 use flex_protocol::reports::{Estimate, EstimateInput, EstimateRow, PackCount};
+use flex_protocol::ProductId;
 
 use super::recommendations::SUBSCRIPTION_DAYS;
 use super::Invalid;
@@ -61,12 +62,9 @@ pub fn estimate_numbered(
     }
     let mut out = Vec::with_capacity(rows.len());
     for (n, r) in rows {
-        let name = format!(
-            "row {n} ({})",
-            r.product.chars().take(64).collect::<String>()
-        );
+        let name = format!("row {n} ({})", r.product);
         let field = |f: &str| format!("rows.{n}.{f}");
-        let rate = match charge(&r.product) {
+        let rate = match charge(r.product.as_str()) {
             Some(ChargeModel::Daily { tokens }) => tokens,
             Some(ChargeModel::PerResult { .. }) => {
                 return Err(Invalid::new(
@@ -195,7 +193,7 @@ pub fn best_packs(need: u64, sizes: &[u64]) -> Vec<PackCount> {
 /// A (product, user) pair's tokens-paid usage days in a past period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PastUse {
-    pub product: String,
+    pub product: ProductId,
     pub user: String,
     pub usage_days: u64,
 }
@@ -209,9 +207,9 @@ pub struct PastUse {
 /// [`Period::months`]: crate::rules::calendar::Period::months
 pub fn rows_from_usage(past: &[PastUse], months: f64) -> Vec<EstimateInput> {
     let months = months.max(1.0 / DAYS_PER_MONTH);
-    let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut per: BTreeMap<&ProductId, (u64, u64)> = BTreeMap::new();
     for p in past.iter().filter(|p| p.usage_days > 0) {
-        let e = per.entry(p.product.as_str()).or_default();
+        let e = per.entry(&p.product).or_default();
         e.0 += 1;
         e.1 += p.usage_days;
     }
@@ -219,7 +217,7 @@ pub fn rows_from_usage(past: &[PastUse], months: f64) -> Vec<EstimateInput> {
         .map(|(product, (users, days))| {
             let per_month = (days as f64 / users as f64 / months).min(31.0);
             EstimateInput {
-                product: product.to_owned(),
+                product: product.clone(),
                 users: users as i64,
                 days_per_month: ((per_month * 10.0).round() / 10.0).max(0.1),
             }
@@ -251,7 +249,7 @@ mod tests {
 
     fn row(product: &str, users: i64, days: f64) -> EstimateInput {
         EstimateInput {
-            product: product.into(),
+            product: product.parse().unwrap(),
             users,
             days_per_month: days,
         }
@@ -351,7 +349,7 @@ mod tests {
         let november = crate::rules::calendar::Period::checked(day(11, 1), day(11, 30)).unwrap();
         assert_eq!(november.months(), 1.0);
         let past = [PastUse {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             user: "a".into(),
             usage_days: 10,
         }];
@@ -369,17 +367,17 @@ mod tests {
     fn rows_from_three_months_of_usage() {
         let past = [
             PastUse {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 user: "a".into(),
                 usage_days: 30,
             },
             PastUse {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 user: "b".into(),
                 usage_days: 6,
             },
             PastUse {
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
                 user: "a".into(),
                 usage_days: 0,
             },

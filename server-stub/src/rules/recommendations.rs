@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use flex_protocol::api::ChargeModel;
 use flex_protocol::reports::{Plan, Recommendation};
+use flex_protocol::ProductId;
 
 /// Usage days in a month above which a subscription is cheaper than Flex.
 pub const SUBSCRIPTION_DAYS: u64 = 7;
@@ -14,7 +15,7 @@ pub const SUBSCRIPTION_DAYS: u64 = 7;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairUsage {
     pub user: String,
-    pub product: String,
+    pub product: ProductId,
     pub usage_days: u64,
     pub tokens: u64,
 }
@@ -25,7 +26,7 @@ pub struct PairUsage {
 pub fn recommend(
     month: &str,
     usage: &[PairUsage],
-    subscriptions: &[(String, String)],
+    subscriptions: &[(String, ProductId)],
     charge: impl Fn(&str) -> Option<ChargeModel>,
 ) -> Vec<Recommendation> {
     let mut by_pair: HashMap<(&str, &str), &PairUsage> = HashMap::new();
@@ -40,7 +41,7 @@ pub fn recommend(
         if days > SUBSCRIPTION_DAYS {
             continue;
         }
-        let rate = match charge(product) {
+        let rate = match charge(product.as_str()) {
             Some(ChargeModel::Daily { tokens }) => tokens,
             _ => 0,
         };
@@ -100,7 +101,7 @@ mod tests {
     fn usage(user: &str, product: &str, days: u64, tokens: u64) -> PairUsage {
         PairUsage {
             user: user.into(),
-            product: product.into(),
+            product: ProductId::parse(product).unwrap(),
             usage_days: days,
             tokens,
         }
@@ -148,9 +149,12 @@ mod tests {
     #[test]
     fn a_subscription_holder_on_revit_3_days_should_move_to_flex() {
         let subs = vec![
-            ("bob@x.com".to_string(), "revit".to_string()),
-            ("cy@x.com".to_string(), "revit".to_string()),
-            ("dee@x.com".to_string(), "autocad".to_string()),
+            ("bob@x.com".to_string(), ProductId::parse("revit").unwrap()),
+            ("cy@x.com".to_string(), ProductId::parse("revit").unwrap()),
+            (
+                "dee@x.com".to_string(),
+                ProductId::parse("autocad").unwrap(),
+            ),
         ];
         let used = [
             usage("bob@x.com", "revit", 3, 0),

@@ -136,9 +136,9 @@ mod tests {
         (
             "dev-1".into(),
             ClaimRequest {
-                claim_id: id.into(),
+                claim_id: id.parse().unwrap(),
                 user: flex_protocol::Email::parse(user).unwrap(),
-                product: product.into(),
+                product: product.parse().unwrap(),
                 version: None,
                 results: None,
                 renews: None,
@@ -197,7 +197,7 @@ mod tests {
     fn a_batch_behaves_like_claims_committed_one_by_one_on(backend: &TestBackend) {
         let s = store(backend);
         let mut conflicting = req("c1", "ada@example.com", "autocad");
-        conflicting.1.product = "revit".into();
+        conflicting.1.product = "revit".parse().unwrap();
         let answers = s.claim_batch(&[
             req("c1", "ada@example.com", "autocad"),
             // Same user+product inside the batch: the window the first opened.

@@ -50,9 +50,9 @@ impl Store {
                         "per_result" => ChargeKind::PerResult,
                         other => return Err(StoreError::Corrupt(format!("charge kind '{other}'"))),
                     };
-                    let window = match (r.opt_str(10)?, r.opt_str(11)?, r.opt_str(12)?) {
+                    let window = match (r.get(10)?, r.opt_str(11)?, r.opt_str(12)?) {
                         (Some(id), Some(start), Some(end)) => Some(Window {
-                            id: id.to_owned(),
+                            id,
                             start: parse_ts(start)?,
                             end: parse_ts(end)?,
                         }),

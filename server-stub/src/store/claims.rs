@@ -11,7 +11,7 @@ use flex_protocol::api::{
     ChargeKind, ClaimRequest, ClaimResponse, Denial, Grant, LotShare, Source, Window,
 };
 use flex_protocol::lease::LeaseBody;
-use flex_protocol::ErrorCode;
+use flex_protocol::{ClaimId, ErrorCode, ProductId, WindowId};
 
 use super::db::{params, Conn, Row};
 use super::lots::{balance_of, spend};
@@ -54,7 +54,7 @@ pub(super) fn window_row(r: &Row<'_>) -> Result<WindowFact> {
 }
 
 /// The window with this id, refunded or not.
-pub(super) fn load_window(conn: &Conn<'_>, id: &str) -> Result<Option<WindowFact>> {
+pub(super) fn load_window(conn: &Conn<'_>, id: &WindowId) -> Result<Option<WindowFact>> {
     conn.query_opt(
         &format!("SELECT {WINDOW_COLS} FROM {WINDOW_FROM} WHERE w.id = ?1"),
         params![id],
@@ -79,7 +79,7 @@ struct StoreFacts<'s, 'c, 'a> {
 impl claim::Facts for StoreFacts<'_, '_, '_> {
     type Error = StoreError;
 
-    fn product(&self, id: &str) -> Option<ProductFact<'_>> {
+    fn product(&self, id: &ProductId) -> Option<ProductFact<'_>> {
         self.store.rates().get(id).map(|p| ProductFact {
             name: &p.name,
             charge: p.charge,
@@ -90,14 +90,14 @@ impl claim::Facts for StoreFacts<'_, '_, '_> {
         chrono::Duration::from_std(self.store.policy().window).expect("window fits")
     }
 
-    fn window(&mut self, id: &str) -> Result<Option<WindowFact>> {
+    fn window(&mut self, id: &WindowId) -> Result<Option<WindowFact>> {
         load_window(self.conn, id)
     }
 
     fn covering(
         &mut self,
         user: &str,
-        product: &str,
+        product: &ProductId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Option<WindowFact>> {
@@ -113,7 +113,7 @@ impl claim::Facts for StoreFacts<'_, '_, '_> {
         )
     }
 
-    fn user(&mut self, user: &str, product: &str) -> Result<UserFacts> {
+    fn user(&mut self, user: &str, product: &ProductId) -> Result<UserFacts> {
         let u = load_user(self.conn, user)?;
         Ok(UserFacts {
             known: u.is_some(),
@@ -124,14 +124,11 @@ impl claim::Facts for StoreFacts<'_, '_, '_> {
     }
 }
 
+/// The checks the request's types do not make: its ids, product and user
+/// were checked when it was read (flex_protocol::ids, flex_protocol::Email).
 fn validate(req: &ClaimRequest) -> Result<String> {
     let invalid = |field: &str, m: String| Err(StoreError::invalid(field, m));
-    flex_protocol::ClaimId::parse(&req.claim_id)
-        .map_err(|e| StoreError::invalid("claim_id", e.to_string()))?;
-    // Checked and normalised when the request was read (flex_protocol::Email).
     let user = req.user.as_str().to_owned();
-    flex_protocol::ProductId::parse(&req.product)
-        .map_err(|e| StoreError::invalid("product", e.to_string()))?;
     if req.version.as_ref().is_some_and(|v| v.len() > 64) {
         return invalid("version", "version is longer than 64 characters".into());
     }
@@ -164,13 +161,13 @@ fn denied(reason: ErrorCode, message: String, balance: Option<u64>) -> ClaimResp
 
 #[derive(Clone, Copy)]
 struct ChargeRow<'a> {
-    claim_id: &'a str,
+    claim_id: &'a ClaimId,
     user: &'a str,
-    product: &'a str,
+    product: &'a ProductId,
     version: Option<&'a str>,
     kind: ChargeKind,
     source: Source,
-    window_id: Option<&'a str>,
+    window_id: Option<&'a WindowId>,
     results: Option<u64>,
     tokens: u64,
     device_id: &'a str,
@@ -325,7 +322,7 @@ impl Store {
             if hash == fingerprint {
                 #[cfg(feature = "planted-bugs")]
                 if self.planted() == Some(super::PlantedBug::DoubleChargeOnDuplicate) {
-                    super::planted::charge_again(tx, &req.claim_id, now)?;
+                    super::planted::charge_again(tx, req.claim_id.as_str(), now)?;
                 }
                 return Ok(ClaimOutcome { status, body });
             }
@@ -384,7 +381,7 @@ impl Store {
             Decision::Job { source, cost } => (*source, *cost, ChargeKind::PerResult, None),
             Decision::Open { window, cost } => {
                 let w = WindowFact {
-                    id: self.new_id(),
+                    id: self.new_window_id(),
                     user: user.to_string(),
                     product: req.product.clone(),
                     source: window.source,
@@ -436,7 +433,7 @@ impl Store {
                 version: req.version.as_deref(),
                 kind,
                 source,
-                window_id: window.as_ref().map(|w| w.id.as_str()),
+                window_id: window.as_ref().map(|w| &w.id),
                 results: req.results,
                 tokens: cost,
                 device_id,

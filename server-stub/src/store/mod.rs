@@ -247,6 +247,10 @@ impl Store {
         self.ids.next_id()
     }
 
+    pub(crate) fn new_window_id(&self) -> flex_protocol::WindowId {
+        self.ids.next_window_id()
+    }
+
     /// How long a new enrollment token stays valid.
     pub fn with_enrollment_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.enrollment_ttl = ttl;

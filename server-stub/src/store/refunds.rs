@@ -24,7 +24,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use flex_protocol::api::{ErrorBody, LotShare, RefundRequest, RefundResponse};
-use flex_protocol::ErrorCode;
+use flex_protocol::{ErrorCode, WindowId};
 
 use super::charges::lot_shares;
 use super::claims::load_window;
@@ -38,7 +38,7 @@ use crate::rules::refunds::{self as rules, Decision, Facts, Grants, Run, WindowF
 /// Notes that `device_id` was answered with window `window_id` at `now`.
 pub(super) fn note_grant(
     tx: &Conn<'_>,
-    window_id: &str,
+    window_id: &WindowId,
     device_id: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -53,16 +53,13 @@ pub(super) fn note_grant(
     Ok(())
 }
 
+/// The checks the request's types do not make: its window id, user and
+/// product were checked when it was read.
 fn validate(req: &RefundRequest) -> Result<()> {
-    flex_protocol::WindowId::parse(&req.window_id)
-        .map_err(|e| StoreError::invalid("window_id", e.to_string()))?;
-    // req.user was checked and normalised when the request was read.
-    flex_protocol::ProductId::parse(&req.product)
-        .map_err(|e| StoreError::invalid("product", e.to_string()))?;
     check_sessions(&req.sessions, "refund request")
 }
 
-fn load_grants(conn: &Conn<'_>, window_id: &str, device_id: &str) -> Result<Grants> {
+fn load_grants(conn: &Conn<'_>, window_id: &WindowId, device_id: &str) -> Result<Grants> {
     let mut grants = Grants::default();
     conn.query_each(
         "SELECT device_id, last_at FROM window_grants WHERE window_id = ?1",
@@ -146,7 +143,7 @@ fn renewed(conn: &Conn<'_>, w: &StoredWindow) -> Result<bool> {
         .is_some())
 }
 
-fn stored_answer(conn: &Conn<'_>, window_id: &str) -> Result<Option<ClaimOutcome>> {
+fn stored_answer(conn: &Conn<'_>, window_id: &WindowId) -> Result<Option<ClaimOutcome>> {
     conn.query_opt(
         "SELECT status, response FROM refund_answers WHERE window_id = ?1",
         params![window_id],
@@ -161,7 +158,7 @@ fn stored_answer(conn: &Conn<'_>, window_id: &str) -> Result<Option<ClaimOutcome
 
 fn keep_answer(
     conn: &Conn<'_>,
-    window_id: &str,
+    window_id: &WindowId,
     answer: &ClaimOutcome,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -199,7 +196,7 @@ impl Store {
     ) -> Result<ClaimOutcome> {
         let w = load_window(tx, &req.window_id)?.ok_or_else(|| StoreError::NotFound {
             what: "window",
-            key: req.window_id.clone(),
+            key: req.window_id.to_string(),
         })?;
         let grants = load_grants(tx, &w.id, device_id)?;
         let lots = load_lots(tx)?;
@@ -212,11 +209,11 @@ impl Store {
         })?;
         let mut facts = Facts {
             asked_user: req.user.as_str(),
-            asked_product: &req.product,
+            asked_product: req.product.as_str(),
             window: WindowFact {
-                id: &w.id,
+                id: w.id.as_str(),
                 user: &w.user,
-                product: &w.product,
+                product: w.product.as_str(),
                 start: w.start,
                 end: w.end,
             },
@@ -236,7 +233,7 @@ impl Store {
         if let Some(answer) = stored_answer(tx, &w.id)? {
             #[cfg(feature = "planted-bugs")]
             if self.planted() == Some(super::PlantedBug::RefundTwice) {
-                super::planted::refund_again(tx, &w.id, now)?;
+                super::planted::refund_again(tx, w.id.as_str(), now)?;
             }
             return Ok(answer);
         }

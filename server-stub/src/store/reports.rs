@@ -23,6 +23,7 @@ use chrono_tz::Tz;
 use flex_protocol::reports::{
     Estimate, EstimateRequest, Forecast, RecommendationList, ReportBy, UsageReport,
 };
+use flex_protocol::ProductId;
 
 use super::db::{params, Conn, Row};
 use super::lots::load_lots;
@@ -434,19 +435,27 @@ fn pair_usage(conn: &Conn<'_>, period: Period, paid_only: bool) -> Result<Vec<Pa
         }
     })?;
     let mut out = Vec::new();
+    let mut corrupt = None;
     each_pair(conn, |id, user, product| {
         if let Some(&(usage_days, tokens)) = sums.get(id as usize) {
             if usage_days > 0 || tokens > 0 {
-                out.push(PairUsage {
-                    user: user.to_owned(),
-                    product: product.to_owned(),
-                    usage_days,
-                    tokens,
-                });
+                // Pairs come from charges, whose products were checked.
+                match ProductId::parse(product) {
+                    Ok(product) => out.push(PairUsage {
+                        user: user.to_owned(),
+                        product,
+                        usage_days,
+                        tokens,
+                    }),
+                    Err(e) => corrupt = Some(format!("usage pair {id}: {e}")),
+                }
             }
         }
     })?;
-    Ok(out)
+    match corrupt {
+        Some(e) => Err(StoreError::Corrupt(e)),
+        None => Ok(out),
+    }
 }
 
 /// Tokens charged since `since`, less those refunded since.
@@ -491,7 +500,7 @@ impl Store {
         self.fold_usage()?;
         let (usage, subs) = self.read(|c| {
             let usage = pair_usage(c, period, false)?;
-            let subs: Vec<(String, String)> =
+            let subs: Vec<(String, ProductId)> =
                 c.query_all("SELECT email, product FROM subscriptions", params![], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
@@ -518,16 +527,16 @@ impl Store {
                 let past: Vec<PastUse> = self
                     .read(|c| pair_usage(c, period, true))?
                     .into_iter()
-                    .filter(|u| {
-                        matches!(
-                            self.rates().get(&u.product).map(|p| p.charge),
-                            Some(flex_protocol::api::ChargeModel::Daily { .. })
-                        )
-                    })
-                    .map(|u| PastUse {
-                        product: u.product,
-                        user: u.user,
-                        usage_days: u.usage_days,
+                    .filter_map(|u| {
+                        // Daily products of the rate sheet, by the sheet's id.
+                        let p = self.rates().get(&u.product).filter(|p| {
+                            matches!(p.charge, flex_protocol::api::ChargeModel::Daily { .. })
+                        })?;
+                        Some(PastUse {
+                            product: p.id.clone(),
+                            user: u.user,
+                            usage_days: u.usage_days,
+                        })
                     })
                     .collect();
                 let rows = estimate::rows_from_usage(&past, period.months());

@@ -3,7 +3,7 @@
 use flex_protocol::api::{
     AssignmentMode, DefaultAssignments, NewSubscription, NewUser, Subscription, User,
 };
-use flex_protocol::Email;
+use flex_protocol::{Email, ProductId};
 
 use super::db::{params, Conn};
 use super::{parse_ts, ts, Result, Store, StoreError};
@@ -51,7 +51,7 @@ pub(crate) fn load_user(conn: &Conn<'_>, email: &str) -> Result<Option<User>> {
     Ok(Some(user))
 }
 
-pub(crate) fn has_subscription(conn: &Conn<'_>, email: &str, product: &str) -> Result<bool> {
+pub(crate) fn has_subscription(conn: &Conn<'_>, email: &str, product: &ProductId) -> Result<bool> {
     Ok(conn
         .query_opt(
             "SELECT 1 FROM subscriptions WHERE email = ?1 AND product = ?2",
@@ -122,7 +122,7 @@ impl Store {
                     })
                 },
             )?;
-            let mut subs: std::collections::HashMap<String, Vec<String>> = Default::default();
+            let mut subs: std::collections::HashMap<String, Vec<ProductId>> = Default::default();
             c.query_each(
                 "SELECT email, product FROM subscriptions ORDER BY email, product",
                 params![],
@@ -190,7 +190,7 @@ impl Store {
         })
     }
 
-    pub fn remove_subscription(&self, email: &str, product: &str) -> Result<()> {
+    pub fn remove_subscription(&self, email: &str, product: &ProductId) -> Result<()> {
         let email = normalize_email(email).map_err(|m| StoreError::invalid("email", m))?;
         self.write(|tx| {
             let n = tx.execute(

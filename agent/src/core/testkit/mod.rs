@@ -239,7 +239,7 @@ impl Harness {
                     Network::Silent => {}
                     Network::Up => {
                         let batch = self.journal.heartbeat_batch().unwrap();
-                        let ids: Vec<String> =
+                        let ids: Vec<flex_protocol::SessionId> =
                             batch.sessions.iter().map(|s| s.id.clone()).collect();
                         queue.push_back(Input::ContactOk {
                             server_time: self.true_time,
@@ -402,7 +402,7 @@ impl Harness {
         let reply = self.launch_on(conn, account, product, None);
         if let Some(Ok(r)) = &reply {
             let pid = self.pid();
-            let done = self.attach(conn, account, &r.session, process(pid));
+            let done = self.attach(conn, account, r.session.as_str(), process(pid));
             assert_eq!(done, Ok(()));
         }
         reply
@@ -423,7 +423,7 @@ impl Harness {
             account: uid_of(account),
             account_name: account.into(),
             user: email_of(account),
-            product: product.into(),
+            product: product.parse().unwrap(),
             version: Some("2026".into()),
             process: started,
         }));
@@ -449,7 +449,7 @@ impl Harness {
                 account: uid_of(account),
                 admin: account == "root",
             },
-            session: session.into(),
+            session: session.parse().unwrap(),
             process,
         });
         done(&actions, &request)
@@ -465,7 +465,7 @@ impl Harness {
                 account: uid_of(account),
                 admin: account == "root",
             },
-            session: session.into(),
+            session: session.parse().unwrap(),
         });
         done(&actions, &request)
     }
@@ -499,7 +499,7 @@ impl Harness {
             account: uid_of(account),
             account_name: account.into(),
             user: email_of(account),
-            product: product.into(),
+            product: product.parse().unwrap(),
             version: None,
             started_at: self.now().wall,
         }))
@@ -538,7 +538,7 @@ impl Harness {
             request,
             account: uid_of(account),
             user: email_of(account),
-            product: product.into(),
+            product: product.parse().unwrap(),
             count,
             job: job.into(),
         }))

@@ -14,6 +14,7 @@ use flex_protocol::api::{
 };
 use flex_protocol::lease::{LeaseBody, LeaseSigner, LeaseVerifier};
 use flex_protocol::ErrorCode;
+use flex_protocol::{ClaimId, ProductId, SessionId, WindowId};
 use flex_server::ledger::LotState;
 use flex_server::rules::claim::{self, Decision, ProductFact, UserFacts, WindowFact};
 use flex_server::rules::refunds;
@@ -25,42 +26,42 @@ use crate::core::default_policy;
 /// One charge the server made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeCharge {
-    pub claim_id: String,
+    pub claim_id: ClaimId,
     pub user: String,
-    pub product: String,
+    pub product: ProductId,
     pub tokens: u64,
     pub renewal: bool,
     /// The window it paid for (none for a per-result job).
-    pub window: Option<String>,
+    pub window: Option<WindowId>,
 }
 
 /// The entitlement server's claim rules (R4–R6), idempotent by claim id.
 pub struct FakeServer {
     signer: LeaseSigner,
     pub balance: u64,
-    pub rates: HashMap<String, ChargeModel>,
+    pub rates: HashMap<ProductId, ChargeModel>,
     pub subscriptions: HashSet<(String, String)>,
     /// Users not on Flex (every other user is, with every product allowed).
     pub not_on_flex: HashSet<String>,
     pub policy: Policy,
     /// Every window granted, oldest first.
     windows: Vec<WindowFact>,
-    answers: HashMap<String, (ClaimRequest, ClaimResponse)>,
+    answers: HashMap<ClaimId, (ClaimRequest, ClaimResponse)>,
     pub charges: Vec<FakeCharge>,
     /// Every claim received, retries included.
     pub received: Vec<ClaimRequest>,
     /// Notices the next heartbeat delivers.
     pub notices: Vec<Notice>,
     /// Refund verdicts by window id: a repeat gets the first answer.
-    pub refunds: HashMap<String, Result<RefundResponse, String>>,
+    pub refunds: HashMap<WindowId, Result<RefundResponse, String>>,
     /// Session records refund requests carried, by id (as the store keeps them).
-    sessions: HashMap<String, SessionRecord>,
+    sessions: HashMap<SessionId, SessionRecord>,
     /// Windows a renewal continued.
-    renewed: HashSet<String>,
+    renewed: HashSet<WindowId>,
     /// Every refund request received, retries included.
-    pub refund_requests: Vec<String>,
+    pub refund_requests: Vec<WindowId>,
     /// (window id, when) of every grant of a window to a launch.
-    window_grants: Vec<(String, DateTime<Utc>)>,
+    window_grants: Vec<(WindowId, DateTime<Utc>)>,
     next_window: u64,
 }
 
@@ -74,7 +75,10 @@ impl FakeServer {
         FakeServer {
             signer: LeaseSigner::new("k1", SigningKey::from_bytes(&[7; 32])),
             balance,
-            rates: rates.iter().map(|(p, c)| (p.to_string(), *c)).collect(),
+            rates: rates
+                .iter()
+                .map(|(p, c)| (p.parse().unwrap(), *c))
+                .collect(),
             subscriptions: HashSet::new(),
             not_on_flex: HashSet::new(),
             policy: default_policy(),
@@ -109,12 +113,12 @@ impl FakeServer {
 
     /// The rate sheet the server would send: every product it rates.
     pub fn products(&self) -> Vec<flex_protocol::api::Product> {
-        let mut ids: Vec<&String> = self.rates.keys().collect();
+        let mut ids: Vec<&ProductId> = self.rates.keys().collect();
         ids.sort();
         ids.into_iter()
             .map(|id| flex_protocol::api::Product {
                 id: id.clone(),
-                name: id.clone(),
+                name: id.to_string(),
                 charge: self.rates[id],
                 executables: Default::default(),
                 sample: false,
@@ -193,7 +197,7 @@ impl FakeServer {
                     );
                 }
                 let w = WindowFact {
-                    id: format!("w{}", self.next_window),
+                    id: format!("w{}", self.next_window).parse().unwrap(),
                     user: req.user.to_string(),
                     product: req.product.clone(),
                     source: window.source,
@@ -238,11 +242,11 @@ impl FakeServer {
     /// request or the moment is not (as the store does).
     pub fn refund(
         &mut self,
-        window_id: &str,
+        window_id: &WindowId,
         sessions: &[SessionRecord],
         now: DateTime<Utc>,
     ) -> Result<RefundResponse, String> {
-        self.refund_requests.push(window_id.to_string());
+        self.refund_requests.push(window_id.clone());
         let Some(w) = self.windows.iter().find(|w| w.id == window_id).cloned() else {
             return Err(format!("window '{window_id}' not found"));
         };
@@ -257,16 +261,16 @@ impl FakeServer {
             .values()
             .filter(|s| s.user.as_str() == w.user && s.product == w.product)
             .map(|s| refunds::Run {
-                id: &s.id,
+                id: s.id.as_str(),
                 started_at: s.started_at,
                 ended_at: s.ended_at,
-                window_id: s.window_id.as_deref(),
+                window_id: s.window_id.as_ref().map(WindowId::as_str),
             })
             .collect();
         let shares: Vec<LotShare> = self
             .charges
             .iter()
-            .filter(|c| c.window.as_deref() == Some(window_id) && c.tokens > 0)
+            .filter(|c| c.window.as_ref() == Some(window_id) && c.tokens > 0)
             .map(|c| LotShare {
                 lot_id: 1,
                 tokens: c.tokens,
@@ -281,15 +285,15 @@ impl FakeServer {
         }];
         let facts = refunds::Facts {
             asked_user: &w.user,
-            asked_product: &w.product,
+            asked_product: w.product.as_str(),
             window: refunds::WindowFact {
-                id: &w.id,
+                id: w.id.as_str(),
                 user: &w.user,
-                product: &w.product,
+                product: w.product.as_str(),
                 start: w.start,
                 end: w.end,
             },
-            product_name: &w.product,
+            product_name: w.product.as_str(),
             grace: Duration::seconds(self.policy.short_use_grace_secs as i64),
             grants: refunds::Grants {
                 here: self
@@ -315,13 +319,13 @@ impl FakeServer {
                     w.refunded_at = Some(now);
                 }
                 Ok(RefundResponse {
-                    window_id: window_id.to_string(),
+                    window_id: window_id.clone(),
                     refunded_tokens: tokens,
                     balance: self.balance,
                 })
             }
         };
-        self.refunds.insert(window_id.to_string(), answer.clone());
+        self.refunds.insert(window_id.clone(), answer.clone());
         answer
     }
 
@@ -369,11 +373,11 @@ impl FakeServer {
 impl claim::Facts for FakeServer {
     type Error = Refused;
 
-    fn product(&self, id: &str) -> Option<ProductFact<'_>> {
+    fn product(&self, id: &ProductId) -> Option<ProductFact<'_>> {
         self.rates
             .get_key_value(id)
             .map(|(name, charge)| ProductFact {
-                name,
+                name: name.as_str(),
                 charge: *charge,
             })
     }
@@ -382,14 +386,14 @@ impl claim::Facts for FakeServer {
         chrono::Duration::seconds(self.policy.window_secs as i64)
     }
 
-    fn window(&mut self, id: &str) -> Result<Option<WindowFact>, Refused> {
+    fn window(&mut self, id: &WindowId) -> Result<Option<WindowFact>, Refused> {
         Ok(self.windows.iter().find(|w| w.id == id).cloned())
     }
 
     fn covering(
         &mut self,
         user: &str,
-        product: &str,
+        product: &ProductId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Option<WindowFact>, Refused> {
@@ -402,7 +406,7 @@ impl claim::Facts for FakeServer {
             .cloned())
     }
 
-    fn user(&mut self, user: &str, product: &str) -> Result<UserFacts, Refused> {
+    fn user(&mut self, user: &str, product: &ProductId) -> Result<UserFacts, Refused> {
         Ok(UserFacts {
             known: true,
             flex_assigned: !self.not_on_flex.contains(user),

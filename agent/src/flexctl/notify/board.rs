@@ -101,25 +101,25 @@ impl Board {
             Event::Charged { product, .. } => {
                 // Licensed: what threatened the product no longer applies (a
                 // renewal retried after a top-up, a new launch after a close).
-                self.withdraw(&Slot::of(product, Subject::Stop), &mut steps);
+                self.withdraw(&Slot::of(product.as_str(), Subject::Stop), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Use),
+                    Slot::of(product.as_str(), Subject::Use),
                     texts.event(event),
                     Kind::Other,
                     &mut steps,
                 );
             }
             Event::Resumed { product, .. } | Event::Refunded { product, .. } => {
-                self.withdraw(&Slot::of(product, Subject::Stop), &mut steps);
+                self.withdraw(&Slot::of(product.as_str(), Subject::Stop), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Use),
+                    Slot::of(product.as_str(), Subject::Use),
                     texts.event(event),
                     Kind::Other,
                     &mut steps,
                 );
             }
             Event::RenewalNotice { product, .. } | Event::Paused { product, .. } => self.show(
-                Slot::of(product, Subject::Use),
+                Slot::of(product.as_str(), Subject::Use),
                 texts.event(event),
                 Kind::Other,
                 &mut steps,
@@ -127,7 +127,7 @@ impl Board {
             Event::OfflineWarning { product, .. } => {
                 self.withdraw(&Slot::global(Subject::Network), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Stop),
+                    Slot::of(product.as_str(), Subject::Stop),
                     texts.event(event),
                     Kind::Offline,
                     &mut steps,
@@ -142,7 +142,7 @@ impl Board {
                     Kind::Other
                 };
                 self.show(
-                    Slot::of(product, Subject::Stop),
+                    Slot::of(product.as_str(), Subject::Stop),
                     texts.event(event),
                     kind,
                     &mut steps,
@@ -151,7 +151,7 @@ impl Board {
             Event::LaunchDenied { product, .. }
             | Event::OutOfTokens { product, .. }
             | Event::RenewalFailed { product, .. } => self.show(
-                Slot::of(product, Subject::Stop),
+                Slot::of(product.as_str(), Subject::Stop),
                 texts.event(event),
                 Kind::Other,
                 &mut steps,
@@ -164,13 +164,18 @@ impl Board {
             } => {
                 // The notifier tells with the number of windows it asked;
                 // this is the text when it could not ask any.
-                let n = texts.closing_windows(&name(product, product_name), kill_at, 0);
-                self.show(Slot::of(product, Subject::Stop), n, Kind::Other, &mut steps);
+                let n = texts.closing_windows(&name(product.as_str(), product_name), kill_at, 0);
+                self.show(
+                    Slot::of(product.as_str(), Subject::Stop),
+                    n,
+                    Kind::Other,
+                    &mut steps,
+                );
             }
             Event::ProductClosed { product, .. } => {
-                self.withdraw(&Slot::of(product, Subject::Use), &mut steps);
+                self.withdraw(&Slot::of(product.as_str(), Subject::Use), &mut steps);
                 self.show(
-                    Slot::of(product, Subject::Stop),
+                    Slot::of(product.as_str(), Subject::Stop),
                     texts.event(event),
                     Kind::Other,
                     &mut steps,
@@ -267,7 +272,7 @@ mod tests {
     /// An offline warning with the deadline of the device's offline limit.
     fn warning(seconds_left: u64) -> Event {
         Event::OfflineWarning {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: name(),
             seconds_left,
             deadline: Utc.with_ymd_and_hms(2026, 11, 30, 8, 15, 0).unwrap(),
@@ -323,7 +328,7 @@ mod tests {
         b.event(&warning(300), &t);
         b.event(
             &Event::OfflineWarning {
-                product: "revit".into(),
+                product: "revit".parse().unwrap(),
                 product_name: None,
                 seconds_left: 300,
                 deadline: t.now,
@@ -355,7 +360,7 @@ mod tests {
         let t = texts();
         let denied = b.event(
             &Event::LaunchDenied {
-                product: "maya".into(),
+                product: "maya".parse().unwrap(),
                 product_name: Some("Maya".into()),
                 reason: ErrorCode::NotEntitled,
                 message: "no".into(),
@@ -364,7 +369,7 @@ mod tests {
         );
         let closed = b.event(
             &Event::ProductClosed {
-                product: "maya".into(),
+                product: "maya".parse().unwrap(),
                 product_name: Some("Maya".into()),
                 reason: CloseReason::NotEntitled,
                 message: "no".into(),
@@ -387,7 +392,7 @@ mod tests {
         let at = t.now + Duration::minutes(15);
         let notice = b.event(
             &Event::RenewalNotice {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 at,
                 tokens: 7,
@@ -403,7 +408,7 @@ mod tests {
         );
         let failed = b.event(
             &Event::RenewalFailed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 reason: ErrorCode::OutOfTokens,
                 closes_at: at + Duration::minutes(30),
@@ -415,7 +420,7 @@ mod tests {
         // the renewal's charge takes the notice's place.
         let charged = b.event(
             &Event::Charged {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 tokens: 7,
                 balance: 93,
@@ -432,7 +437,7 @@ mod tests {
         // A later charge (a new launch) replaces it again.
         let again = b.event(
             &Event::Charged {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 tokens: 7,
                 balance: 86,
@@ -453,7 +458,7 @@ mod tests {
         let t = texts();
         b.event(
             &Event::Paused {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 since: t.now,
             },
@@ -461,7 +466,7 @@ mod tests {
         );
         let resumed = b.event(
             &Event::Resumed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 tokens: 7,
             },
@@ -473,7 +478,7 @@ mod tests {
         );
         let closed = b.event(
             &Event::ProductClosed {
-                product: "autocad".into(),
+                product: "autocad".parse().unwrap(),
                 product_name: name(),
                 reason: CloseReason::Offline,
                 message: "offline".into(),

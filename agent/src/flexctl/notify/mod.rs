@@ -188,7 +188,7 @@ async fn follow(
                     let windows = desk.close_windows(pid).await;
                     client.send(&Request::Closing { pid, windows }).await?;
                     let texts = Texts::local(Utc::now());
-                    apply(display, board.closing_windows(&product, product_name.as_deref(), &kill_at, windows, &texts)).await;
+                    apply(display, board.closing_windows(product.as_str(), product_name.as_deref(), &kill_at, windows, &texts)).await;
                 }
                 Ok(Some(Incoming::Event(event))) => {
                     let texts = Texts::local(Utc::now());
@@ -230,7 +230,7 @@ mod line_tests {
     #[test]
     fn printed_lines_carry_urgency_summary_and_body() {
         let n = notification_for(&Event::ProductClosed {
-            product: "autocad".into(),
+            product: "autocad".parse().unwrap(),
             product_name: Some("AutoCAD".into()),
             reason: CloseReason::Offline,
             message: "offline for more than 24 h".into(),

@@ -136,7 +136,7 @@ impl Texts {
             window_end,
             ..
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 format!("{p} is licensed"),
                 match window_end {
@@ -156,7 +156,7 @@ impl Texts {
             window_end,
             renewal,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             if *renewal {
                 return self.renewed(p, *n, *balance, window_end.as_ref());
             }
@@ -185,7 +185,7 @@ impl Texts {
             product,
             product_name,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 "Out of Flex tokens".into(),
                 format!("{p} cannot be charged: the token balance is used up. Ask your license administrator to buy tokens."),
@@ -198,7 +198,7 @@ impl Texts {
             reason,
             message,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (format!("{p} was not started"), denied_body(p, *reason, message), Normal)
         }
         Event::OfflineWarning {
@@ -207,7 +207,7 @@ impl Texts {
             seconds_left,
             deadline,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 format!("{p} closes in {}", countdown(*seconds_left)),
                 format!(
@@ -223,7 +223,7 @@ impl Texts {
             reason,
             closes_at,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             let why = match reason {
                 ErrorCode::OutOfTokens => "The token balance does not cover the next window".to_string(),
                 ErrorCode::NotEntitled => format!("Your account is no longer licensed for {p}"),
@@ -241,7 +241,7 @@ impl Texts {
             reason,
             message,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             let why = match reason {
                 CloseReason::NotEntitled => format!("Your account is not licensed for {p}"),
                 CloseReason::OutOfTokens => {
@@ -270,7 +270,7 @@ impl Texts {
             message,
             deadline,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 format!("{p} closes at {}", at(deadline)),
                 format!("{}. Save your work now. {}", sentence(message), next_step(*reason)),
@@ -282,7 +282,7 @@ impl Texts {
             product_name,
             kill_at,
             ..
-        } => return self.closing_windows(display_name(product, product_name.as_deref()), kill_at, 1),
+        } => return self.closing_windows(display_name(product.as_str(), product_name.as_deref()), kill_at, 1),
         Event::Refunded {
             product,
             product_name,
@@ -290,7 +290,7 @@ impl Texts {
             balance,
             grace_secs,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 format!("{p} closed within {}: {} returned", human_duration(*grace_secs), tokens(*n)),
                 format!("A run this short is not charged. Balance: {}.", tokens(*balance)),
@@ -303,7 +303,7 @@ impl Texts {
             at: when,
             tokens: n,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 format!("{p} renews at {} for {}", at(when), tokens(*n)),
                 format!("Close {p} before then to avoid the charge."),
@@ -315,7 +315,7 @@ impl Texts {
             product_name,
             ..
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 format!("{p} is paused"),
                 format!("{p} was not used for a while, so its license was not renewed. It stays open; using it again starts a new charge."),
@@ -327,7 +327,7 @@ impl Texts {
             product_name,
             tokens: n,
         } => {
-            let p = display_name(product, product_name.as_deref());
+            let p = display_name(product.as_str(), product_name.as_deref());
             (
                 format!("{p} is in use again"),
                 format!("{} charged for a new window.", tokens(*n)),

@@ -78,6 +78,31 @@ impl Param for String {
     }
 }
 
+macro_rules! id_param {
+    ($($t:ty),*) => {$(
+        impl Param for $t {
+            fn value(&self) -> Value<'_> {
+                Value::Text(self.as_str())
+            }
+        }
+
+        impl FromCol for $t {
+            fn from_col(v: Value<'_>) -> std::result::Result<Self, String> {
+                match v {
+                    Value::Text(s) => <$t>::parse(s).map_err(|e| e.to_string()),
+                    v => Err(wrong(v, "text")),
+                }
+            }
+        }
+    )*};
+}
+id_param!(
+    flex_protocol::ProductId,
+    flex_protocol::ClaimId,
+    flex_protocol::SessionId,
+    flex_protocol::WindowId
+);
+
 impl Param for [u8] {
     fn value(&self) -> Value<'_> {
         Value::Blob(self)
