@@ -31,7 +31,6 @@ use flex_protocol::api::{HeartbeatRequest, Product, RefundRequest};
 use flex_protocol::lease::LeaseVerifier;
 use flex_protocol::socket::{Empty, Event, StatusReply};
 use flex_protocol::Email;
-use flex_protocol::ProductId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::account::{self, AccountId};
@@ -621,19 +620,13 @@ impl Driver {
                 let Some((name, user)) = self.account(&ev.owner) else {
                     return Ok(());
                 };
-                // The watcher names products by the rate sheet's ids, which
-                // it keeps as text.
-                let Ok(product) = ProductId::parse(&ev.product) else {
-                    tracing::error!(product = %ev.product, "the watcher named a product the rate sheet cannot hold");
-                    return Ok(());
-                };
                 tracing::info!(pid = ev.process.pid, account = %name, product = %ev.product, exe = %ev.exe_name, "product process detected");
                 self.feed(Input::ProcessStarted(ProcessInfo {
                     process: ev.process,
                     account: ev.owner,
                     account_name: name,
                     user,
-                    product,
+                    product: ev.product,
                     version: None,
                     started_at: ev.started_at,
                 }))

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use flex_protocol::ids::ProductId;
+
 use super::tracker::Matcher;
 use crate::process::{self, is_dynamic_loader, loader_target, FileId, Names};
 
@@ -44,7 +46,7 @@ const INDEX_DEPTH: usize = 6;
 pub enum Identity {
     /// A product, and the name (or path) it was recognised by.
     Product {
-        product: String,
+        product: ProductId,
         name: String,
     },
     /// Nothing yet, but it may load a product: check again later.
@@ -54,7 +56,7 @@ pub enum Identity {
 
 #[derive(Debug, Clone)]
 struct Known {
-    product: String,
+    product: ProductId,
     id: FileId,
     path: PathBuf,
 }
@@ -93,7 +95,7 @@ impl Identifier {
     }
 
     /// Remembers `id` (reached as `path`) as a file of `product`.
-    pub fn learn(&mut self, product: &str, id: FileId, path: &Path) {
+    pub fn learn(&mut self, product: &ProductId, id: FileId, path: &Path) {
         let inode = id.inode();
         if self.files.get(&inode).is_some_and(|k| k.id == id) {
             return;
@@ -102,7 +104,7 @@ impl Identifier {
         self.files.insert(
             inode,
             Known {
-                product: product.to_string(),
+                product: product.clone(),
                 id,
                 path: path.to_path_buf(),
             },
@@ -244,7 +246,7 @@ impl Identifier {
         &mut self,
         id: FileId,
         open: impl FnOnce() -> Option<std::fs::File>,
-    ) -> Option<String> {
+    ) -> Option<ProductId> {
         let candidates: Vec<Known> = self
             .sizes
             .get(&id.size)?
@@ -262,7 +264,7 @@ impl Identifier {
                 h
             }
         };
-        let mut found: Option<String> = None;
+        let mut found: Option<ProductId> = None;
         for k in candidates {
             let known = match self.hashes.get(&k.id) {
                 Some(h) => *h,

@@ -50,7 +50,7 @@ pub struct ProcEvent {
     /// Who runs it (the real uid on Unix): the user the product is charged to.
     pub owner: AccountId,
     /// Rate-sheet id of the product.
-    pub product: String,
+    pub product: flex_protocol::ids::ProductId,
     /// The name that matched: executable file name, comm or argv[0] base name.
     pub exe_name: String,
     pub exe_path: Option<PathBuf>,

@@ -15,6 +15,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use flex_protocol::api::{Executables, Product, VersionMatch};
+use flex_protocol::ids::ProductId;
 #[cfg(target_os = "linux")]
 use tokio::sync::{mpsc, Notify};
 
@@ -23,9 +24,9 @@ use super::{DetectionSource, ProcEvent, ProcEventKind};
 /// Executable names of the current OS mapped to product ids.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
-    names: HashMap<String, String>,
+    names: HashMap<String, ProductId>,
     /// Windows version-resource entries, with their product id.
-    versions: Vec<(VersionMatch, String)>,
+    versions: Vec<(VersionMatch, ProductId)>,
 }
 
 impl Matcher {
@@ -34,11 +35,11 @@ impl Matcher {
         let mut versions = Vec::new();
         for p in products {
             for name in os_names(&p.executables) {
-                names.entry(key(name)).or_insert_with(|| p.id.to_string());
+                names.entry(key(name)).or_insert_with(|| p.id.clone());
             }
             if cfg!(windows) {
                 for v in &p.executables.windows_version {
-                    versions.push((v.clone(), p.id.to_string()));
+                    versions.push((v.clone(), p.id.clone()));
                 }
             }
         }
@@ -50,7 +51,7 @@ impl Matcher {
     }
 
     /// Whether `product` is one this matcher recognises.
-    pub fn has_product(&self, product: &str) -> bool {
+    pub fn has_product(&self, product: &ProductId) -> bool {
         self.names.values().any(|p| p == product) || self.versions.iter().any(|(_, p)| p == product)
     }
 
@@ -66,7 +67,7 @@ impl Matcher {
         &self,
         original_filename: Option<&str>,
         product_name: Option<&str>,
-    ) -> Option<(String, String)> {
+    ) -> Option<(ProductId, String)> {
         let (_, id) = self
             .versions
             .iter()
@@ -76,7 +77,10 @@ impl Matcher {
     }
 
     /// The product of the first candidate name that matches, with that name.
-    pub fn find(&self, candidates: impl IntoIterator<Item = String>) -> Option<(String, String)> {
+    pub fn find(
+        &self,
+        candidates: impl IntoIterator<Item = String>,
+    ) -> Option<(ProductId, String)> {
         candidates
             .into_iter()
             .find_map(|name| self.names.get(&key(&name)).map(|id| (id.clone(), name)))
@@ -609,7 +613,7 @@ mod tests {
         ]);
         assert_eq!(
             m.find(["python3".to_string(), "maya".to_string()]),
-            Some(("maya".into(), "maya".into()))
+            Some(("maya".parse().unwrap(), "maya".into()))
         );
         assert_eq!(m.find(["bash".to_string()]), None);
         assert!(Matcher::new(&[]).is_empty());
