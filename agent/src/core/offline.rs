@@ -91,7 +91,9 @@ impl Core {
 
     /// Tells the users of a token window with a product still running in it,
     /// `renewal_notice` before its end, that it will be renewed and for how
-    /// much — once per window, once per user.
+    /// much — once per window, once per user. Not while the product is idle:
+    /// it would be paused, not renewed, at the end; input before then sends
+    /// the notice (this runs after every input).
     fn renewal_notices(&mut self, out: &mut Vec<Action>) {
         let notice = chrono::Duration::seconds(self.policy.renewal_notice_secs as i64);
         if notice.is_zero() {
@@ -119,7 +121,7 @@ impl Core {
             let Some(tokens) = self.daily_rate(&product) else {
                 continue;
             };
-            if accounts.is_empty() || !self.ledger.notice(&id) {
+            if accounts.is_empty() || self.window_idle(&id) || !self.ledger.notice(&id) {
                 continue;
             }
             for account in accounts {

@@ -151,3 +151,35 @@ fn input_at_a_locked_screen_is_not_use() {
     let back = [back, h.advance(Duration::from_secs(1))].concat();
     assert_eq!(charges(&back), vec![7], "{back:?}");
 }
+
+fn renewal_notices(actions: &[Action]) -> usize {
+    events(actions)
+        .iter()
+        .filter(|e| matches!(e, Event::RenewalNotice { .. }))
+        .count()
+}
+
+#[test]
+fn an_idle_product_gets_no_renewal_notice_until_its_user_is_back() {
+    // "AutoCAD renews at 08:00 for 7 tokens" went to a user whose product
+    // was then paused as idle, not renewed.
+    let mut h = Harness::new(monday(8, 0), 100);
+    let products = h.server.products();
+    h.feed(super::Input::RateSheet(products));
+    h.start_process("alice", "autocad");
+    let stopped = monday(17, 0);
+    pass(&mut h, Duration::from_secs(9 * 3600), None);
+    let evening = pass(
+        &mut h,
+        Duration::from_secs(14 * 3600 + 50 * 60),
+        Some(stopped),
+    );
+    assert_eq!(h.true_time, monday(7, 50) + chrono::Duration::days(1));
+    assert_eq!(renewal_notices(&evening), 0, "idle at the notice time");
+    // Back at 07:50, ten minutes before the end: now it will be renewed.
+    let back = pass(&mut h, Duration::from_secs(60), None);
+    assert_eq!(renewal_notices(&back), 1, "{back:?}");
+    let end = pass(&mut h, Duration::from_secs(15 * 60), None);
+    assert_eq!(renewal_notices(&end), 0, "once");
+    assert_eq!(h.server.total_charged(), 14, "renewed");
+}
