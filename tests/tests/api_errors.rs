@@ -159,7 +159,8 @@ async fn bad_ids_are_refused_as_the_body_is_read_and_change_nothing() {
     s.buy(100).await;
     s.flex_user("ada@example.com").await;
     let dev = s.enroll().await;
-    let refused = |v: &serde_json::Value, want: &str| {
+    let refused = |(status, v): (u16, serde_json::Value), want: &str| {
+        assert_eq!(status, 400, "{v}");
         assert_eq!(v["error"]["code"], "invalid_request", "{v}");
         let m = v["error"]["message"].as_str().unwrap();
         assert!(m.contains(want), "{m}");
@@ -168,17 +169,20 @@ async fn bad_ids_are_refused_as_the_body_is_read_and_change_nothing() {
     let id_rule = "must be 1-128 printable characters without spaces";
 
     let claim = |product: &str, claim_id: &str| json!({"claim_id": claim_id, "user": "ada@example.com", "product": product});
-    let (status, v) = s.claim(&dev, claim("AutoCAD", "c1")).await;
-    assert_eq!(status, 400, "{v}");
-    refused(&v, &format!("product 'AutoCAD' {product_rule}"));
-    let (status, v) = s.claim(&dev, claim("autocad", "c 1")).await;
-    assert_eq!(status, 400, "{v}");
-    refused(&v, &format!("claim_id 'c 1' {id_rule}"));
+    refused(
+        s.claim(&dev, claim("AutoCAD", "c1")).await,
+        &format!("product 'AutoCAD' {product_rule}"),
+    );
+    refused(
+        s.claim(&dev, claim("autocad", "c 1")).await,
+        &format!("claim_id 'c 1' {id_rule}"),
+    );
     let mut renewal = claim("autocad", "c2");
     renewal["renews"] = json!("w 1");
-    let (status, v) = s.claim(&dev, renewal).await;
-    assert_eq!(status, 400, "{v}");
-    refused(&v, &format!("window id 'w 1' {id_rule}"));
+    refused(
+        s.claim(&dev, renewal).await,
+        &format!("window id 'w 1' {id_rule}"),
+    );
 
     let record = |id: &str, product: &str, window: &str| {
         json!({"id": id, "user": "ada@example.com", "product": product, "source": "tokens",
@@ -199,50 +203,50 @@ async fn bad_ids_are_refused_as_the_body_is_read_and_change_nothing() {
         ),
     ] {
         let body = json!({"sessions": [rec]});
-        let (status, v) = s
-            .call(M::POST, "/v1/agent/heartbeat", &dev.token, Some(body))
-            .await;
-        assert_eq!(status, 400, "{v}");
-        refused(&v, &want);
+        refused(
+            s.call(M::POST, "/v1/agent/heartbeat", &dev.token, Some(body))
+                .await,
+            &want,
+        );
         let refund = json!({"window_id": "w1", "user": "ada@example.com", "product": "autocad",
                             "sessions": [rec]});
-        let (status, v) = s
-            .call(M::POST, "/v1/agent/refunds", &dev.token, Some(refund))
-            .await;
-        assert_eq!(status, 400, "{v}");
-        refused(&v, &want);
+        refused(
+            s.call(M::POST, "/v1/agent/refunds", &dev.token, Some(refund))
+                .await,
+            &want,
+        );
     }
     let refund = json!({"window_id": "", "user": "ada@example.com", "product": "autocad",
                         "sessions": []});
-    let (status, v) = s
-        .call(M::POST, "/v1/agent/refunds", &dev.token, Some(refund))
-        .await;
-    assert_eq!(status, 400, "{v}");
-    refused(&v, &format!("window id '' {id_rule}"));
+    refused(
+        s.call(M::POST, "/v1/agent/refunds", &dev.token, Some(refund))
+            .await,
+        &format!("window id '' {id_rule}"),
+    );
 
-    let (status, v) = s
-        .admin(
+    refused(
+        s.admin(
             M::POST,
             "/subscriptions",
             Some(json!({"email": "ada@example.com", "product": "Revit"})),
         )
-        .await;
-    assert_eq!(status, 400, "{v}");
-    refused(&v, &format!("product 'Revit' {product_rule}"));
-    let (status, v) = s
-        .admin(
+        .await,
+        &format!("product 'Revit' {product_rule}"),
+    );
+    refused(
+        s.admin(
             M::PUT,
             "/default-assignments",
             Some(json!({"mode": "deny", "products": ["AutoCAD"]})),
         )
-        .await;
-    assert_eq!(status, 400, "{v}");
-    refused(&v, &format!("product 'AutoCAD' {product_rule}"));
-    let (status, v) = s
-        .admin(M::DELETE, "/subscriptions/ada@example.com/Revit", None)
-        .await;
-    assert_eq!(status, 400, "{v}");
-    refused(&v, &format!("product 'Revit' {product_rule}"));
+        .await,
+        &format!("product 'AutoCAD' {product_rule}"),
+    );
+    refused(
+        s.admin(M::DELETE, "/subscriptions/ada@example.com/Revit", None)
+            .await,
+        &format!("product 'Revit' {product_rule}"),
+    );
 
     // Nothing moved: no charge, no subscription, Flex still opens every product.
     assert_eq!(s.balance().await, 100);
