@@ -221,7 +221,7 @@ async fn run() {
         // schedstat counts nanoseconds; utime + stime count 10 ms ticks, too coarse
         // for 0.1 % over a short run. Threads that exited take their schedstat time
         // with them, so then the tick count is the figure.
-        let (cpu, how) = match r.cpu_pct_ns {
+        let (cpu, how) = match r.cpu_pct_ns() {
             Some(ns) if r.threads_gone == 0 => (ns, "schedstat"),
             _ => (r.cpu_pct, "utime+stime"),
         };
@@ -252,13 +252,20 @@ async fn run() {
             r.clk_tck,
             r.cpu_pct,
             100.0 / (r.clk_tck as f64 * r.secs),
-            r.cpu_pct_ns
+            r.cpu_pct_ns()
                 .map_or("unavailable".to_string(), |c| format!("{c:.4} %")),
             r.threads,
             r.threads_gone,
             r.detection,
             r.forks_per_s
         );
+        let mut threads = r.per_thread.clone();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let threads: Vec<String> = threads
+            .iter()
+            .map(|(name, pct)| format!("{name} {pct:.3} %"))
+            .collect();
+        println!("{:>14}  by thread: {}", "", threads.join(", "));
         rows.push(row(
             format!("idle RSS, max sampled ({detection})"),
             format!("{:.2} MB", r.rss_max_mb),
@@ -501,8 +508,9 @@ struct Idle {
     anon_mb: f64,
     file_mb: f64,
     cpu_pct: f64,
-    /// From the per-thread run times in nanoseconds (schedstat), when readable.
-    cpu_pct_ns: Option<f64>,
+    /// Each live thread's share from its run time in nanoseconds (schedstat),
+    /// when readable; the sum is a cross-check of `cpu_pct`.
+    per_thread: Vec<(String, f64)>,
     /// Threads that exited during the interval (their schedstat time is lost).
     threads_gone: usize,
     /// Processes created on the whole machine per second during the interval.
@@ -512,6 +520,12 @@ struct Idle {
     secs: f64,
     threads: u64,
     detection: String,
+}
+
+impl Idle {
+    fn cpu_pct_ns(&self) -> Option<f64> {
+        (!self.per_thread.is_empty()).then(|| self.per_thread.iter().map(|(_, p)| p).sum())
+    }
 }
 
 /// A `kB` field of /proc/PID/status (VmRSS, VmHWM, Threads has no unit).
@@ -539,7 +553,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// Time on a CPU of each live thread, in nanoseconds (first field of
 /// /proc/PID/task/TID/schedstat). Empty where schedstat is not available.
-fn thread_runtimes(pid: u32) -> HashMap<u32, u64> {
+/// Each thread's name and run time in nanoseconds (schedstat), by thread id.
+fn thread_runtimes(pid: u32) -> HashMap<u32, (String, u64)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return HashMap::new();
     };
@@ -548,7 +563,9 @@ fn thread_runtimes(pid: u32) -> HashMap<u32, u64> {
         .filter_map(|e| {
             let tid = e.file_name().to_str()?.parse().ok()?;
             let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
-            Some((tid, s.split_whitespace().next()?.parse().ok()?))
+            let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            let ns = s.split_whitespace().next()?.parse().ok()?;
+            Some((tid, (name.trim().to_string(), ns)))
         })
         .collect()
 }
@@ -662,13 +679,14 @@ async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
         anon_mb: kb_to_mb(status_field(pid, "RssAnon")),
         file_mb: kb_to_mb(status_field(pid, "RssFile") + status_field(pid, "RssShmem")),
         cpu_pct: ticks as f64 / tck as f64 / secs * 100.0,
-        cpu_pct_ns: (!ns0.is_empty() && !ns1.is_empty()).then(|| {
-            let ns: u64 = ns1
-                .iter()
-                .map(|(tid, t)| t.saturating_sub(ns0.get(tid).copied().unwrap_or(0)))
-                .sum();
-            ns as f64 / 1e9 / secs * 100.0
-        }),
+        per_thread: ns1
+            .iter()
+            .map(|(tid, (name, t))| {
+                let before = ns0.get(tid).map_or(0, |(_, t0)| *t0);
+                let pct = t.saturating_sub(before) as f64 / 1e9 / secs * 100.0;
+                (format!("{name}/{tid}"), pct)
+            })
+            .collect(),
         forks_per_s: f1.saturating_sub(f0) as f64 / secs,
         threads_gone: ns0.keys().filter(|t| !ns1.contains_key(t)).count(),
         ticks,

@@ -215,22 +215,49 @@ pub async fn run(
 /// thread beside the socket (one thread, so a launch's answer needs no thread
 /// switch); a journal commit there must not hold up reading the kernel's
 /// process events, nor a reindex of the product directories the socket.
-struct WatcherRuntime(Option<tokio::runtime::Runtime>);
+///
+/// The runtime is driven by a plain thread blocked in `block_on` until the
+/// agent stops. On Linux it is a current-thread runtime: a process event then
+/// wakes one thread and runs the watcher there, where the multi-threaded
+/// scheduler (even with one worker) spent several times the event's own cost
+/// on its bookkeeping. Windows keeps one worker thread because its poller
+/// uses `block_in_place`, which a current-thread runtime does not allow.
+struct WatcherRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl WatcherRuntime {
     fn start() -> Result<WatcherRuntime, DaemonError> {
-        // Multi-threaded with one worker: the Windows poller uses
-        // `block_in_place`, which a current-thread runtime does not allow.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("watcher")
-            .enable_all()
-            .build()
-            .map_err(|source| DaemonError::Thread {
-                what: "watcher",
-                source,
-            })?;
-        Ok(WatcherRuntime(Some(rt)))
+        let failed = |source| DaemonError::Thread {
+            what: "watcher",
+            source,
+        };
+        #[cfg(windows)]
+        let mut builder = {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(1).thread_name("watcher-worker");
+            b
+        };
+        #[cfg(not(windows))]
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        let rt = builder.enable_all().build().map_err(failed)?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || {
+                let _ = rt.block_on(stopped);
+                // Its tasks are done or abandoned: the agent is stopping.
+                rt.shutdown_background();
+            })
+            .map_err(failed)?;
+        Ok(WatcherRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     fn start_watcher(
@@ -238,16 +265,18 @@ impl WatcherRuntime {
         config: WatcherConfig,
         products: &[Product],
     ) -> Result<(WatcherHandle, mpsc::Receiver<ProcEvent>), WatchError> {
-        let _inside = self.0.as_ref().map(|rt| rt.enter());
+        let _inside = self.handle.enter();
         Watcher::start(config, products)
     }
 }
 
 impl Drop for WatcherRuntime {
     fn drop(&mut self) {
-        // Dropping a runtime from async code would block; its tasks are done.
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
