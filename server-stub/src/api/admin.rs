@@ -10,7 +10,7 @@ use flex_protocol::api::*;
 use flex_protocol::ProductId;
 
 use super::error::{import_response, ApiError};
-use super::extract::{bytes_rejection, Admin, ApiJson};
+use super::extract::{bytes_rejection, Admin, ApiJson, PathEmail};
 use super::AppState;
 use crate::store::ChargeFilter;
 
@@ -46,7 +46,7 @@ pub async fn import_users(
 pub async fn set_flex(
     _: Admin,
     State(st): State<AppState>,
-    Path(email): Path<String>,
+    PathEmail(email): PathEmail,
     ApiJson(body): ApiJson<FlexAssignment>,
 ) -> ApiResult<Json<User>> {
     let user = st
@@ -68,7 +68,8 @@ pub async fn add_subscription(
 pub async fn remove_subscription(
     _: Admin,
     State(st): State<AppState>,
-    Path((email, product)): Path<(String, String)>,
+    PathEmail(email): PathEmail,
+    Path((_, product)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let product = ProductId::parse(&product).map_err(|e| ApiError::invalid(e.to_string()))?;
     st.store
