@@ -361,8 +361,16 @@ mod tests {
     /// request is made; a bad one names the argument and the value.
     #[test]
     fn email_arguments_are_checked_before_any_call() {
-        let cli = parse(&["users", "add", " Ann@Example.COM", "--first", "A", "--last", "L"])
-            .unwrap();
+        let cli = parse(&[
+            "users",
+            "add",
+            " Ann@Example.COM",
+            "--first",
+            "A",
+            "--last",
+            "L",
+        ])
+        .unwrap();
         let Command::Users(UsersCmd::Add { email, .. }) = cli.command else {
             panic!("wrong command");
         };
