@@ -334,6 +334,12 @@ async fn bad_emails_are_refused_as_the_request_is_read_and_change_nothing() {
             )
             .await;
         assert_eq!((status, &v["error"]["message"]), (400, &json!(want)), "{v}");
+        // A filter that names no address is an error, not an empty ledger.
+        refused(
+            s.admin(M::GET, &format!("/charges?user={email}"), None)
+                .await,
+            &format!("user: {want}"),
+        );
     }
 
     // Nothing moved: Ada alone, still on Flex, with no subscription.

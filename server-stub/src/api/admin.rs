@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flex_protocol::api::*;
-use flex_protocol::ProductId;
+use flex_protocol::{Email, ProductId};
 
 use super::error::{import_response, ApiError};
 use super::extract::{bytes_rejection, Admin, ApiJson, PathEmail};
@@ -116,11 +116,30 @@ pub async fn balance(_: Admin, State(st): State<AppState>) -> ApiResult<Json<Bal
     Ok(Json(st.store.run(|s| s.balance()).await?))
 }
 
+/// `GET /v1/admin/charges?user&product`, as the query string says it.
+#[derive(serde::Deserialize)]
+pub struct ChargeQuery {
+    user: Option<String>,
+    product: Option<String>,
+}
+
 pub async fn charges(
     _: Admin,
     State(st): State<AppState>,
-    Query(filter): Query<ChargeFilter>,
+    Query(q): Query<ChargeQuery>,
 ) -> ApiResult<Json<ChargeList>> {
+    // The user is parsed here, where the text enters; a bad one is a 400
+    // naming it rather than a filter that silently matches nothing.
+    let user = q
+        .user
+        .as_deref()
+        .map(Email::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("user: {e}")))?;
+    let filter = ChargeFilter {
+        user,
+        product: q.product,
+    };
     let charges = st.store.run(move |s| s.charges(&filter)).await?;
     Ok(Json(ChargeList { charges }))
 }
