@@ -34,7 +34,7 @@ fn encode(email: &str) -> String {
 
 /// The user a console path (`/admin/users/{email}...`) names, parsed once
 /// here; a path that names no address gets a page that says so (400).
-fn path_email(a: &Authed, raw: &str) -> Result<Email, Response> {
+fn path_email(a: &Authed, raw: &str) -> Result<Email, (StatusCode, Markup)> {
     Email::parse(raw).map_err(|e| {
         let content = html! {
             p.error { (e.to_string()) }
@@ -44,7 +44,6 @@ fn path_email(a: &Authed, raw: &str) -> Result<Email, Response> {
             StatusCode::BAD_REQUEST,
             layout("Not a user", "Users", &a.session.csrf, content),
         )
-            .into_response()
     })
 }
 
@@ -281,7 +280,7 @@ pub async fn set_flex(
     }
     let email = match path_email(&a, &email) {
         Ok(e) => e,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let on = f.assigned.as_deref() == Some("on");
     let e = email.clone();
@@ -318,7 +317,7 @@ pub async fn add_subscription(
     }
     let email = match path_email(&a, &email) {
         Ok(e) => e,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let product = match flex_protocol::ProductId::parse(&f.product) {
         Ok(p) => p,
@@ -357,7 +356,7 @@ pub async fn remove_subscription(
     }
     let email = match path_email(&a, &email) {
         Ok(e) => e,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let e = email.clone();
     // No subscription names a product id that breaks the rule: nothing to remove.
@@ -380,7 +379,7 @@ pub async fn remove_subscription(
 pub async fn detail(a: Authed, State(st): State<AppState>, Path(email): Path<String>) -> Response {
     match path_email(&a, &email) {
         Ok(email) => detail_page(&st, &a, &email, StatusCode::OK, None).await,
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
