@@ -127,7 +127,8 @@ pub struct ProductList {
 /// `POST /v1/admin/users`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewUser {
-    /// Trimmed and lowercased as it is read; not an address, not a body.
+    /// Trimmed and lowercased as the body is read; a value that is not an
+    /// address fails the whole body.
     pub email: Email,
     pub first_name: String,
     pub last_name: String,
