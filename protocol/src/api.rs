@@ -127,14 +127,16 @@ pub struct ProductList {
 /// `POST /v1/admin/users`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewUser {
-    pub email: String,
+    /// Trimmed and lowercased as the body is read; a value that is not an
+    /// address fails the whole body.
+    pub email: Email,
     pub first_name: String,
     pub last_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
-    pub email: String,
+    pub email: Email,
     pub first_name: String,
     pub last_name: String,
     pub flex_assigned: bool,
@@ -173,13 +175,13 @@ pub struct FlexAssignment {
 /// `POST /v1/admin/subscriptions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewSubscription {
-    pub email: String,
+    pub email: Email,
     pub product: ProductId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
-    pub email: String,
+    pub email: Email,
     pub product: ProductId,
     pub created_at: DateTime<Utc>,
 }
@@ -472,7 +474,7 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserCheck {
     /// The email as the server normalised it.
-    pub email: String,
+    pub email: Email,
     pub known: bool,
 }
 

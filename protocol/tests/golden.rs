@@ -588,7 +588,7 @@ fn enrollment_keys_and_devices() {
     check(
         "user_check",
         &UserCheck {
-            email: "ada@example.com".into(),
+            email: flex_protocol::Email::parse("ada@example.com").unwrap(),
             known: true,
         },
     );

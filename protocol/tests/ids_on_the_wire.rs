@@ -3,7 +3,8 @@
 //! rule: no handler ever sees it.
 
 use flex_protocol::api::{
-    ClaimRequest, DefaultAssignments, HeartbeatRequest, NewSubscription, RefundRequest,
+    ClaimRequest, DefaultAssignments, HeartbeatRequest, NewSubscription, NewUser, RefundRequest,
+    Subscription, User, UserCheck,
 };
 use flex_protocol::reports::EstimateRequest;
 use flex_protocol::socket::Request;
@@ -153,6 +154,63 @@ fn admin_requests_naming_a_bad_product_are_refused() {
             json!("AutoCAD"),
             format!("product 'AutoCAD' {PRODUCT_RULE}"),
         )],
+    );
+}
+
+const EMAIL_RULE: &str = "is not an email address";
+
+/// The admin API's users and subscriptions name their user by a checked
+/// [`flex_protocol::Email`]: a bad address is refused as the body is read,
+/// and a good one arrives trimmed and lowercased, so no handler or store
+/// function parses it again. Answers are read the same way by flex-admin and
+/// `flexctl doctor`.
+#[test]
+fn admin_requests_and_answers_naming_a_bad_email_are_refused() {
+    fn bad(path: &str) -> [(&str, Value, String); 4] {
+        [
+            ("nope", "'nope'"),
+            ("ada@localhost", "'ada@localhost'"),
+            (" a b@example.com ", "'a b@example.com'"),
+            ("", "''"),
+        ]
+        .map(|(v, quoted)| (path, json!(v), format!("{quoted} {EMAIL_RULE}")))
+    }
+    refused::<NewUser>(
+        &json!({"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}),
+        &bad("/email"),
+    );
+    refused::<NewSubscription>(
+        &json!({"email": "ada@example.com", "product": "revit"}),
+        &bad("/email"),
+    );
+    refused::<Subscription>(
+        &json!({"email": "ada@example.com", "product": "revit",
+                "created_at": "2026-11-02T08:00:00Z"}),
+        &bad("/email"),
+    );
+    refused::<User>(
+        &json!({"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
+                "flex_assigned": true, "subscriptions": []}),
+        &bad("/email"),
+    );
+    refused::<UserCheck>(
+        &json!({"email": "ada@example.com", "known": true}),
+        &bad("/email"),
+    );
+
+    let new: NewUser = serde_json::from_value(
+        json!({"email": "  Ada@Example.COM ", "first_name": "Ada", "last_name": "Lovelace"}),
+    )
+    .unwrap();
+    assert_eq!(new.email.as_str(), "ada@example.com");
+    let sub: NewSubscription =
+        serde_json::from_value(json!({"email": "GRACE@example.com\t", "product": "revit"}))
+            .unwrap();
+    assert_eq!(sub.email.as_str(), "grace@example.com");
+    // Written back in the normal form.
+    assert_eq!(
+        serde_json::to_value(&new).unwrap()["email"],
+        json!("ada@example.com")
     );
 }
 

@@ -61,14 +61,15 @@ fn store_claim_rate(dir: &std::path::Path, launch: bool) -> f64 {
     for _ in 0..(N / 10000 + 1) {
         store.buy_tokens(10000).unwrap();
     }
+    let bench = flex_protocol::Email::parse("bench@example.com").unwrap();
     store
         .add_user(NewUser {
-            email: "bench@example.com".into(),
+            email: bench.clone(),
             first_name: "B".into(),
             last_name: "U".into(),
         })
         .unwrap();
-    store.set_flex("bench@example.com", true).unwrap();
+    store.set_flex(&bench, true).unwrap();
     let start = Instant::now();
     for i in 0..N {
         let out = store

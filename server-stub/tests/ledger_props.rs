@@ -145,6 +145,7 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let grace = Duration::minutes(5);
     let users: Vec<String> = (0..4).map(|i| format!("u{i}@example.com")).collect();
     for u in &users {
+        let u = flex_protocol::Email::parse(u).unwrap();
         store
             .add_user(NewUser {
                 email: u.clone(),
@@ -152,7 +153,7 @@ fn run(backend: &TestBackend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 last_name: "T".into(),
             })
             .unwrap();
-        store.set_flex(u, true).unwrap();
+        store.set_flex(&u, true).unwrap();
     }
     let packs = [100u64, 500, 1000];
     let mut model: Vec<ModelLot> = Vec::new();

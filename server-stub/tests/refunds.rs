@@ -48,12 +48,12 @@ impl World {
         let store = backend.open(Arc::new(clock.clone()), policy, RateSheet::sample());
         store
             .add_user(NewUser {
-                email: ANN.into(),
+                email: Email::parse(ANN).unwrap(),
                 first_name: "Ann".into(),
                 last_name: "Lee".into(),
             })
             .unwrap();
-        store.set_flex(ANN, true).unwrap();
+        store.set_flex(&Email::parse(ANN).unwrap(), true).unwrap();
         let enroll = |host: &str| {
             let token = store
                 .create_enrollment_token(&NewEnrollmentToken::default())
@@ -413,7 +413,7 @@ fn a_subscription_window_is_refunded_with_zero_tokens() {
     for mut w in worlds(PolicyConfig::default()) {
         w.store
             .add_subscription(NewSubscription {
-                email: ANN.into(),
+                email: Email::parse(ANN).unwrap(),
                 product: "revit".parse().unwrap(),
             })
             .unwrap();

@@ -178,6 +178,7 @@ fn run(
     let store = backend.open(Arc::new(clock.clone()), policy, RateSheet::sample());
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}@example.com")).collect();
     for u in &users {
+        let u = flex_protocol::Email::parse(u).unwrap();
         store
             .add_user(NewUser {
                 email: u.clone(),
@@ -185,12 +186,12 @@ fn run(
                 last_name: "T".into(),
             })
             .unwrap();
-        store.set_flex(u, true).unwrap();
+        store.set_flex(&u, true).unwrap();
     }
     // u0 holds a Revit subscription: windows of 0 tokens that still count.
     store
         .add_subscription(NewSubscription {
-            email: users[0].clone(),
+            email: flex_protocol::Email::parse(&users[0]).unwrap(),
             product: "revit".parse().unwrap(),
         })
         .unwrap();

@@ -235,7 +235,7 @@ impl Checker {
     pub fn after_claim(&mut self, store: &Store, user: &Email, product: &str) {
         let charges = store
             .charges(&ChargeFilter {
-                user: Some(user.to_string()),
+                user: Some(user.clone()),
                 product: Some(product.to_string()),
             })
             .expect("read the ledger");

@@ -446,12 +446,14 @@ impl World {
         for i in 0..opts.agents {
             store
                 .add_user(flex_protocol::api::NewUser {
-                    email: user_email(i),
+                    email: Email::parse(&user_email(i)).expect("a sim email"),
                     first_name: "Sim".into(),
                     last_name: format!("User{i}"),
                 })
                 .expect("add a user");
-            store.set_flex(&user_email(i), true).expect("assign flex");
+            store
+                .set_flex(&Email::parse(&user_email(i)).expect("a sim email"), true)
+                .expect("assign flex");
         }
         // Every workstation enrolls, as an installer would, with one token.
         let token: flex_protocol::api::NewEnrollmentToken =

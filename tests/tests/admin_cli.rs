@@ -280,6 +280,21 @@ async fn errors_tell_the_admin_what_to_do() {
     // Usage errors are clap's: exit status 2.
     let out = admin(url, &["users", "flex", "zed@example.com"]);
     assert_eq!(out.status.code(), Some(2));
+    // So is an email that is not one: checked before any request, naming the
+    // argument and the value, and nothing reaches the server.
+    for args in [
+        &["users", "add", "zed@", "--first", "Z", "--last", "Ed"][..],
+        &["subscriptions", "add", "zed@", "revit"],
+    ] {
+        let out = admin(url, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("'zed@' is not an email address") && err.contains("<EMAIL>"),
+            "{err}"
+        );
+    }
+    assert_eq!(ok_json(url, &["users", "list"]), json!({"users": []}));
 
     let gone = s.url.clone();
     drop(s);

@@ -261,6 +261,169 @@ async fn bad_ids_are_refused_as_the_body_is_read_and_change_nothing() {
     assert_eq!(s.balance().await, 93);
 }
 
+/// A user's email, in a body or a path, is checked as the request is read
+/// (a 400 naming the value) and nothing changes. The path's email is read
+/// before the body, so a bad address is named even when the body is wrong too;
+/// a device's user check names the value once (it was quoted twice).
+#[tokio::test]
+async fn bad_emails_are_refused_as_the_request_is_read_and_change_nothing() {
+    let s = Server::start_test_clock();
+    s.flex_user("ada@example.com").await;
+    let dev = s.enroll().await;
+    let refused = |(status, v): (u16, serde_json::Value), want: &str| {
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(want), "{m}");
+    };
+
+    for email in ["not-an-email", "ada@localhost", "ada @example.com", ""] {
+        let want = format!("'{email}' is not an email address");
+        refused(
+            s.admin(
+                M::POST,
+                "/users",
+                Some(json!({"email": email, "first_name": "B", "last_name": "C"})),
+            )
+            .await,
+            &want,
+        );
+        refused(
+            s.admin(
+                M::POST,
+                "/subscriptions",
+                Some(json!({"email": email, "product": "revit"})),
+            )
+            .await,
+            &want,
+        );
+    }
+    for email in ["not-an-email", "ada@example..com", "ada%20@example.com"] {
+        let shown = email.replace("%20", " ");
+        let want = format!("'{shown}' is not an email address");
+        refused(
+            s.admin(
+                M::PUT,
+                &format!("/users/{email}/flex"),
+                Some(json!({"assigned": false})),
+            )
+            .await,
+            &want,
+        );
+        // The path is read before the body: the address is what is named.
+        refused(
+            s.admin(
+                M::PUT,
+                &format!("/users/{email}/flex"),
+                Some(json!({"assigned": "no"})),
+            )
+            .await,
+            &want,
+        );
+        refused(
+            s.admin(M::DELETE, &format!("/subscriptions/{email}/revit"), None)
+                .await,
+            &want,
+        );
+        let (status, v) = s
+            .call(
+                M::GET,
+                &format!("/v1/agent/users/{email}"),
+                &dev.token,
+                None,
+            )
+            .await;
+        assert_eq!((status, &v["error"]["message"]), (400, &json!(want)), "{v}");
+        // A filter that names no address is an error, not an empty ledger.
+        refused(
+            s.admin(M::GET, &format!("/charges?user={email}"), None)
+                .await,
+            &format!("user: {want}"),
+        );
+    }
+
+    // Nothing moved: Ada alone, still on Flex, with no subscription.
+    let users = s.ok(M::GET, "/users", None).await;
+    assert_eq!(
+        users["users"],
+        json!([{"email": "ada@example.com", "first_name": "Test", "last_name": "User",
+                "flex_assigned": true, "subscriptions": []}]),
+        "{users}"
+    );
+}
+
+/// An address written with capitals or spaces around it, in a body or a
+/// path, names the one user stored in lower case.
+#[tokio::test]
+async fn emails_are_stored_and_answered_trimmed_and_lowercase() {
+    let s = Server::start_test_clock();
+    let dev = s.enroll().await;
+    let (status, v) = s
+        .admin(
+            M::POST,
+            "/users",
+            Some(json!({"email": "  Grace@Example.COM ", "first_name": "Grace", "last_name": "Hopper"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["email"]),
+        (201, &json!("grace@example.com")),
+        "{v}"
+    );
+    let (status, v) = s
+        .admin(
+            M::POST,
+            "/users",
+            Some(json!({"email": "GRACE@example.com", "first_name": "G", "last_name": "H"})),
+        )
+        .await;
+    assert_eq!(status, 409, "the same user: {v}");
+    let (status, v) = s
+        .admin(
+            M::POST,
+            "/subscriptions",
+            Some(json!({"email": "\tgrace@EXAMPLE.com", "product": "revit"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["email"]),
+        (201, &json!("grace@example.com")),
+        "{v}"
+    );
+    let v = s
+        .ok(
+            M::PUT,
+            "/users/%20Grace@Example.Com%20/flex",
+            Some(json!({"assigned": true})),
+        )
+        .await;
+    assert_eq!(v["email"], "grace@example.com", "{v}");
+    let (status, v) = s
+        .call(
+            M::GET,
+            "/v1/agent/users/GRACE@example.COM",
+            &dev.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v, json!({"email": "grace@example.com", "known": true}));
+
+    let users = s.ok(M::GET, "/users", None).await;
+    assert_eq!(
+        users["users"],
+        json!([{"email": "grace@example.com", "first_name": "Grace", "last_name": "Hopper",
+                "flex_assigned": true, "subscriptions": ["revit"]}]),
+        "{users}"
+    );
+    let (status, _) = s
+        .admin(M::DELETE, "/subscriptions/Grace@Example.com/revit", None)
+        .await;
+    assert_eq!(status, 204);
+    let users = s.ok(M::GET, "/users", None).await;
+    assert_eq!(users["users"][0]["subscriptions"], json!([]), "{users}");
+}
+
 #[tokio::test]
 async fn test_clock_exists_only_when_asked_for() {
     let s = Server::start(ServerOpts::default());

@@ -394,6 +394,147 @@ async fn an_admin_uses_the_console_in_chromium() {
     }
 }
 
+/// The login page's guard cookie (`flex_login=…`) and its form's CSRF field.
+async fn login_page(s: &Server, raw: &reqwest::Client) -> (String, String) {
+    let login = raw
+        .get(format!("{}/admin/login", s.url))
+        .send()
+        .await
+        .unwrap();
+    let guard = set_cookie(&login, "flex_login=");
+    let guard = guard.split(';').next().unwrap().to_owned();
+    (guard, csrf_field(&login.text().await.unwrap()))
+}
+
+/// Logs in as a browser would (the login cookie and form field, then the
+/// token); returns the session's whole `Set-Cookie` line.
+async fn log_in(s: &Server, raw: &reqwest::Client) -> String {
+    let (guard, csrf) = login_page(s, raw).await;
+    let r = raw
+        .post(format!("{}/admin/login", s.url))
+        .header("cookie", &guard)
+        .form(&[("token", ADMIN_TOKEN), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    set_cookie(&r, "flex_console=")
+}
+
+fn set_cookie(r: &reqwest::Response, prefix: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} cookie"))
+}
+
+/// The value of a page's hidden `csrf` field.
+fn csrf_field(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a csrf field")
+        .to_owned()
+}
+
+/// A console path naming something that is not an email address answers a
+/// 400 page that says so (it was a 500 "something went wrong" when the store
+/// found out) and changes nothing; the add form names a bad address next to
+/// its field and stores a good one trimmed and lowercase.
+#[tokio::test]
+async fn console_paths_and_forms_parse_emails_where_they_enter() {
+    let s = Server::start_test_clock();
+    s.flex_user("ada@example.com").await;
+    let raw = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session = log_in(&s, &raw).await;
+    let session = session.split(';').next().unwrap().to_owned();
+    let page = |path: &str| {
+        raw.get(format!("{}{path}", s.url))
+            .header("cookie", &session)
+            .send()
+    };
+    let r = page("/admin/users").await.unwrap();
+    let csrf = csrf_field(&r.text().await.unwrap());
+    let post = |path: &str, form: &[(&str, &str)]| {
+        let mut form: Vec<(&str, &str)> = form.to_vec();
+        form.push(("csrf", &csrf));
+        raw.post(format!("{}{path}", s.url))
+            .header("cookie", &session)
+            .form(&form)
+            .send()
+    };
+    let said = |body: &str, value: &str| {
+        body.contains(&format!("{value}' is not an email address")) && body.contains("<nav>")
+    };
+
+    let r = page("/admin/users/not-an-email").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(said(&body, "not-an-email"), "{body}");
+    for (path, form) in [
+        ("/admin/users/ada@/flex", &[("assigned", "off")][..]),
+        ("/admin/users/ada@/subscriptions", &[("product", "revit")]),
+        (
+            "/admin/users/ada@/subscriptions/remove",
+            &[("product", "revit")],
+        ),
+    ] {
+        let r = post(path, form).await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(said(&body, "ada@"), "{path}: {body}");
+    }
+    let r = post(
+        "/admin/users",
+        &[("email", "nope"), ("first_name", "N"), ("last_name", "O")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(said(&body, "nope"), "{body}");
+    assert_eq!(
+        s.ok(M::GET, "/users", None).await["users"],
+        json!([{"email": "ada@example.com", "first_name": "Test", "last_name": "User",
+                "flex_assigned": true, "subscriptions": []}])
+    );
+
+    // Good addresses, however written, name the one lowercase user.
+    let r = post(
+        "/admin/users",
+        &[
+            ("email", " Grace@Example.COM "),
+            ("first_name", "Grace"),
+            ("last_name", "Hopper"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = post(
+        "/admin/users/GRACE@example.com/subscriptions",
+        &[("product", "revit")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/admin/users/grace@example.com");
+    let r = page("/admin/users/Grace@Example.com").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let users = s.ok(M::GET, "/users", None).await;
+    assert_eq!(users["users"][1]["email"], "grace@example.com", "{users}");
+    assert_eq!(
+        users["users"][1]["subscriptions"],
+        json!(["revit"]),
+        "{users}"
+    );
+}
+
 #[tokio::test]
 async fn no_page_without_a_session_and_sessions_expire() {
     let s = Server::start_test_clock();
@@ -423,28 +564,8 @@ async fn no_page_without_a_session_and_sessions_expire() {
     assert_eq!(r.status(), 303);
     assert_eq!(s.ok(M::GET, "/users", None).await["users"], json!([]));
 
-    // Log in as a browser would: the login cookie and form field, then the token.
-    let login = raw
-        .get(format!("{}/admin/login", s.url))
-        .send()
-        .await
-        .unwrap();
-    let guard = login
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("flex_login="))
-        .unwrap();
-    let guard = guard.split(';').next().unwrap().to_owned();
-    let html = login.text().await.unwrap();
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
     // A login posted without the login cookie (from another site) is refused.
+    let (_, csrf) = login_page(&s, &raw).await;
     let r = raw
         .post(format!("{}/admin/login", s.url))
         .form(&[("token", ADMIN_TOKEN), ("csrf", &csrf)])
@@ -452,21 +573,7 @@ async fn no_page_without_a_session_and_sessions_expire() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let r = raw
-        .post(format!("{}/admin/login", s.url))
-        .header("cookie", &guard)
-        .form(&[("token", ADMIN_TOKEN), ("csrf", &csrf)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("flex_console="))
-        .unwrap();
+    let cookie = log_in(&s, &raw).await;
     assert!(
         cookie.contains("HttpOnly")
             && cookie.contains("SameSite=Strict")

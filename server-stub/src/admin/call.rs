@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(
             body_as::<NewUser>(&call),
             NewUser {
-                email: "ann@example.com".into(),
+                email: flex_protocol::Email::parse("ann@example.com").unwrap(),
                 first_name: "Ann".into(),
                 last_name: "Lee".into()
             }
@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(
             body_as::<NewSubscription>(&call),
             NewSubscription {
-                email: "ann@example.com".into(),
+                email: flex_protocol::Email::parse("ann@example.com").unwrap(),
                 product: "revit".parse().unwrap()
             }
         );

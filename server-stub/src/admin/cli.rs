@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use flex_protocol::api::AssignmentMode;
-use flex_protocol::ProductId;
+use flex_protocol::{Email, ProductId};
 
 /// Default `--server` when neither the option nor `FLEX_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -67,7 +67,7 @@ pub enum Command {
     Charges {
         /// Only charges of this user (email)
         #[arg(long, value_name = "EMAIL")]
-        user: Option<String>,
+        user: Option<Email>,
         /// Only charges for this product id
         #[arg(long, value_name = "ID")]
         product: Option<ProductId>,
@@ -164,7 +164,7 @@ pub enum UsersCmd {
     /// Add a user
     Add {
         /// The user's email, their identity on every workstation
-        email: String,
+        email: Email,
         /// First name
         #[arg(long, value_name = "NAME")]
         first: String,
@@ -184,7 +184,7 @@ pub enum UsersCmd {
     #[command(group(ArgGroup::new("assignment").required(true).args(["assign", "unassign"])))]
     Flex {
         /// The user's email
-        email: String,
+        email: Email,
         /// Assign the user to Flex
         #[arg(long)]
         assign: bool,
@@ -199,14 +199,14 @@ pub enum SubscriptionsCmd {
     /// Give a user a subscription to a product
     Add {
         /// The user's email
-        email: String,
+        email: Email,
         /// Product id, see `flex-admin products`
         product: ProductId,
     },
     /// Take a user's subscription to a product away
     Remove {
         /// The user's email
-        email: String,
+        email: Email,
         /// Product id
         product: ProductId,
     },
@@ -350,11 +350,44 @@ mod tests {
         assert_eq!(
             cli.command,
             Command::Users(UsersCmd::Flex {
-                email: "a@b.c".into(),
+                email: Email::parse("a@b.c").unwrap(),
                 assign: false,
                 unassign: true
             })
         );
+    }
+
+    /// An email argument is parsed (trimmed, lowercased, checked) before any
+    /// request is made; a bad one names the argument and the value.
+    #[test]
+    fn email_arguments_are_checked_before_any_call() {
+        let cli = parse(&[
+            "users",
+            "add",
+            " Ann@Example.COM",
+            "--first",
+            "A",
+            "--last",
+            "L",
+        ])
+        .unwrap();
+        let Command::Users(UsersCmd::Add { email, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(email.as_str(), "ann@example.com");
+        for args in [
+            &["users", "add", "ann", "--first", "A", "--last", "L"][..],
+            &["users", "flex", "ann", "--assign"],
+            &["subscriptions", "add", "ann", "revit"],
+            &["subscriptions", "remove", "ann", "revit"],
+            &["charges", "--user", "ann"],
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(
+                err.contains("'ann' is not an email address") && err.contains("EMAIL"),
+                "{args:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn api_errors_show_code_message_and_next_step() {
         let call = plan(&Command::Users(UsersCmd::Flex {
-            email: "zed@example.com".into(),
+            email: flex_protocol::Email::parse("zed@example.com").unwrap(),
             assign: true,
             unassign: false,
         }));

@@ -114,7 +114,7 @@ mod tests {
         );
         let removed = render(
             &Command::Subscriptions(SubscriptionsCmd::Remove {
-                email: "ann@example.com".into(),
+                email: flex_protocol::Email::parse("ann@example.com").unwrap(),
                 product: "revit".parse().unwrap(),
             }),
             "DELETE /x",

@@ -221,7 +221,7 @@ fn users_table(users: &[User], names: &Names) -> String {
     let mut t = Table::new(&["EMAIL", "NAME", "FLEX", "SUBSCRIPTIONS"]);
     for u in users {
         t.row([
-            u.email.clone(),
+            u.email.to_string(),
             format!("{} {}", u.first_name, u.last_name),
             if u.flex_assigned { "yes" } else { "no" }.to_owned(),
             if u.subscriptions.is_empty() {
@@ -580,7 +580,7 @@ mod tests {
         );
         assert!(out.starts_with("enrollment token: et_abc\n"), "{out}");
         let remove = Command::Subscriptions(SubscriptionsCmd::Remove {
-            email: "ann@example.com".into(),
+            email: flex_protocol::Email::parse("ann@example.com").unwrap(),
             product: "revit".parse().unwrap(),
         });
         assert_eq!(

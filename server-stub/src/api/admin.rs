@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flex_protocol::api::*;
-use flex_protocol::ProductId;
+use flex_protocol::{Email, ProductId};
 
 use super::error::{import_response, ApiError};
-use super::extract::{bytes_rejection, Admin, ApiJson};
+use super::extract::{bytes_rejection, Admin, ApiJson, PathEmail};
 use super::AppState;
 use crate::store::ChargeFilter;
 
@@ -46,7 +46,7 @@ pub async fn import_users(
 pub async fn set_flex(
     _: Admin,
     State(st): State<AppState>,
-    Path(email): Path<String>,
+    PathEmail(email): PathEmail,
     ApiJson(body): ApiJson<FlexAssignment>,
 ) -> ApiResult<Json<User>> {
     let user = st
@@ -68,7 +68,8 @@ pub async fn add_subscription(
 pub async fn remove_subscription(
     _: Admin,
     State(st): State<AppState>,
-    Path((email, product)): Path<(String, String)>,
+    PathEmail(email): PathEmail,
+    Path((_, product)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let product = ProductId::parse(&product).map_err(|e| ApiError::invalid(e.to_string()))?;
     st.store
@@ -115,11 +116,30 @@ pub async fn balance(_: Admin, State(st): State<AppState>) -> ApiResult<Json<Bal
     Ok(Json(st.store.run(|s| s.balance()).await?))
 }
 
+/// `GET /v1/admin/charges?user&product`, as the query string says it.
+#[derive(serde::Deserialize)]
+pub struct ChargeQuery {
+    user: Option<String>,
+    product: Option<String>,
+}
+
 pub async fn charges(
     _: Admin,
     State(st): State<AppState>,
-    Query(filter): Query<ChargeFilter>,
+    Query(q): Query<ChargeQuery>,
 ) -> ApiResult<Json<ChargeList>> {
+    // The user is parsed here, where the text enters; a bad one is a 400
+    // naming it rather than a filter that silently matches nothing.
+    let user = q
+        .user
+        .as_deref()
+        .map(Email::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("user: {e}")))?;
+    let filter = ChargeFilter {
+        user,
+        product: q.product,
+    };
     let charges = st.store.run(move |s| s.charges(&filter)).await?;
     Ok(Json(ChargeList { charges }))
 }

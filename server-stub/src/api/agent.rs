@@ -1,14 +1,14 @@
 //! Handlers of `/v1/agent/*` and `/v1/health`. Every agent call but `enroll`
 //! takes [`Device`]: the device token identifies the workstation.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flex_protocol::api::*;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Device};
+use super::extract::{ApiJson, Device, PathEmail};
 use super::AppState;
 use crate::store::ClaimOutcome;
 
@@ -77,7 +77,7 @@ pub async fn products(_: Device, State(st): State<AppState>) -> Json<ProductList
 pub async fn user_check(
     Device(device): Device,
     State(st): State<AppState>,
-    Path(email): Path<String>,
+    PathEmail(email): PathEmail,
 ) -> Result<Json<UserCheck>, ApiError> {
     Ok(Json(
         st.store.run(move |s| s.check_user(&device, &email)).await?,

@@ -4,10 +4,10 @@
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use flex_protocol::ErrorCode;
+use flex_protocol::{Email, ErrorCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -125,6 +125,35 @@ pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
+}
+
+/// The user a path's `{email}` names (`/v1/admin/users/{email}/flex`,
+/// `/v1/admin/subscriptions/{email}/{product}`, `/v1/agent/users/{email}`),
+/// checked and normalised before the handler (or the body) is read: a bad
+/// address answers 400 naming it, and no store function sees it.
+pub struct PathEmail(pub Email);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathEmail {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("the path's email: {}", e.body_text())))?;
+        let raw = params
+            .iter()
+            .find_map(|(name, value)| (name == "email").then_some(value))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "this route has no {email} in its path",
+                )
+            })?;
+        Email::parse(raw)
+            .map(PathEmail)
+            .map_err(|e| ApiError::invalid(e.to_string()))
+    }
 }
 
 /// The client's IP address; never rejects.

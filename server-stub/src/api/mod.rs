@@ -253,4 +253,30 @@ mod openapi_tests {
             Some(&serde_json::json!(["autocad"]))
         );
     }
+
+    /// Every email of the users and subscriptions API, in a body, an answer or
+    /// a path, is described by the one `Email` schema `Email::parse` enforces.
+    #[test]
+    fn emails_share_the_one_schema() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&openapi_for(&[20], &["autocad".into()])).unwrap();
+        let email = serde_json::json!("#/components/schemas/Email");
+        for at in [
+            "/components/schemas/NewUser/properties/email/$ref",
+            "/components/schemas/User/properties/email/$ref",
+            "/paths/~1v1~1admin~1subscriptions/post/requestBody/content/application~1json/schema/properties/email/$ref",
+            "/paths/~1v1~1admin~1subscriptions/post/responses/201/content/application~1json/schema/properties/email/$ref",
+            "/paths/~1v1~1agent~1users~1{email}/get/responses/200/content/application~1json/schema/properties/email/allOf/0/$ref",
+            "/paths/~1v1~1admin~1users~1{email}~1flex/put/parameters/0/schema/$ref",
+            "/paths/~1v1~1admin~1subscriptions~1{email}~1{product}/delete/parameters/0/schema/$ref",
+            "/paths/~1v1~1agent~1users~1{email}/get/parameters/0/schema/$ref",
+            "/paths/~1v1~1admin~1charges/get/parameters/0/schema/$ref",
+        ] {
+            assert_eq!(doc.pointer(at), Some(&email), "{at}");
+        }
+        let schema = &doc["components"]["schemas"]["Email"];
+        assert_eq!(schema["maxLength"], flex_protocol::MAX_EMAIL);
+        assert_eq!(schema["format"], "email");
+        assert!(schema["pattern"].is_string());
+    }
 }

@@ -10,6 +10,7 @@ use axum::Form;
 use chrono::{Datelike, Months};
 use flex_protocol::api::{ImportError, NewSubscription, NewUser, User};
 use flex_protocol::reports::Recommendation;
+use flex_protocol::Email;
 use maud::{html, Markup};
 
 use super::{field_error, layout, num, server_error, Authed};
@@ -29,6 +30,21 @@ struct Outcome {
 
 fn encode(email: &str) -> String {
     crate::admin::call::encode(email)
+}
+
+/// The user a console path (`/admin/users/{email}...`) names, parsed once
+/// here; a path that names no address gets a page that says so (400).
+fn path_email(a: &Authed, raw: &str) -> Result<Email, (StatusCode, Markup)> {
+    Email::parse(raw).map_err(|e| {
+        let content = html! {
+            p.error { (e.to_string()) }
+            p { a href="/admin/users" { "All users" } }
+        };
+        (
+            StatusCode::BAD_REQUEST,
+            layout("Not a user", "Users", &a.session.csrf, content),
+        )
+    })
 }
 
 fn users_page(csrf: &str, users: &[User], o: &Outcome) -> Markup {
@@ -136,9 +152,17 @@ pub async fn add(a: Authed, State(st): State<AppState>, Form(f): Form<AddForm>) 
         add_values: (f.email.clone(), f.first_name.clone(), f.last_name.clone()),
         ..Default::default()
     };
-    // The same checks as the API, each error next to its field.
+    // The same checks as the API, each error next to its field: the address
+    // is parsed here, where the form's text enters; the names by the store.
+    let email = match Email::parse(&f.email) {
+        Ok(e) => e,
+        Err(e) => {
+            o.add_error = Some(("email".into(), e.to_string()));
+            return render_users(&st, &a.session.csrf, StatusCode::BAD_REQUEST, o).await;
+        }
+    };
     let new = NewUser {
-        email: f.email,
+        email,
         first_name: f.first_name,
         last_name: f.last_name,
     };
@@ -254,6 +278,10 @@ pub async fn set_flex(
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r.into_response();
     }
+    let email = match path_email(&a, &email) {
+        Ok(e) => e,
+        Err(r) => return r.into_response(),
+    };
     let on = f.assigned.as_deref() == Some("on");
     let e = email.clone();
     match st.store.run(move |s| s.set_flex(&e, on)).await {
@@ -287,6 +315,10 @@ pub async fn add_subscription(
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r.into_response();
     }
+    let email = match path_email(&a, &email) {
+        Ok(e) => e,
+        Err(r) => return r.into_response(),
+    };
     let product = match flex_protocol::ProductId::parse(&f.product) {
         Ok(p) => p,
         Err(e) => {
@@ -322,6 +354,10 @@ pub async fn remove_subscription(
     if let Err(r) = a.check(f.csrf.as_deref()) {
         return r.into_response();
     }
+    let email = match path_email(&a, &email) {
+        Ok(e) => e,
+        Err(r) => return r.into_response(),
+    };
     let e = email.clone();
     // No subscription names a product id that breaks the rule: nothing to remove.
     let removed = match flex_protocol::ProductId::parse(&f.product) {
@@ -341,17 +377,20 @@ pub async fn remove_subscription(
 }
 
 pub async fn detail(a: Authed, State(st): State<AppState>, Path(email): Path<String>) -> Response {
-    detail_page(&st, &a, &email, StatusCode::OK, None).await
+    match path_email(&a, &email) {
+        Ok(email) => detail_page(&st, &a, &email, StatusCode::OK, None).await,
+        Err(r) => r.into_response(),
+    }
 }
 
 async fn detail_page(
     st: &AppState,
     a: &Authed,
-    email: &str,
+    email: &Email,
     status: StatusCode,
     error: Option<String>,
 ) -> Response {
-    let email = email.trim().to_lowercase();
+    let email = email.clone();
     let tz = st.store.timezone();
     let today = calendar::date_of(calendar::local_day(st.store.now(), tz));
     let first = today.with_day(1).expect("day 1");
@@ -373,7 +412,7 @@ async fn detail_page(
             let mut advice: Vec<(String, Recommendation)> = Vec::new();
             for m in [&last_month, &this_month] {
                 for r in s.recommendations(m)?.recommendations {
-                    if r.email == e {
+                    if r.email == e.as_str() {
                         advice.push((m.clone(), r));
                     }
                 }

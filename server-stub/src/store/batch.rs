@@ -121,13 +121,14 @@ mod tests {
         let s = backend.open(clock, PolicyConfig::default(), RateSheet::sample());
         s.buy_tokens(100).unwrap();
         for email in ["ada@example.com", "bob@example.com"] {
+            let email = flex_protocol::Email::parse(email).unwrap();
             s.add_user(NewUser {
-                email: email.into(),
+                email: email.clone(),
                 first_name: "T".into(),
                 last_name: "U".into(),
             })
             .unwrap();
-            s.set_flex(email, true).unwrap();
+            s.set_flex(&email, true).unwrap();
         }
         Arc::new(s)
     }
@@ -238,13 +239,14 @@ mod tests {
         let s = store(backend);
         // 100 tokens, 40 users' first AutoCAD launches at 7 each: 14 fit.
         for i in 0..40 {
+            let email = flex_protocol::Email::parse(&format!("u{i}@example.com")).unwrap();
             s.add_user(NewUser {
-                email: format!("u{i}@example.com"),
+                email: email.clone(),
                 first_name: "T".into(),
                 last_name: "U".into(),
             })
             .unwrap();
-            s.set_flex(&format!("u{i}@example.com"), true).unwrap();
+            s.set_flex(&email, true).unwrap();
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)

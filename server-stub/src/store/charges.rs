@@ -8,9 +8,9 @@ use super::db::{params, Conn};
 use super::{parse_ts, Result, Store, StoreError};
 
 /// Optional filters of `GET /v1/admin/charges`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ChargeFilter {
-    pub user: Option<String>,
+    pub user: Option<flex_protocol::Email>,
     pub product: Option<String>,
 }
 
@@ -32,7 +32,7 @@ fn share(r: &super::db::Row<'_>) -> Result<LotShare> {
 
 impl Store {
     pub fn charges(&self, filter: &ChargeFilter) -> Result<Vec<Charge>> {
-        let user = filter.user.as_ref().map(|u| u.trim().to_lowercase());
+        let user = filter.user.as_ref();
         self.read(|c| {
             let rows = c.query_all(
                 "SELECT c.id, c.claim_id, c.\"user\", c.product, c.version, c.kind, c.source,

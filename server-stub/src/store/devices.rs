@@ -204,20 +204,14 @@ impl Store {
     pub fn check_user(
         &self,
         device_id: &str,
-        email: &str,
+        email: &flex_protocol::Email,
     ) -> Result<flex_protocol::api::UserCheck> {
-        let normalized = super::users::normalize_email(email).map_err(|e| {
-            StoreError::invalid(
-                "email",
-                format!("'{}' {e}", email.chars().take(64).collect::<String>()),
-            )
-        })?;
         let now = self.now();
         self.write(|tx| {
-            super::device_users::spoke_for(tx, device_id, &normalized, self.policy(), now)?;
-            let known = super::users::load_user(tx, &normalized)?.is_some();
+            super::device_users::spoke_for(tx, device_id, email, self.policy(), now)?;
+            let known = super::users::load_user(tx, email)?.is_some();
             Ok(flex_protocol::api::UserCheck {
-                email: normalized.clone(),
+                email: email.clone(),
                 known,
             })
         })

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use super::db::params;
 use flex_protocol::api::{ImportError, ImportResult};
+use flex_protocol::Email;
 
-use super::users::{check_name, load_user, normalize_email};
+use super::users::{check_name, load_user};
 use super::{ts, Result, Store, StoreError};
 
 /// Most data rows one file may hold.
@@ -19,7 +20,7 @@ pub const MAX_IMPORT_ROWS: usize = 5000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportRow {
     pub line: u64,
-    pub email: String,
+    pub email: Email,
     pub first_name: String,
     pub last_name: String,
 }
@@ -86,7 +87,7 @@ pub fn parse_csv(data: &[u8]) -> std::result::Result<Vec<ImportRow>, Vec<ImportE
     }
 
     let mut rows = Vec::new();
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut seen: HashMap<Email, u64> = HashMap::new();
     let mut count = 0usize;
     for record in reader.records() {
         let record = match record {
@@ -111,8 +112,10 @@ pub fn parse_csv(data: &[u8]) -> std::result::Result<Vec<ImportRow>, Vec<ImportE
         }
         let field = |k: &str| record.get(col[k]).unwrap_or("");
         let mut problems = Vec::new();
-        let email = normalize_email(field("email"))
-            .map_err(|e| problems.push(e))
+        // Raw text enters here: each row's email is parsed once, into the
+        // normal form every later step (and the duplicate check) compares.
+        let email = Email::parse(field("email"))
+            .map_err(|e| problems.push(e.to_string()))
             .ok();
         let first = check_name("First Name", field("first"))
             .map_err(|e| problems.push(e))
@@ -198,7 +201,7 @@ mod tests {
             rows,
             vec![ImportRow {
                 line: 2,
-                email: "ada@example.com".into(),
+                email: Email::parse("ada@example.com").unwrap(),
                 first_name: "Ada".into(),
                 last_name: "Lovelace".into()
             }]

@@ -61,7 +61,7 @@ pub use devices::DeviceAuth;
 pub use import::{parse_csv, ImportRow, MAX_IMPORT_ROWS};
 #[cfg(feature = "planted-bugs")]
 pub use planted::PlantedBug;
-pub use users::{check_name, normalize_email};
+pub use users::check_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

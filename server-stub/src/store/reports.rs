@@ -617,7 +617,11 @@ impl Store {
     }
 
     /// A user's usage days and tokens per product per month over `period`.
-    pub fn user_months(&self, email: &str, period: Period) -> Result<Vec<MonthUsage>> {
+    pub fn user_months(
+        &self,
+        email: &flex_protocol::Email,
+        period: Period,
+    ) -> Result<Vec<MonthUsage>> {
         self.fold_usage()?;
         let rows: Vec<(String, i32, i64, i64)> = self.read(|c| {
             c.query_all(

@@ -103,6 +103,28 @@ id_param!(
     flex_protocol::WindowId
 );
 
+impl Param for flex_protocol::Email {
+    fn value(&self) -> Value<'_> {
+        Value::Text(self.as_str())
+    }
+}
+
+/// A stored email must already be in the normal form it was written in: one
+/// that is not (written around the store, or damaged) is reported, not
+/// silently lowercased into a user no query would find.
+impl FromCol for flex_protocol::Email {
+    fn from_col(v: Value<'_>) -> std::result::Result<Self, String> {
+        match v {
+            Value::Text(s) => match flex_protocol::Email::parse(s) {
+                Ok(e) if e.as_str() == s => Ok(e),
+                Ok(_) => Err(format!("stored email '{s}' is not trimmed and lowercase")),
+                Err(e) => Err(format!("stored {e}")),
+            },
+            v => Err(wrong(v, "text")),
+        }
+    }
+}
+
 impl Param for [u8] {
     fn value(&self) -> Value<'_> {
         Value::Blob(self)
@@ -410,5 +432,22 @@ mod tests {
             .unwrap_err()
             .contains("expected text"));
         assert_eq!(bool::from_col(Value::Int(1)), Ok(true));
+    }
+
+    #[test]
+    fn stored_emails_are_read_only_in_their_normal_form() {
+        use flex_protocol::Email;
+        assert_eq!(
+            Email::from_col(Value::Text("ada@example.com")),
+            Ok(Email::parse("ada@example.com").unwrap())
+        );
+        assert_eq!(
+            Email::from_col(Value::Text("Ada@example.com")).unwrap_err(),
+            "stored email 'Ada@example.com' is not trimmed and lowercase"
+        );
+        assert_eq!(
+            Email::from_col(Value::Text("nope")).unwrap_err(),
+            "stored 'nope' is not an email address"
+        );
     }
 }
