@@ -9,6 +9,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -43,15 +44,22 @@ const CMDLINE_READ: usize = 4 << 20;
 pub fn names(pid: u32) -> Names {
     let base = format!("/proc/{pid}");
     let exe_path = fs::read_link(format!("{base}/exe")).ok();
-    let comm = fs::read_to_string(format!("{base}/comm"))
-        .ok()
-        .map(|s| s.trim_end_matches('\n').to_string());
+    let comm = read_comm(&format!("{base}/comm"));
     let args = read_args(&format!("{base}/cmdline"));
     Names {
         exe_path,
         comm,
         args,
     }
+}
+
+/// `comm` is at most 16 bytes and comes in one read; `read_to_string` would
+/// also stat the file for a size hint, for every exec the watcher looks at.
+fn read_comm(path: &str) -> Option<String> {
+    let mut buf = [0u8; 64];
+    let n = fs::File::open(path).ok()?.read(&mut buf).ok()?;
+    let comm = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
+    Some(String::from_utf8_lossy(comm).into_owned())
 }
 
 fn read_args(path: &str) -> Vec<String> {
@@ -74,9 +82,33 @@ fn read_args(path: &str) -> Vec<String> {
 /// The file `pid` executes (through `/proc/PID/exe`, which names the file
 /// itself: a bind mount, a symlink or another mount namespace does not hide it).
 pub fn exe_file(pid: u32) -> Option<FileId> {
-    fs::metadata(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|m| FileId::of(&m))
+    exe_lookup(pid).ok()
+}
+
+/// What a stat of `/proc/PID/exe` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExeLookup {
+    /// The process is gone, a zombie or a kernel thread: it runs no program.
+    NoProgram,
+    /// It runs a program this process may not look at (an agent without
+    /// root, for another user's process); its names may still be readable.
+    NotReadable,
+}
+
+/// [`exe_file`], telling a process that runs nothing from one whose file
+/// cannot be read, so a short-lived process costs the watcher one stat.
+pub fn exe_lookup(pid: u32) -> Result<FileId, ExeLookup> {
+    // Built on the stack: this runs for every exec on the machine.
+    let mut buf = [0u8; 32];
+    let mut w = &mut buf[..];
+    let _ = std::io::Write::write_fmt(&mut w, format_args!("/proc/{pid}/exe"));
+    let len = 32 - w.len();
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&buf[..len]));
+    match fs::metadata(path) {
+        Ok(m) => Ok(FileId::of(&m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ExeLookup::NoProgram),
+        Err(_) => Err(ExeLookup::NotReadable),
+    }
 }
 
 /// Opens the file `pid` executes, for reading its content (root can, even for
@@ -467,6 +499,8 @@ mod tests {
         assert!(list_pids().unwrap().contains(&me));
         let names = names(me);
         assert_eq!(names.exe_path.unwrap(), std::env::current_exe().unwrap());
+        let comm = fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(names.comm.as_deref(), Some(comm.trim_end_matches('\n')));
         assert_eq!(uid(me), Some(nix::unistd::getuid().as_raw()));
         let started = start_time(identify(me).unwrap());
         let age = Utc::now() - started;
@@ -532,6 +566,23 @@ mod tests {
     }
 
     #[test]
+    fn a_program_is_told_from_no_program_and_from_a_file_it_may_not_read() {
+        assert_eq!(
+            exe_lookup(std::process::id()).ok(),
+            fs::metadata("/proc/self/exe").ok().map(|m| FileId::of(&m))
+        );
+        // kthreadd runs no program.
+        assert_eq!(exe_lookup(2), Err(ExeLookup::NoProgram));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(exe_lookup(pid), Err(ExeLookup::NoProgram), "reaped");
+        // init runs a program, whether or not this process may see its file
+        // (not without root; in some containers not even as root).
+        assert_ne!(exe_lookup(1), Err(ExeLookup::NoProgram));
+    }
+
+    #[test]
     fn a_zombie_is_not_alive() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
@@ -541,6 +592,7 @@ mod tests {
         let r = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
         assert_eq!(r, 0);
         assert_eq!(start_ticks(pid), None);
+        assert_eq!(exe_lookup(pid), Err(ExeLookup::NoProgram));
         assert!(matches!(
             ProcessHandle::open(pid),
             Err(ProcessError::Gone { .. })

@@ -27,10 +27,8 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
-
-use tokio::io::unix::AsyncFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -70,10 +68,21 @@ fn io_err(action: &'static str) -> impl FnOnce(io::Error) -> ConnectorError {
     move |source| ConnectorError::Io { action, source }
 }
 
-/// A subscribed connector socket.
+/// A subscribed connector socket, read by a thread of its own (see
+/// `tracker::run_connector`): one blocking wait and one read an event, and no
+/// async runtime between the kernel and the watcher.
 pub struct ProcConnector {
-    fd: AsyncFd<OwnedFd>,
+    fd: OwnedFd,
     buf: Vec<u8>,
+}
+
+/// What [`ProcConnector::wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ready {
+    /// A datagram is queued on the connector.
+    pub events: bool,
+    /// The other descriptor is readable.
+    pub other: bool,
 }
 
 impl ProcConnector {
@@ -167,35 +176,121 @@ impl ProcConnector {
             return Err(ConnectorError::Silent(timeout));
         }
 
-        // SAFETY: the OwnedFd moves into the AsyncFd and stays open until it is dropped.
-        let fd =
-            unsafe { AsyncFd::register(fd) }.map_err(|e| io_err("register")(io::Error::from(e)))?;
         Ok(ProcConnector {
             fd,
             buf: vec![0u8; 16 * 1024],
         })
     }
 
-    /// Waits for the next datagram and appends its exec/exit events to `out`.
-    pub async fn recv(&mut self, out: &mut Vec<CnEvent>) -> io::Result<()> {
+    /// Blocks until a datagram is queued, `other` is readable, or `timeout`
+    /// (if any) passes; both may be ready at once.
+    pub fn wait(&self, other: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Ready> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: other.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Rounded up, so a deadline is never woken for just before it.
+        let ms = timeout.map_or(-1, |t| {
+            t.as_nanos()
+                .div_ceil(1_000_000)
+                .min(libc::c_int::MAX as u128) as libc::c_int
+        });
         loop {
-            let mut guard = self.fd.readable().await?;
-            let buf = &mut self.buf;
-            let res = guard.try_io(|fd| recv_from_kernel(fd.get_ref().as_fd().as_raw_fd(), buf));
-            match res {
-                Ok(Ok(n)) => {
-                    parse(&self.buf[..n], out);
-                    return Ok(());
-                }
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    out.push(CnEvent::Overflow);
-                    return Ok(());
-                }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+            // SAFETY: two valid pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+            if n >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
+        // POLLERR on the socket is an overflow (ENOBUFS), which a read reports.
+        let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLERR) != 0;
+        Ok(Ready {
+            events: ready(&fds[0]),
+            other: ready(&fds[1]),
+        })
+    }
+
+    /// Reads one queued datagram, without blocking, and appends its exec and
+    /// exit events to `out`. `Ok(false)`: nothing was queued.
+    pub fn recv_now(&mut self, out: &mut Vec<CnEvent>) -> io::Result<bool> {
+        loop {
+            match recv_from_kernel(self.fd.as_raw_fd(), &mut self.buf) {
+                Ok(n) => {
+                    parse(&self.buf[..n], out);
+                    return Ok(true);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    out.push(CnEvent::Overflow);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a datagram and appends its events to `out`;
+    /// `Ok(false)` when none came. For checks and tests: the watcher waits on
+    /// its wake-up descriptor too.
+    pub fn recv_timeout(&mut self, out: &mut Vec<CnEvent>, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let never = WakeFd::new()?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !self.wait(never.as_fd(), Some(left))?.events {
+                return Ok(false);
+            }
+            if self.recv_now(out)? {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// An eventfd another thread wakes the watcher's thread with.
+pub struct WakeFd(OwnedFd);
+
+impl WakeFd {
+    pub fn new() -> io::Result<WakeFd> {
+        // SAFETY: plain eventfd(2); the result is checked before use.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        Ok(WakeFd(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+
+    /// Makes the descriptor readable until [`WakeFd::clear`].
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64. A full counter (never, in
+        // practice) still leaves the descriptor readable, which is the point.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn clear(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64; EAGAIN when already clear.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
     }
 }
 
@@ -225,7 +320,7 @@ impl ProcConnector {
         // copies and checks the program.
         let rc = unsafe {
             libc::setsockopt(
-                self.fd.get_ref().as_raw_fd(),
+                self.fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 SO_ATTACH_FILTER,
                 &fprog as *const _ as *const libc::c_void,
@@ -429,18 +524,18 @@ mod tests {
     }
 
     /// Events for `pids` until `until` says stop or 5 s pass.
-    async fn events_for(
+    fn events_for(
         c: &mut ProcConnector,
         pids: &[u32],
         until: impl Fn(&[CnEvent]) -> bool,
     ) -> Vec<CnEvent> {
         let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         while !until(&seen) {
             let mut batch = Vec::new();
-            match tokio::time::timeout_at(deadline, c.recv(&mut batch)).await {
-                Ok(r) => r.unwrap(),
-                Err(_) => break,
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !c.recv_timeout(&mut batch, left).unwrap() {
+                break;
             }
             seen.extend(batch.into_iter().filter(|e| match e {
                 CnEvent::Exec { pid } | CnEvent::Exit { pid, .. } => pids.contains(pid),
@@ -453,8 +548,8 @@ mod tests {
     /// The kernel runs the filter: exits of processes not followed never
     /// arrive, a followed one's does, and execs always do. Needs the
     /// connector (root in the initial network namespace), as the agent does.
-    #[tokio::test]
-    async fn the_filter_lets_through_execs_and_followed_exits_only() {
+    #[test]
+    fn the_filter_lets_through_execs_and_followed_exits_only() {
         let mut c = ProcConnector::open().expect("open the process connector (run as root)");
         c.follow_exits_of(&[]).unwrap();
         let mut unfollowed = std::process::Command::new("/bin/true").spawn().unwrap();
@@ -467,7 +562,7 @@ mod tests {
         let execs = |seen: &[CnEvent]| {
             seen.contains(&CnEvent::Exec { pid: a }) && seen.contains(&CnEvent::Exec { pid: b })
         };
-        let seen = events_for(&mut c, &[a, b], execs).await;
+        let seen = events_for(&mut c, &[a, b], execs);
         assert!(execs(&seen), "{seen:?}");
         c.follow_exits_of(&[1, b]).unwrap();
         followed.kill().unwrap();
@@ -476,7 +571,7 @@ mod tests {
             seen.iter()
                 .any(|e| matches!(e, CnEvent::Exit { pid, .. } if *pid == b))
         };
-        let seen = events_for(&mut c, &[a, b], exit_b).await;
+        let seen = events_for(&mut c, &[a, b], exit_b);
         assert!(exit_b(&seen), "the followed exit never came: {seen:?}");
         assert!(
             !seen
@@ -496,7 +591,51 @@ mod tests {
             seen.iter()
                 .any(|e| matches!(e, CnEvent::Exit { pid, .. } if *pid == d))
         };
-        assert!(exit_d(&events_for(&mut c, &[d], exit_d).await));
+        assert!(exit_d(&events_for(&mut c, &[d], exit_d)));
+    }
+
+    /// The watcher's thread sleeps in `wait`: another thread's wake-up ends
+    /// it at once, an exec ends it with the event queued, and a timeout
+    /// ends it with neither.
+    #[test]
+    fn a_wait_ends_on_a_wake_up_an_event_or_its_timeout() {
+        let mut c = ProcConnector::open().expect("open the process connector (run as root)");
+        c.follow_exits_of(&[]).unwrap();
+        let drain = |c: &mut ProcConnector| while c.recv_now(&mut Vec::new()).unwrap() {};
+        let wake = std::sync::Arc::new(WakeFd::new().unwrap());
+        let waker = wake.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        // Other execs on the machine may come first.
+        let started = Instant::now();
+        while !c
+            .wait(wake.as_fd(), Some(Duration::from_secs(30)))
+            .unwrap()
+            .other
+        {
+            assert!(started.elapsed() < Duration::from_secs(30), "no wake-up");
+            drain(&mut c);
+        }
+        t.join().unwrap();
+        wake.clear();
+
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        child.wait().unwrap();
+        let ready = c.wait(wake.as_fd(), Some(Duration::from_secs(30))).unwrap();
+        assert!(ready.events && !ready.other, "{ready:?}");
+        let mut out = Vec::new();
+        assert!(c.recv_now(&mut out).unwrap());
+
+        drain(&mut c);
+        let started = Instant::now();
+        let ready = c
+            .wait(wake.as_fd(), Some(Duration::from_millis(20)))
+            .unwrap();
+        // Anything else on the machine may exec meanwhile; a wake-up may not.
+        assert!(!ready.other, "{ready:?}");
+        assert!(ready.events || started.elapsed() >= Duration::from_millis(20));
     }
 
     #[test]

@@ -154,9 +154,11 @@ mod linux {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::process::{self, FileId, ProcessId};
-    use crate::watcher::connector::{CnEvent, ProcConnector};
+    use crate::process::{self, ExeLookup, FileId, ProcessId};
+    use crate::watcher::connector::{CnEvent, ProcConnector, WakeFd};
     use crate::watcher::identify::{Identifier, Identity, RECHECKS};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
 
     struct Tracked {
         event: ProcEvent,
@@ -205,10 +207,14 @@ mod linux {
         fn examine(&mut self, pid: u32, kind: ProcEventKind) -> Option<Tracked> {
             // The file first: a process already gone (most short-lived
             // ones by the time their exec is read) costs one stat.
-            let exe = process::exe_file(pid);
-            if exe.is_none() && process::identify(pid).is_none() {
-                return None;
-            }
+            let exe = match process::exe_lookup(pid) {
+                Ok(file) => Some(file),
+                Err(ExeLookup::NoProgram) => return None,
+                Err(ExeLookup::NotReadable) => {
+                    process::identify(pid)?;
+                    None
+                }
+            };
             let names = process::names(pid);
             let (product, exe_name) = match self.identifier.identify(pid, &names, exe) {
                 Identity::Product { product, name } => (product, name),
@@ -476,14 +482,40 @@ mod linux {
         }
     }
 
+    /// What the connector's thread and the task that owns it share.
+    struct Control {
+        wake: WakeFd,
+        stop: AtomicBool,
+        rescan: AtomicBool,
+        reindex: AtomicBool,
+    }
+
+    /// Stops the connector's thread when the task that owns it ends or is
+    /// aborted (the watcher's handle was dropped).
+    struct StopOnDrop(Arc<Control>);
+
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop.store(true, Ordering::SeqCst);
+            self.0.wake.wake();
+        }
+    }
+
     /// Follows connector events, after sending `initial`. The caller subscribed
     /// before its adoption scan, so nothing started in between is missed; anything
     /// seen twice is deduplicated by the tracked set. Runners are looked at
     /// again at the poll interval, only while there are any.
+    ///
+    /// The events are read on a thread of their own that blocks in poll(2):
+    /// each exec on the machine wakes that thread alone, and one that ended
+    /// before it was read costs a stat. Through the async runtime the same
+    /// event cost several times more (its scheduler, timers and wake-ups, on
+    /// caches gone cold since the last exec). This task only hands over
+    /// rescans, and takes the tracker back to poll `/proc` if the connector fails.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_connector(
-        mut connector: ProcConnector,
-        mut tracker: Tracker,
+        connector: ProcConnector,
+        tracker: Tracker,
         initial: Vec<ProcEvent>,
         source: SharedSource,
         interval: Duration,
@@ -494,6 +526,84 @@ mod linux {
         if !send_all(&tx, initial).await {
             return;
         }
+        let control = match WakeFd::new() {
+            Ok(wake) => Arc::new(Control {
+                wake,
+                stop: AtomicBool::new(false),
+                rescan: AtomicBool::new(false),
+                reindex: AtomicBool::new(false),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the process connector's wake-up descriptor; polling /proc instead");
+                store_source(&source, DetectionSource::Polling);
+                return run_polling(tracker, interval, matcher, rescan, tx).await;
+            }
+        };
+        let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
+        // The thread gets its state once it runs, so a failed start keeps it here.
+        let (state_tx, state_rx) = std::sync::mpsc::sync_channel(1);
+        let thread = {
+            let (control, matcher, tx) = (control.clone(), matcher.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name("connector".into())
+                .spawn(move || {
+                    let Ok((connector, tracker)) = state_rx.recv() else {
+                        return;
+                    };
+                    let back = follow(connector, tracker, interval, &matcher, &control, &tx);
+                    let _ = ended_tx.send(back);
+                })
+        };
+        if let Err(e) = thread {
+            tracing::warn!(error = %e, "cannot start the process connector's thread; polling /proc instead");
+            store_source(&source, DetectionSource::Polling);
+            return run_polling(tracker, interval, matcher, rescan, tx).await;
+        }
+        let _ = state_tx.send((connector, tracker));
+        let _stop = StopOnDrop(control.clone());
+        // Timed here, so the thread's wait has no timer to arm and cancel
+        // for each event (a visible share of its cost) while no runner is
+        // being looked at again.
+        let mut reindex = reindex_timer();
+        loop {
+            tokio::select! {
+                back = &mut ended => {
+                    match back {
+                        Ok(Some(tracker)) => {
+                            store_source(&source, DetectionSource::Polling);
+                            run_polling(tracker, interval, matcher, rescan, tx).await;
+                        }
+                        Ok(None) => {}
+                        Err(_) => tracing::error!("the process connector's thread ended unexpectedly; processes are no longer detected"),
+                    }
+                    return;
+                }
+                _ = tx.closed() => return,
+                _ = rescan.notified() => {
+                    control.rescan.store(true, Ordering::SeqCst);
+                    control.wake.wake();
+                }
+                _ = reindex.tick() => {
+                    control.reindex.store(true, Ordering::SeqCst);
+                    control.wake.wake();
+                }
+            }
+        }
+    }
+
+    /// The connector's thread. Returns the tracker when the connector failed
+    /// (the caller polls `/proc` from then on), `None` when told to stop or
+    /// when nobody listens any more.
+    fn follow(
+        mut connector: ProcConnector,
+        mut tracker: Tracker,
+        interval: Duration,
+        matcher: &RwLock<Matcher>,
+        control: &Control,
+        tx: &mpsc::Sender<ProcEvent>,
+    ) -> Option<Tracker> {
+        let send =
+            |events: Vec<ProcEvent>| events.into_iter().all(|ev| tx.blocking_send(ev).is_ok());
         let mut batch = Vec::new();
         // The pids the connector lets exits through for; none while the
         // kernel refuses the filter (every exit then comes).
@@ -505,57 +615,65 @@ mod linux {
                 false
             }
         };
-        let mut recheck = tokio::time::interval(interval);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reindex = reindex_timer();
+        let mut next_recheck: Option<Instant> = None;
         loop {
             batch.clear();
-            let rechecking = tracker.rechecking();
-            enum Wake {
-                Batch,
-                All,
-                Recheck,
+            // Runners are looked at again an interval after they are first
+            // seen, then every interval while any are left.
+            next_recheck = match (tracker.rechecking(), next_recheck) {
+                (false, _) => None,
+                (true, None) => Some(Instant::now() + interval),
+                (true, at) => at,
+            };
+            let timeout = next_recheck.map(|at| at.saturating_duration_since(Instant::now()));
+            let ready = match connector.wait(control.wake.as_fd(), timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "process connector failed; polling /proc from now on");
+                    return Some(tracker);
+                }
+            };
+            if ready.other {
+                control.wake.clear();
             }
-            let wake = tokio::select! {
-                r = connector.recv(&mut batch) => match r {
-                    Ok(()) => Wake::Batch,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "process connector failed; polling /proc from now on");
-                        store_source(&source, DetectionSource::Polling);
-                        return run_polling(tracker, interval, matcher, rescan, tx).await;
-                    }
-                },
-                _ = rescan.notified() => Wake::All,
-                _ = recheck.tick(), if rechecking => Wake::Recheck,
-                _ = reindex.tick() => {
-                    tracker.reindex();
-                    continue;
+            if control.stop.load(Ordering::SeqCst) || tx.is_closed() {
+                return None;
+            }
+            let all = control.rescan.swap(false, Ordering::SeqCst);
+            if ready.events && !all {
+                if let Err(e) = connector.recv_now(&mut batch) {
+                    tracing::warn!(error = %e, "process connector failed; polling /proc from now on");
+                    return Some(tracker);
                 }
-                _ = tx.closed() => return,
-            };
+            }
+            let now = Instant::now();
             let mut events = {
-                let m = read(&matcher);
-                match wake {
-                    Wake::Recheck => tracker.recheck(),
-                    Wake::All => tracker.scan(&m, true),
-                    Wake::Batch if batch.contains(&CnEvent::Overflow) => tracker.scan(&m, true),
-                    Wake::Batch => {
-                        let mut events = Vec::new();
-                        for ev in &batch {
-                            match *ev {
-                                CnEvent::Exec { pid } if !m.is_empty() => {
-                                    events.extend(tracker.exec(pid))
-                                }
-                                CnEvent::Exit { pid, status } => {
-                                    events.extend(tracker.exit(pid, status))
-                                }
-                                _ => {}
+                let m = read(matcher);
+                if all || batch.contains(&CnEvent::Overflow) {
+                    tracker.scan(&m, true)
+                } else {
+                    let mut events = Vec::new();
+                    for ev in &batch {
+                        match *ev {
+                            CnEvent::Exec { pid } if !m.is_empty() => {
+                                events.extend(tracker.exec(pid))
                             }
+                            CnEvent::Exit { pid, status } => {
+                                events.extend(tracker.exit(pid, status))
+                            }
+                            _ => {}
                         }
-                        events
                     }
+                    events
                 }
             };
+            if next_recheck.is_some_and(|at| at <= now) {
+                events.extend(tracker.recheck());
+                next_recheck = Some(now + interval);
+            }
+            if control.reindex.swap(false, Ordering::SeqCst) {
+                tracker.reindex();
+            }
             let followed = if filtering {
                 tracker.followed()
             } else {
@@ -565,9 +683,7 @@ mod linux {
                 if let Err(e) = connector.follow_exits_of(&followed) {
                     // The old filter would hide the exits of new products.
                     tracing::warn!(error = %e, "cannot update the process connector's filter; polling /proc from now on");
-                    store_source(&source, DetectionSource::Polling);
-                    let _ = send_all(&tx, events).await;
-                    return run_polling(tracker, interval, matcher, rescan, tx).await;
+                    return send(events).then_some(tracker);
                 }
                 let new: Vec<u32> = followed
                     .iter()
@@ -577,8 +693,8 @@ mod linux {
                 following = followed;
                 events.extend(tracker.gone(&new));
             }
-            if !send_all(&tx, events).await {
-                return;
+            if !send(events) {
+                return None;
             }
         }
     }

@@ -593,24 +593,28 @@ async fn exec_seen() -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot run {true_bin}: {e}"))?;
     let pid = child.id().unwrap_or(0);
-    let wait = async {
+    let wait = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + EXEC_WAIT;
         let mut events = Vec::new();
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
             events.clear();
-            cn.recv(&mut events).await.map_err(|e| e.to_string())?;
+            if !cn
+                .recv_timeout(&mut events, left)
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!(
+                    "no exec event for a test process within {EXEC_WAIT:?}"
+                ));
+            }
             if events.contains(&CnEvent::Exec { pid }) {
                 return Ok::<(), String>(());
             }
         }
-    };
-    let seen = tokio::time::timeout(EXEC_WAIT, wait).await;
+    });
+    let seen = wait.await;
     let _ = child.wait().await;
-    match seen {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "no exec event for a test process within {EXEC_WAIT:?}"
-        )),
-    }
+    seen.map_err(|e| format!("the exec check stopped: {e}"))?
 }
 
 /// Whether `account` has a `flexctl notify` running (`no_desktop`: the doctor
