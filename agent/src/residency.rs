@@ -5,9 +5,10 @@
 //! (configuration, the journal's migrations, enrollment, TLS set-up), and the
 //! kernel maps each page touched together with its neighbours, so after
 //! start-up about 5 MB of code stays mapped that the idle agent never runs
-//! again. [`release_startup_code`] unmaps the pages of the executable
-//! mappings; they stay in the page cache, and any page run again is mapped
-//! back by an ordinary minor fault. Only mappings that are executable and
+//! again. [`release_code_pages`] unmaps the pages of the executable
+//! mappings, once start-up is over and then every [`AGAIN_EVERY`]; they stay
+//! in the page cache, and any page run again is mapped back by an ordinary
+//! minor fault. Only mappings that are executable and
 //! private to a file are touched: their pages are never written, so nothing
 //! is lost (written pages, such as relocated data, live in other mappings).
 
@@ -15,10 +16,19 @@
 /// first contact with the server, the first scan of processes.
 pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often the code pages are handed back again after that. An idle agent
+/// runs a little code often (the watcher, the timer) and some rarely (a
+/// heartbeat, a reconnect with its TLS handshake, a rate sheet update), and
+/// each rare path left its pages mapped until the resident set held most of
+/// the client. Released again, a page run since costs one minor fault from
+/// the page cache: a few hundred a minute at most, against one read of
+/// `/proc/self/smaps`.
+pub const AGAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Unmaps the executable file mappings' pages; returns the bytes of the
 /// mappings (not all of them were resident).
 #[cfg(target_os = "linux")]
-pub fn release_startup_code() -> std::io::Result<u64> {
+pub fn release_code_pages() -> std::io::Result<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
     for (start, end) in code_mappings(&smaps) {
@@ -40,7 +50,7 @@ pub fn release_startup_code() -> std::io::Result<u64> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn release_startup_code() -> std::io::Result<u64> {
+pub fn release_code_pages() -> std::io::Result<u64> {
     Ok(0)
 }
 
@@ -129,7 +139,7 @@ Anonymous:             0 kB
     #[cfg(target_os = "linux")]
     #[test]
     fn code_runs_on_after_its_pages_are_released() {
-        let released = release_startup_code().unwrap();
+        let released = release_code_pages().unwrap();
         assert!(released > 0);
         let v: Vec<String> = (0..1000).map(|i| format!("{i}")).collect();
         assert_eq!(v.join("").len(), 2890);

@@ -184,12 +184,20 @@ async fn daemon(config_path: &Path) -> i32 {
         );
         os::ready();
         // Start-up's code (with the first contact with the server, a few
-        // seconds on) is not run again: hand its pages back.
+        // seconds on) is not run again: hand its pages back, and then the
+        // pages of whatever ran since, from time to time.
         tokio::spawn(async {
-            tokio::time::sleep(flex_agent::residency::SETTLED).await;
-            match flex_agent::residency::release_startup_code() {
-                Ok(bytes) => tracing::debug!(bytes, "start-up code released"),
-                Err(e) => tracing::debug!(error = %e, "cannot release start-up code"),
+            use flex_agent::residency::{release_code_pages, AGAIN_EVERY, SETTLED};
+            tokio::time::sleep(SETTLED).await;
+            loop {
+                match release_code_pages() {
+                    Ok(bytes) => tracing::trace!(bytes, "code pages released"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot release code pages");
+                        return;
+                    }
+                }
+                tokio::time::sleep(AGAIN_EVERY).await;
             }
         });
     })
