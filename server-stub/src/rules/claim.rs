@@ -23,7 +23,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use flex_protocol::api::{ChargeKind, ChargeModel, ClaimRequest, DefaultAssignments, Source};
-use flex_protocol::{ErrorCode, ProductId, WindowId};
+use flex_protocol::{Email, ErrorCode, ProductId, WindowId};
 
 use super::{entitlement, per_result, windows, Conflict, Invalid};
 
@@ -31,7 +31,7 @@ use super::{entitlement, per_result, windows, Conflict, Invalid};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowFact {
     pub id: WindowId,
-    pub user: String,
+    pub user: Email,
     pub product: ProductId,
     pub source: Source,
     pub start: DateTime<Utc>,
@@ -146,7 +146,7 @@ pub fn decide<F: Facts>(
                     format!("renews: window '{old_id}' does not exist"),
                 )
             })?;
-            if old.user != user || old.product != req.product {
+            if old.user != req.user || old.product != req.product {
                 return Err(Invalid::new(
                     "renews",
                     format!(
@@ -337,7 +337,7 @@ mod tests {
     fn window(id: &str, start: u32) -> WindowFact {
         WindowFact {
             id: WindowId::parse(id).unwrap(),
-            user: "ada@example.com".into(),
+            user: Email::parse("ada@example.com").unwrap(),
             product: ProductId::parse("autocad").unwrap(),
             source: Source::Tokens,
             start: at(start),

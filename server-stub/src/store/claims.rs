@@ -382,7 +382,7 @@ impl Store {
             Decision::Open { window, cost } => {
                 let w = WindowFact {
                     id: self.new_window_id(),
-                    user: user.to_string(),
+                    user: req.user.clone(),
                     product: req.product.clone(),
                     source: window.source,
                     start: window.start,
@@ -470,9 +470,7 @@ impl Store {
         let lease = self.signer().sign(&LeaseBody {
             window_id: w.id.clone(),
             device_id: device_id.to_string(),
-            // Stored users were normalised on the way in; this cannot fail.
-            user: flex_protocol::Email::parse(&w.user)
-                .map_err(|e| StoreError::Corrupt(format!("stored window user {e}")))?,
+            user: w.user.clone(),
             product: w.product.clone(),
             source: w.source,
             start: w.start,

@@ -198,7 +198,7 @@ impl FakeServer {
                 }
                 let w = WindowFact {
                     id: format!("w{}", self.next_window).parse().unwrap(),
-                    user: req.user.to_string(),
+                    user: req.user.clone(),
                     product: req.product.clone(),
                     source: window.source,
                     start: window.start,
@@ -259,7 +259,7 @@ impl FakeServer {
         let runs: Vec<refunds::Run<'_>> = self
             .sessions
             .values()
-            .filter(|s| s.user.as_str() == w.user && s.product == w.product)
+            .filter(|s| s.user == w.user && s.product == w.product)
             .map(|s| refunds::Run {
                 id: s.id.as_str(),
                 started_at: s.started_at,
