@@ -276,7 +276,9 @@ mod openapi_tests {
         }
         let schema = &doc["components"]["schemas"]["Email"];
         assert_eq!(schema["maxLength"], flex_protocol::MAX_EMAIL);
-        assert_eq!(schema["format"], "email");
+        // No "email" format: it is ASCII-only (RFC 5321), and the server takes
+        // addresses with other letters; the fuzzer held the two apart.
+        assert_eq!(schema.get("format"), None);
         assert!(schema["pattern"].is_string());
     }
 }
