@@ -324,6 +324,36 @@ async fn an_admin_uses_the_console_in_chromium() {
         .contains("nothing was imported"));
     assert!(!b.text("#users").await.contains("cy@example.com"));
     b.shot("users-import-error").await;
+
+    // An address the browser's own check lets through (no dot in the
+    // domain) is refused by the server, beside the field, and adds no one.
+    b.fill("#email", "ann@localhost").await;
+    b.fill("#first_name", "Ann").await;
+    b.fill("#last_name", "Lee").await;
+    b.submit("form[action='/admin/users'] button[type=submit]")
+        .await;
+    assert!(
+        b.text("#email + .field-error")
+            .await
+            .contains("'ann@localhost' is not an email address"),
+        "{}",
+        b.text("body").await
+    );
+    b.shot("users-add-bad-email").await;
+    // A user page for something that is not an address says so.
+    b.c()
+        .goto(&format!("{base}/admin/users/not-an-email"))
+        .await
+        .unwrap();
+    assert!(
+        b.text("main")
+            .await
+            .contains("'not-an-email' is not an email address"),
+        "{}",
+        b.text("body").await
+    );
+    b.shot("user-bad-email-path").await;
+    b.c().goto(&format!("{base}/admin/users")).await.unwrap();
     let users = s.ok(M::GET, "/users", None).await;
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
 
