@@ -339,6 +339,7 @@ async fn an_admin_uses_the_console_in_chromium() {
         "{}",
         b.text("body").await
     );
+    assert!(!b.text("#users").await.contains("ann@localhost"));
     b.shot("users-add-bad-email").await;
     // A user page for something that is not an address says so.
     b.c()
