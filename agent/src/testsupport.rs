@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use zbus::OwnedVariant;
 
 #[cfg(target_os = "linux")]
+pub mod leaderless;
+#[cfg(target_os = "linux")]
 pub mod x11;
 
 /// How long a test waits for a daemon, or a notification, to appear before failing.

@@ -5,6 +5,14 @@
 //! where the kernel has none the handle falls back to re-reading the start time
 //! right before each signal, which narrows the pid-reuse race to microseconds
 //! instead of closing it (logged once at start).
+//!
+//! A process whose main thread ended while its other threads run on (a
+//! `pthread_exit` in `main`) keeps its pid, but `/proc/PID` then describes the
+//! zombie main thread: no `exe`, an empty `cmdline`, no `maps`, no `root`.
+//! The process still runs its program, so every read that finds nothing there
+//! is made again through a live thread's `/proc/PID/task/TID` ([`leaderless`]),
+//! and liveness counts the threads left. Without that, a product could hide by
+//! ending its main thread early.
 
 use std::fs;
 use std::io::Read;
@@ -43,14 +51,47 @@ const CMDLINE_READ: usize = 4 << 20;
 
 pub fn names(pid: u32) -> Names {
     let base = format!("/proc/{pid}");
-    let exe_path = fs::read_link(format!("{base}/exe")).ok();
-    let comm = read_comm(&format!("{base}/comm"));
-    let args = read_args(&format!("{base}/cmdline"));
+    match fs::read_link(format!("{base}/exe")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match leaderless(pid) {
+            Some(thread) => names_in(&thread, None),
+            None => names_in(&base, None),
+        },
+        exe => names_in(&base, Some(exe.ok())),
+    }
+}
+
+/// The names read from `dir` (`/proc/PID` or a thread's directory), `exe`
+/// when its link was read already.
+fn names_in(dir: &str, exe: Option<Option<std::path::PathBuf>>) -> Names {
+    let exe_path = exe.unwrap_or_else(|| fs::read_link(format!("{dir}/exe")).ok());
     Names {
         exe_path,
-        comm,
-        args,
+        comm: read_comm(&format!("{dir}/comm")),
+        args: read_args(&format!("{dir}/cmdline")),
     }
+}
+
+/// The directory of a live thread of `pid`, when its main thread has ended
+/// (a zombie) while others run on; `None` for any other process, running or not.
+pub fn leaderless(pid: u32) -> Option<String> {
+    let (state, threads, _) = stat_fields(pid)?;
+    if state != b'Z' || threads < 2 {
+        return None;
+    }
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(entry) = entry else { continue };
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if tid != pid {
+            return Some(format!("/proc/{pid}/task/{tid}"));
+        }
+    }
+    None
 }
 
 /// `comm` is at most 16 bytes and comes in one read; `read_to_string` would
@@ -104,7 +145,16 @@ pub fn exe_lookup(pid: u32) -> Result<FileId, ExeLookup> {
     let _ = std::io::Write::write_fmt(&mut w, format_args!("/proc/{pid}/exe"));
     let len = 32 - w.len();
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&buf[..len]));
-    match fs::metadata(path) {
+    let found = match fs::metadata(path) {
+        // Gone, a zombie or a kernel thread; or a main thread that ended
+        // while the others run on (a failed open of its stat for most).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match leaderless(pid) {
+            Some(thread) => fs::metadata(format!("{thread}/exe")),
+            None => return Err(ExeLookup::NoProgram),
+        },
+        found => found,
+    };
+    match found {
         Ok(m) => Ok(FileId::of(&m)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ExeLookup::NoProgram),
         Err(_) => Err(ExeLookup::NotReadable),
@@ -114,7 +164,13 @@ pub fn exe_lookup(pid: u32) -> Result<FileId, ExeLookup> {
 /// Opens the file `pid` executes, for reading its content (root can, even for
 /// an execute-only file).
 pub fn open_exe(pid: u32) -> std::io::Result<fs::File> {
-    fs::File::open(format!("/proc/{pid}/exe"))
+    match fs::File::open(format!("/proc/{pid}/exe")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match leaderless(pid) {
+            Some(thread) => fs::File::open(format!("{thread}/exe")),
+            None => Err(e),
+        },
+        found => found,
+    }
 }
 
 /// A file mapped executable into a process.
@@ -130,8 +186,13 @@ pub struct MappedFile {
 /// The files `pid` has mapped executable: what a dynamic loader, valgrind or
 /// any other loader actually runs, whatever its command line says.
 pub fn exec_mappings(pid: u32) -> Vec<MappedFile> {
-    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
-        return Vec::new();
+    // A zombie main thread has no memory: its maps read empty.
+    let maps = match fs::read_to_string(format!("/proc/{pid}/maps")) {
+        Ok(maps) if !maps.is_empty() => maps,
+        _ => match leaderless(pid).and_then(|t| fs::read_to_string(format!("{t}/maps")).ok()) {
+            Some(maps) => maps,
+            None => return Vec::new(),
+        },
     };
     let mut out: Vec<MappedFile> = Vec::new();
     for line in maps.lines() {
@@ -172,8 +233,11 @@ fn parse_map_line(line: &str) -> Option<MappedFile> {
 /// it (its root), checked to be the mapped inode, else through
 /// `map_files` (which needs CAP_SYS_ADMIN, which the service does not have).
 pub fn mapped_file(pid: u32, m: &MappedFile) -> Option<(FileId, fs::File)> {
-    let by_path = format!("/proc/{pid}/root{}", m.path.display());
-    for candidate in [by_path, format!("/proc/{pid}/map_files/{}", m.range)] {
+    let main = format!("/proc/{pid}");
+    let thread = leaderless(pid);
+    let dir = thread.as_deref().unwrap_or(&main);
+    let by_path = format!("{dir}/root{}", m.path.display());
+    for candidate in [by_path, format!("{dir}/map_files/{}", m.range)] {
         let Ok(f) = fs::File::open(&candidate) else {
             continue;
         };
@@ -191,12 +255,16 @@ pub fn mapped_file(pid: u32, m: &MappedFile) -> Option<(FileId, fs::File)> {
 /// `path` as process `pid` sees it (its root and working directory, so its
 /// mount namespace too), following symlinks.
 pub fn resolve_in(pid: u32, path: &str) -> Option<FileId> {
-    let seen = if path.starts_with('/') {
-        format!("/proc/{pid}/root{path}")
-    } else {
-        format!("/proc/{pid}/cwd/{path}")
+    let seen = |dir: &str| {
+        let seen = if path.starts_with('/') {
+            format!("{dir}/root{path}")
+        } else {
+            format!("{dir}/cwd/{path}")
+        };
+        fs::metadata(seen).ok().map(|m| FileId::of(&m))
     };
-    fs::metadata(seen).ok().map(|m| FileId::of(&m))
+    // A zombie main thread has no root or working directory any more.
+    seen(&format!("/proc/{pid}")).or_else(|| seen(&leaderless(pid)?))
 }
 
 /// Real uid of `pid`: the user who started it, even for a setuid binary.
@@ -218,17 +286,36 @@ pub fn owner(pid: u32) -> Option<AccountId> {
 
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`),
 /// `None` for a process that is gone or a zombie (it runs nothing any more).
+/// A process whose main thread ended while others run on is running: its
+/// main thread's stat says `Z`, and counts the threads left.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm (field 2) may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // `rest` starts at field 3 (state), so field 22 is index 19.
-    let state = fields.next()?;
-    if matches!(state, "Z" | "X" | "x") {
-        return None;
+    let (state, threads, start) = stat_fields(pid)?;
+    match state {
+        b'X' | b'x' => None,
+        b'Z' if threads < 2 => None,
+        _ => Some(start),
     }
-    fields.nth(18)?.parse().ok()
+}
+
+/// State (field 3), thread count (field 20) and start time (field 22) of
+/// `/proc/PID/stat`.
+fn stat_fields(pid: u32) -> Option<(u8, u64, u64)> {
+    // 52 numbers and a 16-byte name: well under 2 KiB, read in one go.
+    let mut buf = [0u8; 2048];
+    let n = fs::File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let stat = &buf[..n];
+    // comm (field 2) may contain spaces and parentheses: fields resume after the last ')'.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state), so field 20 is index 17 and 22 is 19.
+    let state = *fields.next()?.as_bytes().first()?;
+    let threads = fields.nth(16)?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
+    Some((state, threads, start))
 }
 
 /// The identity of the process running as `pid` now.
@@ -597,6 +684,77 @@ mod tests {
             ProcessHandle::open(pid),
             Err(ProcessError::Gone { .. })
         ));
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_process_whose_main_thread_ended_still_runs_its_program() {
+        let program = crate::testsupport::leaderless::program();
+        let mut child = std::process::Command::new(program)
+            .stdin(std::process::Stdio::piped())
+            .arg("wait")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let before = identify(pid).expect("running");
+        let file = exe_lookup(pid).expect("its program");
+        assert_eq!(leaderless(pid), None, "its main thread still runs");
+        // Let the main thread end: the other one runs on.
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"x").unwrap();
+        crate::testsupport::leaderless::wait_main_thread_ended(pid);
+        assert!(
+            fs::metadata(format!("/proc/{pid}/exe")).is_err(),
+            "the kernel's view changed"
+        );
+        assert!(leaderless(pid).is_some());
+
+        assert_eq!(identify(pid), Some(before), "still the same process");
+        assert_eq!(exe_lookup(pid), Ok(file));
+        assert_eq!(exe_file(pid), Some(file));
+        let names = names(pid);
+        assert_eq!(names.exe_path.as_deref(), Some(program));
+        assert_eq!(names.args, [program.to_str().unwrap(), "wait"]);
+        assert!(names.comm.is_some());
+        assert!(
+            exec_mappings(pid)
+                .iter()
+                .any(|m| (m.dev, m.ino) == file.inode()),
+            "its maps, through a live thread"
+        );
+        let mapped = exec_mappings(pid)
+            .into_iter()
+            .find(|m| (m.dev, m.ino) == file.inode())
+            .unwrap();
+        assert_eq!(mapped_file(pid, &mapped).map(|(id, _)| id), Some(file));
+        assert_eq!(resolve_in(pid, program.to_str().unwrap()), Some(file));
+        assert!(open_exe(pid).is_ok());
+
+        let h = ProcessHandle::open_as(before).expect("a handle on it");
+        assert!(h.is_alive());
+        assert!(h.cpu_time().is_some());
+        h.stop(Stop::Forced).unwrap();
+        child.wait().unwrap();
+        assert!(!h.is_alive());
+        assert_eq!(identify(pid), None);
+        assert_eq!(exe_lookup(pid), Err(ExeLookup::NoProgram));
+    }
+
+    #[test]
+    fn a_process_whose_threads_all_ended_is_not_alive() {
+        let program = crate::testsupport::leaderless::program();
+        let mut child = std::process::Command::new(program).spawn().unwrap();
+        let pid = child.id();
+        crate::testsupport::leaderless::wait_main_thread_ended(pid);
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // Wait for the end without reaping: a zombie, now with one thread.
+        // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        assert_eq!(r, 0);
+        assert_eq!(start_ticks(pid), None);
+        assert_eq!(leaderless(pid), None);
+        assert_eq!(exe_lookup(pid), Err(ExeLookup::NoProgram));
         child.wait().unwrap();
     }
 

@@ -231,6 +231,89 @@ async fn new_rate_sheet_adopts_running_processes() {
     }
 }
 
+/// A child killed when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A product whose main thread ends while another thread runs on (a
+/// `pthread_exit` in `main`) still runs: it is found when it starts and when
+/// it runs already, its main thread's end does not end its run, and the run
+/// ends when its last thread does.
+#[tokio::test]
+async fn a_product_that_ends_its_main_thread_runs_until_its_last_thread_ends() {
+    use crate::testsupport::leaderless;
+    let program = leaderless::program().to_str().unwrap();
+    for (source, name) in [
+        (SourceChoice::Polling, "headlesspoll"),
+        (SourceChoice::ProcConnector, "headlesscn"),
+    ] {
+        let fake = FakeProduct::new(program, name);
+        // Without its main thread before the watcher starts: adopted.
+        let mut early = KillOnDrop(fake.spawn(&[], Stdio::null()));
+        leaderless::wait_main_thread_ended(early.id());
+        let (_handle, mut rx) = Watcher::start(config(source), &[product(name, name)]).unwrap();
+        let ev = next_for(&mut rx, early.id()).await;
+        assert_start(&ev, ProcEventKind::Adopted, early.id(), name, fake.path());
+
+        // Seen while whole, then its main thread ends.
+        let mut late = KillOnDrop(fake.spawn(&["wait"], Stdio::piped()));
+        let ev = next_for(&mut rx, late.id()).await;
+        assert_start(&ev, ProcEventKind::Started, late.id(), name, fake.path());
+        std::io::Write::write_all(late.stdin.as_mut().unwrap(), b"x").unwrap();
+        leaderless::wait_main_thread_ended(late.id());
+
+        // Started after that (and itself ending its main thread at once):
+        // whatever the watcher made of the main thread's end came first.
+        let mut marker = KillOnDrop(fake.spawn(&[], Stdio::null()));
+        let ev = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let ev = rx.recv().await.expect("watcher stopped");
+                assert!(
+                    !matches!(ev.kind, ProcEventKind::Exited { .. }),
+                    "{source:?}: a run ended while its process runs: {ev:?}"
+                );
+                if ev.process.pid == marker.id() {
+                    return ev;
+                }
+            }
+        })
+        .await
+        .expect("the marker is seen");
+        assert_start(&ev, ProcEventKind::Started, marker.id(), name, fake.path());
+
+        for child in [&mut early, &mut late, &mut marker] {
+            let child = &mut child.0;
+            let pid = child.id();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let ev = next_for(&mut rx, pid).await;
+            assert!(
+                matches!(ev.kind, ProcEventKind::Exited { .. }),
+                "{source:?}: {ev:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sysinfo_poller_diffs_processes() {
     let name = "acadsysinfo";

@@ -177,6 +177,11 @@ mod linux {
         product_dirs: Vec<PathBuf>,
         /// Runners to look at again: pid → (process, looks left).
         recheck: HashMap<u32, (ProcessId, u8)>,
+        /// Tracked processes whose main thread exited while others run on,
+        /// with that thread's wait status if it was seen: the connector lets
+        /// only main threads' exits through, so their end is found by
+        /// looking at each tick.
+        leaderless: HashMap<u32, Option<u32>>,
     }
 
     impl Tracker {
@@ -242,9 +247,16 @@ mod linux {
         }
 
         fn track(&mut self, t: Tracked, out: &mut Vec<ProcEvent>) {
-            self.recheck.remove(&t.event.process.pid);
+            let pid = t.event.process.pid;
+            self.recheck.remove(&pid);
+            self.leaderless.remove(&pid);
+            // Its main thread may be gone already (an adopted process): no
+            // exit of a main thread will come for it.
+            if process::leaderless(pid).is_some() {
+                self.leaderless.insert(pid, None);
+            }
             out.push(t.event.clone());
-            self.tracked.insert(t.event.process.pid, t);
+            self.tracked.insert(pid, t);
         }
 
         /// Diffs `/proc` against the last scan: exits (and reused pids) of tracked
@@ -321,6 +333,30 @@ mod linux {
             pids
         }
 
+        /// Ends the processes without a main thread whose other threads have
+        /// ended too (the status is the main thread's: the last thread's
+        /// exit is not reported).
+        fn leaderless_gone(&mut self) -> Vec<ProcEvent> {
+            let mut out = Vec::new();
+            let tracked = &mut self.tracked;
+            self.leaderless.retain(|pid, status| {
+                let Some(t) = tracked.get(pid) else {
+                    return false;
+                };
+                if process::identify(*pid) == Some(t.event.process) {
+                    return true;
+                }
+                let t = tracked.remove(pid).expect("present");
+                let (code, signal) = status.map(decode_status).unwrap_or((None, None));
+                out.push(exited(t.event, code, signal));
+                false
+            });
+            for ev in &out {
+                self.known.remove(&ev.process.pid);
+            }
+            out
+        }
+
         /// Ends the tracked processes among `pids` that are gone: their exits
         /// may have come before the connector was told to let them through.
         pub fn gone(&mut self, pids: &[u32]) -> Vec<ProcEvent> {
@@ -332,7 +368,12 @@ mod linux {
                 if process::identify(*pid) != Some(t.event.process) {
                     let t = self.tracked.remove(pid).expect("present");
                     self.known.remove(pid);
+                    self.leaderless.remove(pid);
                     out.push(exited(t.event, None, None));
+                } else if !self.leaderless.contains_key(pid) && process::leaderless(*pid).is_some()
+                {
+                    // Its main thread's exit too came before the filter.
+                    self.leaderless.insert(*pid, None);
                 }
             }
             out
@@ -341,6 +382,8 @@ mod linux {
         fn exec_seen(&mut self, pid: u32) -> Vec<ProcEvent> {
             let mut out = Vec::new();
             self.recheck.remove(&pid);
+            // An exec makes the thread that called it the main thread.
+            self.leaderless.remove(&pid);
             let found = self.examine(pid, ProcEventKind::Started);
             if let Some(old) = self.tracked.get(&pid) {
                 if found
@@ -358,24 +401,33 @@ mod linux {
             out
         }
 
-        /// `pid` ended with wait status `status`.
+        /// The main thread of `pid` ended with wait status `status`. That
+        /// ends the process unless other threads run on (a `pthread_exit`
+        /// in `main`): then it is looked at each tick until it is gone, so
+        /// a product cannot end its run early by ending one thread.
         pub fn exit(&mut self, pid: u32, status: u32) -> Option<ProcEvent> {
-            self.known.remove(&pid);
             self.recheck.remove(&pid);
-            let t = self.tracked.remove(&pid)?;
+            let t = self.tracked.get(&pid)?;
+            if process::identify(pid) == Some(t.event.process) {
+                self.leaderless.insert(pid, Some(status));
+                return None;
+            }
+            self.known.remove(&pid);
+            let t = self.tracked.remove(&pid).expect("present");
             let (code, signal) = decode_status(status);
             Some(exited(t.event, code, signal))
         }
 
-        /// Whether runners wait to be looked at again.
+        /// Whether runners, or processes without a main thread, wait to be
+        /// looked at again.
         pub fn rechecking(&self) -> bool {
-            !self.recheck.is_empty()
+            !self.recheck.is_empty() || !self.leaderless.is_empty()
         }
 
         /// Looks again at the files runners have mapped executable: a loader
         /// maps its program after the exec the watcher saw.
         pub fn recheck(&mut self) -> Vec<ProcEvent> {
-            let mut out = Vec::new();
+            let mut out = self.leaderless_gone();
             let due: Vec<(u32, ProcessId, u8)> = self
                 .recheck
                 .iter()
