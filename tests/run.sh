@@ -55,6 +55,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # valgrind: a product run inside valgrind must still be recognised
 # (agent/src/watcher/tests.rs, tests/tests/agent_enforcement.rs).
 command -v valgrind >/dev/null || need+=(valgrind)
+# gcc: a product that ends its main thread while another runs on is built
+# from C by the tests (agent/src/testsupport/leaderless.c); Rust links with cc too.
+command -v cc >/dev/null || need+=(gcc)
 # xvfb and xdotool: the notifier's X11 idle time and window closing run
 # against a private X server that the tests start (agent/src/testsupport/x11.rs,
 # tests/tests/notifier_x11.rs).

@@ -540,6 +540,17 @@ impl Running {
         s
     }
 
+    /// Writes `bytes` to the product's stdin (it was started with a piped one).
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.0
+            .stdin
+            .as_mut()
+            .expect("started with a piped stdin")
+            .write_all(bytes)
+            .expect("write to the product's stdin");
+    }
+
     /// Stops it as a user quitting would: SIGTERM, up to 5 s to exit, then
     /// SIGKILL; reaped either way. SIGTERM first because a wrapper passes it on
     /// to its product, which would outlive a SIGKILLed wrapper (and hold the

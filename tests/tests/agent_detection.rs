@@ -10,7 +10,8 @@
 //! its agent sees only that test's products.
 
 use flex_e2e::agent::{
-    alive, eventually, fake_product, flex_server, setup, Agent, Rates, Running, SHORT_POLICY, WAIT,
+    alive, eventually, fake_product, fake_product_of, flex_server, setup, Agent, Rates, Running,
+    SHORT_POLICY, WAIT,
 };
 use flex_e2e::Server;
 use serde_json::Value;
@@ -146,4 +147,60 @@ async fn polling_source_detects_start_and_exit() {
     .await;
     let charges = server.charges().await;
     assert_eq!(window_charges(&charges, "revit"), 1, "{charges:?}");
+}
+
+/// A product whose main thread ends while another thread runs on (what a
+/// preloaded library could make any product do) is charged like any other,
+/// and its session lasts until its last thread ends: the main thread's exit,
+/// which the kernel reports like a process's, ends nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_product_that_ends_its_main_thread_is_charged_and_followed_to_its_end() {
+    use flex_agent::testsupport::leaderless;
+    let (rates, server, agent) = setup().await;
+    let exe = fake_product_of(
+        leaderless::program(),
+        agent.dir.path(),
+        &rates.exe("inventor"),
+    );
+    let mut headless = Running::spawn(
+        std::process::Command::new(&exe)
+            .arg("wait")
+            .stdin(std::process::Stdio::piped()),
+    );
+    eventually("the product's session", WAIT, || async {
+        agent.session_of(headless.pid())
+    })
+    .await;
+    headless.write_stdin(b"x");
+    leaderless::wait_main_thread_ended(headless.pid());
+    // One started after the main thread ended, and at once without its own:
+    // the agent has handled the first one's main thread exit by the time
+    // this one has a session.
+    let mut second = Running::spawn(&mut std::process::Command::new(&exe));
+    eventually("the second one's session", WAIT, || async {
+        agent.session_of(second.pid())
+    })
+    .await;
+    assert!(
+        agent.session_of(headless.pid()).is_some(),
+        "the first one's session ended with its main thread: {:?}",
+        agent.sessions()
+    );
+    let charges = server.charges().await;
+    assert_eq!(window_charges(&charges, "inventor"), 1, "{charges:?}");
+    assert_eq!(server.balance().await, 500 - INVENTOR_TOKENS);
+
+    headless.quit();
+    eventually(
+        "the first one's session ends with its last thread",
+        WAIT,
+        || async { agent.session_of(headless.pid()).is_none().then_some(()) },
+    )
+    .await;
+    assert!(agent.session_of(second.pid()).is_some());
+    second.quit();
+    eventually("no sessions once both ended", WAIT, || async {
+        agent.sessions().is_empty().then_some(())
+    })
+    .await;
 }
