@@ -31,6 +31,47 @@ pub mod x11;
 /// How long a test waits for a daemon, or a notification, to appear before failing.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
+/// A C program of the tests (a process shape Rust cannot make safely, a bare
+/// reader for a benchmark's floor), built with `cc` once per source version
+/// next to the test binary: test binaries share it and nothing is left in
+/// `/tmp`. Panics with what to install when there is no C compiler.
+#[cfg(unix)]
+pub fn c_program(name: &str, source: &str) -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    source.hash(&mut h);
+    let dir = std::env::current_exe()
+        .expect("the test binary's path")
+        .parent()
+        .expect("the test binary's directory")
+        .to_path_buf();
+    let out = dir.join(format!("flex-test-{name}-{:016x}", h.finish()));
+    if out.exists() {
+        return out;
+    }
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let src = work.path().join(format!("{name}.c"));
+    std::fs::write(&src, source).expect("write the C source");
+    let built = work.path().join(name);
+    let status = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&built)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("cannot run cc to build the test program {name} (install gcc): {e}")
+        });
+    assert!(
+        status.success(),
+        "cc failed to build the test program {name}: {status}"
+    );
+    // Another test binary may build it at the same time: the rename is atomic.
+    let staged = dir.join(format!("flex-test-{name}.{}", std::process::id()));
+    std::fs::copy(&built, &staged).expect("copy the built program");
+    std::fs::rename(&staged, &out).expect("put the built program in place");
+    out
+}
+
 /// A `dbus-daemon` for one test; killed on drop.
 pub struct PrivateBus {
     child: Child,

@@ -5,7 +5,11 @@
 //!    one core (utime + stime) over `AGENT_BENCH_IDLE_SECS` (default 60) seconds
 //!    while this bench starts `/bin/true` `AGENT_BENCH_EXECS` (default 30) times a second,
 //!    once with `detection = "proc-connector"` and once with `"polling"`.
-//!    Target: RSS ≤ 6 MB, CPU ≤ 0.1 %.
+//!    Target: RSS ≤ 6 MB, CPU ≤ 0.1 %. With the connector, a bare C reader
+//!    (`exec_floor.c`: the same subscription and filter, a blocking `recv`, the
+//!    agent's `/proc` reads per exec) runs beside the agent under the same load:
+//!    its CPU is the floor for any design that looks at every exec, and the
+//!    agent's CPU is printed against it.
 //! 2. Launch decision over the socket inside an open window: one granted launch
 //!    opens the window, then `AGENT_BENCH_LAUNCHES` (default 2000) launch + exit
 //!    pairs on one connection; only the launch round trip is timed. Next to it a
@@ -266,6 +270,14 @@ async fn run() {
             .map(|(name, pct)| format!("{name} {pct:.3} %"))
             .collect();
         println!("{:>14}  by thread: {}", "", threads.join(", "));
+        if let Some(floor) = r.floor_pct {
+            println!(
+                "{:>14}  floor: a bare C reader doing the same per-exec work, same run: \
+                 {floor:.3} % (the agent is {:.1}x that)",
+                "",
+                cpu / floor
+            );
+        }
         rows.push(row(
             format!("idle RSS, max sampled ({detection})"),
             format!("{:.2} MB", r.rss_max_mb),
@@ -284,6 +296,14 @@ async fn run() {
             "≤ 0.1 % of a core",
             Some(cpu_ok),
         ));
+        if let Some(floor) = r.floor_pct {
+            rows.push(row(
+                format!("idle CPU / bare reader's ({detection})"),
+                format!("{:.1}x ({floor:.3} %)", cpu / floor),
+                "(info: any exec watcher's floor)",
+                None,
+            ));
+        }
     }
     println!("(MB = 10^6 bytes)\n");
 
@@ -520,6 +540,8 @@ struct Idle {
     secs: f64,
     threads: u64,
     detection: String,
+    /// The bare reader's CPU % of a core over the same interval (connector only).
+    floor_pct: Option<f64>,
 }
 
 impl Idle {
@@ -651,11 +673,13 @@ async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
     // pass, and the agent hand back its start-up code (`residency::SETTLED`).
     tokio::time::sleep(flex_agent::residency::SETTLED + Duration::from_secs(2)).await;
 
+    let floor = (detection == "proc-connector").then(Floor::start);
     let load = ExecLoad::start(env_num("AGENT_BENCH_EXECS", 30));
     let tck = clk_tck();
     let t0 = Instant::now();
     let c0 = cpu_ticks(pid);
     let ns0 = thread_runtimes(pid);
+    let floor0 = floor.as_ref().map(Floor::runtime_ns);
     let f0 = machine_forks();
     let mut rss_max = status_field(pid, "VmRSS");
     while t0.elapsed() < span {
@@ -665,6 +689,7 @@ async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
     }
     let c1 = cpu_ticks(pid);
     let ns1 = thread_runtimes(pid);
+    let floor1 = floor.as_ref().map(Floor::runtime_ns);
     let f1 = machine_forks();
     let secs = t0.elapsed().as_secs_f64();
     drop(load);
@@ -694,9 +719,47 @@ async fn idle(server: &Server, detection: &str, span: Duration) -> Idle {
         secs,
         threads,
         detection: reported,
+        floor_pct: floor0
+            .zip(floor1)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9 / secs * 100.0),
     };
     agent.stop();
     idle
+}
+
+/// The bare reader of `exec_floor.c`, running until dropped.
+struct Floor(Child);
+
+impl Floor {
+    /// Starts it and waits until it has subscribed.
+    fn start() -> Floor {
+        let program =
+            flex_agent::testsupport::c_program("exec-floor", include_str!("exec_floor.c"));
+        let mut child = Command::new(program)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the bare exec reader");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("read the bare reader's ready line");
+        assert_eq!(line, "ready\n", "the bare exec reader did not start");
+        Floor(child)
+    }
+
+    fn runtime_ns(&self) -> u64 {
+        thread_runtimes(self.0.id())
+            .values()
+            .map(|(_, ns)| ns)
+            .sum()
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One request on a fresh connection to the agent's socket.
