@@ -74,6 +74,14 @@ fn names_in(dir: &str, exe: Option<Option<std::path::PathBuf>>) -> Names {
 /// The directory of a live thread of `pid`, when its main thread has ended
 /// (a zombie) while others run on; `None` for any other process, running or not.
 pub fn leaderless(pid: u32) -> Option<String> {
+    // One stat first: the task directory has two links of its own and one
+    // per thread, so what usually comes here (a process gone, a kernel
+    // thread, a zombie) costs nothing more.
+    use std::os::unix::fs::MetadataExt;
+    let links = fs::metadata(format!("/proc/{pid}/task")).ok()?.nlink();
+    if links < 4 {
+        return None;
+    }
     let (state, threads, _) = stat_fields(pid)?;
     if state != b'Z' || threads < 2 {
         return None;
