@@ -747,6 +747,28 @@ mod tests {
         assert_eq!(exe_lookup(pid), Err(ExeLookup::NoProgram));
     }
 
+    /// The idle rule (R14) reads a process's CPU time: a busy product
+    /// without its main thread is counted whole, not as idle.
+    #[test]
+    fn the_cpu_time_of_a_process_without_its_main_thread_counts_its_other_threads() {
+        let program = crate::testsupport::leaderless::program();
+        let mut child = std::process::Command::new(program)
+            .arg("spin")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        crate::testsupport::leaderless::wait_main_thread_ended(pid);
+        let h = ProcessHandle::open(pid).unwrap();
+        let first = h.cpu_time().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while h.cpu_time().unwrap() < first + Duration::from_millis(50) {
+            assert!(std::time::Instant::now() < deadline, "no CPU time counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h.stop(Stop::Forced).unwrap();
+        child.wait().unwrap();
+    }
+
     #[test]
     fn a_process_whose_threads_all_ended_is_not_alive() {
         let program = crate::testsupport::leaderless::program();
