@@ -35,6 +35,11 @@ struct Cli {
     /// to study one run).
     #[arg(long)]
     trace: bool,
+    /// Seeds run at once, on threads of their own (default: one per core;
+    /// 1 with --trace, so the steps of runs do not interleave). Each seed is
+    /// a world of its own, so the result of a seed does not depend on it.
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -47,15 +52,24 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let started = Instant::now();
-    let mut violations = 0u64;
-    for seed in cli.first..cli.first + cli.seeds {
-        let out = run(&Options {
+    let jobs = match (cli.trace, cli.jobs) {
+        (true, _) => 1,
+        (false, Some(n)) => n.max(1),
+        (false, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let seeds: Vec<u64> = (cli.first..cli.first + cli.seeds).collect();
+    let outcomes = run_all(&seeds, jobs, |seed| {
+        run(&Options {
             seed,
             agents: cli.agents,
             days: cli.days,
             plant: cli.plant,
             print_trace: cli.trace,
-        });
+        })
+    });
+    let mut violations = 0u64;
+    // In seed order, whatever order they finished in.
+    for (seed, out) in seeds.iter().zip(outcomes) {
         if cli.verbose {
             println!(
                 "seed {seed}: {} steps, trace {} {:?}",
@@ -78,7 +92,7 @@ fn main() -> ExitCode {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "{:.1} s, {:.2} seeds/s ({} agents, {} days)",
+        "{:.1} s, {:.2} seeds/s ({} agents, {} days, {jobs} at once)",
         secs,
         cli.seeds as f64 / secs,
         cli.agents,
@@ -90,4 +104,28 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `f` for every seed on `jobs` threads, each taking the next seed not yet
+/// taken; the outcomes in the order of `seeds`.
+fn run_all<T: Send>(seeds: &[u64], jobs: usize, f: impl Fn(u64) -> T + Sync) -> Vec<T> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<T>>> = Mutex::new(seeds.iter().map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(seeds.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { return };
+                let out = f(seed);
+                done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(out);
+            });
+        }
+    });
+    done.into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|o| o.expect("every seed ran"))
+        .collect()
 }
