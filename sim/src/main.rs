@@ -129,3 +129,33 @@ fn run_all<T: Send>(seeds: &[u64], jobs: usize, f: impl Fn(u64) -> T + Sync) -> 
         .map(|o| o.expect("every seed ran"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_come_in_seed_order_however_many_run_at_once() {
+        let seeds: Vec<u64> = (10..30).collect();
+        // Later seeds finish first: the order is the seeds', not the finish's.
+        let slow_first = |seed: u64| {
+            std::thread::sleep(std::time::Duration::from_millis(30 - seed));
+            seed * 2
+        };
+        let want: Vec<u64> = seeds.iter().map(|s| s * 2).collect();
+        for jobs in [1, 3, 64] {
+            assert_eq!(run_all(&seeds, jobs, slow_first), want, "{jobs} jobs");
+        }
+        // A real seed gives the same outcome alone and beside others.
+        let opts = |seed| Options {
+            seed,
+            agents: 2,
+            days: 1,
+            plant: None,
+            print_trace: false,
+        };
+        let alone = run(&opts(7)).trace_hash;
+        let beside = run_all(&[6, 7, 8], 3, |s| run(&opts(s)).trace_hash);
+        assert_eq!(beside[1], alone);
+    }
+}
