@@ -25,10 +25,57 @@ pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(5);
 /// `/proc/self/smaps`.
 pub const AGAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The least time between a hand-back and one made when the journal's thread
+/// goes idle. A journal write (the once-a-minute record of an idle agent)
+/// brings back about a megabyte of SQLite's code, which would otherwise stay
+/// until the next timed hand-back; at most one in this time keeps a burst of
+/// launches from paying for it more than once.
+pub const AFTER_JOURNAL_GAP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the journal's thread hands code pages back (the service turns it
+/// on once start-up is over; tests and tools leave it off).
+static AFTER_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// When pages were last handed back, in milliseconds since [`epoch`].
+static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // Never 0, which means "never".
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+/// Lets the journal's thread hand code pages back after its work.
+pub fn release_after_journal_work() {
+    AFTER_JOURNAL.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Called by the journal's thread when it has nothing more to do: hands the
+/// code pages back, unless that is off or was done within
+/// [`AFTER_JOURNAL_GAP`]. Returns whether it did.
+pub fn journal_idle() -> bool {
+    use std::sync::atomic::Ordering;
+    let on = AFTER_JOURNAL.load(Ordering::Relaxed);
+    if !due(on, LAST_MS.load(Ordering::Relaxed), now_ms()) {
+        return false;
+    }
+    release_code_pages().is_ok()
+}
+
+/// Whether a hand-back is due after journal work, the last one made at
+/// `last_ms` (0: never).
+fn due(on: bool, last_ms: u64, now_ms: u64) -> bool {
+    on && (last_ms == 0 || now_ms.saturating_sub(last_ms) >= AFTER_JOURNAL_GAP.as_millis() as u64)
+}
+
 /// Unmaps the executable file mappings' pages; returns the bytes of the
 /// mappings (not all of them were resident).
 #[cfg(target_os = "linux")]
 pub fn release_code_pages() -> std::io::Result<u64> {
+    LAST_MS.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
     for (start, end) in code_mappings(&smaps) {
@@ -51,6 +98,7 @@ pub fn release_code_pages() -> std::io::Result<u64> {
 
 #[cfg(not(target_os = "linux"))]
 pub fn release_code_pages() -> std::io::Result<u64> {
+    LAST_MS.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     Ok(0)
 }
 
@@ -134,6 +182,19 @@ Anonymous:             0 kB
                 (0x7f1000000000, 0x7f1000100000)
             ]
         );
+    }
+
+    #[test]
+    fn after_journal_work_a_hand_back_is_due_when_on_and_at_most_once_a_gap() {
+        let gap = AFTER_JOURNAL_GAP.as_millis() as u64;
+        assert!(!due(false, 0, 5), "off until the service turns it on");
+        assert!(due(true, 0, 5), "never handed back yet");
+        assert!(!due(true, 1_000, 1_000 + gap - 1), "handed back just now");
+        assert!(due(true, 1_000, 1_000 + gap));
+        // A timed hand-back sets the time too.
+        release_code_pages().unwrap();
+        let last = LAST_MS.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(last != 0 && !due(true, last, now_ms()));
     }
 
     #[cfg(target_os = "linux")]

@@ -187,8 +187,11 @@ async fn daemon(config_path: &Path) -> i32 {
         // seconds on) is not run again: hand its pages back, and then the
         // pages of whatever ran since, from time to time.
         tokio::spawn(async {
-            use flex_agent::residency::{release_code_pages, AGAIN_EVERY, SETTLED};
+            use flex_agent::residency::{
+                release_after_journal_work, release_code_pages, AGAIN_EVERY, SETTLED,
+            };
             tokio::time::sleep(SETTLED).await;
+            release_after_journal_work();
             loop {
                 match release_code_pages() {
                     Ok(bytes) => tracing::trace!(bytes, "code pages released"),

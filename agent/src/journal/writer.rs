@@ -141,6 +141,8 @@ fn run(mut journal: Journal, queue: mpsc::Receiver<Work>, failed: mpsc::SyncSend
             }
         }
         if next.is_none() {
+            // Idle now: the code this work faulted in can go (rate-limited).
+            crate::residency::journal_idle();
             next = queue.recv().ok();
         }
     }
