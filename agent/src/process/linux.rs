@@ -155,7 +155,7 @@ pub fn exe_lookup(pid: u32) -> Result<FileId, ExeLookup> {
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&buf[..len]));
     let found = match fs::metadata(path) {
         // Gone, a zombie or a kernel thread; or a main thread that ended
-        // while the others run on (a failed open of its stat for most).
+        // while the others run on (one more stat tells, for most).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match leaderless(pid) {
             Some(thread) => fs::metadata(format!("{thread}/exe")),
             None => return Err(ExeLookup::NoProgram),
